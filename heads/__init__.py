@@ -1,0 +1,1 @@
+"""Stage two: score heads (DAE and baselines), losses, the batched trainer and metrics. Arrays in, arrays out."""

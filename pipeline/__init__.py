@@ -1,0 +1,1 @@
+"""The command line, dataset manifest builders, studies, leaderboards, plots and the demo."""

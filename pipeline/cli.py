@@ -1,0 +1,123 @@
+"""The `dae` command line: thin click wrappers, each calling one library function that works without click."""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from dae import __version__
+from dae.errors import DaeError
+
+
+class _OneLineError(click.ClickException):
+    """Shown by click as 'Error: <message>' on one line, with the error's own exit code."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class DaeGroup(click.Group):
+    """A group that turns library errors into one-line messages (tracebacks only with --debug)."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except DaeError as exc:
+            if _debug(ctx):
+                raise
+            raise _OneLineError(str(exc), exc.exit_code) from None
+        except KeyboardInterrupt:
+            raise click.exceptions.Abort() from None
+        except (OSError, MemoryError) as exc:
+            if _debug(ctx):
+                raise
+            raise _OneLineError(f"{exc.__class__.__name__}: {exc}", 1) from None
+        except Exception as exc:  # a bug in dae: still one line, but say how to get the traceback
+            if _debug(ctx):
+                raise
+            raise _OneLineError(f"internal error {exc.__class__.__name__}: {exc} "
+                                "(rerun with `dae --debug ...` for the traceback)", 1) from None
+
+
+def _debug(ctx) -> bool:
+    root = ctx.find_root()
+    return bool(root.obj and root.obj.get("debug"))
+
+
+@click.group(cls=DaeGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="dae")
+@click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
+@click.pass_context
+def cli(ctx, debug):
+    """dae: action quality assessment with predicted score distributions.
+
+    \b
+    Stage one (slow, once per dataset):  dae extract --videos DIR --out F.h5
+    Stage two (seconds):                 dae fit --features F.h5 --manifest M.csv --out RUN
+    Studies:                             dae ablate losses|distributions|reparam|variance|robustness
+    Try it on synthetic data:            dae demo
+
+    Exit codes: 0 success, 1 failure (one-line error), 2 usage error, 3 partial success.
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+
+
+def _nested(name: str, help_text: str) -> click.Group:
+    group = DaeGroup(name=name, help=help_text)
+    cli.add_command(group)
+    return group
+
+
+features_group = _nested("features", "Convert and manage feature files.")
+manifest_group = _nested("manifest", "Build and check manifest CSVs.")
+
+
+@cli.command("inspect")
+@click.argument("feature_file", type=click.Path(dir_okay=False))
+def inspect_cmd(feature_file):
+    """Summarise a feature file: size, dimension, provenance attributes."""
+    from dae.features.store import describe
+
+    click.echo(describe(feature_file))
+
+
+@features_group.command("import")
+@click.option("--npy-dir", required=True, type=click.Path(file_okay=False),
+              help="Folder of per-video .npy arrays, shape (T, D) or (D,); id = path relative to it, no suffix.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Feature file (HDF5) to write.")
+@click.option("--backbone", default="imported", show_default=True,
+              help="Name of the model that produced the features, recorded in the file.")
+def features_import_cmd(npy_dir, out, backbone):
+    """Pool per-video .npy arrays (mean over T) into one HDF5 feature file."""
+    from dae.features.store import import_npy_dir
+
+    fs = import_npy_dir(npy_dir, out, backbone=backbone)
+    click.echo(f"wrote {out}: {len(fs.video_ids)} videos x {fs.dim} dims")
+
+
+@manifest_group.command("check")
+@click.argument("manifest", type=click.Path(dir_okay=False))
+def manifest_check_cmd(manifest):
+    """Validate a manifest CSV against the contract and summarise it."""
+    from dae.features.manifest import read_manifest
+
+    df = read_manifest(manifest)
+    parts = [f"{len(df)} videos", f"score {df['score'].min():g}..{df['score'].max():g}"]
+    for col in ("split", "fold", "group"):
+        if col in df.columns:
+            counts = df[col].value_counts().sort_index()
+            parts.append(f"{col}: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
+    click.echo(f"{manifest}: ok; " + "; ".join(parts))
+
+
+def main(argv=None):
+    """Console-script entry point."""
+    return cli.main(args=argv, prog_name="dae")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
