@@ -1,0 +1,97 @@
+"""Evaluation metrics, one implementation each: Spearman, R-l2, L2, NLL, CRPS, coverage, sigma-error rank, Fisher z."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy import stats
+
+from dae.heads.distributions import Gaussian, get_distribution
+
+COVERAGE_LEVEL = 0.90
+
+
+def spearman(y_true, y_pred) -> float:
+    """Spearman rank correlation over the whole set; NaN when either side is constant."""
+    y_true, y_pred = np.asarray(y_true, float), np.asarray(y_pred, float)
+    if len(y_true) < 2 or np.ptp(y_true) == 0 or np.ptp(y_pred) == 0:
+        return float("nan")
+    return float(stats.spearmanr(y_true, y_pred).statistic)
+
+
+def spearman_rows(y_true, y_pred_rows) -> np.ndarray:
+    """Spearman of each row of y_pred_rows (K, n) against y_true (n,), with average ranks for ties."""
+    y_pred_rows = np.atleast_2d(np.asarray(y_pred_rows, float))
+    rt = stats.rankdata(np.asarray(y_true, float))
+    rp = stats.rankdata(y_pred_rows, axis=1)
+    rt = rt - rt.mean()
+    rp = rp - rp.mean(axis=1, keepdims=True)
+    denom = np.sqrt((rt * rt).sum() * (rp * rp).sum(axis=1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denom > 0, (rp @ rt) / np.where(denom > 0, denom, 1.0), np.nan)
+
+
+def rl2x100(y_true, y_pred, score_range) -> float:
+    """Relative L2 x 100: mean(((s - s_hat) / (max - min))^2) * 100 with the dataset's score range."""
+    lo, hi = score_range
+    d = (np.asarray(y_true, float) - np.asarray(y_pred, float)) / (hi - lo)
+    return float(np.mean(d * d) * 100.0)
+
+
+def l2(y_true, y_pred) -> float:
+    d = np.asarray(y_true, float) - np.asarray(y_pred, float)
+    return float(np.mean(d * d))
+
+
+def _t(a):
+    return torch.as_tensor(np.asarray(a, dtype=np.float64))
+
+
+def nll(y_true, mu, scale, distribution=Gaussian()) -> float:
+    """Mean negative log-likelihood of the true scores (score units)."""
+    return float(distribution.nll(_t(y_true), _t(mu), _t(scale)).mean())
+
+
+def crps(y_true, mu, scale, distribution=Gaussian()) -> float:
+    """Mean continuous ranked probability score (score units; lower is better)."""
+    return float(distribution.crps(_t(y_true), _t(mu), _t(scale)).mean())
+
+
+def interval(mu, scale, level: float = COVERAGE_LEVEL, distribution=Gaussian()):
+    """Central interval of the predicted distribution at the given level."""
+    z = distribution.standard_quantile(0.5 + level / 2.0)
+    mu, scale = np.asarray(mu, float), np.asarray(scale, float)
+    return mu - z * scale, mu + z * scale
+
+
+def coverage(y_true, lo, hi) -> float:
+    y = np.asarray(y_true, float)
+    return float(np.mean((y >= lo) & (y <= hi)))
+
+
+def sigma_error_spearman(y_true, mu, scale) -> float:
+    """Does the predicted spread rank the errors? Spearman(scale, |y - mu|)."""
+    return spearman(np.abs(np.asarray(y_true, float) - np.asarray(mu, float)), scale)
+
+
+def fisher_z_mean(rhos) -> float:
+    """Average correlations through Fisher's z: tanh(mean(arctanh(rho))), ignoring NaN."""
+    r = np.asarray([x for x in rhos if np.isfinite(x)], float)
+    if len(r) == 0:
+        return float("nan")
+    r = np.clip(r, -0.9999999, 0.9999999)
+    return float(np.tanh(np.mean(np.arctanh(r))))
+
+
+def evaluate(y_true, y_pred, mu, scale, score_range, distribution: str = "gaussian") -> dict:
+    """All per-model metrics in score units. y_pred is what is ranked (mu by default, or a sample)."""
+    dist = get_distribution(distribution)
+    lo, hi = interval(mu, scale, COVERAGE_LEVEL, dist)
+    return {
+        "spearman": spearman(y_true, y_pred),
+        "rl2x100": rl2x100(y_true, y_pred, score_range),
+        "l2": l2(y_true, y_pred),
+        "nll": nll(y_true, mu, scale, dist),
+        "crps": crps(y_true, mu, scale, dist),
+        "coverage90": coverage(y_true, lo, hi),
+        "sigma_error_spearman": sigma_error_spearman(y_true, mu, scale),
+    }

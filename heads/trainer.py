@@ -1,0 +1,312 @@
+"""The batched trainer: K score heads (seeds x losses x folds x groups) trained at once as one stacked model.
+
+Each head keeps its own seed (initialisation, data order, sampling noise), loss and reparameterisation and
+ends where it would have ended trained alone (`train_one` is that plain loop; the tests compare them).
+Heads whose training sets differ in size, or whose distributions differ, run as separate stacked models.
+"""
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from dae.errors import UsageError
+from dae.heads.dae import HIDDEN, DAEHead, StackedDAE
+from dae.heads.distributions import REPARAMS, get_distribution, sample_scale
+from dae.heads.losses import LOSSES, loss_terms, loss_weights
+from dae.heads.metrics import spearman
+
+SELECTIONS = ("last", "best-val", "best-test")
+PREDICTIONS = ("mu", "sample")
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """What makes one head different from another in a study."""
+
+    seed: int = 0
+    loss: str = "v1"
+    distribution: str = "gaussian"
+    reparam: str = "sigma"
+    alpha: float = 0.6
+    beta: float = 0.4
+
+    def check(self):
+        if self.loss not in LOSSES:
+            raise UsageError(f"unknown loss {self.loss!r} (choose from {', '.join(LOSSES)})")
+        if self.reparam not in REPARAMS:
+            raise UsageError(f"unknown reparameterisation {self.reparam!r} (choose from {', '.join(REPARAMS)})")
+        get_distribution(self.distribution)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings shared by all heads trained together."""
+
+    epochs: int = 100
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    batch_size: int = 32
+    hidden: tuple = HIDDEN
+    selection: str = "last"
+    prediction: str = "mu"
+    standardize: bool = True
+    track_curves: bool = False
+
+    def check(self):
+        if self.selection not in SELECTIONS:
+            raise UsageError(f"unknown selection {self.selection!r} (choose from {', '.join(SELECTIONS)})")
+        if self.prediction not in PREDICTIONS:
+            raise UsageError(f"unknown prediction {self.prediction!r} (choose from {', '.join(PREDICTIONS)})")
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.weight_decay < 0:
+            raise UsageError("epochs and batch size must be >= 1, lr > 0 and weight decay >= 0")
+
+
+@dataclass
+class Job:
+    """One head to train: its spec, the rows it trains on, and the rows it is evaluated on, by set name."""
+
+    spec: HeadSpec
+    train_rows: np.ndarray
+    eval_rows: dict
+    tags: dict = field(default_factory=dict)
+
+
+@dataclass
+class HeadResult:
+    """A trained head: predictions per evaluation set in normalised units (keys mu, scale, pred)."""
+
+    job: Job
+    predictions: dict
+    selected_epoch: int
+    state_dict: dict
+    input_mean: np.ndarray
+    input_std: np.ndarray
+    fit_seconds: float
+    curves: dict | None = None
+
+
+def _input_stats(x: torch.Tensor, standardize: bool):
+    if not standardize:
+        return torch.zeros(x.shape[1]), torch.ones(x.shape[1])
+    mean = x.mean(0)
+    std = x.std(0, unbiased=False)
+    return mean, torch.where(std > 1e-8, std, torch.ones_like(std))
+
+
+def _make_optimizer(params, config: TrainConfig):
+    try:
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay, fused=True)
+    except (RuntimeError, TypeError):
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay, foreach=True)
+
+
+def train_heads(features, targets, jobs: list[Job], config: TrainConfig = TrainConfig(),
+                progress=None) -> list[HeadResult]:
+    """Train every job's head on features (N, D) and normalised targets (N,); results in job order."""
+    config.check()
+    for job in jobs:
+        job.spec.check()
+        if len(job.train_rows) < 2:
+            raise UsageError(f"a head needs at least 2 training videos, got {len(job.train_rows)} ({job.tags})")
+    x = torch.as_tensor(np.asarray(features, dtype=np.float32))
+    g = torch.as_tensor(np.asarray(targets, dtype=np.float32))
+    buckets = defaultdict(list)
+    for i, job in enumerate(jobs):
+        buckets[(len(job.train_rows), job.spec.distribution)].append(i)
+    results: list[HeadResult | None] = [None] * len(jobs)
+    for members in buckets.values():
+        for i, res in zip(members, _train_stacked(x, g, [jobs[i] for i in members], config)):
+            results[i] = res
+        if progress:
+            progress(len(members))
+    return results
+
+
+def _train_stacked(x, g, jobs, config):
+    start = time.perf_counter()
+    n_rows, dim = x.shape
+    dist = get_distribution(jobs[0].spec.distribution)
+
+    # One standardised copy of the features per distinct training set (folds differ, seeds do not).
+    train_sets, set_of_job = {}, []
+    for job in jobs:
+        key = np.asarray(job.train_rows, dtype=np.int64).tobytes()
+        set_of_job.append(train_sets.setdefault(key, len(train_sets)))
+    stats, x_sets = [], []
+    for key in train_sets:
+        rows = torch.as_tensor(np.frombuffer(key, dtype=np.int64).copy())
+        mean, std = _input_stats(x[rows], config.standardize)
+        stats.append((mean, std))
+        x_sets.append((x - mean) / std)
+    x_flat = torch.cat(x_sets)  # (T * N, D)
+
+    # Heads with the same training set and seed see identical batches: group them for one wide matmul.
+    groups = defaultdict(list)
+    for i, job in enumerate(jobs):
+        groups[(set_of_job[i], job.spec.seed)].append(i)
+    sizes = {len(m) for m in groups.values()}
+    if len(sizes) == 1:
+        group_size, order = sizes.pop(), [i for m in groups.values() for i in m]
+    else:
+        group_size, order = 1, list(range(len(jobs)))
+    jobs = [jobs[i] for i in order]
+    set_of_job = [set_of_job[i] for i in order]
+    k = len(jobs)
+    n_groups = k // group_size
+    leaders = [jobs[j * group_size] for j in range(n_groups)]
+    group_set = torch.tensor([set_of_job[j * group_size] for j in range(n_groups)])
+    group_train = torch.stack([torch.as_tensor(np.asarray(j.train_rows, dtype=np.int64)) for j in leaders])
+    n_train = group_train.shape[1]
+
+    heads = []
+    for job in jobs:
+        torch.manual_seed(job.spec.seed)
+        heads.append(DAEHead(dim, config.hidden))
+    model = StackedDAE(heads, group_size)
+    generators = [torch.Generator().manual_seed(j.spec.seed) for j in leaders]
+    optimizer = _make_optimizer(model.parameters(), config)
+    variance_reparam = torch.tensor([j.spec.reparam == "variance" for j in jobs]).unsqueeze(1)
+
+    select_set = {"best-val": "val", "best-test": "test"}.get(config.selection)
+    if select_set and any(select_set not in j.eval_rows for j in jobs):
+        raise UsageError(f"selection {config.selection} needs a {select_set!r} set for every head")
+    best_score = np.full(k, -np.inf)
+    best_epoch = np.full(k, config.epochs - 1)
+    best_params = [p.detach().clone() for p in model.parameters()] if select_set else None
+    curves = defaultdict(list) if config.track_curves else None
+
+    for epoch in range(config.epochs):
+        weights = torch.tensor([loss_weights(j.spec.loss, epoch, j.spec.alpha, j.spec.beta) for j in jobs])
+        perms = torch.stack([torch.randperm(n_train, generator=gen) for gen in generators])
+        epoch_rows = torch.gather(group_train, 1, perms)
+        epoch_loss = torch.zeros(k)
+        model.train()
+        for lo in range(0, n_train, config.batch_size):
+            rows = epoch_rows[:, lo:lo + config.batch_size]                       # (G, b)
+            xb = x_flat[(group_set.unsqueeze(1) * n_rows + rows).reshape(-1)].view(n_groups, rows.shape[1], dim)
+            target = g[rows].repeat_interleave(group_size, 0)                      # (K, b)
+            eps = torch.stack([dist.standard_noise(rows.shape[1], gen) for gen in generators])
+            eps = eps.repeat_interleave(group_size, 0)
+            mu, log_var = model(xb)
+            sigma = torch.exp(0.5 * log_var)
+            scale = torch.where(variance_reparam, sigma * sigma, sigma)
+            sample = mu + eps * scale
+            per_head = (loss_terms(target, mu, sample, scale, dist) * weights).sum(-1)
+            optimizer.zero_grad(set_to_none=True)
+            per_head.sum().backward()
+            optimizer.step()
+            if curves is not None:
+                epoch_loss += per_head.detach() * rows.shape[1]
+        if curves is not None:
+            curves["train_loss"].append((epoch_loss / n_train).numpy())
+        if select_set or curves is not None:
+            names = list(jobs[0].eval_rows) if curves is not None else [select_set]
+            for name in names:
+                mu_eval, _ = _predict(model, jobs, name, x_flat, set_of_job, n_rows)
+                rhos = np.array([spearman(g[j.eval_rows[name]].numpy(), m) for j, m in zip(jobs, mu_eval)])
+                if curves is not None:
+                    curves[f"{name}_spearman"].append(rhos)
+                if name == select_set:
+                    improved = np.nan_to_num(rhos, nan=-np.inf) > best_score
+                    if improved.any():
+                        best_score[improved] = rhos[improved]
+                        best_epoch[improved] = epoch
+                        _copy_heads(model, best_params, torch.as_tensor(improved))
+    if select_set:
+        with torch.no_grad():
+            for p, best in zip(model.parameters(), best_params):
+                p.copy_(best)
+
+    predictions = [dict() for _ in jobs]
+    noise_states = [gen.get_state() for gen in generators]
+    for name in jobs[0].eval_rows:
+        mu_eval, scale_eval = _predict(model, jobs, name, x_flat, set_of_job, n_rows, variance_reparam)
+        for i, (m, s) in enumerate(zip(mu_eval, scale_eval)):
+            if config.prediction == "sample":
+                gen = torch.Generator()
+                gen.set_state(noise_states[i // group_size])  # each head draws as if alone
+                eps = dist.standard_noise(len(m), gen).numpy()
+                pred = m + eps * s
+            else:
+                pred = m
+            predictions[i][name] = {"mu": m, "scale": s, "pred": pred}
+    seconds = (time.perf_counter() - start) / k
+    results = []
+    for i, job in enumerate(jobs):
+        mean, std = stats[set_of_job[i]]
+        curve = {key: np.stack(v)[:, i] for key, v in curves.items()} if curves is not None else None
+        results.append(HeadResult(job=job, predictions=predictions[i], selected_epoch=int(best_epoch[i]),
+                                  state_dict=model.head(i).state_dict(), input_mean=mean.numpy(),
+                                  input_std=std.numpy(), fit_seconds=seconds, curves=curve))
+    inverse = np.argsort(order)
+    return [results[i] for i in inverse]
+
+
+@torch.no_grad()
+def _predict(model, jobs, name, x_flat, set_of_job, n_rows, variance_reparam=None):
+    """mu and predicted scale of every head on its own rows of set `name` (rows padded to equal length)."""
+    model.eval()
+    rows = [torch.as_tensor(np.asarray(j.eval_rows[name], dtype=np.int64)) for j in jobs]
+    length = max(len(r) for r in rows)
+    padded = torch.stack([torch.cat([r, r.new_zeros(length - len(r))]) for r in rows])
+    offsets = torch.tensor(set_of_job).unsqueeze(1) * n_rows
+    xe = x_flat[(offsets + padded).reshape(-1)].view(len(jobs), length, -1)
+    mu, log_var = model.forward_per_head(xe)
+    sigma = torch.exp(0.5 * log_var)
+    scale = torch.where(variance_reparam, sigma * sigma, sigma) if variance_reparam is not None else sigma
+    return ([mu[i, :len(r)].numpy().astype(np.float64) for i, r in enumerate(rows)],
+            [scale[i, :len(r)].numpy().astype(np.float64) for i, r in enumerate(rows)])
+
+
+@torch.no_grad()
+def _copy_heads(model, best_params, improved):
+    """Copy the current parameters of the improved heads into best_params (all stacked (K, ...))."""
+    mask = improved.view(-1, 1)
+    for p, best in zip(model.parameters(), best_params):
+        k = len(improved)
+        best.view(k, -1).copy_(torch.where(mask, p.view(k, -1), best.view(k, -1)))
+
+
+def train_one(features, targets, job: Job, config: TrainConfig = TrainConfig()) -> HeadResult:
+    """The plain one-model loop (a `DAEHead`, its own Adam) with the same seed protocol as `train_heads`.
+
+    It exists to prove the batched trainer equivalent and to measure it against; `last` selection only.
+    """
+    start = time.perf_counter()
+    spec = job.spec
+    dist = get_distribution(spec.distribution)
+    x = torch.as_tensor(np.asarray(features, dtype=np.float32))
+    g = torch.as_tensor(np.asarray(targets, dtype=np.float32))
+    train = torch.as_tensor(np.asarray(job.train_rows, dtype=np.int64))
+    mean, std = _input_stats(x[train], config.standardize)
+    xs = (x - mean) / std
+    torch.manual_seed(spec.seed)
+    head = DAEHead(x.shape[1], config.hidden)
+    gen = torch.Generator().manual_seed(spec.seed)
+    optimizer = _make_optimizer(head.parameters(), config)
+    for epoch in range(config.epochs):
+        weights = torch.tensor(loss_weights(spec.loss, epoch, spec.alpha, spec.beta))
+        rows_epoch = train[torch.randperm(len(train), generator=gen)]
+        for lo in range(0, len(train), config.batch_size):
+            rows = rows_epoch[lo:lo + config.batch_size]
+            eps = dist.standard_noise(len(rows), gen)
+            mu, log_var = head(xs[rows])
+            scale = sample_scale(torch.exp(0.5 * log_var), spec.reparam)
+            loss = (loss_terms(g[rows], mu, mu + eps * scale, scale, dist) * weights).sum()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    predictions = {}
+    with torch.no_grad():
+        for name, rows in job.eval_rows.items():
+            mu, log_var = head(xs[torch.as_tensor(np.asarray(rows, dtype=np.int64))])
+            scale = sample_scale(torch.exp(0.5 * log_var), spec.reparam)
+            m, s = mu.numpy().astype(np.float64), scale.numpy().astype(np.float64)
+            predictions[name] = {"mu": m, "scale": s, "pred": m}
+    return HeadResult(job=job, predictions=predictions, selected_epoch=config.epochs - 1,
+                      state_dict=head.state_dict(), input_mean=mean.numpy(), input_std=std.numpy(),
+                      fit_seconds=time.perf_counter() - start)
