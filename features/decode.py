@@ -1,0 +1,305 @@
+"""Read RGB frames from a video file by index, with decord (default) or PyAV behind one small interface.
+
+Frame index i means the i-th frame in presentation order, counted from the first decodable frame (or
+from `start_frame` when a segment is selected). It never comes from timestamp x fps, so variable
+frame-rate videos index correctly. Both backends return identical (T, H, W, 3) uint8 RGB arrays for
+the same indices on lossless RGB video (tests/test_decode.py checks it); on lossy YUV video they can
+differ by a level or two at odd frame sizes (different chroma rounding in the two FFmpeg builds).
+
+Segments: `start_frame` and `end_frame` are 0-based and inclusive (as in the manifest). An
+`end_frame` past the last frame is cut to the last frame; a `start_frame` past it is an error.
+
+Open readers inside the worker process that uses them (never in a parent that forks), and keep
+`threads` small when many workers decode at once. A decoder can still crash or hang inside C code
+on a hostile file; a caller that must survive that runs decoding in a child process with a timeout.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+from dae.errors import DaeError
+
+DECODERS = ("decord", "pyav")
+DEFAULT_DECODER = "decord"
+
+
+class VideoDecodeError(DaeError):
+    """A video that cannot be read: missing, empty, not a video, truncated, or without frames."""
+
+    def __init__(self, path, reason: str):
+        self.path, self.reason = str(path), _one_line(reason)
+        super().__init__(f"{self.path}: cannot decode video: {self.reason}")
+
+
+def _one_line(message: str, max_chars: int = 200) -> str:
+    """First non-empty line of a message, without decord's '[12:00:00] /src/file.cc:123: ' prefixes."""
+    lines = [line.strip() for line in str(message).splitlines() if line.strip()]
+    line = re.sub(r"\[[\d:]+\]\s*\S+\.(cc|h|cpp):\d+:\s*", "", lines[0] if lines else "unknown error")
+    return line if len(line) <= max_chars else line[: max_chars - 3] + "..."
+
+
+def _library_reason(decoder: str, exc: BaseException) -> str:
+    """A decoder exception as a short reason; FFmpeg's 'invalid data' family gets a plain explanation."""
+    text = _one_line(str(exc))
+    if "Invalid data" in text or text.startswith("Error reading") or "avfilter_graph_create_filter" in text:
+        return f"{decoder}: invalid data (not a video, or a truncated or corrupt one): {text}"
+    return f"{decoder}: {type(exc).__name__}: {text}"
+
+
+def decoder_version(decoder: str) -> str:
+    """Version string of a backend's Python package, for the feature file's `decoder_version`."""
+    if decoder == "decord":
+        import decord
+
+        return str(decord.__version__)
+    if decoder == "pyav":
+        import av
+
+        return f"{av.__version__} (ffmpeg {av.ffmpeg_version_info})"
+    raise DaeError(f"unknown decoder {decoder!r}; choose one of: {', '.join(DECODERS)}")
+
+
+class VideoReader:
+    """One open video (or one segment of it): frame count, fps, and frames fetched by index."""
+
+    decoder = ""
+
+    def __init__(self, path, threads: int = 1, start_frame: int | None = None, end_frame: int | None = None):
+        self.path = Path(path)
+        if not self.path.exists():
+            raise VideoDecodeError(path, "no such file")
+        if self.path.is_dir():
+            raise VideoDecodeError(path, "is a folder, not a video file")
+        if self.path.stat().st_size == 0:
+            raise VideoDecodeError(path, "empty file (0 bytes)")
+        self.threads = max(1, int(threads))
+        total = self._open()
+        if total <= 0:
+            raise VideoDecodeError(path, "no decodable video frames")
+        self.first_frame, self.num_frames = _select_segment(path, total, start_frame, end_frame)
+        self.total_frames = total
+
+    # backends fill these in
+    fps: float = 0.0
+    height: int = 0
+    width: int = 0
+
+    def _open(self) -> int:
+        raise NotImplementedError
+
+    def _read(self, indices: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def get_frames(self, indices) -> np.ndarray:
+        """(T, H, W, 3) uint8 RGB frames for segment-relative `indices` (any order, repeats allowed)."""
+        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if indices.size == 0:
+            return np.zeros((0, self.height, self.width, 3), np.uint8)
+        if indices.min() < 0 or indices.max() >= self.num_frames:
+            raise DaeError(f"{self.path}: frame indices must be in 0..{self.num_frames - 1}, "
+                           f"got {indices.min()}..{indices.max()}")
+        unique, inverse = np.unique(indices, return_inverse=True)
+        try:
+            frames = self._read(unique + self.first_frame)
+        except VideoDecodeError:
+            raise
+        except Exception as exc:  # decoders raise their own types (DECORDError, av.error.*, RuntimeError)
+            raise VideoDecodeError(self.path, _library_reason(self.decoder, exc)) from exc
+        if frames.shape[0] != unique.size or frames.ndim != 4 or frames.shape[3] != 3:
+            raise VideoDecodeError(self.path, f"{self.decoder} returned {frames.shape[0]} frames "
+                                              f"for {unique.size} requested")
+        return frames[inverse]
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self):
+        return (f"{type(self).__name__}({str(self.path)!r}, frames={self.num_frames}, "
+                f"first_frame={self.first_frame}, {self.width}x{self.height}, fps={self.fps:.3f})")
+
+
+def _select_segment(path, total: int, start_frame, end_frame) -> tuple[int, int]:
+    """(first frame, frame count) of the inclusive segment [start_frame, end_frame] within `total` frames."""
+    start = 0 if start_frame is None else int(start_frame)
+    end = total - 1 if end_frame is None else min(int(end_frame), total - 1)
+    if start < 0:
+        raise VideoDecodeError(path, f"start_frame {start} is negative")
+    if start >= total:
+        raise VideoDecodeError(path, f"start_frame {start} is past the last frame ({total} frames)")
+    if end < start:
+        raise VideoDecodeError(path, f"end_frame {end} is before start_frame {start}")
+    return start, end - start + 1
+
+
+class DecordReader(VideoReader):
+    """decord.VideoReader, read forward from the first frame with skip_frames/next.
+
+    decord 0.6.0 seeks to wrong frames (a whole GOP early or late) in videos whose keyframes are
+    preceded by B-frames in display order: MPEG-4 part 2 with B-frames (typical Xvid/DivX AVI) and
+    open-GOP H.264 in Matroska (its keyframe list counts packets in decode order), and skip_frames()
+    miscounts on the same files. Reading every frame forward is always right, so this backend never
+    seeks or skips; it decodes up to the last wanted frame, which costs extra only for short
+    segments late in long videos (`pyav` seeks correctly there).
+    """
+
+    decoder = "decord"
+
+    def _open(self) -> int:
+        import decord
+
+        decord.logging.set_level(decord.logging.QUIET)
+        try:
+            self._reader = decord.VideoReader(str(self.path), ctx=decord.cpu(0), num_threads=self.threads)
+            total = len(self._reader)
+            self.fps = float(self._reader.get_avg_fps())
+            if total > 0:
+                self.height, self.width = (int(n) for n in self._reader.next().shape[:2])
+        except Exception as exc:
+            raise VideoDecodeError(self.path, _library_reason("decord", exc)) from exc
+        return total
+
+    def _read(self, indices: np.ndarray) -> np.ndarray:
+        reader = self._reader
+        reader.seek(0)
+        wanted = set(indices.tolist())
+        frames = []
+        for position in range(int(indices[-1]) + 1):
+            try:
+                frame = reader.next()  # skip_frames() miscounts after B-frames too, so every frame is read
+            except StopIteration:
+                raise VideoDecodeError(self.path, f"decord: frame {position} could not be decoded "
+                                                  f"(the file ends early)") from None
+            if position in wanted:
+                frames.append(frame.asnumpy())
+        return np.stack(frames)
+
+    def close(self) -> None:
+        self.__dict__.pop("_reader", None)
+
+
+class PyAVReader(VideoReader):
+    """PyAV: demux the packets once to count frames and find keyframes, then seek and decode forward."""
+
+    decoder = "pyav"
+
+    def _open(self) -> int:
+        try:
+            stream = self._open_container()
+            pts = []
+            keyframe_pts = []
+            for packet in self._container.demux(stream):
+                if packet.size == 0:  # the demuxer's end-of-stream marker
+                    continue
+                pts.append(packet.pts)
+                if packet.is_keyframe:
+                    keyframe_pts.append(packet.pts)
+            rate = stream.average_rate or stream.guessed_rate
+            self.fps = float(rate) if rate else 0.0
+            self.height, self.width = int(stream.codec_context.height), int(stream.codec_context.width)
+            self._open_container()  # rewind by reopening: no reliance on the demuxer's seek
+        except VideoDecodeError:
+            self.close()
+            raise
+        except Exception as exc:
+            self.close()
+            raise VideoDecodeError(self.path, _library_reason("pyav", exc)) from exc
+        # Presentation order is the pts order; seeking needs every packet to carry a distinct pts.
+        usable = (keyframe_pts and None not in pts and None not in keyframe_pts
+                  and len(set(pts)) == len(pts))
+        self._frame_pts = np.sort(np.asarray(pts, dtype=np.int64)) if usable else None
+        self._keyframe_pts = np.sort(np.asarray(keyframe_pts, dtype=np.int64)) if usable else None
+        return len(pts)
+
+    def _open_container(self):
+        import av
+
+        self.close()
+        self._container = av.open(str(self.path))
+        if not self._container.streams.video:
+            raise VideoDecodeError(self.path, "no video stream")
+        stream = self._container.streams.video[0]
+        stream.thread_type = "AUTO"
+        stream.codec_context.thread_count = self.threads
+        self._stream = stream
+        return stream
+
+    def _read(self, indices: np.ndarray) -> np.ndarray:
+        frames = self._read_after_seek(indices) if self._frame_pts is not None else None
+        if frames is None:
+            frames = self._read_from_start(indices)
+        return frames
+
+    def _read_after_seek(self, indices: np.ndarray) -> np.ndarray | None:
+        """Seek to the keyframe at or before the first wanted frame; None when the seek overshoots."""
+        target_pts = self._frame_pts[indices]
+        position = {int(p): i for i, p in enumerate(target_pts)}
+        before = self._keyframe_pts[self._keyframe_pts <= target_pts[0]]
+        if before.size == 0:
+            return None
+        self._container.seek(int(before[-1]), stream=self._stream, backward=True, any_frame=False)
+        out = [None] * indices.size
+        found = 0
+        for frame in self._container.decode(self._stream):
+            if frame.pts is None:
+                return None
+            if found == 0 and frame.pts > target_pts[0]:
+                return None  # landed after the first wanted frame
+            i = position.get(int(frame.pts))
+            if i is not None:
+                out[i] = frame.to_ndarray(format="rgb24")
+                found += 1
+            if frame.pts >= target_pts[-1]:
+                break
+        if found < indices.size:
+            missing = indices[[k for k, f in enumerate(out) if f is None][0]]
+            raise VideoDecodeError(self.path, f"pyav: frame {missing} could not be decoded")
+        return np.stack(out)
+
+    def _read_from_start(self, indices: np.ndarray) -> np.ndarray:
+        """Decode from the first frame, counting frames in output order (no usable timestamps)."""
+        self._open_container()
+        wanted = {int(k): i for i, k in enumerate(indices)}
+        out = [None] * indices.size
+        last = int(indices[-1])
+        for count, frame in enumerate(self._container.decode(self._stream)):
+            i = wanted.get(count)
+            if i is not None:
+                out[i] = frame.to_ndarray(format="rgb24")
+            if count >= last:
+                break
+        else:
+            raise VideoDecodeError(self.path, f"pyav: frame {last} could not be decoded")
+        return np.stack(out)
+
+    def close(self) -> None:
+        container = self.__dict__.pop("_container", None)
+        if container is not None:
+            container.close()
+
+
+_READERS = {"decord": DecordReader, "pyav": PyAVReader}
+
+
+def open_video(path: str | os.PathLike, decoder: str = DEFAULT_DECODER, threads: int = 1,
+               start_frame: int | None = None, end_frame: int | None = None) -> VideoReader:
+    """Open `path` with the named backend; every failure is a VideoDecodeError with a one-line reason."""
+    if decoder not in _READERS:
+        raise DaeError(f"unknown decoder {decoder!r}; choose one of: {', '.join(DECODERS)}")
+    return _READERS[decoder](path, threads=threads, start_frame=start_frame, end_frame=end_frame)
+
+
+def read_frames(path, indices, decoder: str = DEFAULT_DECODER, threads: int = 1,
+                start_frame: int | None = None, end_frame: int | None = None) -> np.ndarray:
+    """Open, fetch `indices` (segment-relative) as (T, H, W, 3) uint8 RGB, close."""
+    with open_video(path, decoder, threads, start_frame, end_frame) as reader:
+        return reader.get_frames(indices)
