@@ -114,6 +114,58 @@ def manifest_check_cmd(manifest):
     click.echo(f"{manifest}: ok; " + "; ".join(parts))
 
 
+_BUILD_DATASETS = ("mtl-aqa", "jigsaws", "finediving", "fis-v", "rg", "unlv-dive")  # = annotations.DATASETS
+
+
+@manifest_group.command("build")
+@click.argument("dataset", type=click.Choice(_BUILD_DATASETS))
+@click.option("--annotations", required=True, type=click.Path(),
+              help="The dataset's official annotation folder (see the list above).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Manifest CSV to write.")
+@click.option("--target", type=click.Choice(["tes", "pcs", "total", "difficulty", "execution"]), default=None,
+              help="fis-v: tes or pcs (required). rg: total (default), difficulty or execution.")
+@click.option("--variant", type=click.Choice(["auto", "official", "musdl", "core"]), default=None,
+              help="mtl-aqa: which annotation dictionary to read (default auto: the richest in the folder).")
+@click.option("--layout", type=click.Choice(["untrimmed", "per-dive"]), default=None,
+              help="mtl-aqa: 'untrimmed' (default) = one video per event, path + start/end frame per dive; "
+                   "'per-dive' = one file per dive named by its id (EE_II).")
+@click.option("--video-template", default=None,
+              help="mtl-aqa untrimmed: file name of an event's video, with {event} and {index} "
+                   "[default: {event:02d}.mp4].")
+@click.option("--view", type=click.Choice(["capture1", "capture2"]), default=None,
+              help="jigsaws: which camera's video the path column names (default capture1, MUSDL's).")
+def manifest_build_cmd(dataset, annotations, out, target, variant, layout, video_template, view):
+    """Write a manifest CSV from DATASET's official annotation files.
+
+    \b
+    --annotations expects:
+      mtl-aqa     folder with train_split_0.pkl, test_split_0.pkl and final_annotations_dict.pkl
+                  (official), augmented_final_annotations_dict.pkl (MUSDL: + judges) or
+                  final_annotations_dict_with_dive_number.pkl (CoRe: + judges, dive numbers)
+      jigsaws     MUSDL's JIGSAWS folder with label.pkl and splits.pkl (group = task, fold 0-3)
+      finediving  folder with FineDiving_coarse_annotation.pkl, train_split.pkl, test_split.pkl
+      fis-v       folder with train_dataset.txt + test_dataset.txt (MS_LSTM) or train.txt + test.txt (GDLT)
+      rg          ACTION-NET folder with train.txt and test.txt (group = apparatus)
+      unlv-dive   folder with overall_scores.npy, difficulty_level.npy, training_idx.npy, testing_idx.npy
+                  (YeTianJHU/diving-score), or MTL-AQA's UNLV_Dive_split_4 folder
+    Pickles are read with a restricted unpickler: one that asks to import anything is refused.
+    Judge scores out of range are corrected or blanked and listed in column judges_corrected.
+    """
+    from dae.pipeline.annotations import build_manifest_file
+
+    built = build_manifest_file(dataset, annotations, out, target=target, variant=variant, layout=layout,
+                                video_template=video_template, view=view)
+    df = built.manifest
+    parts = [f"{len(df)} videos"]
+    for col in ("split", "fold", "group"):
+        if col in df.columns:
+            counts = df[col].value_counts().sort_index()
+            parts.append(f"{col}: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
+    for note in built.notes:
+        click.echo(f"note: {note}", err=True)
+    click.echo(f"wrote {out}: " + "; ".join(parts))
+
+
 @cli.command("weights")
 @click.option("--no-fetch", is_flag=True, help="Only show what is cached; download and convert nothing.")
 def weights_cmd(no_fetch):
