@@ -41,22 +41,29 @@ def read_index(frame: np.ndarray) -> int:
     return index
 
 
+def gray_frames(n_frames: int, height: int, width: int, step: int = 2) -> np.ndarray:
+    """(n, H, W, 3) uint8 frames, frame i uniformly gray at level (i * step) % 256: survives resizing and cropping."""
+    levels = (np.arange(n_frames) * step % 256).astype(np.uint8)
+    return np.broadcast_to(levels[:, None, None, None], (n_frames, height, width, 3)).copy()
+
+
 def noise_frames(n_frames: int, height: int, width: int, seed: int = 0) -> np.ndarray:
     """(n, H, W, 3) uint8 random frames: any pixel mismatch between decoders shows up."""
     return np.random.default_rng(seed).integers(0, 256, (n_frames, height, width, 3), dtype=np.uint8)
 
 
 def write_video(path, frames: np.ndarray, codec: str = "h264", fps: int = 25,
-                pts_ms: list[int] | None = None, options: dict | None = None) -> Path:
+                pts_ms: list[int] | None = None, options: dict | None = None, faststart: bool = False) -> Path:
     """Encode (T, H, W, 3) uint8 RGB frames; `pts_ms` gives each frame its own time in ms (variable frame rate).
 
-    `options` are added to the encoder's, e.g. {"x264-params": "keyint=8:bframes=2"} for short GOPs with B-frames.
+    `options` are added to the encoder's, e.g. {"x264-params": "keyint=8:bframes=2"} for short GOPs with B-frames;
+    `faststart` puts an mp4's index before the frame data (as web videos do).
     """
     path = Path(path)
     codec_name, pix_fmt, defaults = CODECS[codec]
     options = {**defaults, **(options or {})}
     _, height, width, _ = frames.shape
-    with av.open(str(path), mode="w") as container:
+    with av.open(str(path), mode="w", options={"movflags": "faststart"} if faststart else None) as container:
         stream = container.add_stream(codec_name, rate=fps, options=dict(options))
         stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
         if pts_ms is not None:

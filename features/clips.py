@@ -1,0 +1,165 @@
+"""Named clip protocols: which frames form each clip, and how decoded frames become I3D input tensors.
+
+Protocols (frame indices are relative to the segment start, see decode.py):
+- `mtl-aqa`: the first 103 frames of the segment; 10 clips of 16 frames starting at 0, 10, ..., 80
+  plus the last 16 (frames 87-102); each frame resized to 455x256 (aspect not kept) and center-cropped to 224.
+- `jigsaws`: 160 frames at rint(linspace(0, n - 1, 160)) over the whole segment, cut into 10
+  consecutive 16-frame clips; short side resized to 256, center crop 224.
+- `uniform:N` / `uniform:NxT`: N clips of T consecutive frames (T = 16 by default); the first clip
+  starts at frame 0, the last ends at the last frame, the others are evenly spaced between them
+  (rounded to the nearest frame); N = 1 takes the middle clip. Short side to 256, center crop 224.
+
+Too-short videos: every index past the last frame is replaced by the last frame (the video is padded
+by repeating its last frame); a video with no decodable frame fails (decode.py raises).
+
+Pixels: RGB, float32, x / 127.5 - 1, so [-1, 1]. Resizing is torch.nn.functional.interpolate,
+bilinear, align_corners=False, antialias=True (matches PIL's bilinear resize, which the original
+PIL/torchvision pipelines used when shrinking). The center crop puts the extra pixel on the bottom/right
+like torchvision's CenterCrop: offset = round((size - 224) / 2).
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from dae.errors import DaeError, UsageError
+
+CROP_SIZE = 224
+SHORT_SIDE = 256
+PROTOCOL_VERSION = 1
+_FRAMES_PER_CHUNK = 32  # frames resized at once: bounds memory for long clips at high resolution
+
+
+@dataclass(frozen=True)
+class ClipProtocol:
+    """A clip protocol: its canonical name and every number that defines its clips and pixels."""
+
+    name: str
+    kind: str  # "mtl-aqa", "jigsaws" or "uniform"
+    num_clips: int
+    frames_per_clip: int
+    resize: str  # "fixed 455x256" or "short side 256"
+    crop_size: int = CROP_SIZE
+    version: int = PROTOCOL_VERSION
+
+    def clip_indices(self, num_frames: int) -> np.ndarray:
+        """(num_clips, frames_per_clip) int64 frame indices for a segment of `num_frames` frames."""
+        return clip_indices(self, num_frames)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "sampling": _SAMPLING[self.kind], "pixels": "RGB, x / 127.5 - 1, in [-1, 1]",
+                "interpolation": "bilinear, antialias, align_corners=False",
+                "short_video": "pad by repeating the last frame; zero frames fail"}
+
+    def to_json(self) -> str:
+        """Canonical JSON for the feature file's `protocol` attribute."""
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+
+_SAMPLING = {
+    "mtl-aqa": "first 103 frames of the segment; clips start at 0, 10, ..., 80 and 87",
+    "jigsaws": "rint(linspace(0, n - 1, 160)) in 10 consecutive clips of 16",
+    "uniform": "first clip at 0, last ending at n - 1, rint-spaced between; one clip: the middle",
+}
+MTL_AQA_FRAMES = 103
+MTL_AQA_RESIZE_HW = (256, 455)
+JIGSAWS_FRAMES = 160
+PROTOCOL_NAMES = ("mtl-aqa", "jigsaws", "uniform:N", "uniform:NxT")
+
+
+def parse_protocol(name: str) -> ClipProtocol:
+    """ClipProtocol from a name such as 'mtl-aqa', 'jigsaws', 'uniform:8' or 'uniform:4x32'."""
+    text = str(name).strip().lower()
+    if text == "mtl-aqa":
+        return ClipProtocol("mtl-aqa", "mtl-aqa", 10, 16, "fixed 455x256")
+    if text == "jigsaws":
+        return ClipProtocol("jigsaws", "jigsaws", 10, 16, f"short side {SHORT_SIDE}")
+    match = re.fullmatch(r"uniform:(\d+)(?:x(\d+))?", text)
+    if match:
+        num_clips, frames_per_clip = int(match.group(1)), int(match.group(2) or 16)
+        if num_clips < 1 or frames_per_clip < 1:
+            raise UsageError(f"protocol {name!r}: clip count and clip length must be at least 1")
+        return ClipProtocol(f"uniform:{num_clips}x{frames_per_clip}", "uniform", num_clips, frames_per_clip,
+                            f"short side {SHORT_SIDE}")
+    raise UsageError(f"unknown clip protocol {name!r}; choose one of: {', '.join(PROTOCOL_NAMES)}")
+
+
+def protocol_from_json(text: str) -> ClipProtocol:
+    """The protocol recorded in a feature file; fails if its numbers differ from this dae's definition."""
+    try:
+        recorded = json.loads(text) if isinstance(text, str) else dict(text)
+        protocol = parse_protocol(recorded["name"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DaeError(f"unreadable clip protocol {str(text)[:80]!r}: {exc}") from None
+    if protocol.to_dict() != recorded:
+        raise DaeError(f"clip protocol {protocol.name!r} was recorded with different settings "
+                       f"(version {recorded.get('version')}) than this dae uses (version {protocol.version})")
+    return protocol
+
+
+def clip_indices(protocol: ClipProtocol, num_frames: int) -> np.ndarray:
+    """(num_clips, frames_per_clip) int64 indices into a segment of `num_frames` frames, padded with the last frame."""
+    num_frames = int(num_frames)
+    if num_frames < 1:
+        raise DaeError(f"clip protocol {protocol.name}: the video has no frames")
+    length = protocol.frames_per_clip
+    if protocol.kind == "mtl-aqa":
+        starts = np.append(np.arange(0, 81, 10), MTL_AQA_FRAMES - length)
+        indices = starts[:, None] + np.arange(length)[None, :]
+    elif protocol.kind == "jigsaws":
+        sampled = np.rint(np.linspace(0, num_frames - 1, JIGSAWS_FRAMES)).astype(np.int64)
+        indices = sampled.reshape(protocol.num_clips, length)
+    else:
+        last_start = max(num_frames - length, 0)
+        if protocol.num_clips == 1:
+            starts = np.array([last_start // 2])
+        else:
+            starts = np.rint(np.linspace(0, last_start, protocol.num_clips)).astype(np.int64)
+        indices = starts[:, None] + np.arange(length)[None, :]
+    return np.minimum(indices, num_frames - 1).astype(np.int64)
+
+
+def preprocess_frames(frames: np.ndarray, protocol: ClipProtocol) -> torch.Tensor:
+    """(F, H, W, 3) uint8 RGB -> (F, 3, 224, 224) float32 in [-1, 1], resized and center-cropped per protocol."""
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[3] != 3 or frames.dtype != np.uint8:
+        raise DaeError(f"expected (F, H, W, 3) uint8 RGB frames, got {frames.shape} {frames.dtype}")
+    height, width = frames.shape[1:3]
+    size_hw = MTL_AQA_RESIZE_HW if protocol.kind == "mtl-aqa" else short_side_size(height, width, SHORT_SIDE)
+    crop = protocol.crop_size
+    top, left = round((size_hw[0] - crop) / 2), round((size_hw[1] - crop) / 2)
+    out = torch.empty((frames.shape[0], 3, crop, crop), dtype=torch.float32)
+    for lo in range(0, frames.shape[0], _FRAMES_PER_CHUNK):
+        chunk = torch.from_numpy(frames[lo:lo + _FRAMES_PER_CHUNK]).permute(0, 3, 1, 2).float()
+        if tuple(chunk.shape[2:]) != size_hw:
+            chunk = F.interpolate(chunk, size=size_hw, mode="bilinear", align_corners=False, antialias=True)
+        chunk = chunk[:, :, top:top + crop, left:left + crop]
+        out[lo:lo + chunk.shape[0]] = (chunk / 127.5 - 1.0).clamp_(-1.0, 1.0)
+    return out
+
+
+def short_side_size(height: int, width: int, short_side: int = SHORT_SIDE) -> tuple[int, int]:
+    """(height, width) with the shorter side equal to `short_side` and the aspect ratio kept (rounded)."""
+    if height <= width:
+        return short_side, max(short_side, round(width * short_side / height))
+    return max(short_side, round(height * short_side / width)), short_side
+
+
+def clips_from_frames(frames: torch.Tensor, frame_of_index: np.ndarray) -> torch.Tensor:
+    """(C, 3, T, S, S) clips from preprocessed (U, 3, S, S) frames; frame_of_index[c, t] picks clip c's t-th frame."""
+    num_clips, length = frame_of_index.shape
+    clips = frames[torch.from_numpy(np.ascontiguousarray(frame_of_index).reshape(-1))]
+    return clips.view(num_clips, length, *frames.shape[1:]).permute(0, 2, 1, 3, 4).contiguous()
+
+
+def read_clips(reader, protocol: ClipProtocol) -> torch.Tensor:
+    """(num_clips, 3, frames_per_clip, 224, 224) float32 clips of one open video (a decode.VideoReader)."""
+    indices = clip_indices(protocol, reader.num_frames)
+    unique, inverse = np.unique(indices, return_inverse=True)
+    frames = preprocess_frames(reader.get_frames(unique), protocol)  # each needed frame decoded and resized once
+    return clips_from_frames(frames, inverse.reshape(indices.shape))
