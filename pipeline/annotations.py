@@ -56,12 +56,13 @@ OPTIONS = {
 # MTL-AQA's UNLV_Dive_split_4 folder: its *_370_4 split pickles number dives the UNLV-Dive way
 # (event e, index i) -> sample e_offset + i, events ordered 3, 2, 1 (checked against UNLV-Dive's own
 # 1-based training/testing index lists: all 370 agree, in order). Its final_annotations_dict.pkl is
-# MTL-AQA's numbering of the same three events: identical for events 2 and 3, but event 1 there also
-# holds dive (1, 70) (score 18.15), which UNLV-Dive does not contain, so UNLV-Dive's event-1 index i is
-# the i-th event-1 key once (1, 70) is skipped. One dive then differs: sample 345 is 67.2 there and
-# 67.3 in UNLV-Dive's own score list.
+# MTL-AQA's numbering of the same three events, which also holds two dives UNLV-Dive does not contain,
+# (3, 9) and (1, 70): UNLV-Dive's index i of event e is the i-th MTL-AQA key of that event once those
+# are skipped (found by aligning the score sequences). Three values then differ from UNLV-Dive's own
+# lists: sample 73 scores 88.3 here (88.2 there), sample 133 has DD 3.3 (3.0; 84.15 = 25.5 x 3.3),
+# sample 345 scores 67.2 (67.3).
 UNLV_EVENT_OFFSETS = {3: 0, 2: 72, 1: 180}
-UNLV_SKIPPED_MTL_KEYS = {(1, 70)}
+UNLV_SKIPPED_MTL_KEYS = {(3, 9), (1, 70)}
 
 
 @dataclass
@@ -524,7 +525,8 @@ def _unlv_from_mtl_aqa(folder: Path) -> tuple[np.ndarray, np.ndarray, list[int],
              for name in ("final_annotations_dict.pkl", "train_split_370_4.pkl", "test_split_370_4.pkl")]
     annotations = _mapping(_pickle(files[0]), str(files[0]), "a dict (event, index) -> annotation")
     by_key = {_pair_key(k, str(files[0])): k for k in annotations}
-    event_one = [k for k in sorted(by_key) if k[0] == 1 and k not in UNLV_SKIPPED_MTL_KEYS]
+    event_keys = {e: [k for k in sorted(by_key) if k[0] == e and k not in UNLV_SKIPPED_MTL_KEYS]
+                  for e in UNLV_EVENT_OFFSETS}
     split_keys = {name: [_pair_key(k, str(f)) for k in _sequence(_pickle(f), str(f), "a list of keys")]
                   for name, f in (("train", files[1]), ("test", files[2]))}
     total = sum(len(v) for v in split_keys.values())
@@ -535,14 +537,9 @@ def _unlv_from_mtl_aqa(folder: Path) -> tuple[np.ndarray, np.ndarray, list[int],
             where = f"{files[1 if name == 'train' else 2]}, key ({event}, {index})"
             if event not in UNLV_EVENT_OFFSETS:
                 raise DaeError(f"{where}: UNLV-Dive has events 1, 2 and 3 only")
-            if event == 1:
-                if not 1 <= index <= len(event_one):
-                    raise DaeError(f"{where}: no such dive in {files[0].name}")
-                mtl_key = event_one[index - 1]
-            else:
-                mtl_key = (event, index)
-                if mtl_key not in by_key:
-                    raise DaeError(f"{where}: no such dive in {files[0].name}")
+            if not 1 <= index <= len(event_keys[event]):
+                raise DaeError(f"{where}: no such dive in {files[0].name}")
+            mtl_key = event_keys[event][index - 1]
             sample = UNLV_EVENT_OFFSETS[event] + index
             if not 1 <= sample <= total:
                 raise DaeError(f"{where}: sample number {sample} outside 1..{total}")
@@ -566,7 +563,8 @@ def build_unlv_dive(path) -> BuiltManifest:
     elif (folder / "train_split_370_4.pkl").is_file():
         scores, difficulty, train, test, files = _unlv_from_mtl_aqa(folder)
         notes.append("scores from MTL-AQA's final_annotations_dict.pkl mapped to UNLV-Dive numbering "
-                     "(MTL-AQA dive (1, 70) is not in UNLV-Dive)")
+                     "(MTL-AQA dives (3, 9) and (1, 70) are not in UNLV-Dive; samples 73, 133 and 345 differ "
+                     "from UNLV-Dive's own lists by 0.1 point or 0.3 DD)")
     else:
         raise DaeError(f"{folder}: missing overall_scores.npy or train_split_370_4.pkl "
                        f"(unlv-dive expects {EXPECTS['unlv-dive']})")
