@@ -1,0 +1,110 @@
+"""Dataset cards: every buildable dataset has one, its fields are usable, and a wheel ships them."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from dae.data_manifests import cards
+from dae.errors import UsageError
+from dae.features.clips import parse_protocol
+from dae.pipeline import annotations as ann
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+RAW = DATA / "raw"
+needs_data = pytest.mark.skipif(not RAW.is_dir(), reason=f"reference data not found at {DATA}")
+
+
+def test_one_card_per_buildable_dataset():
+    assert cards.card_names() == sorted(ann.DATASETS)
+
+
+@pytest.mark.parametrize("name", sorted(ann.DATASETS))
+def test_card_fields_are_usable(name):
+    card = cards.load_card(name)
+    assert card["name"] == name
+    lo, hi = cards.score_range(card)
+    assert lo < hi and [lo, hi] == card["score_range"]
+    parse_protocol(card["clip_protocol"])  # a protocol name that stage one understands
+    assert card["group_average"] in ("none", "fisher-z") and card["fold_average"] in ("none", "fisher-z")
+    assert card["selection_rules"][0] == "last"  # our default comes first
+    for target in card.get("targets", {}):
+        t_lo, t_hi = cards.score_range(card, target)
+        assert t_lo < t_hi
+    for row in card["published"]:
+        assert 0 < row["value"] <= 1 and row["metric"] == "spearman"
+        assert row["backbone"].endswith("-finetuned")  # every published number fine-tunes its backbone
+
+
+def test_published_reference_rows_from_issue_5():
+    mtl = {row["method"]: row["value"] for row in cards.load_card("mtl-aqa")["published"]}
+    assert mtl == {"DAE": 0.9231, "DAE-MT": 0.9452, "DAE-CoRe": 0.9589, "USDL": 0.9064, "MUSDL": 0.9306,
+                   "C3D-AVG-MTL": 0.9044, "I3D+MLP (with DD)": 0.9381, "CoRe (without DD)": 0.9341,
+                   "TSA-Net": 0.9393, "TPT": 0.9607}
+    jig = {(row["method"], row["group"]): row["value"] for row in cards.load_card("jigsaws")["published"]}
+    assert jig == {("DAE", "average"): 0.72, ("DAE-MT", "average"): 0.76, ("DAE-CoRe", "average"): 0.86,
+                   ("MUSDL", "Suturing"): 0.71, ("MUSDL", "Needle_Passing"): 0.69, ("MUSDL", "Knot_Tying"): 0.71,
+                   ("MUSDL", "average"): 0.70}
+
+
+def test_jigsaws_group_names_match_the_manifest_groups():
+    groups = {row["group"] for row in cards.load_card("jigsaws")["published"]} - {"average"}
+    assert groups == {"Suturing", "Needle_Passing", "Knot_Tying"}
+
+
+def test_unknown_card_and_target():
+    with pytest.raises(UsageError, match=r"unknown dataset 'aqa-7' \(known: finediving, fis-v, jigsaws"):
+        cards.load_card("aqa-7")
+    with pytest.raises(UsageError, match="has no target 'pcs'"):
+        cards.score_range("mtl-aqa", "pcs")
+    assert cards.score_range("fis-v", "pcs") == (10.48, 38.28)
+
+
+@needs_data
+@pytest.mark.parametrize("dataset,folder,target", [
+    ("mtl-aqa", "yuxumin_CoRe", None), ("jigsaws", "nzl-thu_MUSDL/JIGSAWS", None),
+    ("finediving", "xujinglin_FineDiving_tag", None), ("fis-v", "chmxu_MS_LSTM", "tes"),
+    ("fis-v", "chmxu_MS_LSTM", "pcs"), ("rg", "qinghuannn_ACTION-NET", "total"),
+    ("rg", "qinghuannn_ACTION-NET", "difficulty"), ("rg", "qinghuannn_ACTION-NET", "execution"),
+    ("unlv-dive", "YeTianJHU_diving-score", None)])
+def test_card_score_ranges_span_the_data(dataset, folder, target):
+    """Ranges taken 'from the data' are exactly the data's min..max; none cuts off a real score."""
+    scores = ann.build_manifest(dataset, RAW / folder, target=target).manifest["score"]
+    lo, hi = cards.score_range(dataset, target)
+    assert (scores.min(), scores.max()) == (lo, hi)
+
+
+def test_wheel_ships_the_cards(tmp_path):
+    """A non-editable build (what `pip install .` installs) carries the TOML files and reads them."""
+    src = tmp_path / "src"
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
+    for name in ("dae_root", "features", "heads", "pipeline", "data_manifests"):
+        shutil.copytree(REPO / name, src / name, ignore=ignore)
+    for name in ("setup.cfg", "pyproject.toml", "README.md"):
+        if (REPO / name).exists():
+            shutil.copy(REPO / name, src / name)
+    if not (src / "README.md").exists():
+        (src / "README.md").write_text("dae\n")
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation",
+                            "-q", "-w", str(tmp_path / "dist")], capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr[-2000:]
+    (wheel,) = (tmp_path / "dist").glob("*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    shipped = sorted(n.rsplit("/", 1)[1][:-5] for n in names if n.startswith("dae/data_manifests/") and n.endswith(".toml"))
+    assert shipped == sorted(ann.DATASETS)
+    assert not [n for n in names if n.split("/")[0] in ("features", "heads", "pipeline", "data_manifests")]
+    unpacked = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(unpacked)
+    probe = ("import dae.data_manifests.cards as c; "
+             "print(c.__file__); print(len(c.card_names()), c.load_card('jigsaws')['score_range'])")
+    out = subprocess.run([sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(unpacked)!r}); {probe}"],
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    module_file, loaded = out.stdout.splitlines()
+    assert Path(module_file).is_relative_to(unpacked)  # the wheel's copy, not the source tree
+    assert loaded == f"{len(ann.DATASETS)} [6.0, 30.0]"
