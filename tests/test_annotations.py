@@ -452,3 +452,12 @@ def test_cli_unwritable_output_folder(tmp_path):
     result = run("manifest", "build", "jigsaws", "--annotations", MUSDL_JIGSAWS, "--out", out)
     assert result.exit_code == 1 and "does not exist" in one_line_error(result)
     assert not out.parent.exists()
+
+
+def test_cli_offers_every_builder_and_explains_paths():
+    build = cli.commands["manifest"].commands["build"]
+    assert list(build.params[0].type.choices) == list(ann.DATASETS)
+    result = run("manifest", "build", "--help")
+    assert result.exit_code == 0
+    for dataset in ann.DATASETS:
+        assert f"\n    {dataset} " in result.output  # one line per dataset saying what PATH it expects
