@@ -590,6 +590,9 @@ def build_manifest(dataset: str, annotations, **options) -> BuiltManifest:
         raise UsageError(f"{flag} does not apply to {dataset}")
     if "target" in given and given["target"] not in TARGETS[dataset]:
         raise UsageError(f"{dataset} --target must be one of {', '.join(TARGETS[dataset])} (got {given['target']!r})")
+    for name, allowed in (("layout", LAYOUTS), ("view", JIGSAWS_VIEWS), ("variant", ("auto", *MTL_AQA_VARIANTS))):
+        if name in given and given[name] not in allowed:
+            raise UsageError(f"--{name} must be one of {', '.join(allowed)} (got {given[name]!r})")
     if given.get("layout") == "per-dive" and "video_template" in given:
         raise UsageError("--video-template applies to --layout untrimmed only")
     built = _BUILDERS[dataset](annotations, **given)

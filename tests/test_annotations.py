@@ -158,6 +158,10 @@ def test_options_that_do_not_apply_are_usage_errors(tmp_path):
         ann.build_manifest("fis-v", tmp_path, target="total")
     with pytest.raises(UsageError, match="fis-v needs --target"):
         ann.build_manifest("fis-v", tmp_path)
+    with pytest.raises(UsageError, match="--layout must be one of untrimmed, per-dive"):
+        ann.build_manifest("mtl-aqa", tmp_path, layout="trimmed")
+    with pytest.raises(UsageError, match="--video-template applies to --layout untrimmed only"):
+        ann.build_manifest("mtl-aqa", tmp_path, layout="per-dive", video_template="{event}.mp4")
     with pytest.raises(UsageError, match="unknown dataset 'aqa-7'"):
         ann.build_manifest("aqa-7", tmp_path)
 
