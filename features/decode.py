@@ -97,6 +97,10 @@ class VideoReader:
     def close(self) -> None:
         pass
 
+    def _output(self, num_frames: int) -> np.ndarray:
+        # filled in place: keeping per-frame arrays and stacking them costs a second full copy
+        return np.empty((num_frames, self.height, self.width, 3), dtype=np.uint8)
+
     def get_frames(self, indices) -> np.ndarray:
         """(T, H, W, 3) uint8 RGB frames for segment-relative `indices` (any order, repeats allowed)."""
         indices = np.asarray(indices, dtype=np.int64).reshape(-1)
@@ -171,17 +175,18 @@ class DecordReader(VideoReader):
     def _read(self, indices: np.ndarray) -> np.ndarray:
         reader = self._reader
         reader.seek(0)
-        wanted = set(indices.tolist())
-        frames = []
+        slot_of_index = {index: slot for slot, index in enumerate(indices.tolist())}
+        frames = self._output(indices.size)
         for position in range(int(indices[-1]) + 1):
             try:
                 frame = reader.next()  # skip_frames() miscounts after B-frames too, so every frame is read
             except StopIteration:
                 raise VideoDecodeError(self.path, f"decord: frame {position} could not be decoded "
                                                   f"(the file ends early)") from None
-            if position in wanted:
-                frames.append(frame.asnumpy())
-        return np.stack(frames)
+            slot = slot_of_index.get(position)
+            if slot is not None:
+                frames[slot] = frame.asnumpy()
+        return frames
 
     def close(self) -> None:
         self.__dict__.pop("_reader", None)
@@ -242,44 +247,45 @@ class PyAVReader(VideoReader):
     def _read_after_seek(self, indices: np.ndarray) -> np.ndarray | None:
         """Seek to the keyframe at or before the first wanted frame; None when the seek overshoots."""
         target_pts = self._frame_pts[indices]
-        position = {int(p): i for i, p in enumerate(target_pts)}
+        slot_of_pts = {int(p): i for i, p in enumerate(target_pts)}
         before = self._keyframe_pts[self._keyframe_pts <= target_pts[0]]
         if before.size == 0:
             return None
         self._container.seek(int(before[-1]), stream=self._stream, backward=True, any_frame=False)
-        out = [None] * indices.size
-        found = 0
+        frames = self._output(indices.size)
+        filled = np.zeros(indices.size, dtype=bool)
+        first_pts, last_pts = int(target_pts[0]), int(target_pts[-1])
         for frame in self._container.decode(self._stream):
             if frame.pts is None:
                 return None
-            if found == 0 and frame.pts > target_pts[0]:
+            if frame.pts > first_pts and not filled[0]:
                 return None  # landed after the first wanted frame
-            i = position.get(int(frame.pts))
-            if i is not None:
-                out[i] = frame.to_ndarray(format="rgb24")
-                found += 1
-            if frame.pts >= target_pts[-1]:
+            slot = slot_of_pts.get(frame.pts)
+            if slot is not None:
+                frames[slot] = frame.to_ndarray(format="rgb24")
+                filled[slot] = True
+            if frame.pts >= last_pts:
                 break
-        if found < indices.size:
-            missing = indices[[k for k, f in enumerate(out) if f is None][0]]
+        if not filled.all():
+            missing = indices[np.flatnonzero(~filled)[0]]
             raise VideoDecodeError(self.path, f"pyav: frame {missing} could not be decoded")
-        return np.stack(out)
+        return frames
 
     def _read_from_start(self, indices: np.ndarray) -> np.ndarray:
         """Decode from the first frame, counting frames in output order (no usable timestamps)."""
         self._open_container()
-        wanted = {int(k): i for i, k in enumerate(indices)}
-        out = [None] * indices.size
+        slot_of_index = {index: slot for slot, index in enumerate(indices.tolist())}
+        frames = self._output(indices.size)
         last = int(indices[-1])
-        for count, frame in enumerate(self._container.decode(self._stream)):
-            i = wanted.get(count)
-            if i is not None:
-                out[i] = frame.to_ndarray(format="rgb24")
-            if count >= last:
+        for position, frame in enumerate(self._container.decode(self._stream)):
+            slot = slot_of_index.get(position)
+            if slot is not None:
+                frames[slot] = frame.to_ndarray(format="rgb24")
+            if position >= last:
                 break
         else:
             raise VideoDecodeError(self.path, f"pyav: frame {last} could not be decoded")
-        return np.stack(out)
+        return frames
 
     def close(self) -> None:
         container = self.__dict__.pop("_container", None)
