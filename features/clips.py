@@ -1,8 +1,10 @@
 """Named clip protocols: which frames form each clip, and how decoded frames become I3D input tensors.
 
 Protocols (frame indices are relative to the segment start, see decode.py):
-- `mtl-aqa`: the first 103 frames of the segment; 10 clips of 16 frames starting at 0, 10, ..., 80
-  plus the last 16 (frames 87-102); each frame resized to 455x256 (aspect not kept) and center-cropped to 224.
+- `mtl-aqa`: the 103 frames from the segment's start_frame on, whatever its end_frame (about half of
+  MTL-AQA's annotated dives end before 103 frames; MUSDL/DAE read on past the end); 10 clips of 16
+  frames starting at 0, 10, ..., 80 plus the last 16 (frames 87-102); each frame resized to 455x256
+  (aspect not kept) and center-cropped to 224.
 - `jigsaws`: 160 frames at rint(linspace(0, n - 1, 160)) over the whole segment, cut into 10
   consecutive 16-frame clips; short side resized to 256, center crop 224.
 - `uniform:N` / `uniform:NxT`: N clips of T consecutive frames (T = 16 by default); the first clip
@@ -28,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from dae.errors import DaeError, UsageError
+from dae.features.decode import DEFAULT_DECODER, open_video
 
 CROP_SIZE = 224
 SHORT_SIDE = 256
@@ -46,6 +49,13 @@ class ClipProtocol:
     resize: str  # "fixed 455x256" or "short side 256"
     crop_size: int = CROP_SIZE
     version: int = PROTOCOL_VERSION
+
+    def segment(self, start_frame: int | None, end_frame: int | None) -> tuple[int | None, int | None]:
+        """The frame range to open for a manifest row's (start_frame, end_frame): mtl-aqa reads 103 from the start."""
+        if self.kind == "mtl-aqa":
+            start = 0 if start_frame is None else int(start_frame)
+            return start, start + MTL_AQA_FRAMES - 1
+        return start_frame, end_frame
 
     def clip_indices(self, num_frames: int) -> np.ndarray:
         """(num_clips, frames_per_clip) int64 frame indices for a segment of `num_frames` frames."""
@@ -163,3 +173,10 @@ def read_clips(reader, protocol: ClipProtocol) -> torch.Tensor:
     unique, inverse = np.unique(indices, return_inverse=True)
     frames = preprocess_frames(reader.get_frames(unique), protocol)  # each needed frame decoded and resized once
     return clips_from_frames(frames, inverse.reshape(indices.shape))
+
+
+def video_clips(path, protocol: ClipProtocol, decoder: str = DEFAULT_DECODER, threads: int = 1,
+                start_frame: int | None = None, end_frame: int | None = None) -> torch.Tensor:
+    """Open a video (a manifest row's segment of it), read the protocol's clips, close. Raises VideoDecodeError."""
+    with open_video(path, decoder, threads, *protocol.segment(start_frame, end_frame)) as reader:
+        return read_clips(reader, protocol)

@@ -6,7 +6,7 @@ frame-rate videos index correctly. Both backends return identical (T, H, W, 3) u
 the same indices on lossless RGB video (tests/test_decode.py checks it); on lossy YUV video they can
 differ by a level or two at odd frame sizes (different chroma rounding in the two FFmpeg builds).
 
-Segments: `start_frame` and `end_frame` are 0-based and inclusive (as in the manifest). An
+Segments: `start_frame` and `end_frame` are 0-based and inclusive (manifest columns of those names). An
 `end_frame` past the last frame is cut to the last frame; a `start_frame` past it is an error.
 
 Open readers inside the worker process that uses them (never in a parent that forks), and keep
@@ -45,6 +45,8 @@ def _one_line(message: str, max_chars: int = 200) -> str:
 def _library_reason(decoder: str, exc: BaseException) -> str:
     """A decoder exception as a short reason; FFmpeg's 'invalid data' family gets a plain explanation."""
     text = _one_line(str(exc))
+    if "cannot find video stream" in text:
+        return "no video stream"
     if "Invalid data" in text or text.startswith("Error reading") or "avfilter_graph_create_filter" in text:
         return f"{decoder}: invalid data (not a video, or a truncated or corrupt one): {text}"
     return f"{decoder}: {type(exc).__name__}: {text}"
@@ -78,9 +80,13 @@ class VideoReader:
             raise VideoDecodeError(path, "empty file (0 bytes)")
         self.threads = max(1, int(threads))
         total = self._open()
-        if total <= 0:
-            raise VideoDecodeError(path, "no decodable video frames")
-        self.first_frame, self.num_frames = _select_segment(path, total, start_frame, end_frame)
+        try:
+            if total <= 0:
+                raise VideoDecodeError(path, "no decodable video frames")
+            self.first_frame, self.num_frames = _select_segment(path, total, start_frame, end_frame)
+        except VideoDecodeError:
+            self.close()
+            raise
         self.total_frames = total
 
     # backends fill these in
@@ -146,7 +152,7 @@ def _select_segment(path, total: int, start_frame, end_frame) -> tuple[int, int]
 
 
 class DecordReader(VideoReader):
-    """decord.VideoReader, read forward from the first frame with skip_frames/next.
+    """decord.VideoReader, read forward from the first frame with next().
 
     decord 0.6.0 seeks to wrong frames (a whole GOP early or late) in videos whose keyframes are
     preceded by B-frames in display order: MPEG-4 part 2 with B-frames (typical Xvid/DivX AVI) and

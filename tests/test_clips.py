@@ -9,7 +9,7 @@ import torch
 
 from dae.errors import DaeError, UsageError
 from dae.features.clips import (clip_indices, parse_protocol, preprocess_frames, protocol_from_json, read_clips,
-                                short_side_size)
+                                short_side_size, video_clips)
 from dae.features.decode import DECODERS, open_video
 from videos import gray_frames, noise_frames, write_video
 
@@ -136,3 +136,17 @@ def test_clips_follow_the_segment_and_both_decoders_give_identical_tensors(tmp_p
     assert torch.equal(clips["decord"], clips["pyav"])
     levels = ((clips["decord"].mean(dim=(1, 3, 4)) + 1) * 127.5).numpy()
     np.testing.assert_allclose(levels, 2 * np.array([[100, 101, 102, 103], [116, 117, 118, 119]]), atol=1e-3)
+
+
+def _levels(clips):
+    return np.rint(((clips.mean(dim=(1, 3, 4)) + 1) * 127.5 / 2).numpy()).astype(int)  # frame i: gray level 2 i
+
+
+def test_mtl_aqa_reads_103_frames_from_start_frame_past_an_earlier_end_frame(tmp_path):
+    path = write_video(tmp_path / "broadcast.mkv", gray_frames(125, 40, 64, step=2), "ffv1")
+    clips = video_clips(path, parse_protocol("mtl-aqa"), start_frame=20, end_frame=80)
+    np.testing.assert_array_equal(_levels(clips), 20 + _clips(MTL_AQA_STARTS))
+    near_the_end = video_clips(path, parse_protocol("mtl-aqa"), decoder="pyav", start_frame=60, end_frame=100)
+    np.testing.assert_array_equal(_levels(near_the_end), np.minimum(60 + _clips(MTL_AQA_STARTS), 124))
+    uniform = video_clips(path, parse_protocol("uniform:2x4"), start_frame=20, end_frame=80)
+    np.testing.assert_array_equal(_levels(uniform), [[20, 21, 22, 23], [77, 78, 79, 80]])

@@ -6,8 +6,8 @@ import pytest
 
 from dae.errors import DaeError
 from dae.features.decode import DECODERS, VideoDecodeError, decoder_version, open_video, read_frames
-from videos import (gray_frames, index_frames, noise_frames, read_index, write_empty, write_random_bytes,
-                    write_text, write_truncated, write_video)
+from videos import (gray_frames, index_frames, noise_frames, read_index, write_audio_only, write_empty,
+                    write_random_bytes, write_text, write_truncated, write_video)
 
 # B-frames before keyframes in display order: decord 0.6.0's own seeking returns wrong frames here
 REORDERED = {
@@ -121,6 +121,7 @@ CORRUPT = {
     "empty.mp4": write_empty,
     "text.mp4": write_text,
     "missing.mp4": lambda p: p,
+    "audio-only.mp4": write_audio_only,
 }
 
 
@@ -135,6 +136,8 @@ def test_every_broken_file_raises_a_one_line_video_decode_error(tmp_path, decode
     assert "\n" not in message and len(message) < 400
     assert message.startswith(f"{path}: cannot decode video: ")
     assert isinstance(caught.value, DaeError) and caught.value.exit_code == 1
+    if name == "audio-only.mp4":
+        assert message.endswith("no video stream")
 
 
 @pytest.mark.parametrize("decoder", DECODERS)

@@ -99,6 +99,19 @@ def write_empty(path) -> Path:
     return path
 
 
+def write_audio_only(path, seconds: float = 0.5, sample_rate: int = 16000) -> Path:
+    """An mp4 holding only an AAC audio track: a valid media file without any video."""
+    path = Path(path)
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("aac", rate=sample_rate)
+        for i in range(int(seconds * sample_rate) // 1024):
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            frame.sample_rate, frame.pts = sample_rate, i * 1024
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return path
+
+
 def write_text(path) -> Path:
     path = Path(path)
     path.write_text("this is not a video, just text in a file named like one\n" * 20)
