@@ -83,15 +83,13 @@ def fisher_z_mean(rhos) -> float:
 
 
 def evaluate(y_true, y_pred, mu, scale, score_range, distribution: str = "gaussian") -> dict:
-    """All per-model metrics in score units. y_pred is what is ranked (mu by default, or a sample)."""
+    """All per-model metrics in score units. y_pred is what is ranked (mu by default, or a sample);
+    scale None (a point-estimate head) leaves the distribution metrics NaN."""
+    out = {"spearman": spearman(y_true, y_pred), "rl2x100": rl2x100(y_true, y_pred, score_range),
+           "l2": l2(y_true, y_pred)}
+    if scale is None:
+        return {**out, "nll": np.nan, "crps": np.nan, "coverage90": np.nan, "sigma_error_spearman": np.nan}
     dist = get_distribution(distribution)
     lo, hi = interval(mu, scale, COVERAGE_LEVEL, dist)
-    return {
-        "spearman": spearman(y_true, y_pred),
-        "rl2x100": rl2x100(y_true, y_pred, score_range),
-        "l2": l2(y_true, y_pred),
-        "nll": nll(y_true, mu, scale, dist),
-        "crps": crps(y_true, mu, scale, dist),
-        "coverage90": coverage(y_true, lo, hi),
-        "sigma_error_spearman": sigma_error_spearman(y_true, mu, scale),
-    }
+    return {**out, "nll": nll(y_true, mu, scale, dist), "crps": crps(y_true, mu, scale, dist),
+            "coverage90": coverage(y_true, lo, hi), "sigma_error_spearman": sigma_error_spearman(y_true, mu, scale)}

@@ -47,13 +47,13 @@ class TrainConfig:
     """Optimisation settings shared by all heads trained together."""
 
     epochs: int = 100
-    lr: float = 1e-3
+    lr: float = 1e-4
     weight_decay: float = 0.0
     batch_size: int = 32
     hidden: tuple = HIDDEN
     selection: str = "last"
     prediction: str = "mu"
-    standardize: bool = True
+    standardize: bool = False  # raw features, as the reference code feeds them
     track_curves: bool = False
 
     def check(self):

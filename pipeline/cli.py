@@ -166,6 +166,94 @@ def manifest_build_cmd(dataset, annotations, out, target, variant, layout, video
     click.echo(f"wrote {out}: " + "; ".join(parts))
 
 
+def train_options(f):
+    """Options shared by every command that trains heads (fit, ablate, demo)."""
+    from dae.heads.trainer import TrainConfig
+
+    d = TrainConfig()
+    opts = [
+        click.option("--epochs", type=click.IntRange(1), default=d.epochs, show_default=True),
+        click.option("--lr", type=click.FloatRange(0, min_open=True), default=d.lr, show_default=True,
+                     help="Adam learning rate."),
+        click.option("--weight-decay", type=click.FloatRange(0), default=d.weight_decay, show_default=True),
+        click.option("--batch-size", type=click.IntRange(1), default=d.batch_size, show_default=True),
+        click.option("--seeds", "n_seeds", type=click.IntRange(1), default=None,
+                     help="Train seeds 0..N-1 (default: 1 seed, or 3 with --seeds omitted in studies)."),
+        click.option("--seed", type=int, default=None, help="Train this one seed."),
+        click.option("--selection", type=click.Choice(["last", "best-val", "best-test"]), default=d.selection,
+                     show_default=True, help="Which epoch's weights are evaluated: the last; the best on a "
+                     "validation split carved from train (fixed seed); or the best on the test set (the papers' "
+                     "practice, optimistic, always labelled)."),
+        click.option("--dataset", default=None,
+                     help="Dataset card name (score range, protocol); default: the manifest's own score range."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def resolve_seeds(n_seeds, seed, default_n=1):
+    if n_seeds is not None and seed is not None:
+        raise click.UsageError("give --seeds N or --seed S, not both")
+    if seed is not None:
+        return [seed]
+    return list(range(n_seeds if n_seeds is not None else default_n))
+
+
+def card_score_range(dataset, manifest_path):
+    """The card's score range for the manifest's target (Fis-V TES vs PCS, RG total/D/E)."""
+    if not dataset:
+        return None
+    import pandas as pd
+
+    from dae.data_manifests.cards import score_range
+
+    head = pd.read_csv(manifest_path, nrows=1) if manifest_path else None
+    target = str(head["target"].iloc[0]) if head is not None and "target" in head and len(head) else None
+    return tuple(score_range(dataset, target))
+
+
+@cli.command("fit")
+@click.option("--features", required=True, type=click.Path(dir_okay=False), help="Feature file (HDF5).")
+@click.option("--manifest", required=True, type=click.Path(dir_okay=False), help="Manifest CSV.")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Run folder to create (never overwritten). Default: runs/<dataset>-<head>-<time>.")
+@click.option("--leaderboard", type=click.Path(dir_okay=False), default=None,
+              help="CSV leaderboard to append one row per trained model to (created if missing).")
+@click.option("--head", type=click.Choice(["dae", "mlp", "ridge"]), default="dae", show_default=True,
+              help="dae: the Distribution Auto-Encoder; mlp: same trunk, plain regression on mu; ridge: "
+              "closed-form ridge, penalty by cross-validation on train.")
+@click.option("--loss", type=click.Choice(["sup", "rec", "combined", "v1", "nll", "rec+sup"]), default="v1",
+              show_default=True, help="v1: the paper's schedule, rec every epoch and combined (alpha rec + beta "
+              "sup) on epochs 10, 20, 30, ...")
+@click.option("--reparam", type=click.Choice(["sigma", "variance"]), default="sigma", show_default=True,
+              help="Sample y = mu + eps*sigma, or the paper's y = mu + eps*sigma^2.")
+@click.option("--alpha", type=float, default=0.6, show_default=True, help="Weight of the reconstruction loss.")
+@click.option("--beta", type=float, default=0.4, show_default=True, help="Weight of the supervised loss.")
+@click.option("--predict", "prediction", type=click.Choice(["mu", "sample"]), default="mu", show_default=True,
+              help="Rank by mu (deterministic) or by one reparameterised sample (the paper's, labelled).")
+@train_options
+def fit_cmd(features, manifest, out, leaderboard, head, loss, reparam, alpha, beta, prediction, epochs, lr,
+            weight_decay, batch_size, n_seeds, seed, selection, dataset):
+    """Train score heads on cached features; one model per group and fold of the manifest.
+
+    Writes RUN/{config.json, metrics.csv, predictions.csv, model.pt} and appends one leaderboard row per
+    trained model (seed x group x fold). Example:
+
+        dae fit --features F.h5 --manifest M.csv --out runs/dae1 --seeds 3 --leaderboard L.csv
+    """
+    from dae.heads.trainer import HeadSpec, TrainConfig
+    from dae.pipeline.fit import FitPlan, run_fit
+
+    seeds = resolve_seeds(n_seeds, seed)
+    specs = [HeadSpec(seed=s, loss=loss, reparam=reparam, alpha=alpha, beta=beta) for s in seeds]
+    config = TrainConfig(epochs=epochs, lr=lr, weight_decay=weight_decay, batch_size=batch_size,
+                         selection=selection, prediction=prediction)
+    plan = FitPlan(head=head, specs=specs, config=config, dataset=dataset or "",
+                   score_range=card_score_range(dataset, manifest))
+    run_fit(features, manifest, plan, out=out, leaderboard=leaderboard, echo=click.echo)
+
+
 @cli.command("weights")
 @click.option("--no-fetch", is_flag=True, help="Only show what is cached; download and convert nothing.")
 def weights_cmd(no_fetch):

@@ -1,0 +1,237 @@
+"""`dae fit`: train score heads on cached features per group and fold, evaluate, write a run folder and rows."""
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import os
+import platform
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from dae import __version__
+from dae.errors import DaeError, UsageError
+from dae.features.manifest import read_manifest
+from dae.features.store import FeatureSet, align, content_sha256, read_features
+from dae.heads.metrics import evaluate, interval
+from dae.heads.ridge import fit_ridge
+from dae.heads.trainer import HeadSpec, Job, TrainConfig, train_heads
+
+HEADS = ("dae", "mlp", "ridge")
+VAL_SEED = 0
+
+
+@dataclass
+class Unit:
+    """One (group, fold) cell of a protocol: which manifest rows train, validate and test."""
+
+    group: str
+    fold: str
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+
+
+@dataclass
+class FitPlan:
+    """What to train: a head type, its variants (seeds x losses x ...), optimisation and evaluation settings."""
+
+    head: str = "dae"
+    specs: list = field(default_factory=lambda: [HeadSpec()])
+    config: TrainConfig = field(default_factory=TrainConfig)
+    dataset: str = ""
+    score_range: tuple | None = None
+    val_fraction: float = 0.2
+
+
+def plan_units(manifest: pd.DataFrame, need_val: bool, val_fraction: float = 0.2) -> list[Unit]:
+    """Protocol cells from the manifest: per group; k-fold when it has `fold`, else its train/val/test split."""
+    groups = sorted(manifest["group"].unique()) if "group" in manifest else [""]
+    units = []
+    for group in groups:
+        in_group = (manifest["group"] == group).to_numpy() if group != "" else np.ones(len(manifest), bool)
+        if "fold" in manifest:
+            folds = manifest["fold"].to_numpy()
+            cells = [(str(f), np.flatnonzero(in_group & (folds != f)), np.array([], int),
+                      np.flatnonzero(in_group & (folds == f))) for f in sorted(set(folds[in_group]))]
+        elif "split" in manifest:
+            split = manifest["split"].to_numpy()
+            cells = [("", np.flatnonzero(in_group & (split == "train")), np.flatnonzero(in_group & (split == "val")),
+                      np.flatnonzero(in_group & (split == "test")))]
+        else:
+            raise UsageError("the manifest needs a 'split' column (train/val/test) or a 'fold' column")
+        for fold, train, val, test in cells:
+            where = f"group {group!r} " if group else ""
+            where += f"fold {fold} " if fold else ""
+            if len(test) == 0:
+                raise UsageError(f"{where or 'the manifest '}has no test rows")
+            if need_val and len(val) == 0:
+                # A validation split carved from train with a fixed seed, the same for every head.
+                order = np.random.default_rng(VAL_SEED).permutation(train)
+                n_val = max(1, int(round(val_fraction * len(train))))
+                val, train = np.sort(order[:n_val]), np.sort(order[n_val:])
+            if len(train) < 2:
+                raise UsageError(f"{where or 'the manifest '}has fewer than 2 training rows")
+            units.append(Unit(str(group), fold, train, val, test))
+    return units
+
+
+def score_range_of(manifest: pd.DataFrame, plan: FitPlan) -> tuple[float, float]:
+    if plan.score_range is not None:
+        lo, hi = plan.score_range
+    else:
+        lo, hi = float(manifest["score"].min()), float(manifest["score"].max())
+    if not hi > lo:
+        raise UsageError(f"the score range must be non-empty, got {lo}..{hi}")
+    return float(lo), float(hi)
+
+
+def fit_models(fs: FeatureSet, manifest: pd.DataFrame, plan: FitPlan, manifest_name: str = "manifest"):
+    """Train every spec on every protocol cell. Returns (leaderboard rows, predictions, trained heads)."""
+    if plan.head not in HEADS:
+        raise UsageError(f"unknown head {plan.head!r} (choose from {', '.join(HEADS)})")
+    x = align(fs, list(manifest["video_id"]), manifest_name)
+    scores = manifest["score"].to_numpy(float)
+    lo, hi = score_range_of(manifest, plan)
+    targets = (scores - lo) / (hi - lo)
+    units = plan_units(manifest, plan.config.selection == "best-val", plan.val_fraction)
+    specs = [dataclasses.replace(s, loss="sup") for s in plan.specs] if plan.head == "mlp" else plan.specs
+    jobs = []
+    for unit in units:
+        eval_rows = {"test": unit.test, **({"val": unit.val} if len(unit.val) else {})}
+        for spec in specs:
+            jobs.append(Job(spec, unit.train, eval_rows, tags={"group": unit.group, "fold": unit.fold}))
+    if plan.head == "ridge":
+        results = _fit_ridge_jobs(x, targets, jobs)
+    else:
+        results = train_heads(x, targets, jobs, plan.config)
+
+    created = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    features_sha = content_sha256(fs)
+    rows, predictions = [], []
+    has_sigma = plan.head == "dae"
+    for res in results:
+        test = res.job.eval_rows["test"]
+        p = res.predictions["test"]
+        mu_s = lo + p["mu"] * (hi - lo)
+        pred_s = lo + p["pred"] * (hi - lo)
+        scale_s = p["scale"] * (hi - lo) if has_sigma else None
+        metrics = evaluate(scores[test], pred_s, mu_s, scale_s, (lo, hi), res.job.spec.distribution)
+        spec = res.job.spec
+        rows.append({
+            "dataset": plan.dataset or manifest_name, "group": res.job.tags["group"], "fold": res.job.tags["fold"],
+            "head": plan.head, "loss": spec.loss if plan.head != "ridge" else "l2+penalty",
+            "distribution": spec.distribution if has_sigma else "",
+            "reparam": spec.reparam if has_sigma else "", "selection": plan.config.selection,
+            "prediction": plan.config.prediction if has_sigma else "mu", "seed": spec.seed,
+            "n_train": len(res.job.train_rows), "n_test": len(test), **metrics,
+            "epochs": plan.config.epochs if plan.head != "ridge" else 0,
+            "selected_epoch": res.selected_epoch + 1, "lr": plan.config.lr, "batch_size": plan.config.batch_size,
+            "weight_decay": plan.config.weight_decay, "fit_seconds": res.fit_seconds,
+            "features_sha256": features_sha, "backbone": fs.backbone, "dae_version": __version__,
+            "created_utc": created, "source": "this-run",
+        })
+        lo90, hi90 = interval(mu_s, scale_s) if has_sigma else (np.full(len(test), np.nan),) * 2
+        predictions.append(pd.DataFrame({
+            "video_id": manifest["video_id"].to_numpy()[test], "score": scores[test], "mu": mu_s,
+            "sigma": scale_s if has_sigma else np.nan, "lo90": lo90, "hi90": hi90, "prediction": pred_s,
+            "group": res.job.tags["group"], "fold": res.job.tags["fold"], "seed": spec.seed, "loss": rows[-1]["loss"],
+            "reparam": rows[-1]["reparam"]}))
+    return pd.DataFrame(rows), pd.concat(predictions, ignore_index=True), results
+
+
+def _fit_ridge_jobs(x, targets, jobs):
+    """Ridge has no seed; every job still gets its row so the leaderboard stays one row per model."""
+    from dae.heads.trainer import HeadResult
+
+    results = []
+    for job in jobs:
+        w, b, penalty = fit_ridge(x[job.train_rows], targets[job.train_rows])
+        preds = {}
+        for name, rows in job.eval_rows.items():
+            m = x[rows].astype(np.float64) @ w + b
+            preds[name] = {"mu": m, "scale": np.full(len(rows), np.nan), "pred": m}
+        results.append(HeadResult(job=job, predictions=preds, selected_epoch=-1,
+                                  state_dict={"weight": torch.as_tensor(w), "bias": torch.tensor(b),
+                                              "penalty": torch.tensor(penalty)},
+                                  input_mean=np.zeros(x.shape[1]), input_std=np.ones(x.shape[1]),
+                                  fit_seconds=0.0))
+    return results
+
+
+def default_run_dir(plan: FitPlan, root="runs") -> Path:
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path(root) / f"{plan.dataset or 'run'}-{plan.head}-{stamp}"
+    path, i = base, 1
+    while path.exists():
+        path, i = Path(f"{base}-{i}"), i + 1
+    return path
+
+
+def save_run(out: Path, plan: FitPlan, rows: pd.DataFrame, predictions: pd.DataFrame, results, extra: dict) -> None:
+    """Write the run folder under a temporary name and rename it: a run is complete or absent."""
+    out = Path(out)
+    if out.exists():
+        raise DaeError(f"run folder {out} already exists; runs are never overwritten (choose another --out)")
+    parent = out.parent if str(out.parent) else Path(".")
+    parent.mkdir(parents=True, exist_ok=True)
+    if not os.access(parent, os.W_OK):
+        raise DaeError(f"cannot write run folder {out}: {parent} is not writable")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=parent))
+    try:
+        config = {"head": plan.head, "dataset": plan.dataset, "specs": [dataclasses.asdict(s) for s in plan.specs],
+                  "train": dataclasses.asdict(plan.config), "val_fraction": plan.val_fraction,
+                  "val_seed": VAL_SEED, "dae_version": __version__, "torch_version": torch.__version__,
+                  "numpy_version": np.__version__, "python": platform.python_version(),
+                  "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+                  "cpu_count": os.cpu_count(), **extra}
+        (tmp / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
+        rows.to_csv(tmp / "metrics.csv", index=False)
+        predictions.to_csv(tmp / "predictions.csv", index=False)
+        torch.save({"dae_version": __version__, "head": plan.head, "score_range": list(extra["score_range"]),
+                    "feature_dim": int(results[0].input_mean.shape[0]), "backbone": extra.get("backbone", ""),
+                    "train": dataclasses.asdict(plan.config),
+                    "models": [{"spec": dataclasses.asdict(r.job.spec), "tags": dict(r.job.tags),
+                                "state_dict": r.state_dict,
+                                "input_mean": torch.as_tensor(r.input_mean, dtype=torch.float32),
+                                "input_std": torch.as_tensor(r.input_std, dtype=torch.float32)} for r in results]},
+                   tmp / "model.pt")
+        os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def run_fit(features, manifest, plan: FitPlan, out=None, leaderboard=None, echo=print):
+    """Read files, train, write the run folder and append to the leaderboard. Returns (rows, summary)."""
+    from dae.pipeline.leaderboard import append_rows, format_summary, summarise, write_summary_beside
+
+    fs = read_features(features)
+    df = read_manifest(manifest)
+    manifest_name = Path(manifest).name
+    if not plan.dataset:
+        plan = dataclasses.replace(plan, dataset=Path(manifest).stem)
+    out = Path(out) if out else default_run_dir(plan)
+    if out.exists():
+        raise DaeError(f"run folder {out} already exists; runs are never overwritten (choose another --out)")
+    rows, predictions, results = fit_models(fs, df, plan, manifest_name)
+    lo, hi = score_range_of(df, plan)
+    rows["run_dir"] = str(out)
+    save_run(out, plan, rows, predictions, results,
+             {"features": str(features), "features_sha256": content_sha256(fs), "manifest": str(manifest),
+              "score_range": [lo, hi], "score_range_source": "card" if plan.score_range else "manifest min..max",
+              "backbone": fs.backbone})
+    summary = summarise(rows)
+    echo(format_summary(summary))
+    echo(f"run written to {out}")
+    if leaderboard:
+        append_rows(leaderboard, rows)
+        write_summary_beside(leaderboard)
+        echo(f"{len(rows)} rows appended to {leaderboard}")
+    return rows, summary
