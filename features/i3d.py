@@ -1,7 +1,6 @@
 """Inception-I3D (Carreira & Zisserman 2017, RGB stream) in PyTorch, numerically equal to DeepMind's Kinetics-400 model."""
 from __future__ import annotations
 
-import hashlib
 import math
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dae.errors import DaeError
+from dae.features import weights as weight_store
 
 BACKBONE_NAME = "i3d-kinetics400-rgb-scratch"
 FEATURE_DIM = 1024
@@ -228,19 +228,9 @@ def load_state_dict_into(model: InceptionI3d, state_dict: dict, source: str) -> 
     model.load_state_dict(state_dict, strict=True)
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def load_i3d(weights=None, device="cpu", **model_options) -> InceptionI3d:
     """I3D in eval mode with DeepMind's Kinetics-400 weights (fetched, verified and cached on first use),
     or with a piergiaj-style PyTorch checkpoint at `weights` (any number of classes)."""
-    from dae.features import weights as weight_store  # the fetch/convert code is only needed here
-
     if weights is None:
         state_dict, sha256, path = weight_store.kinetics400_state_dict()
         backbone = BACKBONE_NAME
@@ -249,7 +239,7 @@ def load_i3d(weights=None, device="cpu", **model_options) -> InceptionI3d:
         if not path.is_file():
             raise DaeError(f"weights file {path} does not exist")
         state_dict = _read_torch_state_dict(path)
-        sha256 = _file_sha256(path)
+        sha256 = weight_store.sha256_file(path)
         backbone = None
     logits_weight = state_dict.get("logits.conv3d.weight")
     if logits_weight is None or logits_weight.ndim != 5:
