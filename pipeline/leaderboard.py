@@ -77,9 +77,9 @@ def summarise(rows: pd.DataFrame) -> pd.DataFrame:
             rows[key] = ""
     rows[list(CONFIG_KEYS)] = rows[list(CONFIG_KEYS)].fillna("")
     per_seed = []
-    for (config, seed), part in rows.groupby(list(CONFIG_KEYS) + ["seed"], sort=False, dropna=False):
-        entry = dict(zip(CONFIG_KEYS, config))
-        entry["seed"] = seed
+    for key, part in rows.groupby(list(CONFIG_KEYS) + ["seed"], sort=False, dropna=False):
+        entry = dict(zip(CONFIG_KEYS, key[:-1]))
+        entry["seed"] = key[-1]
         entry["units"] = len(part)
         for m in METRICS:
             if m not in part:
