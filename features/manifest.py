@@ -20,6 +20,11 @@ def _row(i: int) -> int:
     return int(i) + 2
 
 
+def _show(value) -> str:
+    """A cell as the user typed it, quoted."""
+    return repr(str(value.item() if hasattr(value, "item") else value))
+
+
 def read_manifest(path) -> pd.DataFrame:
     """Load a manifest CSV and check it against the contract; return it with normalised dtypes."""
     path = Path(path)
@@ -62,14 +67,14 @@ def validate_manifest(df: pd.DataFrame, source: str = "manifest") -> pd.DataFram
             bad &= df[col].notna().to_numpy()  # optional columns may be blank
         if bad.any():
             i = np.flatnonzero(bad)[0]
-            raise DaeError(f"{source}: row {_row(i)}, column '{col}': {df[col].iloc[i]!r} is not a finite number")
+            raise DaeError(f"{source}: row {_row(i)}, column '{col}': {_show(df[col].iloc[i])} is not a finite number")
         df[col] = values.astype(float)
     if "split" in df.columns:
         split = df["split"].astype(str).str.strip().str.lower()
         bad = ~split.isin(SPLITS)
         if bad.any():
             i = np.flatnonzero(bad)[0]
-            raise DaeError(f"{source}: row {_row(i)}, column 'split': unknown split {df['split'].iloc[i]!r} "
+            raise DaeError(f"{source}: row {_row(i)}, column 'split': unknown split {_show(df['split'].iloc[i])} "
                            f"(expected one of {', '.join(SPLITS)})")
         df["split"] = split
     for col in INT_COLUMNS:
@@ -82,7 +87,7 @@ def validate_manifest(df: pd.DataFrame, source: str = "manifest") -> pd.DataFram
             bad |= ~present
         if bad.any():
             i = np.flatnonzero(bad)[0]
-            raise DaeError(f"{source}: row {_row(i)}, column '{col}': {df[col].iloc[i]!r} is not an integer")
+            raise DaeError(f"{source}: row {_row(i)}, column '{col}': {_show(df[col].iloc[i])} is not an integer")
         df[col] = values.astype("Int64")
     if "start_frame" in df.columns and "end_frame" in df.columns:
         both = df["start_frame"].notna() & df["end_frame"].notna()

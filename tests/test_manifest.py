@@ -1,0 +1,52 @@
+"""The manifest CSV contract: every mistake names file, row and column."""
+import pytest
+from click.testing import CliRunner
+
+from dae.errors import DaeError
+from dae.features.manifest import read_manifest
+from dae.pipeline.cli import cli
+
+
+def write(tmp_path, text):
+    path = tmp_path / "m.csv"
+    path.write_text(text)
+    return path
+
+
+def test_valid_manifest_with_optional_columns(tmp_path):
+    path = write(tmp_path, "video_id,score,split,fold,group,difficulty,judge_1,extra\n"
+                           "a,1.5,TRAIN,0,g1,3.0,7,x\nb,2,test,1,g1,,8,y\n")
+    df = read_manifest(path)
+    assert list(df["split"]) == ["train", "test"]
+    assert df["fold"].tolist() == [0, 1] and df["difficulty"].isna().tolist() == [False, True]
+    assert df["extra"].tolist() == ["x", "y"]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("video_id,split\na,train\n", "missing required column 'score'"),
+    ("video_id,score\na,1\na,2\n", "row 3, column 'video_id': duplicate id 'a' (first on row 2)"),
+    ("video_id,score\na,1\nb,nan\n", "row 3, column 'score': "),
+    ("video_id,score\na,1\nb,\n", "row 3, column 'score': "),
+    ("video_id,score\na,1\nb,inf\n", "row 3, column 'score': "),
+    ("video_id,score,split\na,1,train\nb,2,holdout\n", "row 3, column 'split': unknown split 'holdout'"),
+    ("video_id,score,fold\na,1,0\nb,2,1.5\n", "row 3, column 'fold': '1.5' is not an integer"),
+    ("video_id,score,start_frame,end_frame\na,1,10,5\n", "row 2, column 'end_frame'"),
+    ("video_id,score\n,1\n", "row 2, column 'video_id': empty video id"),
+    ('video_id,score\n"a,1\n', "not a readable CSV"),
+])
+def test_mistakes_are_named(tmp_path, text, message):
+    path = write(tmp_path, text)
+    with pytest.raises(DaeError) as err:
+        read_manifest(path)
+    assert message in str(err.value) and str(path) in str(err.value)
+
+
+def test_manifest_check_command(tmp_path):
+    ok = write(tmp_path, "video_id,score,split\na,1,train\nb,2,test\n")
+    res = CliRunner().invoke(cli, ["manifest", "check", str(ok)])
+    assert res.exit_code == 0 and "2 videos" in res.output and "test=1" in res.output
+    bad = tmp_path / "bad.csv"
+    bad.write_text("video_id\na\n")
+    res = CliRunner().invoke(cli, ["manifest", "check", str(bad)])
+    assert res.exit_code == 1
+    assert res.output.strip().splitlines() == [f"Error: {bad}: missing required column 'score' (columns: video_id)"]
