@@ -107,6 +107,31 @@ def _decode_attr(name: str, value):
     return value
 
 
+# HDF5 keeps attributes in the object header, which holds at most 64 KiB: a longer value (a long failure
+# list) is spilled into a string dataset under /_large_attrs and the attribute names that dataset.
+_ATTR_INLINE_BYTES = 16384
+_SPILL_GROUP = "_large_attrs"
+_SPILL_PREFIX = "@dataset:/" + _SPILL_GROUP + "/"
+
+
+def _write_attrs(obj, attrs: dict) -> None:
+    for key, value in attrs.items():
+        encoded = _encode_attr(value)
+        if isinstance(encoded, str) and len(encoded.encode("utf-8")) > _ATTR_INLINE_BYTES:
+            obj.file.require_group(_SPILL_GROUP).create_dataset(key, data=encoded, dtype=_STR)
+            encoded = _SPILL_PREFIX + key
+        obj.attrs[key] = encoded
+
+
+def _read_attrs(obj) -> dict:
+    attrs = {}
+    for key, value in obj.attrs.items():
+        if isinstance(value, str) and value.startswith(_SPILL_PREFIX):
+            value = obj.file[value[len("@dataset:"):]].asstr()[()]
+        attrs[key] = _decode_attr(key, value)
+    return attrs
+
+
 def write_features(path, video_ids, features, *, clip_features=None, attrs: dict | None = None) -> None:
     """Write a complete feature file atomically (temporary name, then rename)."""
     video_ids = [str(v) for v in video_ids]
@@ -119,8 +144,7 @@ def write_features(path, video_ids, features, *, clip_features=None, attrs: dict
             if clip_features is not None:
                 f.create_dataset("clip_features", data=np.asarray(clip_features, dtype=np.float32),
                                  dtype="float32")
-            for key, value in merged.items():
-                f.attrs[key] = _encode_attr(value)
+            _write_attrs(f, merged)
 
 
 def read_features(path, *, clip_features: bool = False) -> FeatureSet:
@@ -139,7 +163,7 @@ def read_features(path, *, clip_features: bool = False) -> FeatureSet:
         video_ids = [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in f["video_id"][()]]
         feats = f["features"][()]
         clips = f["clip_features"][()] if clip_features and "clip_features" in f else None
-        attrs = {k: _decode_attr(k, v) for k, v in f.attrs.items()}
+        attrs = _read_attrs(f)
     version = attrs.get("schema_version", SCHEMA_VERSION)
     if int(version) > SCHEMA_VERSION:
         raise DaeError(f"{path}: schema_version {version} is newer than this dae understands ({SCHEMA_VERSION})")
@@ -214,3 +238,54 @@ def describe(path) -> str:
     lines.append(f"  feature norm  min {norms.min():.4g}  mean {norms.mean():.4g}  max {norms.max():.4g}")
     lines.append(f"  first ids     {', '.join(fs.video_ids[:5])}")
     return "\n".join(lines)
+
+
+# -- extraction chunks: the part files `dae extract` commits one model batch at a time (features/resume.py) --
+
+CHUNK_SCHEMA = "dae-extract-chunk/1"
+
+
+@dataclass
+class Chunk:
+    """One committed model batch: clip features with their (video id, clip index), and failures found before it."""
+
+    video_ids: list[str]
+    clip_index: np.ndarray
+    clip_features: np.ndarray
+    failures: list[tuple[str, str, str]]
+    attrs: dict = field(default_factory=dict)
+
+
+def write_chunk(path, video_ids, clip_index, clip_features, failures=(), attrs: dict | None = None) -> None:
+    """Write one chunk atomically (temporary name, then rename): after a kill it is complete or absent."""
+    clip_features = np.asarray(clip_features, dtype=np.float32)
+    clip_index = np.asarray(clip_index, dtype=np.int64).reshape(-1)
+    if clip_features.ndim != 2 or not (len(video_ids) == clip_index.size == clip_features.shape[0]):
+        raise DaeError(f"{path}: a chunk needs K ids, K clip indices and (K, D) features, got {len(video_ids)}, "
+                       f"{clip_index.size} and {clip_features.shape}")
+    failures = [tuple(str(v) for v in row) for row in failures]
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("video_id", data=np.array([str(v) for v in video_ids], dtype=object), dtype=_STR)
+            f.create_dataset("clip_index", data=clip_index)
+            f.create_dataset("clip_features", data=clip_features)
+            for column, name in enumerate(("failed_video_id", "failed_path", "failed_error")):
+                f.create_dataset(name, data=np.array([row[column] for row in failures], dtype=object), dtype=_STR)
+            _write_attrs(f, {"chunk_schema": CHUNK_SCHEMA, **(attrs or {})})
+
+
+def read_chunk(path, *, clip_features: bool = True) -> Chunk:
+    """Read a chunk written by `write_chunk`; an unreadable or foreign file raises DaeError."""
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise DaeError(f"{path}: not a readable extraction chunk ({exc.__class__.__name__})") from None
+    with f:
+        attrs = _read_attrs(f)
+        if attrs.get("chunk_schema") != CHUNK_SCHEMA:
+            raise DaeError(f"{path}: not an extraction chunk of schema {CHUNK_SCHEMA}")
+        ids = list(f["video_id"].asstr()[()])
+        index = f["clip_index"][()]
+        feats = f["clip_features"][()] if clip_features else np.zeros((len(ids), 0), np.float32)
+        failed = [f[name].asstr()[()] for name in ("failed_video_id", "failed_path", "failed_error")]
+    return Chunk(ids, index, feats, [tuple(map(str, row)) for row in zip(*failed)], attrs)
