@@ -170,3 +170,17 @@ def test_more_decoder_threads_give_the_same_frames(tmp_path, decoder):
     frames = noise_frames(20, 64, 96, seed=4)
     path = write_video(tmp_path / "v.mkv", frames, "h264rgb")
     np.testing.assert_array_equal(read_frames(path, [3, 19, 0], decoder=decoder, threads=2), frames[[3, 19, 0]])
+
+
+def test_decode_benchmark_reports_every_case_against_the_baseline(tmp_path):
+    from dae.features.bench_decode import bench_decode, format_rows
+
+    path = write_video(tmp_path / "v.mp4", index_frames(40, 36, 64), "h264")
+    rows = bench_decode(str(path), repeats=1, protocol_name="uniform:2x4")
+    cases = [r["case"] for r in rows]
+    assert cases[0] == "pyav raw loop (baseline)" and rows[0]["ratio_to_baseline"] == 1.0
+    assert {"decord all frames", "pyav all frames", "decord uniform:2x4 frames", "pyav uniform:2x4 frames"} <= set(cases)
+    assert all(r["frames_per_second"] > 0 for r in rows)
+    assert [r["frames"] for r in rows if r["case"].endswith("all frames")] == [40, 40]
+    assert [r["frames"] for r in rows if "uniform" in r["case"]] == [8, 8]
+    assert "frames/s" in format_rows(rows)
