@@ -1,8 +1,8 @@
 """Named clip protocols: which frames form each clip, and how decoded frames become I3D input tensors.
 
 Protocols (frame indices are relative to the segment start, see decode.py):
-- `mtl-aqa`: the 103 frames from the segment's start_frame on, whatever its end_frame (about half of
-  MTL-AQA's annotated dives end before 103 frames; MUSDL/DAE read on past the end); 10 clips of 16
+- `mtl-aqa`: the 103 frames from the segment's start_frame on, whatever its end_frame (732 of MTL-AQA's
+  1412 annotated dives end before 103 frames; the protocol reads on past end_frame); 10 clips of 16
   frames starting at 0, 10, ..., 80 plus the last 16 (frames 87-102); each frame resized to 455x256
   (aspect not kept) and center-cropped to 224.
 - `jigsaws`: 160 frames at rint(linspace(0, n - 1, 160)) over the whole segment, cut into 10
@@ -72,7 +72,7 @@ class ClipProtocol:
 
 
 _SAMPLING = {
-    "mtl-aqa": "first 103 frames of the segment; clips start at 0, 10, ..., 80 and 87",
+    "mtl-aqa": "103 frames from start_frame, end_frame ignored; clips start at 0, 10, ..., 80 and 87",
     "jigsaws": "rint(linspace(0, n - 1, 160)) in 10 consecutive clips of 16",
     "uniform": "first clip at 0, last ending at n - 1, rint-spaced between; one clip: the middle",
 }
