@@ -74,6 +74,7 @@ def _nested(name: str, help_text: str) -> click.Group:
 
 features_group = _nested("features", "Convert and manage feature files.")
 manifest_group = _nested("manifest", "Build and check manifest CSVs.")
+leaderboard_group = _nested("leaderboard", "Show leaderboards beside the published reference numbers.")
 
 
 @cli.command("inspect")
@@ -180,10 +181,13 @@ def train_options(f):
         click.option("--seeds", "n_seeds", type=click.IntRange(1), default=None,
                      help="Train seeds 0..N-1 (default: 1 seed, or 3 with --seeds omitted in studies)."),
         click.option("--seed", type=int, default=None, help="Train this one seed."),
-        click.option("--selection", type=click.Choice(["last", "best-val", "best-test"]), default=d.selection,
+        click.option("--selection", type=click.Choice(["last", "best-val", "best-test", "last10",
+                                                      "best10-consecutive"]), default=d.selection,
                      show_default=True, help="Which epoch's weights are evaluated: the last; the best on a "
                      "validation split carved from train (fixed seed); or the best on the test set (the papers' "
-                     "practice, optimistic, always labelled)."),
+                     "practice, optimistic, always labelled). last10 (MUSDL's code): the test Spearman averaged "
+                     "over the last 10 epochs; best10-consecutive (the DAE paper): over the best 10 consecutive "
+                     "epochs of the fold-averaged test curve. Both read the test set and are labelled."),
         click.option("--dataset", default=None,
                      help="Dataset card name (score range, protocol); default: the manifest's own score range."),
     ]
@@ -220,9 +224,22 @@ def card_score_range(dataset, manifest_path):
               help="Run folder to create (never overwritten). Default: runs/<dataset>-<head>-<time>.")
 @click.option("--leaderboard", type=click.Path(dir_okay=False), default=None,
               help="CSV leaderboard to append one row per trained model to (created if missing).")
-@click.option("--head", type=click.Choice(["dae", "mlp", "ridge"]), default="dae", show_default=True,
+@click.option("--head", type=click.Choice(["dae", "mlp", "ridge", "usdl", "musdl", "dae-mt", "dae-judges"]),
+              default="dae", show_default=True,
               help="dae: the Distribution Auto-Encoder; mlp: same trunk, plain regression on mu; ridge: "
-              "closed-form ridge, penalty by cross-validation on train.")
+              "closed-form ridge, penalty by cross-validation on train; usdl: softmax over score bins, Gaussian "
+              "label smoothing, KL loss; musdl: one usdl path per judge combined by the scoring rule (needs "
+              "judge_1..judge_K); dae-mt: DAE on the execution part times the difficulty (needs difficulty); "
+              "dae-judges: one DAE Gaussian per judge combined by the scoring rule.")
+@click.option("--bins", type=click.IntRange(2), default=101, show_default=True,
+              help="usdl: number of bins over the score range.")
+@click.option("--bin-std", type=click.FloatRange(0, min_open=True), default=None,
+              help="usdl/musdl: std of the Gaussian label smoothing, in bins [default: 5, jigsaws 1 (MUSDL's)].")
+@click.option("--bin-predict", type=click.Choice(["argmax", "expectation"]), default="argmax", show_default=True,
+              help="usdl/musdl: predict the most probable bin (as published) or the histogram's mean.")
+@click.option("--judge-rule", type=click.Choice(["sum", "middle3-x-difficulty", "fina-by-judge-count"]),
+              default=None, help="musdl/dae-judges: how judges' marks make the score [default: the dataset "
+              "card's, else inferred from the manifest].")
 @click.option("--loss", type=click.Choice(["sup", "rec", "combined", "v1", "nll", "rec+sup"]), default="v1",
               show_default=True, help="v1: the paper's schedule, rec every epoch and combined (alpha rec + beta "
               "sup) on epochs 10, 20, 30, ...")
@@ -233,8 +250,8 @@ def card_score_range(dataset, manifest_path):
 @click.option("--predict", "prediction", type=click.Choice(["mu", "sample"]), default="mu", show_default=True,
               help="Rank by mu (deterministic) or by one reparameterised sample (the paper's, labelled).")
 @train_options
-def fit_cmd(features, manifest, out, leaderboard, head, loss, reparam, alpha, beta, prediction, epochs, lr,
-            weight_decay, batch_size, n_seeds, seed, selection, dataset):
+def fit_cmd(features, manifest, out, leaderboard, head, bins, bin_std, bin_predict, judge_rule, loss, reparam,
+            alpha, beta, prediction, epochs, lr, weight_decay, batch_size, n_seeds, seed, selection, dataset):
     """Train score heads on cached features; one model per group and fold of the manifest.
 
     Writes RUN/{config.json, metrics.csv, predictions.csv, model.pt} and appends one leaderboard row per
@@ -249,8 +266,11 @@ def fit_cmd(features, manifest, out, leaderboard, head, loss, reparam, alpha, be
     specs = [HeadSpec(seed=s, loss=loss, reparam=reparam, alpha=alpha, beta=beta) for s in seeds]
     config = TrainConfig(epochs=epochs, lr=lr, weight_decay=weight_decay, batch_size=batch_size,
                          selection=selection, prediction=prediction)
+    from dae.pipeline.baselines import HeadOptions
+
     plan = FitPlan(head=head, specs=specs, config=config, dataset=dataset or "",
-                   score_range=card_score_range(dataset, manifest))
+                   score_range=card_score_range(dataset, manifest),
+                   head_options=HeadOptions(bins=bins, bin_std=bin_std, bin_rule=bin_predict, judge_rule=judge_rule))
     run_fit(features, manifest, plan, out=out, leaderboard=leaderboard, echo=click.echo)
 
 
@@ -277,6 +297,77 @@ def demo_cmd(out, seeds, epochs):
     from dae.pipeline.demo import run_demo
 
     run_demo(out=out, seeds=seeds, epochs=epochs, echo=click.echo)
+
+
+@cli.command("extract")
+@click.option("--videos", required=True, type=click.Path(file_okay=False),
+              help="Folder of videos; without --manifest every video file under it (id = relative path, no suffix).")
+@click.option("--manifest", type=click.Path(dir_okay=False), default=None,
+              help="Manifest CSV: extract its rows (path, start_frame, end_frame columns are used when present).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False),
+              help="Feature file (HDF5) to write; may contain {shard} and {num_shards}.")
+@click.option("--protocol", default="uniform:10x16", show_default=True,
+              help="Clip protocol: mtl-aqa, jigsaws, uniform:N or uniform:NxT.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:I.")
+@click.option("--batch-clips", type=click.IntRange(1), default=None,
+              help="Clips per model batch, gathered across videos [default: 32 on CUDA, 8 on CPU].")
+@click.option("--workers", type=click.IntRange(1), default=None,
+              help="Decoding processes [default: all cores but one with CUDA, cores/8 on CPU].")
+@click.option("--weights", type=click.Path(dir_okay=False), default=None,
+              help="A piergiaj-style I3D checkpoint [default: DeepMind's Kinetics-400 weights, fetched and cached].")
+@click.option("--decoder", type=click.Choice(["decord", "pyav"]), default="decord", show_default=True)
+@click.option("--shard", default=None,
+              help="I/N: extract sorted(ids)[I::N] only [default: from RANK/WORLD_SIZE or SLURM_ARRAY_TASK_ID/COUNT].")
+@click.option("--fail-log", type=click.Path(dir_okay=False), default=None,
+              help="Failure CSV (video_id, path, error) [default: OUT's name + .failures.csv, when any fail].")
+@click.option("--overwrite", is_flag=True, help="Start over: discard an interrupted run's parts and replace OUT.")
+@click.option("--decode-threads", type=click.IntRange(1), default=1, show_default=True,
+              help="Decoder threads per worker process.")
+@click.option("--threads", "model_threads", type=click.IntRange(1), default=None,
+              help="Torch threads for the model on CPU [default: torch's, one per core].")
+@click.option("--video-timeout", type=click.FloatRange(1), default=1800.0, show_default=True,
+              help="Seconds one video may take to decode before its decoder is stopped and the video failed.")
+@click.pass_context
+def extract_cmd(ctx, videos, manifest, out, protocol, device, batch_clips, workers, weights, decoder, shard,
+                fail_log, overwrite, decode_threads, model_threads, video_timeout):
+    """Stage one: decode videos, run I3D on their clips, write one HDF5 feature file.
+
+    \b
+    Rerunning the same command resumes an interrupted run (a kill loses at most one batch).
+    Videos that cannot be extracted are listed in the failure CSV and the file; exit code 3.
+    Example:
+        dae extract --videos videos/ --manifest mtl.csv --protocol mtl-aqa --out mtl_i3d.h5
+    """
+    from dae.features.extract import extract
+
+    result = extract(videos, out, manifest=manifest, protocol=protocol, device=device, batch_clips=batch_clips,
+                     workers=workers, weights=weights, decoder=decoder, shard=shard, fail_log=fail_log,
+                     overwrite=overwrite, decode_threads=decode_threads, model_threads=model_threads,
+                     video_timeout_s=video_timeout, note=lambda text: click.echo(text, err=True))
+    click.echo(result.summary())
+    if result.failures:
+        ctx.exit(3)
+
+
+@leaderboard_group.command("show")
+@click.argument("leaderboard", type=click.Path(dir_okay=False))
+@click.option("--published", is_flag=True,
+              help="Add the dataset cards' published reference rows (papers that fine-tune their backbone).")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "markdown"]), default="table", show_default=True)
+@click.option("--dataset", "datasets", multiple=True,
+              help="Only these datasets (card names; repeatable) [default: all in the leaderboard].")
+@click.option("--by-group", is_flag=True, help="Also one line per group (task, class, apparatus).")
+@click.option("--fold-average", type=click.Choice(["fisher-z", "mean"]), default=None,
+              help="How a group's folds are averaged [default: the card's, Fisher z]; mean = MUSDL's code.")
+def leaderboard_show_cmd(leaderboard, published, fmt, datasets, by_group, fold_average):
+    """Print a leaderboard: ours as mean ± std over seeds, and with --published the papers' numbers as published.
+
+    Example:  dae leaderboard show L.csv --published --format markdown
+    """
+    from dae.pipeline.published import show_leaderboard
+
+    click.echo(show_leaderboard(leaderboard, published=published, fmt=fmt, datasets=list(datasets) or None,
+                                by_group=by_group, fold_average=fold_average))
 
 
 def main(argv=None):

@@ -1,0 +1,316 @@
+"""Parallel decoding for `dae extract`: worker processes turn videos into clip tensors in shared-memory slots.
+
+Each worker process opens its own readers (never the parent), decodes with `threads` decoder threads and
+one torch thread, and writes the protocol's clips of one video into a slot of a shared tensor allocated
+once by the parent; only tiny messages (position, slot, error) travel through pipes. A coordinator
+thread in the parent assigns tasks, watches the workers, and hands results to the caller strictly in
+task order. A worker that dies (a decoder crashing in C code on a hostile file) or hangs past
+`timeout_s` fails only the video it was decoding, with a reason; a fresh worker takes over its queue.
+Slots bound memory: at most `slots` videos are decoded ahead of the consumer.
+"""
+from __future__ import annotations
+
+import heapq
+import multiprocessing
+import multiprocessing.connection as mpc
+import os
+import queue
+import signal
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import torch
+
+from dae.errors import DaeError
+from dae.features.clips import ClipProtocol, video_clips
+from dae.features.decode import VideoDecodeError
+
+_POLL_SECONDS = 0.2
+
+
+@dataclass(frozen=True)
+class VideoTask:
+    """One video (or segment) to extract: `position` orders the run; `error` set means it fails without decoding."""
+
+    position: int
+    video_id: str
+    path: str  # the file to open
+    rel_path: str  # as recorded in failure lists (relative to --videos when possible)
+    start_frame: int | None = None
+    end_frame: int | None = None
+    error: str | None = None
+
+
+@dataclass
+class Decoded:
+    """A decoded video: its (C, 3, T, S, S) clips live in a shared slot until `release()`; or its failure reason."""
+
+    task: VideoTask
+    clips: torch.Tensor | None
+    error: str | None
+    _release: object = field(default=None, repr=False)
+
+    def release(self) -> None:
+        if self._release is not None:
+            self._release()
+            self._release = None
+
+
+def failure_reason(exc: BaseException) -> str:
+    """A one-line reason for a video that could not be turned into clips (no path: the failure list has it)."""
+    if isinstance(exc, VideoDecodeError):
+        return exc.reason
+    text = " ".join(str(exc).split()) or exc.__class__.__name__
+    if isinstance(exc, DaeError):
+        return text
+    if isinstance(exc, MemoryError):
+        return "out of memory while decoding"
+    return f"{exc.__class__.__name__}: {text}"[:300]
+
+
+def _worker_main(tasks, results, slots, protocol: ClipProtocol, decoder: str, threads: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it stops us
+    torch.set_num_threads(1)
+    results.send(("ready",))
+    # decord logs every unreadable file on stderr from C++ even at QUIET; each failure's reason is recorded
+    # in the failure list instead, so the workers' stderr goes quiet once they are up.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    while True:
+        try:
+            message = tasks.recv()
+        except (EOFError, OSError):  # the parent is gone
+            return
+        if message is None:
+            return
+        position, path, start_frame, end_frame, slot = message
+        try:
+            slots[slot].copy_(video_clips(path, protocol, decoder, threads, start_frame, end_frame))
+            reply = (position, None)
+        except Exception as exc:  # every failure is the video's, reported with its reason
+            reply = (position, failure_reason(exc))
+        try:
+            results.send(reply)
+        except (BrokenPipeError, OSError):
+            return
+
+
+def _mp_context():
+    methods = multiprocessing.get_all_start_methods()
+    # forkserver: workers are forked from a clean server process, never from a parent whose OpenMP
+    # thread pool is running (forking that can deadlock the child); spawn where there is no forkserver.
+    return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+
+
+@dataclass
+class _Worker:
+    process: object
+    tasks: object
+    results: object
+    assigned: deque = field(default_factory=deque)  # (position, slot) in the order the worker runs them
+    started: float = 0.0  # when the head of `assigned` began
+    ready: bool = False  # the process got as far as its loop (a death before that is not a video's fault)
+
+
+class DecodePool:
+    """`workers` decoding processes; iterate `decode(tasks)` to get `Decoded` items in task order."""
+
+    def __init__(self, protocol: ClipProtocol, decoder: str, workers: int, *, threads: int = 1,
+                 prefetch: int = 2, timeout_s: float = 1800.0):
+        self.protocol, self.decoder, self.threads = protocol, decoder, max(1, int(threads))
+        self.n_workers, self.prefetch = max(1, int(workers)), max(1, int(prefetch))
+        self.timeout_s = float(timeout_s)
+        # The consumer holds one slot at a time (it copies clips out and releases); the rest bound the
+        # look-ahead, so the next video in order always finds a free slot.
+        self.window = self.n_workers * self.prefetch + 1
+        self.n_slots = self.window + 1
+        shape = (self.n_slots, protocol.num_clips, 3, protocol.frames_per_clip, protocol.crop_size,
+                 protocol.crop_size)
+        self.slots = torch.empty(shape, dtype=torch.float32).share_memory_()
+        self._ctx = _mp_context()
+        if self._ctx.get_start_method() == "forkserver":
+            self._ctx.set_forkserver_preload(["dae.features.decode_pool"])
+        self._workers: list[_Worker | None] = [None] * self.n_workers
+        self._free: queue.SimpleQueue = queue.SimpleQueue()
+        for slot in range(self.n_slots):
+            self._free.put(slot)
+        self._out: queue.SimpleQueue = queue.SimpleQueue()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.crashes = 0
+
+    # -- worker processes ---------------------------------------------------------------------------
+
+    def _spawn(self, wid: int) -> None:
+        task_reader, task_writer = self._ctx.Pipe(duplex=False)
+        result_reader, result_writer = self._ctx.Pipe(duplex=False)
+        process = self._ctx.Process(target=_worker_main, name=f"dae-decode-{wid}", daemon=True,
+                                    args=(task_reader, result_writer, self.slots, self.protocol, self.decoder,
+                                          self.threads))
+        process.start()
+        task_reader.close()
+        result_writer.close()
+        self._workers[wid] = _Worker(process, task_writer, result_reader)
+
+    def _retire(self, wid: int, kill: bool) -> None:
+        worker = self._workers[wid]
+        self._workers[wid] = None
+        if worker is None:
+            return
+        if kill and worker.process.is_alive():
+            worker.process.kill()
+        else:
+            try:
+                worker.tasks.send(None)
+            except OSError:
+                pass
+        worker.process.join(timeout=5)
+        if worker.process.is_alive():
+            worker.process.kill()
+            worker.process.join(timeout=5)
+        for conn in (worker.tasks, worker.results):
+            conn.close()
+
+    def close(self) -> None:
+        """Stop the coordinator and every worker (idempotent)."""
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()
+        for wid in range(self.n_workers):
+            self._retire(wid, kill=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- coordination -------------------------------------------------------------------------------
+
+    def decode(self, tasks: list[VideoTask]):
+        """Yield one `Decoded` per task, in the order given; call `release()` on each when done with its clips."""
+        if self._thread is not None:
+            raise RuntimeError("a DecodePool decodes one task list")
+        for wid in range(self.n_workers):
+            self._spawn(wid)
+        self._thread = threading.Thread(target=self._coordinate_safely, args=(list(tasks),),
+                                        name="dae-decode-coordinator", daemon=True)
+        self._thread.start()
+        try:
+            for _ in range(len(tasks)):
+                item = self._out.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            self.close()
+
+    def _coordinate_safely(self, tasks):
+        try:
+            self._coordinate(tasks)
+        except BaseException as exc:  # hand it to the consuming thread
+            self._out.put(exc if isinstance(exc, DaeError) else DaeError(
+                f"decoding coordinator failed: {exc.__class__.__name__}: {exc}"))
+
+    def _coordinate(self, tasks: list[VideoTask]) -> None:
+        waiting = [(i, task) for i, task in enumerate(tasks)]  # heap by output order
+        heapq.heapify(waiting)
+        finished: dict[int, Decoded] = {}
+        next_out = 0
+        while next_out < len(tasks) and not self._stop.is_set():
+            self._assign(waiting, next_out, tasks, finished)
+            self._collect(tasks, finished, waiting)
+            while next_out in finished:
+                self._out.put(finished.pop(next_out))
+                next_out += 1
+
+    def _decoded(self, task: VideoTask, slot: int | None, error: str | None) -> Decoded:
+        if slot is None:
+            return Decoded(task, None, error)
+        if error is not None:
+            self._free.put(slot)
+            return Decoded(task, None, error)
+        return Decoded(task, self.slots[slot], None, _release=lambda: self._free.put(slot))
+
+    def _assign(self, waiting, next_out, tasks, finished) -> None:
+        while waiting and waiting[0][0] < next_out + self.window:
+            i, task = waiting[0]
+            if task.error is not None:  # known before decoding (e.g. no file for a manifest row)
+                heapq.heappop(waiting)
+                finished[i] = self._decoded(task, None, task.error)
+                continue
+            idle = [w for w in range(self.n_workers)
+                    if self._workers[w] is not None and len(self._workers[w].assigned) < self.prefetch]
+            if not idle:
+                return
+            try:
+                slot = self._free.get_nowait()
+            except queue.Empty:
+                return
+            heapq.heappop(waiting)
+            wid = min(idle, key=lambda w: len(self._workers[w].assigned))
+            worker = self._workers[wid]
+            worker.tasks.send((i, task.path, task.start_frame, task.end_frame, slot))
+            if not worker.assigned:
+                worker.started = time.monotonic()
+            worker.assigned.append((i, slot))
+
+    def _collect(self, tasks, finished, waiting) -> None:
+        live = [w for w in self._workers if w is not None and w.assigned]
+        if not live:
+            time.sleep(0.01)  # waiting on the consumer to release a slot
+            return
+        mpc.wait([w.results for w in live] + [w.process.sentinel for w in live], timeout=_POLL_SECONDS)
+        for wid, worker in enumerate(self._workers):
+            if worker is None or not worker.assigned:
+                continue
+            lost = None
+            try:
+                while worker.assigned and worker.results.poll():
+                    message = worker.results.recv()
+                    if message == ("ready",):
+                        worker.ready = True
+                        continue
+                    i, error = message
+                    head, slot = worker.assigned.popleft()
+                    if head != i:
+                        raise DaeError(f"decode worker answered task {i} while running {head}")
+                    finished[i] = self._decoded(tasks[i], slot, error)
+                    worker.started = time.monotonic()
+            except (EOFError, OSError):
+                lost = "the decoding process died"
+            if not worker.assigned:
+                continue
+            if lost is None and not worker.process.is_alive():
+                code = worker.process.exitcode
+                lost = (f"the decoding process crashed (signal {-code})" if code is not None and code < 0
+                        else f"the decoding process exited with code {code}")
+            if lost is None and time.monotonic() - worker.started > self.timeout_s:
+                lost = f"decoding did not finish within {self.timeout_s:g} s (a hanging decoder); the process was stopped"
+            if lost is not None and not worker.ready:
+                raise DaeError(f"a decoding worker process failed to start ({lost}); if you call dae from a "
+                               "script, guard it with `if __name__ == '__main__':`")
+            if lost is not None:
+                self._replace(wid, lost, tasks, finished, waiting)
+
+    def _replace(self, wid, reason, tasks, finished, waiting) -> None:
+        """The worker's current video fails with `reason`; the rest of its queue goes back to waiting."""
+        worker = self._workers[wid]
+        (head, slot), rest = worker.assigned[0], list(worker.assigned)[1:]
+        worker.assigned.clear()
+        self._retire(wid, kill=True)
+        self.crashes += 1
+        finished[head] = self._decoded(tasks[head], slot, reason)
+        for i, other_slot in rest:
+            self._free.put(other_slot)
+            heapq.heappush(waiting, (i, tasks[i]))
+        self._spawn(wid)
+
+
+def default_workers(device_type: str) -> int:
+    """All cores but one decode for a GPU; on a CPU the model needs the cores, and decoding is cheap beside it."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores - 1) if device_type == "cuda" else max(1, cores // 8)

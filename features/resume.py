@@ -1,0 +1,213 @@
+"""Crash-safe progress of one `dae extract` output: the lock, the part files of committed batches, and their assembly.
+
+Beside OUT (the feature file) an extraction keeps
+- OUT.lock: an flock()ed file naming the process that writes OUT; a second run on OUT stops at once
+  with that name. The kernel releases the lock when the process dies, even by SIGKILL.
+- OUT.parts/run.json: what the run extracts (protocol, weights, decoder, the task list's hash, shard) and
+  how (batch size, device, threads), written once, atomically, when the run starts.
+- OUT.parts/chunk-NNNNNN.h5: one per model batch, written atomically (temporary name, then rename), so
+  each is complete or absent: the batch's clip features with their (video id, clip index), and the
+  failures found before it. The last chunk of a finished run is marked `final`.
+
+The clip stream is every clip of every task in task order (sorted video ids), failed videos skipped;
+batch k is clips [kB, (k+1)B) of that stream. Everything before the last committed clip is resolved
+(extracted or failed), so a rerun starts at the video of that clip, at the clip after it (re-decoding
+that one video), and cuts the same batches: on a CPU, where a clip's feature depends on what else is in
+its batch (by ~1e-6), the resumed file equals an uninterrupted run's bit for bit. A kill loses at most
+the batch in flight. When the final chunk exists, a rerun only assembles OUT (the features are the mean
+of each video's clips) and removes OUT.parts and OUT.lock.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import os
+import re
+import shutil
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from dae.atomic import atomic_path
+from dae.errors import DaeError
+from dae.features.store import read_chunk, write_chunk
+
+_CHUNK_RE = re.compile(r"chunk-(\d{6,})\.h5")
+
+
+def parts_dir(out) -> Path:
+    return Path(f"{out}.parts")
+
+
+def lock_path(out) -> Path:
+    return Path(f"{out}.lock")
+
+
+@contextlib.contextmanager
+def output_lock(out):
+    """Hold an exclusive lock on OUT for the block; fail at once, naming the holder, if another run has it."""
+    import fcntl
+
+    path = lock_path(out)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 500, 0).decode("utf-8", "replace").strip() or "another process"
+            os.close(fd)
+            raise DaeError(f"{out} is being written by another `dae extract` ({holder}); two runs must not "
+                           f"write one output: wait for it to finish or stop it, then rerun to resume") from None
+        except OSError as exc:
+            os.close(fd)
+            raise DaeError(f"cannot lock {path} ({exc.strerror}); is the file system read-only?") from None
+        # The previous holder may have removed the file between our open and flock: lock the file that is there.
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    stamp = _dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}, since {stamp}\n".encode(), 0)
+    try:
+        yield path
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        os.close(fd)
+
+
+@dataclass
+class Progress:
+    """What the committed chunks hold: clips per video, failures, and whether the run finished."""
+
+    chunks: int = 0
+    clip_counts: dict = field(default_factory=dict)  # video id -> clips committed
+    failures: dict = field(default_factory=dict)  # video id -> (path, error)
+    final: bool = False
+    discarded: list = field(default_factory=list)  # unreadable chunk files removed (a torn write after power loss)
+
+
+class Parts:
+    """The OUT.parts folder of one output."""
+
+    def __init__(self, out):
+        self.out = Path(out)
+        self.path = parts_dir(out)
+
+    @property
+    def run_file(self) -> Path:
+        return self.path / "run.json"
+
+    def exists(self) -> bool:
+        return self.run_file.is_file()
+
+    def read_run(self) -> dict:
+        try:
+            return json.loads(self.run_file.read_text())
+        except (OSError, ValueError) as exc:
+            raise DaeError(f"{self.run_file} is unreadable ({exc.__class__.__name__}); delete {self.path} "
+                           "to start the extraction over") from None
+
+    def start(self, run: dict) -> None:
+        """Create OUT.parts for a new run (any old one is removed first)."""
+        self.remove()
+        self.path.mkdir(parents=True)
+        with atomic_path(self.run_file) as tmp:
+            tmp.write_text(json.dumps(run, indent=1, sort_keys=True) + "\n")
+
+    def remove(self) -> None:
+        if self.path.exists():
+            shutil.rmtree(self.path)
+
+    def chunk_path(self, number: int) -> Path:
+        return self.path / f"chunk-{number:06d}.h5"
+
+    def commit(self, number: int, video_ids, clip_index, clip_features, failures, final: bool) -> None:
+        write_chunk(self.chunk_path(number), video_ids, clip_index, clip_features, failures,
+                    attrs={"chunk": number, "final": bool(final)})
+
+    def _numbered_chunks(self) -> tuple[list, list]:
+        """(chunks numbered 0, 1, 2, ... without a gap, the rest)."""
+        for stray in self.path.glob(".chunk-*.tmp"):  # a write that a kill interrupted
+            stray.unlink(missing_ok=True)
+        found = sorted((int(m.group(1)), p) for p in self.path.iterdir() if (m := _CHUNK_RE.fullmatch(p.name)))
+        good = []
+        for expected, (number, path) in enumerate(found):
+            if number != expected:
+                break
+            good.append((number, path))
+        return good, found[len(good):]
+
+    def progress(self, with_features: bool = False):
+        """Replay the committed chunks in order. Returns (Progress, chunks) where chunks are read only if asked."""
+        state, chunks = Progress(), []
+        good, rest = self._numbered_chunks()
+        for number, path in good:
+            try:
+                chunk = read_chunk(path, clip_features=with_features)
+            except DaeError:
+                rest = [(n, p) for n, p in good if n >= number] + rest
+                break
+            for vid in chunk.video_ids:
+                state.clip_counts[vid] = state.clip_counts.get(vid, 0) + 1
+            for vid, path_, error in chunk.failures:
+                state.failures[vid] = (path_, error)
+            state.chunks = number + 1
+            state.final = bool(chunk.attrs.get("final", False))
+            if with_features:
+                chunks.append(chunk)
+            if state.final:
+                break
+        for _, path in rest:  # never replay past a gap or a torn chunk: the batches after it are recomputed
+            state.discarded.append(path.name)
+            path.unlink(missing_ok=True)
+        return state, chunks
+
+    def assemble(self, video_ids: list[str], num_clips: int):
+        """Clip features (N, C, D) of every extracted video in `video_ids` order, and the failures.
+
+        Returns (extracted ids, clip features, failures as (video_id, path, error) sorted by id)."""
+        state, chunks = self.progress(with_features=True)
+        if not state.final:
+            raise DaeError(f"{self.path}: the extraction is not finished ({state.chunks} batches committed)")
+        dim = max((c.clip_features.shape[1] for c in chunks if len(c.video_ids)), default=0)
+        extracted = [v for v in video_ids if v not in state.failures]
+        row = {v: i for i, v in enumerate(extracted)}
+        clips = np.zeros((len(extracted), num_clips, dim), dtype=np.float32)
+        filled = np.zeros((len(extracted), num_clips), dtype=bool)
+        for chunk in chunks:
+            for vid, c, feature in zip(chunk.video_ids, chunk.clip_index, chunk.clip_features):
+                if vid in row:
+                    clips[row[vid], c] = feature
+                    filled[row[vid], c] = True
+        missing = [extracted[i] for i in np.flatnonzero(~filled.all(axis=1))]
+        if missing:
+            raise DaeError(f"{self.path}: {len(missing)} videos lack clip features, first: "
+                           f"{', '.join(map(repr, missing[:5]))}; delete {self.path} to extract again")
+        failures = sorted((vid, *state.failures[vid]) for vid in state.failures)
+        return extracted, clips, failures
+
+
+def resume_point(video_ids: list[str], state: Progress, num_clips: int) -> tuple[int, int]:
+    """(first task to decode, clips of it already committed) after the committed chunks of `state`."""
+    touched = [i for i, v in enumerate(video_ids) if v in state.clip_counts or v in state.failures]
+    if not touched:
+        return 0, 0
+    frontier = max(touched)
+    unresolved = [video_ids[i] for i in range(frontier) if video_ids[i] not in state.failures
+                  and state.clip_counts.get(video_ids[i], 0) != num_clips]
+    if unresolved:
+        raise DaeError(f"the committed batches skip videos (first: {unresolved[0]!r}); they do not come from "
+                       "this task list")
+    vid = video_ids[frontier]
+    done = 0 if vid in state.failures else state.clip_counts.get(vid, 0)
+    if vid in state.failures or done == num_clips:
+        return frontier + 1, 0
+    return frontier, done
