@@ -1,0 +1,174 @@
+"""The multi-path heads of `dae fit` (usdl, musdl, dae-mt, dae-judges): their inputs from a manifest and card.
+
+Each head reads more than the score: `dae-mt` the difficulty column, `musdl` and `dae-judges` the judges'
+columns judge_1..judge_K and the dataset's scoring rule. The dataset card (`--dataset`) gives the judges'
+scale (range, step) and the rule; without a card the scale is the judges' observed min..max and smallest
+step and the rule is the one that reproduces the most manifest scores (`sum` or `middle3-x-difficulty`).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from dae.errors import UsageError
+from dae.heads.bins import BIN_RULES, DEFAULT_STD_BINS, MUSDL, USDL, USDL_BINS
+from dae.heads.dae_mt import DAEMT, execution_scale
+from dae.heads.judges import JUDGE_RULES, USES_DIFFICULTY, DAEJudges, combine
+from dae.heads.paths import train_path_heads
+
+PATH_HEADS = ("usdl", "musdl", "dae-mt", "dae-judges")
+STD_BINS_BY_DATASET = {"jigsaws": 1.0}  # the MUSDL code's --std: 5 bins for MTL-AQA, 1 for JIGSAWS
+RULE_TOLERANCE = 0.051  # published scores are rounded to 0.1 or 0.05
+
+
+@dataclass(frozen=True)
+class HeadOptions:
+    """Options of the bin and judge heads; None means: from the dataset card, else from the data."""
+
+    bins: int = USDL_BINS
+    bin_std: float | None = None
+    bin_rule: str = "argmax"
+    judge_rule: str | None = None
+
+    def check(self):
+        if self.bin_rule not in BIN_RULES:
+            raise UsageError(f"unknown bin prediction rule {self.bin_rule!r} (choose from {', '.join(BIN_RULES)})")
+        if self.judge_rule is not None and self.judge_rule not in JUDGE_RULES:
+            raise UsageError(f"unknown judge rule {self.judge_rule!r} (choose from {', '.join(JUDGE_RULES)})")
+        if self.bins < 2:
+            raise UsageError(f"--bins must be >= 2, got {self.bins}")
+        if self.bin_std is not None and not self.bin_std > 0:
+            raise UsageError(f"--bin-std must be > 0 bins, got {self.bin_std}")
+
+
+def _card(dataset: str):
+    from dae.data_manifests.cards import card_names, load_card
+
+    return load_card(dataset) if dataset in card_names() else None
+
+
+def judge_columns(manifest: pd.DataFrame) -> list[str]:
+    """judge_1, judge_2, ... as far as they run without a gap."""
+    cols, k = [], 1
+    while f"judge_{k}" in manifest.columns:
+        cols.append(f"judge_{k}")
+        k += 1
+    return cols
+
+
+def judge_marks(manifest: pd.DataFrame, head: str, where: str) -> np.ndarray:
+    cols = judge_columns(manifest)
+    if not cols:
+        raise UsageError(f"head {head} needs the judges' columns judge_1..judge_K (MTL-AQA, JIGSAWS, FineDiving "
+                         f"manifests have them); {where} has none")
+    marks = manifest[cols].apply(pd.to_numeric, errors="coerce").to_numpy(np.float64)
+    bad = np.isnan(marks) & manifest[cols].notna().to_numpy()
+    if bad.any():
+        i, j = np.argwhere(bad)[0]
+        raise UsageError(f"{where}: video {manifest['video_id'].iloc[i]!r}, column {cols[j]}: "
+                         f"{manifest[cols[j]].iloc[i]!r} is not a number")
+    return marks
+
+
+def difficulty_of(manifest: pd.DataFrame, head: str, where: str) -> np.ndarray:
+    if "difficulty" not in manifest.columns:
+        raise UsageError(f"head {head} needs a difficulty column; {where} has none")
+    dd = pd.to_numeric(manifest["difficulty"], errors="coerce").to_numpy(np.float64)
+    bad = ~(np.isfinite(dd) & (dd > 0))
+    if bad.any():
+        raise UsageError(f"head {head} needs a positive difficulty for every video; {where}: video "
+                         f"{manifest['video_id'].iloc[np.flatnonzero(bad)[0]]!r} has {manifest['difficulty'].iloc[np.flatnonzero(bad)[0]]!r}")
+    return dd
+
+
+def infer_rule(marks, difficulty, scores) -> tuple[str, float]:
+    """The rule (of `sum`, `middle3-x-difficulty`) that reproduces the most scores, and that share."""
+    best = ("sum", -1.0)
+    for rule in ("sum", "middle3-x-difficulty"):
+        if USES_DIFFICULTY[rule] and difficulty is None:
+            continue
+        share = float(np.mean(np.abs(combine(marks, difficulty, rule) - scores) <= RULE_TOLERANCE))
+        best = max(best, (rule, share), key=lambda b: b[1])
+    return best
+
+
+@dataclass
+class JudgeSetup:
+    marks: np.ndarray
+    judge_range: tuple
+    judge_step: float
+    rule: str
+    difficulty: np.ndarray | None
+    note: str
+
+
+def judge_setup(manifest, dataset: str, rule: str | None, head: str, where: str) -> JudgeSetup:
+    """The judges' marks, scale and rule for musdl / dae-judges (card first, then the data)."""
+    marks = judge_marks(manifest, head, where)
+    card = _card(dataset)
+    has_dd = "difficulty" in manifest.columns
+    if card and card.get("judge_count", 0) and card.get("judge_rule", "none") != "none":
+        judge_range = tuple(map(float, card["judge_score_range"]))
+        step = float(card["judge_score_step"])
+        rule = rule or card["judge_rule"]
+        note = f"judges' scale and rule from the {card['name']} card"
+    else:
+        seen = np.unique(marks[~np.isnan(marks)])
+        if len(seen) < 2:
+            raise UsageError(f"head {head}: the judges' columns of {where} hold fewer than two distinct marks")
+        judge_range = (float(seen[0]), float(seen[-1]))
+        step = float(np.min(np.diff(seen)))
+        note = f"judges' scale {judge_range[0]:g}..{judge_range[1]:g} step {step:g} from the data"
+        if rule is None:
+            dd = difficulty_of(manifest, head, where) if has_dd else None
+            rule, share = infer_rule(marks, dd, manifest["score"].to_numpy(float))
+            note += f"; rule {rule} inferred (reproduces {share:.0%} of the scores)"
+    difficulty = difficulty_of(manifest, head, where) if USES_DIFFICULTY.get(rule, False) else None
+    return JudgeSetup(marks, judge_range, step, rule, difficulty, note)
+
+
+def fit_path_heads(head: str, features, manifest: pd.DataFrame, targets, jobs, config, score_range,
+                   dataset: str = "", options: HeadOptions | None = None, where: str = "the manifest"):
+    """Train `head` for every job. Returns (results, row labels for the leaderboard)."""
+    options = options or HeadOptions()
+    options.check()
+    if head not in PATH_HEADS:
+        raise UsageError(f"unknown head {head!r} (choose from {', '.join(PATH_HEADS)})")
+    scores = manifest["score"].to_numpy(np.float64)
+    std_bins = options.bin_std if options.bin_std is not None else STD_BINS_BY_DATASET.get(dataset, DEFAULT_STD_BINS)
+    distributions = {j.spec.distribution for j in jobs}
+    if head in ("dae-mt", "dae-judges") and len(distributions) > 1:
+        raise UsageError(f"head {head} trains one distribution per run, got {', '.join(sorted(distributions))}")
+    distribution = distributions.pop()
+    reparams = [j.spec.reparam for j in jobs]
+    if head == "usdl":
+        objective = USDL(targets, options.bins, std_bins, options.bin_rule)
+        labels = {"loss": "kl", "distribution": f"softmax-{options.bins}bins-std{std_bins:g}", "reparam": "",
+                  "prediction": options.bin_rule, "uses_difficulty": "no", "judge_rule": ""}
+    elif head == "musdl":
+        setup = judge_setup(manifest, dataset, options.judge_rule, head, where)
+        objective = MUSDL(setup.marks, setup.judge_range, setup.judge_step, score_range, setup.rule,
+                          setup.difficulty, std_bins, options.bin_rule)
+        labels = {"loss": "kl", "distribution": f"softmax-{objective.width}bins-std{std_bins:g}-x{objective.paths}",
+                  "reparam": "", "prediction": options.bin_rule,
+                  "uses_difficulty": "yes" if USES_DIFFICULTY[setup.rule] else "no", "judge_rule": setup.rule}
+    elif head == "dae-mt":
+        dd = difficulty_of(manifest, head, where)
+        scales = [execution_scale(scores[j.train_rows], dd[j.train_rows]) for j in jobs]
+        objective = DAEMT(targets, dd, score_range, scales, reparams, distribution, config.prediction)
+        labels = {"distribution": distribution, "uses_difficulty": "yes", "judge_rule": ""}
+    else:
+        setup = judge_setup(manifest, dataset, options.judge_rule, head, where)
+        objective = DAEJudges(setup.marks, setup.judge_range, score_range, setup.rule, setup.difficulty,
+                              distribution, reparams, config.prediction)
+        labels = {"distribution": f"{distribution}-x{objective.paths}",
+                  "uses_difficulty": "yes" if USES_DIFFICULTY[setup.rule] else "no", "judge_rule": setup.rule}
+    results = train_path_heads(features, targets, jobs, objective, config)
+    return results, labels
+
+
+def options_dict(options: HeadOptions | None) -> dict | None:
+    return dataclasses.asdict(options) if options is not None else None

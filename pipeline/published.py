@@ -1,0 +1,142 @@
+"""Published reference rows from the dataset cards, shown beside our leaderboard (`dae leaderboard show`).
+
+Ours: one line per configuration, mean ± std over seeds of the protocol's average (Fisher z over folds and
+groups, or the card's rule), trained on cached, frozen features. Theirs: the number the paper reports, with
+the paper, its selection rule and its backbone setting (all current reference rows fine-tune the backbone end
+to end: a different, stronger setting, so the two are side by side, not like for like).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from dae.errors import UsageError
+
+FORMATS = ("table", "csv", "markdown")
+SHOWN_METRICS = (("spearman", 4), ("rl2x100", 3), ("crps", 3), ("coverage90", 2))
+SETTING = {"this-run": "cached features, heads only (ours)", "published": "backbone fine-tuned end to end"}
+NOTE = ("ours: mean ± std over seeds of heads trained on cached features (the backbone column names them; "
+        "not fine-tuned here); published: as reported, backbone fine-tuned end to end -- a different setting, "
+        "not a like-for-like comparison.")
+
+
+def published_rows(datasets=None) -> pd.DataFrame:
+    """The `[[published]]` rows of the given dataset cards (default: all), leaderboard-shaped."""
+    from dae.data_manifests.cards import card_names, load_card
+
+    rows = []
+    for name in datasets if datasets is not None else card_names():
+        card = load_card(name)
+        has_dd = "difficulty" in card.get("columns", [])
+        for ref in card["published"]:
+            rows.append({
+                "source": "published", "dataset": name, "group": ref["group"], "head": ref["method"],
+                "selection": ref.get("selection", "not stated"), "backbone": ref["backbone"],
+                "uses_difficulty": ref.get("uses_difficulty", "not stated" if has_dd else "no"),
+                f"{ref['metric']}_mean": float(ref["value"]), "paper": ref["paper"], "note": ref.get("note", ""),
+            })
+    return pd.DataFrame(rows)
+
+
+def _variant(row) -> str:
+    parts = [str(row.get(k, "")) for k in ("loss", "distribution", "reparam", "prediction")]
+    return " ".join(p for p in parts if p and p != "nan")
+
+
+def leaderboard_table(rows: pd.DataFrame, published: bool = False, datasets=None, by_group: bool = False,
+                      fold_average: str | None = None) -> pd.DataFrame:
+    """Ours (summarised per configuration) then, per dataset, the published rows; numeric columns.
+
+    fold_average None follows each dataset's card (Fisher z where the card has none); `mean` is MUSDL's."""
+    from dae.data_manifests.cards import card_names, load_card
+    from dae.pipeline.protocols import protocol_summary
+
+    ours = rows[rows["source"].fillna("this-run") != "published"] if "source" in rows else rows
+    if datasets is not None:
+        ours = ours[ours["dataset"].astype(str).isin(list(datasets))]
+    known = set(card_names())
+    parts = []
+    for dataset, part in ours.groupby(ours["dataset"].astype(str), sort=False):
+        card = load_card(dataset) if dataset in known else None
+        folds = fold_average or (card["fold_average"] if card and card["fold_average"] != "none" else "fisher-z")
+        groups = card["group_average"] if card and card["group_average"] != "none" else "fisher-z"
+        summary = protocol_summary(part, fold_average=folds, group_average=groups, by_group=by_group)
+        summary["fold_average"] = folds
+        parts.append(summary)
+    table = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+    if len(table):
+        table["variant"] = [_variant(r) for _, r in table.iterrows()]
+        table["source"] = "this-run"
+    if published:
+        names = list(datasets) if datasets is not None else [d for d in table.get("dataset", []) if d in known]
+        ref = published_rows(list(dict.fromkeys(names)))
+        if not by_group and len(ref):
+            ref = ref[ref["group"].isin(["all", "average"])]
+        table = pd.concat([table, ref], ignore_index=True)
+    if not len(table):
+        return table
+    table["setting"] = table["source"].map(SETTING).fillna("")
+    order = {d: i for i, d in enumerate(dict.fromkeys(table["dataset"]))}
+    table["_order"] = table["dataset"].map(order)
+    table = table.sort_values(["_order", "source"], ascending=[True, False], kind="stable").drop(columns="_order")
+    columns = ["source", "setting", "dataset", "group", "head", "variant", "selection", "uses_difficulty",
+               "backbone", "seeds", "fold_average"]
+    for metric, _ in SHOWN_METRICS:
+        columns += [f"{metric}_mean", f"{metric}_std"]
+    columns += ["paper", "note"]
+    return table.reindex(columns=columns).reset_index(drop=True)
+
+
+def _cell(value, digits=None) -> str:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return ""
+    if digits is not None:
+        return f"{float(value):.{digits}f}"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def display_table(table: pd.DataFrame) -> pd.DataFrame:
+    """Strings for reading: `mean ± std` for ours, the published value alone for theirs."""
+    out = pd.DataFrame({
+        "source": table["source"], "dataset": table["dataset"], "group": table["group"], "method": table["head"],
+        "variant": table["variant"], "selection": table["selection"], "DD": table["uses_difficulty"],
+        "backbone": table["backbone"], "seeds": [_cell(v) for v in table["seeds"]],
+    })
+    for metric, digits in SHOWN_METRICS:
+        cells = []
+        for mean, std in zip(table[f"{metric}_mean"], table[f"{metric}_std"]):
+            cell = _cell(mean, digits) or "-"
+            if cell != "-" and pd.notna(std):
+                cell += f" ± {float(std):.{digits}f}"
+            cells.append(cell)
+        out[metric] = cells
+    out["paper"] = [_cell(p).split(",")[0] for p in table["paper"]]
+    return out.fillna("")
+
+
+def render(table: pd.DataFrame, fmt: str = "table") -> str:
+    """The table as aligned text, CSV (numeric columns) or Markdown, with the setting note."""
+    if fmt not in FORMATS:
+        raise UsageError(f"unknown format {fmt!r} (choose from {', '.join(FORMATS)})")
+    if not len(table):
+        return "(no rows)"
+    if fmt == "csv":
+        return table.to_csv(index=False).rstrip("\n")
+    shown = display_table(table)
+    if fmt == "markdown":
+        head = "| " + " | ".join(shown.columns) + " |"
+        rule = "|" + "|".join("---" for _ in shown.columns) + "|"
+        body = ["| " + " | ".join(str(v).replace("|", "\\|") for v in row) + " |" for row in shown.to_numpy()]
+        return "\n".join([head, rule, *body, "", f"_{NOTE}_"])
+    return shown.to_string(index=False) + "\n\n" + NOTE
+
+
+def show_leaderboard(path, published: bool = False, fmt: str = "table", datasets=None, by_group: bool = False,
+                     fold_average: str | None = None) -> str:
+    """Read a leaderboard CSV and render it with (optionally) the published reference rows."""
+    from dae.pipeline.leaderboard import read_leaderboard
+
+    table = leaderboard_table(read_leaderboard(path), published, datasets, by_group, fold_average)
+    return render(table, fmt)
