@@ -22,8 +22,10 @@ from dae.features.store import FeatureSet, align, content_sha256, read_features
 from dae.heads.metrics import evaluate, interval
 from dae.heads.ridge import fit_ridge
 from dae.heads.trainer import HeadSpec, Job, TrainConfig, train_heads
+from dae.pipeline.baselines import PATH_HEADS, fit_path_heads, options_dict
+from dae.pipeline.protocols import WINDOW_SELECTIONS, apply_window_selection
 
-HEADS = ("dae", "mlp", "ridge")
+HEADS = ("dae", "mlp", "ridge", "usdl", "musdl", "dae-mt", "dae-judges")
 VAL_SEED = 0
 
 
@@ -48,6 +50,7 @@ class FitPlan:
     dataset: str = ""
     score_range: tuple | None = None
     val_fraction: float = 0.2
+    head_options: object = None  # dae.pipeline.baselines.HeadOptions for usdl / musdl / dae-mt / dae-judges
 
 
 def plan_units(manifest: pd.DataFrame, need_val: bool, val_fraction: float = 0.2) -> list[Unit]:
@@ -101,21 +104,30 @@ def fit_models(fs: FeatureSet, manifest: pd.DataFrame, plan: FitPlan, manifest_n
     lo, hi = score_range_of(manifest, plan)
     targets = (scores - lo) / (hi - lo)
     units = plan_units(manifest, plan.config.selection == "best-val", plan.val_fraction)
+    # Windowed test-set selections (pipeline.protocols) train to the last epoch and read the Spearman curves.
+    windowed = plan.config.selection in WINDOW_SELECTIONS
+    config = dataclasses.replace(plan.config, selection="last", track_curves=True) if windowed else plan.config
     specs = [dataclasses.replace(s, loss="sup") for s in plan.specs] if plan.head == "mlp" else plan.specs
     jobs = []
     for unit in units:
         eval_rows = {"test": unit.test, **({"val": unit.val} if len(unit.val) else {})}
         for spec in specs:
             jobs.append(Job(spec, unit.train, eval_rows, tags={"group": unit.group, "fold": unit.fold}))
+    labels = {}
     if plan.head == "ridge":
+        if windowed:
+            raise UsageError(f"selection {plan.config.selection} needs a head trained by epochs, not ridge")
         results = _fit_ridge_jobs(x, targets, jobs)
+    elif plan.head in PATH_HEADS:
+        results, labels = fit_path_heads(plan.head, x, manifest, targets, jobs, config, (lo, hi), plan.dataset,
+                                         plan.head_options, manifest_name)
     else:
-        results = train_heads(x, targets, jobs, plan.config)
+        results = train_heads(x, targets, jobs, config)
 
     created = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     features_sha = content_sha256(fs)
     rows, predictions = [], []
-    has_sigma = plan.head == "dae"
+    has_sigma = plan.head not in ("mlp", "ridge")
     for res in results:
         test = res.job.eval_rows["test"]
         p = res.predictions["test"]
@@ -135,15 +147,19 @@ def fit_models(fs: FeatureSet, manifest: pd.DataFrame, plan: FitPlan, manifest_n
             "selected_epoch": res.selected_epoch + 1, "lr": plan.config.lr, "batch_size": plan.config.batch_size,
             "weight_decay": plan.config.weight_decay, "fit_seconds": res.fit_seconds,
             "features_sha256": features_sha, "backbone": fs.backbone, "dae_version": __version__,
-            "created_utc": created, "source": "this-run",
+            "created_utc": created, "source": "this-run", "uses_difficulty": "no",
         })
+        rows[-1].update(labels)
         lo90, hi90 = interval(mu_s, scale_s) if has_sigma else (np.full(len(test), np.nan),) * 2
         predictions.append(pd.DataFrame({
             "video_id": manifest["video_id"].to_numpy()[test], "score": scores[test], "mu": mu_s,
             "sigma": scale_s if has_sigma else np.nan, "lo90": lo90, "hi90": hi90, "prediction": pred_s,
             "group": res.job.tags["group"], "fold": res.job.tags["fold"], "seed": spec.seed, "loss": rows[-1]["loss"],
             "reparam": rows[-1]["reparam"]}))
-    return pd.DataFrame(rows), pd.concat(predictions, ignore_index=True), results
+    rows = pd.DataFrame(rows)
+    if windowed:
+        rows = apply_window_selection(rows, results, plan.config.selection)
+    return rows, pd.concat(predictions, ignore_index=True), results
 
 
 def _fit_ridge_jobs(x, targets, jobs):
@@ -187,6 +203,7 @@ def save_run(out: Path, plan: FitPlan, rows: pd.DataFrame, predictions: pd.DataF
     try:
         config = {"head": plan.head, "dataset": plan.dataset, "specs": [dataclasses.asdict(s) for s in plan.specs],
                   "train": dataclasses.asdict(plan.config), "val_fraction": plan.val_fraction,
+                  "head_options": options_dict(plan.head_options),
                   "val_seed": VAL_SEED, "dae_version": __version__, "torch_version": torch.__version__,
                   "numpy_version": np.__version__, "python": platform.python_version(),
                   "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
