@@ -174,6 +174,10 @@ class DecodePool:
         for conn in (worker.tasks, worker.results):
             conn.close()
 
+    def worker_pids(self) -> list[int]:
+        """Process ids of the live decoding workers (for monitoring)."""
+        return [w.process.pid for w in list(self._workers) if w is not None and w.process.pid is not None]
+
     def close(self) -> None:
         """Stop the coordinator and every worker (idempotent)."""
         self._stop.set()
@@ -250,10 +254,20 @@ class DecodePool:
                 slot = self._free.get_nowait()
             except queue.Empty:
                 return
-            heapq.heappop(waiting)
             wid = min(idle, key=lambda w: len(self._workers[w].assigned))
             worker = self._workers[wid]
-            worker.tasks.send((i, task.path, task.start_frame, task.end_frame, slot))
+            try:
+                if not worker.assigned and not worker.process.is_alive():
+                    raise BrokenPipeError  # died while idle (killed from outside): no video to blame
+                worker.tasks.send((i, task.path, task.start_frame, task.end_frame, slot))
+            except (BrokenPipeError, OSError):
+                self._free.put(slot)
+                if worker.assigned:  # its queue fails or returns through _collect
+                    return
+                self._retire(wid, kill=True)
+                self._spawn(wid)
+                continue
+            heapq.heappop(waiting)
             if not worker.assigned:
                 worker.started = time.monotonic()
             worker.assigned.append((i, slot))
@@ -280,11 +294,12 @@ class DecodePool:
                         raise DaeError(f"decode worker answered task {i} while running {head}")
                     finished[i] = self._decoded(tasks[i], slot, error)
                     worker.started = time.monotonic()
-            except (EOFError, OSError):
+            except (EOFError, OSError):  # the pipe closed: the process is gone or going
+                worker.process.join(timeout=5)
                 lost = "the decoding process died"
             if not worker.assigned:
                 continue
-            if lost is None and not worker.process.is_alive():
+            if not worker.process.is_alive():
                 code = worker.process.exitcode
                 lost = (f"the decoding process crashed (signal {-code})" if code is not None and code < 0
                         else f"the decoding process exited with code {code}")
