@@ -3,6 +3,8 @@
 Each head keeps its own seed (initialisation, data order, sampling noise), loss and reparameterisation and
 ends where it would have ended trained alone (`train_one` is that plain loop; the tests compare them).
 Heads whose training sets differ in size, or whose distributions differ, run as separate stacked models.
+A distribution with a learned shape (Student-t's nu) gets one extra parameter per head, trained by the same Adam
+with a larger step (`SHAPE_LR_SCALE`): at the heads' learning rate it would hardly move in a study's few hundred steps.
 """
 from __future__ import annotations
 
@@ -14,12 +16,15 @@ import numpy as np
 import torch
 
 from dae.errors import UsageError
+from torch import nn
+
 from dae.heads.dae import HIDDEN, DAEHead, StackedDAE
 from dae.heads.distributions import REPARAMS, get_distribution, sample_scale
 from dae.heads.losses import LOSSES, loss_terms, loss_weights
 from dae.heads.metrics import spearman
 
 SELECTIONS = ("last", "best-val", "best-test")
+SHAPE_LR_SCALE = 100.0
 PREDICTIONS = ("mu", "sample")
 
 
@@ -87,6 +92,7 @@ class HeadResult:
     input_std: np.ndarray
     fit_seconds: float
     curves: dict | None = None
+    distribution: object = None  # the fitted distribution (a learned nu bound); None: the spec's by name
 
 
 def _input_stats(x: torch.Tensor, standardize: bool):
@@ -97,11 +103,14 @@ def _input_stats(x: torch.Tensor, standardize: bool):
     return mean, torch.where(std > 1e-8, std, torch.ones_like(std))
 
 
-def _make_optimizer(params, config: TrainConfig):
+def _make_optimizer(params, config: TrainConfig, shape_params=()):
+    groups = [{"params": list(params)}]
+    if shape_params:
+        groups.append({"params": list(shape_params), "lr": config.lr * SHAPE_LR_SCALE, "weight_decay": 0.0})
     try:
-        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay, fused=True)
+        return torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay, fused=True)
     except (RuntimeError, TypeError):
-        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay, foreach=True)
+        return torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay, foreach=True)
 
 
 def train_heads(features, targets, jobs: list[Job], config: TrainConfig = TrainConfig(),
@@ -168,7 +177,11 @@ def _train_stacked(x, g, jobs, config):
         heads.append(DAEHead(dim, config.hidden))
     model = StackedDAE(heads, group_size)
     generators = [torch.Generator().manual_seed(j.spec.seed) for j in leaders]
-    optimizer = _make_optimizer(model.parameters(), config)
+    # A learned shape (nu): one raw value per head, (K, 1) so that it broadcasts over the batch.
+    shape_raw = [nn.Parameter(torch.full((k, 1), dist.raw_init()))] if dist.learned_shape else []
+    optimizer = _make_optimizer(model.parameters(), config, shape_raw)
+    trained = [*model.parameters(), *shape_raw]
+    step_dist = dist
     variance_reparam = torch.tensor([j.spec.reparam == "variance" for j in jobs]).unsqueeze(1)
 
     select_set = {"best-val": "val", "best-test": "test"}.get(config.selection)
@@ -176,7 +189,7 @@ def _train_stacked(x, g, jobs, config):
         raise UsageError(f"selection {config.selection} needs a {select_set!r} set for every head")
     best_score = np.full(k, -np.inf)
     best_epoch = np.full(k, config.epochs - 1)
-    best_params = [p.detach().clone() for p in model.parameters()] if select_set else None
+    best_params = [p.detach().clone() for p in trained] if select_set else None
     curves = defaultdict(list) if config.track_curves else None
 
     for epoch in range(config.epochs):
@@ -189,13 +202,17 @@ def _train_stacked(x, g, jobs, config):
             rows = epoch_rows[:, lo:lo + config.batch_size]                       # (G, b)
             xb = x_flat[(group_set.unsqueeze(1) * n_rows + rows).reshape(-1)].view(n_groups, rows.shape[1], dim)
             target = g[rows].repeat_interleave(group_size, 0)                      # (K, b)
-            eps = torch.stack([dist.standard_noise(rows.shape[1], gen) for gen in generators])
-            eps = eps.repeat_interleave(group_size, 0)
+            base = torch.stack([dist.base_noise(rows.shape[1], gen) for gen in generators])
+            if shape_raw:
+                step_dist = dist.bind(shape_raw[0])
+                eps = step_dist.standard_sample(base.repeat_interleave(group_size, 0))
+            else:
+                eps = dist.standard_sample(base).repeat_interleave(group_size, 0)
             mu, log_var = model(xb)
             sigma = torch.exp(0.5 * log_var)
             scale = torch.where(variance_reparam, sigma * sigma, sigma)
             sample = mu + eps * scale
-            per_head = (loss_terms(target, mu, sample, scale, dist) * weights).sum(-1)
+            per_head = (loss_terms(target, mu, sample, scale, step_dist) * weights).sum(-1)
             optimizer.zero_grad(set_to_none=True)
             per_head.sum().backward()
             optimizer.step()
@@ -215,11 +232,12 @@ def _train_stacked(x, g, jobs, config):
                     if improved.any():
                         best_score[improved] = rhos[improved]
                         best_epoch[improved] = epoch
-                        _copy_heads(model, best_params, torch.as_tensor(improved))
+                        _copy_heads(trained, best_params, torch.as_tensor(improved))
     if select_set:
         with torch.no_grad():
-            for p, best in zip(model.parameters(), best_params):
+            for p, best in zip(trained, best_params):
                 p.copy_(best)
+    fitted = [dist.bind(float(raw)) for raw in shape_raw[0].detach()] if shape_raw else [dist] * k
 
     predictions = [dict() for _ in jobs]
     noise_states = [gen.get_state() for gen in generators]
@@ -229,7 +247,7 @@ def _train_stacked(x, g, jobs, config):
             if config.prediction == "sample":
                 gen = torch.Generator()
                 gen.set_state(noise_states[i // group_size])  # each head draws as if alone
-                eps = dist.standard_noise(len(m), gen).numpy()
+                eps = fitted[i].standard_noise(len(m), gen).numpy()
                 pred = m + eps * s
             else:
                 pred = m
@@ -241,7 +259,8 @@ def _train_stacked(x, g, jobs, config):
         curve = {key: np.stack(v)[:, i] for key, v in curves.items()} if curves is not None else None
         results.append(HeadResult(job=job, predictions=predictions[i], selected_epoch=int(best_epoch[i]),
                                   state_dict=model.head(i).state_dict(), input_mean=mean.numpy(),
-                                  input_std=std.numpy(), fit_seconds=seconds, curves=curve))
+                                  input_std=std.numpy(), fit_seconds=seconds, curves=curve,
+                                  distribution=fitted[i]))
     inverse = np.argsort(order)
     return [results[i] for i in inverse]
 
@@ -263,10 +282,10 @@ def _predict(model, jobs, name, x_flat, set_of_job, n_rows, variance_reparam=Non
 
 
 @torch.no_grad()
-def _copy_heads(model, best_params, improved):
+def _copy_heads(params, best_params, improved):
     """Copy the current parameters of the improved heads into best_params (all stacked (K, ...))."""
     mask = improved.view(-1, 1)
-    for p, best in zip(model.parameters(), best_params):
+    for p, best in zip(params, best_params):
         k = len(improved)
         best.view(k, -1).copy_(torch.where(mask, p.view(k, -1), best.view(k, -1)))
 
@@ -287,16 +306,21 @@ def train_one(features, targets, job: Job, config: TrainConfig = TrainConfig()) 
     torch.manual_seed(spec.seed)
     head = DAEHead(x.shape[1], config.hidden)
     gen = torch.Generator().manual_seed(spec.seed)
-    optimizer = _make_optimizer(head.parameters(), config)
+    shape_raw = [nn.Parameter(torch.full((1,), dist.raw_init()))] if dist.learned_shape else []
+    optimizer = _make_optimizer(head.parameters(), config, shape_raw)
+    step_dist = dist
     for epoch in range(config.epochs):
         weights = torch.tensor(loss_weights(spec.loss, epoch, spec.alpha, spec.beta))
         rows_epoch = train[torch.randperm(len(train), generator=gen)]
         for lo in range(0, len(train), config.batch_size):
             rows = rows_epoch[lo:lo + config.batch_size]
-            eps = dist.standard_noise(len(rows), gen)
+            base = dist.base_noise(len(rows), gen)
+            if shape_raw:
+                step_dist = dist.bind(shape_raw[0])
+            eps = step_dist.standard_sample(base)
             mu, log_var = head(xs[rows])
             scale = sample_scale(torch.exp(0.5 * log_var), spec.reparam)
-            loss = (loss_terms(g[rows], mu, mu + eps * scale, scale, dist) * weights).sum()
+            loss = (loss_terms(g[rows], mu, mu + eps * scale, scale, step_dist) * weights).sum()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -308,5 +332,6 @@ def train_one(features, targets, job: Job, config: TrainConfig = TrainConfig()) 
             m, s = mu.numpy().astype(np.float64), scale.numpy().astype(np.float64)
             predictions[name] = {"mu": m, "scale": s, "pred": m}
     return HeadResult(job=job, predictions=predictions, selected_epoch=config.epochs - 1,
+                      distribution=dist.bind(float(shape_raw[0].detach())) if shape_raw else dist,
                       state_dict=head.state_dict(), input_mean=mean.numpy(), input_std=std.numpy(),
                       fit_seconds=time.perf_counter() - start)

@@ -1,0 +1,145 @@
+"""The batched trainer ends where each head would have ended trained alone, and selects the right epoch."""
+import numpy as np
+import pytest
+import torch
+
+from dae.heads.losses import LOSSES
+from dae.heads.metrics import spearman
+from dae.heads.trainer import HeadSpec, Job, TrainConfig, train_heads, train_one
+
+SMALL = dict(hidden=(16, 8), lr=3e-3, batch_size=16)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run faster on one torch thread (two threads spin-wait on a busy shared machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _data(n=150, dim=24, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, dim)).astype(np.float32)
+    w = rng.standard_normal(dim)
+    targets = 1.0 / (1.0 + np.exp(-(x @ w) / np.sqrt(dim))) + 0.05 * rng.standard_normal(n)
+    return x, targets.astype(np.float32)
+
+
+def _assert_same_as_alone(x, targets, jobs, config):
+    batched = train_heads(x, targets, jobs, config)
+    for job, res in zip(jobs, batched):
+        alone = train_one(x, targets, job, config)
+        for name in job.eval_rows:
+            a, b = res.predictions[name], alone.predictions[name]
+            assert np.max(np.abs(a["mu"] - b["mu"])) <= 1e-3, (job.spec, name)
+            assert np.max(np.abs(a["scale"] - b["scale"]) / b["scale"]) <= 1e-2, (job.spec, name)
+        assert res.distribution.params == pytest.approx(alone.distribution.params, rel=1e-3)
+        for key, value in alone.state_dict.items():
+            assert res.state_dict[key].shape == value.shape
+    return batched
+
+
+def test_batched_heads_match_training_each_alone():
+    """Every loss and both reparameterisations, 2 seeds, 2 folds of equal size: one stacked model of 24 heads."""
+    x, targets = _data()
+    folds = [(np.arange(0, 100), np.arange(100, 150)), (np.arange(50, 150), np.arange(0, 50))]
+    jobs = [Job(HeadSpec(seed=seed, loss=loss, reparam=reparam), train, {"test": test})
+            for train, test in folds for seed in (0, 1) for loss in LOSSES for reparam in ("sigma", "variance")
+            if reparam == "sigma" or loss in ("v1", "rec")]
+    batched = _assert_same_as_alone(x, targets, jobs, TrainConfig(epochs=12, **SMALL))
+    # The heads really differ: different losses give different predictions.
+    mus = np.stack([r.predictions["test"]["mu"] for r in batched])
+    assert np.ptp(mus[:, 0]) > 1e-3
+
+
+@pytest.mark.parametrize("distribution", ["laplace", "logistic", "student-t:3", "student-t:learned"])
+def test_batched_heads_match_alone_for_each_distribution(distribution):
+    x, targets = _data(seed=1)
+    train, test = np.arange(110), np.arange(110, 150)
+    jobs = [Job(HeadSpec(seed=seed, loss=loss, distribution=distribution), train, {"test": test})
+            for seed in (3, 4) for loss in ("nll", "v1")]
+    _assert_same_as_alone(x, targets, jobs, TrainConfig(epochs=10, **SMALL))
+
+
+def test_unequal_groups_fall_back_to_one_head_per_group():
+    """Seed 0 trains 2 losses, seed 1 trains 1: groups of unequal size, still each head as if alone."""
+    x, targets = _data(seed=2)
+    train, test = np.arange(100), np.arange(100, 150)
+    jobs = [Job(HeadSpec(seed=0, loss="v1"), train, {"test": test}),
+            Job(HeadSpec(seed=0, loss="nll"), train, {"test": test}),
+            Job(HeadSpec(seed=1, loss="sup"), train, {"test": test})]
+    _assert_same_as_alone(x, targets, jobs, TrainConfig(epochs=8, **SMALL))
+
+
+def test_a_different_seed_gives_a_different_head():
+    """The equivalence checks above can fail: heads with another seed do not match."""
+    x, targets = _data()
+    train, test = np.arange(100), np.arange(100, 150)
+    config = TrainConfig(epochs=5, **SMALL)
+    a = train_heads(x, targets, [Job(HeadSpec(seed=0), train, {"test": test})], config)[0]
+    b = train_one(x, targets, Job(HeadSpec(seed=1), train, {"test": test}), config)
+    assert np.max(np.abs(a.predictions["test"]["mu"] - b.predictions["test"]["mu"])) > 1e-3
+
+
+@pytest.mark.parametrize("selection,set_name", [("best-test", "test"), ("best-val", "val")])
+def test_selection_picks_the_best_epoch_and_its_weights(selection, set_name):
+    x, targets = _data(seed=5)
+    train, val, test = np.arange(80), np.arange(80, 110), np.arange(110, 150)
+    jobs = [Job(HeadSpec(seed=seed, loss=loss), train, {"test": test, "val": val})
+            for seed in (0, 1) for loss in ("v1", "sup")]
+    config = TrainConfig(epochs=15, selection=selection, track_curves=True, **{**SMALL, "lr": 1e-2})
+    results = train_heads(x, targets, jobs, config)
+    picked = set()
+    for job, res in zip(jobs, results):
+        curve = res.curves[f"{set_name}_spearman"]
+        assert len(curve) == 15 and len(res.curves["train_loss"]) == 15
+        assert res.selected_epoch == int(np.argmax(curve))
+        picked.add(res.selected_epoch)
+        # The evaluated weights are that epoch's: a fresh run stopped there predicts the same.
+        stopped = train_one(x, targets, job, TrainConfig(epochs=res.selected_epoch + 1, **{**SMALL, "lr": 1e-2}))
+        np.testing.assert_allclose(res.predictions["test"]["mu"], stopped.predictions["test"]["mu"], atol=1e-4)
+        rho = spearman(targets[job.eval_rows[set_name]], res.predictions[set_name]["mu"])
+        assert rho == pytest.approx(np.max(curve), abs=1e-6)
+    assert picked != {14}  # the check means something only if some head peaked before the last epoch
+
+
+def test_curves_record_loss_and_spearman_per_epoch():
+    x, targets = _data(seed=6)
+    train, test = np.arange(100), np.arange(100, 150)
+    jobs = [Job(HeadSpec(seed=0, loss="sup"), train, {"test": test})]
+    res = train_heads(x, targets, jobs, TrainConfig(epochs=20, track_curves=True, **SMALL))[0]
+    loss = res.curves["train_loss"]
+    assert loss.shape == (20,) and np.all(np.isfinite(loss))
+    assert loss[-1] < 0.5 * loss[0]
+    final = spearman(targets[test], res.predictions["test"]["mu"])
+    assert res.curves["test_spearman"][-1] == pytest.approx(final, abs=1e-6)
+
+
+def test_learned_nu_follows_heavy_tailed_targets():
+    """NLL with a learned nu: targets with t(1.5) noise pull nu down from 5, Gaussian noise pushes it up."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((400, 8)).astype(np.float32)
+    centre = 0.5 + 0.1 * x[:, 0]
+    train, test = np.arange(300), np.arange(300, 400)
+    nus = {}
+    for name, noise in (("heavy", 0.02 * rng.standard_t(1.5, 400)), ("gaussian", 0.02 * rng.standard_normal(400))):
+        job = Job(HeadSpec(seed=0, loss="nll", distribution="student-t:learned"), train, {"test": test})
+        res = train_heads(x, (centre + noise).astype(np.float32), [job],
+                          TrainConfig(epochs=60, hidden=(16, 8), lr=3e-3, batch_size=32))[0]
+        nus[name] = res.distribution.params["nu"]
+    assert nus["heavy"] < 4.0 < 5.0 < nus["gaussian"]
+
+
+def test_features_are_not_modified_and_results_keep_job_order():
+    x, targets = _data(seed=7)
+    x_before = x.copy()
+    train_a, train_b, test = np.arange(90), np.arange(60), np.arange(100, 150)
+    jobs = [Job(HeadSpec(seed=0, loss="v1"), train_a, {"test": test}, tags={"i": 0}),
+            Job(HeadSpec(seed=0, loss="v1", distribution="laplace"), train_a, {"test": test}, tags={"i": 1}),
+            Job(HeadSpec(seed=0, loss="v1"), train_b, {"test": test}, tags={"i": 2})]
+    results = train_heads(x, targets, jobs, TrainConfig(epochs=3, **SMALL))
+    assert [r.job.tags["i"] for r in results] == [0, 1, 2]
+    assert [r.distribution.name for r in results] == ["gaussian", "laplace", "gaussian"]
+    np.testing.assert_array_equal(x, x_before)
