@@ -19,6 +19,7 @@ from dae import __version__
 from dae.errors import DaeError, UsageError
 from dae.features.manifest import read_manifest
 from dae.features.store import FeatureSet, align, content_sha256, read_features
+from dae.heads.distributions import get_distribution
 from dae.heads.metrics import evaluate, interval
 from dae.heads.ridge import fit_ridge
 from dae.heads.trainer import HeadSpec, Job, TrainConfig, train_heads
@@ -134,7 +135,8 @@ def fit_models(fs: FeatureSet, manifest: pd.DataFrame, plan: FitPlan, manifest_n
         mu_s = lo + p["mu"] * (hi - lo)
         pred_s = lo + p["pred"] * (hi - lo)
         scale_s = p["scale"] * (hi - lo) if has_sigma else None
-        metrics = evaluate(scores[test], pred_s, mu_s, scale_s, (lo, hi), res.job.spec.distribution)
+        dist = get_distribution(res.distribution or res.job.spec.distribution)  # a learned nu: the fitted one
+        metrics = evaluate(scores[test], pred_s, mu_s, scale_s, (lo, hi), dist)
         spec = res.job.spec
         rows.append({
             "dataset": plan.dataset or manifest_name, "group": res.job.tags["group"], "fold": res.job.tags["fold"],
@@ -150,12 +152,14 @@ def fit_models(fs: FeatureSet, manifest: pd.DataFrame, plan: FitPlan, manifest_n
             "created_utc": created, "source": "this-run", "uses_difficulty": "no",
         })
         rows[-1].update(labels)
-        lo90, hi90 = interval(mu_s, scale_s) if has_sigma else (np.full(len(test), np.nan),) * 2
+        if has_sigma:
+            rows[-1].update(dist.params)  # e.g. Student-t's nu
+        lo90, hi90 = interval(mu_s, scale_s, distribution=dist) if has_sigma else (np.full(len(test), np.nan),) * 2
         predictions.append(pd.DataFrame({
             "video_id": manifest["video_id"].to_numpy()[test], "score": scores[test], "mu": mu_s,
             "sigma": scale_s if has_sigma else np.nan, "lo90": lo90, "hi90": hi90, "prediction": pred_s,
             "group": res.job.tags["group"], "fold": res.job.tags["fold"], "seed": spec.seed, "loss": rows[-1]["loss"],
-            "reparam": rows[-1]["reparam"]}))
+            "reparam": rows[-1]["reparam"], "distribution": rows[-1]["distribution"]}))
     rows = pd.DataFrame(rows)
     if windowed:
         rows = apply_window_selection(rows, results, plan.config.selection)
