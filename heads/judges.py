@@ -49,10 +49,10 @@ def combine(judge_scores, difficulty=None, rule: str = "sum"):
     torch tensors alike and returns the same kind.
     """
     as_numpy = not isinstance(judge_scores, torch.Tensor)
-    marks = torch.as_tensor(np.asarray(judge_scores, dtype=np.float64)) if as_numpy else judge_scores
+    marks = torch.tensor(np.asarray(judge_scores, dtype=np.float64)) if as_numpy else judge_scores
     dd = None
     if difficulty is not None:
-        dd = torch.as_tensor(np.asarray(difficulty, dtype=np.float64)) if as_numpy else difficulty
+        dd = torch.tensor(np.asarray(difficulty, dtype=np.float64)) if as_numpy else difficulty
     if rule not in JUDGE_RULES:
         raise UsageError(f"unknown judge rule {rule!r} (choose from {', '.join(JUDGE_RULES)})")
     if USES_DIFFICULTY[rule] and dd is None:

@@ -16,6 +16,7 @@ import pandas as pd
 from dae.errors import UsageError
 from dae.heads.bins import BIN_RULES, DEFAULT_STD_BINS, MUSDL, USDL, USDL_BINS
 from dae.heads.dae_mt import DAEMT, execution_scale
+from dae.heads.distributions import get_distribution
 from dae.heads.judges import JUDGE_RULES, USES_DIFFICULTY, DAEJudges, combine
 from dae.heads.paths import train_path_heads
 
@@ -102,7 +103,6 @@ class JudgeSetup:
     judge_step: float
     rule: str
     difficulty: np.ndarray | None
-    note: str
 
 
 def judge_setup(manifest, dataset: str, rule: str | None, head: str, where: str) -> JudgeSetup:
@@ -114,20 +114,17 @@ def judge_setup(manifest, dataset: str, rule: str | None, head: str, where: str)
         judge_range = tuple(map(float, card["judge_score_range"]))
         step = float(card["judge_score_step"])
         rule = rule or card["judge_rule"]
-        note = f"judges' scale and rule from the {card['name']} card"
     else:
         seen = np.unique(marks[~np.isnan(marks)])
         if len(seen) < 2:
             raise UsageError(f"head {head}: the judges' columns of {where} hold fewer than two distinct marks")
         judge_range = (float(seen[0]), float(seen[-1]))
         step = float(np.min(np.diff(seen)))
-        note = f"judges' scale {judge_range[0]:g}..{judge_range[1]:g} step {step:g} from the data"
         if rule is None:
             dd = difficulty_of(manifest, head, where) if has_dd else None
-            rule, share = infer_rule(marks, dd, manifest["score"].to_numpy(float))
-            note += f"; rule {rule} inferred (reproduces {share:.0%} of the scores)"
+            rule, _ = infer_rule(marks, dd, manifest["score"].to_numpy(float))
     difficulty = difficulty_of(manifest, head, where) if USES_DIFFICULTY.get(rule, False) else None
-    return JudgeSetup(marks, judge_range, step, rule, difficulty, note)
+    return JudgeSetup(marks, judge_range, step, rule, difficulty)
 
 
 def fit_path_heads(head: str, features, manifest: pd.DataFrame, targets, jobs, config, score_range,
@@ -143,6 +140,8 @@ def fit_path_heads(head: str, features, manifest: pd.DataFrame, targets, jobs, c
     if head in ("dae-mt", "dae-judges") and len(distributions) > 1:
         raise UsageError(f"head {head} trains one distribution per run, got {', '.join(sorted(distributions))}")
     distribution = distributions.pop()
+    if head in ("dae-mt", "dae-judges") and getattr(get_distribution(distribution), "learned_shape", False):
+        raise UsageError(f"head {head} does not learn a distribution's shape; choose a fixed one, not {distribution}")
     reparams = [j.spec.reparam for j in jobs]
     if head == "usdl":
         objective = USDL(targets, options.bins, std_bins, options.bin_rule)

@@ -134,7 +134,7 @@ def protocol_summary(rows: pd.DataFrame, fold_average: str = "fisher-z", group_a
     for key in (*CONFIG_KEYS, "group"):
         if key not in rows.columns:
             rows[key] = ""
-    rows[list(CONFIG_KEYS) + ["group"]] = rows[list(CONFIG_KEYS) + ["group"]].fillna("").astype(str)
+    rows[list(CONFIG_KEYS) + ["group"]] = rows[list(CONFIG_KEYS) + ["group"]].astype(object).fillna("").astype(str)
     if "uses_difficulty" not in rows.columns:
         rows["uses_difficulty"] = ""
     per_seed = []
