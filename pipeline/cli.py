@@ -370,6 +370,24 @@ def leaderboard_show_cmd(leaderboard, published, fmt, datasets, by_group, fold_a
                                 by_group=by_group, fold_average=fold_average))
 
 
+@cli.command("merge")
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Feature file (HDF5) to write.")
+def merge_cmd(inputs, out):
+    """Join feature files (e.g. the shards of one `dae extract --shard I/N`) into one.
+
+    Checks that they share the clip protocol, weights and decoder, that no video is in two of them and,
+    for shards, that all N are there and hold every video. Example:
+
+        dae merge feats.shard*of4.h5 --out feats.h5
+    """
+    from dae.features.merge import merge_feature_files
+
+    done = merge_feature_files(inputs, out, note=lambda text: click.echo(text, err=True))
+    click.echo(f"wrote {done['out']}: {done['videos']} videos from {done['inputs']} files"
+               + (f"; {done['failed']} failed videos listed in its attributes" if done["failed"] else ""))
+
+
 def main(argv=None):
     """Console-script entry point."""
     return cli.main(args=argv, prog_name="dae")
