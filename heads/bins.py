@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from dae.errors import UsageError
-from dae.heads.judges import MC_DRAWS, check_rule, combine, judge_marks, propagate
+from dae.heads.judges import MC_DRAWS, combine, judge_marks, panel_masks, propagate
 
 BIN_RULES = ("argmax", "expectation")
 USDL_BINS = 101
@@ -96,20 +96,19 @@ class USDL:
 
 
 class MUSDL:
-    """Objective: one path of bins per judge. marks (N, J) in score units (NaN = judge missing from the panel,
-    `fina-by-judge-count` only); judge_range and judge_step define the bins; score_range normalises the
-    final score; rule combines the judges (with difficulty (N,) when the rule needs it)."""
+    """Objective: one path of bins per judge. marks (N, J) in score units (NaN = no mark, `fina-by-judge-count`
+    only; panel_sizes: see `dae.heads.judges.panel_masks`); judge_range and judge_step define the bins;
+    score_range normalises the final score; rule combines the judges (with difficulty (N,) if it needs it)."""
 
     uses_noise = False
 
     def __init__(self, marks, judge_range, judge_step: float, score_range, rule: str, difficulty=None,
-                 std_bins: float = DEFAULT_STD_BINS, bin_rule: str = "argmax", mc_draws: int = MC_DRAWS):
+                 std_bins: float = DEFAULT_STD_BINS, bin_rule: str = "argmax", mc_draws: int = MC_DRAWS,
+                 panel_sizes=None):
         marks = np.asarray(marks, dtype=np.float64)
         self.paths = marks.shape[1]
-        present = ~np.isnan(marks)
-        check_rule(rule, self.paths, difficulty, present.sum(1) if rule == "fina-by-judge-count" else None)
-        if rule != "fina-by-judge-count" and not present.all():
-            raise UsageError(f"judge rule {rule} needs every judge's mark; {int((~present).sum())} are missing")
+        present, panel = panel_masks(marks, rule, difficulty, panel_sizes)
+        self.panel = torch.as_tensor(panel)
         bin_values(torch.ones(1, 2), torch.zeros(2), bin_rule, 1)
         jlo, jhi = map(float, judge_range)
         self.width = bin_count(jlo, jhi, judge_step)
@@ -133,7 +132,7 @@ class MUSDL:
 
     def _final(self, marks, rows):
         dd = None if self.difficulty is None else self.difficulty[rows]
-        return (combine(judge_marks(marks, self.present[rows]), dd, self.rule) - self.lo) / self.span
+        return (combine(judge_marks(marks, self.panel[rows]), dd, self.rule) - self.lo) / self.span
 
     def point(self, out, rows, models):
         return self._final(bin_values(torch.softmax(out.double(), dim=2), self.centres, self.bin_rule, 2), rows)
@@ -145,8 +144,8 @@ class MUSDL:
         picks = torch.multinomial(flat, self.mc_draws, replacement=True, generator=generator)  # (M*J*n, S)
         draws = self.centres[picks].view(m, j, n, self.mc_draws).permute(3, 0, 1, 2)          # (S, M, J, n)
         dd = None if self.difficulty is None else self.difficulty[rows]
-        present = self.present[rows]
-        centre, spread, _ = propagate(judge_marks(bin_values(probs, self.centres, "expectation", 2), present),
-                                      judge_marks(draws, present), dd, self.rule)
+        panel = self.panel[rows]
+        centre, spread, _ = propagate(judge_marks(bin_values(probs, self.centres, "expectation", 2), panel),
+                                      judge_marks(draws, panel), dd, self.rule)
         pred = self.point(out, rows, models)
         return {"mu": (centre - self.lo) / self.span, "scale": spread / self.span, "pred": pred}

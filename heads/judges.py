@@ -42,6 +42,31 @@ def check_rule(rule: str, n_judges: int, difficulty=None, panel_sizes=None) -> N
             raise UsageError(f"judge rule {rule} knows panels of {FINA_PANELS} judges, found {bad}")
 
 
+def panel_masks(marks, rule: str, difficulty=None, panel_sizes=None):
+    """Check the rule against the panels and return boolean masks (recorded, panel), each (N, J).
+
+    `recorded` marks train the judges' paths; `panel` (the first panel_sizes[i] judges of video i, default: the
+    recorded ones) is what the rule combines at prediction, so a panel judge whose mark was not recorded
+    (FineDiving's blanked out-of-range mark) is still predicted and counted.
+    """
+    marks = np.asarray(marks, dtype=np.float64)
+    n, judges = marks.shape
+    recorded = ~np.isnan(marks)
+    if panel_sizes is None:
+        panel = recorded
+    else:
+        sizes = np.asarray(panel_sizes, dtype=np.int64)
+        if len(sizes) != n or (sizes < 1).any() or (sizes > judges).any():
+            raise UsageError(f"panel sizes must be 1..{judges}, one per video")
+        panel = np.arange(judges)[None, :] < sizes[:, None]
+    check_rule(rule, judges, difficulty, panel.sum(1) if rule == "fina-by-judge-count" else None)
+    if rule != "fina-by-judge-count" and not recorded.all():
+        raise UsageError(f"judge rule {rule} needs every judge's mark; {int((~recorded).sum())} are missing")
+    if (recorded & ~panel).any():
+        raise UsageError("a mark is recorded for a judge outside the video's panel (judge_k with k > n_judges)")
+    return recorded, panel
+
+
 def combine(judge_scores, difficulty=None, rule: str = "sum"):
     """Final scores (...,) from judges' marks (..., J) by `rule`; difficulty broadcasts against (...,).
 
@@ -93,8 +118,9 @@ class DAEJudges:
     """Objective of the DAE-judges head for the multi-path trainer (`dae.heads.paths`): one DAE path
     (mu, log variance) per judge, each trained with the DAE loss on its judge's normalised mark.
 
-    marks (N, J) in score units, NaN for a missing judge (`fina-by-judge-count` only); judge_range (lo, hi)
-    normalises every mark to [0, 1]; score_range (lo, hi) normalises the final score for the pipeline.
+    marks (N, J) in score units, NaN for a missing judge (`fina-by-judge-count` only; panel_sizes: see
+    `panel_masks`); judge_range (lo, hi) normalises every mark to [0, 1]; score_range (lo, hi) normalises the
+    final score for the pipeline.
     reparams: one per job. prediction: `mu` ranks by the rule at the judges' means, `sample` by one draw.
     """
 
@@ -102,13 +128,11 @@ class DAEJudges:
     uses_noise = True
 
     def __init__(self, marks, judge_range, score_range, rule, difficulty=None, distribution: str = "gaussian",
-                 reparams=("sigma",), prediction: str = "mu", mc_draws: int = MC_DRAWS):
+                 reparams=("sigma",), prediction: str = "mu", mc_draws: int = MC_DRAWS, panel_sizes=None):
         marks = np.asarray(marks, dtype=np.float64)
         self.paths = marks.shape[1]
-        present = ~np.isnan(marks)
-        check_rule(rule, self.paths, difficulty, present.sum(1) if rule == "fina-by-judge-count" else None)
-        if rule != "fina-by-judge-count" and not present.all():
-            raise UsageError(f"judge rule {rule} needs every judge's mark; {int((~present).sum())} are missing")
+        present, panel = panel_masks(marks, rule, difficulty, panel_sizes)
+        self.panel = torch.as_tensor(panel)
         self.rule = rule
         self.jlo, jhi = map(float, judge_range)
         self.jspan = jhi - self.jlo
@@ -143,7 +167,7 @@ class DAEJudges:
         return (per_term * weights.unsqueeze(1)).sum((1, 2))
 
     def _marks(self, norm, rows):
-        return judge_marks(self.jlo + norm.double() * self.jspan, self.present[rows])
+        return judge_marks(self.jlo + norm.double() * self.jspan, self.panel[rows])
 
     def _dd(self, rows):
         return None if self.difficulty is None else self.difficulty[rows]

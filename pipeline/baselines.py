@@ -103,6 +103,7 @@ class JudgeSetup:
     judge_step: float
     rule: str
     difficulty: np.ndarray | None
+    panel_sizes: np.ndarray | None
 
 
 def judge_setup(manifest, dataset: str, rule: str | None, head: str, where: str) -> JudgeSetup:
@@ -124,7 +125,12 @@ def judge_setup(manifest, dataset: str, rule: str | None, head: str, where: str)
             dd = difficulty_of(manifest, head, where) if has_dd else None
             rule, _ = infer_rule(marks, dd, manifest["score"].to_numpy(float))
     difficulty = difficulty_of(manifest, head, where) if USES_DIFFICULTY.get(rule, False) else None
-    return JudgeSetup(marks, judge_range, step, rule, difficulty)
+    panel_sizes = None
+    if "n_judges" in manifest.columns:  # FineDiving: the panel is judge_1..judge_<n_judges>, marks or not
+        panel_sizes = pd.to_numeric(manifest["n_judges"], errors="coerce").to_numpy()
+        if np.isnan(panel_sizes).any():
+            raise UsageError(f"{where}: column n_judges must hold a number for every video")
+    return JudgeSetup(marks, judge_range, step, rule, difficulty, panel_sizes)
 
 
 def fit_path_heads(head: str, features, manifest: pd.DataFrame, targets, jobs, config, score_range,
@@ -150,7 +156,7 @@ def fit_path_heads(head: str, features, manifest: pd.DataFrame, targets, jobs, c
     elif head == "musdl":
         setup = judge_setup(manifest, dataset, options.judge_rule, head, where)
         objective = MUSDL(setup.marks, setup.judge_range, setup.judge_step, score_range, setup.rule,
-                          setup.difficulty, std_bins, options.bin_rule)
+                          setup.difficulty, std_bins, options.bin_rule, panel_sizes=setup.panel_sizes)
         labels = {"loss": "kl", "distribution": f"softmax-{objective.width}bins-std{std_bins:g}-x{objective.paths}",
                   "reparam": "", "prediction": options.bin_rule,
                   "uses_difficulty": "yes" if USES_DIFFICULTY[setup.rule] else "no", "judge_rule": setup.rule}
@@ -162,7 +168,7 @@ def fit_path_heads(head: str, features, manifest: pd.DataFrame, targets, jobs, c
     else:
         setup = judge_setup(manifest, dataset, options.judge_rule, head, where)
         objective = DAEJudges(setup.marks, setup.judge_range, score_range, setup.rule, setup.difficulty,
-                              distribution, reparams, config.prediction)
+                              distribution, reparams, config.prediction, panel_sizes=setup.panel_sizes)
         labels = {"distribution": f"{distribution}-x{objective.paths}",
                   "uses_difficulty": "yes" if USES_DIFFICULTY[setup.rule] else "no", "judge_rule": setup.rule}
     results = train_path_heads(features, targets, jobs, objective, config)

@@ -105,6 +105,27 @@ def test_fina_rule_by_panel_size():
     np.testing.assert_allclose(got, [100.7, 0.6 * 40.0 * 3.0, 25.0 * 2.0])
 
 
+def test_a_panel_judge_without_a_mark_is_still_predicted_and_counted():
+    """FineDiving blanks one out-of-range mark of a 3-judge panel: that judge trains on nothing but the rule
+    still sums three predicted marks."""
+    from dae.heads.judges import panel_masks
+
+    nan = np.nan
+    marks = np.array([[nan, 8.0, 9.0, nan, nan], [7.0, 7.5, 8.0, 8.5, 9.0]])
+    recorded, panel = panel_masks(marks, "fina-by-judge-count", [2.0, 3.0], panel_sizes=[3, 5])
+    assert recorded.sum(1).tolist() == [2, 5] and panel.sum(1).tolist() == [3, 5]
+    head = MUSDL(marks, (0.0, 10.0), 0.5, (0.0, 100.0), "fina-by-judge-count", [2.0, 3.0], 1.0, panel_sizes=[3, 5])
+    out = torch.full((1, 5, 21, 2), -10.0)
+    out[0, :, 12, :] = 10.0  # every judge predicts 6.0
+    pred = head.point(out, torch.tensor([[0, 1]]), [0]) * 100
+    np.testing.assert_allclose(pred[0].numpy(), [3 * 6.0 * 2.0, 0.6 * 5 * 6.0 * 3.0])
+    assert head.soft[0, 0].sum() == 0  # no target for the blanked mark
+    with pytest.raises(UsageError, match="outside the video's panel"):
+        panel_masks(marks, "fina-by-judge-count", [2.0, 3.0], panel_sizes=[3, 3])
+    with pytest.raises(UsageError, match=r"knows panels of \(3, 5, 7\)"):
+        panel_masks(marks, "fina-by-judge-count", [2.0, 3.0], panel_sizes=[4, 5])
+
+
 @needs_raw
 def test_rules_reproduce_the_real_scores_as_the_cards_say():
     from dae.pipeline.annotations import build_manifest
