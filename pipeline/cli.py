@@ -388,6 +388,163 @@ def merge_cmd(inputs, out):
                + (f"; {done['failed']} failed videos listed in its attributes" if done["failed"] else ""))
 
 
+@cli.command("predict")
+@click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False), help="Run folder of `dae fit`.")
+@click.option("--video", "videos", required=True, multiple=True, type=click.Path(dir_okay=False),
+              help="A video file to score (repeat for several).")
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="CSV to write (video, mu, sigma, lo90, hi90, models, error) [default: predictions-<time>.csv].")
+@click.option("--features", type=click.Path(dir_okay=False), default=None,
+              help="The run's training feature file, if it moved since `dae fit` (for its protocol and weights).")
+@click.option("--weights", type=click.Path(dir_okay=False), default=None,
+              help="The I3D checkpoint the run's features came from, when not the default Kinetics-400 weights.")
+@click.option("--group", default=None, help="Which group's models to use, for runs with one model per group.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:I.")
+@click.option("--decoder", type=click.Choice(["decord", "pyav"]), default=None,
+              help="Decoder [default: the one the run's features were extracted with].")
+@click.pass_context
+def predict_cmd(ctx, run_dir, videos, out, features, weights, group, device, decoder):
+    """Score videos with a trained run: extract them as its features were, apply its heads (seeds averaged).
+
+    Prints and writes per-video mu, sigma and the 90% interval, in score units. Example:
+
+        dae predict --run runs/dae1 --video dive1.mp4 --video dive2.mp4
+    """
+    from dae.pipeline.predict import predict_videos
+
+    rows = predict_videos(run_dir, videos, out=out, features=features, weights=weights, group=group, device=device,
+                          decoder=decoder, echo=click.echo, note=lambda text: click.echo(text, err=True))
+    if (rows["error"] != "").any():
+        ctx.exit(3)
+
+
+# ----------------------------------------------------------------------------------------------------
+# dae ablate (studies) and dae bench fit
+
+ablate_group = _nested("ablate", "Studies: grids of heads trained together on cached features, in seconds.")
+bench_group = _nested("bench", "Benchmarks: speed ratios against a baseline measured in the same process.")
+
+_STUDY_HELP = {
+    "losses": "Training losses: sup, rec, combined, v1 (rec every epoch, combined every 10th), nll, rec+sup.",
+    "distributions": "Score distributions: Gaussian, Laplace, logistic, Student-t (nu 5, or learned), under v1 and nll.",
+    "reparam": "Reparameterisation: y = mu + eps*sigma against the paper's mu + eps*sigma^2.",
+    "variance": "Predicted sigma: its spread over the test set, against |error|, coverage of nominal intervals.",
+    "robustness": "Per-epoch training loss and test Spearman over seeds (the convergence figure).",
+}
+
+
+def _csv_list(value):
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+def _study_command(study):
+    from dae.pipeline.studies import STUDY_BATCH_SIZE, STUDY_LR, STUDY_SEEDS
+
+    @click.option("--features", required=True, type=click.Path(dir_okay=False), help="Feature file (HDF5).")
+    @click.option("--manifest", required=True, type=click.Path(dir_okay=False), help="Manifest CSV.")
+    @click.option("--leaderboard", type=click.Path(dir_okay=False), default=None,
+                  help="CSV leaderboard to append one row per trained model to (created if missing).")
+    @click.option("--out", type=click.Path(file_okay=False), default=None,
+                  help="Study folder to create (never overwritten). Default: runs/<dataset>-ablate-<study>-<time>.")
+    @click.option("--plots", type=click.Path(file_okay=False), default=None,
+                  help="Folder for PNG figures (curves are then tracked every epoch). Needs the [plots] extra.")
+    @click.option("--seeds", "n_seeds", type=click.IntRange(1), default=None,
+                  help=f"Train seeds 0..N-1 for every configuration [default: {STUDY_SEEDS}].")
+    @click.option("--seed", type=int, default=None, help="Train this one seed.")
+    @click.option("--epochs", type=click.IntRange(1), default=100, show_default=True)
+    @click.option("--lr", type=click.FloatRange(0, min_open=True), default=STUDY_LR, show_default=True,
+                  help="Adam learning rate (studies: fit's 1e-4 at batch 32 scaled to the larger batch).")
+    @click.option("--batch-size", type=click.IntRange(1), default=STUDY_BATCH_SIZE, show_default=True)
+    @click.option("--weight-decay", type=click.FloatRange(0), default=0.0, show_default=True)
+    @click.option("--selection", type=click.Choice(["last", "best-val", "best-test"]), default="last",
+                  show_default=True, help="Which epoch is evaluated (best-test is optimistic and labelled).")
+    @click.option("--dataset", default=None,
+                  help="Dataset card name (score range); default: the manifest's own score range.")
+    @click.option("--losses", default=None, help="Comma-separated losses replacing the study's own.")
+    @click.option("--distributions", default=None,
+                  help="Comma-separated distributions replacing the study's own (e.g. gaussian,student-t:3).")
+    @click.option("--reparams", default=None, help="Comma-separated reparameterisations (sigma, variance).")
+    @click.option("--jobs", type=click.IntRange(-1), default=1, show_default=True,
+                  help="Models that cannot share one stacked model (one per distribution) run this many at a time.")
+    @click.option("--backend", type=click.Choice(["loky", "threading", "dask", "ray"]), default="loky",
+                  show_default=True, help="joblib backend for --jobs; dask and ray spread work over a cluster.")
+    @click.option("--scheduler", default=None,
+                  help="dask scheduler address (tcp://host:8786) or ray address; default: a local cluster.")
+    @click.option("--threads", type=click.IntRange(1), default=None,
+                  help="Torch threads per task [default: cores / jobs locally, the cluster's own setting].")
+    def command(features, manifest, leaderboard, out, plots, n_seeds, seed, epochs, lr, batch_size, weight_decay,
+                selection, dataset, losses, distributions, reparams, jobs, backend, scheduler, threads):
+        from dae.heads.trainer import TrainConfig
+        from dae.pipeline.studies import run_study_files
+
+        config = TrainConfig(epochs=epochs, lr=lr, weight_decay=weight_decay, batch_size=batch_size,
+                             selection=selection)
+        run_study_files(study, features, manifest, resolve_seeds(n_seeds, seed, STUDY_SEEDS), config,
+                        dataset=dataset or "", score_range=card_score_range(dataset, manifest),
+                        losses=_csv_list(losses), distributions=_csv_list(distributions),
+                        reparams=_csv_list(reparams), out=out, leaderboard=leaderboard, plots=plots, n_jobs=jobs,
+                        backend=backend, scheduler=scheduler, threads=threads, echo=click.echo)
+
+    command.__doc__ = _STUDY_HELP[study] + """
+
+    Writes one leaderboard row per model (configuration x seed x group x fold), prints each configuration
+    against the best one, paired over seeds, and writes the study folder (metrics, summary, comparison,
+    sigma spread, reliability, predictions, curves) and, with --plots, the figures.
+    """
+    return ablate_group.command(study)(command)
+
+
+for _study in _STUDY_HELP:
+    _study_command(_study)
+
+
+@bench_group.command("fit")
+@click.option("--features", type=click.Path(dir_okay=False), default=None,
+              help="Time on these features (with --manifest) instead of synthetic MTL-AQA-sized ones.")
+@click.option("--manifest", type=click.Path(dir_okay=False), default=None, help="Manifest CSV for --features.")
+@click.option("--dataset", default=None, help="Dataset card name (score range) for --manifest.")
+@click.option("--seeds", type=click.IntRange(1), default=5, show_default=True)
+@click.option("--epochs", type=click.IntRange(1), default=100, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=None, help="[default: the studies' batch size]")
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=None, help="[default: the studies' lr]")
+@click.option("--reference-models", type=click.IntRange(1), default=2, show_default=True,
+              help="Models timed one by one (then extrapolated to all).")
+@click.option("--reference-epochs", type=click.IntRange(1), default=2, show_default=True,
+              help="Epochs timed one by one (then extrapolated to all).")
+@click.option("--repeats", type=click.IntRange(1), default=1, show_default=True,
+              help="Time the study this many times and report the best (the machine may be shared).")
+@click.option("--quality", is_flag=True,
+              help="Also compare test Spearman (v1, mean over seeds): batched vs one-by-one loops. Needs --features.")
+@click.option("--reference-lr", type=click.FloatRange(0, min_open=True), default=1e-4, show_default=True,
+              help="Learning rate of the batch-8 DataLoader loop in --quality.")
+def bench_fit_cmd(features, manifest, dataset, seeds, epochs, batch_size, lr, reference_models, reference_epochs,
+                  repeats, quality, reference_lr):
+    """Time the default loss study against the same models trained one by one; FLOP/s against an fp32 bmm.
+
+    Example:  dae bench fit                      (synthetic, MTL-AQA-sized: 1059 train / 353 test, 1024-d)
+              dae bench fit --features F.h5 --manifest M.csv --quality
+    """
+    from dae.heads.trainer import TrainConfig
+    from dae.pipeline.bench_fit import bench_fit, format_bench, load_split, quality_check
+
+    if bool(features) != bool(manifest):
+        raise click.UsageError("give --features and --manifest together")
+    if quality and not features:
+        raise click.UsageError("--quality needs --features and --manifest (real scores to rank)")
+    data = load_split(features, manifest, dataset or "") if features else (None,) * 4
+    result = bench_fit(*data, seeds=seeds, epochs=epochs, batch_size=batch_size, lr=lr,
+                       reference_models=reference_models, reference_epochs=reference_epochs, repeats=repeats,
+                       echo=click.echo)
+    click.echo(format_bench(result))
+    if quality:
+        config = TrainConfig(epochs=epochs, batch_size=result.batch_size, lr=lr or None) if lr else None
+        if config is None:
+            from dae.pipeline.studies import STUDY_LR
+            config = TrainConfig(epochs=epochs, batch_size=result.batch_size, lr=STUDY_LR)
+        click.echo("quality (test Spearman, v1 loss):")
+        quality_check(*data, seeds=seeds, config=config, reference_lr=reference_lr, echo=click.echo)
+
+
 def main(argv=None):
     """Console-script entry point."""
     return cli.main(args=argv, prog_name="dae")

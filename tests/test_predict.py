@@ -1,0 +1,65 @@
+"""`dae predict`: new videos go through the run's stage one and its heads; the numbers match what `dae fit` reported."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from extract_helpers import TINY, random_i3d_checkpoint, run_cli
+from videos import noise_frames, write_text, write_video
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("predict")
+    videos = root / "videos"
+    videos.mkdir()
+    ids = [f"p{i}" for i in range(6)]
+    for i, vid in enumerate(ids):
+        write_video(videos / f"{vid}.mp4", noise_frames(9 + i, 40, 52, seed=20 + i))
+    checkpoint = random_i3d_checkpoint(root / "random_i3d.pt")
+    features = root / "features.h5"
+    assert run_cli(["extract", "--videos", videos, "--out", features, "--protocol", TINY, "--weights", checkpoint,
+                    "--batch-clips", 6]).exit_code == 0
+    pd.DataFrame({"video_id": ids, "score": [10.0, 30.0, 50.0, 70.0, 40.0, 60.0],
+                  "split": ["train"] * 4 + ["test"] * 2}).to_csv(root / "m.csv", index=False)
+    run = root / "run"
+    res = run_cli(["fit", "--features", features, "--manifest", root / "m.csv", "--out", run, "--epochs", 20,
+                   "--seeds", 2])
+    assert res.exit_code == 0, res.output
+    return root, videos, checkpoint, run
+
+
+@pytest.mark.slow
+def test_predict_reproduces_the_runs_test_predictions_averaged_over_seeds(trained_run, tmp_path):
+    root, videos, checkpoint, run = trained_run
+    broken = write_text(tmp_path / "broken.mp4")
+    out = tmp_path / "pred.csv"
+    res = run_cli(["predict", "--run", run, "--video", videos / "p4.mp4", "--video", videos / "p5.mp4",
+                   "--video", broken, "--weights", checkpoint, "--out", out])
+    assert res.exit_code == 3, res.output  # one video failed: partial success
+    assert "2 models averaged" in res.output and "failed: " in res.output
+    rows = pd.read_csv(out, keep_default_na=False)
+    assert list(rows["video"]) == [str(videos / "p4.mp4"), str(videos / "p5.mp4"), str(broken)]
+    assert rows["error"][2] and not rows["error"][0] and not rows["error"][1]
+
+    fitted = pd.read_csv(run / "predictions.csv").groupby("video_id")[["mu", "sigma", "lo90", "hi90"]].mean()
+    for i, vid in enumerate(["p4", "p5"]):
+        for column in ("mu", "sigma", "lo90", "hi90"):
+            # the features differ from the run's by float rounding only (other videos shared their batch)
+            assert float(rows[column][i]) == pytest.approx(fitted.loc[vid, column], rel=1e-4, abs=1e-4), (vid, column)
+        assert float(rows["lo90"][i]) < float(rows["mu"][i]) < float(rows["hi90"][i])
+
+
+def test_predict_refuses_weights_other_than_the_features_came_from(trained_run, tmp_path):
+    root, videos, _, run = trained_run
+    other = random_i3d_checkpoint(tmp_path / "other.pt", seed=1)
+    res = run_cli(["predict", "--run", run, "--video", videos / "p0.mp4", "--weights", other,
+                   "--out", tmp_path / "p.csv"])
+    assert res.exit_code == 1 and "other I3D weights" in res.output
+    assert not (tmp_path / "p.csv").exists()
+
+
+def test_predict_needs_a_run_folder(tmp_path):
+    res = run_cli(["predict", "--run", tmp_path, "--video", tmp_path / "x.mp4"])
+    assert res.exit_code == 1 and "config.json is missing" in res.output
