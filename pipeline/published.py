@@ -14,7 +14,7 @@ from dae.errors import UsageError
 
 FORMATS = ("table", "csv", "markdown")
 SHOWN_METRICS = (("spearman", 4), ("rl2x100", 3), ("crps", 3), ("coverage90", 2))
-SETTING = {"this-run": "cached features, heads only (ours)", "published": "backbone fine-tuned end to end"}
+SETTING = {"this-run": "cached features", "published": "fine-tuned"}
 NOTE = ("ours: mean ± std over seeds of heads trained on cached features (the backbone column names them; "
         "not fine-tuned here); published: as reported, backbone fine-tuned end to end -- a different setting, "
         "not a like-for-like comparison.")
@@ -97,22 +97,31 @@ def _cell(value, digits=None) -> str:
     return str(value)
 
 
+def _short_reference(paper: str) -> str:
+    """'Tang et al., Title, CVPR 2020' -> 'Tang et al., CVPR 2020'."""
+    parts = [p.strip() for p in paper.split(",")]
+    return f"{parts[0]}, {parts[-1]}" if len(parts) > 2 else paper
+
+
 def display_table(table: pd.DataFrame) -> pd.DataFrame:
     """Strings for reading: `mean ± std` for ours, the published value alone for theirs."""
     out = pd.DataFrame({
-        "source": table["source"], "dataset": table["dataset"], "group": table["group"], "method": table["head"],
+        "source": table["source"], "setting": table["setting"], "dataset": table["dataset"], "group": table["group"], "method": table["head"],
         "variant": table["variant"], "selection": table["selection"], "DD": table["uses_difficulty"],
         "backbone": table["backbone"], "seeds": [_cell(v) for v in table["seeds"]],
     })
     for metric, digits in SHOWN_METRICS:
         cells = []
-        for mean, std in zip(table[f"{metric}_mean"], table[f"{metric}_std"]):
-            cell = _cell(mean, digits) or "-"
-            if cell != "-" and pd.notna(std):
-                cell += f" ± {float(std):.{digits}f}"
+        for source, mean, std in zip(table["source"], table[f"{metric}_mean"], table[f"{metric}_std"]):
+            if source == "published":  # as published, no added digits
+                cell = f"{float(mean):g}" if pd.notna(mean) else "-"
+            else:
+                cell = _cell(mean, digits) or "-"
+                if cell != "-" and pd.notna(std):
+                    cell += f" ± {float(std):.{digits}f}"
             cells.append(cell)
         out[metric] = cells
-    out["paper"] = [_cell(p).split(",")[0] for p in table["paper"]]
+    out["paper"] = [_short_reference(_cell(p)) for p in table["paper"]]
     return out.fillna("")
 
 
