@@ -435,7 +435,7 @@ def run_extraction(tasks: list[VideoTask], out, protocol: ClipProtocol, *, devic
                     "backbone": model.backbone_name, "decoder": decoder, "videos_sha256": tasks_sha256(tasks),
                     "num_videos_requested": len(tasks), **(shard_info or {"shard": "", "all_ids_sha256": ids_sha256(ids),
                                                                         "num_all_ids": len(ids)})}
-        settings = {"batch_clips": batch_clips, "device": _device_name(dev), "precision": precision_of(dev),
+        settings = {"batch_clips": batch_clips, "device": device_name(dev), "precision": precision_of(dev),
                     "model_threads": model_threads if dev.type == "cpu" else 0,
                     "decoder_version": decoder_version(decoder), "torch_version": str(torch.__version__)}
         parts = Parts(out)
@@ -484,7 +484,7 @@ def run_extraction(tasks: list[VideoTask], out, protocol: ClipProtocol, *, devic
                          time.monotonic() - started, len(tasks) - before, before)
 
 
-def _device_name(dev: torch.device) -> str:
+def device_name(dev: torch.device) -> str:
     if dev.type == "cuda":
         index = dev.index if dev.index is not None else torch.cuda.current_device()
         return f"cuda:{index} ({torch.cuda.get_device_name(index)})"

@@ -545,6 +545,27 @@ def bench_fit_cmd(features, manifest, dataset, seeds, epochs, batch_size, lr, re
         quality_check(*data, seeds=seeds, config=config, reference_lr=reference_lr, echo=click.echo)
 
 
+@bench_group.command("extract")
+@click.option("--videos", type=click.Path(file_okay=False), default=None,
+              help="Time on these videos [default: synthetic 640x360 H.264 videos written to a temporary folder].")
+@click.option("--count", type=click.IntRange(1), default=None,
+              help="Synthetic videos to write [default: 64 with CUDA, 6 on CPU].")
+@click.option("--frames", type=click.IntRange(16), default=150, show_default=True, help="Frames per synthetic video.")
+@click.option("--protocol", default="uniform:4x16", show_default=True, help="Clip protocol.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:I.")
+@click.option("--batch-clips", type=click.IntRange(1), default=None, help="[default: as dae extract]")
+@click.option("--workers", type=click.IntRange(1), default=None, help="[default: as dae extract]")
+@click.option("--weights", type=click.Path(dir_okay=False), default=None, help="[default: Kinetics-400]")
+@click.option("--decoder", type=click.Choice(["decord", "pyav"]), default="decord", show_default=True,
+              help="Decoder of the end-to-end run (decode-only is measured for both).")
+def bench_extract_cmd(videos, count, frames, protocol, device, batch_clips, workers, weights, decoder):
+    """Stage one: decode-only videos/s, model-only clips/s, end-to-end videos/s and their ratio, in one run."""
+    from dae.features.bench_extract import bench_extract
+
+    bench_extract(videos, count=count, frames=frames, protocol=protocol, device=device, batch_clips=batch_clips,
+                  workers=workers, weights=weights, decoder=decoder, echo=click.echo)
+
+
 def main(argv=None):
     """Console-script entry point."""
     return cli.main(args=argv, prog_name="dae")
