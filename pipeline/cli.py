@@ -526,21 +526,19 @@ def bench_fit_cmd(features, manifest, dataset, seeds, epochs, batch_size, lr, re
     """
     from dae.heads.trainer import TrainConfig
     from dae.pipeline.bench_fit import bench_fit, format_bench, load_split, quality_check
+    from dae.pipeline.studies import STUDY_BATCH_SIZE, STUDY_LR
 
     if bool(features) != bool(manifest):
         raise click.UsageError("give --features and --manifest together")
     if quality and not features:
         raise click.UsageError("--quality needs --features and --manifest (real scores to rank)")
+    config = TrainConfig(epochs=epochs, batch_size=batch_size or STUDY_BATCH_SIZE, lr=lr or STUDY_LR)
     data = load_split(features, manifest, dataset or "") if features else (None,) * 4
-    result = bench_fit(*data, seeds=seeds, epochs=epochs, batch_size=batch_size, lr=lr,
+    result = bench_fit(*data, seeds=seeds, epochs=epochs, batch_size=config.batch_size, lr=config.lr,
                        reference_models=reference_models, reference_epochs=reference_epochs, repeats=repeats,
                        echo=click.echo)
     click.echo(format_bench(result))
     if quality:
-        config = TrainConfig(epochs=epochs, batch_size=result.batch_size, lr=lr or None) if lr else None
-        if config is None:
-            from dae.pipeline.studies import STUDY_LR
-            config = TrainConfig(epochs=epochs, batch_size=result.batch_size, lr=STUDY_LR)
         click.echo("quality (test Spearman, v1 loss):")
         quality_check(*data, seeds=seeds, config=config, reference_lr=reference_lr, echo=click.echo)
 

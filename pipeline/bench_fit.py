@@ -1,0 +1,233 @@
+"""`dae bench fit`: the default loss study's wall time against the same models trained one by one, and its FLOP/s.
+
+Three measurements from one process: (1) the study (6 losses x seeds, one stacked model) through `train_heads`;
+(2) the reference code's way, one model at a time with a torch DataLoader at batch size 8, timed on a subset
+and extrapolated to the study's models and epochs (and `train_one`, the plain loop at the study's own batch
+size, to separate the gain of stacking from the gain of the batch size); (3) an fp32 batched matmul shaped
+like the study's first layer, the FLOP/s ceiling the study is measured against.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from dae.heads.dae import HIDDEN, DAEHead
+from dae.heads.distributions import get_distribution, sample_scale
+from dae.heads.losses import LOSSES, loss_terms, loss_weights
+from dae.heads.metrics import spearman
+from dae.heads.trainer import HeadResult, HeadSpec, Job, TrainConfig, train_heads, train_one
+
+REFERENCE_BATCH_SIZE = 8
+
+
+def synthetic_study_data(n_train: int = 1059, n_test: int = 353, dim: int = 1024, seed: int = 0):
+    """MTL-AQA-sized synthetic features (non-negative like pooled I3D features) and normalised scores."""
+    rng = np.random.default_rng(seed)
+    n = n_train + n_test
+    quality = rng.uniform(0, 1, n)
+    directions = rng.standard_normal((2, dim)) / np.sqrt(dim)
+    x = np.maximum(np.outer(quality, directions[0]) * 4 + rng.standard_normal((n, dim)) * 0.3 + 0.3, 0)
+    targets = np.clip(quality + rng.normal(0, 0.05, n), 0, 1)
+    return x.astype(np.float32), targets.astype(np.float32), np.arange(n_train), np.arange(n_train, n)
+
+
+def head_flops_per_sample(dim: int, hidden=HIDDEN) -> float:
+    """Training FLOPs of one head on one sample: forward + backward, no input gradient at the first layer."""
+    widths = (dim, *hidden, 2)
+    layers = list(zip(widths[:-1], widths[1:]))
+    first = 2 * 2 * layers[0][0] * layers[0][1]             # forward and weight gradient
+    rest = sum(3 * 2 * a * b for a, b in layers[1:])         # forward, weight and input gradients
+    return float(first + rest)
+
+
+def dataloader_loop(features, targets, job: Job, config: TrainConfig, batch_size: int = REFERENCE_BATCH_SIZE,
+                    lr: float | None = None) -> HeadResult:
+    """One model the reference code's way: a DAEHead, torch's default Adam, a shuffling DataLoader.
+
+    Same losses as the batched trainer; its own random stream (DataLoader shuffling), so it matches the
+    batched trainer in distribution, not draw for draw. Evaluated with `last` selection and mu.
+    """
+    from torch.utils.data import DataLoader, TensorDataset
+
+    start = time.perf_counter()
+    spec = job.spec
+    dist = get_distribution(spec.distribution)
+    x = torch.as_tensor(np.asarray(features, dtype=np.float32))
+    g = torch.as_tensor(np.asarray(targets, dtype=np.float32))
+    train = torch.as_tensor(np.asarray(job.train_rows, dtype=np.int64))
+    torch.manual_seed(spec.seed)
+    head = DAEHead(x.shape[1], config.hidden)
+    optimizer = torch.optim.Adam(head.parameters(), lr=lr or config.lr, weight_decay=config.weight_decay)
+    loader = DataLoader(TensorDataset(x[train], g[train]), batch_size=batch_size, shuffle=True,
+                        generator=torch.Generator().manual_seed(spec.seed))
+    for epoch in range(config.epochs):
+        weights = torch.tensor(loss_weights(spec.loss, epoch, spec.alpha, spec.beta))
+        for xb, gb in loader:
+            mu, log_var = head(xb)
+            scale = sample_scale(torch.exp(0.5 * log_var), spec.reparam)
+            sample = mu + dist.standard_noise(len(gb)) * scale
+            loss = (loss_terms(gb, mu, sample, scale, dist) * weights).sum()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    predictions = {}
+    with torch.no_grad():
+        for name, rows in job.eval_rows.items():
+            mu, log_var = head(x[torch.as_tensor(np.asarray(rows, dtype=np.int64))])
+            scale = sample_scale(torch.exp(0.5 * log_var), spec.reparam)
+            m = mu.numpy().astype(np.float64)
+            predictions[name] = {"mu": m, "scale": scale.numpy().astype(np.float64), "pred": m}
+    return HeadResult(job=job, predictions=predictions, selected_epoch=config.epochs - 1, state_dict={},
+                      input_mean=np.zeros(x.shape[1]), input_std=np.ones(x.shape[1]),
+                      fit_seconds=time.perf_counter() - start, distribution=dist)
+
+
+def matmul_gflops(groups: int, rows: int, dim: int, batch: int, repeats: int = 5) -> float:
+    """fp32 GFLOP/s of the study's dominant matmuls: (G, rows, D) @ (G, D, B) and its weight gradient
+    (G, rows, B) @ (G, B, D), best of `repeats`."""
+    w = torch.randn(groups, rows, dim)
+    x = torch.randn(groups, batch, dim)
+    d = torch.randn(groups, rows, batch)
+    flops = 2 * 2.0 * groups * rows * dim * batch
+    torch.bmm(w, x.transpose(1, 2))
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.bmm(w, x.transpose(1, 2))
+        torch.bmm(d, x)
+        best = min(best, time.perf_counter() - start)
+    return flops / best / 1e9
+
+
+@dataclass
+class BenchResult:
+    models: int
+    epochs: int
+    n_train: int
+    dim: int
+    batch_size: int
+    study_seconds: list
+    reference_seconds: float        # extrapolated: every model, every epoch, the DataLoader loop at batch 8
+    reference_measured: str
+    one_by_one_seconds: float       # extrapolated: train_one at the study's batch size
+    study_gflops: float
+    matmul_gflops: float
+    threads: int
+    load_before: tuple
+
+
+def bench_fit(x=None, targets=None, train_rows=None, test_rows=None, seeds: int = 5, epochs: int = 100,
+              batch_size: int | None = None, lr: float | None = None, reference_models: int = 2,
+              reference_epochs: int = 2, repeats: int = 1, echo=print) -> BenchResult:
+    """Time the default loss study (all losses x seeds) on the given features (default: synthetic, MTL-AQA-sized)."""
+    from dae.pipeline.studies import STUDY_BATCH_SIZE, STUDY_LR
+
+    if x is None:
+        x, targets, train_rows, test_rows = synthetic_study_data()
+    batch_size = batch_size or STUDY_BATCH_SIZE
+    lr = lr or STUDY_LR
+    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr)
+    jobs = [Job(HeadSpec(seed=s, loss=loss), train_rows, {"test": test_rows}) for s in range(seeds) for loss in LOSSES]
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (np.nan,) * 3
+    echo(f"threads {torch.get_num_threads()}, load average {load[0]:.2f}; {len(jobs)} models x {epochs} epochs, "
+         f"{len(train_rows)} train rows, {x.shape[1]}-d, batch {batch_size}, lr {lr:g}")
+    study_seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        train_heads(x, targets, jobs, config)
+        study_seconds.append(time.perf_counter() - start)
+        echo(f"study: {study_seconds[-1]:.2f} s")
+    # The references on a subset: a few models for a few epochs, scaled to every model and epoch.
+    subset = [jobs[i * len(jobs) // reference_models] for i in range(reference_models)]
+    short = TrainConfig(epochs=reference_epochs, batch_size=batch_size, lr=lr)
+    start = time.perf_counter()
+    for job in subset:
+        dataloader_loop(x, targets, job, short)
+    ref = (time.perf_counter() - start) * (len(jobs) / len(subset)) * (epochs / reference_epochs)
+    start = time.perf_counter()
+    for job in subset:
+        train_one(x, targets, job, short)
+    one = (time.perf_counter() - start) * (len(jobs) / len(subset)) * (epochs / reference_epochs)
+    k_group = len(LOSSES)
+    mm = matmul_gflops(seeds, k_group * HIDDEN[0], x.shape[1], batch_size)
+    flops = len(jobs) * len(train_rows) * epochs * head_flops_per_sample(x.shape[1])
+    return BenchResult(models=len(jobs), epochs=epochs, n_train=len(train_rows), dim=x.shape[1],
+                       batch_size=batch_size, study_seconds=study_seconds, reference_seconds=ref,
+                       reference_measured=f"{reference_models} models x {reference_epochs} epochs",
+                       one_by_one_seconds=one, study_gflops=flops / min(study_seconds) / 1e9, matmul_gflops=mm,
+                       threads=torch.get_num_threads(), load_before=tuple(load))
+
+
+def format_bench(r: BenchResult) -> str:
+    best = min(r.study_seconds)
+    lines = [
+        f"dae bench fit on {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"{r.threads} threads (load average before: {r.load_before[0]:.2f})",
+        f"  study ({r.models} heads x {r.epochs} epochs, {r.n_train} x {r.dim}, batch {r.batch_size}): "
+        f"{best:.2f} s" + (f" (best of {len(r.study_seconds)}: {', '.join(f'{s:.2f}' for s in r.study_seconds)})"
+                           if len(r.study_seconds) > 1 else ""),
+        f"  one by one, DataLoader at batch {REFERENCE_BATCH_SIZE} (the reference code's way; "
+        f"{r.reference_measured}, extrapolated): {r.reference_seconds:.1f} s -> {r.reference_seconds / best:.1f}x",
+        f"  one by one, plain loop at batch {r.batch_size} (train_one; extrapolated): {r.one_by_one_seconds:.1f} s "
+        f"-> {r.one_by_one_seconds / best:.1f}x",
+        f"  achieved {r.study_gflops:.0f} GFLOP/s = {r.study_gflops / r.matmul_gflops:.0%} of an fp32 bmm of the "
+        f"first layer's shape measured now ({r.matmul_gflops:.0f} GFLOP/s)",
+    ]
+    return "\n".join(lines)
+
+
+def quality_check(x, targets, train_rows, test_rows, seeds: int = 5, config: TrainConfig | None = None,
+                  reference_lr: float = 1e-4, echo=print) -> dict:
+    """Test Spearman (mean over seeds, v1 loss) of the batched trainer against one-by-one loops.
+
+    Three ways: the batched trainer at the study's settings; `train_one` at the same settings (must agree to
+    float noise); the reference DataLoader loop at batch 8 with `reference_lr`.
+    """
+    from dae.pipeline.studies import STUDY_BATCH_SIZE, STUDY_LR
+
+    config = config or TrainConfig(batch_size=STUDY_BATCH_SIZE, lr=STUDY_LR)
+    jobs = [Job(HeadSpec(seed=s, loss="v1"), train_rows, {"test": test_rows}) for s in range(seeds)]
+    y = np.asarray(targets)[test_rows]
+
+    def rho(results):
+        return np.array([spearman(y, r.predictions["test"]["mu"]) for r in results])
+
+    out = {"batched": rho(train_heads(x, targets, jobs, config)),
+           "train_one": rho([train_one(x, targets, j, config) for j in jobs]),
+           "dataloader_b8": rho([dataloader_loop(x, targets, j, config, REFERENCE_BATCH_SIZE, reference_lr)
+                                 for j in jobs])}
+    names = {"batched": f"batched trainer, batch {config.batch_size}, lr {config.lr:g}",
+             "train_one": f"one by one (train_one), batch {config.batch_size}, lr {config.lr:g}",
+             "dataloader_b8": f"one by one (DataLoader), batch {REFERENCE_BATCH_SIZE}, lr {reference_lr:g}"}
+    for key, values in out.items():
+        echo(f"  {names[key]}: test Spearman {values.mean():.4f} ± {values.std(ddof=1):.4f} "
+             f"(seeds: {' '.join(f'{v:.3f}' for v in values)})")
+    echo(f"  |batched - train_one| = {abs(out['batched'].mean() - out['train_one'].mean()):.4f}; "
+         f"batched - DataLoader(b8) = {out['batched'].mean() - out['dataloader_b8'].mean():+.4f}")
+    return out
+
+
+def load_split(features, manifest, dataset: str = ""):
+    """Features, normalised targets and the first protocol cell's train/test rows of a feature file + manifest."""
+    from pathlib import Path
+
+    from dae.features.manifest import read_manifest
+    from dae.features.store import align, read_features
+    from dae.pipeline.fit import FitPlan, plan_units, score_range_of
+
+    fs = read_features(features)
+    df = read_manifest(manifest)
+    x = align(fs, list(df["video_id"]), Path(manifest).name)
+    score_range = None
+    if dataset:
+        from dae.data_manifests.cards import score_range as card_range
+        target = str(df["target"].iloc[0]) if "target" in df else None
+        score_range = tuple(card_range(dataset, target))
+    lo, hi = score_range_of(df, FitPlan(score_range=score_range))
+    unit = plan_units(df, need_val=False)[0]
+    return x, (df["score"].to_numpy(float) - lo) / (hi - lo), unit.train, unit.test

@@ -1,0 +1,412 @@
+"""`dae ablate`: the paper's studies (losses, distributions, reparameterisation, variance, robustness) as grids.
+
+A study is a grid of head specs (losses x distributions x reparameterisations x seeds) trained on every
+protocol cell of a manifest by `fit_models`: heads that can share one stacked model do, the rest (one model per
+distribution) run side by side through `dae.pipeline.grid`. Every model is one leaderboard row; the study adds
+what the rows alone do not show: each configuration against the best one, paired over seeds (is the
+difference larger than the seed-to-seed spread?), the spread of predicted sigma, coverage of nominal
+intervals, and per-epoch curves.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from dae import __version__
+from dae.errors import DaeError, UsageError
+from dae.heads.distributions import DISTRIBUTIONS, REPARAMS, StudentT, get_distribution
+from dae.heads.losses import LOSSES
+from dae.heads.trainer import HeadSpec, TrainConfig
+from dae.pipeline.fit import FitPlan
+from dae.pipeline.leaderboard import CONFIG_KEYS, summarise
+
+# Studies train with larger batches than `dae fit` (fewer, fuller optimizer steps: ~8x faster on a CPU) and
+# the learning rate scaled linearly with the batch (1e-4 at 32 -> 8e-4 at 256). On UNLV-Dive this matches or
+# beats fit's defaults (mean test Spearman over 5 seeds, v1 loss: 0.833 against 0.819).
+STUDY_BATCH_SIZE = 256
+STUDY_LR = 8e-4
+STUDY_SEEDS = 5
+NOMINAL_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
+VARIED = ("loss", "distribution", "reparam")
+
+
+@dataclass(frozen=True)
+class StudyGrid:
+    """The default grid of a study; --losses / --distributions / --reparams replace its parts."""
+
+    losses: tuple
+    distributions: tuple
+    reparams: tuple
+    curves: bool = False
+    question: str = ""
+
+
+STUDIES = {
+    "losses": StudyGrid(LOSSES, ("gaussian",), ("sigma",),
+                        question="which training loss ranks the test videos best"),
+    "distributions": StudyGrid(("v1", "nll"), tuple(DISTRIBUTIONS), ("sigma",),
+                               question="which score distribution, under the paper's loss and under NLL"),
+    "reparam": StudyGrid(("v1",), ("gaussian",), REPARAMS,
+                         question="y = mu + eps*sigma against the paper's y = mu + eps*sigma^2"),
+    "variance": StudyGrid(("v1", "nll"), ("gaussian",), REPARAMS,
+                          question="how far predicted sigma varies, whether it tracks the error, coverage"),
+    "robustness": StudyGrid(LOSSES, ("gaussian",), ("sigma",), curves=True,
+                            question="convergence and seed-to-seed spread per epoch"),
+}
+
+
+@dataclass
+class StudyResult:
+    """Everything a study produced; the tables are DataFrames, one row per configuration unless noted."""
+
+    study: str
+    rows: pd.DataFrame          # one per trained model (the leaderboard rows)
+    predictions: pd.DataFrame   # one per model x test video, score units
+    summary: pd.DataFrame       # leaderboard.summarise: mean/std over seeds
+    comparison: pd.DataFrame    # each configuration against the best, paired over seeds
+    spread: pd.DataFrame        # predicted sigma: quantiles, range, sigma-error rank, coverage
+    reliability: pd.DataFrame   # configuration x nominal level: empirical coverage (mean, std over seeds)
+    curves: pd.DataFrame | None  # configuration x seed x unit x epoch: train loss, Spearman per eval set
+    seconds: float = 0.0
+
+
+def study_specs(study: str, seeds, losses=None, distributions=None, reparams=None,
+                alpha: float = 0.6, beta: float = 0.4) -> list[HeadSpec]:
+    """The study's grid of head specs, configuration-major (every seed of a configuration together)."""
+    grid = _grid(study)
+    specs = [HeadSpec(seed=int(seed), loss=loss, distribution=dist, reparam=reparam, alpha=alpha, beta=beta)
+             for dist in (distributions or grid.distributions) for loss in (losses or grid.losses)
+             for reparam in (reparams or grid.reparams) for seed in seeds]
+    for spec in specs:
+        spec.check()
+    if not specs:
+        raise UsageError(f"study {study}: the grid is empty (no seeds, losses, distributions or reparams)")
+    return specs
+
+
+def _grid(study: str) -> StudyGrid:
+    if study not in STUDIES:
+        raise UsageError(f"unknown study {study!r} (choose from {', '.join(STUDIES)})")
+    return STUDIES[study]
+
+
+def split_by_model(plan: FitPlan) -> list[FitPlan]:
+    """One plan per distribution: heads of one distribution share a stacked model, others cannot."""
+    by_dist: dict[str, list] = {}
+    for spec in plan.specs:
+        by_dist.setdefault(spec.distribution, []).append(spec)
+    return [dataclasses.replace(plan, specs=specs) for specs in by_dist.values()]
+
+
+def run_study(study: str, fs, manifest: pd.DataFrame, plan: FitPlan, n_jobs: int = 1, backend: str = "loky",
+              scheduler: str | None = None, threads: int | None = None, manifest_name: str = "manifest",
+              curves: bool | None = None) -> StudyResult:
+    """Train plan.specs (a study grid) on fs/manifest and compute the study's tables."""
+    import time
+
+    from dae.pipeline.grid import run_plans
+
+    _grid(study)
+    start = time.perf_counter()
+    track = _grid(study).curves if curves is None else curves
+    plan = dataclasses.replace(plan, config=dataclasses.replace(plan.config, track_curves=track))
+    parts = run_plans(fs, manifest, split_by_model(plan), n_jobs=n_jobs, backend=backend, scheduler=scheduler,
+                      threads=threads, manifest_name=manifest_name)
+    rows = pd.concat([p[0] for p in parts], ignore_index=True)
+    predictions = pd.concat([p[1] for p in parts], ignore_index=True)
+    results = [r for p in parts for r in p[2]]
+    seconds = time.perf_counter() - start
+    return StudyResult(study=study, rows=rows, predictions=predictions, summary=summarise(rows),
+                       comparison=compare_configs(rows), spread=sigma_spread(rows, predictions),
+                       reliability=reliability(rows, predictions), curves=curves_table(results) if track else None,
+                       seconds=seconds)
+
+
+def _varied(rows: pd.DataFrame) -> list[str]:
+    keys = [k for k in VARIED if k in rows and rows[k].astype(str).nunique() > 1]
+    return keys or ["loss"]
+
+
+def config_label(row, keys) -> str:
+    return " ".join(f"{k}={row[k]}" for k in keys)
+
+
+def compare_configs(rows: pd.DataFrame, metric: str = "spearman") -> pd.DataFrame:
+    """Each configuration against the best (highest mean `metric`), paired over the seeds both trained.
+
+    A seed's score is summarise()'s: Fisher z over groups and folds. `exceeds_spread` says whether the
+    difference of means is larger than either configuration's standard deviation over seeds.
+    """
+    keys = _varied(rows)
+    per_seed = pd.concat([summarise(part).assign(seed=seed) for seed, part in rows.groupby("seed", sort=True)],
+                         ignore_index=True)
+    per_seed["config"] = [config_label(r, keys) for _, r in per_seed.iterrows()]
+    table = per_seed.pivot_table(index="config", columns="seed", values=f"{metric}_mean", aggfunc="first")
+    order = list(dict.fromkeys(per_seed["config"]))
+    table = table.reindex(order)
+    means, stds = table.mean(axis=1), table.std(axis=1, ddof=1)
+    best = means.idxmax()
+    out = []
+    for config in order:
+        paired = (table.loc[config] - table.loc[best]).dropna()
+        n = len(paired)
+        delta = float(means[config] - means[best])
+        paired_std = float(paired.std(ddof=1)) if n > 1 else np.nan
+        spread = np.nanmax([stds[config], stds[best]]) if n > 1 else np.nan
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t_paired = delta / (paired_std / np.sqrt(n)) if n > 1 and paired_std > 0 else np.nan
+        out.append({"config": config, **{k: per_seed.loc[per_seed["config"] == config, k].iloc[0] for k in keys},
+                    "seeds": int(table.loc[config].notna().sum()), f"{metric}_mean": float(means[config]),
+                    f"{metric}_std": float(stds[config]), "delta_vs_best": delta, "paired_delta_std": paired_std,
+                    "paired_t": t_paired, "exceeds_spread": bool(config != best and abs(delta) > spread)
+                    if np.isfinite(spread) else False, "best": config == best})
+    return pd.DataFrame(out)
+
+
+def fitted_distribution(name: str, nu=np.nan):
+    """The distribution a model was evaluated with: a learned nu from its row, else the named one."""
+    dist = get_distribution(name)
+    if getattr(dist, "learned_shape", False) and np.isfinite(nu):
+        fitted = StudentT(float(nu))
+        fitted.name = dist.name
+        return fitted
+    return dist
+
+
+def _models(rows: pd.DataFrame, predictions: pd.DataFrame):
+    """(row, its test predictions) for every model; rows and predictions are matched by configuration,
+    seed, group and fold."""
+    keys = ["loss", "distribution", "reparam", "seed", "group", "fold"]
+    pred = predictions.copy()
+    for k in ("group", "fold"):
+        pred[k] = pred[k].astype(str)
+    index = pred.groupby(keys, sort=False).indices
+    for _, row in rows.iterrows():
+        key = tuple(str(row[k]) if k in ("group", "fold") else row[k] for k in keys)
+        if key in index:
+            yield row, pred.iloc[index[key]]
+
+
+def reliability(rows: pd.DataFrame, predictions: pd.DataFrame, levels=NOMINAL_LEVELS) -> pd.DataFrame:
+    """Empirical coverage of the central intervals at each nominal level, per configuration (mean/std over
+    models), from each model's own fitted distribution."""
+    keys = _varied(rows)
+    records = []
+    for row, pred in _models(rows, predictions):
+        dist = fitted_distribution(row["distribution"], row.get("nu", np.nan))
+        err = np.abs(pred["score"].to_numpy() - pred["mu"].to_numpy())
+        sigma = pred["sigma"].to_numpy()
+        for level in levels:
+            z = dist.standard_quantile(0.5 + level / 2.0)
+            records.append({"config": config_label(row, keys), "seed": row["seed"], "nominal": level,
+                            "empirical": float(np.mean(err <= z * sigma))})
+    if not records:
+        return pd.DataFrame(columns=["config", "nominal", "empirical_mean", "empirical_std", "models"])
+    df = pd.DataFrame(records)
+    out = df.groupby(["config", "nominal"], sort=False)["empirical"].agg(["mean", "std", "count"]).reset_index()
+    return out.rename(columns={"mean": "empirical_mean", "std": "empirical_std", "count": "models"})
+
+
+def sigma_spread(rows: pd.DataFrame, predictions: pd.DataFrame) -> pd.DataFrame:
+    """The 'variation range of variance': predicted sigma over the test videos (score units), per configuration.
+
+    Quantiles are of every test prediction of every model of the configuration; `range_ratio` is the median
+    over models of (95th / 5th percentile of sigma); sigma-error Spearman and coverage90 are means over models.
+    """
+    keys = _varied(rows)
+    per_model = []
+    for row, pred in _models(rows, predictions):
+        sigma = pred["sigma"].to_numpy()
+        per_model.append({"config": config_label(row, keys), "sigma": sigma,
+                          "ratio": float(np.percentile(sigma, 95) / np.percentile(sigma, 5)),
+                          "sigma_error_spearman": row.get("sigma_error_spearman", np.nan),
+                          "coverage90": row.get("coverage90", np.nan), "nu": row.get("nu", np.nan)})
+    out = []
+    for config in dict.fromkeys(m["config"] for m in per_model):
+        models = [m for m in per_model if m["config"] == config]
+        sigma = np.concatenate([m["sigma"] for m in models])
+        q = np.percentile(sigma, [0, 5, 50, 95, 100])
+        entry = {"config": config, "models": len(models), "sigma_min": q[0], "sigma_p5": q[1],
+                 "sigma_median": q[2], "sigma_p95": q[3], "sigma_max": q[4],
+                 "range_ratio": float(np.median([m["ratio"] for m in models])),
+                 "sigma_error_spearman": float(np.nanmean([m["sigma_error_spearman"] for m in models])),
+                 "coverage90": float(np.nanmean([m["coverage90"] for m in models]))}
+        nus = [m["nu"] for m in models if np.isfinite(m["nu"])]
+        if nus:
+            entry["nu_mean"] = float(np.mean(nus))
+        out.append(entry)
+    return pd.DataFrame(out)
+
+
+def curves_table(results) -> pd.DataFrame:
+    """Long table of the per-epoch curves: one line per model x epoch (epochs counted from 1)."""
+    frames = []
+    for res in results:
+        if not res.curves:
+            continue
+        spec = res.job.spec
+        n = len(next(iter(res.curves.values())))
+        frame = pd.DataFrame({"loss": spec.loss, "distribution": spec.distribution, "reparam": spec.reparam,
+                              "seed": spec.seed, "group": res.job.tags.get("group", ""),
+                              "fold": res.job.tags.get("fold", ""), "epoch": np.arange(1, n + 1)})
+        for key, values in res.curves.items():
+            frame[key] = np.asarray(values, dtype=float)
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def curve_summary(curves: pd.DataFrame, rows: pd.DataFrame, metric: str = "test_spearman",
+                  epochs=(1, 10, 25, 50, 100)) -> pd.DataFrame:
+    """Mean and std over models of a per-epoch curve at a few epochs, per configuration."""
+    keys = _varied(rows)
+    curves = curves.copy()
+    curves["config"] = [config_label(r, keys) for _, r in curves.iterrows()]
+    last = int(curves["epoch"].max())
+    picks = sorted({e for e in epochs if e <= last} | {last})
+    out = []
+    for config, part in curves.groupby("config", sort=False):
+        entry = {"config": config}
+        for e in picks:
+            values = part.loc[part["epoch"] == e, metric]
+            entry[f"epoch{e}"] = f"{values.mean():.3f} ± {values.std(ddof=1):.3f}" if len(values) > 1 \
+                else f"{values.mean():.3f}"
+        out.append(entry)
+    return pd.DataFrame(out)
+
+
+def _pm(mean, std, digits=4) -> str:
+    if pd.isna(mean):
+        return "-"
+    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if pd.notna(std) else "")
+
+
+def format_study(result: StudyResult) -> str:
+    """The printed report: the comparison table, then the study's own table."""
+    summary = result.summary.copy()
+    keys = _varied(result.rows)
+    summary["config"] = [config_label(r, keys) for _, r in summary.iterrows()]
+    merged = result.comparison.merge(summary, on="config", how="left", suffixes=("", "_summary"))
+    table = pd.DataFrame({
+        "config": merged["config"], "seeds": merged["seeds"],
+        "spearman": [_pm(r["spearman_mean"], r["spearman_std"]) for _, r in merged.iterrows()],
+        "Δ vs best": [f"{d:+.4f}" for d in merged["delta_vs_best"]],
+        "paired Δ sd": [f"{d:.4f}" if pd.notna(d) else "-" for d in merged["paired_delta_std"]],
+        "beyond seed spread": ["best" if b else ("yes" if e else "no")
+                               for b, e in zip(merged["best"], merged["exceeds_spread"])],
+        "rl2x100": [_pm(r.get("rl2x100_mean"), r.get("rl2x100_std"), 3) for _, r in merged.iterrows()],
+        "crps": [_pm(r.get("crps_mean"), r.get("crps_std"), 3) for _, r in merged.iterrows()],
+        "coverage90": [_pm(r.get("coverage90_mean"), r.get("coverage90_std"), 2) for _, r in merged.iterrows()],
+    })
+    lines = [f"study {result.study}: {_grid(result.study).question} "
+             f"({len(result.rows)} models in {result.seconds:.1f} s)", table.to_string(index=False)]
+    if result.study in ("variance", "distributions") and len(result.spread):
+        spread = result.spread.copy()
+        for col in [c for c in spread.columns if c.startswith("sigma_") and c != "sigma_error_spearman"]:
+            spread[col] = spread[col].map(lambda v: f"{v:.3g}")
+        for col in ("range_ratio", "sigma_error_spearman", "coverage90", "nu_mean"):
+            if col in spread:
+                spread[col] = spread[col].map(lambda v: f"{v:.3f}")
+        lines += ["", "predicted sigma over the test videos (score units):", spread.to_string(index=False)]
+    if result.study == "variance" and len(result.reliability):
+        wide = result.reliability.pivot_table(index="config", columns="nominal", values="empirical_mean",
+                                              sort=False)
+        wide.columns = [f"{c:g}" for c in wide.columns]
+        lines += ["", "coverage of the central intervals (empirical, by nominal level):",
+                  wide.round(2).to_string()]
+    if result.curves is not None and len(result.curves):
+        lines += ["", "test Spearman by epoch (mean ± std over models):",
+                  curve_summary(result.curves, result.rows).to_string(index=False),
+                  "", "training loss by epoch (mean ± std over models):",
+                  curve_summary(result.curves, result.rows, "train_loss").to_string(index=False)]
+    return "\n".join(lines)
+
+
+def default_study_dir(study: str, dataset: str, root="runs") -> Path:
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path(root) / f"{dataset or 'run'}-ablate-{study}-{stamp}"
+    path, i = base, 1
+    while path.exists():
+        path, i = Path(f"{base}-{i}"), i + 1
+    return path
+
+
+def save_study(out, result: StudyResult, meta: dict) -> None:
+    """Write the study folder under a temporary name and rename it: complete or absent, never overwritten."""
+    out = Path(out)
+    if out.exists():
+        raise DaeError(f"study folder {out} already exists; runs are never overwritten (choose another --out)")
+    parent = out.parent if str(out.parent) else Path(".")
+    parent.mkdir(parents=True, exist_ok=True)
+    if not os.access(parent, os.W_OK):
+        raise DaeError(f"cannot write study folder {out}: {parent} is not writable")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=parent))
+    try:
+        (tmp / "config.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
+        result.rows.to_csv(tmp / "metrics.csv", index=False)
+        result.summary.to_csv(tmp / "summary.csv", index=False)
+        result.comparison.to_csv(tmp / "comparison.csv", index=False)
+        result.spread.to_csv(tmp / "sigma_spread.csv", index=False)
+        result.reliability.to_csv(tmp / "reliability.csv", index=False)
+        result.predictions.to_csv(tmp / "predictions.csv", index=False)
+        if result.curves is not None:
+            result.curves.to_csv(tmp / "curves.csv", index=False)
+        (tmp / "report.txt").write_text(format_study(result) + "\n")
+        os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def run_study_files(study: str, features, manifest, seeds, config: TrainConfig, dataset: str = "",
+                    score_range=None, losses=None, distributions=None, reparams=None, out=None,
+                    leaderboard=None, plots=None, n_jobs: int = 1, backend: str = "loky",
+                    scheduler: str | None = None, threads: int | None = None, echo=print) -> StudyResult:
+    """Read the files, run the study, print its report, write the study folder, plots and leaderboard rows."""
+    import platform
+
+    import torch
+
+    from dae.features.manifest import read_manifest
+    from dae.features.store import content_sha256, read_features
+    from dae.pipeline.leaderboard import append_rows, write_summary_beside
+
+    specs = study_specs(study, seeds, losses, distributions, reparams)
+    fs = read_features(features)
+    df = read_manifest(manifest)
+    dataset = dataset or Path(manifest).stem
+    plan = FitPlan(head="dae", specs=specs, config=config, dataset=dataset, score_range=score_range)
+    out = Path(out) if out else default_study_dir(study, dataset)
+    if out.exists():
+        raise DaeError(f"study folder {out} already exists; runs are never overwritten (choose another --out)")
+    if plots:
+        from dae.pipeline.plots import require_matplotlib
+        require_matplotlib()
+    result = run_study(study, fs, df, plan, n_jobs=n_jobs, backend=backend, scheduler=scheduler, threads=threads,
+                       manifest_name=Path(manifest).name, curves=True if plots else None)
+    result.rows["run_dir"] = str(out)
+    echo(format_study(result))
+    meta = {"study": study, "dataset": dataset, "features": str(features), "features_sha256": content_sha256(fs),
+            "manifest": str(manifest), "specs": [dataclasses.asdict(s) for s in specs],
+            "train": dataclasses.asdict(config), "jobs": n_jobs, "backend": backend, "seconds": result.seconds,
+            "dae_version": __version__, "torch_version": torch.__version__, "python": platform.python_version(),
+            "machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "cpu_count": os.cpu_count()}
+    save_study(out, result, meta)
+    echo(f"study written to {out}")
+    if plots:
+        from dae.pipeline.plots import plot_study
+        for path in plot_study(result, plots):
+            echo(f"plot {path}")
+    if leaderboard:
+        append_rows(leaderboard, result.rows)
+        write_summary_beside(leaderboard)
+        echo(f"{len(result.rows)} rows appended to {leaderboard}")
+    return result

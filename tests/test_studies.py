@@ -1,0 +1,157 @@
+"""`dae ablate` studies: grids, paired comparisons, sigma spread, coverage, curves, the real CLI and real data."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from click.testing import CliRunner
+from conftest import write_features_and_manifest
+
+from dae.errors import UsageError
+from dae.features.manifest import read_manifest
+from dae.features.store import read_features
+from dae.heads.losses import LOSSES
+from dae.heads.trainer import TrainConfig
+from dae.pipeline.cli import cli
+from dae.pipeline.fit import FitPlan
+from dae.pipeline.studies import (compare_configs, reliability, run_study, sigma_spread, split_by_model,
+                                  study_specs)
+
+TINY = TrainConfig(epochs=25, lr=3e-3, batch_size=32, hidden=(16, 8))
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run faster on one torch thread (two threads spin-wait on a busy shared machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_study_grids():
+    specs = study_specs("losses", [0, 1, 2])
+    assert len(specs) == len(LOSSES) * 3 and {s.loss for s in specs} == set(LOSSES)
+    assert {s.distribution for s in specs} == {"gaussian"} and {s.reparam for s in specs} == {"sigma"}
+    dists = study_specs("distributions", [0])
+    assert {s.distribution for s in dists} == {"gaussian", "laplace", "logistic", "student-t", "student-t:learned"}
+    assert {s.loss for s in dists} == {"v1", "nll"}
+    assert {s.reparam for s in study_specs("reparam", [0])} == {"sigma", "variance"}
+    custom = study_specs("losses", [4], losses=["nll"], distributions=["student-t:3"])
+    assert [(s.seed, s.loss, s.distribution) for s in custom] == [(4, "nll", "student-t:3")]
+    plans = split_by_model(FitPlan(specs=dists))
+    assert [len(p.specs) for p in plans] == [2] * 5 and all(len({s.distribution for s in p.specs}) == 1 for p in plans)
+    for bad in (dict(losses=["l1"]), dict(distributions=["cauchy"]), dict(reparams=["log"])):
+        with pytest.raises(UsageError):
+            study_specs("losses", [0], **bad)
+    with pytest.raises(UsageError, match="unknown study"):
+        study_specs("everything", [0])
+
+
+def _rows(per_seed: dict) -> pd.DataFrame:
+    """Leaderboard-like rows: one model per (loss, seed), one unit each."""
+    return pd.DataFrame([{"dataset": "d", "head": "dae", "loss": loss, "distribution": "gaussian", "reparam": "sigma",
+                          "selection": "last", "prediction": "mu", "backbone": "b", "source": "this-run",
+                          "seed": seed, "group": "", "fold": "", "spearman": rho}
+                         for loss, values in per_seed.items() for seed, rho in enumerate(values)])
+
+
+def test_comparison_is_paired_over_seeds_and_against_the_spread():
+    table = compare_configs(_rows({"sup": [0.80, 0.82, 0.78], "rec": [0.70, 0.72, 0.68],
+                                   "v1": [0.795, 0.815, 0.785], "nll": [0.81, 0.80, 0.77]}))
+    by = table.set_index("loss")
+    assert by.loc["sup", "best"] and by["best"].sum() == 1
+    assert by.loc["rec", "delta_vs_best"] == pytest.approx(-0.10)
+    assert by.loc["rec", "paired_delta_std"] == pytest.approx(0.0, abs=1e-12)  # the same offset on every seed
+    assert by.loc["rec", "exceeds_spread"]          # 0.10 is far beyond a seed std of 0.02
+    assert not by.loc["v1", "exceeds_spread"]       # 0.005 is within it
+    assert not by.loc["nll", "exceeds_spread"]
+    d = np.array([0.01, -0.02, -0.01])
+    assert by.loc["nll", "paired_t"] == pytest.approx(d.mean() / (d.std(ddof=1) / np.sqrt(3)))
+    assert by.loc["sup", "spearman_std"] == pytest.approx(0.02)
+
+
+def test_reliability_and_sigma_spread_from_known_predictions():
+    rows = _rows({"v1": [0.5]}).assign(coverage90=0.5, sigma_error_spearman=0.1)
+    # errors of 0.5, 1.5, 2.5, 3.5 sigma: a 90% Gaussian interval (+-1.645 sigma) covers two of four.
+    preds = pd.DataFrame({"loss": "v1", "distribution": "gaussian", "reparam": "sigma", "seed": 0, "group": "",
+                          "fold": "", "score": [10.5, 11.5, 12.5, 13.5], "mu": 10.0, "sigma": [1.0, 1.0, 1.0, 1.0]})
+    table = reliability(rows, preds, levels=(0.5, 0.9, 0.99))
+    assert table["empirical_mean"].tolist() == pytest.approx([0.25, 0.5, 0.75])  # 0.5 -> +-0.674, 0.99 -> +-2.576
+    preds["sigma"] = [1.0, 2.0, 3.0, 4.0]
+    spread = sigma_spread(rows, preds).iloc[0]
+    assert spread["sigma_min"] == 1.0 and spread["sigma_max"] == 4.0 and spread["sigma_median"] == 2.5
+    assert spread["range_ratio"] == pytest.approx(np.percentile([1, 2, 3, 4], 95) / np.percentile([1, 2, 3, 4], 5))
+
+
+def test_run_study_trains_the_grid_and_fills_every_table(tmp_path):
+    features, manifest = write_features_and_manifest(tmp_path, n=160)
+    fs, df = read_features(features), read_manifest(manifest)
+    specs = study_specs("distributions", [0, 1])
+    result = run_study("distributions", fs, df, FitPlan(specs=specs, config=TINY, dataset="synthetic"))
+    assert len(result.rows) == 20 and len(result.predictions) == 20 * 40
+    assert set(result.comparison["config"]) == {f"loss={loss} distribution={d}" for loss in ("v1", "nll")
+                                                for d in ("gaussian", "laplace", "logistic", "student-t",
+                                                          "student-t:learned")}
+    learned = result.rows[result.rows["distribution"] == "student-t:learned"]
+    assert learned["nu"].notna().all() and (learned["nu"] != 5.0).all()  # nu moved and was recorded
+    assert (result.rows.loc[result.rows["distribution"] == "student-t", "nu"] == 5.0).all()
+    assert (result.rows["spearman"] > 0.5).all()
+    assert len(result.reliability) == 10 * 11 and result.reliability["empirical_mean"].between(0, 1).all()
+    assert "nu_mean" in result.spread and result.curves is None
+    # a Laplace head's interval uses the Laplace quantile, not the Gaussian one
+    lap = result.predictions[(result.predictions["distribution"] == "laplace")].head(5)
+    from dae.heads.distributions import Laplace
+    assert lap["hi90"].to_numpy() == pytest.approx(lap["mu"] + Laplace.standard_quantile(0.95) * lap["sigma"])
+
+
+def test_robustness_records_curves_per_epoch(tmp_path):
+    features, manifest = write_features_and_manifest(tmp_path, n=100)
+    specs = study_specs("robustness", [0, 1], losses=["sup", "nll"])
+    result = run_study("robustness", read_features(features), read_manifest(manifest),
+                       FitPlan(specs=specs, config=TINY))
+    curves = result.curves
+    assert len(curves) == 4 * TINY.epochs and curves["epoch"].max() == TINY.epochs
+    assert {"train_loss", "test_spearman"} <= set(curves.columns)
+    last = curves[curves["epoch"] == TINY.epochs].set_index(["loss", "seed"])["test_spearman"]
+    final = result.rows.set_index(["loss", "seed"])["spearman"]
+    assert last.sort_index().to_numpy() == pytest.approx(final.sort_index().to_numpy(), abs=1e-6)
+
+
+def ablate(*args):
+    return CliRunner().invoke(cli, ["ablate", *map(str, args)])
+
+
+def test_cli_writes_study_folder_rows_and_summary(tmp_path):
+    features, manifest = write_features_and_manifest(tmp_path)
+    out, board = tmp_path / "study", tmp_path / "L.csv"
+    res = ablate("reparam", "--features", features, "--manifest", manifest, "--seeds", 2, "--epochs", 4,
+                 "--out", out, "--leaderboard", board)
+    assert res.exit_code == 0, res.output
+    assert "reparam=sigma" in res.output and "reparam=variance" in res.output and "Δ vs best" in res.output
+    rows = pd.read_csv(board)
+    assert len(rows) == 4 and set(rows["reparam"]) == {"sigma", "variance"} and rows["batch_size"].eq(256).all()
+    assert board.with_name("L.summary.csv").exists()
+    for name in ("config.json", "metrics.csv", "summary.csv", "comparison.csv", "sigma_spread.csv",
+                 "reliability.csv", "predictions.csv", "report.txt"):
+        assert (out / name).exists(), name
+    meta = json.loads((out / "config.json").read_text())
+    assert meta["study"] == "reparam" and len(meta["specs"]) == 4 and meta["train"]["lr"] == pytest.approx(8e-4)
+    res = ablate("reparam", "--features", features, "--manifest", manifest, "--out", out)
+    assert res.exit_code == 1 and "already exists" in res.output and len(res.output.strip().splitlines()) == 1
+    res = ablate("losses", "--features", features, "--manifest", manifest, "--losses", "l1", "--out", tmp_path / "x")
+    assert res.exit_code == 2 and "unknown loss 'l1'" in res.output
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.slow
+def test_loss_study_on_real_unlv_dive(unlv_dive, tmp_path):
+    """The real UNLV-Dive features: every loss learns a ranking well above chance."""
+    features, manifest = unlv_dive
+    res = ablate("losses", "--features", features, "--manifest", manifest, "--dataset", "unlv-dive", "--seeds", 2,
+                 "--epochs", 30, "--out", tmp_path / "s")
+    assert res.exit_code == 0, res.output
+    rows = pd.read_csv(tmp_path / "s" / "metrics.csv")
+    assert len(rows) == 12 and (rows["n_train"] == 300).all() and (rows["n_test"] == 70).all()
+    assert (rows["spearman"] > 0.7).all(), rows[["loss", "seed", "spearman"]]
