@@ -36,16 +36,14 @@ def _labels(frame: pd.DataFrame, keys=("loss", "distribution", "reparam")) -> pd
 
 
 def _band(ax, epochs, values, label, color, log=False):
-    """Mean over models with a band of one standard deviation (the geometric one on a log axis)."""
-    v = np.log(values) if log else values
-    mean, std = v.mean(0), v.std(0, ddof=1) if len(v) > 1 else np.zeros(v.shape[1])
-    lo, mid, hi = (np.exp(mean - std), np.exp(mean), np.exp(mean + std)) if log else (mean - std, mean, mean + std)
-    ax.plot(epochs, mid, color=color, label=f"{label} (n={len(v)})", lw=1.6)
-    ax.fill_between(epochs, lo, hi, color=color, alpha=0.2, lw=0)
+    """The mean over models (geometric on a log axis) and a band from the lowest to the highest model."""
+    mid = np.exp(np.log(values).mean(0)) if log else values.mean(0)
+    ax.plot(epochs, mid, color=color, label=f"{label} (n={len(values)})", lw=1.6)
+    ax.fill_between(epochs, values.min(0), values.max(0), color=color, alpha=0.2, lw=0)
 
 
 def plot_curves(curves: pd.DataFrame, metric: str, path, title: str, ylabel: str, log: bool = False) -> Path:
-    """One line per configuration: the mean curve over seeds (and units) with a +-1 std band.
+    """One line per configuration: the mean curve over seeds (and units) in a band spanning every seed.
 
     On a log axis, configurations whose curve is not always positive (an NLL can be) get a linear panel.
     """
