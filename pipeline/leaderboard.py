@@ -75,7 +75,7 @@ def summarise(rows: pd.DataFrame) -> pd.DataFrame:
     for key in CONFIG_KEYS:
         if key not in rows.columns:
             rows[key] = ""
-    rows[list(CONFIG_KEYS)] = rows[list(CONFIG_KEYS)].fillna("")
+    rows[list(CONFIG_KEYS)] = rows[list(CONFIG_KEYS)].astype(object).fillna("")
     per_seed = []
     for key, part in rows.groupby(list(CONFIG_KEYS) + ["seed"], sort=False, dropna=False):
         entry = dict(zip(CONFIG_KEYS, key[:-1]))
