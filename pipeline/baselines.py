@@ -22,6 +22,7 @@ from dae.heads.paths import train_path_heads
 
 PATH_HEADS = ("usdl", "musdl", "dae-mt", "dae-judges")
 STD_BINS_BY_DATASET = {"jigsaws": 1.0}  # the MUSDL code's --std: 5 bins for MTL-AQA, 1 for JIGSAWS
+USDL_BINS_BY_DATASET = {"jigsaws": 25}  # the MUSDL code's JIGSAWS USDL: one bin per integer score 6..30
 RULE_TOLERANCE = 0.051  # published scores are rounded to 0.1 or 0.05
 
 
@@ -29,7 +30,7 @@ RULE_TOLERANCE = 0.051  # published scores are rounded to 0.1 or 0.05
 class HeadOptions:
     """Options of the bin and judge heads; None means: from the dataset card, else from the data."""
 
-    bins: int = USDL_BINS
+    bins: int | None = None  # usdl: default 101, jigsaws 25
     bin_std: float | None = None
     bin_rule: str = "argmax"
     judge_rule: str | None = None
@@ -39,7 +40,7 @@ class HeadOptions:
             raise UsageError(f"unknown bin prediction rule {self.bin_rule!r} (choose from {', '.join(BIN_RULES)})")
         if self.judge_rule is not None and self.judge_rule not in JUDGE_RULES:
             raise UsageError(f"unknown judge rule {self.judge_rule!r} (choose from {', '.join(JUDGE_RULES)})")
-        if self.bins < 2:
+        if self.bins is not None and self.bins < 2:
             raise UsageError(f"--bins must be >= 2, got {self.bins}")
         if self.bin_std is not None and not self.bin_std > 0:
             raise UsageError(f"--bin-std must be > 0 bins, got {self.bin_std}")
@@ -142,6 +143,10 @@ def fit_path_heads(head: str, features, manifest: pd.DataFrame, targets, jobs, c
         raise UsageError(f"unknown head {head!r} (choose from {', '.join(PATH_HEADS)})")
     scores = manifest["score"].to_numpy(np.float64)
     std_bins = options.bin_std if options.bin_std is not None else STD_BINS_BY_DATASET.get(dataset, DEFAULT_STD_BINS)
+    n_bins = options.bins if options.bins is not None else USDL_BINS_BY_DATASET.get(dataset, USDL_BINS)
+    if head in ("usdl", "musdl") and config.prediction != "mu":
+        raise UsageError(f"head {head} predicts from its bins: use --bin-predict argmax|expectation, not "
+                         f"--predict {config.prediction}")
     distributions = {j.spec.distribution for j in jobs}
     if head in ("dae-mt", "dae-judges") and len(distributions) > 1:
         raise UsageError(f"head {head} trains one distribution per run, got {', '.join(sorted(distributions))}")
@@ -150,8 +155,8 @@ def fit_path_heads(head: str, features, manifest: pd.DataFrame, targets, jobs, c
         raise UsageError(f"head {head} does not learn a distribution's shape; choose a fixed one, not {distribution}")
     reparams = [j.spec.reparam for j in jobs]
     if head == "usdl":
-        objective = USDL(targets, options.bins, std_bins, options.bin_rule)
-        labels = {"loss": "kl", "distribution": f"softmax-{options.bins}bins-std{std_bins:g}", "reparam": "",
+        objective = USDL(targets, n_bins, std_bins, options.bin_rule)
+        labels = {"loss": "kl", "distribution": f"softmax-{n_bins}bins-std{std_bins:g}", "reparam": "",
                   "prediction": options.bin_rule, "uses_difficulty": "no", "judge_rule": ""}
     elif head == "musdl":
         setup = judge_setup(manifest, dataset, options.judge_rule, head, where)

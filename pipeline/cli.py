@@ -231,8 +231,8 @@ def card_score_range(dataset, manifest_path):
               "label smoothing, KL loss; musdl: one usdl path per judge combined by the scoring rule (needs "
               "judge_1..judge_K); dae-mt: DAE on the execution part times the difficulty (needs difficulty); "
               "dae-judges: one DAE Gaussian per judge combined by the scoring rule.")
-@click.option("--bins", type=click.IntRange(2), default=101, show_default=True,
-              help="usdl: number of bins over the score range.")
+@click.option("--bins", type=click.IntRange(2), default=None,
+              help="usdl: number of bins over the score range [default: 101; jigsaws 25, MUSDL's integer scores].")
 @click.option("--bin-std", type=click.FloatRange(0, min_open=True), default=None,
               help="usdl/musdl: std of the Gaussian label smoothing, in bins [default: 5, jigsaws 1 (MUSDL's)].")
 @click.option("--bin-predict", type=click.Choice(["argmax", "expectation"]), default="argmax", show_default=True,
@@ -288,22 +288,14 @@ def weights_cmd(no_fetch):
               help="Folder for the demo's files (a new suffixed folder if it exists; nothing is overwritten).")
 @click.option("--seeds", type=click.IntRange(1), default=3, show_default=True)
 @click.option("--epochs", type=click.IntRange(1), default=100, show_default=True)
-@click.option("--from-videos", is_flag=True,
-              help="Start from SYNTHETIC videos instead: write 48 short videos, extract them with the real I3D "
-                   "(weights fetched once) and fit on those features (a few minutes on 2 CPU cores).")
-@click.option("--device", default="auto", show_default=True, help="--from-videos: auto, cpu, cuda or cuda:I.")
-def demo_cmd(out, seeds, epochs, from_videos, device):
+def demo_cmd(out, seeds, epochs):
     """Run the whole stage-two pipeline on a small SYNTHETIC feature set (under a minute on 2 CPU cores).
 
     Writes synthetic features (HDF5) and a manifest, fits the DAE head, a plain MLP and ridge, and prints
     the leaderboard. Every file and row is labelled synthetic.
     """
-    from dae.pipeline.demo import run_demo, run_video_demo
+    from dae.pipeline.demo import run_demo
 
-    if from_videos:
-        run_video_demo(out=out, seeds=seeds, device=device, echo=click.echo,
-                       note=lambda text: click.echo(text, err=True))
-        return
     run_demo(out=out, seeds=seeds, epochs=epochs, echo=click.echo)
 
 

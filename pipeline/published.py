@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from dae.errors import UsageError
+from dae.errors import DaeError, UsageError
 
 FORMATS = ("table", "csv", "markdown")
 SHOWN_METRICS = (("spearman", 4), ("rl2x100", 3), ("crps", 3), ("coverage90", 2))
@@ -147,5 +147,9 @@ def show_leaderboard(path, published: bool = False, fmt: str = "table", datasets
     """Read a leaderboard CSV and render it with (optionally) the published reference rows."""
     from dae.pipeline.leaderboard import read_leaderboard
 
-    table = leaderboard_table(read_leaderboard(path), published, datasets, by_group, fold_average)
+    rows = read_leaderboard(path)
+    missing = [c for c in ("dataset", "head", "seed", "spearman") if c not in rows.columns]
+    if missing:
+        raise DaeError(f"leaderboard {path} lacks column(s) {', '.join(missing)}")
+    table = leaderboard_table(rows, published, datasets, by_group, fold_average)
     return render(table, fmt)
