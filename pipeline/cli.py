@@ -288,14 +288,22 @@ def weights_cmd(no_fetch):
               help="Folder for the demo's files (a new suffixed folder if it exists; nothing is overwritten).")
 @click.option("--seeds", type=click.IntRange(1), default=3, show_default=True)
 @click.option("--epochs", type=click.IntRange(1), default=100, show_default=True)
-def demo_cmd(out, seeds, epochs):
+@click.option("--from-videos", is_flag=True,
+              help="Start from SYNTHETIC videos instead: write 48 short videos, extract them with the real I3D "
+                   "(weights fetched once) and fit on those features (a few minutes on 2 CPU cores).")
+@click.option("--device", default="auto", show_default=True, help="--from-videos: auto, cpu, cuda or cuda:I.")
+def demo_cmd(out, seeds, epochs, from_videos, device):
     """Run the whole stage-two pipeline on a small SYNTHETIC feature set (under a minute on 2 CPU cores).
 
     Writes synthetic features (HDF5) and a manifest, fits the DAE head, a plain MLP and ridge, and prints
     the leaderboard. Every file and row is labelled synthetic.
     """
-    from dae.pipeline.demo import run_demo
+    from dae.pipeline.demo import run_demo, run_video_demo
 
+    if from_videos:
+        run_video_demo(out=out, seeds=seeds, device=device, echo=click.echo,
+                       note=lambda text: click.echo(text, err=True))
+        return
     run_demo(out=out, seeds=seeds, epochs=epochs, echo=click.echo)
 
 
