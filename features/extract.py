@@ -67,9 +67,11 @@ def find_videos(videos_dir) -> dict[str, Path]:
     return found
 
 
-def _optional_int(value):
-    return None if value is None or value is np.nan or (isinstance(value, float) and np.isnan(value)) \
-        or str(value) == "<NA>" else int(value)
+def _optional_int(value) -> int | None:
+    """A manifest's nullable integer cell (pandas Int64: an int or <NA>) as an int or None."""
+    import pandas as pd
+
+    return None if value is None or pd.isna(value) else int(value)
 
 
 def list_tasks(videos_dir, manifest=None) -> list[VideoTask]:

@@ -1,7 +1,6 @@
 """`dae predict`: new videos go through the run's stage one and its heads; the numbers match what `dae fit` reported."""
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 import pytest
 
