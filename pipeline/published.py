@@ -97,6 +97,13 @@ def _cell(value, digits=None) -> str:
     return str(value)
 
 
+def _published_number(value) -> str:
+    if pd.isna(value):
+        return "-"
+    value = float(value)
+    return f"{value:.2f}" if round(value, 2) == value else f"{value:g}"
+
+
 def _short_reference(paper: str) -> str:
     """'Tang et al., Title, CVPR 2020' -> 'Tang et al., CVPR 2020'."""
     parts = [p.strip() for p in paper.split(",")]
@@ -113,8 +120,8 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
     for metric, digits in SHOWN_METRICS:
         cells = []
         for source, mean, std in zip(table["source"], table[f"{metric}_mean"], table[f"{metric}_std"]):
-            if source == "published":  # as published, no added digits
-                cell = f"{float(mean):g}" if pd.notna(mean) else "-"
+            if source == "published":  # as published: no added digits (0.70 stays 0.70, 0.9231 stays 0.9231)
+                cell = _published_number(mean)
             else:
                 cell = _cell(mean, digits) or "-"
                 if cell != "-" and pd.notna(std):
