@@ -24,7 +24,7 @@ from dae.heads.metrics import evaluate, interval
 from dae.heads.ridge import fit_ridge
 from dae.heads.trainer import HeadSpec, Job, TrainConfig, train_heads
 from dae.pipeline.baselines import PATH_HEADS, fit_path_heads, options_dict
-from dae.pipeline.protocols import WINDOW_SELECTIONS, apply_window_selection
+from dae.pipeline.protocols import WINDOW_EPOCHS, WINDOW_SELECTIONS, apply_window_selection
 
 HEADS = ("dae", "mlp", "ridge", "usdl", "musdl", "dae-mt", "dae-judges")
 VAL_SEED = 0
@@ -107,6 +107,9 @@ def fit_models(fs: FeatureSet, manifest: pd.DataFrame, plan: FitPlan, manifest_n
     units = plan_units(manifest, plan.config.selection == "best-val", plan.val_fraction)
     # Windowed test-set selections (pipeline.protocols) train to the last epoch and read the Spearman curves.
     windowed = plan.config.selection in WINDOW_SELECTIONS
+    if windowed and plan.config.epochs < WINDOW_EPOCHS:
+        raise UsageError(f"selection {plan.config.selection} needs at least {WINDOW_EPOCHS} epochs, "
+                         f"got {plan.config.epochs}")
     config = dataclasses.replace(plan.config, selection="last", track_curves=True) if windowed else plan.config
     specs = [dataclasses.replace(s, loss="sup") for s in plan.specs] if plan.head == "mlp" else plan.specs
     jobs = []

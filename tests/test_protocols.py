@@ -120,6 +120,8 @@ def test_best10_consecutive_picks_one_window_per_task_and_seed():
         assert part["spearman"].mean() >= np.mean(mean_curve[-10:]) - 1e-12
     with pytest.raises(UsageError, match="not ridge"):
         fit_models(fs, manifest, FitPlan(head="ridge", config=TrainConfig(selection="last10")))
+    with pytest.raises(UsageError, match="needs at least 10 epochs, got 5"):
+        fit_models(fs, manifest, FitPlan(head="dae", config=TrainConfig(epochs=5, selection="best10-consecutive")))
 
 
 @needs_raw
