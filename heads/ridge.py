@@ -6,12 +6,18 @@ import numpy as np
 PENALTIES = tuple(10.0 ** p for p in range(-3, 6))
 
 
-def _fit(x, y, penalty):
-    """Solve (X'X + penalty I) w = X'y on centred data through the SVD (stable for D > N)."""
+def _fit_path(x, y, penalties):
+    """Solve (X'X + penalty I) w = X'y on centred data for every penalty from one SVD (stable for D > N)."""
     x_mean, y_mean = x.mean(0), y.mean()
     u, s, vt = np.linalg.svd(x - x_mean, full_matrices=False)
-    w = vt.T @ ((s / (s * s + penalty)) * (u.T @ (y - y_mean)))
-    return w, y_mean - x_mean @ w
+    uty = u.T @ (y - y_mean)
+    for penalty in penalties:
+        w = vt.T @ ((s / (s * s + penalty)) * uty)
+        yield w, y_mean - x_mean @ w
+
+
+def _fit(x, y, penalty):
+    return next(_fit_path(x, y, [penalty]))
 
 
 def cv_penalty(x, y, penalties=PENALTIES, folds: int = 5, seed: int = 0) -> float:
@@ -21,8 +27,7 @@ def cv_penalty(x, y, penalties=PENALTIES, folds: int = 5, seed: int = 0) -> floa
     errors = np.zeros(len(penalties))
     for part in parts:
         train = np.setdiff1d(order, part)
-        for i, penalty in enumerate(penalties):
-            w, b = _fit(x[train], y[train], penalty)
+        for i, (w, b) in enumerate(_fit_path(x[train], y[train], penalties)):
             errors[i] += np.mean((x[part] @ w + b - y[part]) ** 2)
     return float(penalties[int(np.argmin(errors))])
 

@@ -173,9 +173,12 @@ def _fit_ridge_jobs(x, targets, jobs):
     """Ridge has no seed; every job still gets its row so the leaderboard stays one row per model."""
     from dae.heads.trainer import HeadResult
 
-    results = []
+    results, fitted = [], {}
     for job in jobs:
-        w, b, penalty = fit_ridge(x[job.train_rows], targets[job.train_rows])
+        key = np.asarray(job.train_rows).tobytes()  # seeds share one fit: ridge has no randomness
+        if key not in fitted:
+            fitted[key] = fit_ridge(x[job.train_rows], targets[job.train_rows])
+        w, b, penalty = fitted[key]
         preds = {}
         for name, rows in job.eval_rows.items():
             m = x[rows].astype(np.float64) @ w + b
