@@ -35,6 +35,31 @@ class DAEHead(nn.Module):
         return o[..., 0], bound_log_variance(o[..., 1], self.log_var_bounds)
 
 
+class _GroupMatmul(torch.autograd.Function):
+    """bias (G, R, 1) + w (G, R, D) @ x (G, B, D)^T -> (G, R, B), one torch.mm per group, no input gradient.
+
+    On a CPU, bmm shares its batch out among the threads (5 groups on 2 threads leave one thread idle a sixth
+    of the time) while each mm uses all of them: ~15% faster for the first layer, where the FLOPs are.
+    """
+
+    @staticmethod
+    def forward(ctx, x, w, bias):
+        ctx.save_for_backward(x)
+        out = x.new_empty(w.shape[0], w.shape[1], x.shape[1])
+        for g in range(w.shape[0]):
+            torch.addmm(bias[g], w[g], x[g].t(), out=out[g])
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        grad = grad.contiguous()
+        grad_w = grad.new_empty(grad.shape[0], grad.shape[1], x.shape[2])
+        for g in range(grad.shape[0]):
+            torch.mm(grad[g], x[g], out=grad_w[g])
+        return None, grad_w, grad.sum(-1, keepdim=True)
+
+
 class StackedDAE(nn.Module):
     """K DAE heads with stacked weights, trained together with batched matmuls.
 
@@ -76,7 +101,10 @@ class StackedDAE(nn.Module):
         g, b, d = x_groups.shape
         w0 = self.weights[0].view(g, -1, d)          # (G, Kg*H1, D): the group's heads side by side
         b0 = self.biases[0].view(g, -1, 1)
-        h = torch.relu(torch.baddbmm(b0, w0, x_groups.transpose(1, 2)))
+        if x_groups.is_cuda or x_groups.requires_grad:
+            h = torch.relu(torch.baddbmm(b0, w0, x_groups.transpose(1, 2)))
+        else:
+            h = _GroupMatmul.apply(x_groups.contiguous(), w0, b0).relu_()  # in place: the matmul keeps only x
         return self._layers(h.view(self.n_heads, self.hidden[0], b))
 
     def forward_per_head(self, x_heads):

@@ -52,6 +52,6 @@ def test_bench_fit_command_reports_ratios_and_flops(tmp_path):
     assert res.exit_code == 0, res.output
     out = res.output
     assert "12 heads x 2 epochs" in out and "DataLoader at batch 8" in out and "GFLOP/s" in out
-    assert "of an fp32 bmm" in out and "|batched - train_one|" in out
+    assert "of the fp32 matmul ceiling" in out and "|batched - train_one|" in out
     res = CliRunner().invoke(cli, ["bench", "fit", "--quality"])
     assert res.exit_code == 2 and "--quality needs --features" in res.output

@@ -131,13 +131,13 @@ def test_cli_writes_study_folder_rows_and_summary(tmp_path):
     assert res.exit_code == 0, res.output
     assert "reparam=sigma" in res.output and "reparam=variance" in res.output and "Δ vs best" in res.output
     rows = pd.read_csv(board)
-    assert len(rows) == 4 and set(rows["reparam"]) == {"sigma", "variance"} and rows["batch_size"].eq(256).all()
+    assert len(rows) == 4 and set(rows["reparam"]) == {"sigma", "variance"} and rows["batch_size"].eq(512).all()
     assert board.with_name("L.summary.csv").exists()
     for name in ("config.json", "metrics.csv", "summary.csv", "comparison.csv", "sigma_spread.csv",
                  "reliability.csv", "predictions.csv", "report.txt"):
         assert (out / name).exists(), name
     meta = json.loads((out / "config.json").read_text())
-    assert meta["study"] == "reparam" and len(meta["specs"]) == 4 and meta["train"]["lr"] == pytest.approx(8e-4)
+    assert meta["study"] == "reparam" and len(meta["specs"]) == 4 and meta["train"]["lr"] == pytest.approx(2e-4)
     res = ablate("reparam", "--features", features, "--manifest", manifest, "--out", out)
     assert res.exit_code == 1 and "already exists" in res.output and len(res.output.strip().splitlines()) == 1
     res = ablate("losses", "--features", features, "--manifest", manifest, "--losses", "l1", "--out", tmp_path / "x")
