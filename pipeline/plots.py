@@ -39,7 +39,7 @@ def _band(ax, epochs, values, label, color, log=False):
     """The mean over models (geometric on a log axis) and a band from the lowest to the highest model."""
     mid = np.exp(np.log(values).mean(0)) if log else values.mean(0)
     ax.plot(epochs, mid, color=color, label=f"{label} (n={len(values)})", lw=1.6)
-    ax.fill_between(epochs, values.min(0), values.max(0), color=color, alpha=0.2, lw=0)
+    ax.fill_between(epochs, values.min(0), values.max(0), color=color, alpha=0.12, lw=0)
 
 
 def plot_curves(curves: pd.DataFrame, metric: str, path, title: str, ylabel: str, log: bool = False) -> Path:
@@ -84,11 +84,17 @@ def plot_sigma_histograms(predictions: pd.DataFrame, path, title: str) -> Path:
     bins = np.geomspace(positive.min() * 0.9, positive.max() * 1.1, 40)
     cols = min(3, len(configs))
     rows = int(np.ceil(len(configs) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False, sharex=True)
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
+
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False)
     for ax, config in zip(axes.flat, configs):
         s = predictions.loc[labels == config, "sigma"].to_numpy(dtype=float)
         ax.hist(s, bins=bins, color="tab:blue", alpha=0.8)
         ax.set_xscale("log")
+        ax.set_xlim(bins[0], bins[-1])
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_title(f"{config}\nmedian {np.median(s):.3g}, p95/p5 {np.percentile(s, 95) / np.percentile(s, 5):.2f}",
                      fontsize=8)
         ax.set_xlabel("predicted sigma (score units)", fontsize=8)

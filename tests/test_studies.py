@@ -131,7 +131,7 @@ def test_cli_writes_study_folder_rows_and_summary(tmp_path):
     assert res.exit_code == 0, res.output
     assert "reparam=sigma" in res.output and "reparam=variance" in res.output and "Δ vs best" in res.output
     rows = pd.read_csv(board)
-    assert len(rows) == 4 and set(rows["reparam"]) == {"sigma", "variance"} and rows["batch_size"].eq(512).all()
+    assert len(rows) == 4 and set(rows["reparam"]) == {"sigma", "variance"} and rows["batch_size"].eq(1024).all()
     assert board.with_name("L.summary.csv").exists()
     for name in ("config.json", "metrics.csv", "summary.csv", "comparison.csv", "sigma_spread.csv",
                  "reliability.csv", "predictions.csv", "report.txt"):
