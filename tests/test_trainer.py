@@ -143,3 +143,30 @@ def test_features_are_not_modified_and_results_keep_job_order():
     assert [r.job.tags["i"] for r in results] == [0, 1, 2]
     assert [r.distribution.name for r in results] == ["gaussian", "laplace", "gaussian"]
     np.testing.assert_array_equal(x, x_before)
+
+
+@pytest.mark.slow
+def test_batched_matches_alone_on_real_unlv_dive(unlv_dive):
+    """Real UNLV-Dive features (300 train / 70 test, 2048-d), the studies' settings: same predictions, same Spearman."""
+    from dae.features.manifest import read_manifest
+    from dae.features.store import align, read_features
+    from dae.pipeline.studies import STUDY_BATCH_SIZE, STUDY_LR
+
+    features, manifest = unlv_dive
+    df = read_manifest(manifest)
+    x = align(read_features(features), list(df["video_id"]))
+    scores = df["score"].to_numpy(float)
+    targets = (scores - 21.6) / (102.6 - 21.6)
+    train, test = np.flatnonzero(df["split"] == "train"), np.flatnonzero(df["split"] == "test")
+    torch.set_num_threads(2)
+    config = TrainConfig(epochs=30, batch_size=STUDY_BATCH_SIZE, lr=STUDY_LR)
+    jobs = [Job(HeadSpec(seed=s, loss=loss), train, {"test": test}) for s in (0, 1) for loss in ("v1", "nll")]
+    batched = train_heads(x, targets, jobs, config)
+    rhos = []
+    for job, res in zip(jobs, batched):
+        alone = train_one(x, targets, job, config)
+        assert np.max(np.abs(res.predictions["test"]["mu"] - alone.predictions["test"]["mu"])) <= 1e-3
+        rhos.append((spearman(scores[test], res.predictions["test"]["mu"]),
+                     spearman(scores[test], alone.predictions["test"]["mu"])))
+    rhos = np.array(rhos)
+    assert abs(rhos[:, 0].mean() - rhos[:, 1].mean()) < 0.01 and rhos.min() > 0.75
