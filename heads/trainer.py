@@ -62,6 +62,7 @@ class TrainConfig:
     prediction: str = "mu"
     standardize: bool = False  # raw features, as the reference code feeds them
     track_curves: bool = False
+    device: str = "cpu"  # or cuda / cuda:I: the stacked model and features move there; random draws stay on CPU
 
     def check(self):
         if self.selection not in SELECTIONS:
@@ -70,6 +71,12 @@ class TrainConfig:
             raise UsageError(f"unknown prediction {self.prediction!r} (choose from {', '.join(PREDICTIONS)})")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.weight_decay < 0:
             raise UsageError("epochs and batch size must be >= 1, lr > 0 and weight decay >= 0")
+        try:
+            device = torch.device(self.device)
+        except RuntimeError:
+            raise UsageError(f"unknown device {self.device!r} (cpu, cuda or cuda:I)") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise UsageError(f"device {self.device} asked for, but torch sees no CUDA GPU")
 
 
 @dataclass
@@ -176,7 +183,8 @@ def _train_stacked(x, g, jobs, config):
         mean, std = _input_stats(x[rows], config.standardize)
         stats.append((mean, std))
         x_sets.append((x - mean) / std)
-    x_flat = torch.cat(x_sets)  # (T * N, D)
+    dev = torch.device(config.device)
+    x_flat = torch.cat(x_sets).to(dev)  # (T * N, D)
 
     # Heads with the same training set and seed see identical batches: group them for one wide matmul.
     groups = defaultdict(list)
@@ -200,14 +208,14 @@ def _train_stacked(x, g, jobs, config):
     for job in jobs:
         torch.manual_seed(job.spec.seed)
         heads.append(DAEHead(dim, config.hidden))
-    model = StackedDAE(heads, group_size)
+    model = StackedDAE(heads, group_size).to(dev)
     generators = [torch.Generator().manual_seed(j.spec.seed) for j in leaders]
     # A learned shape (nu): one raw value per head, (K, 1) so that it broadcasts over the batch.
-    shape_raw = [nn.Parameter(torch.full((k, 1), dist.raw_init()))] if dist.learned_shape else []
+    shape_raw = [nn.Parameter(torch.full((k, 1), dist.raw_init(), device=dev))] if dist.learned_shape else []
     optimizer = _make_optimizer(model.parameters(), config, shape_raw)
     trained = [*model.parameters(), *shape_raw]
     step_dist = dist
-    variance_reparam = torch.tensor([j.spec.reparam == "variance" for j in jobs]).unsqueeze(1)
+    variance_reparam = torch.tensor([j.spec.reparam == "variance" for j in jobs], device=dev).unsqueeze(1)
 
     select_set = {"best-val": "val", "best-test": "test"}.get(config.selection)
     if select_set and any(select_set not in j.eval_rows for j in jobs):
@@ -218,17 +226,18 @@ def _train_stacked(x, g, jobs, config):
     curves = defaultdict(list) if config.track_curves else None
 
     for epoch in range(config.epochs):
-        weights = torch.tensor([loss_weights(j.spec.loss, epoch, j.spec.alpha, j.spec.beta) for j in jobs])
+        weights = torch.tensor([loss_weights(j.spec.loss, epoch, j.spec.alpha, j.spec.beta) for j in jobs],
+                               device=dev)
         perms = torch.stack([torch.randperm(n_train, generator=gen) for gen in generators])
         epoch_rows = torch.gather(group_train, 1, perms)
-        epoch_loss = torch.zeros(k)
+        epoch_loss = torch.zeros(k, device=dev)
         model.train()
         for lo in range(0, n_train, config.batch_size):
             rows = epoch_rows[:, lo:lo + config.batch_size]                       # (G, b)
-            xb = torch.index_select(x_flat, 0, (group_set.unsqueeze(1) * n_rows + rows).reshape(-1))
-            xb = xb.view(n_groups, rows.shape[1], dim)
-            target = g[rows].repeat_interleave(group_size, 0)                      # (K, b)
-            base = torch.stack([dist.base_noise(rows.shape[1], gen) for gen in generators])
+            index = (group_set.unsqueeze(1) * n_rows + rows).reshape(-1).to(dev)
+            xb = torch.index_select(x_flat, 0, index).view(n_groups, rows.shape[1], dim)
+            target = g[rows].repeat_interleave(group_size, 0).to(dev)              # (K, b)
+            base = torch.stack([dist.base_noise(rows.shape[1], gen) for gen in generators]).to(dev)
             if shape_raw:
                 step_dist = dist.bind(shape_raw[0])
                 eps = step_dist.standard_sample(base.repeat_interleave(group_size, 0))
@@ -245,7 +254,7 @@ def _train_stacked(x, g, jobs, config):
             if curves is not None:
                 epoch_loss += per_head.detach() * rows.shape[1]
         if curves is not None:
-            curves["train_loss"].append((epoch_loss / n_train).numpy())
+            curves["train_loss"].append((epoch_loss / n_train).cpu().numpy())
         if select_set or curves is not None:
             names = list(jobs[0].eval_rows) if curves is not None else [select_set]
             for name in names:
@@ -258,7 +267,7 @@ def _train_stacked(x, g, jobs, config):
                     if improved.any():
                         best_score[improved] = rhos[improved]
                         best_epoch[improved] = epoch
-                        _copy_heads(trained, best_params, torch.as_tensor(improved))
+                        _copy_heads(trained, best_params, torch.as_tensor(improved, device=dev))
     if select_set:
         with torch.no_grad():
             for p, best in zip(trained, best_params):
@@ -299,10 +308,11 @@ def _predict(model, jobs, name, x_flat, set_of_job, n_rows, variance_reparam=Non
     length = max(len(r) for r in rows)
     padded = torch.stack([torch.cat([r, r.new_zeros(length - len(r))]) for r in rows])
     offsets = torch.tensor(set_of_job).unsqueeze(1) * n_rows
-    xe = x_flat[(offsets + padded).reshape(-1)].view(len(jobs), length, -1)
+    xe = x_flat[(offsets + padded).reshape(-1).to(x_flat.device)].view(len(jobs), length, -1)
     mu, log_var = model.forward_per_head(xe)
     sigma = torch.exp(0.5 * log_var)
     scale = torch.where(variance_reparam, sigma * sigma, sigma) if variance_reparam is not None else sigma
+    mu, scale = mu.cpu(), scale.cpu()
     return ([mu[i, :len(r)].numpy().astype(np.float64) for i, r in enumerate(rows)],
             [scale[i, :len(r)].numpy().astype(np.float64) for i, r in enumerate(rows)])
 

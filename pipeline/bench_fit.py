@@ -205,8 +205,9 @@ def quality_check(x, targets, train_rows, test_rows, seeds: int = 5, config: Tra
                   reference_lr: float = 1e-4, echo=print) -> dict:
     """Test Spearman (mean over seeds, v1 loss) of the batched trainer against one-by-one loops.
 
-    Three ways: the batched trainer at the study's settings; `train_one` at the same settings (must agree to
-    float noise); the reference DataLoader loop at batch 8 with `reference_lr`.
+    Four ways: the batched trainer at the study's settings; `train_one` at the same settings (must agree to
+    float noise); the DataLoader loop at the same settings (its own random stream: agrees in distribution);
+    the reference code's DataLoader loop at batch 8 with `reference_lr`.
     """
     from dae.pipeline.studies import STUDY_BATCH_SIZE, STUDY_LR
 
@@ -219,16 +220,20 @@ def quality_check(x, targets, train_rows, test_rows, seeds: int = 5, config: Tra
 
     out = {"batched": rho(train_heads(x, targets, jobs, config)),
            "train_one": rho([train_one(x, targets, j, config) for j in jobs]),
+           "dataloader": rho([dataloader_loop(x, targets, j, config, config.batch_size) for j in jobs]),
            "dataloader_b8": rho([dataloader_loop(x, targets, j, config, REFERENCE_BATCH_SIZE, reference_lr)
                                  for j in jobs])}
     names = {"batched": f"batched trainer, batch {config.batch_size}, lr {config.lr:g}",
              "train_one": f"one by one (train_one), batch {config.batch_size}, lr {config.lr:g}",
+             "dataloader": f"one by one (DataLoader), batch {config.batch_size}, lr {config.lr:g}",
              "dataloader_b8": f"one by one (DataLoader), batch {REFERENCE_BATCH_SIZE}, lr {reference_lr:g}"}
     for key, values in out.items():
         echo(f"  {names[key]}: test Spearman {values.mean():.4f} ± {values.std(ddof=1):.4f} "
              f"(seeds: {' '.join(f'{v:.3f}' for v in values)})")
-    echo(f"  |batched - train_one| = {abs(out['batched'].mean() - out['train_one'].mean()):.4f}; "
-         f"batched - DataLoader(b8) = {out['batched'].mean() - out['dataloader_b8'].mean():+.4f}")
+    mean = {k: v.mean() for k, v in out.items()}
+    echo(f"  |batched - train_one| = {abs(mean['batched'] - mean['train_one']):.4f}; "
+         f"|batched - DataLoader(same settings)| = {abs(mean['batched'] - mean['dataloader']):.4f}; "
+         f"batched - DataLoader(b8) = {mean['batched'] - mean['dataloader_b8']:+.4f}")
     return out
 
 

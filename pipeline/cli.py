@@ -480,13 +480,19 @@ def _study_command(study):
                   help="dask scheduler address (tcp://host:8786) or ray address; default: a local cluster.")
     @click.option("--threads", type=click.IntRange(1), default=None,
                   help="Torch threads per task [default: cores / jobs locally, the cluster's own setting].")
+    @click.option("--device", default="auto", show_default=True,
+                  help="cpu, cuda or cuda:I; auto: the GPU when torch sees one.")
     def command(features, manifest, leaderboard, out, plots, n_seeds, seed, epochs, lr, batch_size, weight_decay,
-                selection, dataset, losses, distributions, reparams, jobs, backend, scheduler, threads):
+                selection, dataset, losses, distributions, reparams, jobs, backend, scheduler, threads, device):
+        import torch
+
         from dae.heads.trainer import TrainConfig
         from dae.pipeline.studies import run_study_files
 
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
         config = TrainConfig(epochs=epochs, lr=lr, weight_decay=weight_decay, batch_size=batch_size,
-                             selection=selection)
+                             selection=selection, device=device)
         run_study_files(study, features, manifest, resolve_seeds(n_seeds, seed, STUDY_SEEDS), config,
                         dataset=dataset or "", score_range=card_score_range(dataset, manifest),
                         losses=_csv_list(losses), distributions=_csv_list(distributions),

@@ -170,3 +170,24 @@ def test_batched_matches_alone_on_real_unlv_dive(unlv_dive):
                      spearman(scores[test], alone.predictions["test"]["mu"])))
     rhos = np.array(rhos)
     assert abs(rhos[:, 0].mean() - rhos[:, 1].mean()) < 0.01 and rhos.min() > 0.75
+
+
+def test_device_must_exist():
+    from dae.errors import UsageError
+
+    with pytest.raises(UsageError, match="unknown device"):
+        TrainConfig(device="abacus").check()
+    if not torch.cuda.is_available():
+        with pytest.raises(UsageError, match="no CUDA GPU"):
+            TrainConfig(device="cuda").check()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU here")
+def test_batched_heads_on_gpu_match_training_alone_on_cpu():
+    x, targets = _data(seed=8)
+    train, test = np.arange(100), np.arange(100, 150)
+    jobs = [Job(HeadSpec(seed=s, loss=loss), train, {"test": test}) for s in (0, 1) for loss in ("v1", "nll")]
+    gpu = train_heads(x, targets, jobs, TrainConfig(epochs=8, device="cuda", **SMALL))
+    for job, res in zip(jobs, gpu):
+        alone = train_one(x, targets, job, TrainConfig(epochs=8, **SMALL))
+        assert np.max(np.abs(res.predictions["test"]["mu"] - alone.predictions["test"]["mu"])) <= 1e-3
