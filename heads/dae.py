@@ -5,6 +5,8 @@
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -18,15 +20,30 @@ def bound_log_variance(raw: torch.Tensor, bounds=LOG_VAR_BOUNDS) -> torch.Tensor
     return lo + (hi - lo) * torch.sigmoid(raw)
 
 
+@torch.no_grad()
+def init_linears(layers, generator: torch.Generator) -> None:
+    """Draw each nn.Linear's weight then bias from U(-1/sqrt(fan_in), 1/sqrt(fan_in)), in order.
+
+    These are torch's default draws, so a generator seeded with s gives the weights `torch.manual_seed(s)`
+    would, but from a private generator: heads built in threads side by side do not race on the global one.
+    """
+    for layer in layers:
+        bound = 1.0 / math.sqrt(layer.in_features)
+        layer.weight.uniform_(-bound, bound, generator=generator)
+        layer.bias.uniform_(-bound, bound, generator=generator)
+
+
 class DAEHead(nn.Module):
     """feature -> Linear/ReLU stack -> (mu, log variance), scores normalised to [0, 1] by the score range."""
 
-    def __init__(self, in_dim: int, hidden=HIDDEN, log_var_bounds=LOG_VAR_BOUNDS):
+    def __init__(self, in_dim: int, hidden=HIDDEN, log_var_bounds=LOG_VAR_BOUNDS, seed: int | None = None):
         super().__init__()
         widths = (in_dim, *hidden)
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
         self.out = nn.Linear(widths[-1], 2)
         self.log_var_bounds = tuple(log_var_bounds)
+        if seed is not None:  # the weights torch.manual_seed(seed) would give, without touching the global RNG
+            init_linears([*self.layers, self.out], torch.Generator().manual_seed(seed))
 
     def forward(self, x):
         for layer in self.layers:

@@ -22,6 +22,7 @@ from torch import nn
 
 from dae.errors import UsageError
 from dae.heads.losses import loss_weights
+from dae.heads.dae import init_linears
 from dae.heads.metrics import spearman
 from dae.heads.trainer import HeadResult, Job, TrainConfig, _input_stats, _make_optimizer
 
@@ -39,9 +40,10 @@ class StackedPaths(nn.Module):
         widths = (in_dim, *hidden, width)
         layers = []
         for seed in seeds:
-            torch.manual_seed(seed)  # the model's paths are created in order after its seed, like a DAEHead
+            gen = torch.Generator().manual_seed(seed)  # a model's paths drawn in order from its seed, like a DAEHead
             for _ in range(n_paths):
                 layers.append([nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:])])
+                init_linears(layers[-1], gen)
         with torch.no_grad():
             self.weights = nn.ParameterList(
                 nn.Parameter(torch.stack([p[i].weight for p in layers]).contiguous()) for i in range(len(widths) - 1))

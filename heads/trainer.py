@@ -204,10 +204,7 @@ def _train_stacked(x, g, jobs, config):
     group_train = torch.stack([torch.as_tensor(np.asarray(j.train_rows, dtype=np.int64)) for j in leaders])
     n_train = group_train.shape[1]
 
-    heads = []
-    for job in jobs:
-        torch.manual_seed(job.spec.seed)
-        heads.append(DAEHead(dim, config.hidden))
+    heads = [DAEHead(dim, config.hidden, seed=job.spec.seed) for job in jobs]
     model = StackedDAE(heads, group_size).to(dev)
     generators = [torch.Generator().manual_seed(j.spec.seed) for j in leaders]
     # A learned shape (nu): one raw value per head, (K, 1) so that it broadcasts over the batch.
@@ -339,8 +336,7 @@ def train_one(features, targets, job: Job, config: TrainConfig = TrainConfig()) 
     train = torch.as_tensor(np.asarray(job.train_rows, dtype=np.int64))
     mean, std = _input_stats(x[train], config.standardize)
     xs = (x - mean) / std
-    torch.manual_seed(spec.seed)
-    head = DAEHead(x.shape[1], config.hidden)
+    head = DAEHead(x.shape[1], config.hidden, seed=spec.seed)
     gen = torch.Generator().manual_seed(spec.seed)
     shape_raw = [nn.Parameter(torch.full((1,), dist.raw_init()))] if dist.learned_shape else []
     optimizer = _make_optimizer(head.parameters(), config, shape_raw)

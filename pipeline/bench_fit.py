@@ -60,8 +60,7 @@ def dataloader_loop(features, targets, job: Job, config: TrainConfig, batch_size
     x = torch.as_tensor(np.asarray(features, dtype=np.float32))
     g = torch.as_tensor(np.asarray(targets, dtype=np.float32))
     train = torch.as_tensor(np.asarray(job.train_rows, dtype=np.int64))
-    torch.manual_seed(spec.seed)
-    head = DAEHead(x.shape[1], config.hidden)
+    head = DAEHead(x.shape[1], config.hidden, seed=spec.seed)
     optimizer = torch.optim.Adam(head.parameters(), lr=lr or config.lr, weight_decay=config.weight_decay)
     loader = DataLoader(TensorDataset(x[train], g[train]), batch_size=batch_size, shuffle=True,
                         generator=torch.Generator().manual_seed(spec.seed))
