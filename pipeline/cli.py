@@ -87,16 +87,33 @@ def inspect_cmd(feature_file):
 
 
 @features_group.command("import")
-@click.option("--npy-dir", required=True, type=click.Path(file_okay=False),
+@click.option("--npy-dir", type=click.Path(file_okay=False),
               help="Folder of per-video .npy arrays, shape (T, D) or (D,); id = path relative to it, no suffix.")
+@click.option("--diving-score", "diving_score", type=click.Path(file_okay=False),
+              help="The UNLV-Dive release folder of YeTianJHU/diving-score (all_train.npy, all_test.npy, "
+                   "training_idx.npy, testing_idx.npy); ids 001..370 as `dae manifest build unlv-dive` writes.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Feature file (HDF5) to write.")
-@click.option("--backbone", default="imported", show_default=True,
-              help="Name of the model that produced the features, recorded in the file.")
-def features_import_cmd(npy_dir, out, backbone):
-    """Pool per-video .npy arrays (mean over T) into one HDF5 feature file."""
-    from dae.features.store import import_npy_dir
+@click.option("--backbone", default=None,
+              help="Name of the model that produced the features, recorded in the file "
+                   "[default: imported; p3d-finetuned-unlv for --diving-score].")
+def features_import_cmd(npy_dir, diving_score, out, backbone):
+    """Convert features computed elsewhere into one HDF5 feature file.
 
-    fs = import_npy_dir(npy_dir, out, backbone=backbone)
+    \b
+    Examples:
+      dae features import --npy-dir feats/ --out F.h5            (mean over T of each (T, D) array)
+      dae features import --diving-score data_files/ --out unlv.h5
+    """
+    if (npy_dir is None) == (diving_score is None):
+        raise click.UsageError("give exactly one of --npy-dir and --diving-score")
+    if npy_dir is not None:
+        from dae.features.store import import_npy_dir
+
+        fs = import_npy_dir(npy_dir, out, backbone=backbone or "imported")
+    else:
+        from dae.features.releases import import_diving_score
+
+        fs = import_diving_score(diving_score, out, backbone=backbone or "p3d-finetuned-unlv")
     click.echo(f"wrote {out}: {len(fs.video_ids)} videos x {fs.dim} dims")
 
 

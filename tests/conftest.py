@@ -15,45 +15,24 @@ def needs_shared(path: Path):
 
 @pytest.fixture(scope="session")
 def unlv_dive(tmp_path_factory):
-    """UNLV-Dive P3D features imported through `dae features import`, and a manifest from `dae manifest build`.
-
-    The per-video .npy files are written from the release's object arrays (read with the restricted unpickler).
-    """
+    """UNLV-Dive P3D features imported with `dae features import --diving-score`, and a manifest from
+    `dae manifest build unlv-dive`."""
     if not UNLV_FEATURES.exists():
         pytest.skip(f"UNLV-Dive features are absent ({UNLV_FEATURES})")
     from click.testing import CliRunner
 
-    from dae.features import safe_pickle
     from dae.pipeline.cli import cli
 
     root = tmp_path_factory.mktemp("unlv")
-    npy_dir = root / "npy"
-    npy_dir.mkdir()
-    for part in ("train", "test"):
-        arrays = safe_pickle.loads(_npy_payload(UNLV_FEATURES / f"all_{part}.npy"), f"all_{part}.npy")
-        numbers = np.load(UNLV_FEATURES / f"{part}ing_idx.npy").ravel()
-        for j, number in enumerate(numbers):
-            np.save(npy_dir / f"{int(number):03d}.npy", np.asarray(arrays[0][j], dtype=np.float32))
     runner = CliRunner()
     features = root / "unlv.h5"
-    res = runner.invoke(cli, ["features", "import", "--npy-dir", str(npy_dir), "--out", str(features),
-                              "--backbone", "p3d-finetuned-unlv"])
+    res = runner.invoke(cli, ["features", "import", "--diving-score", str(UNLV_FEATURES), "--out", str(features)])
     assert res.exit_code == 0, res.output
     manifest = root / "unlv.csv"
     res = runner.invoke(cli, ["manifest", "build", "unlv-dive", "--annotations", str(UNLV_FEATURES),
                               "--out", str(manifest)])
     assert res.exit_code == 0, res.output
     return features, manifest
-
-
-def _npy_payload(path: Path) -> bytes:
-    """The pickle inside an object-dtype .npy file (header skipped), for the restricted unpickler."""
-    import numpy.lib.format as fmt
-
-    with open(path, "rb") as f:
-        major, _ = fmt.read_magic(f)
-        (fmt.read_array_header_1_0 if major == 1 else fmt.read_array_header_2_0)(f)
-        return f.read()
 
 
 def write_features_and_manifest(tmp_path, n=120, dim=16, seed=0, test_fraction=0.25, extra=None):

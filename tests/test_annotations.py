@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from dae.errors import DaeError, UsageError
-from dae.features import safe_pickle
+from dae.features.releases import read_object_npy
 from dae.features.manifest import read_manifest
 from dae.pipeline import annotations as ann
 from dae.pipeline.cli import cli
@@ -341,11 +341,7 @@ def test_unlv_dive_ids_and_scores_line_up_with_the_p3d_features():
     df = by_id(ann.build_manifest("unlv-dive", UNLV_NPY).manifest, "video_id")
     for part, index_file in (("train", "training_idx.npy"), ("test", "testing_idx.npy")):
         numbers = np.load(UNLV_P3D / index_file).ravel()
-        path = UNLV_P3D / f"all_{part}.npy"
-        with open(path, "rb") as f:  # an object array: its payload is a pickle, read with the allow-list
-            np.lib.format.read_magic(f)
-            np.lib.format.read_array_header_1_0(f)
-            table = safe_pickle.loads(f.read(), str(path), encoding="latin1")
+        table = read_object_npy(UNLV_P3D / f"all_{part}.npy")  # a pickle, read with the allow-list
         ids = [f"{n:03d}" for n in numbers]
         assert (df.loc[ids, "split"] == part).all()
         np.testing.assert_allclose(df.loc[ids, "score"].to_numpy(), np.asarray(table[2], dtype=float))

@@ -1,0 +1,78 @@
+"""Feature sets published with papers, converted into our HDF5 feature file.
+
+One layout is known: the UNLV-Dive release of YeTianJHU/diving-score (`data_files/`, the S3D paper's P3D
+features). `all_train.npy` / `all_test.npy` are object arrays (Python-2 pickles, read with the restricted
+unpickler): row 0 holds one pooled feature per video, in the column order of `training_idx.npy` /
+`testing_idx.npy` (1-based UNLV-Dive sample numbers). Rows 1 and 2 (that repository's predictions and the
+scores) are not features and are not read; scores come from the manifest (`dae manifest build unlv-dive`).
+Video ids are the sample numbers as three digits (`001`), the ids `dae manifest build unlv-dive` writes.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from dae.errors import DaeError
+from dae.features import safe_pickle
+from dae.features.store import FeatureSet, read_features, write_features
+
+DIVING_SCORE_FILES = ("all_train.npy", "all_test.npy", "training_idx.npy", "testing_idx.npy")
+
+
+def read_object_npy(path: Path):
+    """An object-dtype .npy file through the restricted unpickler (its pickle follows the .npy header)."""
+    import numpy.lib.format as fmt
+
+    try:
+        with open(path, "rb") as f:
+            major, _ = fmt.read_magic(f)
+            header = fmt.read_array_header_1_0 if major == 1 else fmt.read_array_header_2_0
+            _, _, dtype = header(f)
+            if dtype != np.dtype(object):
+                raise DaeError(f"{path}: expected an object array (the release's pickled rows), got {dtype}")
+            payload = f.read()
+    except ValueError as exc:
+        raise DaeError(f"{path}: not a .npy file ({exc})") from None
+    return safe_pickle.loads(payload, path.name)
+
+
+def _sample_numbers(path: Path) -> np.ndarray:
+    try:
+        numbers = np.load(path, allow_pickle=False).ravel()
+    except ValueError as exc:
+        raise DaeError(f"{path}: not a plain numeric .npy array ({exc})") from None
+    if numbers.size == 0 or not np.all(np.isfinite(numbers)) or np.any(numbers < 1) or np.any(numbers % 1):
+        raise DaeError(f"{path}: expected positive whole sample numbers")
+    return numbers.astype(np.int64)
+
+
+def import_diving_score(release_dir, out, *, backbone: str = "p3d-finetuned-unlv") -> FeatureSet:
+    """Convert the diving-score UNLV-Dive release (a folder holding DIVING_SCORE_FILES) into one feature file."""
+    root = Path(release_dir)
+    missing = [name for name in DIVING_SCORE_FILES if not (root / name).is_file()]
+    if missing:
+        raise DaeError(f"{root} is not a diving-score release folder: missing {', '.join(missing)}")
+    ids, rows = [], []
+    for part in ("train", "test"):
+        table = read_object_npy(root / f"all_{part}.npy")
+        numbers = _sample_numbers(root / f"{part}ing_idx.npy")
+        try:
+            features = [np.asarray(v, dtype=np.float32).ravel() for v in table[0]]
+        except (TypeError, ValueError, IndexError) as exc:
+            raise DaeError(f"{root / f'all_{part}.npy'}: row 0 is not one feature vector per video ({exc})") from None
+        if len(features) != len(numbers):
+            raise DaeError(f"{root / f'all_{part}.npy'} holds {len(features)} videos but {part}ing_idx.npy "
+                           f"names {len(numbers)}")
+        ids += [f"{n:03d}" for n in numbers]
+        rows += features
+    dims = {r.shape[0] for r in rows}
+    if len(dims) != 1:
+        raise DaeError(f"{root}: feature vectors of different lengths {sorted(dims)}")
+    if len(set(ids)) != len(ids):
+        raise DaeError(f"{root}: a sample number appears in both training_idx.npy and testing_idx.npy")
+    write_features(out, ids, np.stack(rows), attrs={
+        "backbone": backbone,
+        "protocol": {"name": "diving-score-release", "source": "YeTianJHU/diving-score data_files",
+                     "pooling": "as released (one vector per video)"}})
+    return read_features(out)
