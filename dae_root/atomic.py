@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as _dt
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -27,3 +29,34 @@ def atomic_path(path: str | os.PathLike):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike, what: str = "folder"):
+    """Yield a temporary folder beside `path`; rename it to `path` only if the block succeeds.
+
+    `path` must not exist (runs are never overwritten); a failure leaves nothing behind.
+    """
+    path = Path(path)
+    if path.exists():
+        raise DaeError(f"{what} {path} already exists; runs are never overwritten (choose another --out)")
+    parent = path.parent if str(path.parent) else Path(".")
+    parent.mkdir(parents=True, exist_ok=True)
+    if not os.access(parent, os.W_OK):
+        raise DaeError(f"cannot write {what} {path}: {parent} is not writable")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=parent))
+    try:
+        yield tmp
+        os.rename(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def new_run_dir(label: str, root: str | os.PathLike = "runs") -> Path:
+    """A run folder name that does not exist yet: ROOT/LABEL-YYYYmmdd-HHMMSS, with -1, -2 … on a clash."""
+    base = Path(root) / f"{label}-{_dt.datetime.now():%Y%m%d-%H%M%S}"
+    path, i = base, 1
+    while path.exists():
+        path, i = Path(f"{base}-{i}"), i + 1
+    return path

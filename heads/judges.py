@@ -19,7 +19,7 @@ import torch
 
 from dae.errors import UsageError
 from dae.heads.dae import bound_log_variance
-from dae.heads.distributions import get_distribution, sample_scale
+from dae.heads.distributions import get_distribution
 from dae.heads.losses import loss_terms
 
 JUDGE_RULES = ("sum", "middle3-x-difficulty", "fina-by-judge-count")

@@ -24,6 +24,7 @@ from dae.errors import UsageError
 from dae.heads.losses import loss_weights
 from dae.heads.dae import init_linears
 from dae.heads.metrics import spearman
+from dae.heads.tracking import EpochTracker
 from dae.heads.trainer import HeadResult, Job, TrainConfig, _input_stats, _make_optimizer
 
 
@@ -120,13 +121,7 @@ def _train_bucket(x, g, all_jobs, members, objective, config):
     train = torch.stack([torch.as_tensor(np.asarray(j.train_rows, dtype=np.int64)) for j in jobs])
     n_train = train.shape[1]
 
-    select_set = {"best-val": "val", "best-test": "test"}.get(config.selection)
-    if select_set and any(select_set not in j.eval_rows for j in jobs):
-        raise UsageError(f"selection {config.selection} needs a {select_set!r} set for every head")
-    best_score = np.full(m, -np.inf)
-    best_epoch = np.full(m, config.epochs - 1)
-    best_params = [p.detach().clone() for p in model.parameters()] if select_set else None
-    curves = defaultdict(list) if config.track_curves else None
+    tracker = EpochTracker(config.selection, config.epochs, config.track_curves, jobs, model.parameters())
     eval_sets = {name: _eval_rows(jobs, name) for name in jobs[0].eval_rows}
 
     for epoch in range(config.epochs):
@@ -143,30 +138,17 @@ def _train_bucket(x, g, all_jobs, members, objective, config):
             optimizer.zero_grad(set_to_none=True)
             per_model.sum().backward()
             optimizer.step()
-            if curves is not None:
+            if tracker.curves is not None:
                 epoch_loss += per_model.detach() * rows.shape[1]
-        if curves is not None:
-            curves["train_loss"].append((epoch_loss / n_train).numpy())
-        if select_set or curves is not None:
-            names = list(eval_sets) if curves is not None else [select_set]
-            with torch.no_grad():
-                model.eval()
-                for name in names:
-                    rows, lengths = eval_sets[name]
-                    points = objective.point(model(inputs(rows)), rows, members).numpy()
-                    rhos = np.array([spearman(g[r[:n].numpy()], p[:n]) for r, p, n in zip(rows, points, lengths)])
-                    if curves is not None:
-                        curves[f"{name}_spearman"].append(rhos)
-                    if name == select_set:
-                        improved = np.nan_to_num(rhos, nan=-np.inf) > best_score
-                        if improved.any():
-                            best_score[improved] = rhos[improved]
-                            best_epoch[improved] = epoch
-                            _copy_models(model, best_params, torch.as_tensor(improved))
-    if select_set:
+        tracker.train_loss(epoch_loss / n_train)
         with torch.no_grad():
-            for p, best in zip(model.parameters(), best_params):
-                p.copy_(best)
+            model.eval()
+            for name in tracker.sets_to_score(eval_sets):
+                rows, lengths = eval_sets[name]
+                points = objective.point(model(inputs(rows)), rows, members).numpy()
+                tracker.observe(epoch, name, np.array([spearman(g[r[:n].numpy()], p[:n])
+                                                       for r, p, n in zip(rows, points, lengths)]))
+    tracker.restore()
 
     predictions = [dict() for _ in jobs]
     with torch.no_grad():
@@ -181,17 +163,7 @@ def _train_bucket(x, g, all_jobs, members, objective, config):
     seconds = (time.perf_counter() - start) / m
     results = []
     for k, job in enumerate(jobs):
-        curve = {key: np.stack(v)[:, k] for key, v in curves.items()} if curves is not None else None
-        results.append(HeadResult(job=job, predictions=predictions[k], selected_epoch=int(best_epoch[k]),
+        results.append(HeadResult(job=job, predictions=predictions[k], selected_epoch=tracker.selected_epoch(k),
                                   state_dict=model.model_state(k), input_mean=stats[k][0].numpy(),
-                                  input_std=stats[k][1].numpy(), fit_seconds=seconds, curves=curve))
+                                  input_std=stats[k][1].numpy(), fit_seconds=seconds, curves=tracker.curve(k)))
     return results
-
-
-@torch.no_grad()
-def _copy_models(model, best_params, improved):
-    """Copy the current parameters of the improved models into best_params (leading dim M*P, model-major)."""
-    mask = improved.view(-1, 1)
-    k = len(improved)
-    for p, best in zip(model.parameters(), best_params):
-        best.view(k, -1).copy_(torch.where(mask, p.view(k, -1), best.view(k, -1)))

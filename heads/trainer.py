@@ -24,6 +24,7 @@ from dae.heads.dae import HIDDEN, DAEHead, StackedDAE
 from dae.heads.distributions import REPARAMS, get_distribution, sample_scale
 from dae.heads.losses import LOSSES, loss_terms, loss_weights
 from dae.heads.metrics import spearman
+from dae.heads.tracking import EpochTracker
 
 SELECTIONS = ("last", "best-val", "best-test")
 SHAPE_LR_SCALE = 100.0
@@ -214,13 +215,7 @@ def _train_stacked(x, g, jobs, config):
     step_dist = dist
     variance_reparam = torch.tensor([j.spec.reparam == "variance" for j in jobs], device=dev).unsqueeze(1)
 
-    select_set = {"best-val": "val", "best-test": "test"}.get(config.selection)
-    if select_set and any(select_set not in j.eval_rows for j in jobs):
-        raise UsageError(f"selection {config.selection} needs a {select_set!r} set for every head")
-    best_score = np.full(k, -np.inf)
-    best_epoch = np.full(k, config.epochs - 1)
-    best_params = [p.detach().clone() for p in trained] if select_set else None
-    curves = defaultdict(list) if config.track_curves else None
+    tracker = EpochTracker(config.selection, config.epochs, config.track_curves, jobs, trained)
 
     for epoch in range(config.epochs):
         weights = torch.tensor([loss_weights(j.spec.loss, epoch, j.spec.alpha, j.spec.beta) for j in jobs],
@@ -248,27 +243,14 @@ def _train_stacked(x, g, jobs, config):
             optimizer.zero_grad(set_to_none=True)
             per_head.sum().backward()
             optimizer.step()
-            if curves is not None:
+            if tracker.curves is not None:
                 epoch_loss += per_head.detach() * rows.shape[1]
-        if curves is not None:
-            curves["train_loss"].append((epoch_loss / n_train).cpu().numpy())
-        if select_set or curves is not None:
-            names = list(jobs[0].eval_rows) if curves is not None else [select_set]
-            for name in names:
-                mu_eval, _ = _predict(model, jobs, name, x_flat, set_of_job, n_rows)
-                rhos = np.array([spearman(g[j.eval_rows[name]].numpy(), m) for j, m in zip(jobs, mu_eval)])
-                if curves is not None:
-                    curves[f"{name}_spearman"].append(rhos)
-                if name == select_set:
-                    improved = np.nan_to_num(rhos, nan=-np.inf) > best_score
-                    if improved.any():
-                        best_score[improved] = rhos[improved]
-                        best_epoch[improved] = epoch
-                        _copy_heads(trained, best_params, torch.as_tensor(improved, device=dev))
-    if select_set:
-        with torch.no_grad():
-            for p, best in zip(trained, best_params):
-                p.copy_(best)
+        tracker.train_loss(epoch_loss / n_train)
+        for name in tracker.sets_to_score(jobs[0].eval_rows):
+            mu_eval, _ = _predict(model, jobs, name, x_flat, set_of_job, n_rows)
+            tracker.observe(epoch, name, np.array([spearman(g[j.eval_rows[name]].numpy(), m)
+                                                   for j, m in zip(jobs, mu_eval)]))
+    tracker.restore()
     fitted = [dist.bind(float(raw)) for raw in shape_raw[0].detach()] if shape_raw else [dist] * k
 
     predictions = [dict() for _ in jobs]
@@ -288,10 +270,9 @@ def _train_stacked(x, g, jobs, config):
     results = []
     for i, job in enumerate(jobs):
         mean, std = stats[set_of_job[i]]
-        curve = {key: np.stack(v)[:, i] for key, v in curves.items()} if curves is not None else None
-        results.append(HeadResult(job=job, predictions=predictions[i], selected_epoch=int(best_epoch[i]),
+        results.append(HeadResult(job=job, predictions=predictions[i], selected_epoch=tracker.selected_epoch(i),
                                   state_dict=model.head(i).state_dict(), input_mean=mean.numpy(),
-                                  input_std=std.numpy(), fit_seconds=seconds, curves=curve,
+                                  input_std=std.numpy(), fit_seconds=seconds, curves=tracker.curve(i),
                                   distribution=fitted[i]))
     inverse = np.argsort(order)
     return [results[i] for i in inverse]
@@ -312,15 +293,6 @@ def _predict(model, jobs, name, x_flat, set_of_job, n_rows, variance_reparam=Non
     mu, scale = mu.cpu(), scale.cpu()
     return ([mu[i, :len(r)].numpy().astype(np.float64) for i, r in enumerate(rows)],
             [scale[i, :len(r)].numpy().astype(np.float64) for i, r in enumerate(rows)])
-
-
-@torch.no_grad()
-def _copy_heads(params, best_params, improved):
-    """Copy the current parameters of the improved heads into best_params (all stacked (K, ...))."""
-    mask = improved.view(-1, 1)
-    for p, best in zip(params, best_params):
-        k = len(improved)
-        best.view(k, -1).copy_(torch.where(mask, p.view(k, -1), best.view(k, -1)))
 
 
 def train_one(features, targets, job: Job, config: TrainConfig = TrainConfig()) -> HeadResult:

@@ -6,8 +6,6 @@ import datetime as _dt
 import json
 import os
 import platform
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +14,7 @@ import pandas as pd
 import torch
 
 from dae import __version__
+from dae.atomic import atomic_dir, new_run_dir
 from dae.errors import DaeError, UsageError
 from dae.features.manifest import read_manifest
 from dae.features.store import FeatureSet, align, content_sha256, read_features
@@ -191,26 +190,10 @@ def _fit_ridge_jobs(x, targets, jobs):
     return results
 
 
-def default_run_dir(plan: FitPlan, root="runs") -> Path:
-    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = Path(root) / f"{plan.dataset or 'run'}-{plan.head}-{stamp}"
-    path, i = base, 1
-    while path.exists():
-        path, i = Path(f"{base}-{i}"), i + 1
-    return path
-
 
 def save_run(out: Path, plan: FitPlan, rows: pd.DataFrame, predictions: pd.DataFrame, results, extra: dict) -> None:
     """Write the run folder under a temporary name and rename it: a run is complete or absent."""
-    out = Path(out)
-    if out.exists():
-        raise DaeError(f"run folder {out} already exists; runs are never overwritten (choose another --out)")
-    parent = out.parent if str(out.parent) else Path(".")
-    parent.mkdir(parents=True, exist_ok=True)
-    if not os.access(parent, os.W_OK):
-        raise DaeError(f"cannot write run folder {out}: {parent} is not writable")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=parent))
-    try:
+    with atomic_dir(out, "run folder") as tmp:
         config = {"head": plan.head, "dataset": plan.dataset, "specs": [dataclasses.asdict(s) for s in plan.specs],
                   "train": dataclasses.asdict(plan.config), "val_fraction": plan.val_fraction,
                   "head_options": options_dict(plan.head_options),
@@ -229,10 +212,6 @@ def save_run(out: Path, plan: FitPlan, rows: pd.DataFrame, predictions: pd.DataF
                                 "input_mean": torch.as_tensor(r.input_mean, dtype=torch.float32),
                                 "input_std": torch.as_tensor(r.input_std, dtype=torch.float32)} for r in results]},
                    tmp / "model.pt")
-        os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def run_fit(features, manifest, plan: FitPlan, out=None, leaderboard=None, echo=print):
@@ -244,7 +223,7 @@ def run_fit(features, manifest, plan: FitPlan, out=None, leaderboard=None, echo=
     manifest_name = Path(manifest).name
     if not plan.dataset:
         plan = dataclasses.replace(plan, dataset=Path(manifest).stem)
-    out = Path(out) if out else default_run_dir(plan)
+    out = Path(out) if out else new_run_dir(f"{plan.dataset or 'run'}-{plan.head}")
     if out.exists():
         raise DaeError(f"run folder {out} already exists; runs are never overwritten (choose another --out)")
     rows, predictions, results = fit_models(fs, df, plan, manifest_name)

@@ -10,11 +10,8 @@ intervals, and per-epoch curves.
 from __future__ import annotations
 
 import dataclasses
-import datetime as _dt
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,12 +19,13 @@ import numpy as np
 import pandas as pd
 
 from dae import __version__
+from dae.atomic import atomic_dir, new_run_dir
 from dae.errors import DaeError, UsageError
 from dae.heads.distributions import DISTRIBUTIONS, REPARAMS, StudentT, get_distribution
 from dae.heads.losses import LOSSES
 from dae.heads.trainer import HeadSpec, TrainConfig
 from dae.pipeline.fit import FitPlan
-from dae.pipeline.leaderboard import CONFIG_KEYS, summarise
+from dae.pipeline.leaderboard import summarise
 
 # Studies train with much larger batches than `dae fit` (32): fewer, fuller optimizer steps. On a 2-core CPU the
 # default loss study (30 heads, 100 epochs, 1059 x 1024 training features) takes ~14.7 s at 1024 against ~15.3 s
@@ -293,6 +291,14 @@ def _pm(mean, std, digits=4) -> str:
     return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if pd.notna(std) else "")
 
 
+def _table_note(rows: pd.DataFrame) -> str:
+    """How to read the comparison table, with the rows' selection rule and backbone."""
+    facts = [f"{col} {', '.join(sorted(rows[col].astype(str).unique()))}"
+             for col in ("selection", "backbone") if col in rows]
+    return ("spearman: test set, mean ± std over seeds; Δ vs best paired over seeds; beyond seed spread: "
+            "|Δ| > the larger seed std of the two" + (f" ({'; '.join(facts)})" if facts else ""))
+
+
 def format_study(result: StudyResult) -> str:
     """The printed report: the comparison table, then the study's own table."""
     summary = result.summary.copy()
@@ -311,7 +317,8 @@ def format_study(result: StudyResult) -> str:
         "coverage90": [_pm(r.get("coverage90_mean"), r.get("coverage90_std"), 2) for _, r in merged.iterrows()],
     })
     lines = [f"study {result.study}: {_grid(result.study).question} "
-             f"({len(result.rows)} models in {result.seconds:.1f} s)", table.to_string(index=False)]
+             f"({len(result.rows)} models in {result.seconds:.1f} s)", table.to_string(index=False),
+             _table_note(result.rows)]
     if result.study in ("variance", "distributions") and len(result.spread):
         spread = result.spread.copy()
         for col in [c for c in spread.columns if c.startswith("sigma_") and c != "sigma_error_spearman"]:
@@ -334,26 +341,10 @@ def format_study(result: StudyResult) -> str:
     return "\n".join(lines)
 
 
-def default_study_dir(study: str, dataset: str, root="runs") -> Path:
-    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = Path(root) / f"{dataset or 'run'}-ablate-{study}-{stamp}"
-    path, i = base, 1
-    while path.exists():
-        path, i = Path(f"{base}-{i}"), i + 1
-    return path
-
 
 def save_study(out, result: StudyResult, meta: dict) -> None:
     """Write the study folder under a temporary name and rename it: complete or absent, never overwritten."""
-    out = Path(out)
-    if out.exists():
-        raise DaeError(f"study folder {out} already exists; runs are never overwritten (choose another --out)")
-    parent = out.parent if str(out.parent) else Path(".")
-    parent.mkdir(parents=True, exist_ok=True)
-    if not os.access(parent, os.W_OK):
-        raise DaeError(f"cannot write study folder {out}: {parent} is not writable")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=parent))
-    try:
+    with atomic_dir(out, "study folder") as tmp:
         (tmp / "config.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
         result.rows.to_csv(tmp / "metrics.csv", index=False)
         result.summary.to_csv(tmp / "summary.csv", index=False)
@@ -364,10 +355,6 @@ def save_study(out, result: StudyResult, meta: dict) -> None:
         if result.curves is not None:
             result.curves.to_csv(tmp / "curves.csv", index=False)
         (tmp / "report.txt").write_text(format_study(result) + "\n")
-        os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def run_study_files(study: str, features, manifest, seeds, config: TrainConfig, dataset: str = "",
@@ -388,7 +375,7 @@ def run_study_files(study: str, features, manifest, seeds, config: TrainConfig, 
     df = read_manifest(manifest)
     dataset = dataset or Path(manifest).stem
     plan = FitPlan(head="dae", specs=specs, config=config, dataset=dataset, score_range=score_range)
-    out = Path(out) if out else default_study_dir(study, dataset)
+    out = Path(out) if out else new_run_dir(f"{dataset or 'run'}-ablate-{study}")
     if out.exists():
         raise DaeError(f"study folder {out} already exists; runs are never overwritten (choose another --out)")
     if plots:

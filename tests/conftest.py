@@ -9,6 +9,17 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 UNLV_FEATURES = SHARED_DATA / "features" / "unlv_dive_p3d"
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny models run faster on one torch thread (two threads spin-wait on a busy shared machine)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def needs_shared(path: Path):
     return pytest.mark.skipif(not path.exists(), reason=f"reference data {path} is absent (../shared/data)")
 

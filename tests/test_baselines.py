@@ -20,7 +20,7 @@ from dae.heads.judges import DAEJudges, combine
 from dae.heads.metrics import spearman
 from dae.heads.paths import train_path_heads
 from dae.heads.trainer import HeadSpec, Job, TrainConfig, train_one
-from dae.pipeline.baselines import HeadOptions, infer_rule
+from dae.pipeline.baselines import infer_rule
 from dae.pipeline.cli import cli
 from dae.pipeline.fit import FitPlan, fit_models
 

@@ -12,12 +12,7 @@ from dae.pipeline.bench_fit import dataloader_loop, head_flops_per_sample
 from dae.pipeline.cli import cli
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("dim,hidden", [(1024, (256, 128)), (64, (32, 16, 8))])

@@ -18,12 +18,7 @@ from dae.pipeline.plots import plot_curves, plot_reliability, plot_study  # noqa
 from dae.pipeline.studies import run_study, study_specs  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _image(path):

@@ -14,7 +14,7 @@ from dae.heads.metrics import fisher_z_mean, spearman
 from dae.heads.trainer import HeadSpec, TrainConfig
 from dae.pipeline.fit import FitPlan, fit_models
 from dae.pipeline.leaderboard import summarise
-from dae.pipeline.protocols import (apply_window_selection, best_window, check_protocol, last_window,
+from dae.pipeline.protocols import (best_window, check_protocol, last_window,
                                     protocol_summary, run_protocol)
 
 RAW, LABELS = SHARED_DATA / "raw", SHARED_DATA / "labels"

@@ -4,7 +4,6 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from click.testing import CliRunner
 from conftest import write_features_and_manifest
 
@@ -21,13 +20,7 @@ from dae.pipeline.studies import (compare_configs, reliability, run_study, sigma
 TINY = TrainConfig(epochs=25, lr=3e-3, batch_size=32, hidden=(16, 8))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run faster on one torch thread (two threads spin-wait on a busy shared machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_study_grids():

@@ -10,13 +10,7 @@ from dae.heads.trainer import HeadSpec, Job, TrainConfig, train_heads, train_one
 SMALL = dict(hidden=(16, 8), lr=3e-3, batch_size=16)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run faster on one torch thread (two threads spin-wait on a busy shared machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _data(n=150, dim=24, seed=0):

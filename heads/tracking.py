@@ -1,0 +1,68 @@
+"""Per-epoch bookkeeping shared by the batched trainers: training curves and best-epoch model selection.
+
+The trained parameters are stacked with the model as leading dimension (K, ...), model-major when a model
+holds several rows (paths). Selection keeps, per model, the parameters of the epoch with the best Spearman
+on the selection set (`best-val`: a split carved from train; `best-test`: the test set, optimistic).
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+import torch
+
+from dae.errors import UsageError
+
+SELECTION_SETS = {"best-val": "val", "best-test": "test"}
+
+
+class EpochTracker:
+    def __init__(self, selection: str, epochs: int, track_curves: bool, jobs, params):
+        self.select_set = SELECTION_SETS.get(selection)
+        if self.select_set and any(self.select_set not in j.eval_rows for j in jobs):
+            raise UsageError(f"selection {selection} needs a {self.select_set!r} set for every head")
+        self.k = len(jobs)
+        self.params = list(params)
+        self.best_score = np.full(self.k, -np.inf)
+        self.best_epoch = np.full(self.k, epochs - 1)
+        self.best_params = [p.detach().clone() for p in self.params] if self.select_set else None
+        self.curves = defaultdict(list) if track_curves else None
+
+    def sets_to_score(self, names) -> list[str]:
+        """The evaluation sets to score after an epoch: all of them with curves, else the selection set."""
+        if self.curves is not None:
+            return list(names)
+        return [self.select_set] if self.select_set else []
+
+    def train_loss(self, per_model: torch.Tensor) -> None:
+        if self.curves is not None:
+            self.curves["train_loss"].append(per_model.detach().cpu().numpy())
+
+    @torch.no_grad()
+    def observe(self, epoch: int, name: str, rhos: np.ndarray) -> None:
+        """Record the models' Spearman on set `name` after `epoch`; keep the improved models' parameters."""
+        if self.curves is not None:
+            self.curves[f"{name}_spearman"].append(rhos)
+        if name != self.select_set:
+            return
+        improved = np.nan_to_num(rhos, nan=-np.inf) > self.best_score
+        if not improved.any():
+            return
+        self.best_score[improved] = rhos[improved]
+        self.best_epoch[improved] = epoch
+        mask = torch.as_tensor(improved, device=self.params[0].device).view(-1, 1)
+        for p, best in zip(self.params, self.best_params):
+            best.view(self.k, -1).copy_(torch.where(mask, p.view(self.k, -1), best.view(self.k, -1)))
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        """Put the selected epoch's parameters back (no-op for `last`)."""
+        if self.select_set:
+            for p, best in zip(self.params, self.best_params):
+                p.copy_(best)
+
+    def selected_epoch(self, i: int) -> int:
+        return int(self.best_epoch[i])
+
+    def curve(self, i: int) -> dict | None:
+        return {key: np.stack(v)[:, i] for key, v in self.curves.items()} if self.curves is not None else None
