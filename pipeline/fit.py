@@ -209,6 +209,7 @@ def save_run(out: Path, plan: FitPlan, rows: pd.DataFrame, predictions: pd.DataF
                     "train": dataclasses.asdict(plan.config),
                     "models": [{"spec": dataclasses.asdict(r.job.spec), "tags": dict(r.job.tags),
                                 "state_dict": r.state_dict,
+                                "distribution_params": r.distribution.params if r.distribution else {},
                                 "input_mean": torch.as_tensor(r.input_mean, dtype=torch.float32),
                                 "input_std": torch.as_tensor(r.input_std, dtype=torch.float32)} for r in results]},
                    tmp / "model.pt")

@@ -20,7 +20,7 @@ import torch
 from dae.atomic import atomic_path
 from dae.errors import DaeError, UsageError
 from dae.heads.dae import DAEHead
-from dae.heads.distributions import get_distribution, sample_scale
+from dae.heads.distributions import StudentT, get_distribution, sample_scale
 from dae.heads.metrics import interval
 
 SUPPORTED_HEADS = ("dae", "mlp", "ridge")
@@ -99,10 +99,10 @@ def score_features(blob: dict, models: list[dict], features: np.ndarray) -> dict
         spec = model["spec"]
         scale = sample_scale(torch.exp(0.5 * log_var.double()), spec.get("reparam", "sigma")).numpy()
         distribution = get_distribution(spec.get("distribution", "gaussian"))
-        if getattr(distribution, "learned_shape", False):  # the fitted shape is not in model.pt
-            ends = (np.full(len(mu), np.nan),) * 2
-        else:
-            ends = interval(mu, scale, LEVEL, distribution)
+        fitted_nu = model.get("distribution_params", {}).get("nu")
+        if getattr(distribution, "learned_shape", False):  # the fitted nu (older runs lack it)
+            distribution = StudentT(float(fitted_nu)) if fitted_nu is not None else None
+        ends = interval(mu, scale, LEVEL, distribution) if distribution else (np.full(len(mu), np.nan),) * 2
         per_model.append((mu, scale, *ends))
     mu, scale, lo90, hi90 = (np.mean([m[k] for m in per_model], axis=0) for k in range(4))
     width = hi - lo

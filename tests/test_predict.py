@@ -62,3 +62,31 @@ def test_predict_refuses_weights_other_than_the_features_came_from(trained_run, 
 def test_predict_needs_a_run_folder(tmp_path):
     res = run_cli(["predict", "--run", tmp_path, "--video", tmp_path / "x.mp4"])
     assert res.exit_code == 1 and "config.json is missing" in res.output
+
+
+def test_a_learned_student_t_keeps_its_fitted_nu_in_the_run(tmp_path):
+    """model.pt records the fitted nu, so scoring the run's features again gives its 90% intervals."""
+    import numpy as np
+    from conftest import write_features_and_manifest
+
+    from dae.features.manifest import read_manifest
+    from dae.features.store import read_features
+    from dae.heads.trainer import HeadSpec, TrainConfig
+    from dae.pipeline.fit import FitPlan, run_fit
+    from dae.pipeline.predict import load_run, score_features, select_models
+
+    features, manifest = write_features_and_manifest(tmp_path, n=80, dim=8)
+    plan = FitPlan(specs=[HeadSpec(seed=0, loss="nll", distribution="student-t:learned")],
+                   config=TrainConfig(epochs=30, lr=3e-3, hidden=(16, 8)), dataset="synthetic")
+    run = tmp_path / "run"
+    run_fit(features, manifest, plan, out=run, echo=lambda *a: None)
+    _, blob = load_run(run)
+    nu = blob["models"][0]["distribution_params"]["nu"]
+    assert nu > 1.0 and nu != pytest.approx(5.0, abs=1e-6)  # trained away from its start
+    fs, df = read_features(features), read_manifest(manifest)
+    test_ids = df.loc[df["split"] == "test", "video_id"].tolist()
+    rows = [fs.video_ids.index(v) for v in test_ids]
+    scored = score_features(blob, select_models(blob, None), fs.features[rows])
+    fitted = pd.read_csv(run / "predictions.csv").set_index("video_id").loc[test_ids]
+    for column in ("mu", "lo90", "hi90"):
+        np.testing.assert_allclose(scored[column], fitted[column].to_numpy(), rtol=1e-4, atol=1e-3)
