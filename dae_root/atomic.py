@@ -60,3 +60,15 @@ def new_run_dir(label: str, root: str | os.PathLike = "runs") -> Path:
     while path.exists():
         path, i = Path(f"{base}-{i}"), i + 1
     return path
+
+
+def writable_dir(path: str | os.PathLike, what: str = "folder") -> Path:
+    """Create `path` if needed and check that files can be written in it (before long work, not after)."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DaeError(f"cannot create {what} {path}: {exc.strerror or exc}") from None
+    if not os.access(path, os.W_OK):
+        raise DaeError(f"cannot write in {what} {path}: permission denied")
+    return path

@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 
 from dae import __version__
-from dae.atomic import atomic_dir, new_run_dir
+from dae.atomic import atomic_dir, new_run_dir, writable_dir
 from dae.errors import DaeError, UsageError
 from dae.features.manifest import read_manifest
 from dae.features.store import FeatureSet, align, content_sha256, read_features
@@ -227,6 +227,9 @@ def run_fit(features, manifest, plan: FitPlan, out=None, leaderboard=None, echo=
     out = Path(out) if out else new_run_dir(f"{plan.dataset or 'run'}-{plan.head}")
     if out.exists():
         raise DaeError(f"run folder {out} already exists; runs are never overwritten (choose another --out)")
+    writable_dir(out.parent, "--out folder")
+    if leaderboard:
+        writable_dir(Path(leaderboard).parent, "--leaderboard folder")
     rows, predictions, results = fit_models(fs, df, plan, manifest_name)
     lo, hi = score_range_of(df, plan)
     rows["run_dir"] = str(out)

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from dae import __version__
-from dae.atomic import atomic_dir, new_run_dir
+from dae.atomic import atomic_dir, new_run_dir, writable_dir
 from dae.errors import DaeError, UsageError
 from dae.heads.distributions import DISTRIBUTIONS, REPARAMS, StudentT, get_distribution
 from dae.heads.losses import LOSSES
@@ -378,9 +378,13 @@ def run_study_files(study: str, features, manifest, seeds, config: TrainConfig, 
     out = Path(out) if out else new_run_dir(f"{dataset or 'run'}-ablate-{study}")
     if out.exists():
         raise DaeError(f"study folder {out} already exists; runs are never overwritten (choose another --out)")
+    writable_dir(out.parent, "--out folder")
     if plots:
         from dae.pipeline.plots import require_matplotlib
         require_matplotlib()
+        writable_dir(plots, "--plots folder")
+    if leaderboard:
+        writable_dir(Path(leaderboard).parent, "--leaderboard folder")
     result = run_study(study, fs, df, plan, n_jobs=n_jobs, backend=backend, scheduler=scheduler, threads=threads,
                        manifest_name=Path(manifest).name, curves=True if plots else None)
     result.rows["run_dir"] = str(out)

@@ -124,9 +124,15 @@ def test_missing_ids_nan_features_bad_csv_and_unwritable_output(tmp_path):
 
 def test_unwritable_leaderboard_folder_leaves_no_partial_run(tmp_path):
     features, manifest = write_features_and_manifest(tmp_path)
+    (tmp_path / "a_file").write_text("not a folder")
     res = fit("--features", features, "--manifest", manifest, "--out", tmp_path / "run", "--epochs", 2,
-              "--leaderboard", tmp_path / "no" / "such" / "L.csv")
-    assert res.exit_code == 1 and "does not exist" in res.output
+              "--leaderboard", tmp_path / "a_file" / "L.csv")
+    assert res.exit_code == 1 and "cannot create --leaderboard folder" in res.output, res.output
+    assert not (tmp_path / "run").exists()  # refused before training, nothing written
+    res = fit("--features", features, "--manifest", manifest, "--out", tmp_path / "run", "--epochs", 2,
+              "--leaderboard", tmp_path / "new" / "folder" / "L.csv")
+    assert res.exit_code == 0, res.output  # a missing folder is created, like --out's
+    assert len(pd.read_csv(tmp_path / "new" / "folder" / "L.csv")) == 1
 
 
 def test_usage_errors_exit_2(tmp_path):

@@ -138,6 +138,19 @@ def test_cli_writes_study_folder_rows_and_summary(tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.parametrize("option", ["--plots", "--leaderboard"])
+def test_unwritable_outputs_fail_before_training_and_write_nothing(tmp_path, option):
+    features, manifest = write_features_and_manifest(tmp_path)
+    (tmp_path / "a_file").write_text("not a folder")
+    target = tmp_path / "a_file" / ("plots" if option == "--plots" else "L.csv")
+    out = tmp_path / "study"
+    res = ablate("reparam", "--features", features, "--manifest", manifest, "--seeds", 1, "--epochs", 2,
+                 "--out", out, option, target)
+    assert res.exit_code == 1 and f"cannot create {option} folder" in res.output, res.output
+    assert len(res.output.strip().splitlines()) == 1 and "study reparam" not in res.output  # nothing trained
+    assert not out.exists()
+
+
 @pytest.mark.slow
 def test_loss_study_on_real_unlv_dive(unlv_dive, tmp_path):
     """The real UNLV-Dive features: every loss learns a ranking well above chance."""
