@@ -10,7 +10,8 @@ import math
 import torch
 from torch import nn
 
-HIDDEN = (256, 128)  # the reference code's widths
+from dae.heads.config import HIDDEN
+
 LOG_VAR_BOUNDS = (-12.0, 2.0)  # log variance in normalised score units: sigma between 0.0025 and 2.7 ranges
 
 

@@ -20,15 +20,14 @@ import torch
 from dae.errors import UsageError
 from torch import nn
 
-from dae.heads.dae import HIDDEN, DAEHead, StackedDAE
+from dae.heads.config import TrainConfig
+from dae.heads.dae import DAEHead, StackedDAE
 from dae.heads.distributions import REPARAMS, get_distribution, sample_scale
 from dae.heads.losses import LOSSES, loss_terms, loss_weights
 from dae.heads.metrics import spearman
 from dae.heads.tracking import EpochTracker
 
-SELECTIONS = ("last", "best-val", "best-test")
 SHAPE_LR_SCALE = 100.0
-PREDICTIONS = ("mu", "sample")
 
 
 @dataclass(frozen=True)
@@ -48,36 +47,6 @@ class HeadSpec:
         if self.reparam not in REPARAMS:
             raise UsageError(f"unknown reparameterisation {self.reparam!r} (choose from {', '.join(REPARAMS)})")
         get_distribution(self.distribution)
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Optimisation settings shared by all heads trained together."""
-
-    epochs: int = 100
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    batch_size: int = 32
-    hidden: tuple = HIDDEN
-    selection: str = "last"
-    prediction: str = "mu"
-    standardize: bool = False  # raw features, as the reference code feeds them
-    track_curves: bool = False
-    device: str = "cpu"  # or cuda / cuda:I: the stacked model and features move there; random draws stay on CPU
-
-    def check(self):
-        if self.selection not in SELECTIONS:
-            raise UsageError(f"unknown selection {self.selection!r} (choose from {', '.join(SELECTIONS)})")
-        if self.prediction not in PREDICTIONS:
-            raise UsageError(f"unknown prediction {self.prediction!r} (choose from {', '.join(PREDICTIONS)})")
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.weight_decay < 0:
-            raise UsageError("epochs and batch size must be >= 1, lr > 0 and weight decay >= 0")
-        try:
-            device = torch.device(self.device)
-        except RuntimeError:
-            raise UsageError(f"unknown device {self.device!r} (cpu, cuda or cuda:I)") from None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise UsageError(f"device {self.device} asked for, but torch sees no CUDA GPU")
 
 
 @dataclass

@@ -186,7 +186,7 @@ def manifest_build_cmd(dataset, annotations, out, target, variant, layout, video
 
 def train_options(f):
     """Options shared by every command that trains heads (fit, ablate, demo)."""
-    from dae.heads.trainer import TrainConfig
+    from dae.heads.config import TrainConfig
 
     d = TrainConfig()
     opts = [
@@ -463,7 +463,7 @@ def _csv_list(value):
 
 
 def _study_command(study):
-    from dae.pipeline.studies import STUDY_BATCH_SIZE, STUDY_LR, STUDY_SEEDS
+    from dae.heads.config import STUDY_BATCH_SIZE, STUDY_LR, STUDY_SEEDS
 
     @click.option("--features", required=True, type=click.Path(dir_okay=False), help="Feature file (HDF5).")
     @click.option("--manifest", required=True, type=click.Path(dir_okay=False), help="Manifest CSV.")
@@ -557,7 +557,7 @@ def bench_fit_cmd(features, manifest, dataset, seeds, epochs, batch_size, lr, re
     """
     from dae.heads.trainer import TrainConfig
     from dae.pipeline.bench_fit import bench_fit, format_bench, load_split, quality_check
-    from dae.pipeline.studies import STUDY_BATCH_SIZE, STUDY_LR
+    from dae.heads.config import STUDY_BATCH_SIZE, STUDY_LR
 
     if bool(features) != bool(manifest):
         raise click.UsageError("give --features and --manifest together")

@@ -23,20 +23,11 @@ from dae.atomic import atomic_dir, new_run_dir, writable_dir
 from dae.errors import DaeError, UsageError
 from dae.heads.distributions import DISTRIBUTIONS, REPARAMS, StudentT, get_distribution
 from dae.heads.losses import LOSSES
-from dae.heads.trainer import HeadSpec, TrainConfig
+from dae.heads.config import TrainConfig
+from dae.heads.trainer import HeadSpec
 from dae.pipeline.fit import FitPlan
 from dae.pipeline.leaderboard import summarise
 
-# Studies train with much larger batches than `dae fit` (32): fewer, fuller optimizer steps. On a 2-core CPU the
-# default loss study (30 heads, 100 epochs, 1059 x 1024 training features) takes ~14.7 s at 1024 against ~15.3 s
-# at 512 and ~18 s at 256 (`dae bench fit`); the first layer's matmuls set the floor (~11 s). The learning rate
-# grows less than the batch: 2e-4 keeps the NLL loss stable (at 4e-4 its sigma saturates at the bound for some
-# seeds on UNLV-Dive and its ranking swings). Mean test Spearman over 5 seeds, v1 loss: UNLV-Dive (300 train
-# videos, one full batch per epoch) 0.848 against 0.819 with fit's defaults; MTL-AQA-sized synthetic features
-# (`dae demo`'s generator) 0.958 at 1024 and 0.957 at 512 against 0.946 at 32.
-STUDY_BATCH_SIZE = 1024
-STUDY_LR = 2e-4
-STUDY_SEEDS = 5
 NOMINAL_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 VARIED = ("loss", "distribution", "reparam")
 

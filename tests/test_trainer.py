@@ -144,7 +144,7 @@ def test_batched_matches_alone_on_real_unlv_dive(unlv_dive):
     """Real UNLV-Dive features (300 train / 70 test, 2048-d), the studies' settings: same predictions, same Spearman."""
     from dae.features.manifest import read_manifest
     from dae.features.store import align, read_features
-    from dae.pipeline.studies import STUDY_BATCH_SIZE, STUDY_LR
+    from dae.heads.config import STUDY_BATCH_SIZE, STUDY_LR
 
     features, manifest = unlv_dive
     df = read_manifest(manifest)
