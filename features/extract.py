@@ -301,31 +301,46 @@ class BatchRunner:
 # -- progress and results ---------------------------------------------------------------------------------
 
 class ProgressLine:
-    """'done/total videos, videos/s, ETA' on stderr, rewritten in place; silent unless stderr is a terminal."""
+    """'done/total videos, videos/s, ETA' on stderr: rewritten in place on a terminal (every 0.5 s), else one
+    line every 30 s (logs of long runs under nohup or a scheduler). enabled=False silences it."""
+
+    LOG_INTERVAL_S = 30.0
 
     def __init__(self, total: int, already: int, stream=None, enabled: bool | None = None):
         self.stream = stream or sys.stderr
-        self.enabled = self.stream.isatty() if enabled is None else enabled
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.enabled = True if enabled is None else enabled
+        self.interval = 0.5 if self.tty else self.LOG_INTERVAL_S
         self.total, self.already, self.done, self.failed = total, already, 0, 0
         self.start = self.last = time.monotonic()
+        self.pending_newline = False
+        if self.enabled and not self.tty:
+            self.stream.write(f"extract: {already}/{total} videos already done; starting (progress every "
+                              f"{self.interval:.0f} s)\n")
+            self.stream.flush()
 
     def update(self, failed: bool = False, force: bool = False) -> None:
         self.done += 1
         self.failed += int(failed)
         now = time.monotonic()
-        if not self.enabled or (now - self.last < 0.5 and not force and self.already + self.done < self.total):
+        finished = self.already + self.done >= self.total
+        if not self.enabled or (now - self.last < self.interval and not force and not (finished and self.tty)):
             return
         self.last = now
         rate = self.done / max(now - self.start, 1e-9)
         left = self.total - self.already - self.done
         eta = _dt.timedelta(seconds=round(left / rate)) if rate > 0 else "?"
         failed_text = f", {self.failed} failed" if self.failed else ""
-        self.stream.write(f"\rextract: {self.already + self.done}/{self.total} videos{failed_text}  "
-                          f"{rate:.2f} videos/s  ETA {eta}   ")
+        text = f"extract: {self.already + self.done}/{self.total} videos{failed_text}  {rate:.2f} videos/s  ETA {eta}"
+        if self.tty:
+            self.stream.write(f"\r{text}   ")
+            self.pending_newline = True
+        else:
+            self.stream.write(text + "\n")
         self.stream.flush()
 
     def close(self) -> None:
-        if self.enabled and self.done:
+        if self.pending_newline:
             self.stream.write("\n")
             self.stream.flush()
 

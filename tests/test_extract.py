@@ -212,21 +212,42 @@ def test_a_shard_is_every_nth_sorted_id(tmp_path):
     assert [t.position for t in select_shard(tasks, (1, 2))] == [0, 1]
 
 
-def test_progress_line_reports_done_total_rate_and_eta_only_on_a_terminal():
+def test_progress_line_rewrites_in_place_on_a_terminal_and_logs_whole_lines_elsewhere(monkeypatch):
     import io
 
-    stream = io.StringIO()
-    line = ProgressLine(10, already=2, stream=stream, enabled=True)
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    tty = Terminal()
+    line = ProgressLine(10, already=2, stream=tty)
     line.update(force=True)
     line.update(failed=True, force=True)
     line.close()
-    text = stream.getvalue()
+    text = tty.getvalue()
+    assert text.startswith("\r") and text.endswith("\n") and text.count("\n") == 1
     assert "4/10 videos, 1 failed" in text and "videos/s" in text and "ETA" in text
-    quiet = io.StringIO()
-    line = ProgressLine(10, already=0, stream=quiet)  # a StringIO is not a terminal
+
+    log = io.StringIO()  # not a terminal: a whole line per LOG_INTERVAL_S, none in between
+    import itertools
+    import types
+
+    clock = itertools.chain([0.0, 5.0, 31.0, 40.0], itertools.repeat(99.0))
+    monkeypatch.setattr("dae.features.extract.time", types.SimpleNamespace(monotonic=lambda: next(clock)))
+    line = ProgressLine(10, already=0, stream=log)
+    line.update()          # t=5: too soon
+    line.update()          # t=31: a line
+    line.update()          # t=40: too soon again
+    line.close()
+    lines = log.getvalue().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("extract: 0/10 videos already done; starting")
+    assert lines[1].startswith("extract: 2/10 videos")
+    assert "\r" not in log.getvalue()
+    silent = io.StringIO()
+    line = ProgressLine(10, already=0, stream=silent, enabled=False)
     line.update(force=True)
     line.close()
-    assert quiet.getvalue() == ""
+    assert silent.getvalue() == ""
 
 
 @pytest.mark.parametrize("how, reason", [("crash", "crashed (signal 9)"), ("hang", "did not finish within 1 s")])
