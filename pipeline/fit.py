@@ -95,8 +95,10 @@ def score_range_of(manifest: pd.DataFrame, plan: FitPlan) -> tuple[float, float]
     return float(lo), float(hi)
 
 
-def fit_models(fs: FeatureSet, manifest: pd.DataFrame, plan: FitPlan, manifest_name: str = "manifest"):
-    """Train every spec on every protocol cell. Returns (leaderboard rows, predictions, trained heads)."""
+def fit_models(fs: FeatureSet, manifest: pd.DataFrame, plan: FitPlan, manifest_name: str = "manifest", note=None):
+    """Train every spec on every protocol cell. Returns (leaderboard rows, predictions, trained heads).
+
+    note: called once with a line saying what is about to be trained."""
     if plan.head not in HEADS:
         raise UsageError(f"unknown head {plan.head!r} (choose from {', '.join(HEADS)})")
     x = align(fs, list(manifest["video_id"]), manifest_name)
@@ -116,15 +118,24 @@ def fit_models(fs: FeatureSet, manifest: pd.DataFrame, plan: FitPlan, manifest_n
         eval_rows = {"test": unit.test, **({"val": unit.val} if len(unit.val) else {})}
         for spec in specs:
             jobs.append(Job(spec, unit.train, eval_rows, tags={"group": unit.group, "fold": unit.fold}))
+    def announce():
+        if note:
+            cells = f"{len(units)} protocol cells (groups x folds)" if len(units) > 1 else "1 train/test split"
+            note(f"training {len(jobs)} {plan.head} model{'s' * (len(jobs) != 1)}: {len(specs)} per cell x {cells}; "
+                 f"{x.shape[0]} videos x {x.shape[1]}-d features"
+                 + ("" if plan.head == "ridge" else f", {config.epochs} epochs") + " ...")
+
     labels = {}
     if plan.head == "ridge":
         if windowed:
             raise UsageError(f"selection {plan.config.selection} needs a head trained by epochs, not ridge")
+        announce()
         results = _fit_ridge_jobs(x, targets, jobs)
     elif plan.head in PATH_HEADS:
         results, labels = fit_path_heads(plan.head, x, manifest, targets, jobs, config, (lo, hi), plan.dataset,
-                                         plan.head_options, manifest_name)
+                                         plan.head_options, manifest_name, on_start=announce)
     else:
+        announce()
         results = train_heads(x, targets, jobs, config)
 
     created = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -230,7 +241,7 @@ def run_fit(features, manifest, plan: FitPlan, out=None, leaderboard=None, echo=
     writable_dir(out.parent, "--out folder")
     if leaderboard:
         writable_dir(Path(leaderboard).parent, "--leaderboard folder")
-    rows, predictions, results = fit_models(fs, df, plan, manifest_name)
+    rows, predictions, results = fit_models(fs, df, plan, manifest_name, note=echo)
     lo, hi = score_range_of(df, plan)
     rows["run_dir"] = str(out)
     save_run(out, plan, rows, predictions, results,

@@ -376,6 +376,8 @@ def run_study_files(study: str, features, manifest, seeds, config: TrainConfig, 
         writable_dir(plots, "--plots folder")
     if leaderboard:
         writable_dir(Path(leaderboard).parent, "--leaderboard folder")
+    echo(f"study {study}: training {len(specs)} models per protocol cell ({len(specs) // len(seeds)} configurations x "
+         f"{len(seeds)} seeds), {config.epochs} epochs, batch {config.batch_size} ...")
     result = run_study(study, fs, df, plan, n_jobs=n_jobs, backend=backend, scheduler=scheduler, threads=threads,
                        manifest_name=Path(manifest).name, curves=True if plots else None)
     result.rows["run_dir"] = str(out)
