@@ -420,7 +420,8 @@ def merge_cmd(inputs, out):
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="CSV to write (video, mu, sigma, lo90, hi90, models, error) [default: predictions-<time>.csv].")
 @click.option("--features", type=click.Path(dir_okay=False), default=None,
-              help="The run's training feature file, if it moved since `dae fit` (for its protocol and weights).")
+              help="Read the clip protocol and weights from this feature file instead of the run's config.json "
+                   "(runs written before it recorded them need it, if the file moved).")
 @click.option("--weights", type=click.Path(dir_okay=False), default=None,
               help="The I3D checkpoint the run's features came from, when not the default Kinetics-400 weights.")
 @click.option("--group", default=None, help="Which group's models to use, for runs with one model per group.")

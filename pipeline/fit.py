@@ -26,6 +26,7 @@ from dae.pipeline.baselines import PATH_HEADS, fit_path_heads, options_dict
 from dae.pipeline.protocols import WINDOW_EPOCHS, WINDOW_SELECTIONS, apply_window_selection
 
 HEADS = ("dae", "mlp", "ridge", "usdl", "musdl", "dae-mt", "dae-judges")
+PREDICT_ATTRS = ("protocol", "weights_sha256", "decoder", "backbone")
 VAL_SEED = 0
 
 
@@ -247,7 +248,9 @@ def run_fit(features, manifest, plan: FitPlan, out=None, leaderboard=None, echo=
     save_run(out, plan, rows, predictions, results,
              {"features": str(features), "features_sha256": content_sha256(fs), "manifest": str(manifest),
               "score_range": [lo, hi], "score_range_source": "card" if plan.score_range else "manifest min..max",
-              "backbone": fs.backbone})
+              "backbone": fs.backbone,
+              # how the features were made, so that `dae predict` can extract new videos the same way
+              "feature_attrs": {k: fs.attrs[k] for k in PREDICT_ATTRS if k in fs.attrs}})
     summary = summarise(rows)
     echo(format_summary(summary))
     echo(f"run written to {out}")

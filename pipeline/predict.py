@@ -119,11 +119,14 @@ def predict_videos(run_dir, videos, *, out=None, features=None, weights=None, gr
 
     config, blob = load_run(run_dir)
     models = select_models(blob, group)
-    feature_file = find_feature_file(run_dir, config, features)
-    attrs = read_features(feature_file).attrs
+    attrs = config.get("feature_attrs") or {}
+    source = f"{run_dir}/config.json"
+    if features is not None or not attrs.get("protocol"):  # --features given, or a run from before feature_attrs
+        feature_file = find_feature_file(run_dir, config, features)
+        attrs, source = read_features(feature_file).attrs, str(feature_file)
     if not attrs.get("protocol") or not attrs.get("weights_sha256"):
-        raise DaeError(f"{feature_file} does not record a clip protocol and weights (not made by `dae extract`); "
-                       "dae predict cannot extract new videos the same way")
+        raise DaeError(f"{source} does not record a clip protocol and weights (the features were not made by "
+                       "`dae extract`); dae predict cannot extract new videos the same way")
     protocol = protocol_from_json(attrs["protocol"])
     model = load_i3d(weights=weights)
     if model.weights_sha256 != attrs["weights_sha256"]:

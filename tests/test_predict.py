@@ -50,6 +50,26 @@ def test_predict_reproduces_the_runs_test_predictions_averaged_over_seeds(traine
         assert float(rows["lo90"][i]) < float(rows["mu"][i]) < float(rows["hi90"][i])
 
 
+@pytest.mark.slow
+def test_a_run_folder_predicts_on_its_own(trained_run, tmp_path):
+    """config.json records how the features were made: a copied run needs no feature file beside it."""
+    import shutil
+
+    root, videos, checkpoint, run = trained_run
+    moved = tmp_path / "elsewhere" / "run"
+    shutil.copytree(run, moved)
+    features = root / "features.h5"
+    features.rename(root / "features.h5.away")  # the feature file is gone too
+    try:
+        res = run_cli(["predict", "--run", moved, "--video", videos / "p4.mp4", "--weights", checkpoint,
+                       "--out", tmp_path / "p.csv"])
+    finally:
+        (root / "features.h5.away").rename(features)
+    assert res.exit_code == 0, res.output
+    fitted = pd.read_csv(run / "predictions.csv").groupby("video_id")["mu"].mean()
+    assert float(pd.read_csv(tmp_path / "p.csv")["mu"][0]) == pytest.approx(fitted["p4"], rel=1e-4, abs=1e-4)
+
+
 def test_predict_refuses_weights_other_than_the_features_came_from(trained_run, tmp_path):
     root, videos, _, run = trained_run
     other = random_i3d_checkpoint(tmp_path / "other.pt", seed=1)
