@@ -1,12 +1,12 @@
 """`dae demo`: the embedded default run on a small SYNTHETIC feature set with known structure."""
 from __future__ import annotations
 
-import datetime as _dt
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from dae.atomic import new_run_dir
 from dae.features.manifest import write_manifest
 from dae.features.store import write_features
 
@@ -34,42 +34,46 @@ def make_synthetic_features(n_videos: int = 400, dim: int = 256, test_fraction: 
 
 
 def unique_dir(base) -> Path:
+    """`base` if it is free, else base-<time>[-i]: a demo never writes into an earlier one."""
     base = Path(base)
-    if not base.exists():
-        return base
-    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    path, i = Path(f"{base}-{stamp}"), 1
-    while path.exists():
-        path, i = Path(f"{base}-{stamp}-{i}"), i + 1
-    return path
+    return base if not base.exists() else new_run_dir(base.name, base.parent)
+
+
+def _fit_heads_and_rank(feature_file, manifest_file, out: Path, config, seeds: int, dataset: str, score_range,
+                        what: str, echo) -> pd.DataFrame:
+    """Fit dae, mlp (seeds 0..seeds-1) and ridge; append to OUT/leaderboard.csv and print its summary."""
+    from dae.heads.trainer import HeadSpec
+    from dae.pipeline.fit import FitPlan, run_fit
+    from dae.pipeline.leaderboard import format_summary, read_leaderboard, summarise
+
+    board = out / "leaderboard.csv"
+    for head in ("dae", "mlp", "ridge"):
+        specs = [HeadSpec(seed=s) for s in range(seeds if head != "ridge" else 1)]
+        plan = FitPlan(head=head, specs=specs, config=config, dataset=dataset, score_range=score_range)
+        echo(f"\n== fitting {head} on {what} ==")
+        run_fit(feature_file, manifest_file, plan, out=out / f"run_{head}", leaderboard=board, echo=echo)
+    summary = summarise(read_leaderboard(board))
+    echo(f"\n== leaderboard ({what}; test split; selection = last epoch; mean ± std over seeds) ==")
+    echo(format_summary(summary))
+    echo(f"\nleaderboard: {board}\nsummary:     {board.with_name('leaderboard.summary.csv')}")
+    return summary
 
 
 def run_demo(out="dae_demo", seeds: int = 3, epochs: int = 100, echo=print) -> pd.DataFrame:
     """Write synthetic features + manifest, fit DAE, a plain MLP and ridge on them, print the leaderboard."""
-    from dae.heads.trainer import HeadSpec, TrainConfig
-    from dae.pipeline.fit import FitPlan, run_fit
-    from dae.pipeline.leaderboard import format_summary, read_leaderboard, summarise
+    from dae.heads.trainer import TrainConfig
 
     out = unique_dir(out)
     out.mkdir(parents=True)
     ids, features, scores, split = make_synthetic_features()
-    feature_file, manifest_file, board = out / "synthetic_features.h5", out / "synthetic_manifest.csv", out / "leaderboard.csv"
+    feature_file, manifest_file = out / "synthetic_features.h5", out / "synthetic_manifest.csv"
     write_features(feature_file, ids, features, attrs={
         "backbone": "synthetic (no video model)", "protocol": {"name": "synthetic-demo", "seed": 0}})
     write_manifest(pd.DataFrame({"video_id": ids, "score": scores, "split": split}), manifest_file)
     echo(f"SYNTHETIC demo data: {len(ids)} videos ({(split == 'train').sum()} train / {(split == 'test').sum()} test), "
          f"{features.shape[1]}-d features -> {out}")
-    config = TrainConfig(epochs=epochs)
-    for head in ("dae", "mlp", "ridge"):
-        specs = [HeadSpec(seed=s) for s in range(seeds if head != "ridge" else 1)]
-        plan = FitPlan(head=head, specs=specs, config=config, dataset=DATASET, score_range=SCORE_RANGE)
-        echo(f"\n== fitting {head} on synthetic features ==")
-        run_fit(feature_file, manifest_file, plan, out=out / f"run_{head}", leaderboard=board, echo=echo)
-    summary = summarise(read_leaderboard(board))
-    echo("\n== leaderboard (SYNTHETIC data; test split; selection = last epoch; mean ± std over seeds) ==")
-    echo(format_summary(summary))
-    echo(f"\nleaderboard: {board}\nsummary:     {board.with_name('leaderboard.summary.csv')}")
-    return summary
+    return _fit_heads_and_rank(feature_file, manifest_file, out, TrainConfig(epochs=epochs), seeds, DATASET,
+                               SCORE_RANGE, "SYNTHETIC features", echo)
 
 
 # -- the demo from SYNTHETIC videos: stage one (the real I3D, on the CPU) and then stage two -----------------
@@ -84,14 +88,12 @@ def run_video_demo(out="dae_demo", n_videos: int = 48, seeds: int = 3, device: s
     """Write SYNTHETIC performance videos, extract them with I3D (Kinetics-400), fit dae/mlp/ridge, print the board."""
     from dae.features.extract import extract
     from dae.features.synthetic_videos import SCORE_RANGE as VIDEO_SCORE_RANGE, write_synthetic_performances
-    from dae.heads.trainer import HeadSpec, TrainConfig
-    from dae.pipeline.fit import FitPlan, run_fit
-    from dae.pipeline.leaderboard import format_summary, read_leaderboard, summarise
+    from dae.heads.trainer import TrainConfig
 
     out = unique_dir(out)
     out.mkdir(parents=True)
     videos, feature_file = out / "synthetic_videos", out / "synthetic_i3d.h5"
-    manifest_file, board = out / "synthetic_manifest.csv", out / "leaderboard.csv"
+    manifest_file = out / "synthetic_manifest.csv"
     manifest = write_synthetic_performances(videos, n_videos)
     write_manifest(manifest, manifest_file)
     split = manifest["split"].to_numpy()
@@ -101,14 +103,5 @@ def run_video_demo(out="dae_demo", n_videos: int = 48, seeds: int = 3, device: s
     result = extract(videos, feature_file, manifest=manifest_file, protocol=VIDEO_PROTOCOL, device=device,
                      note=note or echo)
     echo(result.summary())
-    config = TrainConfig(**VIDEO_TRAIN)
-    for head in ("dae", "mlp", "ridge"):
-        specs = [HeadSpec(seed=s) for s in range(seeds if head != "ridge" else 1)]
-        plan = FitPlan(head=head, specs=specs, config=config, dataset=VIDEO_DATASET, score_range=VIDEO_SCORE_RANGE)
-        echo(f"\n== stage two: fitting {head} on the I3D features of the synthetic videos ==")
-        run_fit(feature_file, manifest_file, plan, out=out / f"run_{head}", leaderboard=board, echo=echo)
-    summary = summarise(read_leaderboard(board))
-    echo("\n== leaderboard (SYNTHETIC videos, real I3D features; test split; last epoch; mean ± std over seeds) ==")
-    echo(format_summary(summary))
-    echo(f"\nleaderboard: {board}\nsummary:     {board.with_name('leaderboard.summary.csv')}")
-    return summary
+    return _fit_heads_and_rank(feature_file, manifest_file, out, TrainConfig(**VIDEO_TRAIN), seeds, VIDEO_DATASET,
+                               VIDEO_SCORE_RANGE, "the SYNTHETIC videos' I3D features", echo)
