@@ -25,7 +25,7 @@ from dae.heads.losses import loss_weights
 from dae.heads.dae import init_linears
 from dae.heads.metrics import spearman
 from dae.heads.tracking import EpochTracker
-from dae.heads.trainer import HeadResult, Job, TrainConfig, _input_stats, _make_optimizer
+from dae.heads.trainer import HeadResult, Job, TrainConfig, _input_stats, _make_optimizer, shuffled_batches
 
 
 class StackedPaths(nn.Module):
@@ -126,12 +126,9 @@ def _train_bucket(x, g, all_jobs, members, objective, config):
 
     for epoch in range(config.epochs):
         weights = torch.tensor([loss_weights(j.spec.loss, epoch, j.spec.alpha, j.spec.beta) for j in jobs])
-        perms = torch.stack([torch.randperm(n_train, generator=gen) for gen in generators])
-        epoch_rows = torch.gather(train, 1, perms)
         epoch_loss = torch.zeros(m)
         model.train()
-        for lo in range(0, n_train, config.batch_size):
-            rows = epoch_rows[:, lo:lo + config.batch_size]
+        for rows in shuffled_batches(train, generators, config.batch_size):
             eps = (torch.stack([objective.noise(rows.shape[1], gen) for gen in generators])
                    if objective.uses_noise else None)
             per_model = objective.loss(model(inputs(rows)), rows, members, weights, eps)

@@ -82,6 +82,14 @@ def _input_stats(x: torch.Tensor, standardize: bool):
     return mean, torch.where(std > 1e-8, std, torch.ones_like(std))
 
 
+def shuffled_batches(train: torch.Tensor, generators, batch_size: int):
+    """One epoch of row batches (G, b): each row of `train` (G, n) shuffled by its own generator, then cut."""
+    perms = torch.stack([torch.randperm(train.shape[1], generator=gen) for gen in generators])
+    rows = torch.gather(train, 1, perms)
+    for lo in range(0, train.shape[1], batch_size):
+        yield rows[:, lo:lo + batch_size]
+
+
 def _make_optimizer(params, config: TrainConfig, shape_params=()):
     groups = [{"params": list(params)}]
     if shape_params:
@@ -189,12 +197,9 @@ def _train_stacked(x, g, jobs, config):
     for epoch in range(config.epochs):
         weights = torch.tensor([loss_weights(j.spec.loss, epoch, j.spec.alpha, j.spec.beta) for j in jobs],
                                device=dev)
-        perms = torch.stack([torch.randperm(n_train, generator=gen) for gen in generators])
-        epoch_rows = torch.gather(group_train, 1, perms)
         epoch_loss = torch.zeros(k, device=dev)
         model.train()
-        for lo in range(0, n_train, config.batch_size):
-            rows = epoch_rows[:, lo:lo + config.batch_size]                       # (G, b)
+        for rows in shuffled_batches(group_train, generators, config.batch_size):  # (G, b)
             index = (group_set.unsqueeze(1) * n_rows + rows).reshape(-1).to(dev)
             xb = torch.index_select(x_flat, 0, index).view(n_groups, rows.shape[1], dim)
             target = g[rows].repeat_interleave(group_size, 0).to(dev)              # (K, b)
