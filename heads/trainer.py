@@ -269,6 +269,18 @@ def _predict(model, jobs, name, x_flat, set_of_job, n_rows, variance_reparam=Non
             [scale[i, :len(r)].numpy().astype(np.float64) for i, r in enumerate(rows)])
 
 
+@torch.no_grad()
+def predict_one(head: DAEHead, x: torch.Tensor, job: Job) -> dict:
+    """One head's mu, scale and point prediction (mu) on each of the job's evaluation sets, as float64 arrays."""
+    predictions = {}
+    for name, rows in job.eval_rows.items():
+        mu, log_var = head(x[torch.as_tensor(np.asarray(rows, dtype=np.int64))])
+        scale = sample_scale(torch.exp(0.5 * log_var), job.spec.reparam)
+        m = mu.numpy().astype(np.float64)
+        predictions[name] = {"mu": m, "scale": scale.numpy().astype(np.float64), "pred": m}
+    return predictions
+
+
 def train_one(features, targets, job: Job, config: TrainConfig = TrainConfig()) -> HeadResult:
     """The plain one-model loop (a `DAEHead`, its own Adam) with the same seed protocol as `train_heads`.
 
@@ -302,14 +314,7 @@ def train_one(features, targets, job: Job, config: TrainConfig = TrainConfig()) 
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-    predictions = {}
-    with torch.no_grad():
-        for name, rows in job.eval_rows.items():
-            mu, log_var = head(xs[torch.as_tensor(np.asarray(rows, dtype=np.int64))])
-            scale = sample_scale(torch.exp(0.5 * log_var), spec.reparam)
-            m, s = mu.numpy().astype(np.float64), scale.numpy().astype(np.float64)
-            predictions[name] = {"mu": m, "scale": s, "pred": m}
-    return HeadResult(job=job, predictions=predictions, selected_epoch=config.epochs - 1,
+    return HeadResult(job=job, predictions=predict_one(head, xs, job), selected_epoch=config.epochs - 1,
                       distribution=dist.bind(float(shape_raw[0].detach())) if shape_raw else dist,
                       state_dict=head.state_dict(), input_mean=mean.numpy(), input_std=std.numpy(),
                       fit_seconds=time.perf_counter() - start)

@@ -21,7 +21,7 @@ from dae.heads.dae import DAEHead
 from dae.heads.distributions import get_distribution, sample_scale
 from dae.heads.losses import LOSSES, loss_terms, loss_weights
 from dae.heads.metrics import spearman
-from dae.heads.trainer import HeadResult, HeadSpec, Job, TrainConfig, train_heads, train_one
+from dae.heads.trainer import HeadResult, HeadSpec, Job, TrainConfig, predict_one, train_heads, train_one
 
 REFERENCE_BATCH_SIZE = 8
 
@@ -75,14 +75,7 @@ def dataloader_loop(features, targets, job: Job, config: TrainConfig, batch_size
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-    predictions = {}
-    with torch.no_grad():
-        for name, rows in job.eval_rows.items():
-            mu, log_var = head(x[torch.as_tensor(np.asarray(rows, dtype=np.int64))])
-            scale = sample_scale(torch.exp(0.5 * log_var), spec.reparam)
-            m = mu.numpy().astype(np.float64)
-            predictions[name] = {"mu": m, "scale": scale.numpy().astype(np.float64), "pred": m}
-    return HeadResult(job=job, predictions=predictions, selected_epoch=config.epochs - 1, state_dict={},
+    return HeadResult(job=job, predictions=predict_one(head, x, job), selected_epoch=config.epochs - 1, state_dict={},
                       input_mean=np.zeros(x.shape[1]), input_std=np.ones(x.shape[1]),
                       fit_seconds=time.perf_counter() - start, distribution=dist)
 

