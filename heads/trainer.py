@@ -20,6 +20,7 @@ import torch
 from dae.errors import UsageError
 from torch import nn
 
+from dae.heads.adam import Adam
 from dae.heads.config import TrainConfig
 from dae.heads.dae import DAEHead, StackedDAE
 from dae.heads.distributions import REPARAMS, get_distribution, sample_scale
@@ -94,10 +95,7 @@ def _make_optimizer(params, config: TrainConfig, shape_params=()):
     groups = [{"params": list(params)}]
     if shape_params:
         groups.append({"params": list(shape_params), "lr": config.lr * SHAPE_LR_SCALE, "weight_decay": 0.0})
-    try:
-        return torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay, fused=True)
-    except (RuntimeError, TypeError):
-        return torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay, foreach=True)
+    return Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
 
 
 _MALLOC_TUNED = False

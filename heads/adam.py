@@ -1,0 +1,50 @@
+"""Adam for the trainers: torch's own update function (`torch.optim.adam.adam`, fused where the device allows)
+without the `torch.optim.Optimizer` class, whose first construction in a process imports torch._dynamo
+(about 1.1 s on a 2-core CPU, a tenth of a study). Same arithmetic, same results as `torch.optim.Adam`.
+"""
+from __future__ import annotations
+
+import torch
+from torch.optim.adam import adam as _adam_update
+
+
+def _fusable(p: torch.Tensor) -> bool:
+    return p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+class Adam:
+    """Adam over parameter groups ({"params": [...], optional "lr", "weight_decay"}) with L2 weight decay."""
+
+    def __init__(self, groups, lr: float, weight_decay: float = 0.0, betas=(0.9, 0.999), eps: float = 1e-8):
+        self.groups = [{"params": list(g["params"]), "lr": g.get("lr", lr),
+                        "weight_decay": g.get("weight_decay", weight_decay)} for g in groups]
+        self.betas, self.eps = betas, eps
+        self.state: dict[torch.Tensor, dict] = {}
+        self.fused = all(_fusable(p) for g in self.groups for p in g["params"])
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for group in self.groups:
+            for p in group["params"]:
+                if set_to_none:
+                    p.grad = None
+                elif p.grad is not None:
+                    p.grad.zero_()
+
+    @torch.no_grad()
+    def step(self) -> None:
+        for group in self.groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            for p in params:
+                if p not in self.state:
+                    # torch keeps `step` beside the parameter for the fused kernel, on the CPU for foreach
+                    step = torch.zeros((), dtype=torch.float32, device=p.device if self.fused else "cpu")
+                    self.state[p] = {"step": step, "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
+                                     "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format)}
+            states = [self.state[p] for p in params]
+            _adam_update(params, [p.grad for p in params], [s["exp_avg"] for s in states],
+                         [s["exp_avg_sq"] for s in states], [], [s["step"] for s in states],
+                         foreach=not self.fused, fused=self.fused or None, amsgrad=False, beta1=self.betas[0],
+                         beta2=self.betas[1], lr=group["lr"], weight_decay=group["weight_decay"], eps=self.eps,
+                         maximize=False)
