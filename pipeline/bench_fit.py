@@ -65,12 +65,13 @@ def dataloader_loop(features, targets, job: Job, config: TrainConfig, batch_size
     optimizer = torch.optim.Adam(head.parameters(), lr=lr or config.lr, weight_decay=config.weight_decay)
     loader = DataLoader(TensorDataset(x[train], g[train]), batch_size=batch_size, shuffle=True,
                         generator=torch.Generator().manual_seed(spec.seed))
+    noise = torch.Generator().manual_seed(spec.seed)  # its own stream: reproducible, and safe beside threads
     for epoch in range(config.epochs):
         weights = torch.tensor(loss_weights(spec.loss, epoch, spec.alpha, spec.beta))
         for xb, gb in loader:
             mu, log_var = head(xb)
             scale = sample_scale(torch.exp(0.5 * log_var), spec.reparam)
-            sample = mu + dist.standard_noise(len(gb)) * scale
+            sample = mu + dist.standard_noise(len(gb), noise) * scale
             loss = (loss_terms(gb, mu, sample, scale, dist) * weights).sum()
             optimizer.zero_grad()
             loss.backward()

@@ -37,6 +37,9 @@ def test_dataloader_loop_learns_like_train_one(tmp_path):
     from dae.heads.metrics import spearman
     a, b = (spearman(y[150:], r.predictions["test"]["mu"]) for r in (ref, one))
     assert a > 0.8 and b > 0.8 and abs(a - b) < 0.1
+    torch.randn(3)  # whatever the global RNG did meanwhile, the same seed gives the same model
+    again = dataloader_loop(x, y, job, config)
+    np.testing.assert_array_equal(again.predictions["test"]["mu"], ref.predictions["test"]["mu"])
 
 
 def test_bench_fit_command_reports_ratios_and_flops(tmp_path):
