@@ -185,7 +185,7 @@ def manifest_build_cmd(dataset, annotations, out, target, variant, layout, video
 
 
 def train_options(f):
-    """Options shared by every command that trains heads (fit, ablate, demo)."""
+    """Training options of `dae fit` (studies have their own defaults: see _study_command)."""
     from dae.heads.config import TrainConfig
 
     d = TrainConfig()
@@ -196,7 +196,7 @@ def train_options(f):
         click.option("--weight-decay", type=click.FloatRange(0), default=d.weight_decay, show_default=True),
         click.option("--batch-size", type=click.IntRange(1), default=d.batch_size, show_default=True),
         click.option("--seeds", "n_seeds", type=click.IntRange(1), default=None,
-                     help="Train seeds 0..N-1 (default: 1 seed, or 3 with --seeds omitted in studies)."),
+                     help="Train seeds 0..N-1 [default: seed 0 only]."),
         click.option("--seed", type=int, default=None, help="Train this one seed."),
         click.option("--selection", type=click.Choice(["last", "best-val", "best-test", "last10",
                                                       "best10-consecutive"]), default=d.selection,
