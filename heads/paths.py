@@ -21,11 +21,10 @@ import torch
 from torch import nn
 
 from dae.errors import UsageError
-from dae.heads.losses import loss_weights
 from dae.heads.dae import init_linears
 from dae.heads.metrics import spearman
-from dae.heads.tracking import EpochTracker
-from dae.heads.trainer import HeadResult, Job, TrainConfig, _input_stats, _make_optimizer, shuffled_batches
+from dae.heads.epochs import EpochTracker, run_epochs
+from dae.heads.trainer import HeadResult, Job, TrainConfig, _input_stats, _make_optimizer
 
 
 class StackedPaths(nn.Module):
@@ -119,33 +118,24 @@ def _train_bucket(x, g, all_jobs, members, objective, config):
     generators = [torch.Generator().manual_seed(j.spec.seed) for j in jobs]
     optimizer = _make_optimizer(model.parameters(), config)
     train = torch.stack([torch.as_tensor(np.asarray(j.train_rows, dtype=np.int64)) for j in jobs])
-    n_train = train.shape[1]
 
     tracker = EpochTracker(config.selection, config.epochs, config.track_curves, jobs, model.parameters())
     eval_sets = {name: _eval_rows(jobs, name) for name in jobs[0].eval_rows}
 
-    for epoch in range(config.epochs):
-        weights = torch.tensor([loss_weights(j.spec.loss, epoch, j.spec.alpha, j.spec.beta) for j in jobs])
-        epoch_loss = torch.zeros(m)
-        model.train()
-        for rows in shuffled_batches(train, generators, config.batch_size):
-            eps = (torch.stack([objective.noise(rows.shape[1], gen) for gen in generators])
-                   if objective.uses_noise else None)
-            per_model = objective.loss(model(inputs(rows)), rows, members, weights, eps)
-            optimizer.zero_grad(set_to_none=True)
-            per_model.sum().backward()
-            optimizer.step()
-            if tracker.curves is not None:
-                epoch_loss += per_model.detach() * rows.shape[1]
-        tracker.train_loss(epoch_loss / n_train)
-        with torch.no_grad():
-            model.eval()
-            for name in tracker.sets_to_score(eval_sets):
-                rows, lengths = eval_sets[name]
-                points = objective.point(model(inputs(rows)), rows, members).numpy()
-                tracker.observe(epoch, name, np.array([spearman(g[r[:n].numpy()], p[:n])
-                                                       for r, p, n in zip(rows, points, lengths)]))
-    tracker.restore()
+    def step_loss(rows, weights):
+        eps = (torch.stack([objective.noise(rows.shape[1], gen) for gen in generators])
+               if objective.uses_noise else None)
+        return objective.loss(model(inputs(rows)), rows, members, weights, eps)
+
+    @torch.no_grad()
+    def score(name):
+        model.eval()
+        rows, lengths = eval_sets[name]
+        points = objective.point(model(inputs(rows)), rows, members).numpy()
+        return np.array([spearman(g[r[:n].numpy()], p[:n]) for r, p, n in zip(rows, points, lengths)])
+
+    run_epochs(jobs, config.epochs, config.batch_size, train, generators, model, optimizer, tracker, step_loss, score,
+               list(eval_sets))
 
     predictions = [dict() for _ in jobs]
     with torch.no_grad():

@@ -26,7 +26,7 @@ from dae.heads.dae import DAEHead, StackedDAE
 from dae.heads.distributions import REPARAMS, get_distribution, sample_scale
 from dae.heads.losses import LOSSES, loss_terms, loss_weights
 from dae.heads.metrics import spearman
-from dae.heads.tracking import EpochTracker
+from dae.heads.epochs import EpochTracker, run_epochs
 
 SHAPE_LR_SCALE = 100.0
 
@@ -81,14 +81,6 @@ def _input_stats(x: torch.Tensor, standardize: bool):
     mean = x.mean(0)
     std = x.std(0, unbiased=False)
     return mean, torch.where(std > 1e-8, std, torch.ones_like(std))
-
-
-def shuffled_batches(train: torch.Tensor, generators, batch_size: int):
-    """One epoch of row batches (G, b): each row of `train` (G, n) shuffled by its own generator, then cut."""
-    perms = torch.stack([torch.randperm(train.shape[1], generator=gen) for gen in generators])
-    rows = torch.gather(train, 1, perms)
-    for lo in range(0, train.shape[1], batch_size):
-        yield rows[:, lo:lo + batch_size]
 
 
 def _make_optimizer(params, config: TrainConfig, shape_params=()):
@@ -178,7 +170,6 @@ def _train_stacked(x, g, jobs, config):
     leaders = [jobs[j * group_size] for j in range(n_groups)]
     group_set = torch.tensor([set_of_job[j * group_size] for j in range(n_groups)])
     group_train = torch.stack([torch.as_tensor(np.asarray(j.train_rows, dtype=np.int64)) for j in leaders])
-    n_train = group_train.shape[1]
 
     heads = [DAEHead(dim, config.hidden, seed=job.spec.seed) for job in jobs]
     model = StackedDAE(heads, group_size).to(dev)
@@ -187,42 +178,32 @@ def _train_stacked(x, g, jobs, config):
     shape_raw = [nn.Parameter(torch.full((k, 1), dist.raw_init(), device=dev))] if dist.learned_shape else []
     optimizer = _make_optimizer(model.parameters(), config, shape_raw)
     trained = [*model.parameters(), *shape_raw]
-    step_dist = dist
     variance_reparam = torch.tensor([j.spec.reparam == "variance" for j in jobs], device=dev).unsqueeze(1)
 
     tracker = EpochTracker(config.selection, config.epochs, config.track_curves, jobs, trained)
 
-    for epoch in range(config.epochs):
-        weights = torch.tensor([loss_weights(j.spec.loss, epoch, j.spec.alpha, j.spec.beta) for j in jobs],
-                               device=dev)
-        epoch_loss = torch.zeros(k, device=dev)
-        model.train()
-        for rows in shuffled_batches(group_train, generators, config.batch_size):  # (G, b)
-            index = (group_set.unsqueeze(1) * n_rows + rows).reshape(-1).to(dev)
-            xb = torch.index_select(x_flat, 0, index).view(n_groups, rows.shape[1], dim)
-            target = g[rows].repeat_interleave(group_size, 0).to(dev)              # (K, b)
-            base = torch.stack([dist.base_noise(rows.shape[1], gen) for gen in generators]).to(dev)
-            if shape_raw:
-                step_dist = dist.bind(shape_raw[0])
-                eps = step_dist.standard_sample(base.repeat_interleave(group_size, 0))
-            else:
-                eps = dist.standard_sample(base).repeat_interleave(group_size, 0)
-            mu, log_var = model(xb)
-            sigma = torch.exp(0.5 * log_var)
-            scale = torch.where(variance_reparam, sigma * sigma, sigma)
-            sample = mu + eps * scale
-            per_head = (loss_terms(target, mu, sample, scale, step_dist) * weights).sum(-1)
-            optimizer.zero_grad(set_to_none=True)
-            per_head.sum().backward()
-            optimizer.step()
-            if tracker.curves is not None:
-                epoch_loss += per_head.detach() * rows.shape[1]
-        tracker.train_loss(epoch_loss / n_train)
-        for name in tracker.sets_to_score(jobs[0].eval_rows):
-            mu_eval, _ = _predict(model, jobs, name, x_flat, set_of_job, n_rows)
-            tracker.observe(epoch, name, np.array([spearman(g[j.eval_rows[name]].numpy(), m)
-                                                   for j, m in zip(jobs, mu_eval)]))
-    tracker.restore()
+    def step_loss(rows, weights):                                                 # rows (G, b)
+        index = (group_set.unsqueeze(1) * n_rows + rows).reshape(-1).to(dev)
+        xb = torch.index_select(x_flat, 0, index).view(n_groups, rows.shape[1], dim)
+        target = g[rows].repeat_interleave(group_size, 0).to(dev)                  # (K, b)
+        base = torch.stack([dist.base_noise(rows.shape[1], gen) for gen in generators]).to(dev)
+        if shape_raw:
+            step_dist = dist.bind(shape_raw[0])
+            eps = step_dist.standard_sample(base.repeat_interleave(group_size, 0))
+        else:
+            step_dist = dist
+            eps = dist.standard_sample(base).repeat_interleave(group_size, 0)
+        mu, log_var = model(xb)
+        sigma = torch.exp(0.5 * log_var)
+        scale = torch.where(variance_reparam, sigma * sigma, sigma)
+        return (loss_terms(target, mu, mu + eps * scale, scale, step_dist) * weights).sum(-1)
+
+    def score(name):
+        mu_eval, _ = _predict(model, jobs, name, x_flat, set_of_job, n_rows)
+        return np.array([spearman(g[j.eval_rows[name]].numpy(), m) for j, m in zip(jobs, mu_eval)])
+
+    run_epochs(jobs, config.epochs, config.batch_size, group_train, generators, model, optimizer, tracker, step_loss,
+               score, list(jobs[0].eval_rows), dev)
     fitted = [dist.bind(float(raw)) for raw in shape_raw[0].detach()] if shape_raw else [dist] * k
 
     predictions = [dict() for _ in jobs]

@@ -1,4 +1,5 @@
-"""Per-epoch bookkeeping shared by the batched trainers: training curves and best-epoch model selection.
+"""The epoch loop the batched trainers share (stacked DAE heads, stacked judge/bin paths): per-model data order,
+one optimizer step per batch for all models, training curves and best-epoch model selection.
 
 The trained parameters are stacked with the model as leading dimension (K, ...), model-major when a model
 holds several rows (paths). Selection keeps, per model, the parameters of the epoch with the best Spearman
@@ -12,6 +13,7 @@ import numpy as np
 import torch
 
 from dae.errors import UsageError
+from dae.heads.losses import loss_weights
 
 SELECTION_SETS = {"best-val": "val", "best-test": "test"}
 
@@ -66,3 +68,34 @@ class EpochTracker:
 
     def curve(self, i: int) -> dict | None:
         return {key: np.stack(v)[:, i] for key, v in self.curves.items()} if self.curves is not None else None
+
+
+def shuffled_batches(train: torch.Tensor, generators, batch_size: int):
+    """One epoch of row batches (G, b): each row of `train` (G, n) shuffled by its own generator, then cut."""
+    perms = torch.stack([torch.randperm(train.shape[1], generator=gen) for gen in generators])
+    rows = torch.gather(train, 1, perms)
+    for lo in range(0, train.shape[1], batch_size):
+        yield rows[:, lo:lo + batch_size]
+
+
+def run_epochs(jobs, epochs: int, batch_size: int, train: torch.Tensor, generators, model, optimizer,
+               tracker: EpochTracker, step_loss, score, eval_names, device="cpu") -> None:
+    """Train all models for `epochs`: `train` (G, n) rows shuffled per generator, cut into batches;
+    step_loss(rows (G, b), weights (K, 3)) -> per-model loss (K,) with gradients; score(name) -> each model's
+    Spearman on evaluation set `name` (called when curves or the selection rule need it)."""
+    for epoch in range(epochs):
+        weights = torch.tensor([loss_weights(j.spec.loss, epoch, j.spec.alpha, j.spec.beta) for j in jobs],
+                               device=device)
+        epoch_loss = torch.zeros(len(jobs), device=device)
+        model.train()
+        for rows in shuffled_batches(train, generators, batch_size):
+            per_model = step_loss(rows, weights)
+            optimizer.zero_grad(set_to_none=True)
+            per_model.sum().backward()
+            optimizer.step()
+            if tracker.curves is not None:
+                epoch_loss += per_model.detach() * rows.shape[1]
+        tracker.train_loss(epoch_loss / train.shape[1])
+        for name in tracker.sets_to_score(eval_names):
+            tracker.observe(epoch, name, score(name))
+    tracker.restore()
