@@ -45,7 +45,8 @@ def _band(ax, epochs, values, label, color, log=False):
 def plot_curves(curves: pd.DataFrame, metric: str, path, title: str, ylabel: str, log: bool = False) -> Path:
     """One line per configuration: the mean curve over seeds (and units) in a band spanning every seed.
 
-    On a log axis, configurations whose curve is not always positive (an NLL can be) get a linear panel.
+    On a log axis, configurations whose curve is not always positive (an NLL can be) get a second panel on a
+    symmetric log axis (linear within ±1).
     """
     plt = require_matplotlib()
     labels = _labels(curves)
@@ -63,8 +64,10 @@ def plot_curves(curves: pd.DataFrame, metric: str, path, title: str, ylabel: str
             _band(ax, epochs, values, label, color, log=on_log)
         if on_log:
             ax.set_yscale("log")
+        elif log:  # symmetric log: a first-epoch NLL in the thousands and a converged one below zero both show
+            ax.set_yscale("symlog", linthresh=1.0)
         ax.set_xlabel("epoch")
-        ax.set_ylabel(ylabel if on_log or not log else ylabel.replace("(log scale)", "(linear: not always > 0)"))
+        ax.set_ylabel(ylabel if on_log or not log else ylabel.replace("(log scale)", "(symmetric log: not always > 0)"))
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=11)
