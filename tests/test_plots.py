@@ -58,8 +58,8 @@ def test_plot_study_writes_every_figure(robustness, tmp_path):
     assert not list((tmp_path / "figs").glob(".*"))  # no temporary files left behind
 
 
-def test_losses_that_go_negative_get_their_own_linear_panel(robustness, tmp_path):
-    """Log-scale loss curves cannot show an NLL below zero: such curves move to a second, linear panel."""
+def test_losses_that_go_negative_get_their_own_panel(robustness, tmp_path):
+    """Log-scale loss curves cannot show an NLL below zero: such curves move to a second, symmetric-log panel."""
     curves = robustness.curves
     positive = curves[curves["loss"] != "nll"]
     negative = curves.copy()
