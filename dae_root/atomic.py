@@ -37,14 +37,8 @@ def atomic_dir(path: str | os.PathLike, what: str = "folder"):
 
     `path` must not exist (runs are never overwritten); a failure leaves nothing behind.
     """
-    path = Path(path)
-    if path.exists():
-        raise DaeError(f"{what} {path} already exists; runs are never overwritten (choose another --out)")
-    parent = path.parent if str(path.parent) else Path(".")
-    parent.mkdir(parents=True, exist_ok=True)
-    if not os.access(parent, os.W_OK):
-        raise DaeError(f"cannot write {what} {path}: {parent} is not writable")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=parent))
+    path = check_new_dir(path, what)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         yield tmp
         os.rename(tmp, path)
@@ -71,4 +65,14 @@ def writable_dir(path: str | os.PathLike, what: str = "folder") -> Path:
         raise DaeError(f"cannot create {what} {path}: {exc.strerror or exc}") from None
     if not os.access(path, os.W_OK):
         raise DaeError(f"cannot write in {what} {path}: permission denied")
+    return path
+
+
+def check_new_dir(path: str | os.PathLike, what: str = "folder") -> Path:
+    """`path` must not exist yet (runs are never overwritten) and its parent must be writable (created if
+    missing). Called before long work, and again by atomic_dir when the results are written."""
+    path = Path(path)
+    if path.exists():
+        raise DaeError(f"{what} {path} already exists; runs are never overwritten (choose another --out)")
+    writable_dir(path.parent, "--out folder")
     return path

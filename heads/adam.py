@@ -22,13 +22,11 @@ class Adam:
         self.state: dict[torch.Tensor, dict] = {}
         self.fused = all(_fusable(p) for g in self.groups for p in g["params"])
 
-    def zero_grad(self, set_to_none: bool = True) -> None:
+    def zero_grad(self) -> None:
+        """Drop the gradients (torch's set_to_none): the next backward writes fresh ones."""
         for group in self.groups:
             for p in group["params"]:
-                if set_to_none:
-                    p.grad = None
-                elif p.grad is not None:
-                    p.grad.zero_()
+                p.grad = None
 
     @torch.no_grad()
     def step(self) -> None:

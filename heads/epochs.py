@@ -90,7 +90,7 @@ def run_epochs(jobs, epochs: int, batch_size: int, train: torch.Tensor, generato
         model.train()
         for rows in shuffled_batches(train, generators, batch_size):
             per_model = step_loss(rows, weights)
-            optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad()
             per_model.sum().backward()
             optimizer.step()
             if tracker.curves is not None:

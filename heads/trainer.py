@@ -290,7 +290,7 @@ def train_one(features, targets, job: Job, config: TrainConfig = TrainConfig()) 
             mu, log_var = head(xs[rows])
             scale = sample_scale(torch.exp(0.5 * log_var), spec.reparam)
             loss = (loss_terms(g[rows], mu, mu + eps * scale, scale, step_dist) * weights).sum()
-            optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad()
             loss.backward()
             optimizer.step()
     return HeadResult(job=job, predictions=predict_one(head, xs, job), selected_epoch=config.epochs - 1,

@@ -14,8 +14,8 @@ import pandas as pd
 import torch
 
 from dae import __version__
-from dae.atomic import atomic_dir, new_run_dir, writable_dir
-from dae.errors import DaeError, UsageError
+from dae.atomic import atomic_dir, check_new_dir, new_run_dir, writable_dir
+from dae.errors import UsageError
 from dae.features.manifest import read_manifest
 from dae.features.store import FeatureSet, align, content_sha256, read_features
 from dae.heads.distributions import get_distribution
@@ -237,9 +237,7 @@ def run_fit(features, manifest, plan: FitPlan, out=None, leaderboard=None, echo=
     if not plan.dataset:
         plan = dataclasses.replace(plan, dataset=Path(manifest).stem)
     out = Path(out) if out else new_run_dir(f"{plan.dataset or 'run'}-{plan.head}")
-    if out.exists():
-        raise DaeError(f"run folder {out} already exists; runs are never overwritten (choose another --out)")
-    writable_dir(out.parent, "--out folder")
+    check_new_dir(out, "run folder")
     if leaderboard:
         writable_dir(Path(leaderboard).parent, "--leaderboard folder")
     rows, predictions, results = fit_models(fs, df, plan, manifest_name, note=echo)

@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 
 from dae import __version__
-from dae.atomic import atomic_dir, new_run_dir, writable_dir
-from dae.errors import DaeError, UsageError
+from dae.atomic import atomic_dir, check_new_dir, new_run_dir, writable_dir
+from dae.errors import UsageError
 from dae.heads.distributions import DISTRIBUTIONS, REPARAMS, StudentT, get_distribution
 from dae.heads.losses import LOSSES
 from dae.heads.config import TrainConfig
@@ -367,9 +367,7 @@ def run_study_files(study: str, features, manifest, seeds, config: TrainConfig, 
     dataset = dataset or Path(manifest).stem
     plan = FitPlan(head="dae", specs=specs, config=config, dataset=dataset, score_range=score_range)
     out = Path(out) if out else new_run_dir(f"{dataset or 'run'}-ablate-{study}")
-    if out.exists():
-        raise DaeError(f"study folder {out} already exists; runs are never overwritten (choose another --out)")
-    writable_dir(out.parent, "--out folder")
+    check_new_dir(out, "study folder")
     if plots:
         from dae.pipeline.plots import require_matplotlib
         require_matplotlib()

@@ -15,7 +15,7 @@ def _train(make_optimizer, steps=25):
     for i in range(steps):
         x = torch.randn(16, 12, generator=gen)
         loss = (model(x) ** 2).mean() + (extra * x[:, 0]).pow(2).mean()
-        opt.zero_grad(set_to_none=True)
+        opt.zero_grad()  # torch.optim: set_to_none by default, like ours
         loss.backward()
         if i % 7 == 3:
             extra.grad = None  # a parameter without a gradient this step is left alone, as torch does
