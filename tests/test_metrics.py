@@ -57,3 +57,67 @@ def test_fisher_z_mean():
 def test_evaluate_point_head_leaves_distribution_metrics_empty():
     out = metrics.evaluate([1, 2, 3], [1, 2, 4], [1, 2, 4], None, (0, 10))
     assert out["spearman"] == pytest.approx(1.0) and math.isnan(out["crps"]) and math.isnan(out["coverage90"])
+
+
+# --- interval and uncertainty metrics (calibration)
+
+def test_width_and_interval_metrics_by_hand():
+    y = np.array([0.0, 1.0, 2.0, 3.0])
+    ends = {0.5: (np.array([0, 0, 0, 0.0]), np.array([0.5, 0.5, 0.5, 0.5])),
+            0.9: (np.array([-1, 0, 1, 4.0]), np.array([1, 2, 3, 6.0]))}
+    out = metrics.interval_metrics(y, ends)
+    assert out["coverage50"] == pytest.approx(0.25) and out["coverage90"] == pytest.approx(0.75)
+    assert out["width90"] == pytest.approx(2.0) and math.isnan(out["coverage80"]) and math.isnan(out["coverage95"])
+
+
+def test_pit_distance_by_hand():
+    assert metrics.pit_distance(np.arange(10) / 10 + 0.05) == pytest.approx(0.0)
+    assert metrics.pit_distance(np.full(20, 0.99)) == pytest.approx(0.9)  # all in one of ten bins
+    # 4 values, two bins: shares 3/4 and 1/4 -> 0.5 * (0.25 + 0.25)
+    assert metrics.pit_distance([0.1, 0.2, 0.3, 0.9], bins=2) == pytest.approx(0.25)
+
+
+def test_cdf_is_the_pit_of_each_family():
+    from dae.heads.distributions import get_distribution
+    y, mu, s = np.array([1.0, -0.5]), np.array([0.5, 0.0]), np.array([1.0, 0.3])
+    np.testing.assert_allclose(metrics.cdf(y, mu, s), stats.norm(mu, s).cdf(y))
+    np.testing.assert_allclose(metrics.cdf(y, mu, s, get_distribution("laplace")), stats.laplace(mu, s).cdf(y))
+    np.testing.assert_allclose(metrics.cdf(y, mu, s, get_distribution("logistic")), stats.logistic(mu, s).cdf(y))
+    np.testing.assert_allclose(metrics.cdf(y, mu, s, get_distribution("student-t:3")), stats.t(3, mu, s).cdf(y))
+
+
+def test_uncertainty_decile_tau_by_hand():
+    # 20 videos, spread 0..19: bins of two; errors rise with the spread except bins 0 and 1 swapped
+    scale = np.arange(20.0)
+    err = np.repeat([2.0, 1.0, 3, 4, 5, 6, 7, 8, 9, 10], 2)
+    # 45 pairs, one discordant: tau = (44 - 1) / 45
+    assert metrics.uncertainty_decile_tau(err, np.zeros(20), scale) == pytest.approx(43 / 45)
+    assert metrics.uncertainty_decile_tau(err, np.zeros(20), -scale) == pytest.approx(-43 / 45)
+    assert math.isnan(metrics.uncertainty_decile_tau(err, np.zeros(20), np.ones(20)))  # constant spread
+    assert math.isnan(metrics.uncertainty_decile_tau(err[:9], np.zeros(9), scale[:9]))  # fewer than 10 videos
+
+
+def test_crps_matches_scoringrules_for_every_family():
+    sr = pytest.importorskip("scoringrules", reason="scoringrules (the dev extra) is the CRPS oracle")
+    from dae.heads.distributions import get_distribution
+    rng = np.random.default_rng(0)
+    y, mu, s = rng.normal(size=30), rng.normal(size=30), rng.uniform(0.2, 2.0, 30)
+    assert metrics.crps(y, mu, s) == pytest.approx(np.mean(sr.crps_normal(y, mu, s)), rel=1e-9)
+    assert metrics.crps(y, mu, s, get_distribution("laplace")) == pytest.approx(
+        np.mean(sr.crps_laplace(y, mu, s)), rel=1e-9)
+    assert metrics.crps(y, mu, s, get_distribution("logistic")) == pytest.approx(
+        np.mean(sr.crps_logistic(y, mu, s)), rel=1e-9)
+    assert metrics.crps(y, mu, s, get_distribution("student-t:4")) == pytest.approx(
+        np.mean(sr.crps_t(y, 4.0, mu, s)), rel=1e-7)
+
+
+def test_evaluate_reports_every_interval_metric():
+    rng = np.random.default_rng(0)
+    y = rng.normal(size=200)
+    out = metrics.evaluate(y, np.zeros(200), np.zeros(200), np.ones(200), (-5, 5))
+    assert out["coverage90"] == pytest.approx(0.9, abs=0.05) and out["coverage50"] == pytest.approx(0.5, abs=0.08)
+    assert out["width90"] == pytest.approx(2 * 1.6448536, rel=1e-6)
+    assert out["pit_distance"] < 0.1 and math.isnan(out["uncertainty_decile_tau"])  # constant spread
+    ends = {0.9: (np.full(200, -1.0), np.full(200, 1.0))}
+    given = metrics.evaluate(y, np.zeros(200), np.zeros(200), np.ones(200), (-5, 5), intervals=ends)
+    assert given["width90"] == pytest.approx(2.0) and math.isnan(given["coverage50"])

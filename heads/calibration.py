@@ -1,0 +1,201 @@
+"""Post-hoc calibration of predicted score distributions, fitted on training rows only: none, scale, conformal (CV+).
+
+Every calibrator reads the out-of-fold predictions of K fold models (each trained on the training rows outside
+its fold, `fold_ids`), so no training row is wasted and no test row is ever seen:
+- `none`: the head's own distribution N(mu, scale^2) (or its family), as trained; point heads get no interval.
+- `scale`: one multiplier s for the spread, fitted by NLL on the out-of-fold residuals: scale' = s * scale.
+  A point head (mlp, ridge) has scale 1, so s becomes its constant spread.
+- `conformal`: CV+ (Barber, Candes, Ramdas & Tibshirani 2021, "Predictive inference with the jackknife+") on the
+  normalised residual R_i = |y_i - mu_-k(i)(x_i)| / scale_-k(i)(x_i) (|y_i - mu_-k(i)(x_i)| for a point head):
+  the interval at level 1 - a for a new x is [ the floor(a (n+1))-th smallest of mu_-k(i)(x) - R_i scale_-k(i)(x),
+  the ceil((1-a)(n+1))-th smallest of mu_-k(i)(x) + R_i scale_-k(i)(x) ]. Under exchangeability of training and
+  test rows it covers at least 1 - 2a marginally in theory and about 1 - a in practice; it is not conditional
+  coverage. NLL, CRPS and PIT (a density, which conformal does not give) use the `scale` multiplier.
+The point prediction mu is the full model's under every calibrator: the ranking never changes.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import optimize
+
+from dae.errors import UsageError
+from dae.heads.metrics import INTERVAL_LEVELS
+
+CALIBRATORS = ("none", "scale", "conformal")
+DEFAULT_CALIBRATOR = "conformal"
+LEVELS = INTERVAL_LEVELS
+DEFAULT_FOLDS = 5
+CALIBRATION_SEED = 0
+# The fewest calibration residuals for which CV+ / split conformal gives a finite interval at every level:
+# ceil(0.95 (n + 1)) <= n  <=>  n >= 19.
+MIN_CALIBRATION_ROWS = next(n for n in range(1, 10_000) if math.ceil(max(LEVELS) * (n + 1) - 1e-9) <= n)
+
+
+def check_calibrator(method: str) -> None:
+    if method not in CALIBRATORS:
+        raise UsageError(f"unknown calibrator {method!r} (choose from {', '.join(CALIBRATORS)})")
+
+
+def check_rows(n_train: int, method: str, where: str = "the manifest", folds: int = DEFAULT_FOLDS) -> None:
+    """A usage error when a protocol cell has too few training rows to carve calibration folds from."""
+    if method == "none":
+        return
+    need = max(MIN_CALIBRATION_ROWS, 2 * folds)
+    if n_train < need:
+        raise UsageError(f"--calibrate {method}: {where} has {n_train} training rows, too few to calibrate on "
+                         f"(at least {need}: {MIN_CALIBRATION_ROWS} for a finite 95% conformal interval, 2 per "
+                         f"fold); use --calibrate none")
+
+
+def fold_ids(n_train: int, folds: int = DEFAULT_FOLDS, seed: int = CALIBRATION_SEED) -> np.ndarray:
+    """The calibration fold (0..folds-1) of each training row, by position: balanced sizes, shuffled by seed."""
+    if folds < 2:
+        raise UsageError(f"calibration needs at least 2 folds, got {folds}")
+    ids = np.arange(n_train) % folds
+    return np.random.default_rng(seed).permutation(ids)
+
+
+@dataclass
+class Calibration:
+    """What a calibrator fitted for one model; `fitted()` / `describe()` give what a run folder records."""
+
+    method: str
+    multiplier: float = 1.0          # scale' = multiplier * scale (scale and conformal; 1 for none)
+    normalised: bool = True          # conformal residuals divided by the spread (heads with one)
+    residuals: np.ndarray = field(default_factory=lambda: np.zeros(0))  # conformal R_i, score units if not normalised
+    fold: np.ndarray = field(default_factory=lambda: np.zeros(0, int))  # the fold model each R_i came from
+    folds: int = DEFAULT_FOLDS
+    seed: int = CALIBRATION_SEED
+
+    @property
+    def n_rows(self) -> int:
+        return int(len(self.residuals))
+
+    def label(self) -> str:
+        """The leaderboard's `calibration` column: method and how its rows were carved."""
+        if self.method == "none":
+            return "none"
+        how = f"cv{self.folds}-seed{self.seed}-n{self.n_rows}"
+        return f"{self.method}:{how}" if self.method == "scale" else f"conformal-cv+:{how}"
+
+    def fitted(self) -> dict:
+        """JSON-ready record (config.json / model.pt) from which `from_fitted` rebuilds the calibrator."""
+        return {"method": self.method, "multiplier": self.multiplier, "normalised": self.normalised,
+                "residuals": [float(r) for r in self.residuals], "fold": [int(k) for k in self.fold],
+                "folds": self.folds, "seed": self.seed, "label": self.label()}
+
+    @classmethod
+    def from_fitted(cls, d: dict) -> "Calibration":
+        return cls(method=d["method"], multiplier=float(d["multiplier"]), normalised=bool(d["normalised"]),
+                   residuals=np.asarray(d["residuals"], float), fold=np.asarray(d["fold"], int),
+                   folds=int(d["folds"]), seed=int(d["seed"]))
+
+
+def _spread(scale, n) -> np.ndarray:
+    """The head's spread, or ones for a point head (scale None or NaN)."""
+    if scale is None:
+        return np.ones(n)
+    scale = np.asarray(scale, float)
+    return np.ones(n) if np.all(np.isnan(scale)) else scale
+
+
+def _check_spread(scale, what: str):
+    bad = ~(np.isfinite(scale) & (scale > 0))
+    if bad.any():
+        raise ValueError(f"calibration: {what} has {int(bad.sum())} non-positive or non-finite spreads")
+
+
+def fit_multiplier(y, mu, scale, distribution) -> float:
+    """s minimising the mean NLL of y under the distribution with scale s * scale (closed form for the Gaussian)."""
+    import torch
+
+    y, mu, scale = (np.asarray(a, float) for a in (y, mu, scale))
+    z = (y - mu) / scale
+    if getattr(distribution, "name", "") == "gaussian":
+        return float(np.sqrt(np.mean(z * z)))
+    yt, mt, st = (torch.as_tensor(a, dtype=torch.float64) for a in (y, mu, scale))
+
+    def mean_nll(log_s):
+        return float(distribution.nll(yt, mt, st * math.exp(log_s)).mean())
+
+    start = math.log(max(float(np.sqrt(np.mean(z * z))), 1e-12))
+    res = optimize.minimize_scalar(mean_nll, bounds=(start - 10.0, start + 10.0), method="bounded",
+                                   options={"xatol": 1e-10})
+    return float(math.exp(res.x))
+
+
+def fit_calibration(method: str, y, oof_mu, oof_scale, fold, distribution, folds: int = DEFAULT_FOLDS,
+                    seed: int = CALIBRATION_SEED) -> Calibration:
+    """Fit `method` on the out-of-fold predictions (oof_mu, oof_scale: the fold model that did not train on the row;
+    oof_scale None for a point head) of the training rows y, score units."""
+    check_calibrator(method)
+    if method == "none":
+        return Calibration("none", folds=folds, seed=seed)
+    y, oof_mu = np.asarray(y, float), np.asarray(oof_mu, float)
+    normalised = oof_scale is not None and not np.all(np.isnan(np.asarray(oof_scale, float)))
+    spread = _spread(oof_scale, len(y))
+    _check_spread(spread, "the out-of-fold predictions")
+    residuals = np.abs(y - oof_mu) / spread
+    from dae.heads.distributions import get_distribution
+    multiplier = fit_multiplier(y, oof_mu, spread, get_distribution(distribution))
+    return Calibration(method, multiplier=multiplier, normalised=normalised, residuals=residuals,
+                       fold=np.asarray(fold, int), folds=folds, seed=seed)
+
+
+def calibrated_scale(cal: Calibration, scale, n: int):
+    """The spread after calibration (NLL, CRPS, PIT); None for an uncalibrated point head."""
+    if cal.method == "none":
+        if scale is None or np.all(np.isnan(np.asarray(scale, float))):
+            return None
+        return np.asarray(scale, float)
+    return cal.multiplier * _spread(scale, n)
+
+
+def _order_statistic(values, k: int, axis=0):
+    """The k-th smallest (1-based) along axis; -inf for k < 1, +inf for k > n."""
+    n = values.shape[axis]
+    if k < 1:
+        return np.full(np.delete(values.shape, axis), -np.inf)
+    if k > n:
+        return np.full(np.delete(values.shape, axis), np.inf)
+    return np.partition(values, k - 1, axis=axis).take(k - 1, axis=axis)
+
+
+def cv_plus_interval(residuals, fold, fold_mu, fold_scale, level: float):
+    """CV+ interval ends (n_test,) at `level`. residuals, fold (n_cal,); fold_mu, fold_scale (K, n_test): each fold
+    model's prediction for the test rows (fold_scale ones for absolute residuals)."""
+    residuals, fold = np.asarray(residuals, float), np.asarray(fold, int)
+    mu_i = np.asarray(fold_mu, float)[fold]           # (n_cal, n_test): the model that left row i out
+    s_i = np.asarray(fold_scale, float)[fold]
+    n = len(residuals)
+    alpha = 1.0 - level
+    lower = _order_statistic(mu_i - residuals[:, None] * s_i, math.floor(alpha * (n + 1) + 1e-9))
+    upper = _order_statistic(mu_i + residuals[:, None] * s_i, math.ceil((1.0 - alpha) * (n + 1) - 1e-9))
+    return lower, upper
+
+
+def intervals(cal: Calibration, mu, scale, distribution, fold_mu=None, fold_scale=None, levels=LEVELS) -> dict:
+    """{level: (lo, hi)} in score units for the test rows. mu, scale: the full model's (scale None: point head);
+    fold_mu, fold_scale (K, n_test): the fold models' predictions for the same rows (conformal only)."""
+    from dae.heads.distributions import get_distribution
+
+    mu = np.asarray(mu, float)
+    n = len(mu)
+    if cal.method == "conformal":
+        if fold_mu is None:
+            raise ValueError("conformal intervals need the fold models' predictions (fold_mu)")
+        fold_mu = np.asarray(fold_mu, float)
+        fold_spread = np.asarray(fold_scale, float) if cal.normalised else np.ones_like(fold_mu)
+        return {level: cv_plus_interval(cal.residuals, cal.fold, fold_mu, fold_spread, level) for level in levels}
+    spread = calibrated_scale(cal, scale, n)
+    if spread is None:
+        return {level: (np.full(n, np.nan), np.full(n, np.nan)) for level in levels}
+    dist = get_distribution(distribution)
+    out = {}
+    for level in levels:
+        z = dist.standard_quantile(0.5 + level / 2.0)
+        out[level] = (mu - z * spread, mu + z * spread)
+    return out

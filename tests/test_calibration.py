@@ -1,0 +1,168 @@
+"""Calibrators (none, scale, conformal CV+) on plain arrays: hand-computed values, MAPIE as the CV+ oracle,
+coverage on exchangeable data, and mu untouched."""
+import math
+
+import numpy as np
+import pytest
+
+from dae.errors import UsageError
+from dae.heads import calibration as cal
+from dae.heads.distributions import Laplace, StudentT
+
+
+def test_too_few_rows_is_a_usage_error_naming_the_minimum():
+    assert cal.MIN_CALIBRATION_ROWS == 19  # ceil(0.95 * 20) = 19 <= 19; ceil(0.95 * 19) = 19 > 18
+    with pytest.raises(UsageError, match="18 training rows.*at least 19"):
+        cal.check_rows(18, "conformal", "group 'a'")
+    cal.check_rows(19, "conformal")
+    cal.check_rows(3, "none")
+    with pytest.raises(UsageError, match="at least 19"):
+        cal.check_rows(10, "scale")
+
+
+def test_fold_ids_are_balanced_and_fixed_by_the_seed():
+    ids = cal.fold_ids(23, 5)
+    assert sorted(np.bincount(ids)) == [4, 4, 5, 5, 5]
+    np.testing.assert_array_equal(ids, cal.fold_ids(23, 5))
+    assert not np.array_equal(ids, cal.fold_ids(23, 5, seed=1))
+
+
+def test_cv_plus_interval_by_hand():
+    # n = 4 calibration rows, two folds, one test row; level 0.6: alpha = 0.4,
+    # lower = floor(0.4 * 5) = 2nd smallest, upper = ceil(0.6 * 5) = 3rd smallest.
+    residuals = np.array([1.0, 2.0, 0.5, 3.0])
+    fold = np.array([0, 0, 1, 1])
+    fold_mu = np.array([[10.0], [12.0]])
+    ones = np.ones_like(fold_mu)
+    lo, hi = cal.cv_plus_interval(residuals, fold, fold_mu, ones, 0.6)
+    # lower values: 9, 8, 11.5, 9 -> sorted 8, 9, 9, 11.5 -> 2nd = 9; upper: 11, 12, 12.5, 15 -> 3rd = 12.5
+    assert lo[0] == pytest.approx(9.0) and hi[0] == pytest.approx(12.5)
+    # normalised: fold 1 predicts twice the spread, so its residuals count double around its mu
+    lo, hi = cal.cv_plus_interval(residuals, fold, fold_mu, np.array([[1.0], [2.0]]), 0.6)
+    # lower: 9, 8, 11, 6 -> 6, 8, 9, 11 -> 8; upper: 11, 12, 13, 18 -> 13
+    assert lo[0] == pytest.approx(8.0) and hi[0] == pytest.approx(13.0)
+
+
+def _ridge_folds(x, y, x_test, fold, k):
+    from sklearn.linear_model import Ridge
+
+    oof = np.empty(len(y))
+    test = np.empty((k, len(x_test)))
+    for f in range(k):
+        model = Ridge(alpha=1.0).fit(x[fold != f], y[fold != f])
+        oof[fold == f] = model.predict(x[fold == f])
+        test[f] = model.predict(x_test)
+    return oof, test
+
+
+def test_cv_plus_matches_mapie_cross_conformal():
+    pytest.importorskip("mapie", reason="MAPIE (the dev extra) is the CV+ oracle")
+    from mapie.regression import CrossConformalRegressor
+    from sklearn.linear_model import Ridge
+    from sklearn.model_selection import PredefinedSplit
+
+    rng = np.random.default_rng(3)
+    x, x_test = rng.normal(size=(60, 3)), rng.normal(size=(15, 3))
+    w = np.array([1.0, -2.0, 0.5])
+    y = x @ w + rng.normal(scale=0.7, size=60)
+    fold = cal.fold_ids(60, 5)
+    oof, test = _ridge_folds(x, y, x_test, fold, 5)
+    c = cal.fit_calibration("conformal", y, oof, None, fold, "gaussian")
+    assert not c.normalised
+    ours = cal.intervals(c, test.mean(0), None, "gaussian", fold_mu=test)
+    levels = list(cal.LEVELS)
+    mapie = CrossConformalRegressor(Ridge(alpha=1.0), confidence_level=levels, method="plus",
+                                    cv=PredefinedSplit(fold)).fit_conformalize(x, y)
+    _, ends = mapie.predict_interval(x_test)
+    for j, level in enumerate(levels):
+        np.testing.assert_allclose(ours[level][0], ends[:, 0, j], atol=1e-9)
+        np.testing.assert_allclose(ours[level][1], ends[:, 1, j], atol=1e-9)
+
+
+def test_conformal_covers_at_the_nominal_level_on_exchangeable_data():
+    """Heteroscedastic data, a spread that tracks the noise: over many draws CV+ covers at least its level
+    (the guarantee is marginal, so it is checked over draws), and normalised intervals are narrower than
+    absolute ones at the same coverage."""
+    rng = np.random.default_rng(0)
+    hits = {0.5: [], 0.9: []}
+    widths = {True: [], False: []}
+    for _ in range(150):
+        n, m = 60, 40
+        s = rng.uniform(0.2, 2.0, n + m)
+        y = rng.normal(scale=s)
+        fold = cal.fold_ids(n, 5)
+        # a "model" whose mu is 0 and whose spread is the true one, the same for every fold
+        fold_mu, fold_s = np.zeros((5, m)), np.tile(s[n:], (5, 1))
+        for normalised in (True, False):
+            c = cal.fit_calibration("conformal", y[:n], np.zeros(n), s[:n] if normalised else None, fold, "gaussian")
+            ends = cal.intervals(c, np.zeros(m), s[n:] if normalised else None, "gaussian", fold_mu, fold_s)
+            widths[normalised].append(np.mean(ends[0.9][1] - ends[0.9][0]))
+            if normalised:
+                for level in hits:
+                    lo, hi = ends[level]
+                    hits[level].append(np.mean((y[n:] >= lo) & (y[n:] <= hi)))
+    assert np.mean(hits[0.9]) == pytest.approx(0.9, abs=0.02)
+    assert np.mean(hits[0.5]) == pytest.approx(0.5, abs=0.03)
+    assert np.mean(widths[True]) < 0.9 * np.mean(widths[False])
+
+
+def test_scale_multiplier_gaussian_closed_form_and_laplace_by_optimisation():
+    y = np.array([1.0, -2.0, 0.5, 3.0])
+    mu = np.zeros(4)
+    s = np.array([1.0, 1.0, 0.5, 2.0])
+    z = y / s
+    assert cal.fit_multiplier(y, mu, s, cal_dist("gaussian")) == pytest.approx(math.sqrt(np.mean(z * z)))
+    # Laplace NLL |r| / (m b) + log(2 m b) is minimised at m = mean(|r| / b)
+    assert cal.fit_multiplier(y, mu, s, Laplace()) == pytest.approx(np.mean(np.abs(z)), rel=1e-6)
+    # Student-t: a stationary point of the mean NLL
+    m = cal.fit_multiplier(y, mu, s, StudentT(5.0))
+    f = lambda v: cal_nll(y, mu, s * v, StudentT(5.0))  # noqa: E731
+    assert f(m) <= min(f(m * 1.01), f(m / 1.01))
+
+
+def cal_dist(name):
+    from dae.heads.distributions import get_distribution
+    return get_distribution(name)
+
+
+def cal_nll(y, mu, s, dist):
+    from dae.heads.metrics import nll
+    return nll(y, mu, s, dist)
+
+
+def test_scale_calibration_keeps_mu_and_scales_the_spread():
+    rng = np.random.default_rng(1)
+    y, mu, s = rng.normal(size=40), rng.normal(scale=0.1, size=40), np.full(40, 0.1)
+    fold = cal.fold_ids(40, 5)
+    c = cal.fit_calibration("scale", y, mu, s, fold, "gaussian")
+    assert c.multiplier > 5  # the spread was far too narrow
+    test_mu, test_s = np.array([1.0, 2.0]), np.array([0.1, 0.2])
+    ends = cal.intervals(c, test_mu, test_s, "gaussian")
+    for lo, hi in ends.values():
+        np.testing.assert_allclose((lo + hi) / 2, test_mu)  # centred on the unchanged mu
+    np.testing.assert_allclose(cal.calibrated_scale(c, test_s, 2), c.multiplier * test_s)
+    # a point head: the multiplier is its constant spread, the RMS out-of-fold error
+    p = cal.fit_calibration("scale", y, mu, None, fold, "gaussian")
+    assert p.multiplier == pytest.approx(math.sqrt(np.mean((y - mu) ** 2)))
+    np.testing.assert_allclose(cal.calibrated_scale(p, None, 2), [p.multiplier] * 2)
+
+
+def test_none_keeps_raw_intervals_and_point_heads_get_none():
+    c = cal.fit_calibration("none", [1.0], [0.0], [1.0], [0], "gaussian")
+    ends = cal.intervals(c, np.array([0.0]), np.array([2.0]), "gaussian")
+    assert ends[0.9][1][0] == pytest.approx(2.0 * 1.6448536, rel=1e-6)
+    assert np.isnan(cal.intervals(c, np.array([0.0]), None, "gaussian")[0.9][0][0])
+    assert cal.calibrated_scale(c, None, 1) is None
+
+
+def test_fitted_record_round_trips():
+    rng = np.random.default_rng(2)
+    fold = cal.fold_ids(30, 5)
+    c = cal.fit_calibration("conformal", rng.normal(size=30), np.zeros(30), np.ones(30), fold, "gaussian")
+    back = cal.Calibration.from_fitted(c.fitted())
+    assert back.label() == c.label() == "conformal-cv+:cv5-seed0-n30"
+    fold_mu, fold_s = rng.normal(size=(5, 4)), np.ones((5, 4))
+    a = cal.intervals(c, np.zeros(4), np.ones(4), "gaussian", fold_mu, fold_s)
+    b = cal.intervals(back, np.zeros(4), np.ones(4), "gaussian", fold_mu, fold_s)
+    for level in cal.LEVELS:
+        np.testing.assert_array_equal(a[level][0], b[level][0])
