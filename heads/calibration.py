@@ -15,6 +15,7 @@ The point prediction mu is the full model's under every calibrator: the ranking 
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -45,9 +46,9 @@ def check_rows(n_train: int, method: str, where: str = "the manifest", folds: in
         return
     need = max(MIN_CALIBRATION_ROWS, 2 * folds)
     if n_train < need:
-        raise UsageError(f"--calibrate {method}: {where} has {n_train} training rows, too few to calibrate on "
-                         f"(at least {need}: {MIN_CALIBRATION_ROWS} for a finite 95% conformal interval, 2 per "
-                         f"fold); use --calibrate none")
+        raise UsageError(f"--calibrate {method}: {where} has {n_train} training rows, too few to carve calibration "
+                         f"folds from (at least {need}: {MIN_CALIBRATION_ROWS} held-out residuals for a finite 95% "
+                         f"interval, 2 rows per fold); use --calibrate none")
 
 
 def fold_ids(n_train: int, folds: int = DEFAULT_FOLDS, seed: int = CALIBRATION_SEED) -> np.ndarray:
@@ -103,9 +104,9 @@ def _spread(scale, n) -> np.ndarray:
 
 
 def _check_spread(scale, what: str):
-    bad = ~(np.isfinite(scale) & (scale > 0))
+    bad = np.isfinite(scale) & ~(scale > 0)
     if bad.any():
-        raise ValueError(f"calibration: {what} has {int(bad.sum())} non-positive or non-finite spreads")
+        raise ValueError(f"calibration: {what} has {int(bad.sum())} non-positive spreads")
 
 
 def fit_multiplier(y, mu, scale, distribution) -> float:
@@ -140,7 +141,9 @@ def fit_calibration(method: str, y, oof_mu, oof_scale, fold, distribution, folds
     _check_spread(spread, "the out-of-fold predictions")
     residuals = np.abs(y - oof_mu) / spread
     from dae.heads.distributions import get_distribution
-    multiplier = fit_multiplier(y, oof_mu, spread, get_distribution(distribution))
+    # a fold model that diverged (non-finite predictions) leaves the model uncalibrated: NaN intervals, not a guess
+    multiplier = fit_multiplier(y, oof_mu, spread, get_distribution(distribution)) \
+        if np.all(np.isfinite(residuals)) else float("nan")
     return Calibration(method, multiplier=multiplier, normalised=normalised, residuals=residuals,
                        fold=np.asarray(fold, int), folds=folds, seed=seed)
 
@@ -171,6 +174,8 @@ def cv_plus_interval(residuals, fold, fold_mu, fold_scale, level: float):
     mu_i = np.asarray(fold_mu, float)[fold]           # (n_cal, n_test): the model that left row i out
     s_i = np.asarray(fold_scale, float)[fold]
     n = len(residuals)
+    if not np.all(np.isfinite(residuals)):
+        return (np.full(mu_i.shape[1], np.nan),) * 2
     alpha = 1.0 - level
     lower = _order_statistic(mu_i - residuals[:, None] * s_i, math.floor(alpha * (n + 1) + 1e-9))
     upper = _order_statistic(mu_i + residuals[:, None] * s_i, math.ceil((1.0 - alpha) * (n + 1) - 1e-9))
@@ -199,3 +204,73 @@ def intervals(cal: Calibration, mu, scale, distribution, fold_mu=None, fold_scal
         z = dist.standard_quantile(0.5 + level / 2.0)
         out[level] = (mu - z * spread, mu + z * spread)
     return out
+
+
+# --- the fold models, as more jobs of the one trainer, and calibrating trained models with them
+
+CALIBRATION_SET = "calibration"
+
+
+def fold_jobs(jobs, method: str, folds: int = DEFAULT_FOLDS, seed: int = CALIBRATION_SEED) -> list:
+    """K more jobs per job (none: no more): the same spec and seed, trained on its training rows outside fold k,
+    evaluated on fold k (CALIBRATION_SET) and on the job's other sets. Folds come from `fold_ids`."""
+    check_calibrator(method)
+    if method == "none":
+        return []
+    out = []
+    for job in jobs:
+        train = np.asarray(job.train_rows)
+        ids = fold_ids(len(train), folds, seed)
+        for k in range(folds):
+            out.append(dataclasses.replace(job, train_rows=train[ids != k],
+                                           eval_rows={CALIBRATION_SET: train[ids == k], **job.eval_rows},
+                                           tags={**job.tags, "calibration_fold": k}))
+    return out
+
+
+@dataclass
+class Calibrated:
+    """One model after calibration, score units: its calibrator, calibrated spread (None: no spread) and
+    {level: (lo, hi)} intervals for its test rows."""
+
+    calibration: Calibration
+    scale: np.ndarray | None
+    intervals: dict
+
+
+def _score_units(p: dict, key: str, score_range, spread: bool):
+    lo, hi = score_range
+    value = p.get(key)
+    if value is None:
+        return None
+    value = np.asarray(value, float)
+    return value * (hi - lo) if spread else lo + value * (hi - lo)
+
+
+def calibrate_result(method: str, result, fold_results, scores, score_range, distribution, has_spread: bool,
+                     eval_set: str = "test", folds: int = DEFAULT_FOLDS, seed: int = CALIBRATION_SEED) -> Calibrated:
+    """Calibrate one trained model (a trainer result, normalised units) with its K fold models' results.
+    scores: every manifest row's score (score units); has_spread False: a point head (mlp, ridge)."""
+    pred = result.predictions[eval_set]
+    has_spread = has_spread and pred.get("scale") is not None and not np.all(np.isnan(pred["scale"]))
+    mu = _score_units(pred, "mu", score_range, False)
+    scale = _score_units(pred, "scale", score_range, True) if has_spread else None
+    if method == "none":
+        cal = Calibration("none", folds=folds, seed=seed)
+        return Calibrated(cal, calibrated_scale(cal, scale, len(mu)), intervals(cal, mu, scale, distribution))
+    train = np.asarray(result.job.train_rows)
+    ids = fold_ids(len(train), folds, seed)
+    oof_mu = np.empty(len(train))
+    oof_scale = np.empty(len(train)) if has_spread else None
+    fold_mu, fold_scale = [], []
+    for k, fres in enumerate(fold_results):
+        held = fres.predictions[CALIBRATION_SET]
+        oof_mu[ids == k] = _score_units(held, "mu", score_range, False)
+        fold_mu.append(_score_units(fres.predictions[eval_set], "mu", score_range, False))
+        if has_spread:
+            oof_scale[ids == k] = _score_units(held, "scale", score_range, True)
+            fold_scale.append(_score_units(fres.predictions[eval_set], "scale", score_range, True))
+    cal = fit_calibration(method, np.asarray(scores, float)[train], oof_mu, oof_scale, ids, distribution, folds, seed)
+    ends = intervals(cal, mu, scale, distribution, np.stack(fold_mu),
+                     np.stack(fold_scale) if has_spread else None)
+    return Calibrated(cal, calibrated_scale(cal, scale, len(mu)), ends)

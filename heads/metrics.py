@@ -68,7 +68,10 @@ def interval(mu, scale, level: float = COVERAGE_LEVEL, distribution=Gaussian()):
 
 
 def coverage(y_true, lo, hi) -> float:
-    y = np.asarray(y_true, float)
+    """Share of true scores inside [lo, hi]; NaN when an interval is missing (NaN ends)."""
+    y, lo, hi = (np.asarray(a, float) for a in (y_true, lo, hi))
+    if np.isnan(lo).any() or np.isnan(hi).any():
+        return float("nan")
     return float(np.mean((y >= lo) & (y <= hi)))
 
 

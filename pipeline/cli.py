@@ -213,6 +213,21 @@ def train_options(f):
     return f
 
 
+def calibrate_option(f):
+    """--calibrate and --calibration-folds: the post-hoc calibrator of every interval (dae.heads.calibration)."""
+    from dae.heads.calibration import CALIBRATORS, DEFAULT_CALIBRATOR, DEFAULT_FOLDS, MIN_CALIBRATION_ROWS
+
+    f = click.option("--calibration-folds", type=click.IntRange(2), default=DEFAULT_FOLDS, show_default=True,
+                     help="K: each model gets K fold models (trained on the training rows outside fold k, fixed "
+                     "seed) whose out-of-fold residuals fit the calibrator; ~K times more training.")(f)
+    return click.option("--calibrate", type=click.Choice(CALIBRATORS), default=DEFAULT_CALIBRATOR,
+                        show_default=True, help="How the predicted intervals are calibrated, on training rows only: "
+                        "none (the head's raw spread; point heads get no interval); scale (one spread multiplier "
+                        "fitted by NLL); conformal (CV+ on |y - mu| / sigma, or |y - mu| for point heads: "
+                        "marginal coverage under exchangeability). mu and the ranking never change. Needs "
+                        f"at least {MIN_CALIBRATION_ROWS} training rows per protocol cell.")(f)
+
+
 def resolve_seeds(n_seeds, seed, default_n=1):
     if n_seeds is not None and seed is not None:
         raise click.UsageError("give --seeds N or --seed S, not both")
@@ -273,8 +288,10 @@ def input_options(f):
 @click.option("--predict", "prediction", type=click.Choice(["mu", "sample"]), default="mu", show_default=True,
               help="Rank by mu (deterministic) or by one reparameterised sample (the paper's, labelled).")
 @train_options
+@calibrate_option
 def fit_cmd(features, manifest, out, leaderboard, head, bins, bin_std, bin_predict, judge_rule, loss, reparam,
-            alpha, beta, prediction, epochs, lr, weight_decay, batch_size, n_seeds, seed, selection, dataset):
+            alpha, beta, prediction, epochs, lr, weight_decay, batch_size, n_seeds, seed, selection, dataset,
+            calibrate, calibration_folds):
     """Train score heads on cached features; one model per group and fold of the manifest.
 
     Writes RUN/{config.json, metrics.csv, predictions.csv, model.pt} and appends one leaderboard row per
@@ -293,7 +310,8 @@ def fit_cmd(features, manifest, out, leaderboard, head, bins, bin_std, bin_predi
 
     plan = FitPlan(head=head, specs=specs, config=config, dataset=dataset or "",
                    score_range=card_score_range(dataset, manifest),
-                   head_options=HeadOptions(bins=bins, bin_std=bin_std, bin_rule=bin_predict, judge_rule=judge_rule))
+                   head_options=HeadOptions(bins=bins, bin_std=bin_std, bin_rule=bin_predict, judge_rule=judge_rule),
+                   calibrate=calibrate, calibration_folds=calibration_folds)
     run_fit(features, manifest, plan, out=out, leaderboard=leaderboard, echo=click.echo)
 
 

@@ -18,8 +18,9 @@ from dae.atomic import atomic_dir, check_new_dir, new_run_dir, writable_dir
 from dae.errors import UsageError
 from dae.features.manifest import read_manifest
 from dae.features.store import FeatureSet, align, content_sha256, read_features
+from dae.heads import calibration
 from dae.heads.distributions import get_distribution
-from dae.heads.metrics import evaluate, interval
+from dae.heads.metrics import evaluate
 from dae.heads.ridge import fit_ridge
 from dae.heads.trainer import HeadSpec, Job, TrainConfig, train_heads
 from dae.pipeline.baselines import PATH_HEADS, fit_path_heads, options_dict
@@ -52,6 +53,8 @@ class FitPlan:
     score_range: tuple | None = None
     val_fraction: float = 0.2
     head_options: object = None  # dae.pipeline.baselines.HeadOptions for usdl / musdl / dae-mt / dae-judges
+    calibrate: str = calibration.DEFAULT_CALIBRATOR  # none | scale | conformal (dae.heads.calibration)
+    calibration_folds: int = calibration.DEFAULT_FOLDS
 
 
 def plan_units(manifest: pd.DataFrame, need_val: bool, val_fraction: float = 0.2) -> list[Unit]:
@@ -107,6 +110,10 @@ def fit_models(fs: FeatureSet, manifest: pd.DataFrame, plan: FitPlan, manifest_n
     lo, hi = score_range_of(manifest, plan)
     targets = (scores - lo) / (hi - lo)
     units = plan_units(manifest, plan.config.selection == "best-val", plan.val_fraction)
+    calibration.check_calibrator(plan.calibrate)
+    for unit in units:
+        where = " ".join(f"{k} {v!r}" for k, v in (("group", unit.group), ("fold", unit.fold)) if v) or "the manifest"
+        calibration.check_rows(len(unit.train), plan.calibrate, where, plan.calibration_folds)
     # Windowed test-set selections (pipeline.protocols) train to the last epoch and read the Spearman curves.
     windowed = plan.config.selection in WINDOW_SELECTIONS
     if windowed and plan.config.epochs < WINDOW_EPOCHS:
@@ -119,10 +126,14 @@ def fit_models(fs: FeatureSet, manifest: pd.DataFrame, plan: FitPlan, manifest_n
         eval_rows = {"test": unit.test, **({"val": unit.val} if len(unit.val) else {})}
         for spec in specs:
             jobs.append(Job(spec, unit.train, eval_rows, tags={"group": unit.group, "fold": unit.fold}))
+    # K fold models per model, trained alongside it, for the calibrator (none: no more jobs)
+    n_models = len(jobs)
+    jobs = jobs + calibration.fold_jobs(jobs, plan.calibrate, plan.calibration_folds)
     def announce():
         if note:
             cells = f"{len(units)} protocol cells (groups x folds)" if len(units) > 1 else "1 train/test split"
-            note(f"training {len(jobs)} {plan.head} model{'s' * (len(jobs) != 1)}: {len(specs)} per cell x {cells}; "
+            folds = f" + {len(jobs) - n_models} calibration fold models" if len(jobs) > n_models else ""
+            note(f"training {n_models} {plan.head} model{'s' * (n_models != 1)}{folds}: {len(specs)} per cell x {cells}; "
                  f"{x.shape[0]} videos x {x.shape[1]}-d features"
                  + ("" if plan.head == "ridge" else f", {config.epochs} epochs") + " ...")
 
@@ -143,14 +154,20 @@ def fit_models(fs: FeatureSet, manifest: pd.DataFrame, plan: FitPlan, manifest_n
     features_sha = content_sha256(fs)
     rows, predictions = [], []
     has_sigma = plan.head not in ("mlp", "ridge")
-    for res in results:
+    results, fold_results = results[:n_models], results[n_models:]
+    k = plan.calibration_folds
+    for i, res in enumerate(results):
         test = res.job.eval_rows["test"]
         p = res.predictions["test"]
         mu_s = lo + p["mu"] * (hi - lo)
         pred_s = lo + p["pred"] * (hi - lo)
         scale_s = p["scale"] * (hi - lo) if has_sigma else None
         dist = get_distribution(res.distribution or res.job.spec.distribution)  # a learned nu: the fitted one
-        metrics = evaluate(scores[test], pred_s, mu_s, scale_s, (lo, hi), dist)
+        res.calibrated = calibration.calibrate_result(plan.calibrate, res, fold_results[i * k:(i + 1) * k], scores,
+                                                      (lo, hi), dist, has_sigma, folds=k)
+        res.fold_results = fold_results[i * k:(i + 1) * k]
+        metrics = evaluate(scores[test], pred_s, mu_s, res.calibrated.scale, (lo, hi), dist,
+                           intervals=res.calibrated.intervals)
         spec = res.job.spec
         rows.append({
             "dataset": plan.dataset or manifest_name, "group": res.job.tags["group"], "fold": res.job.tags["fold"],
@@ -158,7 +175,8 @@ def fit_models(fs: FeatureSet, manifest: pd.DataFrame, plan: FitPlan, manifest_n
             "distribution": spec.distribution if has_sigma else "",
             "reparam": spec.reparam if has_sigma else "", "selection": plan.config.selection,
             "prediction": plan.config.prediction if has_sigma else "mu", "seed": spec.seed,
-            "n_train": len(res.job.train_rows), "n_test": len(test), **metrics,
+            "n_train": len(res.job.train_rows), "n_test": len(test),
+            "calibration": res.calibrated.calibration.label(), **metrics,
             "epochs": plan.config.epochs if plan.head != "ridge" else 0,
             "selected_epoch": res.selected_epoch + 1, "lr": plan.config.lr, "batch_size": plan.config.batch_size,
             "weight_decay": plan.config.weight_decay, "fit_seconds": res.fit_seconds,
@@ -168,12 +186,17 @@ def fit_models(fs: FeatureSet, manifest: pd.DataFrame, plan: FitPlan, manifest_n
         rows[-1].update(labels)
         if has_sigma:
             rows[-1].update(dist.params)  # e.g. Student-t's nu
-        lo90, hi90 = interval(mu_s, scale_s, distribution=dist) if has_sigma else (np.full(len(test), np.nan),) * 2
+        ends = {f"{side}{round(level * 100)}": v for level, pair in sorted(res.calibrated.intervals.items())
+                for side, v in zip(("lo", "hi"), pair)}
+        cal_scale = res.calibrated.scale
         predictions.append(pd.DataFrame({
             "video_id": manifest["video_id"].to_numpy()[test], "score": scores[test], "mu": mu_s,
-            "sigma": scale_s if has_sigma else np.nan, "lo90": lo90, "hi90": hi90, "prediction": pred_s,
+            "sigma": scale_s if has_sigma else np.nan,
+            "sigma_calibrated": cal_scale if cal_scale is not None else np.nan,
+            **ends, "prediction": pred_s,
             "group": res.job.tags["group"], "fold": res.job.tags["fold"], "seed": spec.seed, "loss": rows[-1]["loss"],
-            "reparam": rows[-1]["reparam"], "distribution": rows[-1]["distribution"]}))
+            "reparam": rows[-1]["reparam"], "distribution": rows[-1]["distribution"],
+            "calibration": rows[-1]["calibration"]}))
     rows = pd.DataFrame(rows)
     if windowed:
         rows = apply_window_selection(rows, results, plan.config.selection)
@@ -203,13 +226,28 @@ def _fit_ridge_jobs(x, targets, jobs):
 
 
 
+def _weights(r) -> dict:
+    return {"state_dict": r.state_dict, "input_mean": torch.as_tensor(r.input_mean, dtype=torch.float32),
+            "input_std": torch.as_tensor(r.input_std, dtype=torch.float32)}
+
+
+def calibration_record(plan: FitPlan, results) -> dict:
+    """What config.json says about the calibrator: which, how its rows were carved, what it fitted per model."""
+    return {"method": plan.calibrate, "folds": plan.calibration_folds, "seed": calibration.CALIBRATION_SEED,
+            "rows": "every training row of the model's protocol cell, out-of-fold (never a test row)"
+            if plan.calibrate != "none" else "none",
+            "models": [{"seed": r.job.spec.seed, **r.job.tags, "label": r.calibrated.calibration.label(),
+                        "multiplier": r.calibrated.calibration.multiplier} for r in results]}
+
+
 def save_run(out: Path, plan: FitPlan, rows: pd.DataFrame, predictions: pd.DataFrame, results, extra: dict) -> None:
     """Write the run folder under a temporary name and rename it: a run is complete or absent."""
     with atomic_dir(out, "run folder") as tmp:
         config = {"head": plan.head, "dataset": plan.dataset, "specs": [dataclasses.asdict(s) for s in plan.specs],
                   "train": dataclasses.asdict(plan.config), "val_fraction": plan.val_fraction,
                   "head_options": options_dict(plan.head_options),
-                  "val_seed": VAL_SEED, "dae_version": __version__, "torch_version": torch.__version__,
+                  "val_seed": VAL_SEED, "calibration": calibration_record(plan, results),
+                  "dae_version": __version__, "torch_version": torch.__version__,
                   "numpy_version": np.__version__, "python": platform.python_version(),
                   "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
                   "cpu_count": os.cpu_count(), **extra}
@@ -219,11 +257,10 @@ def save_run(out: Path, plan: FitPlan, rows: pd.DataFrame, predictions: pd.DataF
         torch.save({"dae_version": __version__, "head": plan.head, "score_range": list(extra["score_range"]),
                     "feature_dim": int(results[0].input_mean.shape[0]), "backbone": extra.get("backbone", ""),
                     "train": dataclasses.asdict(plan.config),
-                    "models": [{"spec": dataclasses.asdict(r.job.spec), "tags": dict(r.job.tags),
-                                "state_dict": r.state_dict,
+                    "models": [{"spec": dataclasses.asdict(r.job.spec), "tags": dict(r.job.tags), **_weights(r),
                                 "distribution_params": r.distribution.params if r.distribution else {},
-                                "input_mean": torch.as_tensor(r.input_mean, dtype=torch.float32),
-                                "input_std": torch.as_tensor(r.input_std, dtype=torch.float32)} for r in results]},
+                                "calibration": r.calibrated.calibration.fitted(),
+                                "calibration_models": [_weights(f) for f in r.fold_results]} for r in results]},
                    tmp / "model.pt")
 
 

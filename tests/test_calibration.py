@@ -166,3 +166,86 @@ def test_fitted_record_round_trips():
     b = cal.intervals(back, np.zeros(4), np.ones(4), "gaussian", fold_mu, fold_s)
     for level in cal.LEVELS:
         np.testing.assert_array_equal(a[level][0], b[level][0])
+
+
+# --- through `dae fit` (the real CLI, real HDF5)
+
+def _fit(*args):
+    from click.testing import CliRunner
+
+    from dae.pipeline.cli import cli
+    return CliRunner().invoke(cli, ["fit", *map(str, args)])
+
+
+def test_fit_calibrators_never_change_mu_or_spearman(tmp_path, one_thread):
+    import json
+
+    import pandas as pd
+    import torch
+    from conftest import write_features_and_manifest
+
+    features, manifest = write_features_and_manifest(tmp_path)
+    runs = {}
+    for method in cal.CALIBRATORS:
+        out = tmp_path / method
+        res = _fit("--features", features, "--manifest", manifest, "--out", out, "--seeds", 2, "--epochs", 15,
+                   "--lr", 1e-3, "--calibrate", method)
+        assert res.exit_code == 0, res.output
+        runs[method] = (pd.read_csv(out / "metrics.csv"), pd.read_csv(out / "predictions.csv"))
+    (m_none, p_none), (m_scale, p_scale), (m_conf, p_conf) = (runs[m] for m in cal.CALIBRATORS)
+    for m, p in ((m_scale, p_scale), (m_conf, p_conf)):
+        np.testing.assert_array_equal(p["mu"], p_none["mu"])
+        np.testing.assert_array_equal(m["spearman"], m_none["spearman"])
+        np.testing.assert_array_equal(p["sigma"], p_none["sigma"])  # the raw spread is kept beside the calibrated
+    assert m_none["calibration"].eq("none").all()
+    assert m_scale["calibration"].eq("scale:cv5-seed0-n90").all()
+    assert m_conf["calibration"].eq("conformal-cv+:cv5-seed0-n90").all()
+    # scale: intervals centred on mu, spread = s * sigma; conformal: finite nested intervals at every level
+    np.testing.assert_allclose((p_scale["lo90"] + p_scale["hi90"]) / 2, p_scale["mu"])
+    for level_lo, level_hi in (("lo50", "lo80"), ("lo80", "lo90"), ("lo90", "lo95")):
+        assert (p_conf[level_hi] <= p_conf[level_lo]).all()
+    for col in ("coverage50", "coverage80", "coverage90", "coverage95", "width90", "nll", "crps", "pit_distance"):
+        assert m_conf[col].notna().all() and m_scale[col].notna().all(), col
+    # the run folder stores what was fitted
+    config = json.loads((tmp_path / "conformal" / "config.json").read_text())
+    assert config["calibration"]["method"] == "conformal" and config["calibration"]["folds"] == 5
+    blob = torch.load(tmp_path / "conformal" / "model.pt", weights_only=True)
+    model = blob["models"][0]
+    assert model["calibration"]["method"] == "conformal" and len(model["calibration"]["residuals"]) == 90
+    assert len(model["calibration_models"]) == 5
+    assert "calibration_models" in torch.load(tmp_path / "none" / "model.pt", weights_only=True)["models"][0]
+
+
+def test_point_heads_get_intervals_only_when_calibrated(tmp_path):
+    import pandas as pd
+    from conftest import write_features_and_manifest
+
+    features, manifest = write_features_and_manifest(tmp_path)
+    widths = {}
+    for method in cal.CALIBRATORS:
+        out = tmp_path / method
+        res = _fit("--features", features, "--manifest", manifest, "--out", out, "--head", "ridge",
+                   "--calibrate", method)
+        assert res.exit_code == 0, res.output
+        rows = pd.read_csv(out / "metrics.csv")
+        widths[method] = rows["width90"].iloc[0]
+        if method == "none":
+            assert rows[["coverage90", "nll", "width90"]].isna().all().all()
+        else:
+            assert 0.7 <= rows["coverage90"].iloc[0] <= 1.0 and np.isfinite(rows["crps"].iloc[0])
+            assert np.isnan(rows["sigma_error_spearman"].iloc[0])  # a constant spread ranks nothing
+    assert widths["scale"] > 0 and widths["conformal"] > 0
+
+
+def test_too_few_training_rows_to_calibrate_is_a_usage_error_and_writes_nothing(tmp_path):
+    from conftest import write_features_and_manifest
+
+    # 24 videos, 18 of them training rows: one fewer than a finite 95% conformal interval needs
+    features, manifest = write_features_and_manifest(tmp_path, n=24)
+    out = tmp_path / "run"
+    res = _fit("--features", features, "--manifest", manifest, "--out", out, "--leaderboard", tmp_path / "L.csv")
+    assert res.exit_code == 2
+    assert "18 training rows" in res.output and "at least 19" in res.output and len(res.output.strip().splitlines()) == 1
+    assert not out.exists() and not (tmp_path / "L.csv").exists()
+    res = _fit("--features", features, "--manifest", manifest, "--out", out, "--calibrate", "none", "--epochs", 2)
+    assert res.exit_code == 0, res.output
