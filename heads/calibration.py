@@ -231,11 +231,20 @@ def fold_jobs(jobs, method: str, folds: int = DEFAULT_FOLDS, seed: int = CALIBRA
 @dataclass
 class Calibrated:
     """One model after calibration, score units: its calibrator, calibrated spread (None: no spread) and
-    {level: (lo, hi)} intervals for its test rows."""
+    {level: (lo, hi)} intervals for its test rows at LEVELS; `at(levels)` gives other levels."""
 
     calibration: Calibration
     scale: np.ndarray | None
     intervals: dict
+    mu: np.ndarray = None
+    raw_scale: np.ndarray | None = None
+    fold_mu: np.ndarray | None = None
+    fold_scale: np.ndarray | None = None
+    distribution: object = "gaussian"
+
+    def at(self, levels) -> dict:
+        return intervals(self.calibration, self.mu, self.raw_scale, self.distribution, self.fold_mu,
+                         self.fold_scale, levels)
 
 
 def _score_units(p: dict, key: str, score_range, spread: bool):
@@ -250,14 +259,16 @@ def _score_units(p: dict, key: str, score_range, spread: bool):
 def calibrate_result(method: str, result, fold_results, scores, score_range, distribution, has_spread: bool,
                      eval_set: str = "test", folds: int = DEFAULT_FOLDS, seed: int = CALIBRATION_SEED) -> Calibrated:
     """Calibrate one trained model (a trainer result, normalised units) with its K fold models' results.
-    scores: every manifest row's score (score units); has_spread False: a point head (mlp, ridge)."""
+    scores: every manifest row's score (score units); has_spread False: a point head (mlp, ridge), or a head
+    whose spread is to be ignored (constant-width conformal around the same mu)."""
     pred = result.predictions[eval_set]
     has_spread = has_spread and pred.get("scale") is not None and not np.all(np.isnan(pred["scale"]))
     mu = _score_units(pred, "mu", score_range, False)
     scale = _score_units(pred, "scale", score_range, True) if has_spread else None
     if method == "none":
         cal = Calibration("none", folds=folds, seed=seed)
-        return Calibrated(cal, calibrated_scale(cal, scale, len(mu)), intervals(cal, mu, scale, distribution))
+        return Calibrated(cal, calibrated_scale(cal, scale, len(mu)), intervals(cal, mu, scale, distribution),
+                          mu, scale, distribution=distribution)
     train = np.asarray(result.job.train_rows)
     ids = fold_ids(len(train), folds, seed)
     oof_mu = np.empty(len(train))
@@ -271,6 +282,6 @@ def calibrate_result(method: str, result, fold_results, scores, score_range, dis
             oof_scale[ids == k] = _score_units(held, "scale", score_range, True)
             fold_scale.append(_score_units(fres.predictions[eval_set], "scale", score_range, True))
     cal = fit_calibration(method, np.asarray(scores, float)[train], oof_mu, oof_scale, ids, distribution, folds, seed)
-    ends = intervals(cal, mu, scale, distribution, np.stack(fold_mu),
-                     np.stack(fold_scale) if has_spread else None)
-    return Calibrated(cal, calibrated_scale(cal, scale, len(mu)), ends)
+    fold_mu, fold_scale = np.stack(fold_mu), np.stack(fold_scale) if has_spread else None
+    ends = intervals(cal, mu, scale, distribution, fold_mu, fold_scale)
+    return Calibrated(cal, calibrated_scale(cal, scale, len(mu)), ends, mu, scale, fold_mu, fold_scale, distribution)

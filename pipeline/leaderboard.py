@@ -13,12 +13,14 @@ from dae.errors import DaeError
 from dae.heads.metrics import fisher_z_mean
 
 COLUMNS = ("dataset", "group", "fold", "head", "loss", "distribution", "reparam", "selection", "prediction",
-           "seed", "n_train", "n_test", "spearman", "rl2x100", "l2", "nll", "crps", "coverage90",
-           "sigma_error_spearman", "epochs", "selected_epoch", "lr", "batch_size", "weight_decay",
+           "seed", "n_train", "n_test", "calibration", "spearman", "rl2x100", "l2", "nll", "crps", "coverage90",
+           "sigma_error_spearman", "coverage50", "coverage80", "coverage95", "width90", "pit_distance",
+           "uncertainty_decile_tau", "epochs", "selected_epoch", "lr", "batch_size", "weight_decay",
            "fit_seconds", "features_sha256", "backbone", "dae_version", "created_utc", "source", "run_dir")
 CONFIG_KEYS = ("dataset", "head", "loss", "distribution", "reparam", "selection", "prediction", "backbone",
-               "source")
-METRICS = ("spearman", "rl2x100", "l2", "nll", "crps", "coverage90", "sigma_error_spearman")
+               "source", "calibration")
+METRICS = ("spearman", "rl2x100", "l2", "nll", "crps", "coverage90", "sigma_error_spearman", "coverage50",
+           "coverage80", "coverage95", "width90", "pit_distance", "uncertainty_decile_tau")
 
 
 def append_rows(path, rows: pd.DataFrame) -> None:
@@ -117,6 +119,8 @@ def format_summary(summary: pd.DataFrame) -> str:
         "rl2x100": [pm(r, "rl2x100", 3) for _, r in summary.iterrows()],
         "crps": [pm(r, "crps", 3) for _, r in summary.iterrows()],
         "coverage90": [pm(r, "coverage90", 2) for _, r in summary.iterrows()],
+        "width90": [pm(r, "width90", 2) for _, r in summary.iterrows()],
+        "calibration": summary["calibration"].map(lambda c: str(c).split(":")[0]),
     })
     return table.to_string(index=False)
 

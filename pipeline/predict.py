@@ -19,6 +19,8 @@ import torch
 
 from dae.atomic import atomic_path
 from dae.errors import DaeError, UsageError
+from dae.heads.calibration import Calibration
+from dae.heads.calibration import intervals as calibration_intervals
 from dae.heads.dae import DAEHead
 from dae.heads.distributions import StudentT, get_distribution, sample_scale
 from dae.heads.metrics import interval
@@ -73,40 +75,55 @@ def select_models(blob: dict, group: str | None) -> list[dict]:
     return chosen
 
 
+def _head_outputs(blob: dict, weights: dict, x: torch.Tensor, spec: dict):
+    """One trained head's (mu, scale) on features x, normalised units; scale None for a point head."""
+    xs = (x - weights["input_mean"]) / weights["input_std"]
+    state = weights["state_dict"]
+    if blob["head"] == "ridge":
+        return (xs.double() @ state["weight"].double().reshape(-1) + state["bias"].double()).numpy(), None
+    hidden = [int(state[f"layers.{i}.weight"].shape[0]) for i in range(len(state) // 2 - 1)]
+    head = DAEHead(x.shape[1], hidden)
+    head.load_state_dict(state)
+    mu, log_var = head(xs)
+    if blob["head"] == "mlp":
+        return mu.double().numpy(), None
+    return mu.double().numpy(), sample_scale(torch.exp(0.5 * log_var.double()), spec.get("reparam", "sigma")).numpy()
+
+
 @torch.no_grad()
 def score_features(blob: dict, models: list[dict], features: np.ndarray) -> dict:
-    """mu, scale and 90% interval ends (N,) in score units, averaged over `models`; NaN where a head has none."""
+    """mu, the head's raw scale and 90% interval ends (N,) in score units, averaged over `models`; NaN where a head
+    has none. The interval is the run's calibrated one (model.pt `calibration`, with its fold models for conformal);
+    runs from before calibration keep their raw interval."""
     lo, hi = (float(v) for v in blob["score_range"])
     x = torch.as_tensor(np.asarray(features, dtype=np.float32))
     if x.shape[1] != int(blob["feature_dim"]):
         raise DaeError(f"the features are {x.shape[1]}-d but the run was trained on {blob['feature_dim']}-d")
+    width = hi - lo
     per_model = []
+    nan = np.full(len(x), np.nan)
     for model in models:
-        xs = (x - model["input_mean"]) / model["input_std"]
-        state = model["state_dict"]
-        if blob["head"] == "ridge":
-            mu = (xs.double() @ state["weight"].double().reshape(-1) + state["bias"].double()).numpy()
-            per_model.append((mu, np.full(len(mu), np.nan), np.full(len(mu), np.nan), np.full(len(mu), np.nan)))
-            continue
-        hidden = [int(state[f"layers.{i}.weight"].shape[0]) for i in range(len(state) // 2 - 1)]
-        head = DAEHead(x.shape[1], hidden)
-        head.load_state_dict(state)
-        mu, log_var = head(xs)
-        mu = mu.double().numpy()
-        if blob["head"] == "mlp":
-            per_model.append((mu, np.full(len(mu), np.nan), np.full(len(mu), np.nan), np.full(len(mu), np.nan)))
-            continue
         spec = model["spec"]
-        scale = sample_scale(torch.exp(0.5 * log_var.double()), spec.get("reparam", "sigma")).numpy()
+        mu, scale = _head_outputs(blob, model, x, spec)
+        mu, scale = lo + mu * width, (scale * width if scale is not None else None)
         distribution = get_distribution(spec.get("distribution", "gaussian"))
         fitted_nu = model.get("distribution_params", {}).get("nu")
         if getattr(distribution, "learned_shape", False):  # the fitted nu (older runs lack it)
             distribution = StudentT(float(fitted_nu)) if fitted_nu is not None else None
-        ends = interval(mu, scale, LEVEL, distribution) if distribution else (np.full(len(mu), np.nan),) * 2
-        per_model.append((mu, scale, *ends))
+        fitted = model.get("calibration")
+        if fitted and distribution is not None:
+            cal = Calibration.from_fitted(fitted)
+            folds = [_head_outputs(blob, f, x, spec) for f in model.get("calibration_models", [])]
+            fold_mu = np.stack([lo + m * width for m, _ in folds]) if folds else None
+            fold_scale = np.stack([s * width for _, s in folds]) if folds and folds[0][1] is not None else None
+            lo90, hi90 = calibration_intervals(cal, mu, scale, distribution, fold_mu, fold_scale, (LEVEL,))[LEVEL]
+        elif scale is not None and distribution is not None:
+            lo90, hi90 = interval(mu, scale, LEVEL, distribution)
+        else:
+            lo90, hi90 = nan, nan
+        per_model.append((mu, scale if scale is not None else nan, lo90, hi90))
     mu, scale, lo90, hi90 = (np.mean([m[k] for m in per_model], axis=0) for k in range(4))
-    width = hi - lo
-    return {"mu": lo + mu * width, "sigma": scale * width, "lo90": lo + lo90 * width, "hi90": lo + hi90 * width}
+    return {"mu": mu, "sigma": scale, "lo90": lo90, "hi90": hi90}
 
 
 def predict_videos(run_dir, videos, *, out=None, features=None, weights=None, group=None, device="auto",
@@ -157,7 +174,9 @@ def predict_videos(run_dir, videos, *, out=None, features=None, weights=None, gr
     with atomic_path(out) as tmp:
         rows.to_csv(tmp, index=False)
     lo, hi = blob["score_range"]
-    echo(f"run {run_dir} ({blob['head']}, {len(models)} models averaged; scores in {lo:g}..{hi:g})")
+    labels = sorted({str(m.get("calibration", {}).get("label", "none (a run from before calibration)")) for m in models})
+    echo(f"run {run_dir} ({blob['head']}, {len(models)} models averaged; scores in {lo:g}..{hi:g}; 90% interval "
+         f"calibration: {', '.join(labels)})")
     echo(format_predictions(rows))
     echo(f"written to {out}")
     return rows

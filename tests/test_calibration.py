@@ -249,3 +249,34 @@ def test_too_few_training_rows_to_calibrate_is_a_usage_error_and_writes_nothing(
     assert not out.exists() and not (tmp_path / "L.csv").exists()
     res = _fit("--features", features, "--manifest", manifest, "--out", out, "--calibrate", "none", "--epochs", 2)
     assert res.exit_code == 0, res.output
+
+
+@pytest.mark.parametrize("head,method", [("dae", "conformal"), ("dae", "scale"), ("ridge", "conformal"),
+                                         ("mlp", "scale"), ("dae", "none")])
+def test_predict_applies_the_runs_fitted_calibrator(tmp_path, head, method, one_thread):
+    """Scoring the run's own test features again (what `dae predict` does after extraction) gives the
+    calibrated 90% intervals of predictions.csv: model.pt holds the calibrator and the fold models."""
+    import pandas as pd
+    from conftest import write_features_and_manifest
+
+    from dae.features.manifest import read_manifest
+    from dae.features.store import read_features
+    from dae.heads.trainer import HeadSpec, TrainConfig
+    from dae.pipeline.fit import FitPlan, run_fit
+    from dae.pipeline.predict import load_run, score_features, select_models
+
+    features, manifest = write_features_and_manifest(tmp_path, n=80, dim=8)
+    plan = FitPlan(head=head, specs=[HeadSpec(seed=0), HeadSpec(seed=1)],
+                   config=TrainConfig(epochs=10, lr=3e-3, hidden=(16, 8)), calibrate=method)
+    run = tmp_path / "run"
+    run_fit(features, manifest, plan, out=run, echo=lambda *a: None)
+    _, blob = load_run(run)
+    fs, df = read_features(features), read_manifest(manifest)
+    test_ids = df.loc[df["split"] == "test", "video_id"].tolist()
+    scored = score_features(blob, select_models(blob, None), fs.features[[fs.video_ids.index(v) for v in test_ids]])
+    fitted = pd.read_csv(run / "predictions.csv")
+    mean = fitted.groupby("video_id")[["mu", "lo90", "hi90"]].mean().loc[test_ids]  # two seeds averaged
+    if head != "dae" and method == "none":
+        assert np.isnan(scored["lo90"]).all()
+    for column in ("mu", "lo90", "hi90"):
+        np.testing.assert_allclose(scored[column], mean[column].to_numpy(), rtol=1e-4, atol=1e-3)
