@@ -90,7 +90,7 @@ def plot_width_vs_error(widths, path) -> Path:
             if m.empty:
                 continue
             color, label = METHOD_STYLE[method]
-            ax.scatter(m["abs_error"], m["width90"], s=6, alpha=0.35, color=color, lw=0,
+            ax.scatter(m["abs_error"], m["width90"], s=10, alpha=0.5, color=color, lw=0,
                        label=f"{label}: mean {m['width90'].mean():.1f}")
         ax.plot([0, top], [0, 2 * top], color="black", lw=0.8, ls=":", label="width = 2 |error| (edge of cover)")
         ax.set_xlim(0, top)
@@ -98,7 +98,7 @@ def plot_width_vs_error(widths, path) -> Path:
         ax.set_title(head, fontsize=10)
         ax.set_xlabel("|true - mu| (score units)")
         ax.set_ylabel("90% interval width")
-        ax.legend(fontsize=7, loc="upper left")
+        ax.legend(fontsize=7, loc="upper left", markerscale=2.5)
     fig.suptitle("90% conformal interval width against the error it has to cover")
     fig.tight_layout()
     return _save(fig, Path(path))

@@ -322,7 +322,8 @@ def format_study(result: StudyResult) -> str:
         wide = result.reliability.pivot_table(index="config", columns="nominal", values="empirical_mean",
                                               sort=False)
         wide.columns = [f"{c:g}" for c in wide.columns]
-        lines += ["", "coverage of the central intervals (empirical, by nominal level):",
+        lines += ["", "coverage of the raw central intervals mu ± z·sigma, before calibration (empirical, by nominal "
+                  "level; calibrated: the coverage columns, `dae ablate calibration`):",
                   wide.round(2).to_string()]
     if result.curves is not None and len(result.curves):
         lines += ["", "test Spearman by epoch (mean ± std over models):",

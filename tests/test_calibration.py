@@ -280,3 +280,52 @@ def test_predict_applies_the_runs_fitted_calibrator(tmp_path, head, method, one_
         assert np.isnan(scored["lo90"]).all()
     for column in ("mu", "lo90", "hi90"):
         np.testing.assert_allclose(scored[column], mean[column].to_numpy(), rtol=1e-4, atol=1e-3)
+
+
+def test_old_leaderboards_still_read_and_calibrators_are_never_pooled(tmp_path):
+    import pandas as pd
+
+    from dae.pipeline.leaderboard import append_rows, read_leaderboard, summarise
+
+    board = tmp_path / "L.csv"
+    old = pd.DataFrame({"dataset": ["d", "d"], "head": ["dae", "dae"], "seed": [0, 1], "spearman": [0.5, 0.7],
+                        "coverage90": [0.1, 0.2], "source": ["this-run"] * 2})
+    old.to_csv(board, index=False)  # a leaderboard from before calibration
+    assert summarise(read_leaderboard(board))["coverage90_mean"].iloc[0] == pytest.approx(0.15)
+    new = old.assign(calibration=["conformal-cv+:cv5-seed0-n90"] * 2, coverage90=[0.9, 0.88], width90=[10.0, 12.0])
+    append_rows(board, new)
+    rows = read_leaderboard(board)
+    assert len(rows) == 4 and rows["width90"].isna().sum() == 2
+    summary = summarise(rows)
+    assert len(summary) == 2  # old (blank calibration) and conformal rows are separate configurations
+    calibrated = summary[summary["calibration"] != ""].iloc[0]
+    assert calibrated["coverage90_mean"] == pytest.approx(0.89) and calibrated["width90_mean"] == pytest.approx(11.0)
+
+
+def test_ablate_calibration_prints_the_table_and_verdict_and_writes_plots(tmp_path, one_thread):
+    import pandas as pd
+    from click.testing import CliRunner
+    from conftest import write_features_and_manifest
+
+    from dae.pipeline.cli import cli
+
+    pytest.importorskip("matplotlib", reason="the plots need the [plots] extra")
+    rng = np.random.default_rng(0)
+    features, manifest = write_features_and_manifest(tmp_path, extra={"difficulty": rng.uniform(2, 3.5, 120)})
+    out, plots, board = tmp_path / "study", tmp_path / "plots", tmp_path / "L.csv"
+    res = CliRunner().invoke(cli, ["ablate", "calibration", "--features", str(features), "--manifest", str(manifest),
+                                   "--seeds", "2", "--epochs", "5", "--losses", "v1,nll", "--heads", "dae,ridge,dae-mt",
+                                   "--out", str(out), "--plots", str(plots), "--leaderboard", str(board)])
+    assert res.exit_code == 0, res.output
+    assert "are the adaptive intervals narrower than constant-width conformal" in res.output
+    for head in ("dae v1", "dae nll", "dae-mt"):
+        assert any(line.strip().startswith(head) and "->" in line for line in res.output.splitlines()), head
+    rows = pd.read_csv(board)
+    # 4 configurations (dae v1, dae nll, ridge, dae-mt) x 2 seeds x 3 calibrators, mu shared across calibrators
+    assert len(rows) == 24 and sorted(rows["calibration"].str.split(":").str[0].unique()) == \
+        ["conformal-cv+", "none", "scale"]
+    assert rows.groupby(["head", "loss", "seed"])["spearman"].nunique().eq(1).all()
+    table = pd.read_csv(out / "calibration_table.csv")
+    assert set(table["method"]) == {"none", "scale", "conformal", "conformal-constant"}
+    assert sorted(p.name for p in plots.iterdir()) == ["calibration_pit.png", "calibration_reliability.png",
+                                                       "calibration_width_vs_error.png"]
