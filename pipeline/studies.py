@@ -176,8 +176,8 @@ def fitted_distribution(name: str, nu=np.nan):
 
 
 def _models(rows: pd.DataFrame, predictions: pd.DataFrame):
-    """(row, its test predictions) for every model; rows and predictions are matched by configuration,
-    seed, group and fold."""
+    """(row, its test predictions) for every model with a scored spread (not `sup`'s untrained sigma, not a failed
+    model); rows and predictions are matched by configuration, seed, group and fold."""
     keys = ["loss", "distribution", "reparam", "seed", "group", "fold"]
     pred = predictions.copy()
     for k in ("group", "fold"):
@@ -185,7 +185,7 @@ def _models(rows: pd.DataFrame, predictions: pd.DataFrame):
     index = pred.groupby(keys, sort=False).indices
     for _, row in rows.iterrows():
         key = tuple(str(row[k]) if k in ("group", "fold") else row[k] for k in keys)
-        if key in index:
+        if key in index and np.isfinite(pred["sigma"].to_numpy()[index[key]]).any():  # a scored spread only
             yield row, pred.iloc[index[key]]
 
 
