@@ -21,7 +21,8 @@ from dae.features.store import FeatureSet, align, content_sha256, read_features
 from dae.heads.distributions import get_distribution
 from dae.heads.metrics import evaluate, interval
 from dae.heads.ridge import fit_ridge
-from dae.heads.trainer import HeadSpec, Job, TrainConfig, train_heads
+from dae.heads.dae import DAE
+from dae.heads.trainer import HeadSpec, Job, TrainConfig, train
 from dae.pipeline.baselines import PATH_HEADS, fit_path_heads, options_dict
 from dae.pipeline.protocols import WINDOW_EPOCHS, WINDOW_SELECTIONS, apply_window_selection
 
@@ -97,10 +98,33 @@ def score_range_of(manifest: pd.DataFrame, plan: FitPlan) -> tuple[float, float]
     return float(lo), float(hi)
 
 
-def fit_models(fs: FeatureSet, manifest: pd.DataFrame, plan: FitPlan, manifest_name: str = "manifest", note=None):
+class TrainingProgress:
+    """The trainer's progress callback as a `dae.progress.ProgressLine`: epochs done, rate, ETA and the mean
+    training loss (training rows only), rewritten on a terminal, one line every 30 s in logs."""
+
+    def __init__(self, label: str = "fit", stream=None, enabled: bool | None = None):
+        self.label, self.stream, self.enabled = label, stream, enabled
+        self.line, self.done = None, 0
+
+    def __call__(self, done: int, total: int, loss: float) -> None:
+        from dae.progress import ProgressLine
+
+        if self.line is None:
+            self.line = ProgressLine(total, stream=self.stream, enabled=self.enabled, label=self.label, unit="epochs")
+        self.line.update(count=done - self.done, detail=f"mean training loss {loss:.4g}")
+        self.done = done
+
+    def close(self) -> None:
+        if self.line is not None:
+            self.line.close()
+
+
+def fit_models(fs: FeatureSet, manifest: pd.DataFrame, plan: FitPlan, manifest_name: str = "manifest", note=None,
+               progress=None):
     """Train every spec on every protocol cell. Returns (leaderboard rows, predictions, trained heads).
 
-    note: called once with a line saying what is about to be trained."""
+    note: called once with a line saying what is about to be trained; progress: the trainer's callback
+    (e.g. `TrainingProgress`)."""
     if plan.head not in HEADS:
         raise UsageError(f"unknown head {plan.head!r} (choose from {', '.join(HEADS)})")
     x = align(fs, list(manifest["video_id"]), manifest_name)
@@ -141,10 +165,10 @@ def fit_models(fs: FeatureSet, manifest: pd.DataFrame, plan: FitPlan, manifest_n
         results = _fit_ridge_jobs(x, targets, jobs)
     elif plan.head in PATH_HEADS:
         results, labels = fit_path_heads(plan.head, x, manifest, targets, jobs, config, (lo, hi), plan.dataset,
-                                         plan.head_options, manifest_name, on_start=announce)
+                                         plan.head_options, manifest_name, on_start=announce, progress=progress)
     else:
         announce()
-        results = train_heads(x, targets, jobs, config)
+        results = train(DAE(x, targets, config.prediction), jobs, config, progress)
 
     created = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     features_sha = content_sha256(fs)
@@ -270,7 +294,11 @@ def run_fit(features, manifest, plan: FitPlan, out=None, leaderboard=None, echo=
     check_new_dir(out, "run folder")
     if leaderboard:
         writable_dir(Path(leaderboard).parent, "--leaderboard folder")
-    rows, predictions, results = fit_models(fs, df, plan, manifest_name, note=echo)
+    progress = TrainingProgress("fit")
+    try:
+        rows, predictions, results = fit_models(fs, df, plan, manifest_name, note=echo, progress=progress)
+    finally:
+        progress.close()
     report_failures(rows, results, echo)
     lo, hi = score_range_of(df, plan)
     rows["run_dir"] = str(out)

@@ -211,3 +211,33 @@ def test_ridge_with_seeds_trains_once_and_says_so(tmp_path):
     assert res.exit_code == 0, res.output
     assert "ridge has no randomness" in res.output and "1 row appended" in res.output
     assert len(pd.read_csv(board)) == 1
+
+
+def test_fit_shows_progress_epochs_eta_and_training_loss(tmp_path):
+    """Progress on a terminal (rewritten line) and in logs (a start line, then one every 30 s) (issue 10.6)."""
+    import io
+
+    from dae.features.manifest import read_manifest
+    from dae.features.store import read_features
+    from dae.pipeline.fit import FitPlan, TrainingProgress, fit_models
+    from dae.heads.trainer import HeadSpec, TrainConfig
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    features, manifest = write_features_and_manifest(tmp_path)
+    tty = Terminal()
+    progress = TrainingProgress("fit", stream=tty)
+    plan = FitPlan(specs=[HeadSpec(seed=0), HeadSpec(seed=1)], config=TrainConfig(epochs=4))
+    fit_models(read_features(features), read_manifest(manifest), plan, progress=progress)
+    progress.close()
+    text = tty.getvalue()
+    assert text.startswith("\r") and "fit: 4/4 epochs" in text and "ETA" in text
+    losses = [float(part.split("mean training loss ")[1].split()[0]) for part in text.split("\r")[1:]]
+    assert losses and all(np.isfinite(losses))
+
+    res = CliRunner().invoke(cli, ["fit", "--features", str(features), "--manifest", str(manifest), "--out",
+                                   str(tmp_path / "run"), "--epochs", "3"])
+    assert res.exit_code == 0, res.output
+    assert "fit: 0/3 epochs already done; starting (progress every 30 s)" in res.stderr
