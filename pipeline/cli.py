@@ -89,6 +89,11 @@ def inspect_cmd(feature_file):
 @features_group.command("import")
 @click.option("--npy-dir", type=click.Path(file_okay=False),
               help="Folder of per-video .npy arrays, shape (T, D) or (D,); id = path relative to it, no suffix.")
+@click.option("--keep-clips", is_flag=True,
+              help="--npy-dir: keep each (T, D) array as a clip sequence (schema 2, any T >= 1) for the sequence "
+                   "heads, besides its mean in /features.")
+@click.option("--clip-dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
+              help="--keep-clips: how the sequences are stored (float16 halves the file; rounding ~1e-3 relative).")
 @click.option("--diving-score", "diving_score", type=click.Path(file_okay=False),
               help="The UNLV-Dive release folder of YeTianJHU/diving-score (all_train.npy, all_test.npy, "
                    "training_idx.npy, testing_idx.npy); ids 001..370 as `dae manifest build unlv-dive` writes.")
@@ -96,25 +101,30 @@ def inspect_cmd(feature_file):
 @click.option("--backbone", default=None,
               help="Name of the model that produced the features, recorded in the file "
                    "[default: imported; p3d-finetuned-unlv for --diving-score].")
-def features_import_cmd(npy_dir, diving_score, out, backbone):
+def features_import_cmd(npy_dir, keep_clips, clip_dtype, diving_score, out, backbone):
     """Convert features computed elsewhere into one HDF5 feature file.
 
     \b
     Examples:
       dae features import --npy-dir feats/ --out F.h5            (mean over T of each (T, D) array)
+      dae features import --npy-dir feats/ --keep-clips --clip-dtype float16 --out F.h5   (sequences too)
       dae features import --diving-score data_files/ --out unlv.h5
     """
     if (npy_dir is None) == (diving_score is None):
         raise click.UsageError("give exactly one of --npy-dir and --diving-score")
+    if keep_clips and npy_dir is None:
+        raise click.UsageError("--keep-clips goes with --npy-dir")
     if npy_dir is not None:
         from dae.features.store import import_npy_dir
 
-        fs = import_npy_dir(npy_dir, out, backbone=backbone or "imported")
+        fs = import_npy_dir(npy_dir, out, backbone=backbone or "imported", keep_clips=keep_clips,
+                            clip_dtype=clip_dtype)
     else:
         from dae.features.releases import import_diving_score
 
         fs = import_diving_score(diving_score, out, backbone=backbone or "p3d-finetuned-unlv")
-    click.echo(f"wrote {out}: {len(fs.video_ids)} videos x {fs.dim} dims")
+    kept = f", clip sequences kept as {clip_dtype} (schema 2)" if keep_clips else ""
+    click.echo(f"wrote {out}: {len(fs.video_ids)} videos x {fs.dim} dims{kept}")
 
 
 @manifest_group.command("check")
@@ -478,8 +488,10 @@ _STUDY_HELP = {
     "losses": "Training losses: sup, rec, combined, v1 (rec every epoch, combined every 10th), nll, rec+sup.",
     "distributions": "Score distributions: Gaussian, Laplace, logistic, Student-t (nu 5, or learned), under v1 and nll.",
     "reparam": "Reparameterisation: y = mu + eps*sigma against the paper's mu + eps*sigma^2.",
-    "variance": "Predicted sigma: its spread over the test set, against |error|, coverage of nominal intervals.",
-    "robustness": "Per-epoch training loss and test Spearman over seeds (the convergence figure).",
+    "variance": "Predicted sigma: its spread over the test set, against |error|, coverage of nominal intervals; "
+                "a verdict on calibration, sharpness, R-l2 and CRPS that names degenerate (too wide) sigmas.",
+    "robustness": "Stability of the converged test score across seeds and epochs, DAE (v1) against sup: "
+                  "per-epoch curves, a stability table and the seed spread on a log axis.",
 }
 
 
@@ -488,7 +500,7 @@ def _csv_list(value):
 
 
 def _study_command(study):
-    from dae.heads.config import STUDY_BATCH_SIZE, STUDY_LR, STUDY_SEEDS
+    from dae.pipeline.defaults import STUDY_BATCH_SIZE, STUDY_LR, STUDY_SEEDS
 
     @input_options
     @click.option("--out", type=click.Path(file_okay=False), default=None,
@@ -582,7 +594,7 @@ def ablate_calibration_cmd(features, manifest, leaderboard, out, plots, n_seeds,
     """
     import torch
 
-    from dae.heads.config import STUDY_BATCH_SIZE, STUDY_LR, STUDY_SEEDS
+    from dae.pipeline.defaults import STUDY_BATCH_SIZE, STUDY_LR, STUDY_SEEDS
     from dae.heads.trainer import TrainConfig
     from dae.pipeline.calibration_study import run_calibration_study_files
 
@@ -623,7 +635,7 @@ def bench_fit_cmd(features, manifest, dataset, seeds, epochs, batch_size, lr, re
     """
     from dae.heads.trainer import TrainConfig
     from dae.pipeline.bench_fit import bench_fit, format_bench, load_split, quality_check
-    from dae.heads.config import STUDY_BATCH_SIZE, STUDY_LR
+    from dae.pipeline.defaults import STUDY_BATCH_SIZE, STUDY_LR
 
     if bool(features) != bool(manifest):
         raise click.UsageError("give --features and --manifest together")

@@ -16,7 +16,7 @@ COLUMNS = ("dataset", "group", "fold", "head", "loss", "distribution", "reparam"
            "seed", "n_train", "n_test", "calibration", "spearman", "rl2x100", "l2", "nll", "crps", "coverage90",
            "sigma_error_spearman", "coverage50", "coverage80", "coverage95", "width90", "pit_distance",
            "uncertainty_decile_tau", "epochs", "selected_epoch", "lr", "batch_size", "weight_decay",
-           "fit_seconds", "features_sha256", "backbone", "dae_version", "created_utc", "source", "run_dir")
+           "fit_seconds", "features_sha256", "backbone", "dae_version", "created_utc", "source", "status", "run_dir")
 CONFIG_KEYS = ("dataset", "head", "loss", "distribution", "reparam", "selection", "prediction", "backbone",
                "source", "calibration")
 METRICS = ("spearman", "rl2x100", "l2", "nll", "crps", "coverage90", "sigma_error_spearman", "coverage50",
@@ -72,8 +72,11 @@ def read_leaderboard(path) -> pd.DataFrame:
 
 def summarise(rows: pd.DataFrame) -> pd.DataFrame:
     """One line per configuration: each seed's score is the Fisher-z mean over its groups and folds
-    (Spearman) or the plain mean (other metrics); then mean and std over seeds."""
+    (Spearman) or the plain mean (other metrics); then mean and std over seeds. Failed models (status other
+    than ok: diverged) are left out."""
     rows = rows.copy()
+    if "status" in rows.columns:
+        rows = rows[rows["status"].fillna("ok").astype(str) == "ok"]
     for key in CONFIG_KEYS:
         if key not in rows.columns:
             rows[key] = ""

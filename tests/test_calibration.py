@@ -321,8 +321,8 @@ def test_ablate_calibration_prints_the_table_and_verdict_and_writes_plots(tmp_pa
     for head in ("dae v1", "dae nll", "dae-mt"):
         assert any(line.strip().startswith(head) and "->" in line for line in res.output.splitlines()), head
     rows = pd.read_csv(board)
-    # 4 configurations (dae v1, dae nll, ridge, dae-mt) x 2 seeds x 3 calibrators, mu shared across calibrators
-    assert len(rows) == 24 and sorted(rows["calibration"].str.split(":").str[0].unique()) == \
+    # (dae v1, dae nll, dae-mt) x 2 seeds + ridge once (no randomness), x 3 calibrators; mu shared across them
+    assert len(rows) == 21 and sorted(rows["calibration"].str.split(":").str[0].unique()) == \
         ["conformal-cv+", "none", "scale"]
     assert rows.groupby(["head", "loss", "seed"])["spearman"].nunique().eq(1).all()
     table = pd.read_csv(out / "calibration_table.csv")
