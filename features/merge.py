@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 
 from dae.errors import DaeError, UsageError
+from dae.features.precision import normalise_precision
 from dae.features.store import read_features, write_features
 
 MUST_MATCH = {"protocol": "clip protocol", "weights_sha256": "I3D weights (weights_sha256)",
               "backbone": "backbone", "decoder": "decoder"}
-JOINED = ("decoder_version", "dae_version", "device", "precision", "batch_clips", "model_threads", "torch_version")
+JOINED = ("decoder_version", "dae_version", "device", "batch_clips", "model_threads", "torch_version")
 
 
 def _shard(attrs) -> tuple[int, int] | None:
@@ -70,6 +71,11 @@ def merge_feature_files(inputs, out, note=print) -> dict:
             if fs.attrs.get(key) != first.attrs.get(key):
                 raise DaeError(f"{path} was extracted with a different {word} than {inputs[0]}: "
                                f"{fs.attrs.get(key)!r} vs {first.attrs.get(key)!r}")
+        ours, theirs = normalise_precision(first.attrs.get("precision")), normalise_precision(fs.attrs.get("precision"))
+        if ours != theirs:
+            raise DaeError(f"{path} was extracted in {theirs or 'an unrecorded precision'}, {inputs[0]} in "
+                           f"{ours or 'an unrecorded precision'}: features of two precisions are never merged; "
+                           "extract the odd ones again with the same --precision")
         if fs.dim != first.dim:
             raise DaeError(f"{path} has {fs.dim}-d features, {inputs[0]} {first.dim}-d")
     owner: dict[str, Path] = {}
@@ -96,6 +102,8 @@ def merge_feature_files(inputs, out, note=print) -> dict:
     elif any(c is not None for c in clip_sets):
         note("note: not every input has /clip_features with the same clip count; the merged file has none")
     attrs = {k: v for k, v in first.attrs.items() if k not in ("schema_version", "_large_attrs")}
+    if attrs.get("precision"):
+        attrs["precision"] = normalise_precision(attrs["precision"])
     for key in JOINED:
         values = list(dict.fromkeys(str(fs.attrs[key]) for fs in sets if key in fs.attrs))
         if len(values) > 1:

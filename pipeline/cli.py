@@ -7,6 +7,7 @@ import click
 
 from dae import __version__
 from dae.errors import DaeError
+from dae.features.precision import PRECISIONS
 
 
 class _OneLineError(click.ClickException):
@@ -340,6 +341,10 @@ def demo_cmd(out, seeds, epochs, from_videos, device):
 @click.option("--protocol", default="uniform:10x16", show_default=True,
               help="Clip protocol: mtl-aqa, jigsaws, uniform:N or uniform:NxT.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:I.")
+@click.option("--precision", type=click.Choice(["auto", *PRECISIONS]), default="auto", show_default=True,
+              help="fp32 (TF32 off: the reference) or bf16 autocast (~1e-2 relative from fp32, much faster on "
+                   "GPUs); auto = bf16 on CUDA, fp32 on CPU. Recorded in the file; a resume or a merge never "
+                   "mixes precisions.")
 @click.option("--batch-clips", type=click.IntRange(1), default=None,
               help="Clips per model batch, gathered across videos [default: 32 on CUDA, 8 on CPU].")
 @click.option("--workers", type=click.IntRange(1), default=None,
@@ -359,7 +364,7 @@ def demo_cmd(out, seeds, epochs, from_videos, device):
 @click.option("--video-timeout", type=click.FloatRange(1), default=1800.0, show_default=True,
               help="Seconds one video may take to decode before its decoder is stopped and the video failed.")
 @click.pass_context
-def extract_cmd(ctx, videos, manifest, out, protocol, device, batch_clips, workers, weights, decoder, shard,
+def extract_cmd(ctx, videos, manifest, out, protocol, device, precision, batch_clips, workers, weights, decoder, shard,
                 fail_log, overwrite, decode_threads, model_threads, video_timeout):
     """Stage one: decode videos, run I3D on their clips, write one HDF5 feature file.
 
@@ -371,7 +376,8 @@ def extract_cmd(ctx, videos, manifest, out, protocol, device, batch_clips, worke
     """
     from dae.features.extract import extract
 
-    result = extract(videos, out, manifest=manifest, protocol=protocol, device=device, batch_clips=batch_clips,
+    result = extract(videos, out, manifest=manifest, protocol=protocol, device=device, precision=precision,
+                     batch_clips=batch_clips,
                      workers=workers, weights=weights, decoder=decoder, shard=shard, fail_log=fail_log,
                      overwrite=overwrite, decode_threads=decode_threads, model_threads=model_threads,
                      video_timeout_s=video_timeout, note=lambda text: click.echo(text, err=True))
@@ -434,8 +440,11 @@ def merge_cmd(inputs, out):
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:I.")
 @click.option("--decoder", type=click.Choice(["decord", "pyav"]), default=None,
               help="Decoder [default: the one the run's features were extracted with].")
+@click.option("--precision", type=click.Choice(PRECISIONS), default=None,
+              help="Extract in this precision [default: the one the run's features were made in; another one "
+                   "is allowed with a warning, as scores can move].")
 @click.pass_context
-def predict_cmd(ctx, run_dir, videos, out, features, weights, group, device, decoder):
+def predict_cmd(ctx, run_dir, videos, out, features, weights, group, device, decoder, precision):
     """Score videos with a trained run: extract them as its features were, apply its heads (seeds averaged).
 
     Prints and writes per-video mu, sigma and the 90% interval, in score units. Example:
@@ -445,7 +454,7 @@ def predict_cmd(ctx, run_dir, videos, out, features, weights, group, device, dec
     from dae.pipeline.predict import predict_videos
 
     rows = predict_videos(run_dir, videos, out=out, features=features, weights=weights, group=group, device=device,
-                          decoder=decoder, echo=click.echo, note=lambda text: click.echo(text, err=True))
+                          decoder=decoder, precision=precision, echo=click.echo, note=lambda text: click.echo(text, err=True))
     if (rows["error"] != "").any():
         ctx.exit(3)
 
@@ -586,17 +595,44 @@ def bench_fit_cmd(features, manifest, dataset, seeds, epochs, batch_size, lr, re
 @click.option("--frames", type=click.IntRange(16), default=150, show_default=True, help="Frames per synthetic video.")
 @click.option("--protocol", default="uniform:4x16", show_default=True, help="Clip protocol.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:I.")
+@click.option("--precision", type=click.Choice(["auto", *PRECISIONS]), default="auto", show_default=True,
+              help="As dae extract; the matmul ceiling is measured in the same dtype.")
 @click.option("--batch-clips", type=click.IntRange(1), default=None, help="[default: as dae extract]")
 @click.option("--workers", type=click.IntRange(1), default=None, help="[default: as dae extract]")
 @click.option("--weights", type=click.Path(dir_okay=False), default=None, help="[default: Kinetics-400]")
 @click.option("--decoder", type=click.Choice(["decord", "pyav"]), default="decord", show_default=True,
               help="Decoder of the end-to-end run (decode-only is measured for both).")
-def bench_extract_cmd(videos, count, frames, protocol, device, batch_clips, workers, weights, decoder):
-    """Stage one: decode-only videos/s, model-only clips/s, end-to-end videos/s and their ratio, in one run."""
-    from dae.features.bench_extract import bench_extract
+@click.option("--model-only", is_flag=True,
+              help="Time only the model (random clips) against the same-run matmul ceiling; no videos.")
+@click.option("--model-batches", type=click.IntRange(1), default=None,
+              help="Batches timed for model-only [default: 4 with --model-only, else one video set's worth].")
+def bench_extract_cmd(videos, count, frames, protocol, device, precision, batch_clips, workers, weights, decoder,
+                      model_only, model_batches):
+    """Stage one: decode-only videos/s, model-only clips/s (as a fraction of a same-run matmul), end-to-end videos/s
+    and their ratio, in one run.
 
-    bench_extract(videos, count=count, frames=frames, protocol=protocol, device=device, batch_clips=batch_clips,
-                  workers=workers, weights=weights, decoder=decoder, echo=click.echo)
+    Example:  dae bench extract --device cpu --model-only --batch-clips 8
+    """
+    from dae.pipeline.bench_extract import bench_extract
+
+    bench_extract(videos, count=count, frames=frames, protocol=protocol, device=device, precision=precision,
+                  batch_clips=batch_clips, workers=workers, weights=weights, decoder=decoder,
+                  model_batches=model_batches, model_only=model_only, echo=click.echo)
+
+
+@bench_group.command("decode")
+@click.option("--video", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Video to decode [default: a synthetic 640x360 H.264 mp4 of 300 frames].")
+@click.option("--threads", type=click.IntRange(1), default=1, show_default=True, help="Decoder threads.")
+@click.option("--repeats", type=click.IntRange(1), default=5, show_default=True,
+              help="Timed rounds (the median is reported).")
+@click.option("--protocol", default="uniform:10x16", show_default=True,
+              help="Clip protocol of the 'protocol frames' rows.")
+def bench_decode_cmd(video, threads, repeats, protocol):
+    """Decode-only frames/s of each backend on one video, as ratios to a raw PyAV loop in the same run."""
+    from dae.pipeline.bench_decode import bench_decode, format_rows
+
+    click.echo(format_rows(bench_decode(video, threads=threads, repeats=repeats, protocol_name=protocol)))
 
 
 def main(argv=None):

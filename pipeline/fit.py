@@ -26,7 +26,7 @@ from dae.pipeline.baselines import PATH_HEADS, fit_path_heads, options_dict
 from dae.pipeline.protocols import WINDOW_EPOCHS, WINDOW_SELECTIONS, apply_window_selection
 
 HEADS = ("dae", "mlp", "ridge", "usdl", "musdl", "dae-mt", "dae-judges")
-PREDICT_ATTRS = ("protocol", "weights_sha256", "decoder", "backbone")
+PREDICT_ATTRS = ("protocol", "weights_sha256", "decoder", "backbone", "precision", "device")
 VAL_SEED = 0
 
 

@@ -31,7 +31,7 @@ def setup(tmp_path_factory):
 
 
 def command(videos, checkpoint, out, protocol=PROTOCOL):
-    return ["extract", "--videos", videos, "--out", out, "--protocol", protocol, "--weights", checkpoint,
+    return ["extract", "--device", "cpu", "--videos", videos, "--out", out, "--protocol", protocol, "--weights", checkpoint,
             "--batch-clips", 3, "--workers", 1]
 
 
