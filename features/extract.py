@@ -136,6 +136,9 @@ def run_extraction(tasks: list[VideoTask], out, protocol: ClipProtocol, *, devic
         raise UsageError(f"unknown decoder {decoder!r}; choose one of: {', '.join(DECODERS)}")
     dev = resolve_device(device)
     precision = resolve_precision(precision, dev.type)
+    if precision == "bf16" and dev.type == "cpu":
+        note("note: bf16 autocast on a CPU is fast only with bf16 units (AVX512-BF16, AMX); elsewhere it can be "
+             "many times slower than fp32")
     batch_clips = int(batch_clips or default_batch_clips(dev))
     if batch_clips < 1:
         raise UsageError("--batch-clips must be at least 1")

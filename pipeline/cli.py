@@ -620,6 +620,30 @@ def bench_extract_cmd(videos, count, frames, protocol, device, precision, batch_
                   model_batches=model_batches, model_only=model_only, echo=click.echo)
 
 
+@bench_group.command("device")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="New folder for device.json (rewritten after each section, so a run cut short keeps its figures).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:I.")
+@click.option("--weights", type=click.Path(dir_okay=False), default=None,
+              help="[default: Kinetics-400 from the cache; set DAE_CACHE_DIR to a folder holding the converted file]")
+@click.option("--videos", type=click.Path(file_okay=False), default=None,
+              help="A few H.264 videos, repeated to --count [default: synthetic ones, written with PyAV].")
+@click.option("--count", type=click.IntRange(1), default=None, help="Videos to decode [default: 64 with CUDA, 3 on CPU].")
+@click.option("--reference", type=click.Path(dir_okay=False), default=None,
+              help="I3D parity fixture [default: the repository's tests/fixtures/i3d_reference.npz].")
+def bench_device_cmd(out, device, weights, videos, count, reference):
+    """One check of an accelerator, as one JSON: I3D parity (fp32, bf16), model clips/s and FLOP/s against a
+    same-run matmul, decode-only and end-to-end videos/s, and `dae ablate losses` on it against the CPU.
+
+    Without CUDA everything runs on the CPU, smaller, with the same JSON keys. Example (README: Checking a GPU
+    machine):  dae bench device --out check/
+    """
+    from dae.pipeline.bench_device import bench_device
+
+    bench_device(out, device=device, weights=weights, videos=videos, count=count, reference=reference,
+                 echo=click.echo)
+
+
 @bench_group.command("decode")
 @click.option("--video", type=click.Path(dir_okay=False, exists=True), default=None,
               help="Video to decode [default: a synthetic 640x360 H.264 mp4 of 300 frames].")

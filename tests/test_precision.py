@@ -1,6 +1,8 @@
 """Precision is part of a feature file's identity: recorded, and never mixed by a resume, a merge or a prediction."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -31,6 +33,7 @@ def _extract(videos, checkpoint, out, *extra):
 
 @pytest.mark.slow
 def test_a_resume_in_another_precision_is_refused(videos_and_weights, tmp_path, monkeypatch):
+    # fp32 runs, bf16 is refused before any model work (bf16 autocast on a CPU without bf16 units is very slow)
     videos, checkpoint = videos_and_weights
     out = tmp_path / "f.h5"
     commit = Parts.commit
@@ -42,24 +45,24 @@ def test_a_resume_in_another_precision_is_refused(videos_and_weights, tmp_path, 
     with monkeypatch.context() as patch:
         patch.setattr(Parts, "commit", commit_then_interrupt)
         with pytest.raises(KeyboardInterrupt):
-            extract(videos, out, protocol=TINY, device="cpu", precision="bf16", batch_clips=1, workers=1,
+            extract(videos, out, protocol=TINY, device="cpu", precision="fp32", batch_clips=1, workers=1,
                     weights=checkpoint, note=lambda text: None)
     assert not out.exists() and (Parts(out).path / "chunk-000000.h5").exists()
 
-    res = _extract(videos, checkpoint, out, "--precision", "fp32")
-    assert res.exit_code == 1, res.output
-    assert "interrupted extraction in bf16, this run asks for fp32" in res.output
-    assert "--precision bf16 to resume" in res.output and not out.exists()
-
     res = _extract(videos, checkpoint, out, "--precision", "bf16")
+    assert res.exit_code == 1, res.output
+    assert "interrupted extraction in fp32, this run asks for bf16" in res.output
+    assert "--precision fp32 to resume" in res.output and not out.exists()
+
+    res = _extract(videos, checkpoint, out)  # auto on a CPU is fp32: resumes
     assert res.exit_code == 0 and "resuming" in res.output, res.output
     attrs = read_features(out).attrs
-    assert attrs["precision"] == "bf16" and attrs["device"] == "cpu"
+    assert attrs["precision"] == "fp32" and attrs["device"] == "cpu"
 
-    # the finished bf16 file is not this fp32 extraction: refused, and left as it was
-    res = _extract(videos, checkpoint, out)
+    # the finished fp32 file is not this bf16 extraction: refused, and left as it was
+    res = _extract(videos, checkpoint, out, "--precision", "bf16")
     assert res.exit_code == 1 and "is not this extraction's finished output" in res.output
-    assert read_features(out).attrs["precision"] == "bf16"
+    assert read_features(out).attrs["precision"] == "fp32"
 
 
 def test_an_interrupted_run_of_an_older_version_keeps_its_precision(tmp_path):
@@ -96,15 +99,17 @@ def test_merge_refuses_files_of_different_precision(tmp_path):
 
 
 @pytest.mark.slow
-def test_predict_extracts_in_the_runs_precision_and_warns_when_told_otherwise(videos_and_weights, tmp_path):
+def test_predict_warns_when_told_to_extract_in_another_precision_than_its_run(videos_and_weights, tmp_path):
     videos, checkpoint = videos_and_weights
-    features = tmp_path / "bf16.h5"
-    assert _extract(videos, checkpoint, features, "--precision", "bf16").exit_code == 0
+    features = tmp_path / "fp32.h5"
+    assert _extract(videos, checkpoint, features).exit_code == 0
     pd.DataFrame({"video_id": [f"v{i}" for i in range(4)], "score": [10.0, 30.0, 50.0, 70.0],
                   "split": ["train"] * 3 + ["test"]}).to_csv(tmp_path / "m.csv", index=False)
     run = tmp_path / "run"
     assert run_cli(["fit", "--features", features, "--manifest", tmp_path / "m.csv", "--out", run, "--epochs", 2,
                     "--head", "mlp"]).exit_code == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["feature_attrs"]["precision"] == "fp32"
     base = ["predict", "--device", "cpu", "--run", run, "--video", videos / "v3.mp4", "--weights", checkpoint]
 
     same = run_cli(base + ["--out", tmp_path / "same.csv"])
@@ -112,6 +117,18 @@ def test_predict_extracts_in_the_runs_precision_and_warns_when_told_otherwise(vi
     fitted = pd.read_csv(run / "predictions.csv")["mu"][0]
     assert float(pd.read_csv(tmp_path / "same.csv")["mu"][0]) == pytest.approx(fitted, rel=1e-5)
 
+    config["feature_attrs"]["precision"] = "bf16"  # as if the run's features came from a GPU in bf16
+    (run / "config.json").write_text(json.dumps(config))
     other = run_cli(base + ["--precision", "fp32", "--out", tmp_path / "other.csv"])
     assert other.exit_code == 0, other.output
     assert "warning: the run's features were made in bf16, these videos are extracted in fp32" in other.output
+
+
+def test_predict_follows_the_runs_precision_unless_told():
+    from dae.pipeline.predict import _extraction_precision
+
+    notes = []
+    assert _extraction_precision({"precision": "bf16"}, None, notes.append) == "bf16"
+    assert _extraction_precision({"precision": "bfloat16 autocast"}, None, notes.append) == "bf16"
+    assert _extraction_precision({}, None, notes.append) is None and not notes  # older runs: extract's default
+    assert _extraction_precision({"precision": "fp32"}, "bf16", notes.append) == "bf16" and len(notes) == 1
