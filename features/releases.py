@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from dae.errors import DaeError
+from dae.errors import DaeError, UsageError
 from dae.features import safe_pickle
-from dae.features.store import FeatureSet, read_features, write_features
+from dae.features.store import FeatureSet, import_npy_dir, read_features, write_features
 
 DIVING_SCORE_FILES = ("all_train.npy", "all_test.npy", "training_idx.npy", "testing_idx.npy")
 
@@ -76,3 +76,12 @@ def import_diving_score(release_dir, out, *, backbone: str = "p3d-finetuned-unlv
         "protocol": {"name": "diving-score-release", "source": "YeTianJHU/diving-score data_files",
                      "pooling": "as released (one vector per video)"}})
     return read_features(out)
+
+
+def import_features(out, *, npy_dir=None, diving_score=None, backbone: str | None = None) -> FeatureSet:
+    """`dae features import`: exactly one source, a folder of per-video .npy arrays or the diving-score release."""
+    if (npy_dir is None) == (diving_score is None):
+        raise UsageError("give exactly one of --npy-dir and --diving-score")
+    if npy_dir is not None:
+        return import_npy_dir(npy_dir, out, backbone=backbone or "imported")
+    return import_diving_score(diving_score, out, backbone=backbone or "p3d-finetuned-unlv")

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from dae.devices import resolve_device
 from dae.errors import UsageError
 from torch import nn
 
@@ -151,7 +152,7 @@ def _train_stacked(x, g, jobs, config):
         mean, std = _input_stats(x[rows], config.standardize)
         stats.append((mean, std))
         x_sets.append((x - mean) / std)
-    dev = torch.device(config.device)
+    dev = resolve_device(config.device)
     x_flat = torch.cat(x_sets).to(dev)  # (T * N, D)
 
     # Heads with the same training set and seed see identical batches: group them for one wide matmul.

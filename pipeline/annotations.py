@@ -38,6 +38,8 @@ MTL_AQA_VARIANTS = {  # richest first: that is the one auto-detection prefers
     "musdl": "augmented_final_annotations_dict.pkl",
     "official": "final_annotations_dict.pkl",
 }
+VARIANT_CHOICES = ("auto", *MTL_AQA_VARIANTS)
+TARGET_CHOICES = tuple(dict.fromkeys(t for targets in TARGETS.values() for t in targets))
 LAYOUTS = ("untrimmed", "per-dive")
 JIGSAWS_VIEWS = ("capture1", "capture2")
 JIGSAWS_ITEMS = ("respect_for_tissue", "suture_needle_handling", "time_and_motion", "flow_of_operation",
@@ -590,7 +592,7 @@ def build_manifest(dataset: str, annotations, **options) -> BuiltManifest:
         raise UsageError(f"{flag} does not apply to {dataset}")
     if "target" in given and given["target"] not in TARGETS[dataset]:
         raise UsageError(f"{dataset} --target must be one of {', '.join(TARGETS[dataset])} (got {given['target']!r})")
-    for name, allowed in (("layout", LAYOUTS), ("view", JIGSAWS_VIEWS), ("variant", ("auto", *MTL_AQA_VARIANTS))):
+    for name, allowed in (("layout", LAYOUTS), ("view", JIGSAWS_VIEWS), ("variant", VARIANT_CHOICES)):
         if name in given and given[name] not in allowed:
             raise UsageError(f"--{name} must be one of {', '.join(allowed)} (got {given[name]!r})")
     if given.get("layout") == "per-dive" and "video_template" in given:

@@ -1,6 +1,7 @@
 """The `dae` command line: thin click wrappers, each calling one library function that works without click."""
 from __future__ import annotations
 
+import importlib
 import sys
 
 import click
@@ -40,6 +41,35 @@ class DaeGroup(click.Group):
                 raise
             raise _OneLineError(f"internal error {exc.__class__.__name__}: {exc} "
                                 "(rerun with `dae --debug ...` for the traceback)", 1) from None
+
+
+class LibraryChoice(click.Choice):
+    """A choice list read from the library (`module:NAME`, several are joined) when first needed, never copied here:
+    importing the CLI stays fast, and the options a command accepts are the ones its library function knows."""
+
+    def __init__(self, *refs: str):
+        self._refs = refs
+        super().__init__(())
+
+    @property
+    def choices(self):
+        names = []
+        for ref in self._refs:
+            module, name = ref.split(":")
+            names.extend(getattr(importlib.import_module(module), name))
+        return tuple(names)
+
+    @choices.setter
+    def choices(self, value):  # click.Choice.__init__ assigns its (empty) list here
+        pass
+
+
+def _explicit(ctx) -> set[str]:
+    """Names of the options the user gave (command line or environment), as opposed to click's defaults."""
+    from click.core import ParameterSource
+
+    return {name for name in ctx.params
+            if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)}
 
 
 def _debug(ctx) -> bool:
@@ -104,16 +134,9 @@ def features_import_cmd(npy_dir, diving_score, out, backbone):
       dae features import --npy-dir feats/ --out F.h5            (mean over T of each (T, D) array)
       dae features import --diving-score data_files/ --out unlv.h5
     """
-    if (npy_dir is None) == (diving_score is None):
-        raise click.UsageError("give exactly one of --npy-dir and --diving-score")
-    if npy_dir is not None:
-        from dae.features.store import import_npy_dir
+    from dae.features.releases import import_features
 
-        fs = import_npy_dir(npy_dir, out, backbone=backbone or "imported")
-    else:
-        from dae.features.releases import import_diving_score
-
-        fs = import_diving_score(diving_score, out, backbone=backbone or "p3d-finetuned-unlv")
+    fs = import_features(out, npy_dir=npy_dir, diving_score=diving_score, backbone=backbone)
     click.echo(f"wrote {out}: {len(fs.video_ids)} videos x {fs.dim} dims")
 
 
@@ -121,36 +144,30 @@ def features_import_cmd(npy_dir, diving_score, out, backbone):
 @click.argument("manifest", type=click.Path(dir_okay=False))
 def manifest_check_cmd(manifest):
     """Validate a manifest CSV against the contract and summarise it."""
-    from dae.features.manifest import read_manifest
+    from dae.features.manifest import describe_manifest, read_manifest
 
-    df = read_manifest(manifest)
-    parts = [f"{len(df)} videos", f"score {df['score'].min():g}..{df['score'].max():g}"]
-    for col in ("split", "fold", "group"):
-        if col in df.columns:
-            counts = df[col].value_counts().sort_index()
-            parts.append(f"{col}: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
-    click.echo(f"{manifest}: ok; " + "; ".join(parts))
+    click.echo(f"{manifest}: ok; " + describe_manifest(read_manifest(manifest)))
 
 
-_BUILD_DATASETS = ("mtl-aqa", "jigsaws", "finediving", "fis-v", "rg", "unlv-dive")  # = annotations.DATASETS
+_ANNOTATIONS = "dae.pipeline.annotations"
 
 
 @manifest_group.command("build")
-@click.argument("dataset", type=click.Choice(_BUILD_DATASETS))
+@click.argument("dataset", type=LibraryChoice(f"{_ANNOTATIONS}:DATASETS"))
 @click.option("--annotations", required=True, type=click.Path(),
               help="The dataset's official annotation folder (see the list above).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Manifest CSV to write.")
-@click.option("--target", type=click.Choice(["tes", "pcs", "total", "difficulty", "execution"]), default=None,
+@click.option("--target", type=LibraryChoice(f"{_ANNOTATIONS}:TARGET_CHOICES"), default=None,
               help="fis-v: tes or pcs (required). rg: total (default), difficulty or execution.")
-@click.option("--variant", type=click.Choice(["auto", "official", "musdl", "core"]), default=None,
+@click.option("--variant", type=LibraryChoice(f"{_ANNOTATIONS}:VARIANT_CHOICES"), default=None,
               help="mtl-aqa: which annotation dictionary to read (default auto: the richest in the folder).")
-@click.option("--layout", type=click.Choice(["untrimmed", "per-dive"]), default=None,
+@click.option("--layout", type=LibraryChoice(f"{_ANNOTATIONS}:LAYOUTS"), default=None,
               help="mtl-aqa: 'untrimmed' (default) = one video per event, path + start/end frame per dive; "
                    "'per-dive' = one file per dive named by its id (EE_II).")
 @click.option("--video-template", default=None,
               help="mtl-aqa untrimmed: file name of an event's video, with {event} and {index} "
                    "[default: {event:02d}.mp4].")
-@click.option("--view", type=click.Choice(["capture1", "capture2"]), default=None,
+@click.option("--view", type=LibraryChoice(f"{_ANNOTATIONS}:JIGSAWS_VIEWS"), default=None,
               help="jigsaws: which camera's video the path column names (default capture1, MUSDL's).")
 def manifest_build_cmd(dataset, annotations, out, target, variant, layout, video_template, view):
     """Write a manifest CSV from DATASET's official annotation files.
@@ -173,33 +190,38 @@ def manifest_build_cmd(dataset, annotations, out, target, variant, layout, video
 
     built = build_manifest_file(dataset, annotations, out, target=target, variant=variant, layout=layout,
                                 video_template=video_template, view=view)
-    df = built.manifest
-    parts = [f"{len(df)} videos"]
-    for col in ("split", "fold", "group"):
-        if col in df.columns:
-            counts = df[col].value_counts().sort_index()
-            parts.append(f"{col}: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
+    from dae.features.manifest import describe_manifest
+
     for note in built.notes:
         click.echo(f"note: {note}", err=True)
-    click.echo(f"wrote {out}: " + "; ".join(parts))
+    click.echo(f"wrote {out}: " + describe_manifest(built.manifest, with_scores=False))
+
+
+def _fit_default(name):
+    from dae.pipeline.settings import FIT_DEFAULTS
+
+    return FIT_DEFAULTS[name]
+
+
+_CONFIG_HELP = ("Replay a run: every option as RUN/config.json recorded it (a run or study folder also works); options "
+                "given here override it. Where results go (--out, --leaderboard, --plots) is never replayed.")
 
 
 def train_options(f):
     """Training options of `dae fit` (studies have their own defaults: see _study_command)."""
-    from dae.heads.config import TrainConfig
-
-    d = TrainConfig()
+    d = _fit_default
     opts = [
-        click.option("--epochs", type=click.IntRange(1), default=d.epochs, show_default=True),
-        click.option("--lr", type=click.FloatRange(0, min_open=True), default=d.lr, show_default=True,
+        click.option("--epochs", type=click.IntRange(1), default=d("epochs"), show_default=True),
+        click.option("--lr", type=click.FloatRange(0, min_open=True), default=d("lr"), show_default=True,
                      help="Adam learning rate."),
-        click.option("--weight-decay", type=click.FloatRange(0), default=d.weight_decay, show_default=True),
-        click.option("--batch-size", type=click.IntRange(1), default=d.batch_size, show_default=True),
+        click.option("--weight-decay", type=click.FloatRange(0), default=d("weight_decay"), show_default=True),
+        click.option("--batch-size", type=click.IntRange(1), default=d("batch_size"), show_default=True),
         click.option("--seeds", "n_seeds", type=click.IntRange(1), default=None,
                      help="Train seeds 0..N-1 [default: seed 0 only]."),
         click.option("--seed", type=int, default=None, help="Train this one seed."),
-        click.option("--selection", type=click.Choice(["last", "best-val", "best-test", "last10",
-                                                      "best10-consecutive"]), default=d.selection,
+        click.option("--selection", type=LibraryChoice("dae.heads.config:SELECTIONS",
+                                                       "dae.pipeline.protocols:WINDOW_SELECTIONS"),
+                     default=d("selection"),
                      show_default=True, help="Which epoch's weights are evaluated: the last; the best on a "
                      "validation split carved from train (fixed seed); or the best on the test set (the papers' "
                      "practice, optimistic, always labelled). last10 (MUSDL's code): the test Spearman averaged "
@@ -207,48 +229,27 @@ def train_options(f):
                      "epochs of the fold-averaged test curve. Both read the test set and are labelled."),
         click.option("--dataset", default=None,
                      help="Dataset card name (score range, protocol); default: the manifest's own score range."),
+        click.option("--config", "config_path", type=click.Path(), default=None, help=_CONFIG_HELP),
     ]
     for opt in reversed(opts):
         f = opt(f)
     return f
 
 
-def resolve_seeds(n_seeds, seed, default_n=1):
-    if n_seeds is not None and seed is not None:
-        raise click.UsageError("give --seeds N or --seed S, not both")
-    if seed is not None:
-        return [seed]
-    return list(range(n_seeds if n_seeds is not None else default_n))
-
-
-def card_score_range(dataset, manifest_path):
-    """The card's score range for the manifest's target (Fis-V TES vs PCS, RG total/D/E)."""
-    if not dataset:
-        return None
-    import pandas as pd
-
-    from dae.data_manifests.cards import score_range
-
-    head = pd.read_csv(manifest_path, nrows=1) if manifest_path else None
-    target = str(head["target"].iloc[0]) if head is not None and "target" in head and len(head) else None
-    return tuple(score_range(dataset, target))
-
-
 def input_options(f):
     """--features, --manifest and --leaderboard: what every training command reads and appends to."""
     f = click.option("--leaderboard", type=click.Path(dir_okay=False), default=None,
                      help="CSV leaderboard to append one row per trained model to (created if missing).")(f)
-    f = click.option("--manifest", required=True, type=click.Path(dir_okay=False), help="Manifest CSV.")(f)
-    return click.option("--features", required=True, type=click.Path(dir_okay=False),
-                        help="Feature file (HDF5).")(f)
+    f = click.option("--manifest", type=click.Path(dir_okay=False), help="Manifest CSV (required unless --config).")(f)
+    return click.option("--features", type=click.Path(dir_okay=False),
+                        help="Feature file (HDF5) (required unless --config).")(f)
 
 
 @cli.command("fit")
 @input_options
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Run folder to create (never overwritten). Default: runs/<dataset>-<head>-<time>.")
-@click.option("--head", type=click.Choice(["dae", "mlp", "ridge", "usdl", "musdl", "dae-mt", "dae-judges"]),
-              default="dae", show_default=True,
+@click.option("--head", type=LibraryChoice("dae.pipeline.fit:HEADS"), default=_fit_default("head"), show_default=True,
               help="dae: the Distribution Auto-Encoder; mlp: same trunk, plain regression on mu; ridge: "
               "closed-form ridge, penalty by cross-validation on train; usdl: softmax over score bins, Gaussian "
               "label smoothing, KL loss; musdl: one usdl path per judge combined by the scoring rule (needs "
@@ -258,43 +259,38 @@ def input_options(f):
               help="usdl: number of bins over the score range [default: 101; jigsaws 25, MUSDL's integer scores].")
 @click.option("--bin-std", type=click.FloatRange(0, min_open=True), default=None,
               help="usdl/musdl: std of the Gaussian label smoothing, in bins [default: 5, jigsaws 1 (MUSDL's)].")
-@click.option("--bin-predict", type=click.Choice(["argmax", "expectation"]), default="argmax", show_default=True,
-              help="usdl/musdl: predict the most probable bin (as published) or the histogram's mean.")
-@click.option("--judge-rule", type=click.Choice(["sum", "middle3-x-difficulty", "fina-by-judge-count"]),
+@click.option("--bin-predict", type=LibraryChoice("dae.heads.bins:BIN_RULES"), default=_fit_default("bin_predict"),
+              show_default=True, help="usdl/musdl: predict the most probable bin (as published) or the histogram's mean.")
+@click.option("--judge-rule", type=LibraryChoice("dae.heads.judges:JUDGE_RULES"),
               default=None, help="musdl/dae-judges: how judges' marks make the score [default: the dataset "
               "card's, else inferred from the manifest].")
-@click.option("--loss", type=click.Choice(["sup", "rec", "combined", "v1", "nll", "rec+sup"]), default="v1",
+@click.option("--loss", type=LibraryChoice("dae.heads.losses:LOSSES"), default=_fit_default("loss"),
               show_default=True, help="v1: the paper's schedule, rec every epoch and combined (alpha rec + beta "
               "sup) on epochs 10, 20, 30, ...")
-@click.option("--reparam", type=click.Choice(["sigma", "variance"]), default="sigma", show_default=True,
-              help="Sample y = mu + eps*sigma, or the paper's y = mu + eps*sigma^2.")
-@click.option("--alpha", type=float, default=0.6, show_default=True, help="Weight of the reconstruction loss.")
-@click.option("--beta", type=float, default=0.4, show_default=True, help="Weight of the supervised loss.")
-@click.option("--predict", "prediction", type=click.Choice(["mu", "sample"]), default="mu", show_default=True,
+@click.option("--reparam", type=LibraryChoice("dae.heads.distributions:REPARAMS"), default=_fit_default("reparam"),
+              show_default=True, help="Sample y = mu + eps*sigma, or the paper's y = mu + eps*sigma^2.")
+@click.option("--alpha", type=float, default=_fit_default("alpha"), show_default=True,
+              help="Weight of the reconstruction loss.")
+@click.option("--beta", type=float, default=_fit_default("beta"), show_default=True,
+              help="Weight of the supervised loss.")
+@click.option("--predict", "prediction", type=LibraryChoice("dae.heads.config:PREDICTIONS"),
+              default=_fit_default("prediction"), show_default=True,
               help="Rank by mu (deterministic) or by one reparameterised sample (the paper's, labelled).")
 @train_options
-def fit_cmd(features, manifest, out, leaderboard, head, bins, bin_std, bin_predict, judge_rule, loss, reparam,
-            alpha, beta, prediction, epochs, lr, weight_decay, batch_size, n_seeds, seed, selection, dataset):
+@click.pass_context
+def fit_cmd(ctx, config_path, **options):
     """Train score heads on cached features; one model per group and fold of the manifest.
 
     Writes RUN/{config.json, metrics.csv, predictions.csv, model.pt} and appends one leaderboard row per
-    trained model (seed x group x fold). Example:
+    trained model (seed x group x fold). Examples:
 
+    \b
         dae fit --features F.h5 --manifest M.csv --out runs/dae1 --seeds 3 --leaderboard L.csv
+        dae fit --config runs/dae1/config.json --out runs/dae1-again      (replay; add options to vary it)
     """
-    from dae.heads.trainer import HeadSpec, TrainConfig
-    from dae.pipeline.fit import FitPlan, run_fit
+    from dae.pipeline.settings import fit_from_options, replay_options
 
-    seeds = resolve_seeds(n_seeds, seed)
-    specs = [HeadSpec(seed=s, loss=loss, reparam=reparam, alpha=alpha, beta=beta) for s in seeds]
-    config = TrainConfig(epochs=epochs, lr=lr, weight_decay=weight_decay, batch_size=batch_size,
-                         selection=selection, prediction=prediction)
-    from dae.pipeline.baselines import HeadOptions
-
-    plan = FitPlan(head=head, specs=specs, config=config, dataset=dataset or "",
-                   score_range=card_score_range(dataset, manifest),
-                   head_options=HeadOptions(bins=bins, bin_std=bin_std, bin_rule=bin_predict, judge_rule=judge_rule))
-    run_fit(features, manifest, plan, out=out, leaderboard=leaderboard, echo=click.echo)
+    fit_from_options(replay_options(options, _explicit(ctx), config_path, "fit"), echo=click.echo)
 
 
 @cli.command("weights")
@@ -346,7 +342,7 @@ def demo_cmd(out, seeds, epochs, from_videos, device):
               help="Decoding processes [default: all cores but one with CUDA, cores/8 on CPU].")
 @click.option("--weights", type=click.Path(dir_okay=False), default=None,
               help="A piergiaj-style I3D checkpoint [default: DeepMind's Kinetics-400 weights, fetched and cached].")
-@click.option("--decoder", type=click.Choice(["decord", "pyav"]), default="decord", show_default=True)
+@click.option("--decoder", type=LibraryChoice("dae.features.decode:DECODERS"), default="decord", show_default=True)
 @click.option("--shard", default=None,
               help="I/N: extract sorted(ids)[I::N] only [default: from RANK/WORLD_SIZE or SLURM_ARRAY_TASK_ID/COUNT].")
 @click.option("--fail-log", type=click.Path(dir_okay=False), default=None,
@@ -384,11 +380,11 @@ def extract_cmd(ctx, videos, manifest, out, protocol, device, batch_clips, worke
 @click.argument("leaderboard", type=click.Path(dir_okay=False))
 @click.option("--published", is_flag=True,
               help="Add the dataset cards' published reference rows (papers that fine-tune their backbone).")
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "markdown"]), default="table", show_default=True)
+@click.option("--format", "fmt", type=LibraryChoice("dae.pipeline.published:FORMATS"), default="table", show_default=True)
 @click.option("--dataset", "datasets", multiple=True,
               help="Only these datasets (card names; repeatable) [default: all in the leaderboard].")
 @click.option("--by-group", is_flag=True, help="Also one line per group (task, class, apparatus).")
-@click.option("--fold-average", type=click.Choice(["fisher-z", "mean"]), default=None,
+@click.option("--fold-average", type=LibraryChoice("dae.pipeline.protocols:FOLD_AVERAGES"), default=None,
               help="How a group's folds are averaged [default: the card's, Fisher z]; mean = MUSDL's code.")
 def leaderboard_show_cmd(leaderboard, published, fmt, datasets, by_group, fold_average):
     """Print a leaderboard: ours as mean ± std over seeds, and with --published the papers' numbers as published.
@@ -432,7 +428,7 @@ def merge_cmd(inputs, out):
               help="The I3D checkpoint the run's features came from, when not the default Kinetics-400 weights.")
 @click.option("--group", default=None, help="Which group's models to use, for runs with one model per group.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:I.")
-@click.option("--decoder", type=click.Choice(["decord", "pyav"]), default=None,
+@click.option("--decoder", type=LibraryChoice("dae.features.decode:DECODERS"), default=None,
               help="Decoder [default: the one the run's features were extracted with].")
 @click.pass_context
 def predict_cmd(ctx, run_dir, videos, out, features, weights, group, device, decoder):
@@ -465,12 +461,9 @@ _STUDY_HELP = {
 }
 
 
-def _csv_list(value):
-    return [v.strip() for v in value.split(",") if v.strip()] if value else None
-
-
 def _study_command(study):
-    from dae.heads.config import STUDY_BATCH_SIZE, STUDY_LR, STUDY_SEEDS
+    from dae.heads.config import STUDY_SEEDS
+    from dae.pipeline.settings import STUDY_DEFAULTS as d
 
     @input_options
     @click.option("--out", type=click.Path(file_okay=False), default=None,
@@ -480,12 +473,12 @@ def _study_command(study):
     @click.option("--seeds", "n_seeds", type=click.IntRange(1), default=None,
                   help=f"Train seeds 0..N-1 for every configuration [default: {STUDY_SEEDS}].")
     @click.option("--seed", type=int, default=None, help="Train this one seed.")
-    @click.option("--epochs", type=click.IntRange(1), default=100, show_default=True)
-    @click.option("--lr", type=click.FloatRange(0, min_open=True), default=STUDY_LR, show_default=True,
+    @click.option("--epochs", type=click.IntRange(1), default=d["epochs"], show_default=True)
+    @click.option("--lr", type=click.FloatRange(0, min_open=True), default=d["lr"], show_default=True,
                   help="Adam learning rate (studies: fit's 1e-4 at batch 32 scaled to the larger batch).")
-    @click.option("--batch-size", type=click.IntRange(1), default=STUDY_BATCH_SIZE, show_default=True)
-    @click.option("--weight-decay", type=click.FloatRange(0), default=0.0, show_default=True)
-    @click.option("--selection", type=click.Choice(["last", "best-val", "best-test"]), default="last",
+    @click.option("--batch-size", type=click.IntRange(1), default=d["batch_size"], show_default=True)
+    @click.option("--weight-decay", type=click.FloatRange(0), default=d["weight_decay"], show_default=True)
+    @click.option("--selection", type=LibraryChoice("dae.heads.config:SELECTIONS"), default=d["selection"],
                   show_default=True, help="Which epoch is evaluated (best-test is optimistic and labelled).")
     @click.option("--dataset", default=None,
                   help="Dataset card name (score range); default: the manifest's own score range.")
@@ -493,32 +486,22 @@ def _study_command(study):
     @click.option("--distributions", default=None,
                   help="Comma-separated distributions replacing the study's own (e.g. gaussian,student-t:3).")
     @click.option("--reparams", default=None, help="Comma-separated reparameterisations (sigma, variance).")
-    @click.option("--jobs", type=click.IntRange(-1), default=1, show_default=True,
+    @click.option("--jobs", type=click.IntRange(-1), default=d["jobs"], show_default=True,
                   help="Models that cannot share one stacked model (one per distribution) run this many at a time.")
-    @click.option("--backend", type=click.Choice(["loky", "threading", "dask", "ray"]), default="loky",
+    @click.option("--backend", type=LibraryChoice("dae.pipeline.grid:BACKENDS"), default=d["backend"],
                   show_default=True, help="joblib backend for --jobs; dask and ray spread work over a cluster.")
     @click.option("--scheduler", default=None,
                   help="dask scheduler address (tcp://host:8786) or ray address; default: a local cluster.")
     @click.option("--threads", type=click.IntRange(1), default=None,
                   help="Torch threads per task [default: cores / jobs locally, the cluster's own setting].")
-    @click.option("--device", default="auto", show_default=True,
+    @click.option("--device", default=d["device"], show_default=True,
                   help="cpu, cuda or cuda:I; auto: the GPU when torch sees one.")
-    def command(features, manifest, leaderboard, out, plots, n_seeds, seed, epochs, lr, batch_size, weight_decay,
-                selection, dataset, losses, distributions, reparams, jobs, backend, scheduler, threads, device):
-        import torch
+    @click.option("--config", "config_path", type=click.Path(), default=None, help=_CONFIG_HELP)
+    @click.pass_context
+    def command(ctx, config_path, **options):
+        from dae.pipeline.settings import replay_options, study_from_options
 
-        from dae.heads.trainer import TrainConfig
-        from dae.pipeline.studies import run_study_files
-
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        config = TrainConfig(epochs=epochs, lr=lr, weight_decay=weight_decay, batch_size=batch_size,
-                             selection=selection, device=device)
-        run_study_files(study, features, manifest, resolve_seeds(n_seeds, seed, STUDY_SEEDS), config,
-                        dataset=dataset or "", score_range=card_score_range(dataset, manifest),
-                        losses=_csv_list(losses), distributions=_csv_list(distributions),
-                        reparams=_csv_list(reparams), out=out, leaderboard=leaderboard, plots=plots, n_jobs=jobs,
-                        backend=backend, scheduler=scheduler, threads=threads, echo=click.echo)
+        study_from_options(study, replay_options(options, _explicit(ctx), config_path, study), echo=click.echo)
 
     command.__doc__ = _STUDY_HELP[study] + """
 
@@ -559,15 +542,14 @@ def bench_fit_cmd(features, manifest, dataset, seeds, epochs, batch_size, lr, re
     Example:  dae bench fit                      (synthetic, MTL-AQA-sized: 1059 train / 353 test, 1024-d)
               dae bench fit --features F.h5 --manifest M.csv --quality
     """
-    from dae.heads.trainer import TrainConfig
     from dae.pipeline.bench_fit import bench_fit, format_bench, load_split, quality_check
-    from dae.heads.config import STUDY_BATCH_SIZE, STUDY_LR
+    from dae.pipeline.settings import study_config
 
     if bool(features) != bool(manifest):
         raise click.UsageError("give --features and --manifest together")
     if quality and not features:
         raise click.UsageError("--quality needs --features and --manifest (real scores to rank)")
-    config = TrainConfig(epochs=epochs, batch_size=batch_size or STUDY_BATCH_SIZE, lr=lr or STUDY_LR)
+    config = study_config({"epochs": epochs, "batch_size": batch_size, "lr": lr, "device": "cpu"})
     data = load_split(features, manifest, dataset or "") if features else (None,) * 4
     result = bench_fit(*data, seeds=seeds, epochs=epochs, batch_size=config.batch_size, lr=config.lr,
                        reference_models=reference_models, reference_epochs=reference_epochs, repeats=repeats,
@@ -589,7 +571,7 @@ def bench_fit_cmd(features, manifest, dataset, seeds, epochs, batch_size, lr, re
 @click.option("--batch-clips", type=click.IntRange(1), default=None, help="[default: as dae extract]")
 @click.option("--workers", type=click.IntRange(1), default=None, help="[default: as dae extract]")
 @click.option("--weights", type=click.Path(dir_okay=False), default=None, help="[default: Kinetics-400]")
-@click.option("--decoder", type=click.Choice(["decord", "pyav"]), default="decord", show_default=True,
+@click.option("--decoder", type=LibraryChoice("dae.features.decode:DECODERS"), default="decord", show_default=True,
               help="Decoder of the end-to-end run (decode-only is measured for both).")
 def bench_extract_cmd(videos, count, frames, protocol, device, batch_clips, workers, weights, decoder):
     """Stage one: decode-only videos/s, model-only clips/s, end-to-end videos/s and their ratio, in one run."""

@@ -227,8 +227,10 @@ def save_run(out: Path, plan: FitPlan, rows: pd.DataFrame, predictions: pd.DataF
                    tmp / "model.pt")
 
 
-def run_fit(features, manifest, plan: FitPlan, out=None, leaderboard=None, echo=print):
-    """Read files, train, write the run folder and append to the leaderboard. Returns (rows, summary)."""
+def run_fit(features, manifest, plan: FitPlan, out=None, leaderboard=None, echo=print, options=None):
+    """Read files, train, write the run folder and append to the leaderboard. Returns (rows, summary).
+
+    options: the command's options, recorded in config.json for `dae fit --config` (pipeline.settings)."""
     from dae.pipeline.leaderboard import append_rows, format_summary, summarise, write_summary_beside
 
     fs = read_features(features)
@@ -248,7 +250,8 @@ def run_fit(features, manifest, plan: FitPlan, out=None, leaderboard=None, echo=
               "score_range": [lo, hi], "score_range_source": "card" if plan.score_range else "manifest min..max",
               "backbone": fs.backbone,
               # how the features were made, so that `dae predict` can extract new videos the same way
-              "feature_attrs": {k: fs.attrs[k] for k in PREDICT_ATTRS if k in fs.attrs}})
+              "feature_attrs": {k: fs.attrs[k] for k in PREDICT_ATTRS if k in fs.attrs},
+              **({"options": options} if options is not None else {})})
     summary = summarise(rows)
     echo(format_summary(summary))
     echo(f"run written to {out}")

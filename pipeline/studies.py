@@ -351,8 +351,11 @@ def save_study(out, result: StudyResult, meta: dict) -> None:
 def run_study_files(study: str, features, manifest, seeds, config: TrainConfig, dataset: str = "",
                     score_range=None, losses=None, distributions=None, reparams=None, out=None,
                     leaderboard=None, plots=None, n_jobs: int = 1, backend: str = "loky",
-                    scheduler: str | None = None, threads: int | None = None, echo=print) -> StudyResult:
-    """Read the files, run the study, print its report, write the study folder, plots and leaderboard rows."""
+                    scheduler: str | None = None, threads: int | None = None, echo=print,
+                    options: dict | None = None) -> StudyResult:
+    """Read the files, run the study, print its report, write the study folder, plots and leaderboard rows.
+
+    options: the command's options, recorded in config.json for `dae ablate STUDY --config` (pipeline.settings)."""
     import platform
 
     import torch
@@ -384,7 +387,8 @@ def run_study_files(study: str, features, manifest, seeds, config: TrainConfig, 
             "manifest": str(manifest), "specs": [dataclasses.asdict(s) for s in specs],
             "train": dataclasses.asdict(config), "jobs": n_jobs, "backend": backend, "seconds": result.seconds,
             "dae_version": __version__, "torch_version": torch.__version__, "python": platform.python_version(),
-            "machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "cpu_count": os.cpu_count()}
+            "machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "cpu_count": os.cpu_count(),
+            **({"options": options} if options is not None else {})}
     save_study(out, result, meta)
     echo(f"study written to {out}")
     if plots:
