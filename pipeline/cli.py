@@ -149,25 +149,25 @@ def manifest_check_cmd(manifest):
     click.echo(f"{manifest}: ok; " + describe_manifest(read_manifest(manifest)))
 
 
-_ANNOTATIONS = "dae.pipeline.annotations"
+_BUILDERS = "dae.data_manifests.builders"
 
 
 @manifest_group.command("build")
-@click.argument("dataset", type=LibraryChoice(f"{_ANNOTATIONS}:DATASETS"))
+@click.argument("dataset", type=LibraryChoice(f"{_BUILDERS}:DATASETS"))
 @click.option("--annotations", required=True, type=click.Path(),
               help="The dataset's official annotation folder (see the list above).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Manifest CSV to write.")
-@click.option("--target", type=LibraryChoice(f"{_ANNOTATIONS}:TARGET_CHOICES"), default=None,
+@click.option("--target", type=LibraryChoice(f"{_BUILDERS}:TARGET_CHOICES"), default=None,
               help="fis-v: tes or pcs (required). rg: total (default), difficulty or execution.")
-@click.option("--variant", type=LibraryChoice(f"{_ANNOTATIONS}:VARIANT_CHOICES"), default=None,
+@click.option("--variant", type=LibraryChoice("dae.data_manifests.mtl_aqa:VARIANT_CHOICES"), default=None,
               help="mtl-aqa: which annotation dictionary to read (default auto: the richest in the folder).")
-@click.option("--layout", type=LibraryChoice(f"{_ANNOTATIONS}:LAYOUTS"), default=None,
+@click.option("--layout", type=LibraryChoice("dae.data_manifests.mtl_aqa:LAYOUTS"), default=None,
               help="mtl-aqa: 'untrimmed' (default) = one video per event, path + start/end frame per dive; "
                    "'per-dive' = one file per dive named by its id (EE_II).")
 @click.option("--video-template", default=None,
               help="mtl-aqa untrimmed: file name of an event's video, with {event} and {index} "
                    "[default: {event:02d}.mp4].")
-@click.option("--view", type=LibraryChoice(f"{_ANNOTATIONS}:JIGSAWS_VIEWS"), default=None,
+@click.option("--view", type=LibraryChoice("dae.data_manifests.jigsaws:JIGSAWS_VIEWS"), default=None,
               help="jigsaws: which camera's video the path column names (default capture1, MUSDL's).")
 def manifest_build_cmd(dataset, annotations, out, target, variant, layout, video_template, view):
     """Write a manifest CSV from DATASET's official annotation files.
@@ -186,7 +186,7 @@ def manifest_build_cmd(dataset, annotations, out, target, variant, layout, video
     Pickles are read with a restricted unpickler: one that asks to import anything is refused.
     Judge scores out of range are corrected or blanked and listed in column judges_corrected.
     """
-    from dae.pipeline.annotations import build_manifest_file
+    from dae.data_manifests.builders import build_manifest_file
 
     built = build_manifest_file(dataset, annotations, out, target=target, variant=variant, layout=layout,
                                 video_template=video_template, view=view)

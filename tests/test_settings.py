@@ -79,8 +79,11 @@ def _choices(command_path, option):
     (["fit"], "prediction", "dae.heads.config", "PREDICTIONS"),
     (["ablate", "losses"], "selection", "dae.heads.config", "SELECTIONS"),
     (["ablate", "losses"], "backend", "dae.pipeline.grid", "BACKENDS"),
-    (["manifest", "build"], "dataset", "dae.pipeline.annotations", "DATASETS"),
-    (["manifest", "build"], "layout", "dae.pipeline.annotations", "LAYOUTS"),
+    (["manifest", "build"], "dataset", "dae.data_manifests.builders", "DATASETS"),
+    (["manifest", "build"], "target", "dae.data_manifests.builders", "TARGET_CHOICES"),
+    (["manifest", "build"], "variant", "dae.data_manifests.mtl_aqa", "VARIANT_CHOICES"),
+    (["manifest", "build"], "layout", "dae.data_manifests.mtl_aqa", "LAYOUTS"),
+    (["manifest", "build"], "view", "dae.data_manifests.jigsaws", "JIGSAWS_VIEWS"),
     (["extract"], "decoder", "dae.features.decode", "DECODERS"),
     (["leaderboard", "show"], "fmt", "dae.pipeline.published", "FORMATS"),
 ])
