@@ -429,6 +429,7 @@ def run_extraction(tasks: list[VideoTask], out, protocol: ClipProtocol, *, devic
     started = time.monotonic()
     if decoder not in DECODERS:
         raise UsageError(f"unknown decoder {decoder!r}; choose one of: {', '.join(DECODERS)}")
+    decoder_version(decoder)  # a decoder that is not installed says which extra to install, before any work
     dev = resolve_device(device)
     batch_clips = int(batch_clips or default_batch_clips(dev))
     if batch_clips < 1:

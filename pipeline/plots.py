@@ -8,14 +8,12 @@ import pandas as pd
 
 from dae.atomic import atomic_path
 from dae.errors import UsageError
+from dae.extras import require
 
 
 def require_matplotlib():
     """pyplot on the Agg backend (files only, no display), or a one-line error naming the extra to install."""
-    try:
-        import matplotlib
-    except ImportError:
-        raise UsageError("--plots needs matplotlib: pip install 'dae-aqa[plots]'") from None
+    matplotlib = require("matplotlib", "drawing plots")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
