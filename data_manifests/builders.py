@@ -1,6 +1,7 @@
 """`dae manifest build`: each dataset's module turns its official annotation files into a manifest; this picks one."""
 from __future__ import annotations
 
+from dae.atomic import check_new_file
 from dae.data_manifests import finediving, fis_v, jigsaws, mtl_aqa, rg, unlv_dive
 from dae.data_manifests.annotation_files import BuiltManifest
 from dae.errors import UsageError
@@ -42,8 +43,10 @@ def build_manifest(dataset: str, annotations, **options) -> BuiltManifest:
     return built
 
 
-def build_manifest_file(dataset: str, annotations, out, **options) -> BuiltManifest:
-    """Build and write the manifest CSV atomically (nothing is written when anything fails)."""
+def build_manifest_file(dataset: str, annotations, out, *, overwrite: bool = False, **options) -> BuiltManifest:
+    """Build and write the manifest CSV atomically (nothing is written when anything fails); an existing `out`
+    is replaced only with `overwrite`."""
+    check_new_file(out, overwrite, "manifest")
     built = build_manifest(dataset, annotations, **options)
     write_manifest(built.manifest, out)
     return built

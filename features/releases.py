@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dae.atomic import check_new_file
 from dae.errors import DaeError, UsageError
 from dae.features import safe_pickle
 from dae.features.store import FeatureSet, import_npy_dir, read_features, write_features
@@ -78,10 +79,13 @@ def import_diving_score(release_dir, out, *, backbone: str = "p3d-finetuned-unlv
     return read_features(out)
 
 
-def import_features(out, *, npy_dir=None, diving_score=None, backbone: str | None = None) -> FeatureSet:
-    """`dae features import`: exactly one source, a folder of per-video .npy arrays or the diving-score release."""
+def import_features(out, *, npy_dir=None, diving_score=None, backbone: str | None = None,
+                    overwrite: bool = False) -> FeatureSet:
+    """`dae features import`: exactly one source, a folder of per-video .npy arrays or the diving-score release;
+    an existing `out` is replaced only with `overwrite`."""
     if (npy_dir is None) == (diving_score is None):
         raise UsageError("give exactly one of --npy-dir and --diving-score")
+    check_new_file(out, overwrite, "feature file")
     if npy_dir is not None:
         return import_npy_dir(npy_dir, out, backbone=backbone or "imported")
     return import_diving_score(diving_score, out, backbone=backbone or "p3d-finetuned-unlv")

@@ -18,6 +18,11 @@ class _OneLineError(click.ClickException):
         self.exit_code = exit_code
 
 
+EXIT_INTERRUPTED = 130
+# What a command interrupted by Ctrl-C has kept, and how to go on.
+_ON_INTERRUPT = {"extract": "the batches committed so far are kept; rerun the same command to resume"}
+
+
 class DaeGroup(click.Group):
     """A group that turns library errors into one-line messages (tracebacks only with --debug)."""
 
@@ -30,8 +35,12 @@ class DaeGroup(click.Group):
             if _debug(ctx):
                 raise
             raise _OneLineError(str(exc), exc.exit_code) from None
-        except KeyboardInterrupt:
-            raise click.exceptions.Abort() from None
+        except KeyboardInterrupt:  # Ctrl-C: the shell's convention, 128 + SIGINT
+            if _debug(ctx):
+                raise
+            hint = _ON_INTERRUPT.get(ctx.invoked_subcommand or "")
+            click.echo("interrupted" + (f": {hint}" if hint else ""), err=True)
+            raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
         except (OSError, MemoryError) as exc:
             if _debug(ctx):
                 raise
@@ -90,7 +99,7 @@ def cli(ctx, debug):
     Studies:                             dae ablate losses|distributions|reparam|variance|robustness
     Try it on synthetic data:            dae demo
 
-    Exit codes: 0 success, 1 failure (one-line error), 2 usage error, 3 partial success.
+    Exit codes: 0 success, 1 failure (one-line error), 2 usage error, 3 partial success, 130 interrupted (Ctrl-C).
     """
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
@@ -123,10 +132,11 @@ def inspect_cmd(feature_file):
               help="The UNLV-Dive release folder of YeTianJHU/diving-score (all_train.npy, all_test.npy, "
                    "training_idx.npy, testing_idx.npy); ids 001..370 as `dae manifest build unlv-dive` writes.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Feature file (HDF5) to write.")
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists (otherwise an existing OUT is an error).")
 @click.option("--backbone", default=None,
               help="Name of the model that produced the features, recorded in the file "
                    "[default: imported; p3d-finetuned-unlv for --diving-score].")
-def features_import_cmd(npy_dir, diving_score, out, backbone):
+def features_import_cmd(npy_dir, diving_score, out, overwrite, backbone):
     """Convert features computed elsewhere into one HDF5 feature file.
 
     \b
@@ -136,7 +146,7 @@ def features_import_cmd(npy_dir, diving_score, out, backbone):
     """
     from dae.features.releases import import_features
 
-    fs = import_features(out, npy_dir=npy_dir, diving_score=diving_score, backbone=backbone)
+    fs = import_features(out, npy_dir=npy_dir, diving_score=diving_score, backbone=backbone, overwrite=overwrite)
     click.echo(f"wrote {out}: {len(fs.video_ids)} videos x {fs.dim} dims")
 
 
@@ -157,6 +167,7 @@ _BUILDERS = "dae.data_manifests.builders"
 @click.option("--annotations", required=True, type=click.Path(),
               help="The dataset's official annotation folder (see the list above).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Manifest CSV to write.")
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists (otherwise an existing OUT is an error).")
 @click.option("--target", type=LibraryChoice(f"{_BUILDERS}:TARGET_CHOICES"), default=None,
               help="fis-v: tes or pcs (required). rg: total (default), difficulty or execution.")
 @click.option("--variant", type=LibraryChoice("dae.data_manifests.mtl_aqa:VARIANT_CHOICES"), default=None,
@@ -169,7 +180,7 @@ _BUILDERS = "dae.data_manifests.builders"
                    "[default: {event:02d}.mp4].")
 @click.option("--view", type=LibraryChoice("dae.data_manifests.jigsaws:JIGSAWS_VIEWS"), default=None,
               help="jigsaws: which camera's video the path column names (default capture1, MUSDL's).")
-def manifest_build_cmd(dataset, annotations, out, target, variant, layout, video_template, view):
+def manifest_build_cmd(dataset, annotations, out, overwrite, target, variant, layout, video_template, view):
     """Write a manifest CSV from DATASET's official annotation files.
 
     \b
@@ -188,8 +199,8 @@ def manifest_build_cmd(dataset, annotations, out, target, variant, layout, video
     """
     from dae.data_manifests.builders import build_manifest_file
 
-    built = build_manifest_file(dataset, annotations, out, target=target, variant=variant, layout=layout,
-                                video_template=video_template, view=view)
+    built = build_manifest_file(dataset, annotations, out, overwrite=overwrite, target=target, variant=variant,
+                                layout=layout, video_template=video_template, view=view)
     from dae.features.manifest import describe_manifest
 
     for note in built.notes:
