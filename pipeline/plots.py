@@ -128,6 +128,28 @@ def plot_reliability(table: pd.DataFrame, path, title: str) -> Path:
     return _save(fig, Path(path))
 
 
+def plot_predictions(predictions: pd.DataFrame, path, title: str) -> Path:
+    """Predicted mu with its 90% interval against the true score, one point per test video (the first seed)."""
+    plt = require_matplotlib()
+    first = predictions[predictions["seed"] == predictions["seed"].min()].sort_values("score")
+    fig, ax = plt.subplots(figsize=(5.6, 5.0))
+    score, mu = first["score"].to_numpy(float), first["mu"].to_numpy(float)
+    inside = (first["lo90"] <= first["score"]) & (first["score"] <= first["hi90"])
+    ax.errorbar(score, mu, yerr=[mu - first["lo90"].to_numpy(float), first["hi90"].to_numpy(float) - mu], fmt="none",
+                ecolor="tab:blue", alpha=0.25, lw=1)
+    ax.scatter(score[inside], mu[inside], s=10, color="tab:blue", label=f"true score inside the 90% interval "
+               f"({inside.mean():.0%})")
+    ax.scatter(score[~inside], mu[~inside], s=12, color="tab:red", marker="x", label="outside")
+    lo, hi = min(score.min(), mu.min()), max(score.max(), mu.max())
+    ax.plot([lo, hi], [lo, hi], color="black", lw=1, ls="--", label="predicted = true")
+    ax.set_xlabel("true score")
+    ax.set_ylabel("predicted mu, bar = 90% interval")
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left")
+    return _save(fig, Path(path))
+
+
 def plot_study(result, folder) -> list[Path]:
     """All figures of a study into folder (created): curves when tracked, sigma histograms, reliability."""
     folder = Path(folder)

@@ -75,3 +75,12 @@ def test_dask_backend_without_dask(tmp_path):
                       tmp_path)
     assert res.returncode == 1, res.stderr
     assert 'pip install "dae-aqa[dist]"' in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_demo_without_matplotlib_still_runs_and_says_how_to_get_its_plot(tmp_path):
+    res = run_without(["matplotlib"], ["demo", "--out", str(tmp_path / "demo"), "--seeds", "1", "--epochs", "2"],
+                      tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert 'plot skipped: drawing plots needs matplotlib, which is not installed: pip install "dae-aqa[plots]"' \
+        in res.stdout
+    assert (tmp_path / "demo" / "leaderboard.csv").exists() and not (tmp_path / "demo" / "dae_predictions.png").exists()
