@@ -79,13 +79,16 @@ def import_diving_score(release_dir, out, *, backbone: str = "p3d-finetuned-unlv
     return read_features(out)
 
 
-def import_features(out, *, npy_dir=None, diving_score=None, backbone: str | None = None,
-                    overwrite: bool = False) -> FeatureSet:
-    """`dae features import`: exactly one source, a folder of per-video .npy arrays or the diving-score release;
-    an existing `out` is replaced only with `overwrite`."""
+def import_features(out, *, npy_dir=None, diving_score=None, backbone: str | None = None, keep_clips: bool = False,
+                    clip_dtype: str = "float32", overwrite: bool = False) -> FeatureSet:
+    """`dae features import`: exactly one source, a folder of per-video .npy arrays (their clip sequences kept with
+    `keep_clips`) or the diving-score release; an existing `out` is replaced only with `overwrite`."""
     if (npy_dir is None) == (diving_score is None):
         raise UsageError("give exactly one of --npy-dir and --diving-score")
+    if keep_clips and npy_dir is None:
+        raise UsageError("--keep-clips goes with --npy-dir")
     check_new_file(out, overwrite, "feature file")
     if npy_dir is not None:
-        return import_npy_dir(npy_dir, out, backbone=backbone or "imported")
+        return import_npy_dir(npy_dir, out, backbone=backbone or "imported", keep_clips=keep_clips,
+                              clip_dtype=clip_dtype)
     return import_diving_score(diving_score, out, backbone=backbone or "p3d-finetuned-unlv")
