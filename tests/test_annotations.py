@@ -420,7 +420,7 @@ def test_cli_failure_keeps_an_existing_output_untouched(tmp_path):
     out = tmp_path / "out.csv"
     out.write_text("video_id,score\nkeep,1\n")
     folder = _jigsaws_folder(tmp_path, {"Suturing_B001": "not six numbers"}, {"Suturing": [["Suturing_B001"]]})
-    result = run("manifest", "build", "jigsaws", "--annotations", folder, "--out", out)
+    result = run("manifest", "build", "jigsaws", "--annotations", folder, "--out", out, "--overwrite")
     assert result.exit_code == 1 and "expected 6 item scores" in one_line_error(result)
     assert out.read_text() == "video_id,score\nkeep,1\n"
 
