@@ -11,7 +11,8 @@ import os
 from pathlib import Path
 
 from dae.errors import DaeError, UsageError
-from dae.heads.config import STUDY_BATCH_SIZE, STUDY_LR, STUDY_SEEDS, TrainConfig
+from dae.heads.config import TrainConfig
+from dae.pipeline.defaults import STUDY_BATCH_SIZE, STUDY_LR, STUDY_SEEDS
 
 _TRAIN = TrainConfig()
 FIT_DEFAULTS = {

@@ -56,7 +56,7 @@ def test_fit_plan_assembles_specs_config_and_card_range(tmp_path):
 
 
 def test_study_config_uses_the_studies_own_defaults():
-    from dae.heads.config import STUDY_BATCH_SIZE, STUDY_LR
+    from dae.pipeline.defaults import STUDY_BATCH_SIZE, STUDY_LR
 
     config = study_config({"epochs": 3, "lr": None, "batch_size": None, "device": "cpu"})
     assert (config.epochs, config.lr, config.batch_size, config.device) == (3, STUDY_LR, STUDY_BATCH_SIZE, "cpu")
