@@ -31,8 +31,8 @@ import torch
 from torch import nn
 
 from dae.errors import UsageError
-from dae.heads.dae import init_linears
-from dae.heads.distributions import get_distribution
+from dae.heads.dae import init_linears, trains_scale
+from dae.heads.distributions import get_distribution, scale_from_log_variance
 from dae.heads.exemplars import ExemplarPools
 from dae.heads.losses import loss_terms
 
@@ -157,19 +157,48 @@ class StackedTree(nn.Module):
         """pairs (M, n, Din) -> hidden (M, H, n)."""
         return torch.relu(torch.baddbmm(self.trunk_b, self.trunk_w, pairs.transpose(1, 2)))
 
-    def forward_full(self, pairs: torch.Tensor):
-        """Every leaf: log probabilities (M, L, n) and regressed positions (M, L, n)."""
+    def _internal(self, pairs: torch.Tensor):
+        """Every internal node: the leaves' log probabilities (M, L, n) and the last internal level's hidden
+        states (M, L/2, H, n)."""
         m, n = pairs.shape[0], pairs.shape[1]
         h = self.trunk(pairs).unsqueeze(1)                                    # (M, 1, H, n)
         logp = pairs.new_zeros(m, 1, n)
-        for d in range(self.depth - 1):
+        levels = self.depth - 1
+        for d in range(levels):
             logits = torch.matmul(self.clf_w[d], h) + self.clf_b[d].unsqueeze(-1)   # (M, 2^d, 2, n)
             logp = (torch.log_softmax(logits, dim=2) + logp.unsqueeze(2)).reshape(m, 2 ** (d + 1), n)
-            w = self.child_w[d].view(m, 2 ** d, 2 * self.hidden, self.hidden)
-            h = torch.relu(torch.matmul(w, h) + self.child_b[d].view(m, 2 ** d, -1, 1))
-            h = h.reshape(m, 2 ** (d + 1), self.hidden, n)
+            if d < levels - 1:
+                w = self.child_w[d].view(m, 2 ** d, 2 * self.hidden, self.hidden)
+                h = torch.relu(torch.matmul(w, h) + self.child_b[d].view(m, 2 ** d, -1, 1))
+                h = h.reshape(m, 2 ** (d + 1), self.hidden, n)
+        return logp, h
+
+    def forward_full(self, pairs: torch.Tensor):
+        """Every leaf: log probabilities (M, L, n) and regressed positions (M, L, n)."""
+        m, n = pairs.shape[0], pairs.shape[1]
+        logp, h = self._internal(pairs)
+        d = self.depth - 2
+        w = self.child_w[d].view(m, 2 ** d, 2 * self.hidden, self.hidden)
+        h = torch.relu(torch.matmul(w, h) + self.child_b[d].view(m, 2 ** d, -1, 1)).reshape(m, -1, self.hidden, n)
         position = torch.matmul(self.reg_w.unsqueeze(2), h).squeeze(2) + self.reg_b.unsqueeze(-1)
         return logp, position
+
+    def forward_argmax(self, pairs: torch.Tensor):
+        """The most probable leaf (M, n) and its regressed position (M, n); the last layer only for that leaf."""
+        m, n = pairs.shape[0], pairs.shape[1]
+        logp, h = self._internal(pairs)                                       # h (M, L/2, H, n)
+        leaf = logp.argmax(1)
+        model = torch.arange(m, device=leaf.device).unsqueeze(1).expand(m, n).reshape(-1)
+        parent = (leaf >> 1).reshape(-1)
+        rows = h.permute(0, 3, 1, 2).reshape(m * n, h.shape[1], self.hidden)
+        rows = rows[torch.arange(m * n, device=leaf.device), parent]            # (M*n, H): the leaf's parent
+        d = self.depth - 2
+        hl = torch.relu(_grouped_linear(rows, self.child_w[d].reshape(-1, self.hidden, self.hidden),
+                                        self.child_b[d].reshape(-1, self.hidden),
+                                        model * self.n_leaves + leaf.reshape(-1)))
+        flat_leaf = model * self.n_leaves + leaf.reshape(-1)
+        position = (self.reg_w.reshape(-1, self.hidden)[flat_leaf] * hl).sum(1) + self.reg_b.reshape(-1)[flat_leaf]
+        return leaf, position.view(m, n)
 
     def forward_path(self, pairs: torch.Tensor, leaf: torch.Tensor):
         """Only the path to `leaf` (M, n): its log probability (M, n) and its regressed position (M, n)."""
@@ -223,9 +252,8 @@ def tree_loss(logp_true: torch.Tensor, position: torch.Tensor, leaf: torch.Tenso
 
 def tree_relative(tree: StackedTree, pairs: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
     """CoRe's relative score of every pair (M, n): the argmax leaf's interval position."""
-    logp, position = tree.forward_full(pairs)
-    leaf = logp.argmax(1)
-    return relative_from_leaf(leaf, position.gather(1, leaf.unsqueeze(1)).squeeze(1), edges)
+    leaf, position = tree.forward_argmax(pairs)
+    return relative_from_leaf(leaf, position, edges)
 
 
 def voter_mixture(means: torch.Tensor, scales: torch.Tensor | None, valid: torch.Tensor):
@@ -250,11 +278,15 @@ def theta_for(scores, difficulty, train_rows, dataset: str = "") -> float:
     return float(math.ceil(np.max(np.asarray(scores, float)[rows] / np.asarray(difficulty, float)[rows])))
 
 
-def pair_batch(take, sets, exemplars: torch.Tensor, queries: torch.Tensor, relative: torch.Tensor) -> torch.Tensor:
+def pair_batch(take, sets, exemplars: torch.Tensor, queries: torch.Tensor, relative: torch.Tensor,
+               exemplar_score: bool = True) -> torch.Tensor:
     """Pair features [f_e, f_q, c_e] (R, n, 2D+1) for exemplar and query rows (R, n) of R models or streams.
 
-    take(sets, rows) -> (R, n, D) gives each one's (standardised) features; relative (R, N) its c values."""
+    take(sets, rows) -> (R, n, D) gives each one's (standardised) features; relative (R, N) its c values.
+    exemplar_score False puts 0 in place of c_e (an ablation: the pair feature without the exemplar's score)."""
     c_e = torch.gather(relative, 1, exemplars).unsqueeze(-1)
+    if not exemplar_score:
+        c_e = torch.zeros_like(c_e)
     fe, fq = take(sets, exemplars), take(sets, queries)
     return torch.cat([fe, fq, c_e.to(fe.device, fe.dtype)], dim=-1)
 
@@ -324,7 +356,10 @@ class ExemplarHead:
     model's seed, so that every epoch's score and the final prediction use the same voters)."""
 
     def __init__(self, features, targets, exemplar: ExemplarTargets, voters: int = DEFAULT_VOTERS,
-                 prediction: str = "mu", chunk_pairs: int = 4096):
+                 prediction: str = "mu", chunk_pairs: int = 4096, exemplar_score: bool = True,
+                 extra_voters=()):
+        self.exemplar_score = exemplar_score
+        self.extra_voters = tuple(int(v) for v in extra_voters)
         self.features = np.asarray(features, dtype=np.float32)
         self.targets = np.asarray(targets, dtype=np.float32)
         self.exemplar = exemplar
@@ -360,7 +395,7 @@ class ExemplarHead:
                                      for s, gen in enumerate(batch.generators)])
             ex2, qu2 = torch.cat([exemplars, queries], 1), torch.cat([queries, exemplars], 1)   # both directions
             relative = module.relative[::size]
-            pairs = pair_batch(module.data.take, module.stream_sets, ex2, qu2, relative)
+            pairs = pair_batch(module.data.take, module.stream_sets, ex2, qu2, relative, self.exemplar_score)
             delta = torch.gather(relative, 1, qu2) - torch.gather(relative, 1, ex2)
             return {"pairs": pairs, "delta": delta.to(pairs.device)}
         voters, valid = [], []
@@ -370,8 +405,73 @@ class ExemplarHead:
             valid.append(ok)
         return {"voters": torch.stack(voters), "valid": torch.stack(valid)}                   # (M, n, V)
 
-    def _vote(self, module, batch, inputs, relative_fn):
-        """relative_fn(pairs (M, p, Din)) -> (means (M, p), scales (M, p) or None) of the relative score."""
+    def rebuild(self, jobs, states, config):
+        """The stacked module of trained models (states: each job's exported state dict, in the order of the jobs
+        this head's `exemplar` was made for), to vote again (other voter counts, new videos)."""
+        from dae.heads.trainer import Stack
+
+        stack = Stack(jobs, torch.arange(len(jobs)), 1, config, torch.device(config.device))
+        module = self.build(stack)
+        self.load(module, [{k: v for k, v in s.items() if not k.startswith("exemplar.")} for s in states])
+        return module
+
+    @torch.no_grad()
+    def vote(self, module, jobs, name: str, voters: int | None = None) -> list[dict]:
+        """Each model's predictions on its jobs' `name` rows with `voters` voters (default: the head's)."""
+        from dae.heads.trainer import Batch
+
+        rows = [torch.as_tensor(np.asarray(j.eval_rows[name], dtype=np.int64)) for j in jobs]
+        length = max(len(r) for r in rows)
+        padded = torch.stack([torch.cat([r, r.new_zeros(length - len(r))]) for r in rows])
+        gens = [torch.Generator().manual_seed(int(j.spec.seed)) for j in jobs]
+        batch = Batch(padded, torch.arange(len(jobs)), 1, gens, False, [len(r) for r in rows])
+        saved, self.voters = self.voters, int(voters or self.voters)
+        try:
+            module.eval()
+            return self.predict(module, self.inputs(module, batch), batch, final=True)
+        finally:
+            self.voters = saved
+
+    def bank(self, module, k: int) -> dict:
+        """What `dae predict` needs besides the weights: the training videos as exemplars (raw features, their
+        relative scores and difficulty), theta, the rule. Models with one training set share the tensors (torch.save
+        writes them once)."""
+        job_index = int(module.models[k])
+        set_id = int(module.data.set_of_job[k])
+        cache = module.__dict__.setdefault("_banks", {})
+        if set_id not in cache:
+            pool = self.exemplar.pools[job_index]
+            rows = pool.flat.sort().values.numpy()
+            dd = pool.difficulty
+            cache[set_id] = {
+                "exemplar.features": torch.as_tensor(self.features[rows]),
+                "exemplar.relative": torch.as_tensor(self.exemplar.relative[job_index][rows], dtype=torch.float64),
+                "exemplar.difficulty": torch.as_tensor(dd[rows] if dd is not None else np.zeros(0)),
+            }
+        return {**cache[set_id], "exemplar.theta": float(self.exemplar.theta[job_index]),
+                "exemplar.rule": self.exemplar.rule}
+
+    def predict(self, module, inputs, batch, final):
+        """Each model's voted prediction; at the final prediction also `mu_vV` (and `scale_vV`) for every V of
+        `extra_voters`, from the same trained models (what `dae ablate voters` reads)."""
+        mu, scale = self._vote(module, batch, inputs)
+        out = self._package(module, batch, mu, scale, final)
+        if final:
+            for v in self.extra_voters:
+                saved, self.voters = self.voters, v
+                try:
+                    mu_v, scale_v = self._vote(module, batch, self.inputs(module, batch))
+                finally:
+                    self.voters = saved
+                for k, n in enumerate(batch.lengths):
+                    out[k][f"mu_v{v}"] = mu_v[k, :n].numpy().astype(np.float64)
+                    if scale_v is not None:
+                        out[k][f"scale_v{v}"] = scale_v[k, :n].numpy().astype(np.float64)
+        return out
+
+    def _vote(self, module, batch, inputs):
+        """Normalised mu (M, n) and spread (M, n) or None of every query from its voters: the head's
+        `_relative(module, pairs (M, p, Din))` gives each pair's relative score and its spread (or None)."""
         voters, valid = inputs["voters"], inputs["valid"]
         m, n, v = voters.shape
         queries = batch.rows.unsqueeze(-1).expand(m, n, v).reshape(m, -1)
@@ -380,8 +480,8 @@ class ExemplarHead:
         step = max(1, self.chunk_pairs // v) * v
         for lo in range(0, n * v, step):
             ex, qu = flat[:, lo:lo + step], queries[:, lo:lo + step]
-            pairs = pair_batch(module.data.take, module.data.set_of_job, ex, qu, module.relative)
-            mean, scale = relative_fn(pairs)
+            pairs = pair_batch(module.data.take, module.data.set_of_job, ex, qu, module.relative, self.exemplar_score)
+            mean, scale = self._relative(module, pairs)
             means.append(mean.cpu() + torch.gather(module.relative, 1, ex))
             scales.append(None if scale is None else scale.cpu())
         mean = torch.cat(means, 1).view(m, n, v)
@@ -409,8 +509,10 @@ class CoRe(ExemplarHead):
         logp, predicted = module.net.forward_path(pairs, leaf)
         return tree_loss(logp, predicted, leaf, position, module.net.n_leaves)
 
-    def predict(self, module, inputs, batch, final):
-        mu, _ = self._vote(module, batch, inputs, lambda pairs: (tree_relative(module.net, pairs, module.edges), None))
+    def _relative(self, module, pairs):
+        return tree_relative(module.net, pairs, module.edges), None
+
+    def _package(self, module, batch, mu, scale, final):
         mu = mu.numpy().astype(np.float64)
         return [{"pred": mu[k, :n]} if not final else {"mu": mu[k, :n], "scale": None, "pred": mu[k, :n]}
                 for k, n in enumerate(batch.lengths)]
@@ -418,8 +520,11 @@ class CoRe(ExemplarHead):
     def export(self, module, k):
         mean, std = module.data.job_stats(k)
         state = module.net.model_state(k)
-        state["leaf_edges"] = module.edges[k].detach().cpu().clone()
-        return {"state_dict": state, "input_mean": mean, "input_std": std}
+        state["exemplar.leaf_edges"] = module.edges[k].detach().cpu().clone()
+        return {"state_dict": {**state, **self.bank(module, k)}, "input_mean": mean, "input_std": std}
+
+    def load(self, module, states):
+        module.net.load_model_states(states)
 
 
 class DAECoRe(ExemplarHead):
@@ -456,12 +561,11 @@ class DAECoRe(ExemplarHead):
         scale = scale_from_log_variance(log_var, module.variance)
         return (loss_terms(target, mu, mu + eps * scale, scale, self.dist) * weights).sum(-1)
 
-    def predict(self, module, inputs, batch, final):
-        def relative(pairs):
-            mu, log_var = module.net.forward_per_head(pairs)
-            return mu, scale_from_log_variance(log_var, module.variance)
+    def _relative(self, module, pairs):
+        mu, log_var = module.net.forward_per_head(pairs)
+        return mu, scale_from_log_variance(log_var, module.variance)
 
-        mu, scale = self._vote(module, batch, inputs, relative)
+    def _package(self, module, batch, mu, scale, final):
         mu, scale = mu.numpy().astype(np.float64), scale.numpy().astype(np.float64)
         out = []
         for k, n in enumerate(batch.lengths):
@@ -478,5 +582,50 @@ class DAECoRe(ExemplarHead):
 
     def export(self, module, k):
         mean, std = module.data.job_stats(k)
-        return {"state_dict": module.net.head(k).state_dict(), "input_mean": mean, "input_std": std,
-                "distribution": self.dist}
+        return {"state_dict": {**module.net.head(k).state_dict(), **self.bank(module, k)}, "input_mean": mean,
+                "input_std": std, "distribution": self.dist}
+
+    @torch.no_grad()
+    def load(self, module, states):
+        net = module.net
+        names = [f"layers.{i}" for i in range(len(net.weights) - 1)] + ["out"]
+        for i, name in enumerate(names):
+            net.weights[i].copy_(torch.stack([s[f"{name}.weight"] for s in states]))
+            net.biases[i].copy_(torch.stack([s[f"{name}.bias"] for s in states]).unsqueeze(-1))
+
+
+def score_new_videos(head: str, model: dict, features, difficulty, score_range, train_config: dict,
+                     voters: int = DEFAULT_VOTERS):
+    """One saved exemplar model (an entry of a run's model.pt) on new videos' raw features (q, D): normalised
+    mu (q,) and scale (q,) or None. difficulty (q,) is needed when the model compares same-difficulty exemplars."""
+    from dae.heads.config import TrainConfig
+    from dae.heads.trainer import HeadSpec, Job
+
+    state = model["state_dict"]
+    bank = state["exemplar.features"].numpy()
+    n_bank, q = len(bank), len(features)
+    rule = state["exemplar.rule"]
+    lo, hi = map(float, score_range)
+    theta = float(state["exemplar.theta"])
+    x = np.concatenate([bank, np.asarray(features, dtype=np.float32)])
+    relative = np.zeros(n_bank + q)
+    relative[:n_bank] = state["exemplar.relative"].numpy()
+    if rule == "same-difficulty":
+        if difficulty is None:
+            raise UsageError("this run compares exemplars of the same difficulty degree: give the new videos' "
+                             "difficulty (--difficulty)")
+        dd = np.concatenate([state["exemplar.difficulty"].numpy(), np.broadcast_to(np.asarray(difficulty, float), q)])
+        multiplier, offset = theta * dd / (hi - lo), -lo / (hi - lo)
+    else:
+        dd, multiplier, offset = None, np.ones(n_bank + q), 0.0
+    pools = ExemplarPools(np.arange(n_bank), n_bank + q, rule, dd)
+    edges = state["exemplar.leaf_edges"].numpy() if "exemplar.leaf_edges" in state else np.zeros((LEAVES, 2))
+    exemplar = ExemplarTargets(relative[None], multiplier[None], offset, [pools], edges[None], np.array([theta]), rule)
+    spec = HeadSpec(**model["spec"])
+    job = Job(spec, np.arange(n_bank), {"new": np.arange(n_bank, n_bank + q)})
+    allowed = {f for f in TrainConfig.__dataclass_fields__}
+    config = TrainConfig(**{k: (tuple(v) if k == "hidden" else v) for k, v in train_config.items() if k in allowed})
+    obj = (CoRe if head == "core" else DAECoRe)(x, np.zeros(n_bank + q, np.float32), exemplar, voters)
+    module = obj.rebuild([job], [state], config)
+    out = obj.vote(module, [job], "new")[0]
+    return out["mu"], out["scale"]

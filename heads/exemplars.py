@@ -33,6 +33,7 @@ class ExemplarPools:
         if len(train) < 2:
             raise UsageError(f"exemplar heads need at least 2 training videos, got {len(train)}")
         self.rule = rule
+        self.difficulty = None if difficulty is None else np.asarray(difficulty, dtype=np.float64)
         if rule == "any":
             members = [train]
             pool_of = np.zeros(n_rows, dtype=np.int64)

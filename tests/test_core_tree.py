@@ -192,3 +192,12 @@ def test_voter_mixture_moments():
     mu, spread = voter_mixture(means, scales, valid)
     assert float(mu) == pytest.approx(0.3)
     assert float(spread) ** 2 == pytest.approx((0.01 + 0.09) / 2 + 0.01)
+
+
+def test_argmax_forward_equals_the_full_trees_argmax_leaf():
+    tree = StackedTree([5, 6], in_dim=7, hidden=16)
+    pairs = torch.randn(2, 50, 7)
+    logp, pos = tree.forward_full(pairs)
+    leaf, position = tree.forward_argmax(pairs)
+    assert torch.equal(leaf, logp.argmax(1))
+    assert torch.allclose(position, pos.gather(1, leaf.unsqueeze(1)).squeeze(1), atol=1e-5)
