@@ -191,8 +191,8 @@ def train_options(f):
     d = TrainConfig()
     opts = [
         click.option("--epochs", type=click.IntRange(1), default=d.epochs, show_default=True),
-        click.option("--lr", type=click.FloatRange(0, min_open=True), default=d.lr, show_default=True,
-                     help="Adam learning rate."),
+        click.option("--lr", type=click.FloatRange(0, min_open=True), default=None,
+                     help=f"Adam learning rate [default: {d.lr:g}; core and dae-core 1e-3, CoRe's rate]."),
         click.option("--weight-decay", type=click.FloatRange(0), default=d.weight_decay, show_default=True),
         click.option("--batch-size", type=click.IntRange(1), default=d.batch_size, show_default=True),
         click.option("--seeds", "n_seeds", type=click.IntRange(1), default=None,
@@ -247,13 +247,21 @@ def input_options(f):
 @input_options
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Run folder to create (never overwritten). Default: runs/<dataset>-<head>-<time>.")
-@click.option("--head", type=click.Choice(["dae", "mlp", "ridge", "usdl", "musdl", "dae-mt", "dae-judges"]),
+@click.option("--head", type=click.Choice(["dae", "mlp", "ridge", "usdl", "musdl", "dae-mt", "dae-judges", "core",
+                                           "dae-core"]),
               default="dae", show_default=True,
               help="dae: the Distribution Auto-Encoder; mlp: same trunk, plain regression on mu; ridge: "
               "closed-form ridge, penalty by cross-validation on train; usdl: softmax over score bins, Gaussian "
               "label smoothing, KL loss; musdl: one usdl path per judge combined by the scoring rule (needs "
               "judge_1..judge_K); dae-mt: DAE on the execution part times the difficulty (needs difficulty); "
-              "dae-judges: one DAE Gaussian per judge combined by the scoring rule.")
+              "dae-judges: one DAE Gaussian per judge combined by the scoring rule; core: CoRe's group-aware "
+              "regression tree on pairs (exemplar, query), test score voted by exemplars; dae-core (ours): a DAE "
+              "head on CoRe's pair feature, the voters' Gaussian mixture.")
+@click.option("--voters", type=click.IntRange(1), default=10, show_default=True,
+              help="core/dae-core: training exemplars that vote for each test video (CoRe's voter_number).")
+@click.option("--with-dd/--without-dd", "with_dd", default=None,
+              help="core/dae-core: compare exemplars of the same difficulty degree and regress score / DD (CoRe "
+              "with DD; needs a difficulty column) [default: with DD on mtl-aqa, without elsewhere].")
 @click.option("--bins", type=click.IntRange(2), default=None,
               help="usdl: number of bins over the score range [default: 101; jigsaws 25, MUSDL's integer scores].")
 @click.option("--bin-std", type=click.FloatRange(0, min_open=True), default=None,
@@ -273,8 +281,8 @@ def input_options(f):
 @click.option("--predict", "prediction", type=click.Choice(["mu", "sample"]), default="mu", show_default=True,
               help="Rank by mu (deterministic) or by one reparameterised sample (the paper's, labelled).")
 @train_options
-def fit_cmd(features, manifest, out, leaderboard, head, bins, bin_std, bin_predict, judge_rule, loss, reparam,
-            alpha, beta, prediction, epochs, lr, weight_decay, batch_size, n_seeds, seed, selection, dataset):
+def fit_cmd(features, manifest, out, leaderboard, head, voters, with_dd, bins, bin_std, bin_predict, judge_rule, loss,
+            reparam, alpha, beta, prediction, epochs, lr, weight_decay, batch_size, n_seeds, seed, selection, dataset):
     """Train score heads on cached features; one model per group and fold of the manifest.
 
     Writes RUN/{config.json, metrics.csv, predictions.csv, model.pt} and appends one leaderboard row per
@@ -287,13 +295,15 @@ def fit_cmd(features, manifest, out, leaderboard, head, bins, bin_std, bin_predi
 
     seeds = resolve_seeds(n_seeds, seed)
     specs = [HeadSpec(seed=s, loss=loss, reparam=reparam, alpha=alpha, beta=beta) for s in seeds]
-    config = TrainConfig(epochs=epochs, lr=lr, weight_decay=weight_decay, batch_size=batch_size,
-                         selection=selection, prediction=prediction)
     from dae.pipeline.baselines import HeadOptions
+    from dae.pipeline.exemplar_heads import EXEMPLAR_HEADS, ExemplarOptions, default_lr
 
+    config = TrainConfig(epochs=epochs, lr=lr or default_lr(head) or TrainConfig().lr, weight_decay=weight_decay,
+                         batch_size=batch_size, selection=selection, prediction=prediction)
+    options = (ExemplarOptions(voters=voters, with_dd=with_dd) if head in EXEMPLAR_HEADS else
+               HeadOptions(bins=bins, bin_std=bin_std, bin_rule=bin_predict, judge_rule=judge_rule))
     plan = FitPlan(head=head, specs=specs, config=config, dataset=dataset or "",
-                   score_range=card_score_range(dataset, manifest),
-                   head_options=HeadOptions(bins=bins, bin_std=bin_std, bin_rule=bin_predict, judge_rule=judge_rule))
+                   score_range=card_score_range(dataset, manifest), head_options=options)
     run_fit(features, manifest, plan, out=out, leaderboard=leaderboard, echo=click.echo)
 
 
@@ -434,8 +444,10 @@ def merge_cmd(inputs, out):
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:I.")
 @click.option("--decoder", type=click.Choice(["decord", "pyav"]), default=None,
               help="Decoder [default: the one the run's features were extracted with].")
+@click.option("--difficulty", type=click.FloatRange(0, min_open=True), default=None,
+              help="The videos' difficulty degree, for core/dae-core runs that compare same-difficulty exemplars.")
 @click.pass_context
-def predict_cmd(ctx, run_dir, videos, out, features, weights, group, device, decoder):
+def predict_cmd(ctx, run_dir, videos, out, features, weights, group, device, decoder, difficulty):
     """Score videos with a trained run: extract them as its features were, apply its heads (seeds averaged).
 
     Prints and writes per-video mu, sigma and the 90% interval, in score units. Example:
@@ -445,7 +457,8 @@ def predict_cmd(ctx, run_dir, videos, out, features, weights, group, device, dec
     from dae.pipeline.predict import predict_videos
 
     rows = predict_videos(run_dir, videos, out=out, features=features, weights=weights, group=group, device=device,
-                          decoder=decoder, echo=click.echo, note=lambda text: click.echo(text, err=True))
+                          decoder=decoder, difficulty=difficulty, echo=click.echo,
+                          note=lambda text: click.echo(text, err=True))
     if (rows["error"] != "").any():
         ctx.exit(3)
 
@@ -503,8 +516,10 @@ def _study_command(study):
                   help="Torch threads per task [default: cores / jobs locally, the cluster's own setting].")
     @click.option("--device", default="auto", show_default=True,
                   help="cpu, cuda or cuda:I; auto: the GPU when torch sees one.")
+    @click.option("--head", type=click.Choice(["dae", "dae-core"]), default="dae", show_default=True,
+                  help="dae-core: the grid on our DAE-CoRe (a DAE head on CoRe's pair feature; Gaussian only).")
     def command(features, manifest, leaderboard, out, plots, n_seeds, seed, epochs, lr, batch_size, weight_decay,
-                selection, dataset, losses, distributions, reparams, jobs, backend, scheduler, threads, device):
+                selection, dataset, losses, distributions, reparams, jobs, backend, scheduler, threads, device, head):
         import torch
 
         from dae.heads.trainer import TrainConfig
@@ -518,7 +533,7 @@ def _study_command(study):
                         dataset=dataset or "", score_range=card_score_range(dataset, manifest),
                         losses=_csv_list(losses), distributions=_csv_list(distributions),
                         reparams=_csv_list(reparams), out=out, leaderboard=leaderboard, plots=plots, n_jobs=jobs,
-                        backend=backend, scheduler=scheduler, threads=threads, echo=click.echo)
+                        backend=backend, scheduler=scheduler, threads=threads, echo=click.echo, head=head)
 
     command.__doc__ = _STUDY_HELP[study] + """
 
@@ -531,6 +546,47 @@ def _study_command(study):
 
 for _study in _STUDY_HELP:
     _study_command(_study)
+
+
+@ablate_group.command("voters")
+@input_options
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Study folder to create (never overwritten). Default: runs/<dataset>-ablate-voters-<time>.")
+@click.option("--head", type=click.Choice(["core", "dae-core"]), default="core", show_default=True)
+@click.option("--voters", "voter_counts", default="1,3,5,10,20", show_default=True,
+              help="Comma-separated voter counts; the same trained models vote with each.")
+@click.option("--rules", default=None,
+              help="Comma-separated exemplar rules (any, same-difficulty) [default: both when the manifest has a "
+              "difficulty column, else any].")
+@click.option("--seeds", "n_seeds", type=click.IntRange(1), default=None, help="Train seeds 0..N-1 [default: 5].")
+@click.option("--seed", type=int, default=None, help="Train this one seed.")
+@click.option("--epochs", type=click.IntRange(1), default=100, show_default=True)
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=1e-3, show_default=True,
+              help="Adam learning rate (CoRe's).")
+@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
+@click.option("--selection", type=click.Choice(["last", "best-val", "best-test"]), default="last", show_default=True)
+@click.option("--dataset", default=None, help="Dataset card name (score range, theta with DD).")
+def ablate_voters_cmd(features, manifest, leaderboard, out, head, voter_counts, rules, n_seeds, seed, epochs, lr,
+                      batch_size, selection, dataset):
+    """Exemplar heads: how many training exemplars vote for a test video, and which exemplar rule.
+
+    Each rule trains its seeds once; the same models then vote with every count. One leaderboard row per
+    model x count. Example:  dae ablate voters --features F.h5 --manifest M.csv --voters 1,3,5,10,20
+    """
+    from dae.heads.trainer import HeadSpec, TrainConfig
+    from dae.pipeline.fit import FitPlan
+    from dae.pipeline.voters_study import run_voters_study_files
+
+    try:
+        counts = [int(v) for v in _csv_list(voter_counts) or []]
+    except ValueError:
+        raise click.UsageError(f"--voters takes comma-separated integers, got {voter_counts!r}") from None
+    specs = [HeadSpec(seed=s) for s in resolve_seeds(n_seeds, seed, 5)]
+    config = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, selection=selection)
+    plan = FitPlan(head=head, specs=specs, config=config, dataset=dataset or "",
+                   score_range=card_score_range(dataset, manifest))
+    run_voters_study_files(features, manifest, plan, counts, _csv_list(rules), out=out, leaderboard=leaderboard,
+                           echo=click.echo)
 
 
 @bench_group.command("fit")

@@ -54,7 +54,7 @@ def make_exemplar_head(head: str, features, manifest: pd.DataFrame, targets, job
     """(the head object for `dae.heads.trainer.train`, its leaderboard labels) after checking the inputs."""
     from dae.pipeline.baselines import difficulty_of
 
-    options = options or ExemplarOptions()
+    options = options if isinstance(options, ExemplarOptions) else ExemplarOptions()
     options.check()
     if head not in EXEMPLAR_HEADS:
         raise UsageError(f"unknown exemplar head {head!r} (choose from {', '.join(EXEMPLAR_HEADS)})")
@@ -79,7 +79,7 @@ def make_exemplar_head(head: str, features, manifest: pd.DataFrame, targets, job
 
 def fit_exemplar_heads(head: str, features, manifest: pd.DataFrame, targets, jobs, config, score_range,
                        dataset: str = "", options: ExemplarOptions | None = None, where: str = "the manifest",
-                       on_start=None):
+                       on_start=None, progress=None):
     """Train `head` for every job. Returns (results, row labels for the leaderboard)."""
     from dae.heads.trainer import train
 
@@ -87,7 +87,7 @@ def fit_exemplar_heads(head: str, features, manifest: pd.DataFrame, targets, job
                                      where)
     if on_start:
         on_start()
-    return train(obj, jobs, config), labels
+    return train(obj, jobs, config, progress), labels
 
 
 def options_dict(options: ExemplarOptions | None) -> dict | None:

@@ -358,7 +358,8 @@ def save_study(out, result: StudyResult, meta: dict) -> None:
 def run_study_files(study: str, features, manifest, seeds, config: TrainConfig, dataset: str = "",
                     score_range=None, losses=None, distributions=None, reparams=None, out=None,
                     leaderboard=None, plots=None, n_jobs: int = 1, backend: str = "loky",
-                    scheduler: str | None = None, threads: int | None = None, echo=print) -> StudyResult:
+                    scheduler: str | None = None, threads: int | None = None, echo=print,
+                    head: str = "dae") -> StudyResult:
     """Read the files, run the study, print its report, write the study folder, plots and leaderboard rows."""
     import platform
 
@@ -372,7 +373,7 @@ def run_study_files(study: str, features, manifest, seeds, config: TrainConfig, 
     fs = read_features(features)
     df = read_manifest(manifest)
     dataset = dataset or Path(manifest).stem
-    plan = FitPlan(head="dae", specs=specs, config=config, dataset=dataset, score_range=score_range)
+    plan = FitPlan(head=head, specs=specs, config=config, dataset=dataset, score_range=score_range)
     out = Path(out) if out else new_run_dir(f"{dataset or 'run'}-ablate-{study}")
     check_new_dir(out, "study folder")
     if plots:
