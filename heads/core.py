@@ -84,21 +84,62 @@ def relative_from_leaf(leaf: torch.Tensor, position: torch.Tensor, edges: torch.
     return torch.where(width > 0, left + width * position, left + position)
 
 
+class _PlaceRows(torch.autograd.Function):
+    """out (n, ...) zero except out[pos] = x, for distinct positions pos (R,): a scatter whose gradient is a gather
+    (torch's own index backward accumulates with scatter_add, which is slow on a CPU)."""
+
+    @staticmethod
+    def forward(ctx, x, pos, n):
+        ctx.save_for_backward(pos)
+        out = x.new_zeros(n, *x.shape[1:])
+        out[pos] = x
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        (pos,) = ctx.saved_tensors
+        return grad[pos], None, None
+
+
+class _TakeRows(torch.autograd.Function):
+    """x[pos] for distinct positions pos (R,), with the gradient placed back without accumulation."""
+
+    @staticmethod
+    def forward(ctx, x, pos):
+        ctx.save_for_backward(pos)
+        ctx.rows = x.shape[0]
+        return x[pos]
+
+    @staticmethod
+    def backward(ctx, grad):
+        (pos,) = ctx.saved_tensors
+        out = grad.new_zeros(ctx.rows, *grad.shape[1:])
+        out[pos] = grad
+        return out, None
+
+
 def _grouped_linear(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
     """Row r of h (R, H) through its own group's layer: weight (G, O, H), bias (G, O), group (R,) -> (R, O).
 
-    Rows are sorted by group into a zero-padded (G, P, H) block, one bmm, then put back in order."""
+    Rows are placed by group into a zero-padded (G, P, H) block, one bmm, then taken back in order."""
     n_groups = weight.shape[0]
     order = torch.argsort(group, stable=True)
-    sorted_group = group[order]
     counts = torch.bincount(group, minlength=n_groups)
     width = int(counts.max())
     starts = torch.cumsum(counts, 0) - counts
-    slot = sorted_group * width + (torch.arange(len(group), device=h.device) - starts[sorted_group])
-    block = h.new_zeros(n_groups * width, h.shape[1]).index_copy(0, slot, h.index_select(0, order))
+    pos = torch.empty_like(order)
+    pos[order] = group[order] * width + (torch.arange(len(group), device=h.device) - starts[group[order]])
+    block = _PlaceRows.apply(h, pos, n_groups * width)
     out = torch.baddbmm(bias.unsqueeze(1), block.view(n_groups, width, -1), weight.transpose(1, 2))
-    result = out.reshape(n_groups * width, -1).index_select(0, slot)
-    return result.index_select(0, torch.argsort(order))
+    return _TakeRows.apply(out.reshape(n_groups * width, -1), pos)
+
+
+def _pick(values: torch.Tensor, index: torch.Tensor, size: int) -> torch.Tensor:
+    """values (M, n, size, ...)[m, i, index[m, i]] through a one-hot product (its gradient is a product too)."""
+    onehot = torch.nn.functional.one_hot(index, size).to(values.dtype)
+    while onehot.dim() < values.dim():
+        onehot = onehot.unsqueeze(-1)
+    return (values * onehot).sum(2)
 
 
 class StackedTree(nn.Module):
@@ -201,25 +242,28 @@ class StackedTree(nn.Module):
         return leaf, position.view(m, n)
 
     def forward_path(self, pairs: torch.Tensor, leaf: torch.Tensor):
-        """Only the path to `leaf` (M, n): its log probability (M, n) and its regressed position (M, n)."""
+        """Only the path to `leaf` (M, n): its log probability (M, n) and its regressed position (M, n).
+
+        The children layers run for the path's node only (rows grouped by node); the classifiers and regressors
+        are small, so every node's are evaluated and the path's picked."""
         m, n = leaf.shape
         levels = self.depth - 1
-        model = torch.arange(m, device=leaf.device).unsqueeze(1).expand(m, n)
+        model = torch.arange(m, device=leaf.device).unsqueeze(1).expand(m, n).reshape(-1)
         h = self.trunk(pairs).transpose(1, 2).reshape(m * n, self.hidden)      # rows (model-major)
-        logp = pairs.new_zeros(m * n)
+        logp = pairs.new_zeros(m, n)
         for d in range(levels):
-            node = (leaf >> (levels - d)).reshape(-1)                           # node on the path at level d
-            child = (leaf >> (levels - d - 1)).reshape(-1)                      # its child on the path
-            flat_node = model.reshape(-1) * 2 ** d + node
-            w = self.clf_w[d].reshape(-1, 2, self.hidden)[flat_node]            # (R, 2, H): small, gathered
-            logits = torch.einsum("rkh,rh->rk", w, h) + self.clf_b[d].reshape(-1, 2)[flat_node]
-            logp = logp + torch.log_softmax(logits, dim=1).gather(1, (child & 1).unsqueeze(1)).squeeze(1)
+            node = leaf >> (levels - d)                                         # the path's node at level d
+            child = leaf >> (levels - d - 1)                                    # its child on the path
+            w = self.clf_w[d].reshape(m, 2 ** (d + 1), self.hidden)
+            logits = torch.baddbmm(self.clf_b[d].reshape(m, 1, -1), h.view(m, n, -1), w.transpose(1, 2))
+            logits = _pick(logits.view(m, n, 2 ** d, 2), node, 2 ** d)          # (M, n, 2)
+            logp = logp + _pick(torch.log_softmax(logits, dim=2).unsqueeze(-1), child & 1, 2).squeeze(-1)
             h = torch.relu(_grouped_linear(h, self.child_w[d].reshape(-1, self.hidden, self.hidden),
                                            self.child_b[d].reshape(-1, self.hidden),
-                                           model.reshape(-1) * 2 ** (d + 1) + child))
-        flat_leaf = model.reshape(-1) * self.n_leaves + leaf.reshape(-1)
-        position = (self.reg_w.reshape(-1, self.hidden)[flat_leaf] * h).sum(1) + self.reg_b.reshape(-1)[flat_leaf]
-        return logp.view(m, n), position.view(m, n)
+                                           model * 2 ** (d + 1) + child.reshape(-1)))
+        every = torch.baddbmm(self.reg_b.unsqueeze(1), h.view(m, n, -1), self.reg_w.transpose(1, 2))  # (M, n, L)
+        position = _pick(every.unsqueeze(-1), leaf, self.n_leaves).squeeze(-1)
+        return logp, position
 
     def model_state(self, k: int) -> dict:
         """Model k's weights (a plain dict of tensors, for the run folder)."""

@@ -608,8 +608,11 @@ def ablate_voters_cmd(features, manifest, leaderboard, out, head, voter_counts, 
               help="Also compare test Spearman (v1, mean over seeds): batched vs one-by-one loops. Needs --features.")
 @click.option("--reference-lr", type=click.FloatRange(0, min_open=True), default=1e-4, show_default=True,
               help="Learning rate of the batch-8 DataLoader loop in --quality.")
+@click.option("--head", type=click.Choice(["dae", "core"]), default="dae", show_default=True,
+              help="core: instead, a --seeds core fit (and dae-core) against a --seeds dae fit at fit's settings "
+              "(batch 32 unless --batch-size) on the synthetic features, wall-time ratio in one process.")
 def bench_fit_cmd(features, manifest, dataset, seeds, epochs, batch_size, lr, reference_models, reference_epochs,
-                  repeats, quality, reference_lr):
+                  repeats, quality, reference_lr, head):
     """Time the default loss study against the same models trained one by one; FLOP/s against an fp32 bmm.
 
     Example:  dae bench fit                      (synthetic, MTL-AQA-sized: 1059 train / 353 test, 1024-d)
@@ -619,6 +622,12 @@ def bench_fit_cmd(features, manifest, dataset, seeds, epochs, batch_size, lr, re
     from dae.pipeline.bench_fit import bench_fit, format_bench, load_split, quality_check
     from dae.pipeline.defaults import STUDY_BATCH_SIZE, STUDY_LR
 
+    if head == "core":
+        from dae.pipeline.bench_core import bench_core, format_core_bench
+
+        click.echo(format_core_bench(bench_core(seeds=seeds, epochs=epochs, batch_size=batch_size or 32,
+                                                echo=click.echo)))
+        return
     if bool(features) != bool(manifest):
         raise click.UsageError("give --features and --manifest together")
     if quality and not features:

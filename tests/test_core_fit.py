@@ -165,3 +165,15 @@ def test_ablate_voters_trains_once_per_rule_and_votes_every_count(tmp_path, one_
     three = rows[rows["voters"] == 3]
     assert not np.allclose(one["spearman"].to_numpy(), three["spearman"].to_numpy())
     assert (out / "summary.csv").exists()
+
+
+def test_bench_core_times_both_heads_in_one_run(one_thread):
+    from dae.pipeline.bench_core import bench_core, format_core_bench
+    from dae.pipeline.bench_fit import synthetic_study_data
+
+    data = synthetic_study_data(n_train=64, n_test=32, dim=32)
+    r = bench_core(seeds=2, epochs=2, batch_size=32, data=data, echo=lambda _: None)
+    assert r.dae_seconds > 0 and r.core_seconds > 0 and r.dae_core_seconds > 0
+    assert (r.n_train, r.n_test, r.dim, r.seeds) == (64, 32, 32, 2)
+    text = format_core_bench(r)
+    assert f"core / dae = {r.core_seconds / r.dae_seconds:.2f}x" in text and "load average" in text
