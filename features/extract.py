@@ -354,6 +354,9 @@ def extract(videos, out, *, manifest=None, protocol: str = DEFAULT_PROTOCOL, dev
             progress: bool | None = None, note=None) -> ExtractResult:
     """Extract every video under `videos` (or every row of `manifest`) into the feature file `out`."""
     proto = parse_protocol(protocol)
+    if proto.variable_length:  # the engine's slots and resume still assume a fixed clip count
+        raise UsageError(f"protocol {proto.name}: extracting clip sequences is not supported yet; "
+                         "import per-video (T, D) arrays with `dae features import --npy-dir DIR --keep-clips`")
     shard_pair, from_env = (parse_shard(shard), False) if shard else (shard_from_environment(), True)
     tasks = list_tasks(videos, manifest)
     all_ids = [t.video_id for t in tasks]

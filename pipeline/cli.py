@@ -89,6 +89,11 @@ def inspect_cmd(feature_file):
 @features_group.command("import")
 @click.option("--npy-dir", type=click.Path(file_okay=False),
               help="Folder of per-video .npy arrays, shape (T, D) or (D,); id = path relative to it, no suffix.")
+@click.option("--keep-clips", is_flag=True,
+              help="--npy-dir: keep each (T, D) array as a clip sequence (schema 2, any T >= 1) for the sequence "
+                   "heads, besides its mean in /features.")
+@click.option("--clip-dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
+              help="--keep-clips: how the sequences are stored (float16 halves the file; rounding ~1e-3 relative).")
 @click.option("--diving-score", "diving_score", type=click.Path(file_okay=False),
               help="The UNLV-Dive release folder of YeTianJHU/diving-score (all_train.npy, all_test.npy, "
                    "training_idx.npy, testing_idx.npy); ids 001..370 as `dae manifest build unlv-dive` writes.")
@@ -96,25 +101,30 @@ def inspect_cmd(feature_file):
 @click.option("--backbone", default=None,
               help="Name of the model that produced the features, recorded in the file "
                    "[default: imported; p3d-finetuned-unlv for --diving-score].")
-def features_import_cmd(npy_dir, diving_score, out, backbone):
+def features_import_cmd(npy_dir, keep_clips, clip_dtype, diving_score, out, backbone):
     """Convert features computed elsewhere into one HDF5 feature file.
 
     \b
     Examples:
       dae features import --npy-dir feats/ --out F.h5            (mean over T of each (T, D) array)
+      dae features import --npy-dir feats/ --keep-clips --clip-dtype float16 --out F.h5   (sequences too)
       dae features import --diving-score data_files/ --out unlv.h5
     """
     if (npy_dir is None) == (diving_score is None):
         raise click.UsageError("give exactly one of --npy-dir and --diving-score")
+    if keep_clips and npy_dir is None:
+        raise click.UsageError("--keep-clips goes with --npy-dir")
     if npy_dir is not None:
         from dae.features.store import import_npy_dir
 
-        fs = import_npy_dir(npy_dir, out, backbone=backbone or "imported")
+        fs = import_npy_dir(npy_dir, out, backbone=backbone or "imported", keep_clips=keep_clips,
+                            clip_dtype=clip_dtype)
     else:
         from dae.features.releases import import_diving_score
 
         fs = import_diving_score(diving_score, out, backbone=backbone or "p3d-finetuned-unlv")
-    click.echo(f"wrote {out}: {len(fs.video_ids)} videos x {fs.dim} dims")
+    kept = f", clip sequences kept as {clip_dtype} (schema 2)" if keep_clips else ""
+    click.echo(f"wrote {out}: {len(fs.video_ids)} videos x {fs.dim} dims{kept}")
 
 
 @manifest_group.command("check")
