@@ -562,7 +562,8 @@ for _study in _STUDY_HELP:
 @input_options
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Study folder to create (never overwritten). Default: runs/<dataset>-ablate-voters-<time>.")
-@click.option("--head", type=click.Choice(["core", "dae-core"]), default="core", show_default=True)
+@click.option("--head", type=click.Choice(["core", "dae-core"]), default="core", show_default=True,
+              help="The exemplar head to study.")
 @click.option("--voters", "voter_counts", default="1,3,5,10,20", show_default=True,
               help="Comma-separated voter counts; the same trained models vote with each.")
 @click.option("--rules", default=None,

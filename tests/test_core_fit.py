@@ -177,3 +177,16 @@ def test_bench_core_times_both_heads_in_one_run(one_thread):
     assert (r.n_train, r.n_test, r.dim, r.seeds) == (64, 32, 32, 2)
     text = format_core_bench(r)
     assert f"core / dae = {r.core_seconds / r.dae_seconds:.2f}x" in text and "load average" in text
+
+
+def test_ablate_losses_on_dae_core(tmp_path, one_thread):
+    features, manifest = write_features_and_manifest(tmp_path, n=60)
+    board = tmp_path / "L.csv"
+    res = CliRunner().invoke(cli, ["ablate", "losses", "--features", str(features), "--manifest", str(manifest),
+                                   "--head", "dae-core", "--seeds", "1", "--epochs", "2", "--batch-size", "32",
+                                   "--out", str(tmp_path / "study"), "--leaderboard", str(board)])
+    assert res.exit_code == 0, res.output
+    rows = pd.read_csv(board)
+    assert rows["head"].eq("dae-core").all() and sorted(rows["loss"]) == sorted(
+        ["sup", "rec", "combined", "v1", "nll", "rec+sup"])
+    assert rows["exemplar_rule"].eq("any").all()
