@@ -229,11 +229,13 @@ _CONFIG_HELP = ("Replay a run: every option as RUN/config.json recorded it (a ru
 
 def train_options(f):
     """Training options of `dae fit` (studies have their own defaults: see _study_command)."""
+    from dae.heads.config import TrainConfig
+
     d = _fit_default
     opts = [
         click.option("--epochs", type=click.IntRange(1), default=d("epochs"), show_default=True),
-        click.option("--lr", type=click.FloatRange(0, min_open=True), default=d("lr"), show_default=True,
-                     help="Adam learning rate."),
+        click.option("--lr", type=click.FloatRange(0, min_open=True), default=None,
+                     help=f"Adam learning rate [default: {TrainConfig().lr:g}; core and dae-core 1e-3, CoRe's rate]."),
         click.option("--weight-decay", type=click.FloatRange(0), default=d("weight_decay"), show_default=True),
         click.option("--batch-size", type=click.IntRange(1), default=d("batch_size"), show_default=True),
         click.option("--seeds", "n_seeds", type=click.IntRange(1), default=None,
@@ -274,7 +276,14 @@ def input_options(f):
               "closed-form ridge, penalty by cross-validation on train; usdl: softmax over score bins, Gaussian "
               "label smoothing, KL loss; musdl: one usdl path per judge combined by the scoring rule (needs "
               "judge_1..judge_K); dae-mt: DAE on the execution part times the difficulty (needs difficulty); "
-              "dae-judges: one DAE Gaussian per judge combined by the scoring rule.")
+              "dae-judges: one DAE Gaussian per judge combined by the scoring rule; core: CoRe's group-aware "
+              "regression tree on pairs (exemplar, query), test score voted by exemplars; dae-core (ours): a DAE "
+              "head on CoRe's pair feature, the voters' Gaussian mixture.")
+@click.option("--voters", type=click.IntRange(1), default=_fit_default("voters"), show_default=True,
+              help="core/dae-core: training exemplars that vote for each test video (CoRe's voter_number).")
+@click.option("--with-dd/--without-dd", "with_dd", default=None,
+              help="core/dae-core: compare exemplars of the same difficulty degree and regress score / DD (CoRe "
+              "with DD; needs a difficulty column) [default: with DD on mtl-aqa, without elsewhere].")
 @click.option("--bins", type=click.IntRange(2), default=None,
               help="usdl: number of bins over the score range [default: 101; jigsaws 25, MUSDL's integer scores].")
 @click.option("--bin-std", type=click.FloatRange(0, min_open=True), default=None,
@@ -450,8 +459,10 @@ def merge_cmd(inputs, out):
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:I.")
 @click.option("--decoder", type=LibraryChoice("dae.features.decode:DECODERS"), default=None,
               help="Decoder [default: the one the run's features were extracted with].")
+@click.option("--difficulty", type=click.FloatRange(0, min_open=True), default=None,
+              help="The videos' difficulty degree, for core/dae-core runs that compare same-difficulty exemplars.")
 @click.pass_context
-def predict_cmd(ctx, run_dir, videos, out, features, weights, group, device, decoder):
+def predict_cmd(ctx, run_dir, videos, out, features, weights, group, device, decoder, difficulty):
     """Score videos with a trained run: extract them as its features were, apply its heads (seeds averaged).
 
     Prints and writes per-video mu, sigma and the 90% interval, in score units. Example:
@@ -461,7 +472,8 @@ def predict_cmd(ctx, run_dir, videos, out, features, weights, group, device, dec
     from dae.pipeline.predict import predict_videos
 
     rows = predict_videos(run_dir, videos, out=out, features=features, weights=weights, group=group, device=device,
-                          decoder=decoder, echo=click.echo, note=lambda text: click.echo(text, err=True))
+                          decoder=decoder, difficulty=difficulty, echo=click.echo,
+                          note=lambda text: click.echo(text, err=True))
     if (rows["error"] != "").any():
         ctx.exit(3)
 
@@ -518,6 +530,8 @@ def _study_command(study):
                   help="Torch threads per task [default: cores / jobs locally, the cluster's own setting].")
     @click.option("--device", default=d["device"], show_default=True,
                   help="cpu, cuda or cuda:I; auto: the GPU when torch sees one.")
+    @click.option("--head", type=LibraryChoice("dae.pipeline.studies:STUDY_HEADS"), default=d["head"], show_default=True,
+                  help="dae-core: the grid on our DAE-CoRe (a DAE head on CoRe's pair feature; Gaussian only).")
     @click.option("--config", "config_path", type=click.Path(), default=None, help=_CONFIG_HELP)
     @click.pass_context
     def command(ctx, config_path, **options):
@@ -536,6 +550,37 @@ def _study_command(study):
 
 for _study in _STUDY_HELP:
     _study_command(_study)
+
+
+@ablate_group.command("voters")
+@input_options
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Study folder to create (never overwritten). Default: runs/<dataset>-ablate-voters-<time>.")
+@click.option("--head", type=LibraryChoice("dae.pipeline.exemplar_heads:EXEMPLAR_HEADS"), default="core",
+              show_default=True,
+              help="The exemplar head to study.")
+@click.option("--voters", "voter_counts", default="1,3,5,10,20", show_default=True,
+              help="Comma-separated voter counts; the same trained models vote with each.")
+@click.option("--rules", default=None,
+              help="Comma-separated exemplar rules (any, same-difficulty) [default: both when the manifest has a "
+              "difficulty column, else any].")
+@click.option("--seeds", "n_seeds", type=click.IntRange(1), default=None, help="Train seeds 0..N-1 [default: 5].")
+@click.option("--seed", type=int, default=None, help="Train this one seed.")
+@click.option("--epochs", type=click.IntRange(1), default=100, show_default=True)
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=1e-3, show_default=True,
+              help="Adam learning rate (CoRe's).")
+@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
+@click.option("--selection", type=LibraryChoice("dae.heads.config:SELECTIONS"), default="last", show_default=True)
+@click.option("--dataset", default=None, help="Dataset card name (score range, theta with DD).")
+def ablate_voters_cmd(**options):
+    """Exemplar heads: how many training exemplars vote for a test video, and which exemplar rule.
+
+    Each rule trains its seeds once; the same models then vote with every count. One leaderboard row per
+    model x count. Example:  dae ablate voters --features F.h5 --manifest M.csv --voters 1,3,5,10,20
+    """
+    from dae.pipeline.settings import voters_from_options
+
+    voters_from_options(options, echo=click.echo)
 
 
 @bench_group.command("fit")
@@ -557,8 +602,11 @@ for _study in _STUDY_HELP:
               help="Also compare test Spearman (v1, mean over seeds): batched vs one-by-one loops. Needs --features.")
 @click.option("--reference-lr", type=click.FloatRange(0, min_open=True), default=1e-4, show_default=True,
               help="Learning rate of the batch-8 DataLoader loop in --quality.")
+@click.option("--head", type=click.Choice(["dae", "core"]), default="dae", show_default=True,
+              help="core: instead, a --seeds core fit (and dae-core) against a --seeds dae fit at fit's settings "
+              "(batch 32 unless --batch-size) on the synthetic features, wall-time ratio in one process.")
 def bench_fit_cmd(features, manifest, dataset, seeds, epochs, batch_size, lr, reference_models, reference_epochs,
-                  repeats, quality, reference_lr):
+                  repeats, quality, reference_lr, head):
     """Time the default loss study against the same models trained one by one; FLOP/s against an fp32 bmm.
 
     Example:  dae bench fit                      (synthetic, MTL-AQA-sized: 1059 train / 353 test, 1024-d)
@@ -567,6 +615,12 @@ def bench_fit_cmd(features, manifest, dataset, seeds, epochs, batch_size, lr, re
     from dae.pipeline.bench_fit import bench_fit, format_bench, load_split, quality_check
     from dae.pipeline.settings import study_config
 
+    if head == "core":
+        from dae.pipeline.bench_core import bench_core, format_core_bench
+
+        click.echo(format_core_bench(bench_core(seeds=seeds, epochs=epochs, batch_size=batch_size or 32,
+                                                echo=click.echo)))
+        return
     if bool(features) != bool(manifest):
         raise click.UsageError("give --features and --manifest together")
     if quality and not features:

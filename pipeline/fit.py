@@ -24,9 +24,10 @@ from dae.heads.ridge import fit_ridge
 from dae.heads.dae import DAE
 from dae.heads.trainer import HeadSpec, Job, TrainConfig, train
 from dae.pipeline.baselines import PATH_HEADS, fit_path_heads, options_dict
+from dae.pipeline.exemplar_heads import EXEMPLAR_HEADS, fit_exemplar_heads
 from dae.pipeline.protocols import WINDOW_EPOCHS, WINDOW_SELECTIONS, apply_window_selection
 
-HEADS = ("dae", "mlp", "ridge", "usdl", "musdl", "dae-mt", "dae-judges")
+HEADS = ("dae", "mlp", "ridge", "usdl", "musdl", "dae-mt", "dae-judges", "core", "dae-core")
 PREDICT_ATTRS = ("protocol", "weights_sha256", "decoder", "backbone")
 VAL_SEED = 0
 FAILED_METRICS = ("spearman", "rl2x100", "l2", "nll", "crps", "coverage90", "sigma_error_spearman")
@@ -53,7 +54,7 @@ class FitPlan:
     dataset: str = ""
     score_range: tuple | None = None
     val_fraction: float = 0.2
-    head_options: object = None  # dae.pipeline.baselines.HeadOptions for usdl / musdl / dae-mt / dae-judges
+    head_options: object = None  # baselines.HeadOptions (usdl, musdl, dae-mt, dae-judges); ExemplarOptions (core...)
 
 
 def plan_units(manifest: pd.DataFrame, need_val: bool, val_fraction: float = 0.2) -> list[Unit]:
@@ -166,6 +167,9 @@ def fit_models(fs: FeatureSet, manifest: pd.DataFrame, plan: FitPlan, manifest_n
     elif plan.head in PATH_HEADS:
         results, labels = fit_path_heads(plan.head, x, manifest, targets, jobs, config, (lo, hi), plan.dataset,
                                          plan.head_options, manifest_name, on_start=announce, progress=progress)
+    elif plan.head in EXEMPLAR_HEADS:
+        results, labels = fit_exemplar_heads(plan.head, x, manifest, targets, jobs, config, (lo, hi), plan.dataset,
+                                             plan.head_options, manifest_name, on_start=announce, progress=progress)
     else:
         announce()
         results = train(DAE(x, targets, config.prediction), jobs, config, progress)
@@ -173,7 +177,7 @@ def fit_models(fs: FeatureSet, manifest: pd.DataFrame, plan: FitPlan, manifest_n
     created = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     features_sha = content_sha256(fs)
     rows, predictions = [], []
-    has_sigma = plan.head not in ("mlp", "ridge")
+    has_sigma = plan.head not in ("mlp", "ridge", "core")
     for res in results:
         test = res.job.eval_rows["test"]
         p = res.predictions["test"]

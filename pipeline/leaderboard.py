@@ -17,7 +17,7 @@ COLUMNS = ("dataset", "group", "fold", "head", "loss", "distribution", "reparam"
            "sigma_error_spearman", "epochs", "selected_epoch", "lr", "batch_size", "weight_decay",
            "fit_seconds", "features_sha256", "backbone", "dae_version", "created_utc", "source", "status", "run_dir")
 CONFIG_KEYS = ("dataset", "head", "loss", "distribution", "reparam", "selection", "prediction", "backbone",
-               "source")
+               "source", "voters", "exemplar_rule")  # the last two: exemplar heads (core, dae-core); blank for others
 METRICS = ("spearman", "rl2x100", "l2", "nll", "crps", "coverage90", "sigma_error_spearman")
 
 

@@ -16,16 +16,17 @@ from dae.pipeline.defaults import STUDY_BATCH_SIZE, STUDY_LR, STUDY_SEEDS
 
 _TRAIN = TrainConfig()
 FIT_DEFAULTS = {
-    "features": None, "manifest": None, "head": "dae", "bins": None, "bin_std": None, "bin_predict": "argmax",
-    "judge_rule": None, "loss": "v1", "reparam": "sigma", "alpha": 0.6, "beta": 0.4, "prediction": "mu",
-    "epochs": _TRAIN.epochs, "lr": _TRAIN.lr, "weight_decay": _TRAIN.weight_decay, "batch_size": _TRAIN.batch_size,
+    "features": None, "manifest": None, "head": "dae", "voters": 10, "with_dd": None, "bins": None, "bin_std": None,
+    "bin_predict": "argmax", "judge_rule": None, "loss": "v1", "reparam": "sigma", "alpha": 0.6, "beta": 0.4,
+    "prediction": "mu", "epochs": _TRAIN.epochs, "lr": None,  # None: the head's own (core: 1e-3), else the trainer's
+    "weight_decay": _TRAIN.weight_decay, "batch_size": _TRAIN.batch_size,
     "n_seeds": None, "seed": None, "selection": _TRAIN.selection, "dataset": None,
 }
 STUDY_DEFAULTS = {
     "features": None, "manifest": None, "n_seeds": None, "seed": None, "epochs": 100, "lr": STUDY_LR,
     "batch_size": STUDY_BATCH_SIZE, "weight_decay": 0.0, "selection": "last", "dataset": None, "losses": None,
     "distributions": None, "reparams": None, "jobs": 1, "backend": "loky", "scheduler": None, "threads": None,
-    "device": "auto",
+    "device": "auto", "head": "dae",
 }
 # Where results go is never replayed (a run folder is never overwritten; a leaderboard would get its rows twice).
 OUTPUTS = ("out", "leaderboard", "plots")
@@ -79,17 +80,20 @@ def fit_plan(options: dict):
     """The FitPlan (head specs per seed, TrainConfig, head options, score range) for `dae fit`'s options."""
     from dae.heads.trainer import HeadSpec
     from dae.pipeline.baselines import HeadOptions
+    from dae.pipeline.exemplar_heads import EXEMPLAR_HEADS, ExemplarOptions, default_lr
     from dae.pipeline.fit import FitPlan
 
     o = {**FIT_DEFAULTS, **options}
     specs = [HeadSpec(seed=s, loss=o["loss"], reparam=o["reparam"], alpha=o["alpha"], beta=o["beta"])
              for s in seed_list(o["n_seeds"], o["seed"])]
-    config = TrainConfig(epochs=o["epochs"], lr=o["lr"], weight_decay=o["weight_decay"],
-                         batch_size=o["batch_size"], selection=o["selection"], prediction=o["prediction"])
+    config = TrainConfig(epochs=o["epochs"], lr=o["lr"] or default_lr(o["head"]) or _TRAIN.lr,
+                         weight_decay=o["weight_decay"], batch_size=o["batch_size"], selection=o["selection"],
+                         prediction=o["prediction"])
+    head_options = (ExemplarOptions(voters=o["voters"], with_dd=o["with_dd"]) if o["head"] in EXEMPLAR_HEADS else
+                    HeadOptions(bins=o["bins"], bin_std=o["bin_std"], bin_rule=o["bin_predict"],
+                                judge_rule=o["judge_rule"]))
     return FitPlan(head=o["head"], specs=specs, config=config, dataset=o["dataset"] or "",
-                   score_range=card_score_range(o["dataset"], o["manifest"]),
-                   head_options=HeadOptions(bins=o["bins"], bin_std=o["bin_std"], bin_rule=o["bin_predict"],
-                                            judge_rule=o["judge_rule"]))
+                   score_range=card_score_range(o["dataset"], o["manifest"]), head_options=head_options)
 
 
 def fit_from_options(options: dict, echo=print):
@@ -124,7 +128,28 @@ def study_from_options(study: str, options: dict, echo=print):
                            losses=csv_list(o["losses"]), distributions=csv_list(o["distributions"]),
                            reparams=csv_list(o["reparams"]), out=o.get("out"), leaderboard=o.get("leaderboard"),
                            plots=o.get("plots"), n_jobs=o["jobs"], backend=o["backend"], scheduler=o["scheduler"],
-                           threads=o["threads"], echo=echo, options={"study": study, **_recordable(o)})
+                           threads=o["threads"], echo=echo, head=o["head"],
+                           options={"study": study, **_recordable(o)})
+
+
+def voters_from_options(options: dict, echo=print):
+    """`dae ablate voters`: each exemplar rule trains its seeds once; the same models vote with every count."""
+    from dae.heads.trainer import HeadSpec
+    from dae.pipeline.fit import FitPlan
+    from dae.pipeline.voters_study import run_voters_study_files
+
+    o = options
+    _require_inputs(o)
+    try:
+        counts = [int(v) for v in csv_list(o["voter_counts"]) or []]
+    except ValueError:
+        raise UsageError(f"--voters takes comma-separated integers, got {o['voter_counts']!r}") from None
+    specs = [HeadSpec(seed=s) for s in seed_list(o["n_seeds"], o["seed"], STUDY_SEEDS)]
+    config = TrainConfig(epochs=o["epochs"], lr=o["lr"], batch_size=o["batch_size"], selection=o["selection"])
+    plan = FitPlan(head=o["head"], specs=specs, config=config, dataset=o["dataset"] or "",
+                   score_range=card_score_range(o["dataset"], o["manifest"]))
+    return run_voters_study_files(o["features"], o["manifest"], plan, counts, csv_list(o["rules"]), out=o.get("out"),
+                                  leaderboard=o.get("leaderboard"), echo=echo)
 
 
 def recorded_options(config_path, command: str) -> dict:
