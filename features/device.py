@@ -5,26 +5,6 @@ import contextlib
 
 import torch
 
-from dae.errors import UsageError
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    text = str(device).strip().lower()
-    if text == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(text)
-    except RuntimeError:
-        raise UsageError(f"--device {device!r}: expected auto, cpu, cuda or cuda:I") from None
-    if dev.type not in ("cpu", "cuda"):
-        raise UsageError(f"--device {device!r}: expected auto, cpu, cuda or cuda:I")
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UsageError(f"--device {device}: this torch sees no CUDA GPU (torch {torch.__version__})")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise UsageError(f"--device {device}: only {torch.cuda.device_count()} CUDA devices")
-    return dev
-
 
 def device_name(dev: torch.device) -> str:
     if dev.type == "cuda":

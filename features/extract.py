@@ -29,18 +29,19 @@ import numpy as np
 import torch
 
 from dae.atomic import atomic_path
+from dae.devices import resolve_device
 from dae.errors import DaeError, UsageError
 from dae.features.batching import BatchRunner, clip_shape
 from dae.features.clips import ClipProtocol, parse_protocol
 from dae.features.decode import DECODERS, DEFAULT_DECODER, decoder_version
 from dae.features.decode_pool import DecodePool, VideoTask, default_workers, plan_slots, shm_free_bytes
-from dae.features.device import default_batch_clips, device_name, prepare_model, resolve_device
+from dae.features.device import default_batch_clips, device_name, prepare_model
 from dae.features.precision import resolve_precision
-from dae.features.progress import ProgressLine
 from dae.features.resume import Parts, check_resumable, finished_output, output_lock, resume_point
 from dae.features.shards import parse_shard, select_shard, shard_from_environment, shard_output
 from dae.features.store import write_features
 from dae.features.tasks import ids_sha256, list_tasks, tasks_sha256
+from dae.progress import ProgressLine
 
 DEFAULT_PROTOCOL = "uniform:10x16"
 FAILURE_COLUMNS = ("video_id", "path", "error")
@@ -137,6 +138,7 @@ def run_extraction(tasks: list[VideoTask], out, protocol: ClipProtocol, *, devic
     started = time.monotonic()
     if decoder not in DECODERS:
         raise UsageError(f"unknown decoder {decoder!r}; choose one of: {', '.join(DECODERS)}")
+    decoder_version(decoder)  # a decoder that is not installed says which extra to install, before any work
     dev = resolve_device(device)
     precision = resolve_precision(precision, dev.type)
     if precision == "bf16" and dev.type == "cpu":

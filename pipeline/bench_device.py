@@ -35,11 +35,12 @@ import numpy as np
 import torch
 
 from dae.atomic import atomic_path, check_new_dir
+from dae.devices import resolve_device
 from dae.errors import DaeError, UsageError
 from dae.features.batching import clip_shape
 from dae.features.clips import parse_protocol
 from dae.features.decode_pool import default_workers
-from dae.features.device import autocast, device_name, prepare_model, resolve_device
+from dae.features.device import autocast, device_name, prepare_model
 from dae.pipeline.bench_extract import _decode_only, _model_only, clip_flops, matmul_ceiling
 
 REFERENCE_FIXTURE = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "i3d_reference.npz"

@@ -8,14 +8,12 @@ import pandas as pd
 
 from dae.atomic import atomic_path
 from dae.errors import UsageError
+from dae.extras import require
 
 
 def require_matplotlib():
     """pyplot on the Agg backend (files only, no display), or a one-line error naming the extra to install."""
-    try:
-        import matplotlib
-    except ImportError:
-        raise UsageError("--plots needs matplotlib: pip install 'dae-aqa[plots]'") from None
+    matplotlib = require("matplotlib", "drawing plots")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -79,8 +77,9 @@ def plot_sigma_histograms(predictions: pd.DataFrame, path, title: str) -> Path:
     """Predicted sigma over the test videos (all seeds pooled), one panel per configuration, log-spaced bins."""
     plt = require_matplotlib()
     labels = _labels(predictions)
-    configs = list(dict.fromkeys(labels))
     sigma = predictions["sigma"].to_numpy(dtype=float)
+    # configurations without a scored sigma (sup: nothing trained it) have no histogram
+    configs = [c for c in dict.fromkeys(labels) if np.isfinite(sigma[(labels == c).to_numpy()]).any()]
     positive = sigma[np.isfinite(sigma) & (sigma > 0)]
     if len(positive) == 0:
         raise UsageError("no predicted sigma to plot (a point-estimate head?)")
@@ -92,6 +91,7 @@ def plot_sigma_histograms(predictions: pd.DataFrame, path, title: str) -> Path:
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False)
     for ax, config in zip(axes.flat, configs):
         s = predictions.loc[labels == config, "sigma"].to_numpy(dtype=float)
+        s = s[np.isfinite(s)]
         ax.hist(s, bins=bins, color="tab:blue", alpha=0.8)
         ax.set_xscale("log")
         ax.set_xlim(bins[0], bins[-1])
@@ -130,6 +130,48 @@ def plot_reliability(table: pd.DataFrame, path, title: str) -> Path:
     return _save(fig, Path(path))
 
 
+def plot_predictions(predictions: pd.DataFrame, path, title: str) -> Path:
+    """Predicted mu with its 90% interval against the true score, one point per test video (the first seed)."""
+    plt = require_matplotlib()
+    first = predictions[predictions["seed"] == predictions["seed"].min()].sort_values("score")
+    fig, ax = plt.subplots(figsize=(5.6, 5.0))
+    score, mu = first["score"].to_numpy(float), first["mu"].to_numpy(float)
+    inside = (first["lo90"] <= first["score"]) & (first["score"] <= first["hi90"])
+    ax.errorbar(score, mu, yerr=[mu - first["lo90"].to_numpy(float), first["hi90"].to_numpy(float) - mu], fmt="none",
+                ecolor="tab:blue", alpha=0.25, lw=1)
+    ax.scatter(score[inside], mu[inside], s=10, color="tab:blue", label=f"true score inside the 90% interval "
+               f"({inside.mean():.0%})")
+    ax.scatter(score[~inside], mu[~inside], s=12, color="tab:red", marker="x", label="outside")
+    lo, hi = min(score.min(), mu.min()), max(score.max(), mu.max())
+    ax.plot([lo, hi], [lo, hi], color="black", lw=1, ls="--", label="predicted = true")
+    ax.set_xlabel("true score")
+    ax.set_ylabel("predicted mu, bar = 90% interval")
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left")
+    return _save(fig, Path(path))
+
+
+def plot_seed_spread(curves: pd.DataFrame, path, title: str, metric: str = "test_spearman") -> Path:
+    """The robustness figure: per configuration, the std over seeds of the score at each epoch, log-scale y."""
+    plt = require_matplotlib()
+    labels = _labels(curves)
+    colors = plt.get_cmap("tab10")
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    for i, label in enumerate(dict.fromkeys(labels)):
+        wide = curves[labels == label].pivot_table(index=["seed", "group", "fold"], columns="epoch", values=metric)
+        std = wide.std(axis=0, ddof=1).to_numpy(dtype=float)
+        ax.plot(wide.columns.to_numpy(), np.where(std > 0, std, np.nan), color=colors(i % 10),
+                label=f"{label} (n={len(wide)})", lw=1.6)
+    ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"std over seeds of the {metric.replace('_', ' ')} (log scale)")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, Path(path))
+
+
 def plot_study(result, folder) -> list[Path]:
     """All figures of a study into folder (created): curves when tracked, sigma histograms, reliability."""
     folder = Path(folder)
@@ -143,6 +185,9 @@ def plot_study(result, folder) -> list[Path]:
         for key in [c for c in result.curves.columns if c.endswith("_spearman")]:
             paths.append(plot_curves(result.curves, key, folder / f"{result.study}_{key}.png",
                                      f"{key.replace('_', ' ')} per epoch, {name}", "Spearman rank correlation"))
+        if result.study == "robustness" and "test_spearman" in result.curves:
+            paths.append(plot_seed_spread(result.curves, folder / f"{result.study}_seed_spread.png",
+                                          f"seed-to-seed spread of the test Spearman, {name}"))
     paths.append(plot_sigma_histograms(result.predictions, folder / f"{result.study}_sigma_hist.png",
                                        f"predicted sigma over the test videos, {name}"))
     paths.append(plot_reliability(result.reliability, folder / f"{result.study}_reliability.png",

@@ -1,4 +1,4 @@
-"""Progress of a long extraction on stderr: done/total videos, videos/s and the ETA, on a terminal and in logs."""
+"""Progress of long work on stderr (extraction, training): done/total, rate and ETA, on a terminal and in logs."""
 from __future__ import annotations
 
 import datetime as _dt
@@ -7,26 +7,29 @@ import time
 
 
 class ProgressLine:
-    """'done/total videos, videos/s, ETA' on stderr: rewritten in place on a terminal (every 0.5 s), else one
-    line every 30 s (logs of long runs under nohup or a scheduler). enabled=False silences it."""
+    """'label: done/total unit, rate, ETA[, detail]' on stderr: rewritten in place on a terminal (every 0.5 s),
+    else one line every 30 s (logs of long runs under nohup or a scheduler). enabled=False silences it."""
 
     LOG_INTERVAL_S = 30.0
 
-    def __init__(self, total: int, already: int, stream=None, enabled: bool | None = None):
+    def __init__(self, total: int, already: int = 0, stream=None, enabled: bool | None = None,
+                 label: str = "extract", unit: str = "videos"):
         self.stream = stream or sys.stderr
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
         self.enabled = True if enabled is None else enabled
         self.interval = 0.5 if self.tty else self.LOG_INTERVAL_S
+        self.label, self.unit = label, unit
         self.total, self.already, self.done, self.failed = total, already, 0, 0
         self.start = self.last = time.monotonic()
         self.pending_newline = False
         if self.enabled and not self.tty:
-            self.stream.write(f"extract: {already}/{total} videos already done; starting (progress every "
+            self.stream.write(f"{label}: {already}/{total} {unit} already done; starting (progress every "
                               f"{self.interval:.0f} s)\n")
             self.stream.flush()
 
-    def update(self, failed: bool = False, force: bool = False) -> None:
-        self.done += 1
+    def update(self, failed: bool = False, force: bool = False, count: int = 1, detail: str = "") -> None:
+        """`count` more done (`failed` ones counted apart); detail is appended to the line (e.g. the loss)."""
+        self.done += count
         self.failed += int(failed)
         now = time.monotonic()
         finished = self.already + self.done >= self.total
@@ -37,7 +40,8 @@ class ProgressLine:
         left = self.total - self.already - self.done
         eta = _dt.timedelta(seconds=round(left / rate)) if rate > 0 else "?"
         failed_text = f", {self.failed} failed" if self.failed else ""
-        text = f"extract: {self.already + self.done}/{self.total} videos{failed_text}  {rate:.2f} videos/s  ETA {eta}"
+        text = (f"{self.label}: {self.already + self.done}/{self.total} {self.unit}{failed_text}  "
+                f"{rate:.2f} {self.unit}/s  ETA {eta}" + (f"  {detail}" if detail else ""))
         if self.tty:
             self.stream.write(f"\r{text}   ")
             self.pending_newline = True
