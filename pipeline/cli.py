@@ -525,7 +525,7 @@ def _csv_list(value):
 
 
 def _study_command(study):
-    from dae.heads.config import STUDY_BATCH_SIZE, STUDY_LR, STUDY_SEEDS
+    from dae.pipeline.defaults import STUDY_BATCH_SIZE, STUDY_LR, STUDY_SEEDS
 
     @input_options
     @click.option("--out", type=click.Path(file_okay=False), default=None,
@@ -659,7 +659,7 @@ def bench_fit_cmd(features, manifest, dataset, seeds, epochs, batch_size, lr, re
     """
     from dae.heads.trainer import TrainConfig
     from dae.pipeline.bench_fit import bench_fit, format_bench, load_split, quality_check
-    from dae.heads.config import STUDY_BATCH_SIZE, STUDY_LR
+    from dae.pipeline.defaults import STUDY_BATCH_SIZE, STUDY_LR
 
     if bool(features) != bool(manifest):
         raise click.UsageError("give --features and --manifest together")

@@ -15,7 +15,7 @@ from dae.heads.metrics import fisher_z_mean
 COLUMNS = ("dataset", "group", "fold", "head", "loss", "distribution", "reparam", "selection", "prediction",
            "seed", "n_train", "n_test", "spearman", "rl2x100", "l2", "nll", "crps", "coverage90",
            "sigma_error_spearman", "epochs", "selected_epoch", "lr", "batch_size", "weight_decay",
-           "fit_seconds", "features_sha256", "backbone", "dae_version", "created_utc", "source", "run_dir")
+           "fit_seconds", "features_sha256", "backbone", "dae_version", "created_utc", "source", "status", "run_dir")
 CONFIG_KEYS = ("dataset", "head", "loss", "distribution", "reparam", "selection", "prediction", "backbone",
                "source")
 METRICS = ("spearman", "rl2x100", "l2", "nll", "crps", "coverage90", "sigma_error_spearman")
@@ -70,8 +70,11 @@ def read_leaderboard(path) -> pd.DataFrame:
 
 def summarise(rows: pd.DataFrame) -> pd.DataFrame:
     """One line per configuration: each seed's score is the Fisher-z mean over its groups and folds
-    (Spearman) or the plain mean (other metrics); then mean and std over seeds."""
+    (Spearman) or the plain mean (other metrics); then mean and std over seeds. Failed models (status other
+    than ok: diverged) are left out."""
     rows = rows.copy()
+    if "status" in rows.columns:
+        rows = rows[rows["status"].fillna("ok").astype(str) == "ok"]
     for key in CONFIG_KEYS:
         if key not in rows.columns:
             rows[key] = ""

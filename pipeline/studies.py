@@ -102,8 +102,12 @@ def split_by_model(plan: FitPlan) -> list[FitPlan]:
 
 def run_study(study: str, fs, manifest: pd.DataFrame, plan: FitPlan, n_jobs: int = 1, backend: str = "loky",
               scheduler: str | None = None, threads: int | None = None, manifest_name: str = "manifest",
-              curves: bool | None = None) -> StudyResult:
-    """Train plan.specs (a study grid) on fs/manifest and compute the study's tables."""
+              curves: bool | None = None, progress: bool | None = False) -> StudyResult:
+    """Train plan.specs (a study grid) on fs/manifest and compute the study's tables.
+
+    progress: show the trainer's progress on stderr (None: yes; see `dae.progress.ProgressLine`)."""
+    from dae.pipeline.fit import TrainingProgress
+
     import time
 
     from dae.pipeline.grid import run_plans
@@ -113,7 +117,10 @@ def run_study(study: str, fs, manifest: pd.DataFrame, plan: FitPlan, n_jobs: int
     track = _grid(study).curves if curves is None else curves
     plan = dataclasses.replace(plan, config=dataclasses.replace(plan.config, track_curves=track))
     parts = run_plans(fs, manifest, split_by_model(plan), n_jobs=n_jobs, backend=backend, scheduler=scheduler,
-                      threads=threads, manifest_name=manifest_name)
+                      threads=threads, manifest_name=manifest_name,
+                      progress=None if progress is False else
+                      lambda i, n: TrainingProgress(f"ablate {study}" + (f" part {i + 1}/{n}" if n > 1 else ""),
+                                                    enabled=progress))
     rows = pd.concat([p[0] for p in parts], ignore_index=True)
     predictions = pd.concat([p[1] for p in parts], ignore_index=True)
     results = [r for p in parts for r in p[2]]
@@ -176,8 +183,8 @@ def fitted_distribution(name: str, nu=np.nan):
 
 
 def _models(rows: pd.DataFrame, predictions: pd.DataFrame):
-    """(row, its test predictions) for every model; rows and predictions are matched by configuration,
-    seed, group and fold."""
+    """(row, its test predictions) for every model with a scored spread (not `sup`'s untrained sigma, not a failed
+    model); rows and predictions are matched by configuration, seed, group and fold."""
     keys = ["loss", "distribution", "reparam", "seed", "group", "fold"]
     pred = predictions.copy()
     for k in ("group", "fold"):
@@ -185,7 +192,7 @@ def _models(rows: pd.DataFrame, predictions: pd.DataFrame):
     index = pred.groupby(keys, sort=False).indices
     for _, row in rows.iterrows():
         key = tuple(str(row[k]) if k in ("group", "fold") else row[k] for k in keys)
-        if key in index:
+        if key in index and np.isfinite(pred["sigma"].to_numpy()[index[key]]).any():  # a scored spread only
             yield row, pred.iloc[index[key]]
 
 
@@ -377,7 +384,7 @@ def run_study_files(study: str, features, manifest, seeds, config: TrainConfig, 
     echo(f"study {study}: training {len(specs)} models per protocol cell ({len(specs) // len(seeds)} configurations x "
          f"{len(seeds)} seeds), {config.epochs} epochs, batch {config.batch_size} ...")
     result = run_study(study, fs, df, plan, n_jobs=n_jobs, backend=backend, scheduler=scheduler, threads=threads,
-                       manifest_name=Path(manifest).name, curves=True if plots else None)
+                       manifest_name=Path(manifest).name, curves=True if plots else None, progress=None)
     result.rows["run_dir"] = str(out)
     echo(format_study(result))
     meta = {"study": study, "dataset": dataset, "features": str(features), "features_sha256": content_sha256(fs),
