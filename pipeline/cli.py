@@ -232,7 +232,7 @@ def sequence_options(f):
         click.option("--crop", type=click.IntRange(1), default=d.crop, show_default=True,
                      help="Sequence heads: clips per random temporal crop in training (GDLT's --clip-num); "
                           "evaluation reads every clip."),
-        click.option("--attention-heads", "heads", type=click.IntRange(1), default=d.heads, show_default=True,
+        click.option("--attention-heads", "attention_heads", type=click.IntRange(1), default=d.heads, show_default=True,
                      help="gdlt/gdlt-dae: attention heads of the transformer (GDLT's --n_head)."),
         click.option("--queries", type=click.IntRange(1), default=d.queries, show_default=True,
                      help="gdlt/gdlt-dae: learnable grade queries of the decoder (GDLT's README command: 4)."),
@@ -256,7 +256,8 @@ def sequence_options(f):
 def sequence_options_of(values: dict):
     from dae.heads.sequence_options import SequenceOptions
 
-    options = SequenceOptions(**values)
+    values = dict(values)
+    options = SequenceOptions(heads=values.pop("attention_heads"), **values)
     options.check()
     return options
 

@@ -99,12 +99,14 @@ def format_pooling(result: PoolingResult, baseline: str = "dae") -> str:
             f"spearman: test folds, Fisher z over folds/groups, mean ± std over seeds ({facts}); wall s: the whole "
             "fit of that head (all seeds and cells), × dae: its ratio to the mean-pooled dae's"]
     if len(result.curves) and "test_spearman" in result.curves:
-        picks = sorted({e for e in (1, 5, 10, 25, 50, 100) if e <= result.curves["epoch"].max()}
-                       | {int(result.curves["epoch"].max())})
-        wide = result.curves[result.curves["epoch"].isin(picks)].groupby(["head", "epoch"])["test_spearman"]
-        wide = wide.mean().unstack("epoch").round(3)
-        wide.columns = [f"epoch {c}" for c in wide.columns]
-        text += ["", "test Spearman by epoch (mean over models):", wide.to_string()]
+        curves = result.curves
+        picks = [e for e in (1, 5, 10, 25, 50, 100) if e <= curves["epoch"].max()]
+        mean = curves.groupby(["head", "epoch"], sort=False)["test_spearman"].mean()
+        wide = pd.DataFrame({f"epoch {e}": mean.xs(e, level="epoch") for e in picks
+                             if e in mean.index.get_level_values("epoch")})
+        wide["last epoch"] = mean.groupby(level="head", sort=False).last()
+        text += ["", "test Spearman by epoch (mean over models; '-': the head trained fewer epochs):",
+                 wide.round(3).to_string(na_rep="-")]
     return "\n".join(text)
 
 

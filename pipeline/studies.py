@@ -29,7 +29,7 @@ from dae.pipeline.fit import FitPlan
 from dae.pipeline.leaderboard import summarise
 
 NOMINAL_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
-VARIED = ("loss", "distribution", "reparam")
+VARIED = ("head", "loss", "distribution", "reparam")  # head: varied by `dae ablate pooling` only
 
 
 @dataclass(frozen=True)
