@@ -10,18 +10,22 @@ objective) owns what its models are. Its interface, used by `train(head, jobs, c
   head.param_groups(module, config) -> [{"params": [...], optional "lr", "weight_decay"}]   Adam's groups
   head.inputs(module, batch)       a batch's inputs from batch.rows, batch.generators, batch.training
   head.loss(module, inputs, batch, weights) -> (M,)   per-model loss; weights (M, 3) are the epoch's
-                                   (rec, sup, nll) weights; the head draws its noise from batch.generators
+                                   (rec, sup, nll) weights of each job's spec.loss (a head with a loss of its
+                                   own may ignore them); the head draws its noise from batch.generators
   head.predict(module, inputs, batch, final) -> [{"mu", "scale", "pred"}] per model, numpy arrays of
                                    length batch.lengths[k] in normalised units; scale None where no loss trained
                                    a spread; with final False only "pred" (the point the head ranks by) is read
   head.export(module, k) -> {"state_dict", "input_mean", "input_std", "distribution"?}   model k, to save
+batch.models (M,) are the jobs' indices in the list given to `train` (for a head's per-job arrays); the trainer
+calls module.train() before an epoch and module.eval() (under no_grad) before predicting.
 
 Streams: jobs with the same training rows and seed see the same batches, so a bucket's models are ordered
 stream-major in S streams of `stack.group_size` models each (or one stream per model when streams differ in
 size). A training batch holds one row batch per stream, rows (S, b), and one generator per stream (seeded with
 the stream's seed: the data order, then the head's draws); `batch.model_rows()` gives (M, b). An evaluation
-batch holds one row per model, padded, with `lengths`; at the final prediction `generators` are each model's
-copy of its stream's generator after training (for sampled predictions, Monte-Carlo draws, exemplars).
+batch holds one row per model, padded, with `lengths`, and one generator per model (for sampled predictions,
+Monte-Carlo draws, exemplars): when scoring an epoch a fresh one seeded with the model's seed (the same draws
+every epoch, the training streams untouched); at the final prediction a copy of its stream's after training.
 Each model ends where it would have ended trained alone (`train_one` is that plain loop; the tests compare).
 """
 from __future__ import annotations
@@ -114,7 +118,7 @@ class Batch:
     rows: torch.Tensor          # (S, b) training; (M, n) evaluation
     models: torch.Tensor        # (M,) job indices, as Stack.models
     group_size: int             # models per row of `rows` (1 in evaluation)
-    generators: list | None     # one per row of `rows`; None when scoring an epoch
+    generators: list            # one per row of `rows`
     training: bool
     lengths: list | None = None  # evaluation: each model's true number of rows
 
@@ -189,7 +193,7 @@ def _streams(jobs, members):
     return list(members), 1
 
 
-def _eval_batch(jobs, models, name, generators=None):
+def _eval_batch(jobs, models, name, generators):
     rows = [torch.as_tensor(np.asarray(j.eval_rows[name], dtype=np.int64)) for j in jobs]
     length = max(len(r) for r in rows)
     padded = torch.stack([torch.cat([r, r.new_zeros(length - len(r))]) for r in rows])
@@ -222,7 +226,7 @@ def _train_bucket(head, all_jobs, members, config, report):
     @torch.no_grad()
     def score(name):
         module.eval()
-        batch = _eval_batch(jobs, models, name)
+        batch = _eval_batch(jobs, models, name, [torch.Generator().manual_seed(j.spec.seed) for j in jobs])
         out = head.predict(module, head.inputs(module, batch), batch, final=False)
         return np.array([spearman(targets[r[:n].numpy()], p["pred"])
                          for r, n, p in zip(batch.rows, batch.lengths, out)])

@@ -516,8 +516,10 @@ _STUDY_HELP = {
     "losses": "Training losses: sup, rec, combined, v1 (rec every epoch, combined every 10th), nll, rec+sup.",
     "distributions": "Score distributions: Gaussian, Laplace, logistic, Student-t (nu 5, or learned), under v1 and nll.",
     "reparam": "Reparameterisation: y = mu + eps*sigma against the paper's mu + eps*sigma^2.",
-    "variance": "Predicted sigma: its spread over the test set, against |error|, coverage of nominal intervals.",
-    "robustness": "Per-epoch training loss and test Spearman over seeds (the convergence figure).",
+    "variance": "Predicted sigma: its spread over the test set, against |error|, coverage of nominal intervals; "
+                "a verdict on calibration, sharpness, R-l2 and CRPS that names degenerate (too wide) sigmas.",
+    "robustness": "Stability of the converged test score across seeds and epochs, DAE (v1) against sup: "
+                  "per-epoch curves, a stability table and the seed spread on a log axis.",
 }
 
 
