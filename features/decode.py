@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from dae.errors import DaeError
+from dae.extras import require
 
 DECODERS = ("decord", "pyav")
 DEFAULT_DECODER = "decord"
@@ -55,12 +56,10 @@ def _library_reason(decoder: str, exc: BaseException) -> str:
 def decoder_version(decoder: str) -> str:
     """Version string of a backend's Python package, for the feature file's `decoder_version`."""
     if decoder == "decord":
-        import decord
-
+        decord = require("decord", "--decoder decord")
         return str(decord.__version__)
     if decoder == "pyav":
-        import av
-
+        av = require("av", "--decoder pyav")
         return f"{av.__version__} (ffmpeg {av.ffmpeg_version_info})"
     raise DaeError(f"unknown decoder {decoder!r}; choose one of: {', '.join(DECODERS)}")
 
@@ -165,7 +164,7 @@ class DecordReader(VideoReader):
     decoder = "decord"
 
     def _open(self) -> int:
-        import decord
+        decord = require("decord", "--decoder decord")
 
         decord.logging.set_level(decord.logging.QUIET)
         try:
@@ -232,7 +231,7 @@ class PyAVReader(VideoReader):
         return len(pts)
 
     def _open_container(self):
-        import av
+        av = require("av", "--decoder pyav")
 
         self.close()
         self._container = av.open(str(self.path))

@@ -26,6 +26,7 @@ import torch
 from dae.errors import DaeError
 from dae.features.clips import ClipProtocol, video_clips
 from dae.features.decode import VideoDecodeError
+from dae.pause import pause_point
 
 _POLL_SECONDS = 0.2
 
@@ -87,6 +88,7 @@ def _worker_main(tasks, results, slots, protocol: ClipProtocol, decoder: str, th
         if message is None:
             return
         position, path, start_frame, end_frame, slot = message
+        pause_point(f"decode-{os.path.basename(path)}")  # tests: a worker killed or hung while on this video
         try:
             slots[slot].copy_(video_clips(path, protocol, decoder, threads, start_frame, end_frame))
             reply = (position, None)

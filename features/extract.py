@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from dae.atomic import atomic_path
+from dae.devices import resolve_device
 from dae.errors import DaeError, UsageError
 from dae.features.clips import ClipProtocol, parse_protocol
 from dae.features.decode import DECODERS, DEFAULT_DECODER, decoder_version
@@ -184,24 +185,6 @@ def ids_sha256(video_ids) -> str:
 def tasks_sha256(tasks: list[VideoTask]) -> str:
     lines = (f"{t.video_id}\t{t.rel_path}\t{t.start_frame}\t{t.end_frame}" for t in tasks)
     return hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest()
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    text = str(device).strip().lower()
-    if text == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(text)
-    except RuntimeError:
-        raise UsageError(f"--device {device!r}: expected auto, cpu, cuda or cuda:I") from None
-    if dev.type not in ("cpu", "cuda"):
-        raise UsageError(f"--device {device!r}: expected auto, cpu, cuda or cuda:I")
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UsageError(f"--device {device}: this torch sees no CUDA GPU (torch {torch.__version__})")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise UsageError(f"--device {device}: only {torch.cuda.device_count()} CUDA devices")
-    return dev
 
 
 def default_batch_clips(device: torch.device) -> int:
@@ -388,6 +371,7 @@ def run_extraction(tasks: list[VideoTask], out, protocol: ClipProtocol, *, devic
     started = time.monotonic()
     if decoder not in DECODERS:
         raise UsageError(f"unknown decoder {decoder!r}; choose one of: {', '.join(DECODERS)}")
+    decoder_version(decoder)  # a decoder that is not installed says which extra to install, before any work
     dev = resolve_device(device)
     batch_clips = int(batch_clips or default_batch_clips(dev))
     if batch_clips < 1:

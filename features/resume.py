@@ -34,6 +34,7 @@ import numpy as np
 from dae.atomic import atomic_path
 from dae.errors import DaeError
 from dae.features.store import read_chunk, write_chunk
+from dae.pause import pause_point
 
 _CHUNK_RE = re.compile(r"chunk-(\d{6,})\.h5")
 
@@ -132,6 +133,7 @@ class Parts:
     def commit(self, number: int, video_ids, clip_index, clip_features, failures, final: bool) -> None:
         write_chunk(self.chunk_path(number), video_ids, clip_index, clip_features, failures,
                     attrs={"chunk": number, "final": bool(final)})
+        pause_point(f"chunk-{number:06d}")  # tests: interrupted right after this batch was committed
 
     def _numbered_chunks(self) -> tuple[list, list]:
         """(chunks numbered 0, 1, 2, ... without a gap, the rest)."""

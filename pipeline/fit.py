@@ -25,9 +25,10 @@ from dae.heads.dae import DAE
 from dae.heads.sequence_options import POOLING, SEQUENCE_HEADS
 from dae.heads.trainer import HeadSpec, Job, TrainConfig, train
 from dae.pipeline.baselines import PATH_HEADS, fit_path_heads, options_dict
+from dae.pipeline.exemplar_heads import EXEMPLAR_HEADS, fit_exemplar_heads
 from dae.pipeline.protocols import WINDOW_EPOCHS, WINDOW_SELECTIONS, apply_window_selection
 
-HEADS = ("dae", "mlp", "ridge", "usdl", "musdl", "dae-mt", "dae-judges") + SEQUENCE_HEADS
+HEADS = ("dae", "mlp", "ridge", "usdl", "musdl", "dae-mt", "dae-judges", "core", "dae-core") + SEQUENCE_HEADS
 PREDICT_ATTRS = ("protocol", "weights_sha256", "decoder", "backbone")
 VAL_SEED = 0
 FAILED_METRICS = ("spearman", "rl2x100", "l2", "nll", "crps", "coverage90", "sigma_error_spearman")
@@ -54,7 +55,7 @@ class FitPlan:
     dataset: str = ""
     score_range: tuple | None = None
     val_fraction: float = 0.2
-    head_options: object = None  # dae.pipeline.baselines.HeadOptions for usdl / musdl / dae-mt / dae-judges
+    head_options: object = None  # baselines.HeadOptions (usdl, musdl, dae-mt, dae-judges); ExemplarOptions (core...)
 
 
 def plan_units(manifest: pd.DataFrame, need_val: bool, val_fraction: float = 0.2) -> list[Unit]:
@@ -167,6 +168,9 @@ def fit_models(fs: FeatureSet, manifest: pd.DataFrame, plan: FitPlan, manifest_n
     elif plan.head in PATH_HEADS:
         results, labels = fit_path_heads(plan.head, x, manifest, targets, jobs, config, (lo, hi), plan.dataset,
                                          plan.head_options, manifest_name, on_start=announce, progress=progress)
+    elif plan.head in EXEMPLAR_HEADS:
+        results, labels = fit_exemplar_heads(plan.head, x, manifest, targets, jobs, config, (lo, hi), plan.dataset,
+                                             plan.head_options, manifest_name, on_start=announce, progress=progress)
     elif plan.head in SEQUENCE_HEADS:
         results, labels = _fit_sequence_jobs(fs, manifest, targets, jobs, config, plan, manifest_name, announce,
                                              progress)
@@ -177,7 +181,7 @@ def fit_models(fs: FeatureSet, manifest: pd.DataFrame, plan: FitPlan, manifest_n
     created = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     features_sha = content_sha256(fs)
     rows, predictions = [], []
-    has_sigma = plan.head not in ("mlp", "ridge", "gdlt")
+    has_sigma = plan.head not in ("mlp", "ridge", "core", "gdlt")
     for res in results:
         test = res.job.eval_rows["test"]
         p = res.predictions["test"]
@@ -303,8 +307,10 @@ def save_run(out: Path, plan: FitPlan, rows: pd.DataFrame, predictions: pd.DataF
                    tmp / "model.pt")
 
 
-def run_fit(features, manifest, plan: FitPlan, out=None, leaderboard=None, echo=print):
-    """Read files, train, write the run folder and append to the leaderboard. Returns (rows, summary)."""
+def run_fit(features, manifest, plan: FitPlan, out=None, leaderboard=None, echo=print, options=None):
+    """Read files, train, write the run folder and append to the leaderboard. Returns (rows, summary).
+
+    options: the command's options, recorded in config.json for `dae fit --config` (pipeline.settings)."""
     from dae.pipeline.leaderboard import append_rows, format_summary, summarise, write_summary_beside
 
     fs = read_features(features, sequences=plan.head in SEQUENCE_HEADS)
@@ -329,7 +335,8 @@ def run_fit(features, manifest, plan: FitPlan, out=None, leaderboard=None, echo=
               "score_range": [lo, hi], "score_range_source": "card" if plan.score_range else "manifest min..max",
               "backbone": fs.backbone,
               # how the features were made, so that `dae predict` can extract new videos the same way
-              "feature_attrs": {k: fs.attrs[k] for k in PREDICT_ATTRS if k in fs.attrs}})
+              "feature_attrs": {k: fs.attrs[k] for k in PREDICT_ATTRS if k in fs.attrs},
+              **({"options": options} if options is not None else {})})
     summary = summarise(rows)
     echo(format_summary(summary))
     echo(f"run written to {out}")

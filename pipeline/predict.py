@@ -23,7 +23,7 @@ from dae.heads.dae import DAEHead
 from dae.heads.distributions import StudentT, get_distribution, sample_scale
 from dae.heads.metrics import interval
 
-SUPPORTED_HEADS = ("dae", "mlp", "ridge")
+SUPPORTED_HEADS = ("dae", "mlp", "ridge", "core", "dae-core")
 LEVEL = 0.9
 
 
@@ -74,8 +74,11 @@ def select_models(blob: dict, group: str | None) -> list[dict]:
 
 
 @torch.no_grad()
-def score_features(blob: dict, models: list[dict], features: np.ndarray) -> dict:
-    """mu, scale and 90% interval ends (N,) in score units, averaged over `models`; NaN where a head has none."""
+def score_features(blob: dict, models: list[dict], features: np.ndarray, difficulty=None, config: dict | None = None) -> dict:
+    """mu, scale and 90% interval ends (N,) in score units, averaged over `models`; NaN where a head has none.
+
+    core / dae-core vote with the training videos kept in the run (difficulty: the new videos' DD, for runs that
+    compare same-difficulty exemplars; config: the run's config.json, for the voter count)."""
     lo, hi = (float(v) for v in blob["score_range"])
     x = torch.as_tensor(np.asarray(features, dtype=np.float32))
     if x.shape[1] != int(blob["feature_dim"]):
@@ -84,6 +87,18 @@ def score_features(blob: dict, models: list[dict], features: np.ndarray) -> dict
     for model in models:
         xs = (x - model["input_mean"]) / model["input_std"]
         state = model["state_dict"]
+        if blob["head"] in ("core", "dae-core"):
+            from dae.heads.core import DEFAULT_VOTERS, score_new_videos
+
+            voters = ((config or {}).get("head_options") or {}).get("voters", DEFAULT_VOTERS)
+            mu, scale = score_new_videos(blob["head"], model, x.numpy(), difficulty, blob["score_range"],
+                                         blob["train"], voters)
+            if scale is None:
+                nan = np.full(len(mu), np.nan)
+                per_model.append((mu, nan, nan, nan))
+            else:
+                per_model.append((mu, scale, *interval(mu, scale, LEVEL)))
+            continue
         if blob["head"] == "ridge":
             mu = (xs.double() @ state["weight"].double().reshape(-1) + state["bias"].double()).numpy()
             per_model.append((mu, np.full(len(mu), np.nan), np.full(len(mu), np.nan), np.full(len(mu), np.nan)))
@@ -110,7 +125,8 @@ def score_features(blob: dict, models: list[dict], features: np.ndarray) -> dict
 
 
 def predict_videos(run_dir, videos, *, out=None, features=None, weights=None, group=None, device="auto",
-                   workers=None, batch_clips=None, decoder=None, echo=print, note=print) -> pd.DataFrame:
+                   workers=None, batch_clips=None, decoder=None, difficulty=None, echo=print,
+                   note=print) -> pd.DataFrame:
     """Extract `videos` like the run's training features, score them, print and write a CSV. Returns its rows."""
     from dae.features.clips import protocol_from_json
     from dae.features.extract import run_extraction, tasks_for_files
@@ -144,7 +160,7 @@ def predict_videos(run_dir, videos, *, out=None, features=None, weights=None, gr
     for column in ("mu", "sigma", "lo90", "hi90"):
         rows[column] = np.nan
     if extracted is not None:
-        scored = score_features(blob, models, extracted.features)
+        scored = score_features(blob, models, extracted.features, difficulty, config)
         where = rows["video"].isin(extracted.video_ids).to_numpy()
         order = {v: i for i, v in enumerate(extracted.video_ids)}
         index = [order[v] for v in rows["video"][where]]

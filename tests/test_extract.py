@@ -250,20 +250,24 @@ def test_progress_line_rewrites_in_place_on_a_terminal_and_logs_whole_lines_else
     assert silent.getvalue() == ""
 
 
-@pytest.mark.parametrize("how, reason", [("crash", "crashed (signal 9)"), ("hang", "did not finish within 1 s")])
-def test_a_crashed_or_hung_decoder_fails_only_its_video(tmp_path, how, reason):
-    """A worker killed (as by the OOM killer) or stopped (a hang) mid-video: that video fails, the rest decode."""
-    write_video(tmp_path / "first.mp4", noise_frames(9, 40, 52, seed=1))
-    write_video(tmp_path / "slow.mp4", noise_frames(600, 240, 320, seed=2))  # ~0.5 s to decode: still busy
-    for name in ("after1", "after2"):
+@pytest.mark.parametrize("how, reason, timeout_s", [("crash", "crashed (signal 9)", 600.0),
+                                                    ("hang", "did not finish within 5 s", 5.0)])
+def test_a_crashed_or_hung_decoder_fails_only_its_video(tmp_path, pause_at, how, reason, timeout_s):
+    """A worker killed (as by the OOM killer) or stopped (a hang) mid-video: that video fails, the rest decode.
+
+    The worker is held at the start of "slow" (dae.pause), so it is surely on that video when it is killed or
+    stopped, however loaded the machine; a crash has a long timeout, so only the kill can fail the video."""
+    for name in ("first", "slow", "after1", "after2"):
         write_video(tmp_path / f"{name}.mp4", noise_frames(9, 40, 52, seed=3))
     tasks = [VideoTask(i, name, str(tmp_path / f"{name}.mp4"), f"{name}.mp4")
              for i, name in enumerate(("first", "slow", "after1", "after2"))]
+    on_slow = pause_at("decode-slow.mp4")
     results = {}
-    with DecodePool(parse_protocol(TINY), "decord", workers=1, prefetch=2, timeout_s=1.0) as pool:
+    with DecodePool(parse_protocol(TINY), "decord", workers=1, prefetch=2, timeout_s=timeout_s) as pool:
         for item in pool.decode(tasks):
             results[item.task.video_id] = item.error
-            if item.task.video_id == "first":  # "slow" was queued behind it: the worker is on it now
+            if item.task.video_id == "first":
+                on_slow.wait()
                 os.kill(pool.worker_pids()[0], signal.SIGKILL if how == "crash" else signal.SIGSTOP)
             item.release()
     assert results["first"] is None and results["after1"] is None and results["after2"] is None
