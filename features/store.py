@@ -313,7 +313,7 @@ def align_sequences(fs: FeatureSet, video_ids, manifest_name: str = "manifest"):
     into the file's flat array (nothing copied); a file without sequences is refused with what to do."""
     if fs.sequences is None:
         raise DaeError(f"{fs.path or 'the features'} has no clip sequences (schema 2); a sequence head needs "
-                       "them: `dae features import --npy-dir DIR --keep-clips` or `dae extract --protocol stride:32`")
+                       "them: import per-video (T, D) arrays with `dae features import --npy-dir DIR --keep-clips`")
     rows = np.asarray(_rows_of(fs, video_ids, manifest_name), dtype=np.int64)
     return fs.sequences.data, fs.sequences.starts[rows], fs.sequences.lengths[rows]
 

@@ -259,6 +259,36 @@ def train_options(f):
     return f
 
 
+def sequence_options(f):
+    """Options of the sequence heads (attn-dae, gdlt, gdlt-dae); defaults are GDLT's."""
+    from dae.heads.sequence_options import SequenceOptions
+
+    d = SequenceOptions()
+    opts = [
+        click.option("--crop", type=click.IntRange(1), default=d.crop, show_default=True,
+                     help="Sequence heads: clips per random temporal crop in training (GDLT's --clip-num); "
+                          "evaluation reads every clip."),
+        click.option("--attention-heads", "attention_heads", type=click.IntRange(1), default=d.heads, show_default=True,
+                     help="gdlt/gdlt-dae: attention heads of the transformer (GDLT's --n_head)."),
+        click.option("--queries", type=click.IntRange(1), default=d.queries, show_default=True,
+                     help="gdlt/gdlt-dae: learnable grade queries of the decoder (GDLT's README command: 4)."),
+        click.option("--encoder-layers", type=click.IntRange(0), default=d.encoder_layers, show_default=True),
+        click.option("--decoder-layers", type=click.IntRange(1), default=d.decoder_layers, show_default=True,
+                     help="gdlt/gdlt-dae: decoder layers (GDLT's README command: 2)."),
+        click.option("--model-width", "hidden", type=click.IntRange(1), default=d.hidden, show_default=True,
+                     help="gdlt/gdlt-dae: transformer width after the Conv1d reduction D -> D/2 -> width."),
+        click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=d.dropout, show_default=True,
+                     help="gdlt/gdlt-dae: transformer dropout (GDLT's README command: 0.3)."),
+        click.option("--triplet-weight", type=click.FloatRange(0), default=d.triplet_weight, show_default=True,
+                     help="gdlt/gdlt-dae: weight of the grade-decoupling triplet loss (GDLT's --alpha)."),
+        click.option("--margin", type=click.FloatRange(0), default=d.margin, show_default=True,
+                     help="gdlt/gdlt-dae: triplet margin on cosine distances (GDLT's --margin)."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
 def input_options(f):
     """--features, --manifest and --leaderboard: what every training command reads and appends to."""
     f = click.option("--leaderboard", type=click.Path(dir_okay=False), default=None,
@@ -279,7 +309,9 @@ def input_options(f):
               "judge_1..judge_K); dae-mt: DAE on the execution part times the difficulty (needs difficulty); "
               "dae-judges: one DAE Gaussian per judge combined by the scoring rule; core: CoRe's group-aware "
               "regression tree on pairs (exemplar, query), test score voted by exemplars; dae-core (ours): a DAE "
-              "head on CoRe's pair feature, the voters' Gaussian mixture.")
+              "head on CoRe's pair feature, the voters' Gaussian mixture. Sequence heads (need clip sequences, schema 2): "
+              "attn-dae: attention pooling over clips into the DAE; gdlt: GDLT (CVPR 2022) as its code does it; "
+              "gdlt-dae: GDLT's decoder with the DAE head in place of its Likert scorer.")
 @click.option("--voters", type=click.IntRange(1), default=_fit_default("voters"), show_default=True,
               help="core/dae-core: training exemplars that vote for each test video (CoRe's voter_number).")
 @click.option("--with-dd/--without-dd", "with_dd", default=None,
@@ -307,6 +339,7 @@ def input_options(f):
               default=_fit_default("prediction"), show_default=True,
               help="Rank by mu (deterministic) or by one reparameterised sample (the paper's, labelled).")
 @train_options
+@sequence_options
 @click.pass_context
 def fit_cmd(ctx, config_path, **options):
     """Train score heads on cached features; one model per group and fold of the manifest.
@@ -590,6 +623,50 @@ def ablate_voters_cmd(**options):
     from dae.pipeline.settings import voters_from_options
 
     voters_from_options(options, echo=click.echo)
+
+
+@ablate_group.command("pooling")
+@input_options
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Study folder to create (never overwritten). Default: runs/<dataset>-ablate-pooling-<time>.")
+@click.option("--heads", default="dae,attn-dae,gdlt,gdlt-dae", show_default=True,
+              help="Comma-separated heads: dae (and ridge) read the mean of the clips; attn-dae, gdlt, gdlt-dae "
+                   "the sequences.")
+@click.option("--seeds", "n_seeds", type=click.IntRange(1), default=3, show_default=True, help="Seeds 0..N-1.")
+@click.option("--epochs", type=click.IntRange(1), default=100, show_default=True,
+              help="Pooled heads: epochs (fit's default settings: batch 32, lr 1e-4).")
+@click.option("--sequence-epochs", type=click.IntRange(1), default=None,
+              help="Sequence heads: epochs [default: 30, a CPU budget; GDLT trains 250-500 with SGD].")
+@click.option("--sequence-lr", type=click.FloatRange(0, min_open=True), default=None,
+              help="Sequence heads: Adam learning rate [default: 5e-4].")
+@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True,
+              help="Videos per step, every head (GDLT's --batch).")
+@click.option("--dataset", default=None, help="Dataset card name (score range).")
+@click.option("--curves/--no-curves", default=True, show_default=True,
+              help="Score every epoch on the test folds (per-epoch curves; costs one evaluation per epoch).")
+@sequence_options
+def ablate_pooling_cmd(features, manifest, leaderboard, out, heads, n_seeds, epochs, sequence_epochs, sequence_lr,
+                       batch_size, dataset, curves, **sequence):
+    """Pooling: the DAE on the mean of the clips against attn-dae, gdlt and gdlt-dae on the same sequences.
+
+    Same seeds, protocol cells (groups x folds) and score range for every head; one leaderboard row per model
+    with its pooling; per-epoch test curves; each head's wall time and its ratio to the pooled dae's.
+    Needs a schema-2 feature file (`dae features import --npy-dir DIR --keep-clips`).
+
+        dae ablate pooling --features fisv.h5 --manifest fisv_tes.csv --dataset fis-v --seeds 3
+    """
+    from dae.heads.config import TrainConfig
+    from dae.heads.sequence_options import SEQUENCE_EPOCHS, SEQUENCE_LR
+    from dae.pipeline.pooling import run_pooling_files
+    from dae.pipeline.settings import card_score_range, csv_list, sequence_options_of
+
+    config = TrainConfig(epochs=epochs, batch_size=batch_size)
+    sequence_config = TrainConfig(epochs=sequence_epochs or SEQUENCE_EPOCHS, lr=sequence_lr or SEQUENCE_LR,
+                                  batch_size=batch_size)
+    run_pooling_files(features, manifest, list(range(n_seeds)), config, sequence_config,
+                      sequence_options_of(sequence), heads=csv_list(heads), dataset=dataset or "",
+                      score_range=card_score_range(dataset, manifest), out=out, leaderboard=leaderboard,
+                      curves=curves, echo=click.echo)
 
 
 @bench_group.command("fit")

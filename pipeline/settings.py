@@ -12,15 +12,22 @@ from pathlib import Path
 
 from dae.errors import DaeError, UsageError
 from dae.heads.config import TrainConfig
+from dae.heads.sequence_options import SEQUENCE_HEADS, SequenceOptions
 from dae.pipeline.defaults import STUDY_BATCH_SIZE, STUDY_LR, STUDY_SEEDS
 
 _TRAIN = TrainConfig()
+_SEQ = SequenceOptions()
+# the sequence heads' options (GDLT's defaults), as `dae fit` and `dae ablate pooling` name them
+SEQUENCE_DEFAULTS = {"crop": _SEQ.crop, "attention_heads": _SEQ.heads, "queries": _SEQ.queries,
+                     "encoder_layers": _SEQ.encoder_layers, "decoder_layers": _SEQ.decoder_layers,
+                     "hidden": _SEQ.hidden, "dropout": _SEQ.dropout, "triplet_weight": _SEQ.triplet_weight,
+                     "margin": _SEQ.margin}
 FIT_DEFAULTS = {
     "features": None, "manifest": None, "head": "dae", "voters": 10, "with_dd": None, "bins": None, "bin_std": None,
     "bin_predict": "argmax", "judge_rule": None, "loss": "v1", "reparam": "sigma", "alpha": 0.6, "beta": 0.4,
     "prediction": "mu", "epochs": _TRAIN.epochs, "lr": None,  # None: the head's own (core: 1e-3), else the trainer's
     "weight_decay": _TRAIN.weight_decay, "batch_size": _TRAIN.batch_size,
-    "n_seeds": None, "seed": None, "selection": _TRAIN.selection, "dataset": None,
+    "n_seeds": None, "seed": None, "selection": _TRAIN.selection, "dataset": None, **SEQUENCE_DEFAULTS,
 }
 STUDY_DEFAULTS = {
     "features": None, "manifest": None, "n_seeds": None, "seed": None, "epochs": 100, "lr": STUDY_LR,
@@ -76,6 +83,15 @@ def _recordable(options: dict) -> dict:
     return kept
 
 
+def sequence_options_of(options: dict) -> SequenceOptions:
+    """SequenceOptions from the command's sequence options (SEQUENCE_DEFAULTS' keys; others ignored)."""
+    o = {**SEQUENCE_DEFAULTS, **{k: v for k, v in options.items() if k in SEQUENCE_DEFAULTS}}
+    values = {k: v for k, v in o.items() if k != "attention_heads"}
+    options = SequenceOptions(heads=o["attention_heads"], **values)
+    options.check()
+    return options
+
+
 def fit_plan(options: dict):
     """The FitPlan (head specs per seed, TrainConfig, head options, score range) for `dae fit`'s options."""
     from dae.heads.trainer import HeadSpec
@@ -90,6 +106,7 @@ def fit_plan(options: dict):
                          weight_decay=o["weight_decay"], batch_size=o["batch_size"], selection=o["selection"],
                          prediction=o["prediction"])
     head_options = (ExemplarOptions(voters=o["voters"], with_dd=o["with_dd"]) if o["head"] in EXEMPLAR_HEADS else
+                    sequence_options_of(o) if o["head"] in SEQUENCE_HEADS else
                     HeadOptions(bins=o["bins"], bin_std=o["bin_std"], bin_rule=o["bin_predict"],
                                 judge_rule=o["judge_rule"]))
     return FitPlan(head=o["head"], specs=specs, config=config, dataset=o["dataset"] or "",

@@ -31,7 +31,7 @@ from dae.pipeline.leaderboard import summarise
 DEGENERATE_SIGMA_FRACTION = 0.25  # a median predicted sigma above a quarter of the score range says little
 CONVERGED_TAIL = 0.25  # the converged part of a curve: its last quarter of epochs
 NOMINAL_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
-VARIED = ("loss", "distribution", "reparam")
+VARIED = ("head", "loss", "distribution", "reparam")  # head: varied when a study trains several (ablate pooling)
 STUDY_HEADS = ("dae", "dae-core")  # heads a study's grid can train (dae-core: Gaussian only)
 
 
