@@ -23,12 +23,14 @@ from dae.heads.distributions import get_distribution
 from dae.heads.metrics import DISTRIBUTION_METRICS, INTERVAL_METRICS, evaluate
 from dae.heads.ridge import fit_ridge
 from dae.heads.dae import DAE
+from dae.heads.sequence_options import POOLING, SEQUENCE_HEADS
 from dae.heads.trainer import HeadSpec, Job, TrainConfig, train
 from dae.pipeline.baselines import PATH_HEADS, fit_path_heads, options_dict
+from dae.pipeline.exemplar_heads import EXEMPLAR_HEADS, fit_exemplar_heads
 from dae.pipeline.protocols import WINDOW_EPOCHS, WINDOW_SELECTIONS, apply_window_selection
 
-HEADS = ("dae", "mlp", "ridge", "usdl", "musdl", "dae-mt", "dae-judges")
-PREDICT_ATTRS = ("protocol", "weights_sha256", "decoder", "backbone")
+HEADS = ("dae", "mlp", "ridge", "usdl", "musdl", "dae-mt", "dae-judges", "core", "dae-core") + SEQUENCE_HEADS
+PREDICT_ATTRS = ("protocol", "weights_sha256", "decoder", "backbone", "precision", "device")
 VAL_SEED = 0
 FAILED_METRICS = ("spearman", "rl2x100", "l2", *DISTRIBUTION_METRICS, *INTERVAL_METRICS)
 
@@ -54,7 +56,7 @@ class FitPlan:
     dataset: str = ""
     score_range: tuple | None = None
     val_fraction: float = 0.2
-    head_options: object = None  # dae.pipeline.baselines.HeadOptions for usdl / musdl / dae-mt / dae-judges
+    head_options: object = None  # baselines.HeadOptions (usdl, musdl, dae-mt, dae-judges); ExemplarOptions (core...)
     calibrate: str = calibration.DEFAULT_CALIBRATOR  # none | scale | conformal (dae.heads.calibration)
     calibration_folds: int = calibration.DEFAULT_FOLDS
 
@@ -177,6 +179,12 @@ def fit_models(fs: FeatureSet, manifest: pd.DataFrame, plan: FitPlan, manifest_n
     elif plan.head in PATH_HEADS:
         results, labels = fit_path_heads(plan.head, x, manifest, targets, jobs, config, (lo, hi), plan.dataset,
                                          plan.head_options, manifest_name, on_start=announce, progress=progress)
+    elif plan.head in EXEMPLAR_HEADS:
+        results, labels = fit_exemplar_heads(plan.head, x, manifest, targets, jobs, config, (lo, hi), plan.dataset,
+                                             plan.head_options, manifest_name, on_start=announce, progress=progress)
+    elif plan.head in SEQUENCE_HEADS:
+        results, labels = _fit_sequence_jobs(fs, manifest, targets, jobs, config, plan, manifest_name, announce,
+                                             progress)
     else:
         announce()
         results = train(DAE(x, targets, config.prediction), jobs, config, progress)
@@ -184,7 +192,7 @@ def fit_models(fs: FeatureSet, manifest: pd.DataFrame, plan: FitPlan, manifest_n
     created = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     features_sha = content_sha256(fs)
     rows, predictions = [], []
-    has_sigma = plan.head not in ("mlp", "ridge")
+    has_sigma = plan.head not in ("mlp", "ridge", "core", "gdlt")
     results, fold_results = results[:n_models], results[n_models:]
     k = plan.calibration_folds
     for i, res in enumerate(results):
@@ -242,6 +250,24 @@ def fit_models(fs: FeatureSet, manifest: pd.DataFrame, plan: FitPlan, manifest_n
     if windowed:
         rows = apply_window_selection(rows, results, plan.config.selection)
     return rows, pd.concat(predictions, ignore_index=True), results
+
+
+def _fit_sequence_jobs(fs, manifest, targets, jobs, config, plan, manifest_name, announce, progress):
+    """attn-dae / gdlt / gdlt-dae on the file's clip sequences (schema 2), in the manifest's order."""
+    from dae.features.store import align_sequences
+    from dae.heads.sequence import SequenceHead
+    from dae.heads.sequence_options import SequenceOptions
+
+    options = plan.head_options if isinstance(plan.head_options, SequenceOptions) else SequenceOptions()
+    clips, starts, lengths = align_sequences(fs, list(manifest["video_id"]), manifest_name)
+    announce()
+    results = train(SequenceHead(plan.head, clips, starts, lengths, targets, options, config.prediction), jobs,
+                    config, progress)
+    loss = {"gdlt": "mse+triplet", "gdlt-dae": f"{plan.specs[0].loss}+triplet"}.get(plan.head)
+    labels = {"pooling": POOLING[plan.head], "crop": options.crop}
+    if plan.head != "attn-dae":
+        labels.update(queries=options.queries, attention_heads=options.heads, triplet_weight=options.triplet_weight)
+    return results, {**labels, **({"loss": loss} if loss else {})}
 
 
 def _fit_ridge_jobs(x, targets, jobs):
@@ -320,11 +346,13 @@ def save_run(out: Path, plan: FitPlan, rows: pd.DataFrame, predictions: pd.DataF
                    tmp / "model.pt")
 
 
-def run_fit(features, manifest, plan: FitPlan, out=None, leaderboard=None, echo=print):
-    """Read files, train, write the run folder and append to the leaderboard. Returns (rows, summary)."""
+def run_fit(features, manifest, plan: FitPlan, out=None, leaderboard=None, echo=print, options=None):
+    """Read files, train, write the run folder and append to the leaderboard. Returns (rows, summary).
+
+    options: the command's options, recorded in config.json for `dae fit --config` (pipeline.settings)."""
     from dae.pipeline.leaderboard import append_rows, format_summary, summarise, write_summary_beside
 
-    fs = read_features(features)
+    fs = read_features(features, sequences=plan.head in SEQUENCE_HEADS)
     df = read_manifest(manifest)
     manifest_name = Path(manifest).name
     if not plan.dataset:
@@ -346,7 +374,8 @@ def run_fit(features, manifest, plan: FitPlan, out=None, leaderboard=None, echo=
               "score_range": [lo, hi], "score_range_source": "card" if plan.score_range else "manifest min..max",
               "backbone": fs.backbone,
               # how the features were made, so that `dae predict` can extract new videos the same way
-              "feature_attrs": {k: fs.attrs[k] for k in PREDICT_ATTRS if k in fs.attrs}})
+              "feature_attrs": {k: fs.attrs[k] for k in PREDICT_ATTRS if k in fs.attrs},
+              **({"options": options} if options is not None else {})})
     summary = summarise(rows)
     echo(format_summary(summary))
     echo(f"run written to {out}")

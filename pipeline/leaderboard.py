@@ -18,7 +18,7 @@ COLUMNS = ("dataset", "group", "fold", "head", "loss", "distribution", "reparam"
            "uncertainty_decile_tau", "epochs", "selected_epoch", "lr", "batch_size", "weight_decay",
            "fit_seconds", "features_sha256", "backbone", "dae_version", "created_utc", "source", "status", "run_dir")
 CONFIG_KEYS = ("dataset", "head", "loss", "distribution", "reparam", "selection", "prediction", "backbone",
-               "source", "calibration")
+               "source", "voters", "exemplar_rule", "calibration")  # voters, exemplar_rule: exemplar heads
 METRICS = ("spearman", "rl2x100", "l2", "nll", "crps", "coverage90", "sigma_error_spearman", "coverage50",
            "coverage80", "coverage95", "width90", "pit_distance", "uncertainty_decile_tau")
 
@@ -41,7 +41,7 @@ def append_rows(path, rows: pd.DataFrame) -> None:
                     raise DaeError(f"leaderboard {path} is not a readable CSV ({exc.__class__.__name__})") from None
                 new = [c for c in rows.columns if c not in header]
                 if new:
-                    old = pd.read_csv(path)
+                    old = pd.read_csv(path, dtype=str, keep_default_na=False)  # earlier rows stay as written
                     with atomic_path(path) as tmp:
                         pd.concat([old, rows], ignore_index=True).reindex(columns=header + new).to_csv(tmp, index=False)
                 else:

@@ -25,7 +25,7 @@ from dae.heads.dae import DAEHead
 from dae.heads.distributions import StudentT, get_distribution, sample_scale
 from dae.heads.metrics import interval
 
-SUPPORTED_HEADS = ("dae", "mlp", "ridge")
+SUPPORTED_HEADS = ("dae", "mlp", "ridge", "core", "dae-core")
 LEVEL = 0.9
 
 
@@ -91,10 +91,13 @@ def _head_outputs(blob: dict, weights: dict, x: torch.Tensor, spec: dict):
 
 
 @torch.no_grad()
-def score_features(blob: dict, models: list[dict], features: np.ndarray) -> dict:
+def score_features(blob: dict, models: list[dict], features: np.ndarray, difficulty=None, config: dict | None = None) -> dict:
     """mu, the head's raw scale and 90% interval ends (N,) in score units, averaged over `models`; NaN where a head
     has none. The interval is the run's calibrated one (model.pt `calibration`, with its fold models for conformal);
-    runs from before calibration keep their raw interval."""
+    runs from before calibration, and core / dae-core, keep their raw interval.
+
+    core / dae-core vote with the training videos kept in the run (difficulty: the new videos' DD, for runs that
+    compare same-difficulty exemplars; config: the run's config.json, for the voter count)."""
     lo, hi = (float(v) for v in blob["score_range"])
     x = torch.as_tensor(np.asarray(features, dtype=np.float32))
     if x.shape[1] != int(blob["feature_dim"]):
@@ -103,6 +106,18 @@ def score_features(blob: dict, models: list[dict], features: np.ndarray) -> dict
     per_model = []
     nan = np.full(len(x), np.nan)
     for model in models:
+        if blob["head"] in ("core", "dae-core"):
+            from dae.heads.core import DEFAULT_VOTERS, score_new_videos
+
+            voters = ((config or {}).get("head_options") or {}).get("voters", DEFAULT_VOTERS)
+            mu, scale = score_new_videos(blob["head"], model, x.numpy(), difficulty, blob["score_range"],
+                                         blob["train"], voters)
+            if scale is None:
+                per_model.append((lo + mu * width, nan, nan, nan))
+            else:
+                lo90, hi90 = interval(mu, scale, LEVEL)
+                per_model.append((lo + mu * width, scale * width, lo + lo90 * width, lo + hi90 * width))
+            continue
         spec = model["spec"]
         mu, scale = _head_outputs(blob, model, x, spec)
         mu, scale = lo + mu * width, (scale * width if scale is not None else None)
@@ -127,11 +142,13 @@ def score_features(blob: dict, models: list[dict], features: np.ndarray) -> dict
 
 
 def predict_videos(run_dir, videos, *, out=None, features=None, weights=None, group=None, device="auto",
-                   workers=None, batch_clips=None, decoder=None, echo=print, note=print) -> pd.DataFrame:
+                   workers=None, batch_clips=None, decoder=None, difficulty=None, precision=None, echo=print,
+                   note=print) -> pd.DataFrame:
     """Extract `videos` like the run's training features, score them, print and write a CSV. Returns its rows."""
     from dae.features.clips import protocol_from_json
-    from dae.features.extract import run_extraction, tasks_for_files
+    from dae.features.extract import run_extraction
     from dae.features.i3d import load_i3d
+    from dae.features.tasks import tasks_for_files
     from dae.features.store import read_features
 
     config, blob = load_run(run_dir)
@@ -151,9 +168,11 @@ def predict_videos(run_dir, videos, *, out=None, features=None, weights=None, gr
                        f"{attrs['weights_sha256'][:12]}...) than {'--weights' if weights else 'the default ones'} "
                        f"(sha256 {model.weights_sha256[:12]}...); pass --weights with that checkpoint")
     decoder = decoder or attrs.get("decoder") or "decord"
+    precision = _extraction_precision(attrs, precision, note)
     tasks = tasks_for_files(videos)
     with tempfile.TemporaryDirectory(prefix="dae-predict-") as tmp:
-        result = run_extraction(tasks, Path(tmp) / "features.h5", protocol, device=device, batch_clips=batch_clips,
+        result = run_extraction(tasks, Path(tmp) / "features.h5", protocol, device=device, precision=precision,
+                                batch_clips=batch_clips,
                                 workers=workers, model=model, decoder=decoder, progress=False, note=note,
                                 fail_log=Path(tmp) / "failures.csv")
         extracted = read_features(result.out) if result.video_ids else None
@@ -161,7 +180,7 @@ def predict_videos(run_dir, videos, *, out=None, features=None, weights=None, gr
     for column in ("mu", "sigma", "lo90", "hi90"):
         rows[column] = np.nan
     if extracted is not None:
-        scored = score_features(blob, models, extracted.features)
+        scored = score_features(blob, models, extracted.features, difficulty, config)
         where = rows["video"].isin(extracted.video_ids).to_numpy()
         order = {v: i for i, v in enumerate(extracted.video_ids)}
         index = [order[v] for v in rows["video"][where]]
@@ -180,6 +199,19 @@ def predict_videos(run_dir, videos, *, out=None, features=None, weights=None, gr
     echo(format_predictions(rows))
     echo(f"written to {out}")
     return rows
+
+
+def _extraction_precision(attrs: dict, asked: str | None, note) -> str | None:
+    """The run's features' precision, or `asked` with a warning when it differs (None: extract's default)."""
+    from dae.features.precision import normalise_precision
+
+    made = normalise_precision(attrs.get("precision"))
+    if asked is None:
+        return made
+    if made is not None and asked != made:
+        note(f"warning: the run's features were made in {made}, these videos are extracted in {asked}: "
+             f"scores can move (bf16 shifts features by ~1e-2); omit --precision to match the run")
+    return asked
 
 
 def format_predictions(rows: pd.DataFrame) -> str:
