@@ -434,8 +434,11 @@ def merge_cmd(inputs, out):
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:I.")
 @click.option("--decoder", type=click.Choice(["decord", "pyav"]), default=None,
               help="Decoder [default: the one the run's features were extracted with].")
+@click.option("--allow-feature-mismatch", is_flag=True,
+              help="Score even when --features was made with another clip protocol, weights or backbone than the "
+                   "run's training features (refused otherwise); the output and CSV then say so.")
 @click.pass_context
-def predict_cmd(ctx, run_dir, videos, out, features, weights, group, device, decoder):
+def predict_cmd(ctx, run_dir, videos, out, features, weights, group, device, decoder, allow_feature_mismatch):
     """Score videos with a trained run: extract them as its features were, apply its heads (seeds averaged).
 
     Prints and writes per-video mu, sigma and the 90% interval, in score units. Example:
@@ -445,7 +448,8 @@ def predict_cmd(ctx, run_dir, videos, out, features, weights, group, device, dec
     from dae.pipeline.predict import predict_videos
 
     rows = predict_videos(run_dir, videos, out=out, features=features, weights=weights, group=group, device=device,
-                          decoder=decoder, echo=click.echo, note=lambda text: click.echo(text, err=True))
+                          decoder=decoder, allow_feature_mismatch=allow_feature_mismatch, echo=click.echo,
+                          note=lambda text: click.echo(text, err=True))
     if (rows["error"] != "").any():
         ctx.exit(3)
 

@@ -25,6 +25,8 @@ from dae.heads.metrics import interval
 
 SUPPORTED_HEADS = ("dae", "mlp", "ridge")
 LEVEL = 0.9
+# what makes features comparable with a run's: the clip protocol, the I3D weights and the backbone's name
+FEATURE_IDENTITY = ("protocol", "weights_sha256", "backbone")
 
 
 def load_run(run_dir) -> tuple[dict, dict]:
@@ -73,6 +75,33 @@ def select_models(blob: dict, group: str | None) -> list[dict]:
     return chosen
 
 
+def _canonical(key: str, value) -> str:
+    if key == "protocol":
+        try:
+            value = json.loads(value) if isinstance(value, str) else dict(value)
+        except (ValueError, TypeError):
+            return str(value)
+        return json.dumps(value, sort_keys=True, default=str)
+    return "" if value is None else str(value)
+
+
+def feature_mismatches(run_attrs: dict, given_attrs: dict) -> list[str]:
+    """What differs between how the run's training features and the --features file were made (empty: nothing)."""
+    out = []
+    for key in FEATURE_IDENTITY:
+        if key not in run_attrs:
+            continue  # runs from before config.json recorded it: nothing to compare with
+        ours, theirs = _canonical(key, run_attrs[key]), _canonical(key, given_attrs.get(key))
+        if ours != theirs:
+            if key == "protocol":
+                name = lambda text: (json.loads(text).get("name") if text.startswith("{") else text) or "none"
+                ours, theirs = name(ours), name(theirs)
+            elif key == "weights_sha256":
+                ours, theirs = ours[:12] + "...", (theirs[:12] + "...") if theirs else "none"
+            out.append(f"{key} {theirs or 'none'} (the run's: {ours})")
+    return out
+
+
 @torch.no_grad()
 def score_features(blob: dict, models: list[dict], features: np.ndarray) -> dict:
     """mu, scale and 90% interval ends (N,) in score units, averaged over `models`; NaN where a head has none."""
@@ -110,8 +139,12 @@ def score_features(blob: dict, models: list[dict], features: np.ndarray) -> dict
 
 
 def predict_videos(run_dir, videos, *, out=None, features=None, weights=None, group=None, device="auto",
-                   workers=None, batch_clips=None, decoder=None, echo=print, note=print) -> pd.DataFrame:
-    """Extract `videos` like the run's training features, score them, print and write a CSV. Returns its rows."""
+                   workers=None, batch_clips=None, decoder=None, allow_feature_mismatch=False, echo=print,
+                   note=print) -> pd.DataFrame:
+    """Extract `videos` like the run's training features, score them, print and write a CSV. Returns its rows.
+
+    features: a feature file whose protocol, weights and backbone must be the run's (refused otherwise, unless
+    allow_feature_mismatch: then every output line and the CSV's `warning` column say so)."""
     from dae.features.clips import protocol_from_json
     from dae.features.extract import run_extraction, tasks_for_files
     from dae.features.i3d import load_i3d
@@ -120,10 +153,20 @@ def predict_videos(run_dir, videos, *, out=None, features=None, weights=None, gr
     config, blob = load_run(run_dir)
     models = select_models(blob, group)
     attrs = config.get("feature_attrs") or {}
+    recorded = {**({"backbone": config["backbone"]} if config.get("backbone") else {}), **attrs}
     source = f"{run_dir}/config.json"
+    warning = ""
     if features is not None or not attrs.get("protocol"):  # --features given, or a run from before feature_attrs
         feature_file = find_feature_file(run_dir, config, features)
         attrs, source = read_features(feature_file).attrs, str(feature_file)
+        differences = feature_mismatches(recorded, attrs)
+        if differences and not allow_feature_mismatch:
+            raise DaeError(f"--features {feature_file} was not made like the run's training features: "
+                           f"{'; '.join(differences)}; use the run's own feature file, or pass "
+                           "--allow-feature-mismatch to score anyway (the output then says so)")
+        if differences:
+            warning = "features differ from the run's: " + "; ".join(differences)
+            note(f"warning: {warning} (--allow-feature-mismatch): the scores are not what the run would give")
     if not attrs.get("protocol") or not attrs.get("weights_sha256"):
         raise DaeError(f"{source} does not record a clip protocol and weights (the features were not made by "
                        "`dae extract`); dae predict cannot extract new videos the same way")
@@ -153,11 +196,15 @@ def predict_videos(run_dir, videos, *, out=None, features=None, weights=None, gr
     errors = {vid: error for vid, _, error in result.failures}
     rows["models"] = len(models)
     rows["error"] = [errors.get(v, "") for v in rows["video"]]
+    if warning:
+        rows["warning"] = warning
     out = Path(out) if out else Path(f"predictions-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}.csv")
     with atomic_path(out) as tmp:
         rows.to_csv(tmp, index=False)
     lo, hi = blob["score_range"]
     echo(f"run {run_dir} ({blob['head']}, {len(models)} models averaged; scores in {lo:g}..{hi:g})")
+    if warning:
+        echo(f"WARNING: {warning}; scored anyway (--allow-feature-mismatch)")
     echo(format_predictions(rows))
     echo(f"written to {out}")
     return rows

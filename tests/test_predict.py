@@ -79,6 +79,31 @@ def test_predict_refuses_weights_other_than_the_features_came_from(trained_run, 
     assert not (tmp_path / "p.csv").exists()
 
 
+@pytest.mark.slow
+def test_predict_features_made_another_way_are_refused_unless_allowed(trained_run, tmp_path):
+    """--features must match the run's protocol, weights and backbone: a 2-clip file on a 1-clip run is refused."""
+    from dae.features.clips import parse_protocol
+    from dae.features.store import read_features, write_features
+
+    root, videos, checkpoint, run = trained_run
+    fs = read_features(root / "features.h5")
+    other = tmp_path / "other.h5"
+    write_features(other, fs.video_ids, fs.features,
+                   attrs={**fs.attrs, "protocol": parse_protocol("uniform:2x9").to_dict()})
+    args = ["predict", "--run", run, "--video", videos / "p4.mp4", "--weights", checkpoint, "--features", other,
+            "--out", tmp_path / "p.csv"]
+    res = run_cli(args)
+    assert res.exit_code == 1 and "not made like the run's training features" in res.output, res.output
+    assert "protocol uniform:2x9 (the run's: uniform:1x9)" in res.output and not (tmp_path / "p.csv").exists()
+    res = run_cli(args + ["--allow-feature-mismatch"])
+    assert res.exit_code == 0, res.output
+    assert "WARNING: features differ from the run's: protocol uniform:2x9" in res.output
+    assert pd.read_csv(tmp_path / "p.csv")["warning"].str.contains("uniform:2x9").all()
+    # the run's own feature file passes
+    res = run_cli(args[:-4] + ["--features", root / "features.h5", "--out", tmp_path / "q.csv"])
+    assert res.exit_code == 0 and "WARNING" not in res.output, res.output
+
+
 def test_predict_needs_a_run_folder(tmp_path):
     res = run_cli(["predict", "--run", tmp_path, "--video", tmp_path / "x.mp4"])
     assert res.exit_code == 1 and "config.json is missing" in res.output
