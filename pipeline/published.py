@@ -36,7 +36,8 @@ def published_rows(datasets=None) -> pd.DataFrame:
                 "source": "published", "dataset": name, "group": ref["group"], "head": ref["method"],
                 "selection": ref.get("selection", "not stated"), "backbone": ref["backbone"],
                 "uses_difficulty": ref.get("uses_difficulty", "not stated" if has_dd else "no"),
-                f"{ref['metric']}_mean": float(ref["value"]), "paper": ref["paper"], "note": ref.get("note", ""),
+                f"{ref['metric']}_mean": float(ref["value"]), "paper": ref["paper"], "reference": ref["source"],
+                "note": ref.get("note", ""),
             })
     return pd.DataFrame(rows)
 
@@ -85,7 +86,7 @@ def leaderboard_table(rows: pd.DataFrame, published: bool = False, datasets=None
                "backbone", "settings", "seeds", "units_per_seed", "fold_average"]
     for metric, _ in SHOWN_METRICS:
         columns += [f"{metric}_mean", f"{metric}_std"]
-    columns += ["spearman_degenerate", "spearman_nan", "paper", "note"]
+    columns += ["spearman_degenerate", "spearman_nan", "paper", "reference", "note"]
     columns += [k for k in setting_keys if k not in columns]
     return table.reindex(columns=columns).reset_index(drop=True)
 
@@ -134,6 +135,7 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
             cells.append(cell)
         out[metric] = cells
     out["paper"] = [_short_reference(_cell(p)) for p in table["paper"]]
+    out["number from"] = [_cell(r) for r in table["reference"]]
     return out.fillna("")
 
 
@@ -180,4 +182,26 @@ def show_leaderboard(path, published: bool = False, fmt: str = "table", datasets
     if missing:
         raise DaeError(f"leaderboard {path} lacks column(s) {', '.join(missing)}")
     table = leaderboard_table(rows, published, datasets, by_group, fold_average)
-    return render(table, fmt)
+    text = render(table, fmt)
+    if published and fmt != "csv":
+        notes = without_published_rows(table)
+        text += "".join(f"\n{note}" for note in notes) if fmt == "table" else "".join(f"\n\n_{n}_" for n in notes)
+    return text
+
+
+def without_published_rows(table: pd.DataFrame) -> list[str]:
+    """--published: one line per dataset of ours that has no published row to show beside it."""
+    from dae.data_manifests.cards import card_names
+
+    if not len(table):
+        return []
+    have = set(table.loc[table["source"] == "published", "dataset"])
+    notes = []
+    for dataset in dict.fromkeys(table.loc[table["source"] == "this-run", "dataset"]):
+        if dataset in have:
+            continue
+        if dataset in card_names():
+            notes.append(f"--published: the {dataset} card lists no published rows yet")
+        else:
+            notes.append(f"--published: {dataset} has no dataset card, so no published rows")
+    return notes
