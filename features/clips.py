@@ -13,8 +13,11 @@ Protocols (frame indices are relative to the segment start, see decode.py):
 - `uniform:N` / `uniform:NxT`: N clips of T consecutive frames (T = 16 by default); the first clip
   starts at frame 0, the last ends at the last frame, the others are evenly spaced between them
   (rounded to the nearest frame); N = 1 takes the middle clip. Short side to 256, center crop 224.
+- `stride:T`: long performances: non-overlapping T-frame clips over the whole segment, starting at 0, T, 2T, ...;
+  floor(n / T) clips (the last n mod T frames are dropped), so the clip count follows the video's length and the
+  features are a *sequence* (schema 2). GDLT (CVPR 2022) uses T = 32. Short side 256, center crop 224.
 
-Too-short videos: every index past the last frame is replaced by the last frame (the video is padded
+Too-short videos: every index past the last frame (a stride:T video shorter than T gives one padded clip) is replaced by the last frame (the video is padded
 by repeating its last frame); a video with no decodable frame fails (decode.py raises).
 
 Pixels: RGB, float32, x / 127.5 - 1, so [-1, 1]. Resizing is torch.nn.functional.interpolate on the
@@ -46,8 +49,8 @@ class ClipProtocol:
     """A clip protocol: its canonical name and every number that defines its clips and pixels."""
 
     name: str
-    kind: str  # "mtl-aqa", "jigsaws" or "uniform"
-    num_clips: int
+    kind: str  # "mtl-aqa", "jigsaws", "uniform" or "stride"
+    num_clips: int  # 0 for stride: the count follows each video's length
     frames_per_clip: int
     resize: str  # "fixed 455x256" or "short side 256"
     crop_size: int = CROP_SIZE
@@ -59,6 +62,15 @@ class ClipProtocol:
             start = 0 if start_frame is None else int(start_frame)
             return start, start + MTL_AQA_FRAMES - 1
         return start_frame, end_frame
+
+    @property
+    def variable_length(self) -> bool:
+        """True when the clip count depends on the video (stride:T): its features are a sequence."""
+        return self.kind == "stride"
+
+    def clip_count(self, num_frames: int) -> int:
+        """How many clips a segment of `num_frames` frames gives."""
+        return max(int(num_frames) // self.frames_per_clip, 1) if self.kind == "stride" else self.num_clips
 
     def clip_indices(self, num_frames: int) -> np.ndarray:
         """(num_clips, frames_per_clip) int64 frame indices for a segment of `num_frames` frames."""
@@ -78,11 +90,12 @@ _SAMPLING = {
     "mtl-aqa": "103 frames from start_frame, end_frame ignored; clips start at 0, 10, ..., 80 and 87",
     "jigsaws": "linspace(0, n - 1, 160) truncated to int (MUSDL's) in 10 consecutive clips of 16",
     "uniform": "first clip at 0, last ending at n - 1, rint-spaced between; one clip: the middle",
+    "stride": "non-overlapping clips at 0, T, 2T, ...; floor(n / T) of them (at least 1), the tail dropped",
 }
 MTL_AQA_FRAMES = 103
 MTL_AQA_RESIZE_HW = (256, 455)
 JIGSAWS_FRAMES = 160
-PROTOCOL_NAMES = ("mtl-aqa", "jigsaws", "uniform:N", "uniform:NxT")
+PROTOCOL_NAMES = ("mtl-aqa", "jigsaws", "uniform:N", "uniform:NxT", "stride:T")
 
 
 def parse_protocol(name: str) -> ClipProtocol:
@@ -100,6 +113,12 @@ def parse_protocol(name: str) -> ClipProtocol:
             raise UsageError(f"protocol {name!r}: clip count and clip length must be at least 1")
         return ClipProtocol(f"uniform:{num_clips}x{frames_per_clip}", "uniform", num_clips, frames_per_clip,
                             f"short side {SHORT_SIDE}")
+    match = re.fullmatch(r"stride:(\d+)", text)
+    if match:
+        frames_per_clip = int(match.group(1))
+        if frames_per_clip < 1:
+            raise UsageError(f"protocol {name!r}: the clip length must be at least 1")
+        return ClipProtocol(f"stride:{frames_per_clip}", "stride", 0, frames_per_clip, f"short side {SHORT_SIDE}")
     raise UsageError(f"unknown clip protocol {name!r}; choose one of: {', '.join(PROTOCOL_NAMES)}")
 
 
@@ -124,6 +143,9 @@ def clip_indices(protocol: ClipProtocol, num_frames: int) -> np.ndarray:
     length = protocol.frames_per_clip
     if protocol.kind == "mtl-aqa":
         starts = np.append(np.arange(0, 81, 10), MTL_AQA_FRAMES - length)
+        indices = starts[:, None] + np.arange(length)[None, :]
+    elif protocol.kind == "stride":
+        starts = np.arange(protocol.clip_count(num_frames)) * length
         indices = starts[:, None] + np.arange(length)[None, :]
     elif protocol.kind == "jigsaws":
         sampled = np.linspace(0, num_frames - 1, JIGSAWS_FRAMES).astype(np.int64)  # truncation, as MUSDL

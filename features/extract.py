@@ -38,6 +38,7 @@ from dae.features.decode import DECODERS, DEFAULT_DECODER, decoder_version
 from dae.features.decode_pool import DecodePool, VideoTask, default_workers
 from dae.features.resume import Parts, output_lock, resume_point
 from dae.features.store import read_features, write_features
+from dae.progress import ProgressLine
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv",
                             ".3gp", ".ts", ".mts", ".m2ts", ".ogv", ".vob"})
@@ -300,51 +301,6 @@ class BatchRunner:
 
 # -- progress and results ---------------------------------------------------------------------------------
 
-class ProgressLine:
-    """'done/total videos, videos/s, ETA' on stderr: rewritten in place on a terminal (every 0.5 s), else one
-    line every 30 s (logs of long runs under nohup or a scheduler). enabled=False silences it."""
-
-    LOG_INTERVAL_S = 30.0
-
-    def __init__(self, total: int, already: int, stream=None, enabled: bool | None = None):
-        self.stream = stream or sys.stderr
-        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
-        self.enabled = True if enabled is None else enabled
-        self.interval = 0.5 if self.tty else self.LOG_INTERVAL_S
-        self.total, self.already, self.done, self.failed = total, already, 0, 0
-        self.start = self.last = time.monotonic()
-        self.pending_newline = False
-        if self.enabled and not self.tty:
-            self.stream.write(f"extract: {already}/{total} videos already done; starting (progress every "
-                              f"{self.interval:.0f} s)\n")
-            self.stream.flush()
-
-    def update(self, failed: bool = False, force: bool = False) -> None:
-        self.done += 1
-        self.failed += int(failed)
-        now = time.monotonic()
-        finished = self.already + self.done >= self.total
-        if not self.enabled or (now - self.last < self.interval and not force and not (finished and self.tty)):
-            return
-        self.last = now
-        rate = self.done / max(now - self.start, 1e-9)
-        left = self.total - self.already - self.done
-        eta = _dt.timedelta(seconds=round(left / rate)) if rate > 0 else "?"
-        failed_text = f", {self.failed} failed" if self.failed else ""
-        text = f"extract: {self.already + self.done}/{self.total} videos{failed_text}  {rate:.2f} videos/s  ETA {eta}"
-        if self.tty:
-            self.stream.write(f"\r{text}   ")
-            self.pending_newline = True
-        else:
-            self.stream.write(text + "\n")
-        self.stream.flush()
-
-    def close(self) -> None:
-        if self.pending_newline:
-            self.stream.write("\n")
-            self.stream.flush()
-
-
 @dataclass
 class ExtractResult:
     """What a run produced: the file, the extracted ids, the failures, and how long this invocation took."""
@@ -398,6 +354,9 @@ def extract(videos, out, *, manifest=None, protocol: str = DEFAULT_PROTOCOL, dev
             progress: bool | None = None, note=None) -> ExtractResult:
     """Extract every video under `videos` (or every row of `manifest`) into the feature file `out`."""
     proto = parse_protocol(protocol)
+    if proto.variable_length:  # the engine's slots and resume still assume a fixed clip count
+        raise UsageError(f"protocol {proto.name}: extracting clip sequences is not supported yet; "
+                         "import per-video (T, D) arrays with `dae features import --npy-dir DIR --keep-clips`")
     shard_pair, from_env = (parse_shard(shard), False) if shard else (shard_from_environment(), True)
     tasks = list_tasks(videos, manifest)
     all_ids = [t.video_id for t in tasks]

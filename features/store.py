@@ -1,4 +1,10 @@
-"""The one place that knows the HDF5 feature-file schema (DESIGN.md, schema_version 1): write, read, validate, join."""
+"""The one place that knows the HDF5 feature-file schema (DESIGN.md, schema_version 1 and 2): write, read, validate, join.
+
+Schema 2 adds per-video clip *sequences* of varying length, stored flat: `/sequences` (sum of T, D), float32 or
+float16, and `/sequence_offsets` (N + 1,) int64, video i's clips being rows offsets[i]:offsets[i + 1]. `/features`
+stays the per-video mean of its clips (computed before any float16 rounding), so pooled heads read a schema-2 file
+as they read a schema-1 one. A file without sequences is written as schema 1.
+"""
 from __future__ import annotations
 
 import datetime as _dt
@@ -14,10 +20,49 @@ from dae import __version__
 from dae.atomic import atomic_path
 from dae.errors import DaeError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2          # the newest schema this dae reads; files without sequences are written as schema 1
+SEQUENCE_DTYPES = ("float32", "float16")
+_FLOAT16_MAX = float(np.finfo(np.float16).max)
 ROOT_ATTRS = ("schema_version", "backbone", "weights_sha256", "protocol", "decoder",
               "decoder_version", "dae_version", "created_utc")
 _STR = h5py.string_dtype("utf-8")
+
+
+@dataclass
+class Sequences:
+    """Per-video clip sequences of varying length, flat: video i is data[offsets[i]:offsets[i + 1]], (T_i, D)."""
+
+    data: np.ndarray      # (sum of T, D), float32 or float16
+    offsets: np.ndarray   # (N + 1,) int64, offsets[0] = 0, offsets[-1] = len(data)
+
+    @classmethod
+    def from_arrays(cls, arrays, dtype="float32") -> "Sequences":
+        """Sequences from a list of (T_i, D) arrays (no checks: `check_sequences` does them)."""
+        lengths = [len(a) for a in arrays]
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        dim = arrays[0].shape[1] if arrays and np.ndim(arrays[0]) == 2 else 0
+        data = np.concatenate([np.asarray(a, dtype=dtype).reshape(-1, dim) for a in arrays]) if arrays \
+            else np.zeros((0, dim), dtype)
+        return cls(data, offsets)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    @property
+    def starts(self) -> np.ndarray:
+        return self.offsets[:-1]
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.data[self.offsets[i]:self.offsets[i + 1]]
+
+    def means(self) -> np.ndarray:
+        """(N, D) float32: each sequence's mean over its clips, accumulated in float64."""
+        sums = np.add.reduceat(self.data.astype(np.float64), self.offsets[:-1], axis=0)
+        return (sums / self.lengths[:, None]).astype(np.float32)
 
 
 @dataclass
@@ -29,6 +74,7 @@ class FeatureSet:
     attrs: dict = field(default_factory=dict)
     path: str | None = None
     clip_features: np.ndarray | None = None
+    sequences: Sequences | None = None  # schema 2, read with read_features(..., sequences=True)
 
     @property
     def dim(self) -> int:
@@ -69,6 +115,31 @@ def check_arrays(video_ids, features, source: str, clip_features=None) -> np.nda
             raise DaeError(f"{source}: /clip_features must be (N, C, D) = ({features.shape[0]}, C, "
                            f"{features.shape[1]}), got {clip_features.shape}")
     return features
+
+
+def check_sequences(video_ids, sequences: Sequences, dim: int, source: str) -> Sequences:
+    """Validate flat sequences against N ids and dimension D: offsets, no empty sequence, finite values."""
+    offsets = np.asarray(sequences.offsets)
+    data = np.asarray(sequences.data)
+    if offsets.ndim != 1 or len(offsets) != len(video_ids) + 1 or not np.issubdtype(offsets.dtype, np.integer):
+        raise DaeError(f"{source}: /sequence_offsets must be (N + 1,) = ({len(video_ids) + 1},) integers, "
+                       f"got {offsets.shape} {offsets.dtype}")
+    if data.ndim != 2 or data.shape[1] != dim:
+        raise DaeError(f"{source}: /sequences must be (sum of T, D) with D = {dim}, got {data.shape}")
+    if offsets[0] != 0 or offsets[-1] != data.shape[0] or np.any(np.diff(offsets) < 0):
+        raise DaeError(f"{source}: /sequence_offsets must rise from 0 to {data.shape[0]} (the clip count)")
+    empty = np.flatnonzero(np.diff(offsets) == 0)
+    if len(empty):
+        raise DaeError(f"{source}: {len(empty)} videos have a zero-length sequence, first: "
+                       f"{', '.join(repr(video_ids[i]) for i in empty[:5])}")
+    if str(data.dtype) not in SEQUENCE_DTYPES:
+        raise DaeError(f"{source}: /sequences must be float32 or float16, got {data.dtype}")
+    bad_clips = np.flatnonzero(~np.isfinite(data).all(axis=1))
+    if len(bad_clips):
+        videos = np.unique(np.searchsorted(offsets, bad_clips, side="right") - 1)
+        raise DaeError(f"{source}: {len(videos)} videos have NaN/Inf in their sequence, first: "
+                       f"{', '.join(repr(video_ids[i]) for i in videos[:5])}")
+    return Sequences(data, offsets.astype(np.int64))
 
 
 def default_attrs(**overrides) -> dict:
@@ -132,11 +203,29 @@ def _read_attrs(obj) -> dict:
     return attrs
 
 
-def write_features(path, video_ids, features, *, clip_features=None, attrs: dict | None = None) -> None:
-    """Write a complete feature file atomically (temporary name, then rename)."""
+def write_features(path, video_ids, features, *, clip_features=None, sequences: Sequences | None = None,
+                   sequence_dtype: str | None = None, attrs: dict | None = None) -> None:
+    """Write a complete feature file atomically (temporary name, then rename).
+
+    With `sequences` the file is schema 2; `sequence_dtype` (float32 or float16, default: the data's own) is how
+    they are stored, recorded in the `sequence_dtype` attribute. Nothing is written when a check fails."""
     video_ids = [str(v) for v in video_ids]
     features = check_arrays(video_ids, features, str(path), clip_features)
     merged = default_attrs(**(attrs or {}))
+    if sequences is not None:
+        sequence_dtype = sequence_dtype or str(np.asarray(sequences.data).dtype)
+        if sequence_dtype not in SEQUENCE_DTYPES:
+            raise DaeError(f"{path}: sequences are stored as {' or '.join(SEQUENCE_DTYPES)}, not {sequence_dtype}")
+        sequences = check_sequences(video_ids, sequences, features.shape[1], str(path))
+        if sequence_dtype == "float16" and sequences.data.dtype != np.float16:
+            too_big = np.flatnonzero(np.abs(sequences.data).max(axis=1) > _FLOAT16_MAX)
+            if len(too_big):
+                video = video_ids[int(np.searchsorted(sequences.offsets, too_big[0], side="right") - 1)]
+                raise DaeError(f"{path}: video {video!r} has clip values beyond float16's range "
+                               f"({_FLOAT16_MAX:g}); store the sequences as float32")
+        merged.update(schema_version=2, sequence_dtype=sequence_dtype)
+    else:
+        merged["schema_version"] = 1
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
             f.create_dataset("video_id", data=np.array(video_ids, dtype=object), dtype=_STR)
@@ -144,11 +233,17 @@ def write_features(path, video_ids, features, *, clip_features=None, attrs: dict
             if clip_features is not None:
                 f.create_dataset("clip_features", data=np.asarray(clip_features, dtype=np.float32),
                                  dtype="float32")
+            if sequences is not None:
+                f.create_dataset("sequences", data=sequences.data.astype(sequence_dtype, copy=False))
+                f.create_dataset("sequence_offsets", data=sequences.offsets)
             _write_attrs(f, merged)
 
 
-def read_features(path, *, clip_features: bool = False) -> FeatureSet:
-    """Read and validate a feature file; any HDF5 file with /video_id and /features is accepted."""
+def read_features(path, *, clip_features: bool = False, sequences: bool = False) -> FeatureSet:
+    """Read and validate a feature file; any HDF5 file with /video_id and /features is accepted.
+
+    sequences=True also reads a schema-2 file's clip sequences (in their stored dtype); a file without them
+    gives FeatureSet.sequences = None (callers that need them say so)."""
     path = Path(path)
     if not path.exists():
         raise DaeError(f"feature file {path} does not exist")
@@ -163,12 +258,29 @@ def read_features(path, *, clip_features: bool = False) -> FeatureSet:
         video_ids = [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in f["video_id"][()]]
         feats = f["features"][()]
         clips = f["clip_features"][()] if clip_features and "clip_features" in f else None
+        seqs = None
+        if sequences and "sequences" in f:
+            if "sequence_offsets" not in f:
+                raise DaeError(f"{path}: /sequences without /sequence_offsets")
+            seqs = Sequences(f["sequences"][()], f["sequence_offsets"][()])
         attrs = _read_attrs(f)
     version = attrs.get("schema_version", SCHEMA_VERSION)
     if int(version) > SCHEMA_VERSION:
         raise DaeError(f"{path}: schema_version {version} is newer than this dae understands ({SCHEMA_VERSION})")
     feats = check_arrays(video_ids, feats, str(path), clips)
-    return FeatureSet(video_ids=video_ids, features=feats, attrs=attrs, path=str(path), clip_features=clips)
+    if seqs is not None:
+        seqs = check_sequences(video_ids, seqs, feats.shape[1], str(path))
+    return FeatureSet(video_ids=video_ids, features=feats, attrs=attrs, path=str(path), clip_features=clips,
+                      sequences=seqs)
+
+
+def has_sequences(path) -> bool:
+    """Whether a feature file holds schema-2 clip sequences (cheap: reads no data)."""
+    try:
+        with h5py.File(path, "r") as f:
+            return "sequences" in f
+    except OSError:
+        return False
 
 
 def content_sha256(fs: FeatureSet) -> str:
@@ -180,42 +292,99 @@ def content_sha256(fs: FeatureSet) -> str:
     return h.hexdigest()
 
 
-def align(fs: FeatureSet, video_ids, manifest_name: str = "manifest") -> np.ndarray:
-    """Return the feature rows in the order of `video_ids`; a clear error lists ids the file lacks."""
+def _rows_of(fs: FeatureSet, video_ids, manifest_name: str) -> list[int]:
     index = {vid: i for i, vid in enumerate(fs.video_ids)}
     missing = [vid for vid in video_ids if vid not in index]
     if missing:
         raise DaeError(f"{len(missing)} of {len(video_ids)} video ids in {manifest_name} are missing from "
                        f"{fs.path or 'the features'}, first: {', '.join(map(repr, missing[:5]))}")
-    return fs.features[[index[vid] for vid in video_ids]]
+    return [index[vid] for vid in video_ids]
 
 
-def import_npy_dir(npy_dir, out, *, backbone: str = "imported") -> FeatureSet:
-    """Convert a folder of per-video .npy arrays, (T, D) or (D,), into one feature file (mean over T)."""
+def align(fs: FeatureSet, video_ids, manifest_name: str = "manifest") -> np.ndarray:
+    """Return the feature rows in the order of `video_ids`; a clear error lists ids the file lacks."""
+    return fs.features[_rows_of(fs, video_ids, manifest_name)]
+
+
+def align_sequences(fs: FeatureSet, video_ids, manifest_name: str = "manifest"):
+    """(clips (sum of T, D), starts (n,), lengths (n,)): the sequences of `video_ids` in that order, as views
+    into the file's flat array (nothing copied); a file without sequences is refused with what to do."""
+    if fs.sequences is None:
+        raise DaeError(f"{fs.path or 'the features'} has no clip sequences (schema 2); a sequence head needs "
+                       "them: `dae features import --npy-dir DIR --keep-clips` or `dae extract --protocol stride:32`")
+    rows = np.asarray(_rows_of(fs, video_ids, manifest_name), dtype=np.int64)
+    return fs.sequences.data, fs.sequences.starts[rows], fs.sequences.lengths[rows]
+
+
+def import_npy_dir(npy_dir, out, *, backbone: str = "imported", keep_clips: bool = False,
+                   clip_dtype: str = "float32", progress=None) -> FeatureSet:
+    """Convert a folder of per-video .npy arrays into one feature file.
+
+    Pooled (default): (T, D) or (D,) arrays, each pooled by its mean over T. keep_clips: (T, D) arrays of any
+    T >= 1 kept as schema-2 sequences (stored as `clip_dtype`), with their means as /features. Every file is
+    checked before anything is written; the first bad one is named."""
     npy_dir = Path(npy_dir)
     if not npy_dir.is_dir():
         raise DaeError(f"--npy-dir {npy_dir} is not a folder")
+    if clip_dtype not in SEQUENCE_DTYPES:
+        raise DaeError(f"clip dtype must be one of {', '.join(SEQUENCE_DTYPES)}, got {clip_dtype!r}")
     files = sorted(p for p in npy_dir.rglob("*.npy") if p.is_file())
     if not files:
         raise DaeError(f"no .npy files under {npy_dir}")
-    ids, rows = [], []
-    for p in files:
+    ids, arrays = [], []
+    for number, p in enumerate(files, start=1):
         try:
             arr = np.load(p, allow_pickle=False)
         except (ValueError, OSError) as exc:
             raise DaeError(f"{p}: not a plain numeric .npy array ({exc})") from None
-        if arr.ndim == 2:
-            arr = arr.mean(axis=0)
-        elif arr.ndim != 1:
-            raise DaeError(f"{p}: expected shape (T, D) or (D,), got {arr.shape}")
-        if rows and arr.shape[0] != rows[0].shape[0]:
-            raise DaeError(f"{p}: feature dimension {arr.shape[0]} differs from {files[0]} ({rows[0].shape[0]})")
+        if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
+            raise DaeError(f"{p}: expected real numbers, got dtype {arr.dtype}")
+        if arr.ndim != 2 and (keep_clips or arr.ndim != 1):
+            wanted = "(T, D)" if keep_clips else "(T, D) or (D,)"
+            raise DaeError(f"{p}: expected shape {wanted}, got {arr.shape}")
+        if arr.ndim == 2 and arr.shape[0] == 0:
+            raise DaeError(f"{p}: zero-length sequence (shape {arr.shape}): a video needs at least one clip")
+        if arr.shape[-1] == 0 or (arrays and arr.shape[-1] != arrays[0].shape[-1]):
+            raise DaeError(f"{p}: feature dimension {arr.shape[-1]} differs from {files[0]} "
+                           f"({arrays[0].shape[-1] if arrays else 'none'})")
+        finite = np.isfinite(arr.reshape(-1, arr.shape[-1])).all(axis=1)
+        if not finite.all():
+            where = f" at clip {int(np.argmin(finite))}" if arr.ndim == 2 else ""
+            raise DaeError(f"{p}: NaN or Inf{where}")
+        if keep_clips and clip_dtype == "float16" and np.abs(arr).max() > _FLOAT16_MAX:
+            raise DaeError(f"{p}: values beyond float16's range ({_FLOAT16_MAX:g}); use --clip-dtype float32")
         ids.append(p.relative_to(npy_dir).with_suffix("").as_posix())
-        rows.append(arr.astype(np.float32))
-    feats = np.stack(rows)
-    write_features(out, ids, feats, attrs={"backbone": backbone, "protocol": {"name": "imported-npy",
-                                                                               "pooling": "mean over T"}})
+        arrays.append(arr)
+        if progress:
+            progress(number, len(files))
+    if keep_clips:
+        # /features: the mean of the values as given (float64 sums), not of their float16-rounded copies
+        feats = np.stack([a.mean(axis=0, dtype=np.float64) for a in arrays]).astype(np.float32)
+        sequences = Sequences.from_arrays(arrays, dtype=clip_dtype)
+        protocol = {"name": "imported-npy", "pooling": "mean over T", "sequences": "kept (T, D) per video"}
+        write_features(out, ids, feats, sequences=sequences, sequence_dtype=clip_dtype,
+                       attrs={"backbone": backbone, "protocol": protocol})
+    else:
+        feats = np.stack([a.mean(axis=0) if a.ndim == 2 else a for a in arrays]).astype(np.float32)
+        write_features(out, ids, feats, attrs={"backbone": backbone, "protocol": {"name": "imported-npy",
+                                                                                   "pooling": "mean over T"}})
     return read_features(out)
+
+
+def length_summary(lengths) -> list[str]:
+    """Lines describing a distribution of sequence lengths: quantiles and a small text histogram."""
+    lengths = np.asarray(lengths)
+    q = np.percentile(lengths, [0, 5, 50, 95, 100])
+    lines = [f"  clips/video   min {q[0]:.0f}  p5 {q[1]:.0f}  median {q[2]:.0f}  p95 {q[3]:.0f}  max {q[4]:.0f}  "
+             f"(mean {lengths.mean():.1f}, total {int(lengths.sum())})"]
+    lo, hi = int(lengths.min()), int(lengths.max())
+    edges = np.unique(np.linspace(lo, hi + 1, min(8, hi - lo + 1) + 1).round().astype(int))
+    counts, _ = np.histogram(lengths, bins=edges)
+    width = max(counts.max(), 1)
+    for a, b, c in zip(edges[:-1], edges[1:], counts):
+        span = f"{a}" if b - a == 1 else f"{a}-{b - 1}"
+        lines.append(f"    {span:>11} {c:6d} {'#' * int(round(30 * c / width))}")
+    return lines
 
 
 def describe(path) -> str:
@@ -224,9 +393,16 @@ def describe(path) -> str:
     with h5py.File(path, "r") as f:
         has_clips = "clip_features" in f
         clip_shape = f["clip_features"].shape if has_clips else None
+        lengths = np.diff(f["sequence_offsets"][()]) if "sequence_offsets" in f else None
+        seq_dtype = f["sequences"].dtype if "sequences" in f else None
     lines = [f"{path}", f"  videos        {len(fs.video_ids)}", f"  dimension     {fs.dim}",
-             f"  clip_features {clip_shape if has_clips else 'absent'}",
-             f"  content_sha256 {content_sha256(fs)}"]
+             f"  clip_features {clip_shape if has_clips else 'absent'}"]
+    if lengths is not None:
+        lines.append(f"  sequences     {len(lengths)} videos, {int(lengths.sum())} clips, {seq_dtype}")
+        lines += length_summary(lengths)
+    else:
+        lines.append("  sequences     absent (schema 1: pooled features only)")
+    lines.append(f"  content_sha256 {content_sha256(fs)}")
     for key in sorted(fs.attrs):
         value = fs.attrs[key]
         if key == "failures" and isinstance(value, list):

@@ -2,15 +2,24 @@
 
 `DAEHead` is one model, as in the paper. `StackedDAE` holds K such heads as stacked weights so that K heads
 (seeds, losses, folds, groups) train in one batched forward/backward; `StackedDAE.head(k)` gives head k back.
+`DAE` is the head's objective for the stacked trainer (`dae.heads.trainer.train`). A distribution with a learned
+shape (Student-t's nu) gets one extra parameter per model, trained by the same Adam with a larger step
+(`SHAPE_LR_SCALE`): at the heads' learning rate it would hardly move in a study's few hundred steps.
 """
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import nn
 
 from dae.heads.config import HIDDEN
+from dae.heads.distributions import get_distribution, scale_from_log_variance
+from dae.heads.losses import V1_PERIOD, loss_terms, loss_weights
+from dae.heads.pooled import PooledFeatures
+
+SHAPE_LR_SCALE = 100.0
 
 LOG_VAR_BOUNDS = (-12.0, 2.0)  # log variance in normalised score units: sigma between 0.0025 and 2.7 ranges
 
@@ -138,3 +147,98 @@ class StackedDAE(nn.Module):
                 m.weight.copy_(w[k])
                 m.bias.copy_(bias[k, :, 0])
         return head
+
+
+def trains_scale(spec, epochs: int) -> bool:
+    """Whether any loss term of the spec's schedule (rec or NLL) reaches the predicted spread."""
+    weights = [loss_weights(spec.loss, e, spec.alpha, spec.beta) for e in range(min(epochs, V1_PERIOD))]
+    return any(w[0] != 0 or w[2] != 0 for w in weights)
+
+
+class _DAEStack(nn.Module):
+    """The trainer's module for the DAE objective: stacked heads, their inputs, and a learned shape if any."""
+
+    def __init__(self, net: StackedDAE, data: PooledFeatures, stream_sets, dist, variance, shape_raw):
+        super().__init__()
+        self.net, self.data, self.stream_sets, self.dist = net, data, stream_sets, dist
+        self.variance = variance  # (K, 1) bool: the paper's y = mu + eps * sigma^2
+        self.shape_raw = shape_raw
+
+    def fitted(self, k: int):
+        return self.dist.bind(float(self.shape_raw[k].detach())) if self.shape_raw is not None else self.dist
+
+
+class DAE:
+    """The DAE objective: features (N, D) and normalised targets (N,); prediction `mu` or `sample` (one draw).
+
+    Models of one stream (same training rows and seed) read one batch, so their first layers are one wide matmul.
+    """
+
+    def __init__(self, features, targets, prediction: str = "mu"):
+        self.features = np.asarray(features, dtype=np.float32)
+        self.g = torch.as_tensor(np.asarray(targets, dtype=np.float32))
+        self.targets = self.g.numpy()
+        self.prediction = prediction
+
+    def key(self, job):
+        return job.spec.distribution  # one distribution per stacked module
+
+    def build(self, stack):
+        jobs, dev = stack.jobs, stack.device
+        data = PooledFeatures(self.features, jobs, stack.config.standardize, dev)
+        net = StackedDAE([DAEHead(data.dim, stack.config.hidden, seed=j.spec.seed) for j in jobs], stack.group_size)
+        dist = get_distribution(jobs[0].spec.distribution)
+        # A learned shape (nu): one raw value per model, (K, 1) so that it broadcasts over the batch.
+        shape_raw = nn.Parameter(torch.full((len(jobs), 1), dist.raw_init(), device=dev)) \
+            if dist.learned_shape else None
+        variance = torch.tensor([j.spec.reparam == "variance" for j in jobs], device=dev).unsqueeze(1)
+        module = _DAEStack(net.to(dev), data, data.set_of_job[::stack.group_size], dist, variance, shape_raw)
+        module.scored = [trains_scale(j.spec, stack.config.epochs) for j in jobs]
+        return module
+
+    def param_groups(self, module, config):
+        groups = [{"params": list(module.net.parameters())}]
+        if module.shape_raw is not None:
+            groups.append({"params": [module.shape_raw], "lr": config.lr * SHAPE_LR_SCALE, "weight_decay": 0.0})
+        return groups
+
+    def inputs(self, module, batch):
+        sets = module.stream_sets if batch.training else module.data.set_of_job
+        return module.data.take(sets, batch.rows)  # training (S, b, D), one per stream; evaluation (K, n, D)
+
+    def loss(self, module, x, batch, weights):
+        rows, size, dist = batch.rows, batch.group_size, module.dist
+        target = self.g[rows].repeat_interleave(size, 0).to(x.device)                         # (K, b)
+        base = torch.stack([dist.base_noise(rows.shape[1], gen) for gen in batch.generators]).to(x.device)
+        if module.shape_raw is not None:
+            dist = dist.bind(module.shape_raw)
+            eps = dist.standard_sample(base.repeat_interleave(size, 0))
+        else:
+            eps = dist.standard_sample(base).repeat_interleave(size, 0)
+        mu, log_var = module.net(x)
+        scale = scale_from_log_variance(log_var, module.variance)
+        return (loss_terms(target, mu, mu + eps * scale, scale, dist) * weights).sum(-1)
+
+    def predict(self, module, x, batch, final):
+        mu, log_var = module.net.forward_per_head(x)
+        scale = scale_from_log_variance(log_var, module.variance) if final else None
+        mu = mu.cpu()
+        out = []
+        for k, n in enumerate(batch.lengths):
+            m = mu[k, :n].numpy().astype(np.float64)
+            if not final:
+                out.append({"pred": m})
+                continue
+            s = scale[k, :n].cpu().numpy().astype(np.float64)
+            pred = m
+            if self.prediction == "sample":
+                gen = torch.Generator()
+                gen.set_state(batch.generators[k].get_state())  # every evaluation set draws as if alone
+                pred = m + module.fitted(k).standard_noise(n, gen).numpy() * s
+            out.append({"mu": m, "scale": s if module.scored[k] else None, "pred": pred})
+        return out
+
+    def export(self, module, k):
+        mean, std = module.data.job_stats(k)
+        return {"state_dict": module.net.head(k).state_dict(), "input_mean": mean, "input_std": std,
+                "distribution": module.fitted(k)}

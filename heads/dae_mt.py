@@ -13,7 +13,7 @@ import torch
 
 from dae.errors import UsageError
 from dae.heads.dae import bound_log_variance
-from dae.heads.distributions import get_distribution
+from dae.heads.distributions import get_distribution, scale_from_log_variance
 from dae.heads.losses import loss_terms
 
 
@@ -54,8 +54,7 @@ class DAEMT:
     def final(self, out, rows, models):
         """Final-score mu and spread (M, n), normalised: multiplier a = difficulty x E / (hi - lo)."""
         mu = out[:, 0, 0, :]
-        sigma = torch.exp(0.5 * bound_log_variance(out[:, 0, 1, :]))
-        scale = torch.where(self.variance[models].unsqueeze(1), sigma * sigma, sigma)
+        scale = scale_from_log_variance(bound_log_variance(out[:, 0, 1, :]), self.variance[models].unsqueeze(1))
         a = self.difficulty[rows] * self.execution_scales[models].unsqueeze(1) / self.span
         return a * mu + self.offset, a * scale
 

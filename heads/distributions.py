@@ -234,10 +234,20 @@ def get_distribution(name):
 REPARAMS = ("sigma", "variance")
 
 
-def sample_scale(sigma, reparam: str):
-    """The spread the reparameterised sample actually has: sigma, or sigma^2 for the paper's y = mu + eps*sigma^2."""
+def sample_scale(sigma, reparam):
+    """The spread the reparameterised sample actually has: sigma, or sigma^2 for the paper's y = mu + eps*sigma^2.
+
+    reparam: "sigma" or "variance", or a boolean tensor broadcasting against sigma (True: variance), one per model.
+    """
+    if torch.is_tensor(reparam):
+        return torch.where(reparam, sigma * sigma, sigma)
     if reparam == "sigma":
         return sigma
     if reparam == "variance":
         return sigma * sigma
     raise ValueError(f"unknown reparameterisation {reparam!r}")
+
+
+def scale_from_log_variance(log_var, reparam):
+    """The one reparameterised scale of every head: sigma = exp(log_var / 2), then `sample_scale`."""
+    return sample_scale(torch.exp(0.5 * log_var), reparam)

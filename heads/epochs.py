@@ -1,9 +1,11 @@
-"""The epoch loop the batched trainers share (stacked DAE heads, stacked judge/bin paths): per-model data order,
-one optimizer step per batch for all models, training curves and best-epoch model selection.
+"""The stacked trainer's epoch loop: per-stream data order, one optimizer step per batch for all models, training
+curves, divergence checks and best-epoch model selection.
 
 The trained parameters are stacked with the model as leading dimension (K, ...), model-major when a model
 holds several rows (paths). Selection keeps, per model, the parameters of the epoch with the best Spearman
-on the selection set (`best-val`: a split carved from train; `best-test`: the test set, optimistic).
+on the selection set (`best-val`: a split carved from train; `best-test`: the test set, optimistic). A model
+whose selection Spearman is undefined at every epoch (NaN: e.g. a one-video validation set) keeps its last
+epoch, never its untrained weights, and says so (`EpochTracker.note`).
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ class EpochTracker:
         self.best_score = np.full(self.k, -np.inf)
         self.best_epoch = np.full(self.k, epochs - 1)
         self.best_params = [p.detach().clone() for p in self.params] if self.select_set else None
+        self.selection = selection
         self.curves = defaultdict(list) if track_curves else None
 
     def sets_to_score(self, names) -> list[str]:
@@ -58,13 +61,21 @@ class EpochTracker:
 
     @torch.no_grad()
     def restore(self) -> None:
-        """Put the selected epoch's parameters back (no-op for `last`)."""
+        """Put the selected epoch's parameters back (no-op for `last`, and for models never scored: their last)."""
         if self.select_set:
+            scored = torch.as_tensor(np.isfinite(self.best_score), device=self.params[0].device).view(-1, 1)
             for p, best in zip(self.params, self.best_params):
-                p.copy_(best)
+                p.view(self.k, -1).copy_(torch.where(scored, best.view(self.k, -1), p.view(self.k, -1)))
 
     def selected_epoch(self, i: int) -> int:
         return int(self.best_epoch[i])
+
+    def note(self, i: int) -> str:
+        """Why model i's selection rule could not be applied ("" if it could)."""
+        if self.select_set and not np.isfinite(self.best_score[i]):
+            return (f"{self.selection}: the {self.select_set} Spearman was undefined at every epoch; "
+                    f"the last epoch is kept")
+        return ""
 
     def curve(self, i: int) -> dict | None:
         return {key: np.stack(v)[:, i] for key, v in self.curves.items()} if self.curves is not None else None
@@ -79,10 +90,15 @@ def shuffled_batches(train: torch.Tensor, generators, batch_size: int):
 
 
 def run_epochs(jobs, epochs: int, batch_size: int, train: torch.Tensor, generators, model, optimizer,
-               tracker: EpochTracker, step_loss, score, eval_names, device="cpu") -> None:
+               tracker: EpochTracker, step_loss, score, eval_names, device="cpu", report=None) -> dict:
     """Train all models for `epochs`: `train` (G, n) rows shuffled per generator, cut into batches;
     step_loss(rows (G, b), weights (K, 3)) -> per-model loss (K,) with gradients; score(name) -> each model's
-    Spearman on evaluation set `name` (called when curves or the selection rule need it)."""
+    Spearman on evaluation set `name` (called when curves or the selection rule need it);
+    report(epoch, mean training loss of the finite models) after each epoch.
+
+    Returns {model: why it diverged} for the models whose training loss became non-finite (they train on, but
+    nothing of theirs reaches the others: every model has its own parameters and loss term)."""
+    diverged = {}
     for epoch in range(epochs):
         weights = torch.tensor([loss_weights(j.spec.loss, epoch, j.spec.alpha, j.spec.beta) for j in jobs],
                                device=device)
@@ -93,9 +109,15 @@ def run_epochs(jobs, epochs: int, batch_size: int, train: torch.Tensor, generato
             optimizer.zero_grad()
             per_model.sum().backward()
             optimizer.step()
-            if tracker.curves is not None:
-                epoch_loss += per_model.detach() * rows.shape[1]
-        tracker.train_loss(epoch_loss / train.shape[1])
+            epoch_loss += per_model.detach() * rows.shape[1]
+        epoch_loss = (epoch_loss / train.shape[1]).cpu()
+        tracker.train_loss(epoch_loss)
+        finite = torch.isfinite(epoch_loss)
+        for k in torch.nonzero(~finite).flatten().tolist():
+            diverged.setdefault(k, f"non-finite training loss from epoch {epoch + 1}")
         for name in tracker.sets_to_score(eval_names):
             tracker.observe(epoch, name, score(name))
+        if report:
+            report(epoch, float(epoch_loss[finite].mean()) if finite.any() else float("nan"))
     tracker.restore()
+    return diverged

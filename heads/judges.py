@@ -19,7 +19,7 @@ import torch
 
 from dae.errors import UsageError
 from dae.heads.dae import bound_log_variance
-from dae.heads.distributions import get_distribution
+from dae.heads.distributions import get_distribution, scale_from_log_variance
 from dae.heads.losses import loss_terms
 
 JUDGE_RULES = ("sum", "middle3-x-difficulty", "fina-by-judge-count")
@@ -151,9 +151,8 @@ class DAEJudges:
 
     def _mu_scale(self, out, models):
         mu = out[:, :, 0, :]
-        sigma = torch.exp(0.5 * bound_log_variance(out[:, :, 1, :]))
-        variance = torch.tensor([self.reparams[m] == "variance" for m in models]).view(-1, 1, 1)
-        return mu, torch.where(variance, sigma * sigma, sigma)
+        variance = torch.tensor([self.reparams[m] == "variance" for m in models], device=out.device).view(-1, 1, 1)
+        return mu, scale_from_log_variance(bound_log_variance(out[:, :, 1, :]), variance)
 
     def loss(self, out, rows, models, weights, eps):
         """out (M, J, 2, b) -> loss (M,): per judge the weighted DAE terms averaged over its present marks,

@@ -1,10 +1,10 @@
-"""The batched trainer for heads built from MLP paths: USDL, MUSDL, DAE-MT and DAE-judges.
+"""Heads built from MLP paths (USDL, MUSDL, DAE-MT, DAE-judges) as heads of the stacked trainer.
 
 A model is P paths (Linear/ReLU MLPs with the DAE trunk's widths and `width` outputs each) reading the same
 feature; an objective says what the outputs mean: its loss, its point prediction and its predicted score
-distribution (`dae.heads.bins`, `dae.heads.dae_mt`, `dae.heads.judges`). M models (seeds x folds x groups)
-train at once as stacked weights; each keeps its own seed (initialisation, data order, noise) and ends where
-it would have ended alone: one path of width 2 with the DAE objective is `dae.heads.trainer.train_one`'s loop.
+distribution (`dae.heads.bins`, `dae.heads.dae_mt`, `dae.heads.judges`). `Paths` makes an objective a head of
+`dae.heads.trainer.train`: M models (seeds x folds x groups) train at once as stacked weights, each with its own
+seed (initialisation, data order, noise); one path of width 2 with the DAE objective is `train_one`'s loop.
 
 An objective provides: `paths`, `width`, `uses_noise`; `noise(batch, generator)` -> (P, batch);
 `loss(out, rows, models, weights, eps)` -> (M,), out (M, P, width, b); `point(out, rows, models)` -> (M, n),
@@ -13,18 +13,16 @@ the normalised final score the head ranks by; `distribution(out, rows, models, g
 """
 from __future__ import annotations
 
-import time
-from collections import defaultdict
+import copy
 
 import numpy as np
 import torch
 from torch import nn
 
-from dae.errors import UsageError
-from dae.heads.dae import init_linears
-from dae.heads.metrics import spearman
-from dae.heads.epochs import EpochTracker, run_epochs
-from dae.heads.trainer import HeadResult, Job, TrainConfig, _input_stats, _make_optimizer
+from dae.heads.config import TrainConfig
+from dae.heads.dae import init_linears, trains_scale
+from dae.heads.pooled import PooledFeatures
+from dae.heads.trainer import HeadResult, Job, train
 
 
 class StackedPaths(nn.Module):
@@ -74,83 +72,81 @@ class StackedPaths(nn.Module):
         return state
 
 
+class _PathsStack(nn.Module):
+    def __init__(self, net: StackedPaths, data: PooledFeatures, objective):
+        super().__init__()
+        self.net, self.data, self.objective = net, data, objective
+
+
+def _on_device(objective, device):
+    """The objective with its tensors on `device` (itself on the CPU): the loss and the scoring run there."""
+    if torch.device(device).type == "cpu":
+        return objective
+    moved = copy.copy(objective)
+    for name, value in vars(objective).items():
+        if torch.is_tensor(value):
+            setattr(moved, name, value.to(device))
+    return moved
+
+
+class Paths:
+    """An objective of `dae.heads.bins`, `dae.heads.dae_mt` or `dae.heads.judges` on features (N, D); targets (N,)
+    are the normalised final scores the selection rules and curves rank against."""
+
+    def __init__(self, features, targets, objective):
+        self.features = np.asarray(features, dtype=np.float32)
+        self.targets = np.asarray(targets, dtype=np.float64)
+        self.objective = objective
+
+    def key(self, job):
+        return ()
+
+    def build(self, stack):
+        data = PooledFeatures(self.features, stack.jobs, stack.config.standardize, stack.device)
+        net = StackedPaths([j.spec.seed for j in stack.jobs], self.objective.paths, data.dim, stack.config.hidden,
+                           self.objective.width)
+        module = _PathsStack(net, data, _on_device(self.objective, stack.device))
+        # A DAE-style objective's spread is trained only by the rec and NLL terms; bins always train theirs.
+        module.scored = [not self.objective.uses_noise or trains_scale(j.spec, stack.config.epochs)
+                         for j in stack.jobs]
+        return module
+
+    def param_groups(self, module, config):
+        return [{"params": list(module.net.parameters())}]
+
+    def inputs(self, module, batch):
+        return module.data.take(module.data.set_of_job, batch.model_rows())
+
+    def loss(self, module, x, batch, weights):
+        objective = module.objective
+        eps = None
+        if objective.uses_noise:
+            eps = torch.stack([objective.noise(batch.rows.shape[1], gen) for gen in batch.generators]).to(x.device)
+            if batch.group_size > 1:
+                eps = eps.repeat_interleave(batch.group_size, 0)
+        rows = batch.model_rows().to(x.device)
+        return objective.loss(module.net(x), rows, batch.models.to(x.device), weights, eps)
+
+    def predict(self, module, x, batch, final):
+        out = module.net(x)
+        if not final:
+            points = module.objective.point(out, batch.rows.to(x.device), batch.models.to(x.device)).cpu().numpy()
+            return [{"pred": p[:n]} for p, n in zip(points, batch.lengths)]
+        out, predictions = out.cpu(), []
+        for k, n in enumerate(batch.lengths):
+            dist = self.objective.distribution(out[k:k + 1, ..., :n], batch.rows[k:k + 1, :n], batch.models[k:k + 1],
+                                               batch.generators[k])
+            if not module.scored[k]:
+                dist["scale"] = None
+            predictions.append({key: None if v is None else v[0].numpy() for key, v in dist.items()})
+        return predictions
+
+    def export(self, module, k):
+        mean, std = module.data.job_stats(k)
+        return {"state_dict": module.net.model_state(k), "input_mean": mean, "input_std": std}
+
+
 def train_path_heads(features, targets, jobs: list[Job], objective, config: TrainConfig = TrainConfig(),
                      progress=None) -> list[HeadResult]:
-    """Train one model per job on features (N, D); targets (N,) are the normalised final scores that the
-    selection rules and curves rank against. Results in job order."""
-    config.check()
-    for job in jobs:
-        if len(job.train_rows) < 2:
-            raise UsageError(f"a head needs at least 2 training videos, got {len(job.train_rows)} ({job.tags})")
-    x = torch.as_tensor(np.asarray(features, dtype=np.float32))
-    g = np.asarray(targets, dtype=np.float64)
-    buckets = defaultdict(list)
-    for i, job in enumerate(jobs):
-        buckets[len(job.train_rows)].append(i)
-    results: list[HeadResult | None] = [None] * len(jobs)
-    for members in buckets.values():
-        for i, res in zip(members, _train_bucket(x, g, jobs, members, objective, config)):
-            results[i] = res
-        if progress:
-            progress(len(members))
-    return results
-
-
-def _eval_rows(jobs, name):
-    rows = [torch.as_tensor(np.asarray(j.eval_rows[name], dtype=np.int64)) for j in jobs]
-    length = max(len(r) for r in rows)
-    return torch.stack([torch.cat([r, r.new_zeros(length - len(r))]) for r in rows]), [len(r) for r in rows]
-
-
-def _train_bucket(x, g, all_jobs, members, objective, config):
-    start = time.perf_counter()
-    jobs = [all_jobs[i] for i in members]
-    m = len(jobs)
-    stats = [_input_stats(x[torch.as_tensor(np.asarray(j.train_rows, dtype=np.int64))], config.standardize)
-             for j in jobs]
-    mean = torch.stack([s[0] for s in stats]).unsqueeze(1)   # (M, 1, D)
-    std = torch.stack([s[1] for s in stats]).unsqueeze(1)
-
-    def inputs(rows):
-        return (x[rows] - mean) / std
-
-    model = StackedPaths([j.spec.seed for j in jobs], objective.paths, x.shape[1], config.hidden, objective.width)
-    generators = [torch.Generator().manual_seed(j.spec.seed) for j in jobs]
-    optimizer = _make_optimizer(model.parameters(), config)
-    train = torch.stack([torch.as_tensor(np.asarray(j.train_rows, dtype=np.int64)) for j in jobs])
-
-    tracker = EpochTracker(config.selection, config.epochs, config.track_curves, jobs, model.parameters())
-    eval_sets = {name: _eval_rows(jobs, name) for name in jobs[0].eval_rows}
-
-    def step_loss(rows, weights):
-        eps = (torch.stack([objective.noise(rows.shape[1], gen) for gen in generators])
-               if objective.uses_noise else None)
-        return objective.loss(model(inputs(rows)), rows, members, weights, eps)
-
-    @torch.no_grad()
-    def score(name):
-        model.eval()
-        rows, lengths = eval_sets[name]
-        points = objective.point(model(inputs(rows)), rows, members).numpy()
-        return np.array([spearman(g[r[:n].numpy()], p[:n]) for r, p, n in zip(rows, points, lengths)])
-
-    run_epochs(jobs, config.epochs, config.batch_size, train, generators, model, optimizer, tracker, step_loss, score,
-               list(eval_sets))
-
-    predictions = [dict() for _ in jobs]
-    with torch.no_grad():
-        model.eval()
-        for name, (rows, lengths) in eval_sets.items():
-            out = model(inputs(rows))
-            for k, n in enumerate(lengths):
-                dist = objective.distribution(out[k:k + 1, ..., :n], rows[k:k + 1, :n], members[k:k + 1],
-                                              generators[k])
-                predictions[k][name] = {key: (np.full(n, np.nan) if v is None else v[0].numpy().astype(np.float64))
-                                        for key, v in dist.items()}
-    seconds = (time.perf_counter() - start) / m
-    results = []
-    for k, job in enumerate(jobs):
-        results.append(HeadResult(job=job, predictions=predictions[k], selected_epoch=tracker.selected_epoch(k),
-                                  state_dict=model.model_state(k), input_mean=stats[k][0].numpy(),
-                                  input_std=stats[k][1].numpy(), fit_seconds=seconds, curves=tracker.curve(k)))
-    return results
+    """Train one model of `objective` per job on features (N, D); results in job order."""
+    return train(Paths(features, targets, objective), jobs, config, progress)

@@ -1,10 +1,32 @@
-"""The batched trainer: K score heads (seeds x losses x folds x groups) trained at once as one stacked model.
+"""The one stacked trainer: M models of any head (seeds x configurations x folds x groups) trained at once.
 
-Each head keeps its own seed (initialisation, data order, sampling noise), loss and reparameterisation and
-ends where it would have ended trained alone (`train_one` is that plain loop; the tests compare them).
-Heads whose training sets differ in size, or whose distributions differ, run as separate stacked models.
-A distribution with a learned shape (Student-t's nu) gets one extra parameter per head, trained by the same Adam
-with a larger step (`SHAPE_LR_SCALE`): at the heads' learning rate it would hardly move in a study's few hundred steps.
+The trainer owns what every head shares: buckets of jobs that can stack, per-stream data order and random draws,
+the device, Adam, the epoch loop, best-epoch selection, curves, progress and divergence checks. A head (the
+objective) owns what its models are. Its interface, used by `train(head, jobs, config)`:
+
+  head.targets                     (N,) normalised final scores: what selection and curves rank against
+  head.key(job) -> hashable        jobs with equal keys and equal train-set sizes share one stacked module
+  head.build(stack) -> nn.Module   the stacked module for stack.jobs (M models, model k drawn from its job's seed)
+  head.param_groups(module, config) -> [{"params": [...], optional "lr", "weight_decay"}]   Adam's groups
+  head.inputs(module, batch)       a batch's inputs from batch.rows, batch.generators, batch.training
+  head.loss(module, inputs, batch, weights) -> (M,)   per-model loss; weights (M, 3) are the epoch's
+                                   (rec, sup, nll) weights of each job's spec.loss (a head with a loss of its
+                                   own may ignore them); the head draws its noise from batch.generators
+  head.predict(module, inputs, batch, final) -> [{"mu", "scale", "pred"}] per model, numpy arrays of
+                                   length batch.lengths[k] in normalised units; scale None where no loss trained
+                                   a spread; with final False only "pred" (the point the head ranks by) is read
+  head.export(module, k) -> {"state_dict", "input_mean", "input_std", "distribution"?}   model k, to save
+batch.models (M,) are the jobs' indices in the list given to `train` (for a head's per-job arrays); the trainer
+calls module.train() before an epoch and module.eval() (under no_grad) before predicting.
+
+Streams: jobs with the same training rows and seed see the same batches, so a bucket's models are ordered
+stream-major in S streams of `stack.group_size` models each (or one stream per model when streams differ in
+size). A training batch holds one row batch per stream, rows (S, b), and one generator per stream (seeded with
+the stream's seed: the data order, then the head's draws); `batch.model_rows()` gives (M, b). An evaluation
+batch holds one row per model, padded, with `lengths`, and one generator per model (for sampled predictions,
+Monte-Carlo draws, exemplars): when scoring an epoch a fresh one seeded with the model's seed (the same draws
+every epoch, the training streams untouched); at the final prediction a copy of its stream's after training.
+Each model ends where it would have ended trained alone (`train_one` is that plain loop; the tests compare).
 """
 from __future__ import annotations
 
@@ -18,17 +40,15 @@ import numpy as np
 import torch
 
 from dae.errors import UsageError
-from torch import nn
-
 from dae.heads.adam import Adam
 from dae.heads.config import TrainConfig
-from dae.heads.dae import DAEHead, StackedDAE
-from dae.heads.distributions import REPARAMS, get_distribution, sample_scale
-from dae.heads.losses import LOSSES, loss_terms, loss_weights
-from dae.heads.metrics import spearman
+from dae.heads.distributions import REPARAMS, get_distribution
 from dae.heads.epochs import EpochTracker, run_epochs
+from dae.heads.losses import LOSSES
+from dae.heads.metrics import spearman
 
-SHAPE_LR_SCALE = 100.0
+__all__ = ["Batch", "HeadResult", "HeadSpec", "Job", "Stack", "TrainConfig", "make_optimizer", "train",
+           "train_heads", "train_one", "predict_one"]
 
 
 @dataclass(frozen=True)
@@ -52,7 +72,7 @@ class HeadSpec:
 
 @dataclass
 class Job:
-    """One head to train: its spec, the rows it trains on, and the rows it is evaluated on, by set name."""
+    """One model to train: its spec, the rows it trains on, and the rows it is evaluated on, by set name."""
 
     spec: HeadSpec
     train_rows: np.ndarray
@@ -62,7 +82,10 @@ class Job:
 
 @dataclass
 class HeadResult:
-    """A trained head: predictions per evaluation set in normalised units (keys mu, scale, pred)."""
+    """A trained model: predictions per evaluation set in normalised units (keys mu, scale, pred).
+
+    failure: why the model failed ("" if it did not): non-finite training loss or predictions. selection_note:
+    set when the selection rule could not be applied (then the last epoch is kept)."""
 
     job: Job
     predictions: dict
@@ -73,21 +96,46 @@ class HeadResult:
     fit_seconds: float
     curves: dict | None = None
     distribution: object = None  # the fitted distribution (a learned nu bound); None: the spec's by name
+    failure: str = ""
+    selection_note: str = ""
 
 
-def _input_stats(x: torch.Tensor, standardize: bool):
-    if not standardize:
-        return torch.zeros(x.shape[1]), torch.ones(x.shape[1])
-    mean = x.mean(0)
-    std = x.std(0, unbiased=False)
-    return mean, torch.where(std > 1e-8, std, torch.ones_like(std))
+@dataclass
+class Stack:
+    """One bucket of jobs as the head sees it when building its module."""
+
+    jobs: list            # M jobs, stream-major
+    models: torch.Tensor  # (M,) each job's index in the list given to `train` (for per-job arrays of the head)
+    group_size: int       # models per stream
+    config: TrainConfig
+    device: torch.device
 
 
-def _make_optimizer(params, config: TrainConfig, shape_params=()):
-    groups = [{"params": list(params)}]
-    if shape_params:
-        groups.append({"params": list(shape_params), "lr": config.lr * SHAPE_LR_SCALE, "weight_decay": 0.0})
+@dataclass
+class Batch:
+    """Rows of one step (training: one per stream) or of one evaluation set (one per model, padded)."""
+
+    rows: torch.Tensor          # (S, b) training; (M, n) evaluation
+    models: torch.Tensor        # (M,) job indices, as Stack.models
+    group_size: int             # models per row of `rows` (1 in evaluation)
+    generators: list            # one per row of `rows`
+    training: bool
+    lengths: list | None = None  # evaluation: each model's true number of rows
+
+    def model_rows(self) -> torch.Tensor:
+        """(M, b): each model's rows."""
+        return self.rows.repeat_interleave(self.group_size, 0) if self.group_size > 1 else self.rows
+
+
+def make_optimizer(groups, config: TrainConfig) -> Adam:
     return Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def check_jobs(jobs) -> None:
+    for job in jobs:
+        job.spec.check()
+        if len(job.train_rows) < 2:
+            raise UsageError(f"a head needs at least 2 training videos, got {len(job.train_rows)} ({job.tags})")
 
 
 _MALLOC_TUNED = False
@@ -112,183 +160,176 @@ def _keep_freed_memory():
         pass
 
 
-def train_heads(features, targets, jobs: list[Job], config: TrainConfig = TrainConfig(),
-                progress=None) -> list[HeadResult]:
-    """Train every job's head on features (N, D) and normalised targets (N,); results in job order."""
+def train(head, jobs: list[Job], config: TrainConfig = TrainConfig(), progress=None) -> list[HeadResult]:
+    """Train one model per job with `head`; results in job order.
+
+    progress: called after every epoch of every bucket as progress(epochs_done, epochs_total, mean_train_loss)
+    (the mean over the bucket's finite models of their epoch's training loss on their training rows).
+    """
     config.check()
+    check_jobs(jobs)
     _keep_freed_memory()
-    for job in jobs:
-        job.spec.check()
-        if len(job.train_rows) < 2:
-            raise UsageError(f"a head needs at least 2 training videos, got {len(job.train_rows)} ({job.tags})")
-    x = torch.as_tensor(np.asarray(features, dtype=np.float32))
-    g = torch.as_tensor(np.asarray(targets, dtype=np.float32))
     buckets = defaultdict(list)
     for i, job in enumerate(jobs):
-        buckets[(len(job.train_rows), job.spec.distribution)].append(i)
+        buckets[(len(job.train_rows), head.key(job))].append(i)
     results: list[HeadResult | None] = [None] * len(jobs)
-    for members in buckets.values():
-        for i, res in zip(members, _train_stacked(x, g, [jobs[i] for i in members], config)):
+    total = config.epochs * len(buckets)
+    for b, members in enumerate(buckets.values()):
+        done = b * config.epochs
+        report = (lambda epoch, loss, done=done: progress(done + epoch + 1, total, loss)) if progress else None
+        for i, res in zip(members, _train_bucket(head, jobs, members, config, report)):
             results[i] = res
-        if progress:
-            progress(len(members))
     return results
 
 
-def _train_stacked(x, g, jobs, config):
-    start = time.perf_counter()
-    n_rows, dim = x.shape
-    dist = get_distribution(jobs[0].spec.distribution)
-
-    # One standardised copy of the features per distinct training set (folds differ, seeds do not).
-    train_sets, set_of_job = {}, []
-    for job in jobs:
-        key = np.asarray(job.train_rows, dtype=np.int64).tobytes()
-        set_of_job.append(train_sets.setdefault(key, len(train_sets)))
-    stats, x_sets = [], []
-    for key in train_sets:
-        rows = torch.as_tensor(np.frombuffer(key, dtype=np.int64).copy())
-        mean, std = _input_stats(x[rows], config.standardize)
-        stats.append((mean, std))
-        x_sets.append((x - mean) / std)
-    dev = torch.device(config.device)
-    x_flat = torch.cat(x_sets).to(dev)  # (T * N, D)
-
-    # Heads with the same training set and seed see identical batches: group them for one wide matmul.
-    groups = defaultdict(list)
-    for i, job in enumerate(jobs):
-        groups[(set_of_job[i], job.spec.seed)].append(i)
-    sizes = {len(m) for m in groups.values()}
+def _streams(jobs, members):
+    """Order `members` stream-major; returns (order, group_size). One stream per model if streams differ in size."""
+    streams = defaultdict(list)
+    for i in members:
+        streams[(np.asarray(jobs[i].train_rows, dtype=np.int64).tobytes(), jobs[i].spec.seed)].append(i)
+    sizes = {len(s) for s in streams.values()}
     if len(sizes) == 1:
-        group_size, order = sizes.pop(), [i for m in groups.values() for i in m]
-    else:
-        group_size, order = 1, list(range(len(jobs)))
-    jobs = [jobs[i] for i in order]
-    set_of_job = [set_of_job[i] for i in order]
-    k = len(jobs)
-    n_groups = k // group_size
-    leaders = [jobs[j * group_size] for j in range(n_groups)]
-    group_set = torch.tensor([set_of_job[j * group_size] for j in range(n_groups)])
-    group_train = torch.stack([torch.as_tensor(np.asarray(j.train_rows, dtype=np.int64)) for j in leaders])
-
-    heads = [DAEHead(dim, config.hidden, seed=job.spec.seed) for job in jobs]
-    model = StackedDAE(heads, group_size).to(dev)
-    generators = [torch.Generator().manual_seed(j.spec.seed) for j in leaders]
-    # A learned shape (nu): one raw value per head, (K, 1) so that it broadcasts over the batch.
-    shape_raw = [nn.Parameter(torch.full((k, 1), dist.raw_init(), device=dev))] if dist.learned_shape else []
-    optimizer = _make_optimizer(model.parameters(), config, shape_raw)
-    trained = [*model.parameters(), *shape_raw]
-    variance_reparam = torch.tensor([j.spec.reparam == "variance" for j in jobs], device=dev).unsqueeze(1)
-
-    tracker = EpochTracker(config.selection, config.epochs, config.track_curves, jobs, trained)
-
-    def step_loss(rows, weights):                                                 # rows (G, b)
-        index = (group_set.unsqueeze(1) * n_rows + rows).reshape(-1).to(dev)
-        xb = torch.index_select(x_flat, 0, index).view(n_groups, rows.shape[1], dim)
-        target = g[rows].repeat_interleave(group_size, 0).to(dev)                  # (K, b)
-        base = torch.stack([dist.base_noise(rows.shape[1], gen) for gen in generators]).to(dev)
-        if shape_raw:
-            step_dist = dist.bind(shape_raw[0])
-            eps = step_dist.standard_sample(base.repeat_interleave(group_size, 0))
-        else:
-            step_dist = dist
-            eps = dist.standard_sample(base).repeat_interleave(group_size, 0)
-        mu, log_var = model(xb)
-        sigma = torch.exp(0.5 * log_var)
-        scale = torch.where(variance_reparam, sigma * sigma, sigma)
-        return (loss_terms(target, mu, mu + eps * scale, scale, step_dist) * weights).sum(-1)
-
-    def score(name):
-        mu_eval, _ = _predict(model, jobs, name, x_flat, set_of_job, n_rows)
-        return np.array([spearman(g[j.eval_rows[name]].numpy(), m) for j, m in zip(jobs, mu_eval)])
-
-    run_epochs(jobs, config.epochs, config.batch_size, group_train, generators, model, optimizer, tracker, step_loss,
-               score, list(jobs[0].eval_rows), dev)
-    fitted = [dist.bind(float(raw)) for raw in shape_raw[0].detach()] if shape_raw else [dist] * k
-
-    predictions = [dict() for _ in jobs]
-    noise_states = [gen.get_state() for gen in generators]
-    for name in jobs[0].eval_rows:
-        mu_eval, scale_eval = _predict(model, jobs, name, x_flat, set_of_job, n_rows, variance_reparam)
-        for i, (m, s) in enumerate(zip(mu_eval, scale_eval)):
-            if config.prediction == "sample":
-                gen = torch.Generator()
-                gen.set_state(noise_states[i // group_size])  # each head draws as if alone
-                eps = fitted[i].standard_noise(len(m), gen).numpy()
-                pred = m + eps * s
-            else:
-                pred = m
-            predictions[i][name] = {"mu": m, "scale": s, "pred": pred}
-    seconds = (time.perf_counter() - start) / k
-    results = []
-    for i, job in enumerate(jobs):
-        mean, std = stats[set_of_job[i]]
-        results.append(HeadResult(job=job, predictions=predictions[i], selected_epoch=tracker.selected_epoch(i),
-                                  state_dict=model.head(i).state_dict(), input_mean=mean.numpy(),
-                                  input_std=std.numpy(), fit_seconds=seconds, curves=tracker.curve(i),
-                                  distribution=fitted[i]))
-    inverse = np.argsort(order)
-    return [results[i] for i in inverse]
+        return [i for s in streams.values() for i in s], sizes.pop()
+    return list(members), 1
 
 
-@torch.no_grad()
-def _predict(model, jobs, name, x_flat, set_of_job, n_rows, variance_reparam=None):
-    """mu and predicted scale of every head on its own rows of set `name` (rows padded to equal length)."""
-    model.eval()
+def _eval_batch(jobs, models, name, generators):
     rows = [torch.as_tensor(np.asarray(j.eval_rows[name], dtype=np.int64)) for j in jobs]
     length = max(len(r) for r in rows)
     padded = torch.stack([torch.cat([r, r.new_zeros(length - len(r))]) for r in rows])
-    offsets = torch.tensor(set_of_job).unsqueeze(1) * n_rows
-    xe = x_flat[(offsets + padded).reshape(-1).to(x_flat.device)].view(len(jobs), length, -1)
-    mu, log_var = model.forward_per_head(xe)
-    sigma = torch.exp(0.5 * log_var)
-    scale = torch.where(variance_reparam, sigma * sigma, sigma) if variance_reparam is not None else sigma
-    mu, scale = mu.cpu(), scale.cpu()
-    return ([mu[i, :len(r)].numpy().astype(np.float64) for i, r in enumerate(rows)],
-            [scale[i, :len(r)].numpy().astype(np.float64) for i, r in enumerate(rows)])
+    return Batch(padded, models, 1, generators, False, [len(r) for r in rows])
+
+
+def _train_bucket(head, all_jobs, members, config, report):
+    start = time.perf_counter()
+    order, group_size = _streams(all_jobs, members)
+    jobs = [all_jobs[i] for i in order]
+    models = torch.as_tensor(order)
+    m = len(jobs)
+    dev = torch.device(config.device)
+    stack = Stack(jobs, models, group_size, config, dev)
+    module = head.build(stack).to(dev)
+    leaders = jobs[::group_size]
+    generators = [torch.Generator().manual_seed(j.spec.seed) for j in leaders]
+    train_rows = torch.stack([torch.as_tensor(np.asarray(j.train_rows, dtype=np.int64)) for j in leaders])
+    groups = head.param_groups(module, config)
+    optimizer = make_optimizer(groups, config)
+    params = [p for g in groups for p in g["params"]]
+    tracker = EpochTracker(config.selection, config.epochs, config.track_curves, jobs, params)
+    targets = np.asarray(head.targets)
+    eval_names = list(jobs[0].eval_rows)
+
+    def step_loss(rows, weights):
+        batch = Batch(rows, models, group_size, generators, True)
+        return head.loss(module, head.inputs(module, batch), batch, weights)
+
+    @torch.no_grad()
+    def score(name):
+        module.eval()
+        batch = _eval_batch(jobs, models, name, [torch.Generator().manual_seed(j.spec.seed) for j in jobs])
+        out = head.predict(module, head.inputs(module, batch), batch, final=False)
+        return np.array([spearman(targets[r[:n].numpy()], p["pred"])
+                         for r, n, p in zip(batch.rows, batch.lengths, out)])
+
+    diverged = run_epochs(jobs, config.epochs, config.batch_size, train_rows, generators, module, optimizer, tracker,
+                          step_loss, score, eval_names, dev, report)
+
+    predictions = [dict() for _ in jobs]
+    own = []
+    for k in range(m):  # each model its own copy of its stream's generator: draws as if trained alone
+        gen = torch.Generator()
+        gen.set_state(generators[k // group_size].get_state())
+        own.append(gen)
+    with torch.no_grad():
+        module.eval()
+        for name in eval_names:
+            batch = _eval_batch(jobs, models, name, own)
+            for k, p in enumerate(head.predict(module, head.inputs(module, batch), batch, final=True)):
+                predictions[k][name] = {key: (None if v is None else np.asarray(v, dtype=np.float64))
+                                        for key, v in p.items()}
+    seconds = (time.perf_counter() - start) / m
+    results = []
+    for k, job in enumerate(jobs):
+        exported = head.export(module, k)
+        failure = diverged.get(k, "") or _non_finite(predictions[k])
+        results.append(HeadResult(job=job, predictions=predictions[k], selected_epoch=tracker.selected_epoch(k),
+                                  state_dict=exported["state_dict"], input_mean=exported["input_mean"],
+                                  input_std=exported["input_std"], fit_seconds=seconds, curves=tracker.curve(k),
+                                  distribution=exported.get("distribution"), failure=failure,
+                                  selection_note=tracker.note(k)))
+    position = {i: p for p, i in enumerate(order)}
+    return [results[position[i]] for i in members]
+
+
+def _non_finite(predictions: dict) -> str:
+    for name, p in predictions.items():
+        for key in ("mu", "pred"):
+            if p.get(key) is not None and not np.isfinite(p[key]).all():
+                return f"non-finite {key} on the {name} set"
+    return ""
+
+
+def train_heads(features, targets, jobs: list[Job], config: TrainConfig = TrainConfig(),
+                progress=None) -> list[HeadResult]:
+    """DAE heads (`dae.heads.dae.DAE`) for every job on features (N, D) and normalised targets (N,)."""
+    from dae.heads.dae import DAE
+
+    return train(DAE(features, targets, config.prediction), jobs, config, progress)
 
 
 @torch.no_grad()
-def predict_one(head: DAEHead, x: torch.Tensor, job: Job) -> dict:
-    """One head's mu, scale and point prediction (mu) on each of the job's evaluation sets, as float64 arrays."""
+def predict_one(head, x: torch.Tensor, job: Job) -> dict:
+    """One `DAEHead`'s mu, scale and point prediction (mu) on each of the job's evaluation sets (float64 arrays)."""
+    from dae.heads.distributions import scale_from_log_variance
+
     predictions = {}
     for name, rows in job.eval_rows.items():
         mu, log_var = head(x[torch.as_tensor(np.asarray(rows, dtype=np.int64))])
-        scale = sample_scale(torch.exp(0.5 * log_var), job.spec.reparam)
+        scale = scale_from_log_variance(log_var, job.spec.reparam)
         m = mu.numpy().astype(np.float64)
         predictions[name] = {"mu": m, "scale": scale.numpy().astype(np.float64), "pred": m}
     return predictions
 
 
 def train_one(features, targets, job: Job, config: TrainConfig = TrainConfig()) -> HeadResult:
-    """The plain one-model loop (a `DAEHead`, its own Adam) with the same seed protocol as `train_heads`.
+    """The plain one-model loop (a `DAEHead`, its own Adam) with the same seed protocol as `train`.
 
-    It exists to prove the batched trainer equivalent and to measure it against; `last` selection only.
+    It exists to prove the stacked trainer equivalent and to measure it against; `last` selection only.
     """
+    from torch import nn
+
+    from dae.heads.dae import SHAPE_LR_SCALE, DAEHead
+    from dae.heads.distributions import scale_from_log_variance
+    from dae.heads.losses import loss_terms, loss_weights
+    from dae.heads.pooled import input_stats
+
     start = time.perf_counter()
     spec = job.spec
     dist = get_distribution(spec.distribution)
     x = torch.as_tensor(np.asarray(features, dtype=np.float32))
     g = torch.as_tensor(np.asarray(targets, dtype=np.float32))
-    train = torch.as_tensor(np.asarray(job.train_rows, dtype=np.int64))
-    mean, std = _input_stats(x[train], config.standardize)
+    train_rows = torch.as_tensor(np.asarray(job.train_rows, dtype=np.int64))
+    mean, std = input_stats(x[train_rows], config.standardize)
     xs = (x - mean) / std
     head = DAEHead(x.shape[1], config.hidden, seed=spec.seed)
     gen = torch.Generator().manual_seed(spec.seed)
     shape_raw = [nn.Parameter(torch.full((1,), dist.raw_init()))] if dist.learned_shape else []
-    optimizer = _make_optimizer(head.parameters(), config, shape_raw)
+    groups = [{"params": list(head.parameters())}]
+    if shape_raw:
+        groups.append({"params": shape_raw, "lr": config.lr * SHAPE_LR_SCALE, "weight_decay": 0.0})
+    optimizer = make_optimizer(groups, config)
     step_dist = dist
     for epoch in range(config.epochs):
         weights = torch.tensor(loss_weights(spec.loss, epoch, spec.alpha, spec.beta))
-        rows_epoch = train[torch.randperm(len(train), generator=gen)]
-        for lo in range(0, len(train), config.batch_size):
+        rows_epoch = train_rows[torch.randperm(len(train_rows), generator=gen)]
+        for lo in range(0, len(train_rows), config.batch_size):
             rows = rows_epoch[lo:lo + config.batch_size]
             base = dist.base_noise(len(rows), gen)
             if shape_raw:
                 step_dist = dist.bind(shape_raw[0])
             eps = step_dist.standard_sample(base)
             mu, log_var = head(xs[rows])
-            scale = sample_scale(torch.exp(0.5 * log_var), spec.reparam)
+            scale = scale_from_log_variance(log_var, spec.reparam)
             loss = (loss_terms(g[rows], mu, mu + eps * scale, scale, step_dist) * weights).sum()
             optimizer.zero_grad()
             loss.backward()

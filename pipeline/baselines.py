@@ -136,10 +136,11 @@ def judge_setup(manifest, dataset: str, rule: str | None, head: str, where: str)
 
 def fit_path_heads(head: str, features, manifest: pd.DataFrame, targets, jobs, config, score_range,
                    dataset: str = "", options: HeadOptions | None = None, where: str = "the manifest",
-                   on_start=None):
+                   on_start=None, progress=None):
     """Train `head` for every job. Returns (results, row labels for the leaderboard).
 
-    on_start: called once the manifest and options have been checked, just before training."""
+    on_start: called once the manifest and options have been checked, just before training; progress: the
+    trainer's (`dae.heads.trainer.train`)."""
     options = options or HeadOptions()
     options.check()
     if head not in PATH_HEADS:
@@ -181,7 +182,7 @@ def fit_path_heads(head: str, features, manifest: pd.DataFrame, targets, jobs, c
                   "uses_difficulty": "yes" if USES_DIFFICULTY[setup.rule] else "no", "judge_rule": setup.rule}
     if on_start:
         on_start()
-    results = train_path_heads(features, targets, jobs, objective, config)
+    results = train_path_heads(features, targets, jobs, objective, config, progress)
     return results, labels
 
 

@@ -18,7 +18,7 @@ import torch
 
 from dae.heads.config import HIDDEN
 from dae.heads.dae import DAEHead
-from dae.heads.distributions import get_distribution, sample_scale
+from dae.heads.distributions import get_distribution, scale_from_log_variance
 from dae.heads.losses import LOSSES, loss_terms, loss_weights
 from dae.heads.metrics import spearman
 from dae.heads.trainer import HeadResult, HeadSpec, Job, TrainConfig, predict_one, train_heads, train_one
@@ -70,7 +70,7 @@ def dataloader_loop(features, targets, job: Job, config: TrainConfig, batch_size
         weights = torch.tensor(loss_weights(spec.loss, epoch, spec.alpha, spec.beta))
         for xb, gb in loader:
             mu, log_var = head(xb)
-            scale = sample_scale(torch.exp(0.5 * log_var), spec.reparam)
+            scale = scale_from_log_variance(log_var, spec.reparam)
             sample = mu + dist.standard_noise(len(gb), noise) * scale
             loss = (loss_terms(gb, mu, sample, scale, dist) * weights).sum()
             optimizer.zero_grad()
@@ -133,7 +133,7 @@ def bench_fit(x=None, targets=None, train_rows=None, test_rows=None, seeds: int 
               batch_size: int | None = None, lr: float | None = None, reference_models: int = 2,
               reference_epochs: int = 2, repeats: int = 1, echo=print) -> BenchResult:
     """Time the default loss study (all losses x seeds) on the given features (default: synthetic, MTL-AQA-sized)."""
-    from dae.heads.config import STUDY_BATCH_SIZE, STUDY_LR
+    from dae.pipeline.defaults import STUDY_BATCH_SIZE, STUDY_LR
 
     if x is None:
         x, targets, train_rows, test_rows = synthetic_study_data()
@@ -207,7 +207,7 @@ def quality_check(x, targets, train_rows, test_rows, seeds: int = 5, config: Tra
     float noise); the DataLoader loop at the same settings (its own random stream: agrees in distribution);
     the reference code's DataLoader loop at batch 8 with `reference_lr`.
     """
-    from dae.heads.config import STUDY_BATCH_SIZE, STUDY_LR
+    from dae.pipeline.defaults import STUDY_BATCH_SIZE, STUDY_LR
 
     config = config or TrainConfig(batch_size=STUDY_BATCH_SIZE, lr=STUDY_LR)
     jobs = [Job(HeadSpec(seed=s, loss="v1"), train_rows, {"test": test_rows}) for s in range(seeds)]

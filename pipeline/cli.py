@@ -89,6 +89,11 @@ def inspect_cmd(feature_file):
 @features_group.command("import")
 @click.option("--npy-dir", type=click.Path(file_okay=False),
               help="Folder of per-video .npy arrays, shape (T, D) or (D,); id = path relative to it, no suffix.")
+@click.option("--keep-clips", is_flag=True,
+              help="--npy-dir: keep each (T, D) array as a clip sequence (schema 2, any T >= 1) for the sequence "
+                   "heads, besides its mean in /features.")
+@click.option("--clip-dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
+              help="--keep-clips: how the sequences are stored (float16 halves the file; rounding ~1e-3 relative).")
 @click.option("--diving-score", "diving_score", type=click.Path(file_okay=False),
               help="The UNLV-Dive release folder of YeTianJHU/diving-score (all_train.npy, all_test.npy, "
                    "training_idx.npy, testing_idx.npy); ids 001..370 as `dae manifest build unlv-dive` writes.")
@@ -96,25 +101,30 @@ def inspect_cmd(feature_file):
 @click.option("--backbone", default=None,
               help="Name of the model that produced the features, recorded in the file "
                    "[default: imported; p3d-finetuned-unlv for --diving-score].")
-def features_import_cmd(npy_dir, diving_score, out, backbone):
+def features_import_cmd(npy_dir, keep_clips, clip_dtype, diving_score, out, backbone):
     """Convert features computed elsewhere into one HDF5 feature file.
 
     \b
     Examples:
       dae features import --npy-dir feats/ --out F.h5            (mean over T of each (T, D) array)
+      dae features import --npy-dir feats/ --keep-clips --clip-dtype float16 --out F.h5   (sequences too)
       dae features import --diving-score data_files/ --out unlv.h5
     """
     if (npy_dir is None) == (diving_score is None):
         raise click.UsageError("give exactly one of --npy-dir and --diving-score")
+    if keep_clips and npy_dir is None:
+        raise click.UsageError("--keep-clips goes with --npy-dir")
     if npy_dir is not None:
         from dae.features.store import import_npy_dir
 
-        fs = import_npy_dir(npy_dir, out, backbone=backbone or "imported")
+        fs = import_npy_dir(npy_dir, out, backbone=backbone or "imported", keep_clips=keep_clips,
+                            clip_dtype=clip_dtype)
     else:
         from dae.features.releases import import_diving_score
 
         fs = import_diving_score(diving_score, out, backbone=backbone or "p3d-finetuned-unlv")
-    click.echo(f"wrote {out}: {len(fs.video_ids)} videos x {fs.dim} dims")
+    kept = f", clip sequences kept as {clip_dtype} (schema 2)" if keep_clips else ""
+    click.echo(f"wrote {out}: {len(fs.video_ids)} videos x {fs.dim} dims{kept}")
 
 
 @manifest_group.command("check")
@@ -191,8 +201,8 @@ def train_options(f):
     d = TrainConfig()
     opts = [
         click.option("--epochs", type=click.IntRange(1), default=d.epochs, show_default=True),
-        click.option("--lr", type=click.FloatRange(0, min_open=True), default=d.lr, show_default=True,
-                     help="Adam learning rate."),
+        click.option("--lr", type=click.FloatRange(0, min_open=True), default=None,
+                     help=f"Adam learning rate [default: {d.lr:g}; core and dae-core 1e-3, CoRe's rate]."),
         click.option("--weight-decay", type=click.FloatRange(0), default=d.weight_decay, show_default=True),
         click.option("--batch-size", type=click.IntRange(1), default=d.batch_size, show_default=True),
         click.option("--seeds", "n_seeds", type=click.IntRange(1), default=None,
@@ -247,13 +257,21 @@ def input_options(f):
 @input_options
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Run folder to create (never overwritten). Default: runs/<dataset>-<head>-<time>.")
-@click.option("--head", type=click.Choice(["dae", "mlp", "ridge", "usdl", "musdl", "dae-mt", "dae-judges"]),
+@click.option("--head", type=click.Choice(["dae", "mlp", "ridge", "usdl", "musdl", "dae-mt", "dae-judges", "core",
+                                           "dae-core"]),
               default="dae", show_default=True,
               help="dae: the Distribution Auto-Encoder; mlp: same trunk, plain regression on mu; ridge: "
               "closed-form ridge, penalty by cross-validation on train; usdl: softmax over score bins, Gaussian "
               "label smoothing, KL loss; musdl: one usdl path per judge combined by the scoring rule (needs "
               "judge_1..judge_K); dae-mt: DAE on the execution part times the difficulty (needs difficulty); "
-              "dae-judges: one DAE Gaussian per judge combined by the scoring rule.")
+              "dae-judges: one DAE Gaussian per judge combined by the scoring rule; core: CoRe's group-aware "
+              "regression tree on pairs (exemplar, query), test score voted by exemplars; dae-core (ours): a DAE "
+              "head on CoRe's pair feature, the voters' Gaussian mixture.")
+@click.option("--voters", type=click.IntRange(1), default=10, show_default=True,
+              help="core/dae-core: training exemplars that vote for each test video (CoRe's voter_number).")
+@click.option("--with-dd/--without-dd", "with_dd", default=None,
+              help="core/dae-core: compare exemplars of the same difficulty degree and regress score / DD (CoRe "
+              "with DD; needs a difficulty column) [default: with DD on mtl-aqa, without elsewhere].")
 @click.option("--bins", type=click.IntRange(2), default=None,
               help="usdl: number of bins over the score range [default: 101; jigsaws 25, MUSDL's integer scores].")
 @click.option("--bin-std", type=click.FloatRange(0, min_open=True), default=None,
@@ -273,8 +291,8 @@ def input_options(f):
 @click.option("--predict", "prediction", type=click.Choice(["mu", "sample"]), default="mu", show_default=True,
               help="Rank by mu (deterministic) or by one reparameterised sample (the paper's, labelled).")
 @train_options
-def fit_cmd(features, manifest, out, leaderboard, head, bins, bin_std, bin_predict, judge_rule, loss, reparam,
-            alpha, beta, prediction, epochs, lr, weight_decay, batch_size, n_seeds, seed, selection, dataset):
+def fit_cmd(features, manifest, out, leaderboard, head, voters, with_dd, bins, bin_std, bin_predict, judge_rule, loss,
+            reparam, alpha, beta, prediction, epochs, lr, weight_decay, batch_size, n_seeds, seed, selection, dataset):
     """Train score heads on cached features; one model per group and fold of the manifest.
 
     Writes RUN/{config.json, metrics.csv, predictions.csv, model.pt} and appends one leaderboard row per
@@ -287,13 +305,15 @@ def fit_cmd(features, manifest, out, leaderboard, head, bins, bin_std, bin_predi
 
     seeds = resolve_seeds(n_seeds, seed)
     specs = [HeadSpec(seed=s, loss=loss, reparam=reparam, alpha=alpha, beta=beta) for s in seeds]
-    config = TrainConfig(epochs=epochs, lr=lr, weight_decay=weight_decay, batch_size=batch_size,
-                         selection=selection, prediction=prediction)
     from dae.pipeline.baselines import HeadOptions
+    from dae.pipeline.exemplar_heads import EXEMPLAR_HEADS, ExemplarOptions, default_lr
 
+    config = TrainConfig(epochs=epochs, lr=lr or default_lr(head) or TrainConfig().lr, weight_decay=weight_decay,
+                         batch_size=batch_size, selection=selection, prediction=prediction)
+    options = (ExemplarOptions(voters=voters, with_dd=with_dd) if head in EXEMPLAR_HEADS else
+               HeadOptions(bins=bins, bin_std=bin_std, bin_rule=bin_predict, judge_rule=judge_rule))
     plan = FitPlan(head=head, specs=specs, config=config, dataset=dataset or "",
-                   score_range=card_score_range(dataset, manifest),
-                   head_options=HeadOptions(bins=bins, bin_std=bin_std, bin_rule=bin_predict, judge_rule=judge_rule))
+                   score_range=card_score_range(dataset, manifest), head_options=options)
     run_fit(features, manifest, plan, out=out, leaderboard=leaderboard, echo=click.echo)
 
 
@@ -442,11 +462,14 @@ def merge_cmd(inputs, out):
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:I.")
 @click.option("--decoder", type=click.Choice(["decord", "pyav"]), default=None,
               help="Decoder [default: the one the run's features were extracted with].")
+@click.option("--difficulty", type=click.FloatRange(0, min_open=True), default=None,
+              help="The videos' difficulty degree, for core/dae-core runs that compare same-difficulty exemplars.")
 @click.option("--allow-feature-mismatch", is_flag=True,
               help="Score even when --features was made with another clip protocol, weights or backbone than the "
                    "run's training features (refused otherwise); the output and CSV then say so.")
 @click.pass_context
-def predict_cmd(ctx, run_dir, videos, out, features, weights, group, device, decoder, allow_feature_mismatch):
+def predict_cmd(ctx, run_dir, videos, out, features, weights, group, device, decoder, difficulty,
+                allow_feature_mismatch):
     """Score videos with a trained run: extract them as its features were, apply its heads (seeds averaged).
 
     Prints and writes per-video mu, sigma and the 90% interval, in score units. Example:
@@ -456,7 +479,8 @@ def predict_cmd(ctx, run_dir, videos, out, features, weights, group, device, dec
     from dae.pipeline.predict import predict_videos
 
     rows = predict_videos(run_dir, videos, out=out, features=features, weights=weights, group=group, device=device,
-                          decoder=decoder, allow_feature_mismatch=allow_feature_mismatch, echo=click.echo,
+                          decoder=decoder, difficulty=difficulty, allow_feature_mismatch=allow_feature_mismatch,
+                          echo=click.echo,
                           note=lambda text: click.echo(text, err=True))
     if (rows["error"] != "").any():
         ctx.exit(3)
@@ -472,8 +496,10 @@ _STUDY_HELP = {
     "losses": "Training losses: sup, rec, combined, v1 (rec every epoch, combined every 10th), nll, rec+sup.",
     "distributions": "Score distributions: Gaussian, Laplace, logistic, Student-t (nu 5, or learned), under v1 and nll.",
     "reparam": "Reparameterisation: y = mu + eps*sigma against the paper's mu + eps*sigma^2.",
-    "variance": "Predicted sigma: its spread over the test set, against |error|, coverage of nominal intervals.",
-    "robustness": "Per-epoch training loss and test Spearman over seeds (the convergence figure).",
+    "variance": "Predicted sigma: its spread over the test set, against |error|, coverage of nominal intervals; "
+                "a verdict on calibration, sharpness, R-l2 and CRPS that names degenerate (too wide) sigmas.",
+    "robustness": "Stability of the converged test score across seeds and epochs, DAE (v1) against sup: "
+                  "per-epoch curves, a stability table and the seed spread on a log axis.",
 }
 
 
@@ -482,7 +508,7 @@ def _csv_list(value):
 
 
 def _study_command(study):
-    from dae.heads.config import STUDY_BATCH_SIZE, STUDY_LR, STUDY_SEEDS
+    from dae.pipeline.defaults import STUDY_BATCH_SIZE, STUDY_LR, STUDY_SEEDS
 
     @input_options
     @click.option("--out", type=click.Path(file_okay=False), default=None,
@@ -515,8 +541,10 @@ def _study_command(study):
                   help="Torch threads per task [default: cores / jobs locally, the cluster's own setting].")
     @click.option("--device", default="auto", show_default=True,
                   help="cpu, cuda or cuda:I; auto: the GPU when torch sees one.")
+    @click.option("--head", type=click.Choice(["dae", "dae-core"]), default="dae", show_default=True,
+                  help="dae-core: the grid on our DAE-CoRe (a DAE head on CoRe's pair feature; Gaussian only).")
     def command(features, manifest, leaderboard, out, plots, n_seeds, seed, epochs, lr, batch_size, weight_decay,
-                selection, dataset, losses, distributions, reparams, jobs, backend, scheduler, threads, device):
+                selection, dataset, losses, distributions, reparams, jobs, backend, scheduler, threads, device, head):
         import torch
 
         from dae.heads.trainer import TrainConfig
@@ -530,7 +558,7 @@ def _study_command(study):
                         dataset=dataset or "", score_range=card_score_range(dataset, manifest),
                         losses=_csv_list(losses), distributions=_csv_list(distributions),
                         reparams=_csv_list(reparams), out=out, leaderboard=leaderboard, plots=plots, n_jobs=jobs,
-                        backend=backend, scheduler=scheduler, threads=threads, echo=click.echo)
+                        backend=backend, scheduler=scheduler, threads=threads, echo=click.echo, head=head)
 
     command.__doc__ = _STUDY_HELP[study] + """
 
@@ -543,6 +571,48 @@ def _study_command(study):
 
 for _study in _STUDY_HELP:
     _study_command(_study)
+
+
+@ablate_group.command("voters")
+@input_options
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Study folder to create (never overwritten). Default: runs/<dataset>-ablate-voters-<time>.")
+@click.option("--head", type=click.Choice(["core", "dae-core"]), default="core", show_default=True,
+              help="The exemplar head to study.")
+@click.option("--voters", "voter_counts", default="1,3,5,10,20", show_default=True,
+              help="Comma-separated voter counts; the same trained models vote with each.")
+@click.option("--rules", default=None,
+              help="Comma-separated exemplar rules (any, same-difficulty) [default: both when the manifest has a "
+              "difficulty column, else any].")
+@click.option("--seeds", "n_seeds", type=click.IntRange(1), default=None, help="Train seeds 0..N-1 [default: 5].")
+@click.option("--seed", type=int, default=None, help="Train this one seed.")
+@click.option("--epochs", type=click.IntRange(1), default=100, show_default=True)
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=1e-3, show_default=True,
+              help="Adam learning rate (CoRe's).")
+@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
+@click.option("--selection", type=click.Choice(["last", "best-val", "best-test"]), default="last", show_default=True)
+@click.option("--dataset", default=None, help="Dataset card name (score range, theta with DD).")
+def ablate_voters_cmd(features, manifest, leaderboard, out, head, voter_counts, rules, n_seeds, seed, epochs, lr,
+                      batch_size, selection, dataset):
+    """Exemplar heads: how many training exemplars vote for a test video, and which exemplar rule.
+
+    Each rule trains its seeds once; the same models then vote with every count. One leaderboard row per
+    model x count. Example:  dae ablate voters --features F.h5 --manifest M.csv --voters 1,3,5,10,20
+    """
+    from dae.heads.trainer import HeadSpec, TrainConfig
+    from dae.pipeline.fit import FitPlan
+    from dae.pipeline.voters_study import run_voters_study_files
+
+    try:
+        counts = [int(v) for v in _csv_list(voter_counts) or []]
+    except ValueError:
+        raise click.UsageError(f"--voters takes comma-separated integers, got {voter_counts!r}") from None
+    specs = [HeadSpec(seed=s) for s in resolve_seeds(n_seeds, seed, 5)]
+    config = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, selection=selection)
+    plan = FitPlan(head=head, specs=specs, config=config, dataset=dataset or "",
+                   score_range=card_score_range(dataset, manifest))
+    run_voters_study_files(features, manifest, plan, counts, _csv_list(rules), out=out, leaderboard=leaderboard,
+                           echo=click.echo)
 
 
 @bench_group.command("fit")
@@ -564,8 +634,11 @@ for _study in _STUDY_HELP:
               help="Also compare test Spearman (v1, mean over seeds): batched vs one-by-one loops. Needs --features.")
 @click.option("--reference-lr", type=click.FloatRange(0, min_open=True), default=1e-4, show_default=True,
               help="Learning rate of the batch-8 DataLoader loop in --quality.")
+@click.option("--head", type=click.Choice(["dae", "core"]), default="dae", show_default=True,
+              help="core: instead, a --seeds core fit (and dae-core) against a --seeds dae fit at fit's settings "
+              "(batch 32 unless --batch-size) on the synthetic features, wall-time ratio in one process.")
 def bench_fit_cmd(features, manifest, dataset, seeds, epochs, batch_size, lr, reference_models, reference_epochs,
-                  repeats, quality, reference_lr):
+                  repeats, quality, reference_lr, head):
     """Time the default loss study against the same models trained one by one; FLOP/s against an fp32 bmm.
 
     Example:  dae bench fit                      (synthetic, MTL-AQA-sized: 1059 train / 353 test, 1024-d)
@@ -573,8 +646,14 @@ def bench_fit_cmd(features, manifest, dataset, seeds, epochs, batch_size, lr, re
     """
     from dae.heads.trainer import TrainConfig
     from dae.pipeline.bench_fit import bench_fit, format_bench, load_split, quality_check
-    from dae.heads.config import STUDY_BATCH_SIZE, STUDY_LR
+    from dae.pipeline.defaults import STUDY_BATCH_SIZE, STUDY_LR
 
+    if head == "core":
+        from dae.pipeline.bench_core import bench_core, format_core_bench
+
+        click.echo(format_core_bench(bench_core(seeds=seeds, epochs=epochs, batch_size=batch_size or 32,
+                                                echo=click.echo)))
+        return
     if bool(features) != bool(manifest):
         raise click.UsageError("give --features and --manifest together")
     if quality and not features:
@@ -600,7 +679,8 @@ def bench_fit_cmd(features, manifest, dataset, seeds, epochs, batch_size, lr, re
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:I.")
 @click.option("--batch-clips", type=click.IntRange(1), default=None, help="[default: as dae extract]")
 @click.option("--workers", type=click.IntRange(1), default=None, help="[default: as dae extract]")
-@click.option("--weights", type=click.Path(dir_okay=False), default=None, help="[default: DeepMind's rgb_scratch, Kinetics-400 from scratch]")
+@click.option("--weights", type=click.Path(dir_okay=False), default=None,
+              help="[default: DeepMind's rgb_scratch, Kinetics-400 from scratch]")
 @click.option("--decoder", type=click.Choice(["decord", "pyav"]), default="decord", show_default=True,
               help="Decoder of the end-to-end run (decode-only is measured for both).")
 def bench_extract_cmd(videos, count, frames, protocol, device, batch_clips, workers, weights, decoder):

@@ -15,21 +15,24 @@ import torch
 
 from dae import __version__
 from dae.atomic import atomic_dir, check_new_dir, new_run_dir
-from dae.errors import UsageError
+from dae.errors import DaeError, UsageError
 from dae.features.manifest import read_manifest
 from dae.features.store import FeatureSet, align, content_sha256, read_features
 from dae.heads.distributions import get_distribution
 from dae.heads.metrics import evaluate, interval
 from dae.heads.ridge import fit_ridge
-from dae.heads.trainer import HeadSpec, Job, TrainConfig, train_heads
+from dae.heads.dae import DAE
+from dae.heads.trainer import HeadSpec, Job, TrainConfig, train
 from dae.pipeline.baselines import PATH_HEADS, fit_path_heads, options_dict
+from dae.pipeline.exemplar_heads import EXEMPLAR_HEADS, fit_exemplar_heads
 from dae.pipeline.leaderboard import environment
 from dae.pipeline.protocols import (WINDOW_EPOCHS, WINDOW_SELECTIONS, apply_window_selection,
                                     check_card_protocol)
 
-HEADS = ("dae", "mlp", "ridge", "usdl", "musdl", "dae-mt", "dae-judges")
+HEADS = ("dae", "mlp", "ridge", "usdl", "musdl", "dae-mt", "dae-judges", "core", "dae-core")
 PREDICT_ATTRS = ("protocol", "weights_sha256", "decoder", "backbone")
 VAL_SEED = 0
+FAILED_METRICS = ("spearman", "rl2x100", "l2", "nll", "crps", "coverage90", "sigma_error_spearman")
 
 
 @dataclass
@@ -53,7 +56,7 @@ class FitPlan:
     dataset: str = ""
     score_range: tuple | None = None
     val_fraction: float = 0.2
-    head_options: object = None  # dae.pipeline.baselines.HeadOptions for usdl / musdl / dae-mt / dae-judges
+    head_options: object = None  # baselines.HeadOptions (usdl, musdl, dae-mt, dae-judges); ExemplarOptions (core...)
 
 
 def plan_units(manifest: pd.DataFrame, need_val: bool, val_fraction: float = 0.2) -> list[Unit]:
@@ -115,10 +118,33 @@ def score_range_of(manifest: pd.DataFrame, plan: FitPlan) -> tuple[float, float]
 SCORE_RANGE_SOURCES = {True: "dataset card", False: "training rows min..max"}
 
 
-def fit_models(fs: FeatureSet, manifest: pd.DataFrame, plan: FitPlan, manifest_name: str = "manifest", note=None):
+class TrainingProgress:
+    """The trainer's progress callback as a `dae.progress.ProgressLine`: epochs done, rate, ETA and the mean
+    training loss (training rows only), rewritten on a terminal, one line every 30 s in logs."""
+
+    def __init__(self, label: str = "fit", stream=None, enabled: bool | None = None):
+        self.label, self.stream, self.enabled = label, stream, enabled
+        self.line, self.done = None, 0
+
+    def __call__(self, done: int, total: int, loss: float) -> None:
+        from dae.progress import ProgressLine
+
+        if self.line is None:
+            self.line = ProgressLine(total, stream=self.stream, enabled=self.enabled, label=self.label, unit="epochs")
+        self.line.update(count=done - self.done, detail=f"mean training loss {loss:.4g}")
+        self.done = done
+
+    def close(self) -> None:
+        if self.line is not None:
+            self.line.close()
+
+
+def fit_models(fs: FeatureSet, manifest: pd.DataFrame, plan: FitPlan, manifest_name: str = "manifest", note=None,
+               progress=None):
     """Train every spec on every protocol cell. Returns (leaderboard rows, predictions, trained heads).
 
-    note: called once with a line saying what is about to be trained."""
+    note: called once with a line saying what is about to be trained; progress: the trainer's callback
+    (e.g. `TrainingProgress`)."""
     if plan.head not in HEADS:
         raise UsageError(f"unknown head {plan.head!r} (choose from {', '.join(HEADS)})")
     x = align(fs, list(manifest["video_id"]), manifest_name)
@@ -133,12 +159,18 @@ def fit_models(fs: FeatureSet, manifest: pd.DataFrame, plan: FitPlan, manifest_n
                          f"got {plan.config.epochs}")
     config = dataclasses.replace(plan.config, selection="last", track_curves=True) if windowed else plan.config
     specs = [dataclasses.replace(s, loss="sup") for s in plan.specs] if plan.head == "mlp" else plan.specs
+    ridge_seeds = sorted({s.seed for s in specs}) if plan.head == "ridge" else []
+    if len(ridge_seeds) > 1:  # closed form, no randomness: seeds would be copies of one model
+        specs = specs[:1]
     jobs = []
     for unit in units:
         eval_rows = {"test": unit.test, **({"val": unit.val} if len(unit.val) else {})}
         for spec in specs:
             jobs.append(Job(spec, unit.train, eval_rows, tags={"group": unit.group, "fold": unit.fold}))
     def announce():
+        if note and len(ridge_seeds) > 1:
+            note(f"ridge has no randomness: one model per protocol cell, not one per seed "
+                 f"({len(ridge_seeds)} seeds asked for)")
         if note:
             cells = f"{len(units)} protocol cells (groups x folds)" if len(units) > 1 else "1 train/test split"
             note(f"training {len(jobs)} {plan.head} model{'s' * (len(jobs) != 1)}: {len(specs)} per cell x {cells}; "
@@ -153,24 +185,33 @@ def fit_models(fs: FeatureSet, manifest: pd.DataFrame, plan: FitPlan, manifest_n
         results = _fit_ridge_jobs(x, targets, jobs)
     elif plan.head in PATH_HEADS:
         results, labels = fit_path_heads(plan.head, x, manifest, targets, jobs, config, (lo, hi), plan.dataset,
-                                         plan.head_options, manifest_name, on_start=announce)
+                                         plan.head_options, manifest_name, on_start=announce, progress=progress)
+    elif plan.head in EXEMPLAR_HEADS:
+        results, labels = fit_exemplar_heads(plan.head, x, manifest, targets, jobs, config, (lo, hi), plan.dataset,
+                                             plan.head_options, manifest_name, on_start=announce, progress=progress)
     else:
         announce()
-        results = train_heads(x, targets, jobs, config)
+        results = train(DAE(x, targets, config.prediction), jobs, config, progress)
 
     created = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     features_sha = content_sha256(fs)
     where = environment("cpu" if plan.head == "ridge" else config.device)
     rows, predictions = [], []
-    has_sigma = plan.head not in ("mlp", "ridge")
+    has_sigma = plan.head not in ("mlp", "ridge", "core")
     for res in results:
         test = res.job.eval_rows["test"]
         p = res.predictions["test"]
         mu_s = lo + p["mu"] * (hi - lo)
         pred_s = lo + p["pred"] * (hi - lo)
-        scale_s = p["scale"] * (hi - lo) if has_sigma else None
+        # A spread no loss term trained (e.g. --loss sup) is not scored: its metrics are missing, as for mlp.
+        scored = has_sigma and p.get("scale") is not None
+        scale_s = p["scale"] * (hi - lo) if scored else None
         dist = get_distribution(res.distribution or res.job.spec.distribution)  # a learned nu: the fitted one
-        metrics = evaluate(scores[test], pred_s, mu_s, scale_s, (lo, hi), dist)
+        if res.failure:  # a diverged model's figures are not figures: missing, and the row says why
+            scored, scale_s = False, None
+            metrics = dict.fromkeys(FAILED_METRICS, np.nan)
+        else:
+            metrics = evaluate(scores[test], pred_s, mu_s, scale_s, (lo, hi), dist)
         spec = res.job.spec
         rows.append({
             "dataset": plan.dataset or manifest_name, "group": res.job.tags["group"], "fold": res.job.tags["fold"],
@@ -178,7 +219,7 @@ def fit_models(fs: FeatureSet, manifest: pd.DataFrame, plan: FitPlan, manifest_n
             "distribution": spec.distribution if has_sigma else "",
             "reparam": spec.reparam if has_sigma else "",
             "alpha": spec.alpha, "beta": spec.beta,
-            "selection": plan.config.selection,
+            "selection": plan.config.selection + (" (undefined: last kept)" if res.selection_note else ""),
             "prediction": plan.config.prediction if has_sigma else "mu", "seed": spec.seed,
             "n_train": len(res.job.train_rows), "n_test": len(test), **metrics,
             "epochs": plan.config.epochs if plan.head != "ridge" else 0,
@@ -186,16 +227,17 @@ def fit_models(fs: FeatureSet, manifest: pd.DataFrame, plan: FitPlan, manifest_n
             "weight_decay": plan.config.weight_decay, "fit_seconds": res.fit_seconds,
             "features_sha256": features_sha, "backbone": fs.backbone, **where, "dae_version": __version__,
             "created_utc": created, "source": "this-run", "uses_difficulty": "no",
+            "status": f"failed: {res.failure}" if res.failure else "ok",
         })
         rows[-1].update(labels)
         if plan.head == "ridge" or rows[-1]["loss"] not in ("combined", "v1"):
             rows[-1].update(alpha="", beta="")  # weights of rec and sup: only these losses mix them
         if has_sigma:
             rows[-1].update(dist.params)  # e.g. Student-t's nu
-        lo90, hi90 = interval(mu_s, scale_s, distribution=dist) if has_sigma else (np.full(len(test), np.nan),) * 2
+        lo90, hi90 = interval(mu_s, scale_s, distribution=dist) if scored else (np.full(len(test), np.nan),) * 2
         predictions.append(pd.DataFrame({
             "video_id": manifest["video_id"].to_numpy()[test], "score": scores[test], "mu": mu_s,
-            "sigma": scale_s if has_sigma else np.nan, "lo90": lo90, "hi90": hi90, "prediction": pred_s,
+            "sigma": scale_s if scored else np.nan, "lo90": lo90, "hi90": hi90, "prediction": pred_s,
             "group": res.job.tags["group"], "fold": res.job.tags["fold"], "seed": spec.seed, "loss": rows[-1]["loss"],
             "reparam": rows[-1]["reparam"], "distribution": rows[-1]["distribution"]}))
     rows = pd.DataFrame(rows)
@@ -227,6 +269,21 @@ def _fit_ridge_jobs(x, targets, jobs):
 
 
 
+def report_failures(rows: pd.DataFrame, results, echo) -> None:
+    """Say which models failed or fell back; raise (exit 1, nothing written) when every model failed."""
+    for res in results:
+        where = ", ".join(f"{k} {v}" for k, v in {"seed": res.job.spec.seed, **res.job.tags}.items() if v != "")
+        if res.failure:
+            echo(f"warning: model ({where}) failed: {res.failure}; it is marked in the status column and left "
+                 f"out of the summary")
+        elif res.selection_note:
+            echo(f"warning: model ({where}): {res.selection_note}")
+    failed = (rows["status"] != "ok").sum()
+    if failed == len(rows):
+        first = next(r.failure for r in results if r.failure)
+        raise DaeError(f"every model failed ({first}); try a smaller --lr")
+
+
 def save_run(out: Path, plan: FitPlan, rows: pd.DataFrame, predictions: pd.DataFrame, results, extra: dict,
              feature_references: dict | None = None) -> None:
     """Write the run folder under a temporary name and rename it: a run is complete or absent.
@@ -255,8 +312,10 @@ def save_run(out: Path, plan: FitPlan, rows: pd.DataFrame, predictions: pd.DataF
                    tmp / "model.pt")
 
 
-def run_fit(features, manifest, plan: FitPlan, out=None, leaderboard=None, echo=print):
-    """Read files, train, write the run folder and append to the leaderboard. Returns (rows, summary)."""
+def run_fit(features, manifest, plan: FitPlan, out=None, leaderboard=None, echo=print, options=None):
+    """Read files, train, write the run folder and append to the leaderboard. Returns (rows, summary).
+
+    options: the command's options, recorded in config.json for `dae fit --config` (pipeline.settings)."""
     from dae.pipeline.leaderboard import (append_rows, check_leaderboard_writable, format_summary, rows_appended,
                                           summarise, write_summary_beside)
 
@@ -273,7 +332,12 @@ def run_fit(features, manifest, plan: FitPlan, out=None, leaderboard=None, echo=
     check_new_dir(out, "run folder")
     if leaderboard:
         check_leaderboard_writable(leaderboard)
-    rows, predictions, results = fit_models(fs, df, plan, manifest_name, note=echo)
+    progress = TrainingProgress("fit")
+    try:
+        rows, predictions, results = fit_models(fs, df, plan, manifest_name, note=echo, progress=progress)
+    finally:
+        progress.close()
+    report_failures(rows, results, echo)
     lo, hi = score_range_of(df, plan)
     from dae.pipeline.predict import group_references
 
@@ -284,7 +348,8 @@ def run_fit(features, manifest, plan: FitPlan, out=None, leaderboard=None, echo=
               "score_range": [lo, hi], "score_range_source": SCORE_RANGE_SOURCES[plan.score_range is not None],
               "backbone": fs.backbone,
               # how the features were made, so that `dae predict` can extract new videos the same way
-              "feature_attrs": {k: fs.attrs[k] for k in PREDICT_ATTRS if k in fs.attrs}}, references)
+              "feature_attrs": {k: fs.attrs[k] for k in PREDICT_ATTRS if k in fs.attrs},
+              **({"options": options} if options is not None else {})}, references)
     summary = summarise(rows)
     echo(format_summary(summary))
     echo(f"run written to {out}")

@@ -14,7 +14,7 @@ from dae.errors import UsageError
 BACKENDS = ("loky", "threading", "dask", "ray")
 
 
-def _fit_part(fs, manifest, plan, manifest_name, threads, keep_models):
+def _fit_part(fs, manifest, plan, manifest_name, threads, keep_models, progress=None):
     """One plan in a worker: torch threads set for this task, trained models dropped unless asked for."""
     import torch
 
@@ -24,9 +24,11 @@ def _fit_part(fs, manifest, plan, manifest_name, threads, keep_models):
     if threads:
         torch.set_num_threads(threads)
     try:
-        rows, predictions, results = fit_models(fs, manifest, plan, manifest_name)
+        rows, predictions, results = fit_models(fs, manifest, plan, manifest_name, progress=progress)
     finally:
         torch.set_num_threads(before)
+        if progress is not None:
+            progress.close()
     if not keep_models:
         for res in results:
             res.state_dict = {}
@@ -84,16 +86,19 @@ def _backend(backend: str, scheduler: str | None):
 
 
 def run_plans(fs, manifest, plans, n_jobs: int = 1, backend: str = "loky", scheduler: str | None = None,
-              threads: int | None = None, manifest_name: str = "manifest", keep_models: bool = False):
+              threads: int | None = None, manifest_name: str = "manifest", keep_models: bool = False,
+              progress=None):
     """Train each FitPlan on the same features and manifest; returns [(rows, predictions, results)] in plan order.
 
     n_jobs 1 with a local backend runs in this process, one plan after another. threads: torch threads per
     task (default: torch's own in this process, cores / n_jobs for local workers, the cluster's for dask and ray).
+    progress(i, n) -> the trainer's progress callback for plan i of n (in this process only; workers are silent).
     """
     if n_jobs < 1 and n_jobs != -1:
         raise UsageError("--jobs must be >= 1 (or -1: all the backend's workers)")
     if n_jobs == 1 and backend in ("loky", "threading") and not scheduler:
-        return [_fit_part(fs, manifest, plan, manifest_name, threads, keep_models) for plan in plans]
+        return [_fit_part(fs, manifest, plan, manifest_name, threads, keep_models,
+                          progress(i, len(plans)) if progress else None) for i, plan in enumerate(plans)]
     if threads is None:
         threads = default_threads(n_jobs if n_jobs > 0 else (os.cpu_count() or 1), backend)
     import joblib

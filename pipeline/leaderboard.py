@@ -31,14 +31,14 @@ COLUMNS = ("dataset", "group", "fold", "head", "loss", "distribution", "reparam"
            "prediction", "seed", "n_train", "n_test", "spearman", "rl2x100", "l2", "nll", "crps", "coverage90",
            "sigma_error_spearman", "epochs", "selected_epoch", "lr", "batch_size", "weight_decay",
            "fit_seconds", "features_sha256", "backbone", "machine", "device", "torch_version", "dae_version",
-           "created_utc", "source", "run_dir")
+           "created_utc", "source", "status", "run_dir")
 METRICS = ("spearman", "rl2x100", "l2", "nll", "crps", "coverage90", "sigma_error_spearman")
 CORRELATIONS = ("spearman", "sigma_error_spearman")
 PER_MODEL = ("group", "fold", "seed", "n_train", "n_test", "selected_epoch", "selection_window",
-             "spearman_last_epoch", "fit_seconds", "created_utc", "run_dir", "nu")
+             "spearman_last_epoch", "fit_seconds", "created_utc", "run_dir", "nu", "status")
 # Settings every row has (in this order in summaries); any other unknown column is a setting too.
 SETTINGS = ("dataset", "head", "loss", "distribution", "reparam", "alpha", "beta", "selection", "prediction",
-            "uses_difficulty", "epochs", "lr", "batch_size", "weight_decay", "features_sha256", "backbone", "machine",
+            "voters", "exemplar_rule", "uses_difficulty", "epochs", "lr", "batch_size", "weight_decay", "features_sha256", "backbone", "machine",
             "device", "torch_version", "dae_version", "source")
 AVERAGES = ("fisher-z", "mean")
 # what summaries and tables add (never settings of a row)
@@ -246,6 +246,8 @@ def summarise(rows: pd.DataFrame, fold_average: str | None = None, group_average
     for how in (fold_average, group_average):
         if how is not None and how not in AVERAGES:
             raise UsageError(f"unknown average {how!r} (choose from {', '.join(AVERAGES)})")
+    if "status" in rows.columns:  # failed models (diverged: status other than ok) are left out
+        rows = rows[rows["status"].fillna("ok").astype(str) == "ok"]
     if not len(rows):
         return pd.DataFrame()
     keys = setting_columns(rows)

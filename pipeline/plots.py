@@ -79,8 +79,9 @@ def plot_sigma_histograms(predictions: pd.DataFrame, path, title: str) -> Path:
     """Predicted sigma over the test videos (all seeds pooled), one panel per configuration, log-spaced bins."""
     plt = require_matplotlib()
     labels = _labels(predictions)
-    configs = list(dict.fromkeys(labels))
     sigma = predictions["sigma"].to_numpy(dtype=float)
+    # configurations without a scored sigma (sup: nothing trained it) have no histogram
+    configs = [c for c in dict.fromkeys(labels) if np.isfinite(sigma[(labels == c).to_numpy()]).any()]
     positive = sigma[np.isfinite(sigma) & (sigma > 0)]
     if len(positive) == 0:
         raise UsageError("no predicted sigma to plot (a point-estimate head?)")
@@ -92,6 +93,7 @@ def plot_sigma_histograms(predictions: pd.DataFrame, path, title: str) -> Path:
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False)
     for ax, config in zip(axes.flat, configs):
         s = predictions.loc[labels == config, "sigma"].to_numpy(dtype=float)
+        s = s[np.isfinite(s)]
         ax.hist(s, bins=bins, color="tab:blue", alpha=0.8)
         ax.set_xscale("log")
         ax.set_xlim(bins[0], bins[-1])
@@ -130,6 +132,26 @@ def plot_reliability(table: pd.DataFrame, path, title: str) -> Path:
     return _save(fig, Path(path))
 
 
+def plot_seed_spread(curves: pd.DataFrame, path, title: str, metric: str = "test_spearman") -> Path:
+    """The robustness figure: per configuration, the std over seeds of the score at each epoch, log-scale y."""
+    plt = require_matplotlib()
+    labels = _labels(curves)
+    colors = plt.get_cmap("tab10")
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    for i, label in enumerate(dict.fromkeys(labels)):
+        wide = curves[labels == label].pivot_table(index=["seed", "group", "fold"], columns="epoch", values=metric)
+        std = wide.std(axis=0, ddof=1).to_numpy(dtype=float)
+        ax.plot(wide.columns.to_numpy(), np.where(std > 0, std, np.nan), color=colors(i % 10),
+                label=f"{label} (n={len(wide)})", lw=1.6)
+    ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"std over seeds of the {metric.replace('_', ' ')} (log scale)")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, Path(path))
+
+
 def plot_study(result, folder) -> list[Path]:
     """All figures of a study into folder (created): curves when tracked, sigma histograms, reliability."""
     folder = Path(folder)
@@ -143,6 +165,9 @@ def plot_study(result, folder) -> list[Path]:
         for key in [c for c in result.curves.columns if c.endswith("_spearman")]:
             paths.append(plot_curves(result.curves, key, folder / f"{result.study}_{key}.png",
                                      f"{key.replace('_', ' ')} per epoch, {name}", "Spearman rank correlation"))
+        if result.study == "robustness" and "test_spearman" in result.curves:
+            paths.append(plot_seed_spread(result.curves, folder / f"{result.study}_seed_spread.png",
+                                          f"seed-to-seed spread of the test Spearman, {name}"))
     paths.append(plot_sigma_histograms(result.predictions, folder / f"{result.study}_sigma_hist.png",
                                        f"predicted sigma over the test videos, {name}"))
     paths.append(plot_reliability(result.reliability, folder / f"{result.study}_reliability.png",

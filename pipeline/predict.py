@@ -28,9 +28,8 @@ from dae.atomic import atomic_path
 from dae.errors import DaeError, UsageError
 from dae.heads.dae import DAEHead
 from dae.heads.distributions import StudentT, get_distribution, sample_scale
-from dae.heads.metrics import interval
 
-SUPPORTED_HEADS = ("dae", "mlp", "ridge")
+SUPPORTED_HEADS = ("dae", "mlp", "ridge", "core", "dae-core")
 LEVEL = 0.9
 FAR_PERCENTILE = 99.0
 # what makes features comparable with a run's: the clip protocol, the I3D weights and the backbone's name
@@ -154,9 +153,13 @@ def mixture_quantile(p: float, mus, scales, distributions) -> np.ndarray:
 
 
 @torch.no_grad()
-def score_features(blob: dict, models: list[dict], features: np.ndarray) -> dict:
+def score_features(blob: dict, models: list[dict], features: np.ndarray, difficulty=None,
+                   config: dict | None = None) -> dict:
     """mu, sigma, 90% interval ends and the spread of mu over models, (N,) each in score units, of the models'
-    equal-weight mixture (module docstring); sigma and the interval NaN for heads without a spread."""
+    equal-weight mixture (module docstring); sigma and the interval NaN for heads without a spread.
+
+    core / dae-core vote with the training videos kept in the run (difficulty: the new videos' DD, for runs that
+    compare same-difficulty exemplars; config: the run's config.json, for the voter count)."""
     lo, hi = (float(v) for v in blob["score_range"])
     x = torch.as_tensor(np.asarray(features, dtype=np.float32))
     if x.shape[1] != int(blob["feature_dim"]):
@@ -165,6 +168,17 @@ def score_features(blob: dict, models: list[dict], features: np.ndarray) -> dict
     for model in models:
         xs = (x - model["input_mean"]) / model["input_std"]
         state = model["state_dict"]
+        if blob["head"] in ("core", "dae-core"):
+            from dae.heads.core import DEFAULT_VOTERS, score_new_videos
+
+            voters = ((config or {}).get("head_options") or {}).get("voters", DEFAULT_VOTERS)
+            mu, scale = score_new_videos(blob["head"], model, x.numpy(), difficulty, blob["score_range"],
+                                         blob["train"], voters)
+            mus.append(np.asarray(mu, np.float64))
+            if scale is not None:
+                scales.append(np.asarray(scale, np.float64))
+                distributions.append(get_distribution("gaussian"))
+            continue
         if blob["head"] == "ridge":
             mus.append((xs.double() @ state["weight"].double().reshape(-1) + state["bias"].double()).numpy())
             continue
@@ -229,8 +243,8 @@ def group_references(features: np.ndarray, results) -> dict:
 
 
 def predict_videos(run_dir, videos, *, out=None, features=None, weights=None, group=None, device="auto",
-                   workers=None, batch_clips=None, decoder=None, allow_feature_mismatch=False, echo=print,
-                   note=print) -> pd.DataFrame:
+                   workers=None, batch_clips=None, decoder=None, difficulty=None, allow_feature_mismatch=False,
+                   echo=print, note=print) -> pd.DataFrame:
     """Extract `videos` like the run's training features, score them, print and write a CSV. Returns its rows.
 
     features: a feature file whose protocol, weights and backbone must be the run's (refused otherwise, unless
@@ -289,7 +303,7 @@ def predict_videos(run_dir, videos, *, out=None, features=None, weights=None, gr
     for column in ("mu", "sigma", "lo90", "hi90", "mu_spread", "distance", "distance_percentile"):
         rows[column] = np.nan
     if extracted is not None:
-        scored = score_features(blob, models, extracted.features)
+        scored = score_features(blob, models, extracted.features, difficulty, config)
         reference = blob.get("feature_references", {}).get(str(models[0]["tags"].get("group", "")))
         if reference is not None:
             scored["distance"] = feature_distance(reference, extracted.features)

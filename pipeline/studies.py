@@ -28,6 +28,8 @@ from dae.heads.trainer import HeadSpec
 from dae.pipeline.fit import FitPlan
 from dae.pipeline.leaderboard import summarise
 
+DEGENERATE_SIGMA_FRACTION = 0.25  # a median predicted sigma above a quarter of the score range says little
+CONVERGED_TAIL = 0.25  # the converged part of a curve: its last quarter of epochs
 NOMINAL_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 VARIED = ("loss", "distribution", "reparam")
 
@@ -52,8 +54,9 @@ STUDIES = {
                          question="y = mu + eps*sigma against the paper's y = mu + eps*sigma^2"),
     "variance": StudyGrid(("v1", "nll"), ("gaussian",), REPARAMS,
                           question="how far predicted sigma varies, whether it tracks the error, coverage"),
-    "robustness": StudyGrid(LOSSES, ("gaussian",), ("sigma",), curves=True,
-                            question="convergence and seed-to-seed spread per epoch"),
+    "robustness": StudyGrid(("sup", "v1"), ("gaussian",), ("sigma",), curves=True,
+                            question="how stable the converged test score is across seeds and epochs, "
+                                     "the DAE (v1) against plain regression (sup)"),
 }
 
 
@@ -70,6 +73,7 @@ class StudyResult:
     reliability: pd.DataFrame   # configuration x nominal level: empirical coverage (mean, std over seeds)
     curves: pd.DataFrame | None  # configuration x seed x unit x epoch: train loss, Spearman per eval set
     seconds: float = 0.0
+    score_range: tuple | None = None  # (lo, hi) the scores were normalised by
 
 
 def study_specs(study: str, seeds, losses=None, distributions=None, reparams=None,
@@ -102,8 +106,12 @@ def split_by_model(plan: FitPlan) -> list[FitPlan]:
 
 def run_study(study: str, fs, manifest: pd.DataFrame, plan: FitPlan, n_jobs: int = 1, backend: str = "loky",
               scheduler: str | None = None, threads: int | None = None, manifest_name: str = "manifest",
-              curves: bool | None = None) -> StudyResult:
-    """Train plan.specs (a study grid) on fs/manifest and compute the study's tables."""
+              curves: bool | None = None, progress: bool | None = False) -> StudyResult:
+    """Train plan.specs (a study grid) on fs/manifest and compute the study's tables.
+
+    progress: show the trainer's progress on stderr (None: yes; see `dae.progress.ProgressLine`)."""
+    from dae.pipeline.fit import TrainingProgress
+
     import time
 
     from dae.pipeline.grid import run_plans
@@ -113,12 +121,18 @@ def run_study(study: str, fs, manifest: pd.DataFrame, plan: FitPlan, n_jobs: int
     track = _grid(study).curves if curves is None else curves
     plan = dataclasses.replace(plan, config=dataclasses.replace(plan.config, track_curves=track))
     parts = run_plans(fs, manifest, split_by_model(plan), n_jobs=n_jobs, backend=backend, scheduler=scheduler,
-                      threads=threads, manifest_name=manifest_name)
+                      threads=threads, manifest_name=manifest_name,
+                      progress=None if progress is False else
+                      lambda i, n: TrainingProgress(f"ablate {study}" + (f" part {i + 1}/{n}" if n > 1 else ""),
+                                                    enabled=progress))
     rows = pd.concat([p[0] for p in parts], ignore_index=True)
     predictions = pd.concat([p[1] for p in parts], ignore_index=True)
     results = [r for p in parts for r in p[2]]
     seconds = time.perf_counter() - start
+    from dae.pipeline.fit import score_range_of
+
     return StudyResult(study=study, rows=rows, predictions=predictions, summary=summarise(rows),
+                       score_range=score_range_of(manifest, plan),
                        comparison=compare_configs(rows), spread=sigma_spread(rows, predictions),
                        reliability=reliability(rows, predictions), curves=curves_table(results) if track else None,
                        seconds=seconds)
@@ -176,8 +190,8 @@ def fitted_distribution(name: str, nu=np.nan):
 
 
 def _models(rows: pd.DataFrame, predictions: pd.DataFrame):
-    """(row, its test predictions) for every model; rows and predictions are matched by configuration,
-    seed, group and fold."""
+    """(row, its test predictions) for every model with a scored spread (not `sup`'s untrained sigma, not a failed
+    model); rows and predictions are matched by configuration, seed, group and fold."""
     keys = ["loss", "distribution", "reparam", "seed", "group", "fold"]
     pred = predictions.copy()
     for k in ("group", "fold"):
@@ -185,7 +199,7 @@ def _models(rows: pd.DataFrame, predictions: pd.DataFrame):
     index = pred.groupby(keys, sort=False).indices
     for _, row in rows.iterrows():
         key = tuple(str(row[k]) if k in ("group", "fold") else row[k] for k in keys)
-        if key in index:
+        if key in index and np.isfinite(pred["sigma"].to_numpy()[index[key]]).any():  # a scored spread only
             yield row, pred.iloc[index[key]]
 
 
@@ -276,6 +290,71 @@ def curve_summary(curves: pd.DataFrame, rows: pd.DataFrame, metric: str = "test_
     return pd.DataFrame(out)
 
 
+def variance_verdict(summary: pd.DataFrame, spread: pd.DataFrame, score_range, rows: pd.DataFrame) -> tuple:
+    """The variance study's verdict on the metrics its question is about: calibration (|coverage90 - 0.9|),
+    sharpness (median predicted sigma), R-l2 and CRPS (calibration and sharpness together), per configuration.
+
+    A configuration whose median sigma exceeds DEGENERATE_SIGMA_FRACTION of the score range is degenerate: its
+    intervals cover by being wide, so it is named as such and left out of the verdict. Returns (table, lines)."""
+    keys = _varied(rows)
+    summary = summary.copy()
+    summary["config"] = [config_label(r, keys) for _, r in summary.iterrows()]
+    table = summary[["config"]].merge(spread[["config", "sigma_median"]], on="config", how="left")
+    span = float(score_range[1] - score_range[0])
+    table["coverage90"] = summary["coverage90_mean"].to_numpy()
+    table["calibration_error"] = (table["coverage90"] - 0.9).abs()
+    table["sigma_median_of_range"] = table["sigma_median"] / span
+    table["rl2x100"] = summary["rl2x100_mean"].to_numpy()
+    table["crps"] = summary["crps_mean"].to_numpy()
+    table["spearman"] = summary["spearman_mean"].to_numpy()
+    table["degenerate"] = table["sigma_median_of_range"] > DEGENERATE_SIGMA_FRACTION
+    lines = []
+    for _, r in table[table["degenerate"]].iterrows():
+        lines.append(f"degenerate: {r['config']}: median sigma {r['sigma_median']:.3g} = "
+                     f"{r['sigma_median_of_range']:.0%} of the score range (> {DEGENERATE_SIGMA_FRACTION:.0%}); "
+                     f"its coverage comes from width, left out of the verdict")
+    usable = table[~table["degenerate"] & table["sigma_median"].notna()]
+    if usable.empty:
+        lines.append("no verdict: no configuration has a usable predicted sigma")
+        return table, lines
+    for label, column, what in (("best calibrated", "calibration_error", "|coverage90 - 0.90|"),
+                                ("sharpest", "sigma_median", "median sigma"),
+                                ("best R-l2", "rl2x100", "rl2x100"),
+                                ("best CRPS (calibration and sharpness together)", "crps", "crps")):
+        best = usable.loc[usable[column].idxmin()]
+        lines.append(f"{label}: {best['config']} ({what} {best[column]:.3g})")
+    return table, lines
+
+
+def stability_table(curves: pd.DataFrame, rows: pd.DataFrame, metric: str = "test_spearman") -> pd.DataFrame:
+    """The robustness study's answer, per configuration, from the per-epoch curves of every model:
+    final (mean, std over seeds of the last epoch's score), epoch_jitter (mean over models of the std of the score
+    over the converged tail, the last CONVERGED_TAIL of epochs), drift (mean over models of last - best epoch's
+    score) and converged_epoch (median over models of the first epoch within 0.01 of the model's tail mean)."""
+    keys = _varied(rows)
+    curves = curves.copy()
+    curves["config"] = [config_label(r, keys) for _, r in curves.iterrows()]
+    last = int(curves["epoch"].max())
+    tail_start = last - max(1, int(round(CONVERGED_TAIL * last))) + 1
+    out = []
+    for config, part in curves.groupby("config", sort=False):
+        finals, jitters, drifts, converged = [], [], [], []
+        for _, model in part.groupby(["seed", "group", "fold"], sort=False):
+            model = model.sort_values("epoch")
+            score = model[metric].to_numpy(float)
+            tail = score[model["epoch"].to_numpy() >= tail_start]
+            finals.append(score[-1])
+            jitters.append(float(np.std(tail)))
+            drifts.append(float(score[-1] - np.nanmax(score)))
+            near = np.flatnonzero(np.abs(score - np.mean(tail)) <= 0.01)
+            converged.append(int(model["epoch"].iloc[near[0]]) if len(near) else last)
+        out.append({"config": config, "models": len(finals), "final_mean": float(np.mean(finals)),
+                    "final_std": float(np.std(finals, ddof=1)) if len(finals) > 1 else np.nan,
+                    "epoch_jitter": float(np.mean(jitters)), "drift": float(np.mean(drifts)),
+                    "converged_epoch": float(np.median(converged))})
+    return pd.DataFrame(out)
+
+
 def _pm(mean, std, digits=4) -> str:
     if pd.isna(mean):
         return "-"
@@ -324,6 +403,20 @@ def format_study(result: StudyResult) -> str:
         wide.columns = [f"{c:g}" for c in wide.columns]
         lines += ["", "coverage of the central intervals (empirical, by nominal level):",
                   wide.round(2).to_string()]
+    if result.study == "variance" and len(result.spread) and result.score_range is not None:
+        _, verdict = variance_verdict(result.summary, result.spread, result.score_range, result.rows)
+        lines += ["", "verdict (calibration, sharpness, R-l2, CRPS; not Spearman):", *verdict]
+    if result.study == "robustness" and result.curves is not None and len(result.curves):
+        table = stability_table(result.curves, result.rows)
+        shown = pd.DataFrame({"config": table["config"], "models": table["models"],
+                              "final test spearman": [_pm(m, s) for m, s in zip(table["final_mean"],
+                                                                                table["final_std"])],
+                              "epoch jitter": table["epoch_jitter"].map(lambda v: f"{v:.4f}"),
+                              "drift from best": table["drift"].map(lambda v: f"{v:+.4f}"),
+                              "converged at epoch": table["converged_epoch"].map(lambda v: f"{v:.0f}")})
+        lines += ["", "stability of the converged score (std over seeds of the last epoch; epoch jitter: std over "
+                      f"the last {CONVERGED_TAIL:.0%} of epochs, mean over models; converged: first epoch within "
+                      "0.01 of that tail's mean, median over models):", shown.to_string(index=False)]
     if result.curves is not None and len(result.curves):
         lines += ["", "test Spearman by epoch (mean ± std over models):",
                   curve_summary(result.curves, result.rows).to_string(index=False),
@@ -351,7 +444,8 @@ def save_study(out, result: StudyResult, meta: dict) -> None:
 def run_study_files(study: str, features, manifest, seeds, config: TrainConfig, dataset: str = "",
                     score_range=None, losses=None, distributions=None, reparams=None, out=None,
                     leaderboard=None, plots=None, n_jobs: int = 1, backend: str = "loky",
-                    scheduler: str | None = None, threads: int | None = None, echo=print) -> StudyResult:
+                    scheduler: str | None = None, threads: int | None = None, echo=print,
+                    head: str = "dae") -> StudyResult:
     """Read the files, run the study, print its report, write the study folder, plots and leaderboard rows."""
     import platform
 
@@ -372,7 +466,7 @@ def run_study_files(study: str, features, manifest, seeds, config: TrainConfig, 
         if described:
             echo(f"protocol: {described}")
     dataset = dataset or Path(manifest).stem
-    plan = FitPlan(head="dae", specs=specs, config=config, dataset=dataset, score_range=score_range)
+    plan = FitPlan(head=head, specs=specs, config=config, dataset=dataset, score_range=score_range)
     out = Path(out) if out else new_run_dir(f"{dataset or 'run'}-ablate-{study}")
     check_new_dir(out, "study folder")
     if plots:
@@ -384,7 +478,7 @@ def run_study_files(study: str, features, manifest, seeds, config: TrainConfig, 
     echo(f"study {study}: training {len(specs)} models per protocol cell ({len(specs) // len(seeds)} configurations x "
          f"{len(seeds)} seeds), {config.epochs} epochs, batch {config.batch_size} ...")
     result = run_study(study, fs, df, plan, n_jobs=n_jobs, backend=backend, scheduler=scheduler, threads=threads,
-                       manifest_name=Path(manifest).name, curves=True if plots else None)
+                       manifest_name=Path(manifest).name, curves=True if plots else None, progress=None)
     result.rows["run_dir"] = str(out)
     echo(format_study(result))
     meta = {"study": study, "dataset": dataset, "features": str(features), "features_sha256": content_sha256(fs),

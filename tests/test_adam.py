@@ -39,3 +39,33 @@ def test_equals_torch_adam(fused):
     moved = _train(ours)[0]
     torch.manual_seed(0)
     assert not torch.equal(moved, torch.nn.Linear(12, 8).weight)  # it did train
+
+
+def test_falls_back_to_torch_adam_when_the_private_update_fails(monkeypatch):
+    """A torch whose private `adam` function changed: the trainers' Adam warns once and continues with
+    torch.optim.Adam, from the same state, to the same result."""
+    import dae.heads.adam as adam_module
+
+    calls = {"n": 0}
+    real = adam_module._adam_update
+
+    def changed_after_five_steps(*args, **kwargs):  # breaks mid-run: the moments must carry over
+        calls["n"] += 1
+        if calls["n"] > 5:
+            raise TypeError("adam() got an unexpected keyword argument 'foreach'")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(adam_module, "_adam_update", changed_after_five_steps)
+    made = []
+
+    def ours(groups):
+        made.append(Adam(groups, lr=1e-2, weight_decay=1e-3))
+        return made[-1]
+
+    with pytest.warns(RuntimeWarning, match="using torch.optim.Adam"):
+        fell_back = _train(ours)
+    assert made[0].fallback is not None
+    monkeypatch.setattr(adam_module, "_adam_update", real)
+    for a, b in zip(fell_back, _train(lambda groups: torch.optim.Adam(groups, lr=1e-2, weight_decay=1e-3,
+                                                                       fused=True))):
+        assert torch.equal(a, b)

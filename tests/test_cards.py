@@ -45,11 +45,22 @@ def test_published_reference_rows_from_issue_5():
     mtl = {row["method"]: row["value"] for row in cards.load_card("mtl-aqa")["published"]}
     assert mtl == {"DAE": 0.9231, "DAE-MT": 0.9452, "DAE-CoRe": 0.9589, "USDL": 0.9064, "MUSDL": 0.9306,
                    "C3D-AVG-MTL": 0.9044, "I3D+MLP (with DD)": 0.9381, "CoRe (without DD)": 0.9341,
-                   "TSA-Net": 0.9393, "TPT": 0.9607}
+                   "TSA-Net": 0.9393, "TPT": 0.9607, "CoRe (with DD)": 0.9512}
     jig = {(row["method"], row["group"]): row["value"] for row in cards.load_card("jigsaws")["published"]}
     assert jig == {("DAE", "average"): 0.72, ("DAE-MT", "average"): 0.76, ("DAE-CoRe", "average"): 0.86,
                    ("MUSDL", "Suturing"): 0.71, ("MUSDL", "Needle_Passing"): 0.69, ("MUSDL", "Knot_Tying"): 0.71,
-                   ("MUSDL", "average"): 0.70}
+                   ("MUSDL", "average"): 0.70, ("CoRe", "average"): 0.85}
+
+
+def test_core_reference_rows_name_their_table_and_setting():
+    rows = [(name, row) for name in ("mtl-aqa", "jigsaws", "unlv-dive") for row in cards.load_card(name)["published"]
+            if "CoRe" in row["method"]]
+    assert {(n, r["method"]) for n, r in rows} == {
+        ("mtl-aqa", "CoRe (with DD)"), ("mtl-aqa", "CoRe (without DD)"), ("mtl-aqa", "DAE-CoRe"),
+        ("jigsaws", "CoRe"), ("jigsaws", "DAE-CoRe"), ("unlv-dive", "CoRe (AQA-7 average)")}
+    assert all(r["backbone"] == "i3d-finetuned" for _, r in rows)
+    assert all("table" in r["note"] for n, r in rows if r["method"].startswith("CoRe (") or n == "jigsaws"
+               and r["method"] == "CoRe")
 
 
 def test_every_published_number_names_where_it_is_printed():

@@ -235,7 +235,7 @@ def test_progress_line_rewrites_in_place_on_a_terminal_and_logs_whole_lines_else
     import types
 
     clock = itertools.chain([0.0, 5.0, 31.0, 40.0], itertools.repeat(99.0))
-    monkeypatch.setattr("dae.features.extract.time", types.SimpleNamespace(monotonic=lambda: next(clock)))
+    monkeypatch.setattr("dae.progress.time", types.SimpleNamespace(monotonic=lambda: next(clock)))
     line = ProgressLine(10, already=0, stream=log)
     line.update()          # t=5: too soon
     line.update()          # t=31: a line

@@ -170,3 +170,75 @@ def test_unlv_dive_dae_reaches_080_and_stays_close_to_ridge(unlv_dive, tmp_path)
     assert len(dae) == 3 and (dae["n_train"] == 300).all() and (dae["n_test"] == 70).all()
     assert dae["spearman"].mean() >= 0.80
     assert dae["spearman"].mean() >= ridge - 0.02
+
+
+def test_a_diverged_fit_fails_visibly_and_writes_nothing(tmp_path):
+    """--lr 1e6 overflows every model: exit 1 with one line, no run folder, no leaderboard rows (issue 9.4)."""
+    features, manifest = write_features_and_manifest(tmp_path)
+    run, board = tmp_path / "run", tmp_path / "L.csv"
+    res = fit("--features", features, "--manifest", manifest, "--out", run, "--seeds", 2, "--epochs", 5,
+              "--lr", 1e6, "--leaderboard", board)
+    assert res.exit_code == 1, res.output
+    assert "every model failed" in res.output and "non-finite" in res.output
+    assert not run.exists() and not board.exists()
+
+
+def test_summaries_leave_failed_models_out():
+    from dae.pipeline.leaderboard import summarise
+
+    rows = pd.DataFrame({"dataset": "d", "head": "dae", "seed": [0, 1], "group": "", "fold": "",
+                         "spearman": [0.8, np.nan], "status": ["ok", "failed: non-finite training loss"]})
+    summary = summarise(rows)
+    assert len(summary) == 1 and summary["seeds"].iloc[0] == 1 and summary["spearman_mean"].iloc[0] == 0.8
+
+
+def test_sup_loss_sigma_is_not_scored(tmp_path):
+    """--loss sup trains nothing that touches sigma: NLL, CRPS and coverage are missing (issue 9.6)."""
+    features, manifest = write_features_and_manifest(tmp_path)
+    res = fit("--features", features, "--manifest", manifest, "--out", tmp_path / "run", "--epochs", 3,
+              "--loss", "sup")
+    assert res.exit_code == 0, res.output
+    rows = pd.read_csv(tmp_path / "run" / "metrics.csv")
+    assert rows[["nll", "crps", "coverage90", "sigma_error_spearman"]].isna().all().all()
+    assert rows["spearman"].notna().all()
+    assert pd.read_csv(tmp_path / "run" / "predictions.csv")["sigma"].isna().all()
+
+
+def test_ridge_with_seeds_trains_once_and_says_so(tmp_path):
+    features, manifest = write_features_and_manifest(tmp_path)
+    board = tmp_path / "L.csv"
+    res = fit("--features", features, "--manifest", manifest, "--out", tmp_path / "run", "--head", "ridge",
+              "--seeds", 5, "--leaderboard", board)
+    assert res.exit_code == 0, res.output
+    assert "ridge has no randomness" in res.output and "1 row appended" in res.output
+    assert len(pd.read_csv(board)) == 1
+
+
+def test_fit_shows_progress_epochs_eta_and_training_loss(tmp_path):
+    """Progress on a terminal (rewritten line) and in logs (a start line, then one every 30 s) (issue 10.6)."""
+    import io
+
+    from dae.features.manifest import read_manifest
+    from dae.features.store import read_features
+    from dae.pipeline.fit import FitPlan, TrainingProgress, fit_models
+    from dae.heads.trainer import HeadSpec, TrainConfig
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    features, manifest = write_features_and_manifest(tmp_path)
+    tty = Terminal()
+    progress = TrainingProgress("fit", stream=tty)
+    plan = FitPlan(specs=[HeadSpec(seed=0), HeadSpec(seed=1)], config=TrainConfig(epochs=4))
+    fit_models(read_features(features), read_manifest(manifest), plan, progress=progress)
+    progress.close()
+    text = tty.getvalue()
+    assert text.startswith("\r") and "fit: 4/4 epochs" in text and "ETA" in text
+    losses = [float(part.split("mean training loss ")[1].split()[0]) for part in text.split("\r")[1:]]
+    assert losses and all(np.isfinite(losses))
+
+    res = CliRunner().invoke(cli, ["fit", "--features", str(features), "--manifest", str(manifest), "--out",
+                                   str(tmp_path / "run"), "--epochs", "3"])
+    assert res.exit_code == 0, res.output
+    assert "fit: 0/3 epochs already done; starting (progress every 30 s)" in res.stderr

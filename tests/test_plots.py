@@ -50,8 +50,8 @@ def robustness(tmp_path_factory):
 def test_plot_study_writes_every_figure(robustness, tmp_path):
     paths = plot_study(robustness, tmp_path / "figs")
     names = sorted(p.name for p in paths)
-    assert names == ["robustness_reliability.png", "robustness_sigma_hist.png", "robustness_test_spearman.png",
-                     "robustness_train_loss.png"]
+    assert names == ["robustness_reliability.png", "robustness_seed_spread.png", "robustness_sigma_hist.png",
+                     "robustness_test_spearman.png", "robustness_train_loss.png"]
     for path in paths:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert _drawn(_image(path)) > 0.01, path.name

@@ -161,3 +161,55 @@ def test_loss_study_on_real_unlv_dive(unlv_dive, tmp_path):
     rows = pd.read_csv(tmp_path / "s" / "metrics.csv")
     assert len(rows) == 12 and (rows["n_train"] == 300).all() and (rows["n_test"] == 70).all()
     assert (rows["spearman"] > 0.7).all(), rows[["loss", "seed", "spearman"]]
+
+
+def test_robustness_asks_its_own_question_not_the_loss_grid_again(tmp_path):
+    """Issue 10.13: robustness is the stability of the converged score across seeds and epochs (its own grid,
+    a stability table, a seed-spread figure on a log axis), not a copy of `losses`."""
+    from dae.pipeline.studies import STUDIES, format_study, stability_table
+
+    assert set(STUDIES["robustness"].losses) != set(STUDIES["losses"].losses)
+    assert {s.loss for s in study_specs("robustness", [0])} == {"sup", "v1"}
+    # a hand-made curve: seed 0 converges to 0.80 at epoch 3, seed 1 to 0.72 and drifts down by 0.01 at the end
+    curve = {0: [0.1, 0.5, 0.8, 0.8, 0.8, 0.8, 0.8, 0.8], 1: [0.2, 0.7, 0.72, 0.72, 0.72, 0.72, 0.72, 0.71]}
+    curves = pd.DataFrame([{"loss": "v1", "distribution": "gaussian", "reparam": "sigma", "seed": seed, "group": "",
+                            "fold": "", "epoch": e + 1, "test_spearman": v}
+                           for seed, values in curve.items() for e, v in enumerate(values)])
+    table = stability_table(curves, curves.drop_duplicates("seed")).iloc[0]
+    assert table["final_mean"] == pytest.approx(0.755)
+    assert table["final_std"] == pytest.approx(np.std([0.8, 0.71], ddof=1))
+    assert table["drift"] == pytest.approx(-0.005)  # (0 - 0.01) / 2
+    assert table["epoch_jitter"] == pytest.approx(np.std([0.72, 0.71]) / 2)  # the last quarter: epochs 7, 8
+    assert table["converged_epoch"] == pytest.approx(3)
+
+    features, manifest = write_features_and_manifest(tmp_path, n=100)
+    result = run_study("robustness", read_features(features), read_manifest(manifest),
+                       FitPlan(specs=study_specs("robustness", [0, 1]), config=TINY))
+    report = format_study(result)
+    assert "stability of the converged score" in report and "epoch jitter" in report
+
+
+def test_variance_verdict_reads_calibration_sharpness_and_rl2_and_names_degenerate_configs():
+    """Issue 9.7: the closing note's case: nll with sigma^2 has the best Spearman, coverage 0.90 and a median sigma
+    of 39 points on an 81-point range; it is degenerate and the verdict is not Spearman's."""
+    from dae.pipeline.studies import variance_verdict
+
+    configs = [("v1", "sigma", 0.847, 0.05, 1.0, 1.7, 7.1), ("v1", "variance", 0.846, 0.04, 0.16, 1.7, 7.3),
+               ("nll", "sigma", 0.845, 0.62, 5.0, 1.8, 5.9), ("nll", "variance", 0.853, 0.90, 39.0, 6.9, 14.9)]
+    summary = pd.DataFrame([{"dataset": "d", "head": "dae", "loss": loss, "distribution": "gaussian",
+                             "reparam": reparam, "selection": "last", "prediction": "mu", "backbone": "b",
+                             "source": "this-run", "spearman_mean": rho, "coverage90_mean": cov,
+                             "rl2x100_mean": rl2, "crps_mean": crps}
+                            for loss, reparam, rho, cov, _, rl2, crps in configs])
+    spread = pd.DataFrame([{"config": f"loss={loss} reparam={reparam}", "sigma_median": median}
+                           for loss, reparam, _, _, median, _, _ in configs])
+    table, lines = variance_verdict(summary, spread, (21.6, 102.6), summary)
+    text = "\n".join(lines)
+    assert table.set_index("config")["degenerate"].to_dict() == {
+        "loss=v1 reparam=sigma": False, "loss=v1 reparam=variance": False, "loss=nll reparam=sigma": False,
+        "loss=nll reparam=variance": True}
+    assert lines[0].startswith("degenerate: loss=nll reparam=variance: median sigma 39 = 48% of the score range")
+    assert "best calibrated: loss=nll reparam=sigma" in text  # |0.62 - 0.9| is the smallest left
+    assert "sharpest: loss=v1 reparam=variance" in text and "best CRPS (calibration and sharpness together): " \
+        "loss=nll reparam=sigma" in text
+    assert "best R-l2: loss=v1 reparam=sigma" in text

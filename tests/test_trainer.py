@@ -28,6 +28,9 @@ def _assert_same_as_alone(x, targets, jobs, config):
         for name in job.eval_rows:
             a, b = res.predictions[name], alone.predictions[name]
             assert np.max(np.abs(a["mu"] - b["mu"])) <= 1e-3, (job.spec, name)
+            if job.spec.loss == "sup":  # no term trains sigma: not reported
+                assert a["scale"] is None
+                continue
             assert np.max(np.abs(a["scale"] - b["scale"]) / b["scale"]) <= 1e-2, (job.spec, name)
         assert res.distribution.params == pytest.approx(alone.distribution.params, rel=1e-3)
         for key, value in alone.state_dict.items():
@@ -144,7 +147,7 @@ def test_batched_matches_alone_on_real_unlv_dive(unlv_dive):
     """Real UNLV-Dive features (300 train / 70 test, 2048-d), the studies' settings: same predictions, same Spearman."""
     from dae.features.manifest import read_manifest
     from dae.features.store import align, read_features
-    from dae.heads.config import STUDY_BATCH_SIZE, STUDY_LR
+    from dae.pipeline.defaults import STUDY_BATCH_SIZE, STUDY_LR
 
     features, manifest = unlv_dive
     df = read_manifest(manifest)
@@ -185,3 +188,31 @@ def test_batched_heads_on_gpu_match_training_alone_on_cpu():
     for job, res in zip(jobs, gpu):
         alone = train_one(x, targets, job, TrainConfig(epochs=8, **SMALL))
         assert np.max(np.abs(res.predictions["test"]["mu"] - alone.predictions["test"]["mu"])) <= 1e-3
+
+
+def test_a_diverging_model_fails_alone_and_the_others_are_untouched():
+    """A model whose training loss overflows is marked failed; a model stacked beside it ends as if alone."""
+    x, targets = _data()
+    x = x.copy()
+    x[5] = 3e38  # overflows in the first layer: only models that train on row 5 see it
+    config = TrainConfig(epochs=4, **SMALL)
+    bad = Job(HeadSpec(seed=0), np.arange(0, 100), {"test": np.arange(100, 150)})
+    good = Job(HeadSpec(seed=0), np.arange(10, 110), {"test": np.arange(110, 150)})
+    res_bad, res_good = train_heads(x, targets, [bad, good], config)
+    assert "non-finite training loss" in res_bad.failure
+    assert res_good.failure == ""
+    alone = train_heads(x, targets, [good], config)[0]
+    np.testing.assert_allclose(res_good.predictions["test"]["mu"], alone.predictions["test"]["mu"], rtol=1e-5)
+
+
+def test_best_val_never_restores_untrained_weights():
+    """A one-video validation set: its Spearman is NaN every epoch; the last epoch is kept and said so."""
+    x, targets = _data()
+    train, test = np.arange(100), np.arange(100, 150)
+    config = TrainConfig(epochs=5, **SMALL)
+    selected = train_heads(x, targets, [Job(HeadSpec(seed=2), train, {"test": test, "val": np.array([120])})],
+                           TrainConfig(epochs=5, selection="best-val", **SMALL))[0]
+    last = train_heads(x, targets, [Job(HeadSpec(seed=2), train, {"test": test})], config)[0]
+    assert selected.selection_note and "last epoch is kept" in selected.selection_note
+    assert selected.selected_epoch == 4
+    assert np.array_equal(selected.predictions["test"]["mu"], last.predictions["test"]["mu"])

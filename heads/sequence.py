@@ -1,0 +1,305 @@
+"""Sequence heads on clip features, M models stacked: attn-dae, gdlt (GDLT, CVPR 2022) and gdlt-dae; their
+random temporal crops, padding masks and losses.
+
+- `attn-dae`: learned attention pooling over the clips (softmax of a linear score per clip, padding masked)
+  feeding the DAE head (`dae.heads.dae`). The score starts at zero, so an untrained attn-dae is the DAE on the
+  mean of the clips, with the same seed's weights.
+- `gdlt`: "Likert Scoring with Grade Decoupling for Long-term Action Assessment" (Xu et al., CVPR 2022), as its
+  code (xuangch/CVPR22_GDLT, models/model.py, loss.py, triplet_loss.py) does it: per-clip Conv1d(k=1) reduction
+  D -> D/2 -> BatchNorm -> ReLU -> hidden -> BatchNorm; a post-norm transformer encoder (FFN 3 x hidden, ReLU,
+  final LayerNorm, no positional encoding); a decoder whose queries are learnable grade embeddings; each query's
+  own linear score (the diagonal of Linear(hidden, Q) applied to every query), sigmoid, normalised to sum 1, and
+  the score is the weighted sum of the grades linspace(0, 1, Q). Loss: MSE + alpha x the hardest-triplet loss on
+  the decoded queries (cosine distance, each query's embeddings across the batch are positives, the other
+  queries' negatives). Differences, on purpose: padding is masked (GDLT pads short videos with zero clips and
+  attends to them), BatchNorm statistics skip padding, and a crop start is uniform over every valid start (GDLT's
+  randint excludes the last one).
+- `gdlt-dae`: the same encoder and decoder; the concatenated decoded queries feed the DAE head (mu, log
+  variance) in place of the Likert scorer, trained with the DAE loss + alpha x the same triplet term.
+
+Training reads a random crop of `crop` consecutive clips per video (GDLT: 68; all clips when shorter, masked);
+evaluation reads every clip of each video.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from dae.heads.dae import DAEHead, StackedDAE
+from dae.heads.temporal import (DecoderLayer, EncoderLayer, MaskedBatchNorm, StackedLayerNorm, StackedLinear,
+                                set_dropout_generators)
+
+SEQUENCE_HEADS = ("attn-dae", "gdlt", "gdlt-dae")
+
+
+@dataclass(frozen=True)
+class SequenceOptions:
+    """A sequence head's settings; defaults are GDLT's (options.py and the README's training command)."""
+
+    crop: int = 68              # --clip-num
+    hidden: int = 256           # --hidden_dim
+    heads: int = 1              # --n_head
+    encoder_layers: int = 1     # --n_encoder
+    decoder_layers: int = 2     # --n_decoder 2 in the README's command (options.py: 1)
+    queries: int = 4            # --n_query 4 in the README's command (grades)
+    dropout: float = 0.3        # --dropout 0.3 in the README's command
+    triplet_weight: float = 1.0  # --alpha 1.0
+    margin: float = 1.0         # --margin 1.0
+    eval_chunk: int = 32        # videos per evaluation forward (memory bound only)
+
+    def check(self) -> None:
+        from dae.errors import UsageError
+
+        if self.crop < 1 or self.hidden < 1 or self.heads < 1 or self.queries < 1 or self.encoder_layers < 0 \
+                or self.decoder_layers < 1 or not 0 <= self.dropout < 1 or self.triplet_weight < 0:
+            raise UsageError("sequence head options: crop, hidden, heads, queries, decoder layers >= 1, "
+                             "encoder layers >= 0, 0 <= dropout < 1, triplet weight >= 0")
+        if self.hidden % self.heads:
+            raise UsageError(f"--hidden {self.hidden} must be divisible by --attention-heads {self.heads}")
+
+
+class ClipBank:
+    """Every video's clips as one flat (sum of T, D) float32 tensor; rows index videos through starts/lengths."""
+
+    def __init__(self, clips, starts, lengths):
+        self.clips = torch.as_tensor(np.asarray(clips, dtype=np.float32))
+        self.starts = torch.as_tensor(np.asarray(starts, dtype=np.int64))
+        self.lengths = torch.as_tensor(np.asarray(lengths, dtype=np.int64))
+        if (self.lengths < 1).any():
+            raise ValueError("every video needs at least one clip")
+
+    @property
+    def dim(self) -> int:
+        return int(self.clips.shape[1])
+
+    def crops(self, rows: torch.Tensor, generators, crop: int):
+        """Training inputs: rows (M, b) -> clips (M, b, L, D) and mask (M, b, L), L = min(crop, longest).
+
+        Model m draws its crop starts from generators[m], uniform over 0 .. T - crop for a video of T clips;
+        a video shorter than the crop is read whole and the rest masked."""
+        lengths = self.lengths[rows]                                     # (M, b)
+        width = int(min(crop, int(lengths.max())))
+        spans = (lengths - width).clamp_min(0) + 1
+        draws = torch.stack([torch.rand(rows.shape[1], generator=g) for g in generators])
+        offsets = (draws * spans).long().clamp_max(spans - 1)
+        return self._gather(rows, offsets, width)
+
+    def full(self, rows: torch.Tensor):
+        """Evaluation inputs: every clip of each video, padded to the longest in `rows` and masked."""
+        width = int(self.lengths[rows].max())
+        return self._gather(rows, torch.zeros_like(rows), width)
+
+    def _gather(self, rows, offsets, width):
+        steps = torch.arange(width)
+        lengths = self.lengths[rows].unsqueeze(-1)
+        mask = steps < lengths                                           # (M, b, L)
+        index = self.starts[rows].unsqueeze(-1) + offsets.unsqueeze(-1) + torch.minimum(steps, lengths - 1)
+        return self.clips[index], mask
+
+
+class StackedAttnDAE(nn.Module):
+    """M attention-pooling DAE models: clip scores w.x + c, softmax over real clips, pooled clip -> DAE MLP."""
+
+    def __init__(self, seeds, in_dim: int, hidden=(256, 128)):
+        super().__init__()
+        m = len(seeds)
+        self.score_weight = nn.Parameter(torch.zeros(m, in_dim, 1))
+        self.score_bias = nn.Parameter(torch.zeros(m, 1, 1))
+        self.dae = StackedDAE([DAEHead(in_dim, hidden, seed=int(s)) for s in seeds])
+
+    def attention(self, x, mask):
+        m, b, length, d = x.shape
+        scores = torch.baddbmm(self.score_bias, x.reshape(m, b * length, d), self.score_weight).view(m, b, length)
+        return torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
+
+    def forward(self, x, mask):
+        pooled = (self.attention(x, mask).unsqueeze(-1) * x).sum(2)      # (M, b, D)
+        mu, log_var = self.dae.forward_per_head(pooled)
+        return {"mu": mu, "log_var": log_var}
+
+
+class StackedGDLT(nn.Module):
+    """M GDLT models; scorer "likert" (GDLT) or "dae" (gdlt-dae: the DAE head on the decoded grade queries)."""
+
+    def __init__(self, seeds, in_dim: int, options: SequenceOptions = SequenceOptions(), scorer: str = "likert",
+                 dae_hidden=(256, 128)):
+        super().__init__()
+        o = options
+        m = len(seeds)
+        gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        self.scorer = scorer
+        self.proj1 = StackedLinear(gens, in_dim, in_dim // 2)
+        self.bn1 = MaskedBatchNorm(m, in_dim // 2)
+        self.proj2 = StackedLinear(gens, in_dim // 2, o.hidden)
+        self.bn2 = MaskedBatchNorm(m, o.hidden)
+        ffn = 3 * o.hidden
+        self.encoder = nn.ModuleList(EncoderLayer(gens, o.hidden, o.heads, ffn, o.dropout)
+                                     for _ in range(o.encoder_layers))
+        self.encoder_norm = StackedLayerNorm(m, o.hidden)
+        self.decoder = nn.ModuleList(DecoderLayer(gens, o.hidden, o.heads, ffn, o.dropout)
+                                     for _ in range(o.decoder_layers))
+        self.decoder_norm = StackedLayerNorm(m, o.hidden)
+        self.queries = nn.Parameter(torch.stack([torch.randn(o.queries, o.hidden, generator=g) for g in gens]))
+        if scorer == "likert":
+            self.regressor = StackedLinear(gens, o.hidden, o.queries)
+        elif scorer == "dae":
+            self.dae = StackedDAE([DAEHead(o.queries * o.hidden, dae_hidden, seed=int(s)) for s in seeds])
+        else:
+            raise ValueError(f"unknown GDLT scorer {scorer!r}")
+
+    def forward(self, x, mask):
+        m, b = x.shape[:2]
+        h = torch.relu(self.bn1(self.proj1(x), mask))
+        h = self.bn2(self.proj2(h), mask)
+        for layer in self.encoder:
+            h = layer(h, mask)
+        h = self.encoder_norm(h)
+        q = self.queries.unsqueeze(1).expand(m, b, *self.queries.shape[1:])
+        for layer in self.decoder:
+            q = layer(q, h, mask)
+        q = self.decoder_norm(q)                                            # (M, b, Q, H)
+        if self.scorer == "likert":
+            # query i's score is row i of the regressor applied to query i (GDLT: the diagonal of (Q, Q))
+            s = torch.einsum("mbqh,mhq->mbq", q, self.regressor.weight) + self.regressor.bias
+            p = torch.sigmoid(s)
+            p = p / p.sum(-1, keepdim=True)
+            grades = torch.linspace(0, 1, p.shape[-1], device=p.device)
+            return {"mu": (p * grades).sum(-1), "embed": q}
+        mu, log_var = self.dae.forward_per_head(q.reshape(m, b, -1))
+        return {"mu": mu, "log_var": log_var, "embed": q}
+
+
+def hardest_triplet_loss(embed: torch.Tensor, margin: float) -> torch.Tensor:
+    """GDLT's grade-decoupling term, per model: embed (M, b, Q, H); label = query index; cosine distance;
+    for each anchor the farthest same-query embedding and the nearest other-query one; mean of the hinge."""
+    m, b, q, h = embed.shape
+    e = torch.nn.functional.normalize(embed.reshape(m, b * q, h), dim=-1)
+    dist = 1 - e @ e.transpose(1, 2)                                       # (M, bQ, bQ)
+    labels = torch.arange(q, device=embed.device).repeat(b)
+    same = labels.unsqueeze(0) == labels.unsqueeze(1)
+    eye = torch.eye(b * q, dtype=torch.bool, device=embed.device)
+    hardest_pos = (dist * (same & ~eye)).amax(-1)
+    hardest_neg = (dist + dist.amax(-1, keepdim=True) * same).amin(-1)
+    return torch.relu(hardest_pos - hardest_neg + margin).mean(-1)
+
+
+def build_model(head: str, seeds, in_dim: int, options: SequenceOptions = SequenceOptions(),
+                dae_hidden=(256, 128)) -> nn.Module:
+    """The stacked module of sequence head `head`, model k drawn from seeds[k]."""
+    if head == "attn-dae":
+        return StackedAttnDAE(seeds, in_dim, dae_hidden)
+    if head in ("gdlt", "gdlt-dae"):
+        return StackedGDLT(seeds, in_dim, options, "likert" if head == "gdlt" else "dae", dae_hidden)
+    raise ValueError(f"unknown sequence head {head!r} (choose from {', '.join(SEQUENCE_HEADS)})")
+
+
+@torch.no_grad()
+def predict_full(model: nn.Module, bank: ClipBank, rows: torch.Tensor, chunk: int = 32) -> dict:
+    """Every model on its own rows (M, n), full sequences, in chunks of videos: mu and log_var (or None), (M, n)."""
+    model.eval()
+    mus, log_vars = [], []
+    for lo in range(0, rows.shape[1], chunk):
+        x, mask = bank.full(rows[:, lo:lo + chunk])
+        out = model(x, mask)
+        mus.append(out["mu"])
+        log_vars.append(out.get("log_var"))
+    return {"mu": torch.cat(mus, 1), "log_var": None if log_vars[0] is None else torch.cat(log_vars, 1)}
+
+
+class SequenceHead:
+    """The stacked trainer's objective (`dae.heads.trainer.train`) for sequence head `head` on clip sequences.
+
+    clips (sum of T, D), starts (N,), lengths (N,): video n's clips are clips[starts[n]:starts[n] + lengths[n]];
+    targets (N,) normalised scores. Training batches are random crops (one draw per stream from its generator,
+    before the forward's dropout masks and the DAE's noise); evaluation reads every clip, in chunks of videos.
+    `gdlt` trains MSE + triplet whatever the spec's loss; the DAE heads train the spec's DAE loss (+ triplet for
+    gdlt-dae). Distributions with a learned shape are refused."""
+
+    def __init__(self, head: str, clips, starts, lengths, targets, options: SequenceOptions = SequenceOptions(),
+                 prediction: str = "mu"):
+        if head not in SEQUENCE_HEADS:
+            raise ValueError(f"unknown sequence head {head!r} (choose from {', '.join(SEQUENCE_HEADS)})")
+        options.check()
+        self.head, self.options, self.prediction = head, options, prediction
+        self.bank = ClipBank(clips, starts, lengths)
+        self.g = torch.as_tensor(np.asarray(targets, dtype=np.float32))
+        self.targets = self.g.numpy()
+
+    def key(self, job):
+        return job.spec.distribution
+
+    def build(self, stack):
+        from dae.errors import UsageError
+        from dae.heads.dae import trains_scale
+        from dae.heads.distributions import get_distribution
+
+        jobs = stack.jobs
+        module = build_model(self.head, [j.spec.seed for j in jobs], self.bank.dim, self.options, stack.config.hidden)
+        module.dist = get_distribution(jobs[0].spec.distribution)
+        if module.dist.learned_shape:
+            raise UsageError(f"{self.head}: distributions with a learned shape are not supported by sequence heads")
+        module.variance = torch.tensor([j.spec.reparam == "variance" for j in jobs], device=stack.device).unsqueeze(1)
+        module.scored = [self.head != "gdlt" and trains_scale(j.spec, stack.config.epochs) for j in jobs]
+        return module
+
+    def param_groups(self, module, config):
+        return [{"params": list(module.parameters())}]
+
+    def inputs(self, module, batch):
+        if not batch.training:
+            return batch.rows                                  # (M, n): predict reads them in chunks
+        set_dropout_generators(module, batch.generators, batch.group_size)
+        x, mask = self.bank.crops(batch.rows, batch.generators, self.options.crop)
+        if batch.group_size > 1:
+            x, mask = x.repeat_interleave(batch.group_size, 0), mask.repeat_interleave(batch.group_size, 0)
+        return x, mask
+
+    def loss(self, module, inputs, batch, weights):
+        from dae.heads.distributions import scale_from_log_variance
+        from dae.heads.losses import loss_terms
+
+        x, mask = inputs
+        rows, size = batch.rows, batch.group_size
+        target = self.g[rows].repeat_interleave(size, 0).to(x.device)              # (M, b)
+        out = module(x.to(target.device), mask.to(target.device))
+        triplet = 0.0
+        if self.head != "attn-dae" and self.options.triplet_weight:
+            triplet = self.options.triplet_weight * hardest_triplet_loss(out["embed"], self.options.margin)
+        if self.head == "gdlt":
+            return ((out["mu"] - target) ** 2).mean(-1) + triplet
+        dist = module.dist
+        base = torch.stack([dist.base_noise(rows.shape[1], gen) for gen in batch.generators]).to(x.device)
+        eps = dist.standard_sample(base).repeat_interleave(size, 0)
+        scale = scale_from_log_variance(out["log_var"], module.variance)
+        return (loss_terms(target, out["mu"], out["mu"] + eps * scale, scale, dist) * weights).sum(-1) + triplet
+
+    def predict(self, module, rows, batch, final):
+        from dae.heads.distributions import scale_from_log_variance
+
+        out = predict_full(module, self.bank, rows, self.options.eval_chunk)
+        mu = out["mu"].cpu()
+        scale = scale_from_log_variance(out["log_var"], module.variance).cpu() \
+            if final and out["log_var"] is not None else None
+        results = []
+        for k, n in enumerate(batch.lengths):
+            m = mu[k, :n].numpy().astype(np.float64)
+            if not final:
+                results.append({"pred": m})
+                continue
+            s = scale[k, :n].numpy().astype(np.float64) if scale is not None else None
+            pred = m
+            if self.prediction == "sample" and s is not None:
+                gen = torch.Generator()
+                gen.set_state(batch.generators[k].get_state())
+                pred = m + module.dist.standard_noise(n, gen).numpy() * s
+            results.append({"mu": m, "scale": s if module.scored[k] else None, "pred": pred})
+        return results
+
+    def export(self, module, k):
+        state = {name: t[k].detach().cpu().clone() for name, t in module.state_dict().items()}
+        dim = self.bank.dim
+        return {"state_dict": state, "input_mean": np.zeros(dim, np.float32), "input_std": np.ones(dim, np.float32),
+                "distribution": module.dist if self.head != "gdlt" else None}

@@ -1,0 +1,203 @@
+"""CoRe's pieces on their own: exemplar pools and rules, the leaves' intervals, the stacked tree, its loss."""
+import numpy as np
+import pytest
+import torch
+
+from dae.errors import UsageError
+from dae.heads.core import (StackedTree, leaf_edges, leaf_targets, relative_from_leaf, tree_loss, tree_relative,
+                            voter_mixture)
+from dae.heads.exemplars import ExemplarPools
+
+
+def mtl_shaped_difficulty(n=120, seed=0):
+    """DDs like MTL-AQA's (a few common values, some rare), plus one DD held by a single video (3.5) and,
+    beside it, 3.3 and 3.7 at equal distance; row 0 has the lone DD."""
+    rng = np.random.default_rng(seed)
+    dd = rng.choice([2.0, 2.4, 2.8, 3.0, 3.3, 3.7], size=n, p=[0.3, 0.2, 0.2, 0.2, 0.05, 0.05])
+    dd[0] = 3.5
+    dd[1], dd[2] = 3.3, 3.7
+    return dd
+
+
+def test_same_difficulty_every_training_exemplar_shares_the_query_dd_and_is_never_itself():
+    dd = mtl_shaped_difficulty()
+    train = np.arange(100)
+    pools = ExemplarPools(train, len(dd), "same-difficulty", dd)
+    gen = torch.Generator().manual_seed(0)
+    queries = torch.as_tensor(np.repeat(train[1:], 50))
+    ex = pools.draw(queries, gen)
+    assert (ex != queries).all()
+    assert np.array_equal(dd[ex.numpy()], dd[queries.numpy()])
+    assert set(ex.numpy()) <= set(train)
+    # every other same-DD training video is drawn for a query (uniform over the pool, not a fixed one)
+    q = 5
+    drawn = set(pools.draw(torch.full((2000,), q), gen).numpy())
+    assert drawn == set(train[(dd[train] == dd[q]) & (train != q)])
+
+
+def test_lone_difficulty_falls_back_to_the_nearest_dd_lower_on_a_tie():
+    dd = mtl_shaped_difficulty()
+    train = np.arange(100)
+    pools = ExemplarPools(train, len(dd), "same-difficulty", dd)
+    # row 0 is the only training video with DD 3.5; 3.3 and 3.7 are equally near: the lower one
+    assert np.all(dd[pools.pool(0)] == 3.3)
+    ex = pools.draw(torch.zeros(500, dtype=torch.int64), torch.Generator().manual_seed(1))
+    assert np.all(dd[ex.numpy()] == 3.3)
+    # a test video whose DD no training video has: the nearest DD present
+    dd2 = dd.copy()
+    dd2[110] = 2.1
+    pools2 = ExemplarPools(train, len(dd2), "same-difficulty", dd2)
+    assert np.all(dd2[pools2.pool(110)] == 2.0)
+    # a test video with DD 3.5 compares with the lone training video (its pool is not empty)
+    dd3 = dd.copy()
+    dd3[105] = 3.5
+    assert list(ExemplarPools(train, len(dd3), "same-difficulty", dd3).pool(105)) == [0]
+
+
+def test_voters_are_distinct_same_dd_never_the_query_and_fewer_when_the_pool_is_small():
+    dd = mtl_shaped_difficulty()
+    train = np.arange(100)
+    pools = ExemplarPools(train, len(dd), "same-difficulty", dd)
+    queries = torch.arange(100, 120)
+    ex, valid = pools.voters(queries, 10, torch.Generator().manual_seed(0))
+    for q, e, ok in zip(queries.numpy(), ex.numpy(), valid.numpy()):
+        chosen = e[ok]
+        assert len(set(chosen)) == len(chosen) == min(10, len(pools.pool(q)))
+        assert np.all(dd[chosen] == dd[pools.pool(q)[0]])
+    # training rows as queries: never themselves
+    ex, valid = pools.voters(torch.arange(0, 100), 20, torch.Generator().manual_seed(0))
+    assert not (ex == torch.arange(0, 100).unsqueeze(1))[valid].any()
+    # the same generator seed gives the same voters
+    again, _ = pools.voters(torch.arange(0, 100), 20, torch.Generator().manual_seed(0))
+    assert torch.equal(ex, again)
+
+
+def test_any_rule_draws_every_other_training_video():
+    pools = ExemplarPools(np.arange(0, 40, 2), 40, "any")
+    ex = pools.draw(torch.full((4000,), 6), torch.Generator().manual_seed(0))
+    assert set(ex.numpy()) == set(range(0, 40, 2)) - {6}
+    with pytest.raises(UsageError, match="difficulty"):
+        ExemplarPools(np.arange(10), 10, "same-difficulty", None)
+
+
+def test_within_pool_pairs_are_coress_group_source():
+    dd = np.array([1.0, 1.0, 1.0, 2.0, 2.0, 3.0])
+    c = np.array([0.1, 0.4, 0.9, 0.2, 0.25, 0.7])
+    pools = ExemplarPools(np.arange(6), 6, "same-difficulty", dd)
+    assert sorted(pools.within_pool_pairs(c).round(6)) == sorted([0.3, 0.8, 0.5, 0.05])
+    assert len(ExemplarPools(np.arange(6), 6, "any").within_pool_pairs(c)) == 15
+
+
+def test_leaf_edges_are_equal_frequency_bins_mirrored():
+    rng = np.random.default_rng(0)
+    d = np.abs(rng.normal(0, 0.2, 5000))
+    edges = leaf_edges(d, theta=1.0)
+    assert edges.shape == (16, 2)
+    assert edges[8, 0] == 0.0 and edges[15, 1] == 1.0
+    assert np.allclose(edges[:8], -edges[8:][::-1, ::-1])
+    counts = [np.sum((d >= lo) & (d < hi)) for lo, hi in edges[8:]]
+    assert max(counts) - min(counts) <= 2
+
+
+def test_leaf_targets_round_trip_and_coress_boundaries():
+    rng = np.random.default_rng(1)
+    edges = torch.as_tensor(leaf_edges(np.abs(rng.normal(0, 0.2, 1000)), 1.0), dtype=torch.float32).unsqueeze(0)
+    delta = torch.as_tensor(rng.uniform(-0.99, 0.99, (1, 500)), dtype=torch.float32)
+    leaf, pos = leaf_targets(delta, edges)
+    assert ((pos >= 0) & (pos < 1)).all()
+    assert torch.allclose(relative_from_leaf(leaf, pos, edges), delta, atol=1e-6)
+    assert ((delta >= 0) == (leaf >= 8)).all()
+    zero, _ = leaf_targets(torch.zeros(1, 1), edges)
+    assert int(zero) == 8
+    # CoRe's rule (left <= d < right for d >= 0, left < d <= right for d < 0) mirrors exactly: a boundary value
+    # belongs to the outer of its two leaves on both sides
+    b = edges[0, 9, 0].item()
+    leaf_b, _ = leaf_targets(torch.tensor([[b, -b]]), edges)
+    assert leaf_b.tolist() == [[9, 6]]
+    far, _ = leaf_targets(torch.tensor([[1.5, -1.5]]), edges)
+    assert far.tolist() == [[15, 0]]
+
+
+def test_path_forward_equals_the_full_tree_and_gradients_agree():
+    torch.manual_seed(0)
+    tree = StackedTree([0, 1, 2], in_dim=9, hidden=16)
+    pairs = torch.randn(3, 40, 9)
+    leaf = torch.randint(0, 16, (3, 40))
+    logp_full, pos_full = tree.forward_full(pairs)
+    assert torch.allclose(logp_full.exp().sum(1), torch.ones(3, 40), atol=1e-5)
+    logp_path, pos_path = tree.forward_path(pairs, leaf)
+    assert torch.allclose(logp_path, logp_full.gather(1, leaf.unsqueeze(1)).squeeze(1), atol=1e-5)
+    assert torch.allclose(pos_path, pos_full.gather(1, leaf.unsqueeze(1)).squeeze(1), atol=1e-5)
+    target = torch.rand(3, 40)
+    grads = []
+    for path in (True, False):
+        tree.zero_grad()
+        if path:
+            lp, ps = tree.forward_path(pairs, leaf)
+        else:
+            full_lp, full_ps = tree.forward_full(pairs)
+            lp, ps = full_lp.gather(1, leaf.unsqueeze(1)).squeeze(1), full_ps.gather(1, leaf.unsqueeze(1)).squeeze(1)
+        tree_loss(lp, ps, leaf, target).sum().backward()
+        grads.append([p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in tree.parameters()])
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_models_are_independent_and_seeded():
+    a = StackedTree([3, 4], in_dim=5, hidden=8)
+    b = StackedTree([4], in_dim=5, hidden=8)
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
+        assert torch.equal(pa[1], pb[0]), name
+    state = a.model_state(1)
+    c = StackedTree([9], in_dim=5, hidden=8)
+    c.load_model_states([state])
+    x = torch.randn(1, 7, 5)
+    assert torch.allclose(c.forward_full(x)[0], b.forward_full(x)[0])
+
+
+def test_tree_loss_is_coress_formula():
+    rng = np.random.default_rng(2)
+    m, b, leaves = 2, 6, 16
+    logp = torch.as_tensor(rng.normal(-2, 1, (m, 2 * b)))
+    pos = torch.as_tensor(rng.uniform(0, 1, (m, 2 * b)))
+    target = torch.as_tensor(rng.uniform(0, 1, (m, 2 * b)))
+    leaf = torch.as_tensor(rng.integers(0, 4, (m, 2 * b)))  # few leaves: several rows share one
+    got = tree_loss(logp, pos, leaf, target, leaves)
+    for k in range(m):
+        expect = 0.0
+        for half in (slice(0, b), slice(b, 2 * b)):
+            expect += -logp[k, half].mean()
+            for j in range(leaves):
+                mask = leaf[k, half] == j
+                if mask.any():
+                    expect += ((pos[k, half][mask] - target[k, half][mask]) ** 2).mean()
+        assert float(got[k]) == pytest.approx(float(expect), rel=1e-9)
+
+
+def test_prediction_is_the_argmax_leafs_interval_position():
+    tree = StackedTree([0], in_dim=3, hidden=4)
+    edges = torch.as_tensor(leaf_edges(np.linspace(0, 1, 100), 1.0), dtype=torch.float32).unsqueeze(0)
+    pairs = torch.randn(1, 5, 3)
+    logp, pos = tree.forward_full(pairs)
+    leaf = logp.argmax(1)
+    left, right = edges[0, leaf[0], 0], edges[0, leaf[0], 1]
+    expect = left + (right - left) * pos[0].gather(0, leaf[0].unsqueeze(0)).squeeze(0)
+    assert torch.allclose(tree_relative(tree, pairs, edges)[0], expect)
+
+
+def test_voter_mixture_moments():
+    means = torch.tensor([[[0.2, 0.4, 9.0]]])
+    scales = torch.tensor([[[0.1, 0.3, 9.0]]])
+    valid = torch.tensor([[[True, True, False]]])
+    mu, spread = voter_mixture(means, scales, valid)
+    assert float(mu) == pytest.approx(0.3)
+    assert float(spread) ** 2 == pytest.approx((0.01 + 0.09) / 2 + 0.01)
+
+
+def test_argmax_forward_equals_the_full_trees_argmax_leaf():
+    tree = StackedTree([5, 6], in_dim=7, hidden=16)
+    pairs = torch.randn(2, 50, 7)
+    logp, pos = tree.forward_full(pairs)
+    leaf, position = tree.forward_argmax(pairs)
+    assert torch.equal(leaf, logp.argmax(1))
+    assert torch.allclose(position, pos.gather(1, leaf.unsqueeze(1)).squeeze(1), atol=1e-5)
