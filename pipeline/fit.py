@@ -22,6 +22,7 @@ from dae.heads.distributions import get_distribution
 from dae.heads.metrics import evaluate, interval
 from dae.heads.ridge import fit_ridge
 from dae.heads.dae import DAE
+from dae.heads.sequence_options import POOLING, SEQUENCE_HEADS
 from dae.heads.trainer import HeadSpec, Job, TrainConfig, train
 from dae.pipeline.baselines import PATH_HEADS, fit_path_heads, options_dict
 from dae.pipeline.exemplar_heads import EXEMPLAR_HEADS, fit_exemplar_heads
@@ -29,8 +30,8 @@ from dae.pipeline.leaderboard import environment
 from dae.pipeline.protocols import (WINDOW_EPOCHS, WINDOW_SELECTIONS, apply_window_selection,
                                     check_card_protocol)
 
-HEADS = ("dae", "mlp", "ridge", "usdl", "musdl", "dae-mt", "dae-judges", "core", "dae-core")
-PREDICT_ATTRS = ("protocol", "weights_sha256", "decoder", "backbone")
+HEADS = ("dae", "mlp", "ridge", "usdl", "musdl", "dae-mt", "dae-judges", "core", "dae-core") + SEQUENCE_HEADS
+PREDICT_ATTRS = ("protocol", "weights_sha256", "decoder", "backbone", "precision", "device")
 VAL_SEED = 0
 FAILED_METRICS = ("spearman", "rl2x100", "l2", "nll", "crps", "coverage90", "sigma_error_spearman")
 
@@ -189,6 +190,9 @@ def fit_models(fs: FeatureSet, manifest: pd.DataFrame, plan: FitPlan, manifest_n
     elif plan.head in EXEMPLAR_HEADS:
         results, labels = fit_exemplar_heads(plan.head, x, manifest, targets, jobs, config, (lo, hi), plan.dataset,
                                              plan.head_options, manifest_name, on_start=announce, progress=progress)
+    elif plan.head in SEQUENCE_HEADS:
+        results, labels = _fit_sequence_jobs(fs, manifest, targets, jobs, config, plan, manifest_name, announce,
+                                             progress)
     else:
         announce()
         results = train(DAE(x, targets, config.prediction), jobs, config, progress)
@@ -197,7 +201,7 @@ def fit_models(fs: FeatureSet, manifest: pd.DataFrame, plan: FitPlan, manifest_n
     features_sha = content_sha256(fs)
     where = environment("cpu" if plan.head == "ridge" else config.device)
     rows, predictions = [], []
-    has_sigma = plan.head not in ("mlp", "ridge", "core")
+    has_sigma = plan.head not in ("mlp", "ridge", "core", "gdlt")
     for res in results:
         test = res.job.eval_rows["test"]
         p = res.predictions["test"]
@@ -244,6 +248,24 @@ def fit_models(fs: FeatureSet, manifest: pd.DataFrame, plan: FitPlan, manifest_n
     if windowed:
         rows = apply_window_selection(rows, results, plan.config.selection)
     return rows, pd.concat(predictions, ignore_index=True), results
+
+
+def _fit_sequence_jobs(fs, manifest, targets, jobs, config, plan, manifest_name, announce, progress):
+    """attn-dae / gdlt / gdlt-dae on the file's clip sequences (schema 2), in the manifest's order."""
+    from dae.features.store import align_sequences
+    from dae.heads.sequence import SequenceHead
+    from dae.heads.sequence_options import SequenceOptions
+
+    options = plan.head_options if isinstance(plan.head_options, SequenceOptions) else SequenceOptions()
+    clips, starts, lengths = align_sequences(fs, list(manifest["video_id"]), manifest_name)
+    announce()
+    results = train(SequenceHead(plan.head, clips, starts, lengths, targets, options, config.prediction), jobs,
+                    config, progress)
+    loss = {"gdlt": "mse+triplet", "gdlt-dae": f"{plan.specs[0].loss}+triplet"}.get(plan.head)
+    labels = {"pooling": POOLING[plan.head], "crop": options.crop}
+    if plan.head != "attn-dae":
+        labels.update(queries=options.queries, attention_heads=options.heads, triplet_weight=options.triplet_weight)
+    return results, {**labels, **({"loss": loss} if loss else {})}
 
 
 def _fit_ridge_jobs(x, targets, jobs):
@@ -319,7 +341,7 @@ def run_fit(features, manifest, plan: FitPlan, out=None, leaderboard=None, echo=
     from dae.pipeline.leaderboard import (append_rows, check_leaderboard_writable, format_summary, rows_appended,
                                           summarise, write_summary_beside)
 
-    fs = read_features(features)
+    fs = read_features(features, sequences=plan.head in SEQUENCE_HEADS)
     df = read_manifest(manifest)
     manifest_name = Path(manifest).name
     if plan.dataset:  # a dataset card: the manifest must follow its split rule

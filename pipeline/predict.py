@@ -243,15 +243,16 @@ def group_references(features: np.ndarray, results) -> dict:
 
 
 def predict_videos(run_dir, videos, *, out=None, features=None, weights=None, group=None, device="auto",
-                   workers=None, batch_clips=None, decoder=None, difficulty=None, allow_feature_mismatch=False,
-                   echo=print, note=print) -> pd.DataFrame:
+                   workers=None, batch_clips=None, decoder=None, difficulty=None, precision=None,
+                   allow_feature_mismatch=False, echo=print, note=print) -> pd.DataFrame:
     """Extract `videos` like the run's training features, score them, print and write a CSV. Returns its rows.
 
     features: a feature file whose protocol, weights and backbone must be the run's (refused otherwise, unless
     allow_feature_mismatch: then every output line and the CSV's `warning` column say so)."""
     from dae.features.clips import protocol_from_json
-    from dae.features.extract import run_extraction, tasks_for_files
+    from dae.features.extract import run_extraction
     from dae.features.i3d import load_i3d
+    from dae.features.tasks import tasks_for_files
     from dae.features.store import read_features
 
     config, blob = load_run(run_dir)
@@ -281,11 +282,12 @@ def predict_videos(run_dir, videos, *, out=None, features=None, weights=None, gr
                        f"{attrs['weights_sha256'][:12]}...) than {'--weights' if weights else 'the default ones'} "
                        f"(sha256 {model.weights_sha256[:12]}...); pass --weights with that checkpoint")
     decoder = decoder or attrs.get("decoder") or "decord"
+    precision = _extraction_precision(attrs, precision, note)
     tasks = tasks_for_files(videos)
     out = Path(out) if out else Path(f"predictions-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}.csv")
     with tempfile.TemporaryDirectory(prefix="dae-predict-") as tmp:
         try:
-            result = run_extraction(tasks, Path(tmp) / "features.h5", protocol, device=device,
+            result = run_extraction(tasks, Path(tmp) / "features.h5", protocol, device=device, precision=precision,
                                     batch_clips=batch_clips, workers=workers, model=model, decoder=decoder,
                                     progress=False, note=note, fail_log=Path(tmp) / "failures.csv")
         except DaeError:
@@ -333,6 +335,19 @@ def predict_videos(run_dir, videos, *, out=None, features=None, weights=None, gr
         echo("note: this run predates recorded training features: no distance to them (refit to get one)")
     echo(f"written to {out}")
     return rows
+
+
+def _extraction_precision(attrs: dict, asked: str | None, note) -> str | None:
+    """The run's features' precision, or `asked` with a warning when it differs (None: extract's default)."""
+    from dae.features.precision import normalise_precision
+
+    made = normalise_precision(attrs.get("precision"))
+    if asked is None:
+        return made
+    if made is not None and asked != made:
+        note(f"warning: the run's features were made in {made}, these videos are extracted in {asked}: "
+             f"scores can move (bf16 shifts features by ~1e-2); omit --precision to match the run")
+    return asked
 
 
 def format_predictions(rows: pd.DataFrame) -> str:

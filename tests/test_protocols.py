@@ -61,7 +61,7 @@ def run_protocol(fs, manifest, dataset, heads=("dae",), selections=None, seeds=(
 
 
 def build(dataset, folder, **kw):
-    from dae.pipeline.annotations import build_manifest
+    from dae.data_manifests.builders import build_manifest
 
     return build_manifest(dataset, folder, **kw).manifest
 
