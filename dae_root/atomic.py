@@ -11,6 +11,19 @@ from pathlib import Path
 from dae.errors import DaeError
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it (/proc on Linux; elsewhere set and restored at once)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike):
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
@@ -22,6 +35,7 @@ def atomic_path(path: str | os.PathLike):
         raise DaeError(f"cannot write {path}: folder {parent} is not writable")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; the result is as open() would have made it
     try:
         yield Path(tmp)
         os.replace(tmp, path)
@@ -39,6 +53,7 @@ def atomic_dir(path: str | os.PathLike, what: str = "folder"):
     """
     path = check_new_dir(path, what)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700; the result is as mkdir would have made it
     try:
         yield tmp
         os.rename(tmp, path)
@@ -65,6 +80,17 @@ def writable_dir(path: str | os.PathLike, what: str = "folder") -> Path:
         raise DaeError(f"cannot create {what} {path}: {exc.strerror or exc}") from None
     if not os.access(path, os.W_OK):
         raise DaeError(f"cannot write in {what} {path}: permission denied")
+    return path
+
+
+def check_new_file(path: str | os.PathLike, overwrite: bool = False, what: str = "output") -> Path:
+    """An output file is never replaced silently: `path` must not exist unless `overwrite` (the --overwrite flag).
+    Called before any work, like check_new_dir for run folders."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise DaeError(f"{what} {path} already exists; give --overwrite to replace it")
+    if path.is_dir():
+        raise DaeError(f"{what} {path} is a folder, not a file")
     return path
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from dae.errors import DaeError
+from dae.extras import require
 
 DECODERS = ("decord", "pyav")
 DEFAULT_DECODER = "decord"
@@ -55,12 +56,10 @@ def _library_reason(decoder: str, exc: BaseException) -> str:
 def decoder_version(decoder: str) -> str:
     """Version string of a backend's Python package, for the feature file's `decoder_version`."""
     if decoder == "decord":
-        import decord
-
+        decord = require("decord", "--decoder decord")
         return str(decord.__version__)
     if decoder == "pyav":
-        import av
-
+        av = require("av", "--decoder pyav")
         return f"{av.__version__} (ffmpeg {av.ffmpeg_version_info})"
     raise DaeError(f"unknown decoder {decoder!r}; choose one of: {', '.join(DECODERS)}")
 
@@ -152,20 +151,23 @@ def _select_segment(path, total: int, start_frame, end_frame) -> tuple[int, int]
 
 
 class DecordReader(VideoReader):
-    """decord.VideoReader, read forward from the first frame with next().
+    """decord.VideoReader, read forward with next() from frame 0 or from a keyframe proven safe to start at.
 
     decord 0.6.0 seeks to wrong frames (a whole GOP early or late) in videos whose keyframes are
     preceded by B-frames in display order: MPEG-4 part 2 with B-frames (typical Xvid/DivX AVI) and
-    open-GOP H.264 in Matroska (its keyframe list counts packets in decode order), and skip_frames()
-    miscounts on the same files. Reading every frame forward is always right, so this backend never
-    seeks or skips; it decodes up to the last wanted frame, which costs extra only for short
-    segments late in long videos (`pyav` seeks correctly there).
+    open-GOP H.264 (its keyframe list counts packets in decode order), and skip_frames() miscounts on
+    the same files. So this backend never skips, and seeks only where it can prove where it lands:
+    to a clean-cut keyframe (see `clean_cut_keyframes`) of an MP4/MOV file, whose sample table indexes
+    every frame, approached from behind so that FFmpeg seeks backward onto that very keyframe. Elsewhere
+    (or without PyAV, which reads the packet table) it decodes every frame from the first, which costs
+    extra only for segments late in long videos.
     """
 
     decoder = "decord"
+    frames_decoded = 0  # next() calls, for tests and benchmarks: how much a read cost
 
     def _open(self) -> int:
-        import decord
+        decord = require("decord", "--decoder decord")
 
         decord.logging.set_level(decord.logging.QUIET)
         try:
@@ -176,19 +178,38 @@ class DecordReader(VideoReader):
                 self.height, self.width = (int(n) for n in self._reader.next().shape[:2])
         except Exception as exc:
             raise VideoDecodeError(self.path, _library_reason("decord", exc)) from exc
+        self._keyframes = None
         return total
+
+    def _seek_at_or_before(self, target: int) -> int:
+        """Position the reader on frame 0 or on a safe keyframe at or before `target`; return that frame's index."""
+        reader = self._reader
+        if target > 0 and self._keyframes is None:
+            self._keyframes = np.intersect1d(clean_cut_keyframes(self.path, self.total_frames),
+                                             np.asarray(reader.get_key_indices(), dtype=np.int64))
+        usable = self._keyframes[self._keyframes <= target] if target > 0 else ()
+        if len(usable) and usable[-1] > 0:
+            try:
+                # decord seeks backward (to the keyframe at or before the frame's time) only when it is past it
+                reader.seek(self.total_frames - 1)
+                reader.seek(int(usable[-1]))
+                return int(usable[-1])
+            except Exception:  # a failed seek: read from the start instead
+                pass
+        reader.seek(0)
+        return 0
 
     def _read(self, indices: np.ndarray) -> np.ndarray:
         reader = self._reader
-        reader.seek(0)
         slot_of_index = {index: slot for slot, index in enumerate(indices.tolist())}
         frames = self._output(indices.size)
-        for position in range(int(indices[-1]) + 1):
+        for position in range(self._seek_at_or_before(int(indices[0])), int(indices[-1]) + 1):
             try:
                 frame = reader.next()  # skip_frames() miscounts after B-frames too, so every frame is read
             except StopIteration:
                 raise VideoDecodeError(self.path, f"decord: frame {position} could not be decoded "
                                                   f"(the file ends early)") from None
+            self.frames_decoded += 1
             slot = slot_of_index.get(position)
             if slot is not None:
                 frames[slot] = frame.asnumpy()
@@ -196,6 +217,46 @@ class DecordReader(VideoReader):
 
     def close(self) -> None:
         self.__dict__.pop("_reader", None)
+
+
+def clean_cut_keyframes(path, num_frames: int) -> np.ndarray:
+    """Display indices of the keyframes of an MP4/MOV file that decoding can start at, exactly; empty elsewhere.
+
+    A keyframe is a clean cut when every packet before it in decode order is displayed before it and every
+    packet after it is displayed after it: decoding from it gives exactly the frames from its display index
+    on, in order (an open-GOP keyframe fails this: its leading B-frames come after it but show before it).
+    It is also required that the next keyframe's decode time comes after this one's display time, so that a
+    backward seek to this keyframe's time cannot land on the next one. Reads the packet table with PyAV
+    (no decoding); without PyAV, or for other containers, or when the table and `num_frames` disagree: none.
+    """
+    none = np.zeros(0, dtype=np.int64)
+    try:
+        import av
+    except ImportError:
+        return none
+    try:
+        with av.open(str(path)) as container:
+            if "mp4" not in container.format.name.split(",") or not container.streams.video:
+                return none
+            stream = container.streams.video[0]
+            packets = [(p.pts, p.dts, p.is_keyframe) for p in container.demux(stream) if p.size]
+    except Exception:  # any demuxing trouble: no shortcut, the caller reads from the start
+        return none
+    if len(packets) != num_frames or any(pts is None or dts is None for pts, dts, _ in packets):
+        return none
+    pts = np.array([p[0] for p in packets], dtype=np.int64)
+    dts = np.array([p[1] for p in packets], dtype=np.int64)
+    keys = np.flatnonzero([p[2] for p in packets])
+    if len(np.unique(pts)) != len(pts):
+        return none
+    display = np.empty(len(pts), dtype=np.int64)
+    display[np.argsort(pts)] = np.arange(len(pts))
+    shown_before = np.maximum.accumulate(np.concatenate([[np.iinfo(np.int64).min], pts[:-1]]))
+    shown_after = np.minimum.accumulate(np.concatenate([pts[1:], [np.iinfo(np.int64).max]])[::-1])[::-1]
+    next_key_dts = np.append(dts[keys[1:]], np.iinfo(np.int64).max)
+    clean = [display[k] for k, later in zip(keys, next_key_dts)
+             if shown_before[k] < pts[k] < shown_after[k] and later > pts[k]]
+    return np.asarray(clean, dtype=np.int64)
 
 
 class PyAVReader(VideoReader):
@@ -232,7 +293,7 @@ class PyAVReader(VideoReader):
         return len(pts)
 
     def _open_container(self):
-        import av
+        av = require("av", "--decoder pyav")
 
         self.close()
         self._container = av.open(str(self.path))

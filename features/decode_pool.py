@@ -6,7 +6,10 @@ once by the parent; only tiny messages (position, slot, error) travel through pi
 thread in the parent assigns tasks, watches the workers, and hands results to the caller strictly in
 task order. A worker that dies (a decoder crashing in C code on a hostile file) or hangs past
 `timeout_s` fails only the video it was decoding, with a reason; a fresh worker takes over its queue.
-Slots bound memory: at most `slots` videos are decoded ahead of the consumer.
+Slots bound memory: at most `slots` videos are decoded ahead of the consumer. They live in shared memory
+(/dev/shm on Linux), which containers and some clusters keep small: the pool sizes itself to the free space
+(fewer videos ahead, then fewer workers) and refuses to start, with a one-line error, when even three slots
+do not fit; a write past a full /dev/shm would otherwise kill the run with SIGBUS.
 """
 from __future__ import annotations
 
@@ -26,8 +29,62 @@ import torch
 from dae.errors import DaeError
 from dae.features.clips import ClipProtocol, video_clips
 from dae.features.decode import VideoDecodeError
+from dae.pause import pause_point
 
 _POLL_SECONDS = 0.2
+SHM_DIR = "/dev/shm"
+# DAE_SHM_LIMIT_BYTES caps what decoding may use of /dev/shm (for a node shared with other jobs; the tests use it)
+SHM_LIMIT_ENV = "DAE_SHM_LIMIT_BYTES"
+_SHM_HEADROOM_BYTES = 64 << 20  # left free for everything else that uses /dev/shm
+
+
+def slot_bytes(protocol: ClipProtocol) -> int:
+    """Bytes of one slot: one video's clips, float32."""
+    return 4 * protocol.num_clips * 3 * protocol.frames_per_clip * protocol.crop_size * protocol.crop_size
+
+
+def slot_count(workers: int, prefetch: int) -> int:
+    # the consumer holds one slot while it copies clips out; one more keeps the next video in order unblocked
+    return workers * prefetch + 2
+
+
+def shm_free_bytes(env=os.environ) -> int | None:
+    """Free bytes of /dev/shm (capped by $DAE_SHM_LIMIT_BYTES); None where there is no /dev/shm to check."""
+    free = None
+    try:
+        stat = os.statvfs(SHM_DIR)
+        free = stat.f_bavail * stat.f_frsize
+    except (OSError, AttributeError):
+        pass
+    if env.get(SHM_LIMIT_ENV):
+        try:
+            limit = int(float(env[SHM_LIMIT_ENV]))
+        except ValueError:
+            raise DaeError(f"${SHM_LIMIT_ENV}={env[SHM_LIMIT_ENV]!r} is not a number of bytes") from None
+        free = limit if free is None else min(free, limit)
+    return free
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.2f} GB"
+
+
+def plan_slots(protocol: ClipProtocol, workers: int, prefetch: int, free_bytes: int | None) -> tuple[int, int]:
+    """(workers, prefetch) whose slots fit `free_bytes` of shared memory: fewer videos ahead first, then fewer workers."""
+    if free_bytes is None:
+        return workers, prefetch
+    budget = free_bytes - _SHM_HEADROOM_BYTES
+    size = slot_bytes(protocol)
+    while slot_count(workers, prefetch) * size > budget and prefetch > 1:
+        prefetch -= 1
+    while slot_count(workers, prefetch) * size > budget and workers > 1:
+        workers -= 1
+    if slot_count(workers, prefetch) * size > budget:
+        raise DaeError(f"decoding needs {_gb(slot_count(1, 1) * size + _SHM_HEADROOM_BYTES)} of shared memory "
+                       f"(/dev/shm) at least: 3 slots of {_gb(size)} for {protocol.name} at {protocol.crop_size} px, "
+                       f"and {_gb(free_bytes)} is free; make /dev/shm larger (docker run --shm-size) or free it, or "
+                       "use a protocol with fewer clips")
+    return workers, prefetch
 
 
 @dataclass(frozen=True)
@@ -87,6 +144,7 @@ def _worker_main(tasks, results, slots, protocol: ClipProtocol, decoder: str, th
         if message is None:
             return
         position, path, start_frame, end_frame, slot = message
+        pause_point(f"decode-{os.path.basename(path)}")  # tests: a worker killed or hung while on this video
         try:
             slots[slot].copy_(video_clips(path, protocol, decoder, threads, start_frame, end_frame))
             reply = (position, None)
@@ -119,16 +177,23 @@ class DecodePool:
     """`workers` decoding processes; iterate `decode(tasks)` to get `Decoded` items in task order."""
 
     def __init__(self, protocol: ClipProtocol, decoder: str, workers: int, *, threads: int = 1,
-                 prefetch: int = 2, timeout_s: float = 1800.0):
+                 prefetch: int = 2, timeout_s: float = 1800.0, note=None):
         self.protocol, self.decoder, self.threads = protocol, decoder, max(1, int(threads))
-        self.n_workers, self.prefetch = max(1, int(workers)), max(1, int(prefetch))
+        asked = max(1, int(workers)), max(1, int(prefetch))
+        free = shm_free_bytes()
+        self.n_workers, self.prefetch = plan_slots(protocol, *asked, free)
+        if (self.n_workers, self.prefetch) != asked and note is not None:
+            note(f"note: /dev/shm has {_gb(free)} free, not the {_gb(slot_count(*asked) * slot_bytes(protocol))} "
+                 f"that {asked[0]} decoding workers need: decoding with {self.n_workers} workers, "
+                 f"{self.prefetch} video(s) ahead each (make /dev/shm larger for more)")
         self.timeout_s = float(timeout_s)
         # The consumer holds one slot at a time (it copies clips out and releases); the rest bound the
         # look-ahead, so the next video in order always finds a free slot.
         self.window = self.n_workers * self.prefetch + 1
-        self.n_slots = self.window + 1
+        self.n_slots = slot_count(self.n_workers, self.prefetch)
         shape = (self.n_slots, protocol.num_clips, 3, protocol.frames_per_clip, protocol.crop_size,
                  protocol.crop_size)
+        # share_memory_() copies into /dev/shm, so every page is in place before a worker writes (checked to fit)
         self.slots = torch.empty(shape, dtype=torch.float32).share_memory_()
         self._ctx = _mp_context()
         if self._ctx.get_start_method() == "forkserver":

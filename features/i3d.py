@@ -43,15 +43,20 @@ def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
-def _pad_amounts(x: torch.Tensor, kernel, stride, mode: str) -> list[int]:
-    """F.pad amounts (w_before, w_after, h_before, h_after, t_before, t_after) for a 5-D input."""
+def _pad_amounts(x: torch.Tensor, kernel, stride, mode: str) -> tuple[tuple[int, int], ...]:
+    """(before, after) padding of the (time, height, width) axes of a 5-D input; after - before is 0 or 1."""
     pads = []
-    for axis in (2, 1, 0):  # F.pad lists the last axis first
+    for axis in range(3):
         if mode == "same":
-            pads.extend(same_padding(x.shape[2 + axis], kernel[axis], stride[axis]))
+            pads.append(same_padding(x.shape[2 + axis], kernel[axis], stride[axis]))
         else:  # the common porting bug: a fixed k//2 on both sides, wrong for the strided layers
-            pads.extend(((kernel[axis] - 1) // 2, (kernel[axis] - 1) // 2))
-    return pads
+            pads.append(((kernel[axis] - 1) // 2, (kernel[axis] - 1) // 2))
+    return tuple(pads)
+
+
+def _end_padding(pads) -> list[int]:
+    """F.pad amounts (last axis first) for the part of the padding that is not symmetric: the odd extra at the end."""
+    return [amount for before, after in reversed(pads) for amount in (0, after - before)]
 
 
 class Unit3D(nn.Module):
@@ -68,9 +73,13 @@ class Unit3D(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pads = _pad_amounts(x, self.kernel, self.stride, self.padding)
-        if any(pads):
-            x = F.pad(x, pads)
-        x = self.conv3d(x)
+        # The symmetric part of the padding goes into the convolution (no padded copy of the input, and the
+        # input's memory layout, e.g. channels_last_3d, is kept); only an odd extra row at the end, in the
+        # strided layers, is padded explicitly.
+        extra = _end_padding(pads)
+        if any(extra):
+            x = F.pad(x, extra)
+        x = F.conv3d(x, self.conv3d.weight, self.conv3d.bias, self.stride, tuple(before for before, _ in pads))
         if self.bn is not None:
             x = self.bn(x)
         return F.relu(x) if self.relu else x
@@ -85,9 +94,24 @@ class MaxPool3dSame(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pads = _pad_amounts(x, self.kernel, self.stride, self.padding)
-        if any(pads):
-            x = F.pad(x, pads, value=float("-inf"))
-        return F.max_pool3d(x, self.kernel, self.stride)
+        before, ceil_mode = tuple(b for b, _ in pads), any(a > b for b, a in pads)
+        wanted = [(n + b + a - k) // s + 1 for n, (b, a), k, s in zip(x.shape[2:], pads, self.kernel, self.stride)]
+        # max_pool3d's own padding is -inf, and ceil_mode adds the odd extra cell at the end as a window that
+        # runs past the input: TensorFlow's windows without a padded copy of the input, where torch allows it
+        if all(2 * b <= k for b, k in zip(before, self.kernel)) and wanted == [
+                _pool_size(n, k, s, b, ceil_mode) for n, k, s, b in zip(x.shape[2:], self.kernel, self.stride, before)]:
+            return F.max_pool3d(x, self.kernel, self.stride, before, ceil_mode=ceil_mode)
+        return F.max_pool3d(F.pad(x, [p for pair in reversed(pads) for p in pair], value=float("-inf")),
+                            self.kernel, self.stride)
+
+
+def _pool_size(size: int, kernel: int, stride: int, padding: int, ceil_mode: bool) -> int:
+    """torch's pooling output size along one axis."""
+    span = size + 2 * padding - kernel
+    out = (-(-span // stride) if ceil_mode else span // stride) + 1
+    if ceil_mode and (out - 1) * stride >= size + padding:  # the last window must start inside the input
+        out -= 1
+    return out
 
 
 class InceptionModule(nn.Module):

@@ -25,6 +25,18 @@ def _show(value) -> str:
     return repr(str(value.item() if hasattr(value, "item") else value))
 
 
+def describe_manifest(df: pd.DataFrame, with_scores: bool = True) -> str:
+    """One line: video count, score range, and the videos per split, fold and group."""
+    parts = [f"{len(df)} videos"]
+    if with_scores:
+        parts.append(f"score {df['score'].min():g}..{df['score'].max():g}")
+    for col in ("split", "fold", "group"):
+        if col in df.columns:
+            counts = df[col].value_counts().sort_index()
+            parts.append(f"{col}: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
+    return "; ".join(parts)
+
+
 def read_manifest(path) -> pd.DataFrame:
     """Load a manifest CSV and check it against the contract; return it with normalised dtypes."""
     path = Path(path)

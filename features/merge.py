@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 
 from dae.errors import DaeError, UsageError
-from dae.features.store import read_features, write_features
+from dae.features.precision import normalise_precision
+from dae.features.store import Sequences, read_features, write_features
 
 MUST_MATCH = {"protocol": "clip protocol", "weights_sha256": "I3D weights (weights_sha256)",
               "backbone": "backbone", "decoder": "decoder"}
-JOINED = ("decoder_version", "dae_version", "device", "precision", "batch_clips", "model_threads", "torch_version")
+JOINED = ("decoder_version", "dae_version", "device", "batch_clips", "model_threads", "torch_version")
 
 
 def _shard(attrs) -> tuple[int, int] | None:
@@ -54,6 +55,21 @@ def _check_shards(inputs, sets, failed_ids) -> None:
                        f"{expected}: ids are missing")
 
 
+def _merged_sequences(inputs, sets, order):
+    """Schema-2 inputs: their clip sequences in the merged row order; all inputs have them or none, one dtype."""
+    have = [fs.sequences is not None for fs in sets]
+    if not any(have):
+        return None, None
+    if not all(have):
+        raise DaeError(f"{inputs[have.index(False)]} has no clip sequences but {inputs[have.index(True)]} has: "
+                       "merge files of one extraction")
+    dtypes = {str(fs.sequences.data.dtype) for fs in sets}
+    if len(dtypes) > 1:
+        raise DaeError(f"the inputs store their clip sequences in different precisions ({', '.join(sorted(dtypes))})")
+    arrays = [fs.sequences[i] for fs in sets for i in range(len(fs.video_ids))]
+    return Sequences.from_arrays([arrays[i] for i in order], dtype=dtypes.pop()), str(sets[0].sequences.data.dtype)
+
+
 def merge_feature_files(inputs, out, note=print) -> dict:
     """Check that `inputs` are parts of one extraction and write their union to `out`, rows sorted by id."""
     inputs = [Path(p) for p in inputs]
@@ -63,13 +79,18 @@ def merge_feature_files(inputs, out, note=print) -> dict:
         raise UsageError("a feature file is given twice")
     if Path(out).resolve() in {p.resolve() for p in inputs}:
         raise UsageError(f"--out {out} is one of the inputs")
-    sets = [read_features(p, clip_features=True) for p in inputs]
+    sets = [read_features(p, clip_features=True, sequences=True) for p in inputs]
     first = sets[0]
     for path, fs in zip(inputs[1:], sets[1:]):
         for key, word in MUST_MATCH.items():
             if fs.attrs.get(key) != first.attrs.get(key):
                 raise DaeError(f"{path} was extracted with a different {word} than {inputs[0]}: "
                                f"{fs.attrs.get(key)!r} vs {first.attrs.get(key)!r}")
+        ours, theirs = normalise_precision(first.attrs.get("precision")), normalise_precision(fs.attrs.get("precision"))
+        if ours != theirs:
+            raise DaeError(f"{path} was extracted in {theirs or 'an unrecorded precision'}, {inputs[0]} in "
+                           f"{ours or 'an unrecorded precision'}: features of two precisions are never merged; "
+                           "extract the odd ones again with the same --precision")
         if fs.dim != first.dim:
             raise DaeError(f"{path} has {fs.dim}-d features, {inputs[0]} {first.dim}-d")
     owner: dict[str, Path] = {}
@@ -95,7 +116,10 @@ def merge_feature_files(inputs, out, note=print) -> dict:
         clips = np.concatenate(clip_sets)[order]
     elif any(c is not None for c in clip_sets):
         note("note: not every input has /clip_features with the same clip count; the merged file has none")
-    attrs = {k: v for k, v in first.attrs.items() if k not in ("schema_version", "_large_attrs")}
+    sequences, sequence_dtype = _merged_sequences(inputs, sets, order)
+    attrs = {k: v for k, v in first.attrs.items() if k not in ("schema_version", "sequence_dtype", "_large_attrs")}
+    if attrs.get("precision"):
+        attrs["precision"] = normalise_precision(attrs["precision"])
     for key in JOINED:
         values = list(dict.fromkeys(str(fs.attrs[key]) for fs in sets if key in fs.attrs))
         if len(values) > 1:
@@ -108,5 +132,6 @@ def merge_feature_files(inputs, out, note=print) -> dict:
                                               for fs in sets),
                   "videos_sha256": "", "merged_from": [p.name for p in inputs],
                   "created_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")})
-    write_features(out, [ids[i] for i in order], features, clip_features=clips, attrs=attrs)
+    write_features(out, [ids[i] for i in order], features, clip_features=clips, sequences=sequences,
+                   sequence_dtype=sequence_dtype, attrs=attrs)
     return {"out": Path(out), "videos": len(ids), "failed": len(failures), "inputs": len(inputs)}

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from dae.errors import DaeError
+from dae.atomic import check_new_file
+from dae.errors import DaeError, UsageError
 from dae.features import safe_pickle
-from dae.features.store import FeatureSet, read_features, write_features
+from dae.features.store import FeatureSet, import_npy_dir, read_features, write_features
 
 DIVING_SCORE_FILES = ("all_train.npy", "all_test.npy", "training_idx.npy", "testing_idx.npy")
 
@@ -76,3 +77,18 @@ def import_diving_score(release_dir, out, *, backbone: str = "p3d-finetuned-unlv
         "protocol": {"name": "diving-score-release", "source": "YeTianJHU/diving-score data_files",
                      "pooling": "as released (one vector per video)"}})
     return read_features(out)
+
+
+def import_features(out, *, npy_dir=None, diving_score=None, backbone: str | None = None, keep_clips: bool = False,
+                    clip_dtype: str = "float32", overwrite: bool = False) -> FeatureSet:
+    """`dae features import`: exactly one source, a folder of per-video .npy arrays (their clip sequences kept with
+    `keep_clips`) or the diving-score release; an existing `out` is replaced only with `overwrite`."""
+    if (npy_dir is None) == (diving_score is None):
+        raise UsageError("give exactly one of --npy-dir and --diving-score")
+    if keep_clips and npy_dir is None:
+        raise UsageError("--keep-clips goes with --npy-dir")
+    check_new_file(out, overwrite, "feature file")
+    if npy_dir is not None:
+        return import_npy_dir(npy_dir, out, backbone=backbone or "imported", keep_clips=keep_clips,
+                              clip_dtype=clip_dtype)
+    return import_diving_score(diving_score, out, backbone=backbone or "p3d-finetuned-unlv")

@@ -33,7 +33,9 @@ import numpy as np
 
 from dae.atomic import atomic_path
 from dae.errors import DaeError
-from dae.features.store import read_chunk, write_chunk
+from dae.features.precision import normalise_precision
+from dae.features.store import read_chunk, read_features, write_chunk
+from dae.pause import pause_point
 
 _CHUNK_RE = re.compile(r"chunk-(\d{6,})\.h5")
 
@@ -132,6 +134,7 @@ class Parts:
     def commit(self, number: int, video_ids, clip_index, clip_features, failures, final: bool) -> None:
         write_chunk(self.chunk_path(number), video_ids, clip_index, clip_features, failures,
                     attrs={"chunk": number, "final": bool(final)})
+        pause_point(f"chunk-{number:06d}")  # tests: interrupted right after this batch was committed
 
     def _numbered_chunks(self) -> tuple[list, list]:
         """(chunks numbered 0, 1, 2, ... without a gap, the rest)."""
@@ -211,3 +214,48 @@ def resume_point(video_ids: list[str], state: Progress, num_clips: int) -> tuple
     if vid in state.failures or done == num_clips:
         return frontier + 1, 0
     return frontier, done
+
+
+# What makes two extractions the same one: a resume, or a finished OUT, must match on all of these.
+IDENTITY_WORDS = {"protocol": "clip protocol", "weights_sha256": "I3D weights", "backbone": "backbone",
+                  "decoder": "decoder", "precision": "precision", "videos_sha256": "list of videos",
+                  "shard": "shard", "all_ids_sha256": "full list of videos (before sharding)"}
+
+
+def _recorded_precision(identity: dict, settings: dict) -> str | None:
+    # runs from before precision was part of the identity kept it among the settings, in other words
+    return normalise_precision(identity.get("precision") or settings.get("precision"))
+
+
+def check_resumable(parts: Parts, run: dict, identity: dict, settings: dict, note) -> None:
+    """Refuse to continue an interrupted run that extracted something else; note settings that changed."""
+    recorded = dict(run.get("identity", {}))
+    recorded["precision"] = _recorded_precision(recorded, run.get("settings", {}))
+    if recorded["precision"] != identity.get("precision"):
+        raise DaeError(f"{parts.path} holds an interrupted extraction in {recorded['precision']}, this run asks for "
+                       f"{identity.get('precision')}: one file never mixes precisions; rerun with --precision "
+                       f"{recorded['precision']} to resume, or pass --overwrite to start over")
+    for key, word in IDENTITY_WORDS.items():
+        if recorded.get(key) != identity.get(key):
+            raise DaeError(f"{parts.path} holds an interrupted extraction with a different {word}; rerun it with "
+                           f"the same options to resume, or pass --overwrite to start over")
+    for key, value in settings.items():
+        old = run.get("settings", {}).get(key)
+        if old != value:
+            note(f"note: resuming with {key} {value} (the interrupted run used {old}): features stay correct "
+                 "but are not bit-identical to an uninterrupted run")
+
+
+def finished_output(out, identity: dict):
+    """(ids, failure rows) when `out` is this very extraction, finished; raise if it is something else."""
+    try:
+        fs = read_features(out)
+    except DaeError:
+        fs = None
+    if fs is not None:
+        attrs = dict(fs.attrs)
+        attrs["precision"] = normalise_precision(attrs.get("precision"))
+        if all(attrs.get(k) == identity.get(k) for k in IDENTITY_WORDS):
+            return fs.video_ids, list(fs.attrs.get("failures", []))
+    raise DaeError(f"{out} already exists and is not this extraction's finished output; choose another --out, "
+                   "or pass --overwrite to replace it")

@@ -85,8 +85,9 @@ class FeatureSet:
         return str(self.attrs.get("backbone", "unknown"))
 
 
-def check_arrays(video_ids, features, source: str, clip_features=None) -> np.ndarray:
-    """Validate ids and the (N, D) feature matrix; return the features as float32."""
+def check_arrays(video_ids, features, source: str, clip_features=None, finite: bool = True) -> np.ndarray:
+    """Validate ids and the (N, D) feature matrix; return the features as float32. finite=False lets NaN/Inf
+    rows through (for `dae inspect`, which reports them)."""
     features = np.asarray(features)
     if features.ndim != 2:
         raise DaeError(f"{source}: /features must be 2-D (N, D), got shape {features.shape}")
@@ -105,7 +106,7 @@ def check_arrays(video_ids, features, source: str, clip_features=None) -> np.nda
         raise DaeError(f"{source}: /features must be numeric, got dtype {features.dtype}")
     features = features.astype(np.float32, copy=False)
     bad = ~np.isfinite(features).all(axis=1)
-    if bad.any():
+    if finite and bad.any():
         first = [video_ids[i] for i in np.flatnonzero(bad)[:5]]
         raise DaeError(f"{source}: {int(bad.sum())} videos have NaN/Inf features, first: {', '.join(map(repr, first))}")
     if clip_features is not None:
@@ -239,9 +240,10 @@ def write_features(path, video_ids, features, *, clip_features=None, sequences: 
             _write_attrs(f, merged)
 
 
-def read_features(path, *, clip_features: bool = False, sequences: bool = False) -> FeatureSet:
+def read_features(path, *, clip_features: bool = False, sequences: bool = False, finite: bool = True) -> FeatureSet:
     """Read and validate a feature file; any HDF5 file with /video_id and /features is accepted.
 
+    finite=False accepts rows with NaN/Inf features (stage two never does; `dae inspect` reports them).
     sequences=True also reads a schema-2 file's clip sequences (in their stored dtype); a file without them
     gives FeatureSet.sequences = None (callers that need them say so)."""
     path = Path(path)
@@ -267,7 +269,7 @@ def read_features(path, *, clip_features: bool = False, sequences: bool = False)
     version = attrs.get("schema_version", SCHEMA_VERSION)
     if int(version) > SCHEMA_VERSION:
         raise DaeError(f"{path}: schema_version {version} is newer than this dae understands ({SCHEMA_VERSION})")
-    feats = check_arrays(video_ids, feats, str(path), clips)
+    feats = check_arrays(video_ids, feats, str(path), clips, finite=finite)
     if seqs is not None:
         seqs = check_sequences(video_ids, seqs, feats.shape[1], str(path))
     return FeatureSet(video_ids=video_ids, features=feats, attrs=attrs, path=str(path), clip_features=clips,
@@ -311,7 +313,7 @@ def align_sequences(fs: FeatureSet, video_ids, manifest_name: str = "manifest"):
     into the file's flat array (nothing copied); a file without sequences is refused with what to do."""
     if fs.sequences is None:
         raise DaeError(f"{fs.path or 'the features'} has no clip sequences (schema 2); a sequence head needs "
-                       "them: `dae features import --npy-dir DIR --keep-clips` or `dae extract --protocol stride:32`")
+                       "them: import per-video (T, D) arrays with `dae features import --npy-dir DIR --keep-clips`")
     rows = np.asarray(_rows_of(fs, video_ids, manifest_name), dtype=np.int64)
     return fs.sequences.data, fs.sequences.starts[rows], fs.sequences.lengths[rows]
 
@@ -387,9 +389,12 @@ def length_summary(lengths) -> list[str]:
     return lines
 
 
+BAD_ROWS_SHOWN = 10
+
+
 def describe(path) -> str:
-    """A human-readable summary of a feature file (`dae inspect`)."""
-    fs = read_features(path)
+    """A human-readable summary of a feature file (`dae inspect`), rows with NaN/Inf features listed."""
+    fs = read_features(path, finite=False)
     with h5py.File(path, "r") as f:
         has_clips = "clip_features" in f
         clip_shape = f["clip_features"].shape if has_clips else None
@@ -410,8 +415,24 @@ def describe(path) -> str:
         elif isinstance(value, (dict, list)):
             value = json.dumps(value, sort_keys=True)
         lines.append(f"  {key:<13} {value}")
-    norms = np.linalg.norm(fs.features, axis=1)
-    lines.append(f"  feature norm  min {norms.min():.4g}  mean {norms.mean():.4g}  max {norms.max():.4g}")
+    finite = np.isfinite(fs.features)
+    bad = np.flatnonzero(~finite.all(axis=1))
+    if len(bad):
+        lines.append(f"  bad rows      {len(bad)} of {len(fs.video_ids)} videos have NaN/Inf features "
+                     "(stage two refuses the file until they are re-extracted or dropped):")
+        for i in bad[:BAD_ROWS_SHOWN]:
+            row = fs.features[i]
+            lines.append(f"    {fs.video_ids[i]!r} (row {i}): {int(np.isnan(row).sum())} NaN, "
+                         f"{int(np.isinf(row).sum())} Inf of {fs.dim} values")
+        if len(bad) > BAD_ROWS_SHOWN:
+            lines.append(f"    ... and {len(bad) - BAD_ROWS_SHOWN} more")
+    else:
+        lines.append("  bad rows      none (every feature is finite)")
+    good = fs.features[finite.all(axis=1)]
+    if len(good):
+        norms = np.linalg.norm(good, axis=1)
+        lines.append(f"  feature norm  min {norms.min():.4g}  mean {norms.mean():.4g}  max {norms.max():.4g}"
+                     + (f"  (the {len(good)} finite rows)" if len(bad) else ""))
     lines.append(f"  first ids     {', '.join(fs.video_ids[:5])}")
     return "\n".join(lines)
 

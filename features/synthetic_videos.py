@@ -1,4 +1,4 @@
-"""SYNTHETIC 'performance' videos for the demo: a hidden quality drives visible motion, and the score follows it.
+"""SYNTHETIC videos: 'performances' for the demo (a hidden quality drives visible motion and the score) and benchmark clips.
 
 Each video shows a bright 'athlete' (a rounded block) doing a jump along an arc over a textured pool-like
 background, then entering the water with a splash. Quality q in [0, 1] is what a judge would reward:
@@ -80,3 +80,21 @@ def write_synthetic_performances(folder, n_videos: int = 48, *, n_frames: int = 
     split = np.where(rng.permutation(n_videos) < n_test, "test", "train")
     return pd.DataFrame({"video_id": ids, "score": np.round(scores, 2), "split": split,
                          "quality": np.round(quality, 4)})
+
+
+def write_bench_video(path, num_frames: int = 300, width: int = 640, height: int = 360, fps: int = 30) -> Path:
+    """A synthetic H.264 mp4 with motion and texture, encoded like a typical download (x264 medium, crf 23, B-frames)."""
+    import av
+
+    rows, cols = np.mgrid[0:height, 0:width]
+    texture = np.random.default_rng(0).integers(0, 40, (height, width, 3), dtype=np.uint8)
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=fps, options={"preset": "medium", "crf": "23"})
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for i in range(num_frames):
+            disc = (cols - width / 2 - 0.3 * width * np.sin(i / 15)) ** 2 + (rows - height / 2) ** 2 < (height / 6) ** 2
+            rgb = np.stack([(cols + 3 * i) % 256, (2 * rows + i) % 256, disc * 255], axis=-1).astype(np.uint8)
+            rgb = rgb // 2 + np.roll(texture, 2 * i, axis=1)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
+        container.mux(stream.encode())
+    return Path(path)

@@ -32,11 +32,6 @@ class TrainConfig:
             raise UsageError(f"unknown prediction {self.prediction!r} (choose from {', '.join(PREDICTIONS)})")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.weight_decay < 0:
             raise UsageError("epochs and batch size must be >= 1, lr > 0 and weight decay >= 0")
-        import torch
+        from dae.devices import resolve_device
 
-        try:
-            device = torch.device(self.device)
-        except RuntimeError:
-            raise UsageError(f"unknown device {self.device!r} (cpu, cuda or cuda:I)") from None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise UsageError(f"device {self.device} asked for, but torch sees no CUDA GPU")
+        resolve_device(self.device)

@@ -18,18 +18,6 @@ def spearman(y_true, y_pred) -> float:
     return float(stats.spearmanr(y_true, y_pred).statistic)
 
 
-def spearman_rows(y_true, y_pred_rows) -> np.ndarray:
-    """Spearman of each row of y_pred_rows (K, n) against y_true (n,), with average ranks for ties."""
-    y_pred_rows = np.atleast_2d(np.asarray(y_pred_rows, float))
-    rt = stats.rankdata(np.asarray(y_true, float))
-    rp = stats.rankdata(y_pred_rows, axis=1)
-    rt = rt - rt.mean()
-    rp = rp - rp.mean(axis=1, keepdims=True)
-    denom = np.sqrt((rt * rt).sum() * (rp * rp).sum(axis=1))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(denom > 0, (rp @ rt) / np.where(denom > 0, denom, 1.0), np.nan)
-
-
 def rl2x100(y_true, y_pred, score_range) -> float:
     """Relative L2 x 100: mean(((s - s_hat) / (max - min))^2) * 100 with the dataset's score range."""
     lo, hi = score_range

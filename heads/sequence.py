@@ -22,43 +22,14 @@ evaluation reads every clip of each video.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 from torch import nn
 
 from dae.heads.dae import DAEHead, StackedDAE
+from dae.heads.sequence_options import SEQUENCE_HEADS, SequenceOptions
 from dae.heads.temporal import (DecoderLayer, EncoderLayer, MaskedBatchNorm, StackedLayerNorm, StackedLinear,
                                 set_dropout_generators)
-
-SEQUENCE_HEADS = ("attn-dae", "gdlt", "gdlt-dae")
-
-
-@dataclass(frozen=True)
-class SequenceOptions:
-    """A sequence head's settings; defaults are GDLT's (options.py and the README's training command)."""
-
-    crop: int = 68              # --clip-num
-    hidden: int = 256           # --hidden_dim
-    heads: int = 1              # --n_head
-    encoder_layers: int = 1     # --n_encoder
-    decoder_layers: int = 2     # --n_decoder 2 in the README's command (options.py: 1)
-    queries: int = 4            # --n_query 4 in the README's command (grades)
-    dropout: float = 0.3        # --dropout 0.3 in the README's command
-    triplet_weight: float = 1.0  # --alpha 1.0
-    margin: float = 1.0         # --margin 1.0
-    eval_chunk: int = 32        # videos per evaluation forward (memory bound only)
-
-    def check(self) -> None:
-        from dae.errors import UsageError
-
-        if self.crop < 1 or self.hidden < 1 or self.heads < 1 or self.queries < 1 or self.encoder_layers < 0 \
-                or self.decoder_layers < 1 or not 0 <= self.dropout < 1 or self.triplet_weight < 0:
-            raise UsageError("sequence head options: crop, hidden, heads, queries, decoder layers >= 1, "
-                             "encoder layers >= 0, 0 <= dropout < 1, triplet weight >= 0")
-        if self.hidden % self.heads:
-            raise UsageError(f"--hidden {self.hidden} must be divisible by --attention-heads {self.heads}")
 
 
 class ClipBank:

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from dae.devices import resolve_device
 from dae.errors import UsageError
 from dae.heads.adam import Adam
 from dae.heads.config import TrainConfig
@@ -206,7 +207,7 @@ def _train_bucket(head, all_jobs, members, config, report):
     jobs = [all_jobs[i] for i in order]
     models = torch.as_tensor(order)
     m = len(jobs)
-    dev = torch.device(config.device)
+    dev = resolve_device(config.device)
     stack = Stack(jobs, models, group_size, config, dev)
     module = head.build(stack).to(dev)
     leaders = jobs[::group_size]

@@ -1,12 +1,14 @@
 """The `dae` command line: thin click wrappers, each calling one library function that works without click."""
 from __future__ import annotations
 
+import importlib
 import sys
 
 import click
 
 from dae import __version__
 from dae.errors import DaeError
+from dae.features.precision import PRECISIONS
 
 
 class _OneLineError(click.ClickException):
@@ -15,6 +17,11 @@ class _OneLineError(click.ClickException):
     def __init__(self, message: str, exit_code: int):
         super().__init__(message)
         self.exit_code = exit_code
+
+
+EXIT_INTERRUPTED = 130
+# What a command interrupted by Ctrl-C has kept, and how to go on.
+_ON_INTERRUPT = {"extract": "the batches committed so far are kept; rerun the same command to resume"}
 
 
 class DaeGroup(click.Group):
@@ -29,8 +36,12 @@ class DaeGroup(click.Group):
             if _debug(ctx):
                 raise
             raise _OneLineError(str(exc), exc.exit_code) from None
-        except KeyboardInterrupt:
-            raise click.exceptions.Abort() from None
+        except KeyboardInterrupt:  # Ctrl-C: the shell's convention, 128 + SIGINT
+            if _debug(ctx):
+                raise
+            hint = _ON_INTERRUPT.get(ctx.invoked_subcommand or "")
+            click.echo("interrupted" + (f": {hint}" if hint else ""), err=True)
+            raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
         except (OSError, MemoryError) as exc:
             if _debug(ctx):
                 raise
@@ -40,6 +51,35 @@ class DaeGroup(click.Group):
                 raise
             raise _OneLineError(f"internal error {exc.__class__.__name__}: {exc} "
                                 "(rerun with `dae --debug ...` for the traceback)", 1) from None
+
+
+class LibraryChoice(click.Choice):
+    """A choice list read from the library (`module:NAME`, several are joined) when first needed, never copied here:
+    importing the CLI stays fast, and the options a command accepts are the ones its library function knows."""
+
+    def __init__(self, *refs: str):
+        self._refs = refs
+        super().__init__(())
+
+    @property
+    def choices(self):
+        names = []
+        for ref in self._refs:
+            module, name = ref.split(":")
+            names.extend(getattr(importlib.import_module(module), name))
+        return tuple(names)
+
+    @choices.setter
+    def choices(self, value):  # click.Choice.__init__ assigns its (empty) list here
+        pass
+
+
+def _explicit(ctx) -> set[str]:
+    """Names of the options the user gave (command line or environment), as opposed to click's defaults."""
+    from click.core import ParameterSource
+
+    return {name for name in ctx.params
+            if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)}
 
 
 def _debug(ctx) -> bool:
@@ -60,7 +100,7 @@ def cli(ctx, debug):
     Studies:                             dae ablate losses|distributions|reparam|variance|robustness
     Try it on synthetic data:            dae demo
 
-    Exit codes: 0 success, 1 failure (one-line error), 2 usage error, 3 partial success.
+    Exit codes: 0 success, 1 failure (one-line error), 2 usage error, 3 partial success, 130 interrupted (Ctrl-C).
     """
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
@@ -92,16 +132,18 @@ def inspect_cmd(feature_file):
 @click.option("--keep-clips", is_flag=True,
               help="--npy-dir: keep each (T, D) array as a clip sequence (schema 2, any T >= 1) for the sequence "
                    "heads, besides its mean in /features.")
-@click.option("--clip-dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
+@click.option("--clip-dtype", type=LibraryChoice("dae.features.store:SEQUENCE_DTYPES"), default="float32",
+              show_default=True,
               help="--keep-clips: how the sequences are stored (float16 halves the file; rounding ~1e-3 relative).")
 @click.option("--diving-score", "diving_score", type=click.Path(file_okay=False),
               help="The UNLV-Dive release folder of YeTianJHU/diving-score (all_train.npy, all_test.npy, "
                    "training_idx.npy, testing_idx.npy); ids 001..370 as `dae manifest build unlv-dive` writes.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Feature file (HDF5) to write.")
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists (otherwise an existing OUT is an error).")
 @click.option("--backbone", default=None,
               help="Name of the model that produced the features, recorded in the file "
                    "[default: imported; p3d-finetuned-unlv for --diving-score].")
-def features_import_cmd(npy_dir, keep_clips, clip_dtype, diving_score, out, backbone):
+def features_import_cmd(npy_dir, keep_clips, clip_dtype, diving_score, out, overwrite, backbone):
     """Convert features computed elsewhere into one HDF5 feature file.
 
     \b
@@ -110,19 +152,10 @@ def features_import_cmd(npy_dir, keep_clips, clip_dtype, diving_score, out, back
       dae features import --npy-dir feats/ --keep-clips --clip-dtype float16 --out F.h5   (sequences too)
       dae features import --diving-score data_files/ --out unlv.h5
     """
-    if (npy_dir is None) == (diving_score is None):
-        raise click.UsageError("give exactly one of --npy-dir and --diving-score")
-    if keep_clips and npy_dir is None:
-        raise click.UsageError("--keep-clips goes with --npy-dir")
-    if npy_dir is not None:
-        from dae.features.store import import_npy_dir
+    from dae.features.releases import import_features
 
-        fs = import_npy_dir(npy_dir, out, backbone=backbone or "imported", keep_clips=keep_clips,
-                            clip_dtype=clip_dtype)
-    else:
-        from dae.features.releases import import_diving_score
-
-        fs = import_diving_score(diving_score, out, backbone=backbone or "p3d-finetuned-unlv")
+    fs = import_features(out, npy_dir=npy_dir, diving_score=diving_score, backbone=backbone, keep_clips=keep_clips,
+                         clip_dtype=clip_dtype, overwrite=overwrite)
     kept = f", clip sequences kept as {clip_dtype} (schema 2)" if keep_clips else ""
     click.echo(f"wrote {out}: {len(fs.video_ids)} videos x {fs.dim} dims{kept}")
 
@@ -131,38 +164,33 @@ def features_import_cmd(npy_dir, keep_clips, clip_dtype, diving_score, out, back
 @click.argument("manifest", type=click.Path(dir_okay=False))
 def manifest_check_cmd(manifest):
     """Validate a manifest CSV against the contract and summarise it."""
-    from dae.features.manifest import read_manifest
+    from dae.features.manifest import describe_manifest, read_manifest
 
-    df = read_manifest(manifest)
-    parts = [f"{len(df)} videos", f"score {df['score'].min():g}..{df['score'].max():g}"]
-    for col in ("split", "fold", "group"):
-        if col in df.columns:
-            counts = df[col].value_counts().sort_index()
-            parts.append(f"{col}: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
-    click.echo(f"{manifest}: ok; " + "; ".join(parts))
+    click.echo(f"{manifest}: ok; " + describe_manifest(read_manifest(manifest)))
 
 
-_BUILD_DATASETS = ("mtl-aqa", "jigsaws", "finediving", "fis-v", "rg", "unlv-dive")  # = annotations.DATASETS
+_BUILDERS = "dae.data_manifests.builders"
 
 
 @manifest_group.command("build")
-@click.argument("dataset", type=click.Choice(_BUILD_DATASETS))
+@click.argument("dataset", type=LibraryChoice(f"{_BUILDERS}:DATASETS"))
 @click.option("--annotations", required=True, type=click.Path(),
               help="The dataset's official annotation folder (see the list above).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Manifest CSV to write.")
-@click.option("--target", type=click.Choice(["tes", "pcs", "total", "difficulty", "execution"]), default=None,
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists (otherwise an existing OUT is an error).")
+@click.option("--target", type=LibraryChoice(f"{_BUILDERS}:TARGET_CHOICES"), default=None,
               help="fis-v: tes or pcs (required). rg: total (default), difficulty or execution.")
-@click.option("--variant", type=click.Choice(["auto", "official", "musdl", "core"]), default=None,
+@click.option("--variant", type=LibraryChoice("dae.data_manifests.mtl_aqa:VARIANT_CHOICES"), default=None,
               help="mtl-aqa: which annotation dictionary to read (default auto: the richest in the folder).")
-@click.option("--layout", type=click.Choice(["untrimmed", "per-dive"]), default=None,
+@click.option("--layout", type=LibraryChoice("dae.data_manifests.mtl_aqa:LAYOUTS"), default=None,
               help="mtl-aqa: 'untrimmed' (default) = one video per event, path + start/end frame per dive; "
                    "'per-dive' = one file per dive named by its id (EE_II).")
 @click.option("--video-template", default=None,
               help="mtl-aqa untrimmed: file name of an event's video, with {event} and {index} "
                    "[default: {event:02d}.mp4].")
-@click.option("--view", type=click.Choice(["capture1", "capture2"]), default=None,
+@click.option("--view", type=LibraryChoice("dae.data_manifests.jigsaws:JIGSAWS_VIEWS"), default=None,
               help="jigsaws: which camera's video the path column names (default capture1, MUSDL's).")
-def manifest_build_cmd(dataset, annotations, out, target, variant, layout, video_template, view):
+def manifest_build_cmd(dataset, annotations, out, overwrite, target, variant, layout, video_template, view):
     """Write a manifest CSV from DATASET's official annotation files.
 
     \b
@@ -179,37 +207,44 @@ def manifest_build_cmd(dataset, annotations, out, target, variant, layout, video
     Pickles are read with a restricted unpickler: one that asks to import anything is refused.
     Judge scores out of range are corrected or blanked and listed in column judges_corrected.
     """
-    from dae.pipeline.annotations import build_manifest_file
+    from dae.data_manifests.builders import build_manifest_file
 
-    built = build_manifest_file(dataset, annotations, out, target=target, variant=variant, layout=layout,
-                                video_template=video_template, view=view)
-    df = built.manifest
-    parts = [f"{len(df)} videos"]
-    for col in ("split", "fold", "group"):
-        if col in df.columns:
-            counts = df[col].value_counts().sort_index()
-            parts.append(f"{col}: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
+    built = build_manifest_file(dataset, annotations, out, overwrite=overwrite, target=target, variant=variant,
+                                layout=layout, video_template=video_template, view=view)
+    from dae.features.manifest import describe_manifest
+
     for note in built.notes:
         click.echo(f"note: {note}", err=True)
-    click.echo(f"wrote {out}: " + "; ".join(parts))
+    click.echo(f"wrote {out}: " + describe_manifest(built.manifest, with_scores=False))
+
+
+def _fit_default(name):
+    from dae.pipeline.settings import FIT_DEFAULTS
+
+    return FIT_DEFAULTS[name]
+
+
+_CONFIG_HELP = ("Replay a run: every option as RUN/config.json recorded it (a run or study folder also works); options "
+                "given here override it. Where results go (--out, --leaderboard, --plots) is never replayed.")
 
 
 def train_options(f):
     """Training options of `dae fit` (studies have their own defaults: see _study_command)."""
     from dae.heads.config import TrainConfig
 
-    d = TrainConfig()
+    d = _fit_default
     opts = [
-        click.option("--epochs", type=click.IntRange(1), default=d.epochs, show_default=True),
+        click.option("--epochs", type=click.IntRange(1), default=d("epochs"), show_default=True),
         click.option("--lr", type=click.FloatRange(0, min_open=True), default=None,
-                     help=f"Adam learning rate [default: {d.lr:g}; core and dae-core 1e-3, CoRe's rate]."),
-        click.option("--weight-decay", type=click.FloatRange(0), default=d.weight_decay, show_default=True),
-        click.option("--batch-size", type=click.IntRange(1), default=d.batch_size, show_default=True),
+                     help=f"Adam learning rate [default: {TrainConfig().lr:g}; core and dae-core 1e-3, CoRe's rate]."),
+        click.option("--weight-decay", type=click.FloatRange(0), default=d("weight_decay"), show_default=True),
+        click.option("--batch-size", type=click.IntRange(1), default=d("batch_size"), show_default=True),
         click.option("--seeds", "n_seeds", type=click.IntRange(1), default=None,
                      help="Train seeds 0..N-1 [default: seed 0 only]."),
         click.option("--seed", type=int, default=None, help="Train this one seed."),
-        click.option("--selection", type=click.Choice(["last", "best-val", "best-test", "last10",
-                                                      "best10-consecutive"]), default=d.selection,
+        click.option("--selection", type=LibraryChoice("dae.heads.config:SELECTIONS",
+                                                       "dae.pipeline.protocols:WINDOW_SELECTIONS"),
+                     default=d("selection"),
                      show_default=True, help="Which epoch's weights are evaluated: the last; the best on a "
                      "validation split carved from train (fixed seed); or the best on the test set (the papers' "
                      "practice, optimistic, always labelled). last10 (MUSDL's code): the test Spearman averaged "
@@ -217,57 +252,67 @@ def train_options(f):
                      "epochs of the fold-averaged test curve. Both read the test set and are labelled."),
         click.option("--dataset", default=None,
                      help="Dataset card name (score range, protocol); default: the manifest's own score range."),
+        click.option("--config", "config_path", type=click.Path(), default=None, help=_CONFIG_HELP),
     ]
     for opt in reversed(opts):
         f = opt(f)
     return f
 
 
-def resolve_seeds(n_seeds, seed, default_n=1):
-    if n_seeds is not None and seed is not None:
-        raise click.UsageError("give --seeds N or --seed S, not both")
-    if seed is not None:
-        return [seed]
-    return list(range(n_seeds if n_seeds is not None else default_n))
+def sequence_options(f):
+    """Options of the sequence heads (attn-dae, gdlt, gdlt-dae); defaults are GDLT's."""
+    from dae.heads.sequence_options import SequenceOptions
 
-
-def card_score_range(dataset, manifest_path):
-    """The card's score range for the manifest's target (Fis-V TES vs PCS, RG total/D/E)."""
-    if not dataset:
-        return None
-    import pandas as pd
-
-    from dae.data_manifests.cards import score_range
-
-    head = pd.read_csv(manifest_path, nrows=1) if manifest_path else None
-    target = str(head["target"].iloc[0]) if head is not None and "target" in head and len(head) else None
-    return tuple(score_range(dataset, target))
+    d = SequenceOptions()
+    opts = [
+        click.option("--crop", type=click.IntRange(1), default=d.crop, show_default=True,
+                     help="Sequence heads: clips per random temporal crop in training (GDLT's --clip-num); "
+                          "evaluation reads every clip."),
+        click.option("--attention-heads", "attention_heads", type=click.IntRange(1), default=d.heads, show_default=True,
+                     help="gdlt/gdlt-dae: attention heads of the transformer (GDLT's --n_head)."),
+        click.option("--queries", type=click.IntRange(1), default=d.queries, show_default=True,
+                     help="gdlt/gdlt-dae: learnable grade queries of the decoder (GDLT's README command: 4)."),
+        click.option("--encoder-layers", type=click.IntRange(0), default=d.encoder_layers, show_default=True),
+        click.option("--decoder-layers", type=click.IntRange(1), default=d.decoder_layers, show_default=True,
+                     help="gdlt/gdlt-dae: decoder layers (GDLT's README command: 2)."),
+        click.option("--model-width", "hidden", type=click.IntRange(1), default=d.hidden, show_default=True,
+                     help="gdlt/gdlt-dae: transformer width after the Conv1d reduction D -> D/2 -> width."),
+        click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=d.dropout, show_default=True,
+                     help="gdlt/gdlt-dae: transformer dropout (GDLT's README command: 0.3)."),
+        click.option("--triplet-weight", type=click.FloatRange(0), default=d.triplet_weight, show_default=True,
+                     help="gdlt/gdlt-dae: weight of the grade-decoupling triplet loss (GDLT's --alpha)."),
+        click.option("--margin", type=click.FloatRange(0), default=d.margin, show_default=True,
+                     help="gdlt/gdlt-dae: triplet margin on cosine distances (GDLT's --margin)."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
 
 
 def input_options(f):
     """--features, --manifest and --leaderboard: what every training command reads and appends to."""
     f = click.option("--leaderboard", type=click.Path(dir_okay=False), default=None,
                      help="CSV leaderboard to append one row per trained model to (created if missing).")(f)
-    f = click.option("--manifest", required=True, type=click.Path(dir_okay=False), help="Manifest CSV.")(f)
-    return click.option("--features", required=True, type=click.Path(dir_okay=False),
-                        help="Feature file (HDF5).")(f)
+    f = click.option("--manifest", type=click.Path(dir_okay=False), help="Manifest CSV (required unless --config).")(f)
+    return click.option("--features", type=click.Path(dir_okay=False),
+                        help="Feature file (HDF5) (required unless --config).")(f)
 
 
 @cli.command("fit")
 @input_options
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Run folder to create (never overwritten). Default: runs/<dataset>-<head>-<time>.")
-@click.option("--head", type=click.Choice(["dae", "mlp", "ridge", "usdl", "musdl", "dae-mt", "dae-judges", "core",
-                                           "dae-core"]),
-              default="dae", show_default=True,
+@click.option("--head", type=LibraryChoice("dae.pipeline.fit:HEADS"), default=_fit_default("head"), show_default=True,
               help="dae: the Distribution Auto-Encoder; mlp: same trunk, plain regression on mu; ridge: "
               "closed-form ridge, penalty by cross-validation on train; usdl: softmax over score bins, Gaussian "
               "label smoothing, KL loss; musdl: one usdl path per judge combined by the scoring rule (needs "
               "judge_1..judge_K); dae-mt: DAE on the execution part times the difficulty (needs difficulty); "
               "dae-judges: one DAE Gaussian per judge combined by the scoring rule; core: CoRe's group-aware "
               "regression tree on pairs (exemplar, query), test score voted by exemplars; dae-core (ours): a DAE "
-              "head on CoRe's pair feature, the voters' Gaussian mixture.")
-@click.option("--voters", type=click.IntRange(1), default=10, show_default=True,
+              "head on CoRe's pair feature, the voters' Gaussian mixture. Sequence heads (need clip sequences, schema 2): "
+              "attn-dae: attention pooling over clips into the DAE; gdlt: GDLT (CVPR 2022) as its code does it; "
+              "gdlt-dae: GDLT's decoder with the DAE head in place of its Likert scorer.")
+@click.option("--voters", type=click.IntRange(1), default=_fit_default("voters"), show_default=True,
               help="core/dae-core: training exemplars that vote for each test video (CoRe's voter_number).")
 @click.option("--with-dd/--without-dd", "with_dd", default=None,
               help="core/dae-core: compare exemplars of the same difficulty degree and regress score / DD (CoRe "
@@ -276,45 +321,39 @@ def input_options(f):
               help="usdl: number of bins over the score range [default: 101; jigsaws 25, MUSDL's integer scores].")
 @click.option("--bin-std", type=click.FloatRange(0, min_open=True), default=None,
               help="usdl/musdl: std of the Gaussian label smoothing, in bins [default: 5, jigsaws 1 (MUSDL's)].")
-@click.option("--bin-predict", type=click.Choice(["argmax", "expectation"]), default="argmax", show_default=True,
-              help="usdl/musdl: predict the most probable bin (as published) or the histogram's mean.")
-@click.option("--judge-rule", type=click.Choice(["sum", "middle3-x-difficulty", "fina-by-judge-count"]),
+@click.option("--bin-predict", type=LibraryChoice("dae.heads.bins:BIN_RULES"), default=_fit_default("bin_predict"),
+              show_default=True, help="usdl/musdl: predict the most probable bin (as published) or the histogram's mean.")
+@click.option("--judge-rule", type=LibraryChoice("dae.heads.judges:JUDGE_RULES"),
               default=None, help="musdl/dae-judges: how judges' marks make the score [default: the dataset "
               "card's, else inferred from the manifest].")
-@click.option("--loss", type=click.Choice(["sup", "rec", "combined", "v1", "nll", "rec+sup"]), default="v1",
+@click.option("--loss", type=LibraryChoice("dae.heads.losses:LOSSES"), default=_fit_default("loss"),
               show_default=True, help="v1: the paper's schedule, rec every epoch and combined (alpha rec + beta "
               "sup) on epochs 10, 20, 30, ...")
-@click.option("--reparam", type=click.Choice(["sigma", "variance"]), default="sigma", show_default=True,
-              help="Sample y = mu + eps*sigma, or the paper's y = mu + eps*sigma^2.")
-@click.option("--alpha", type=float, default=0.6, show_default=True, help="Weight of the reconstruction loss.")
-@click.option("--beta", type=float, default=0.4, show_default=True, help="Weight of the supervised loss.")
-@click.option("--predict", "prediction", type=click.Choice(["mu", "sample"]), default="mu", show_default=True,
+@click.option("--reparam", type=LibraryChoice("dae.heads.distributions:REPARAMS"), default=_fit_default("reparam"),
+              show_default=True, help="Sample y = mu + eps*sigma, or the paper's y = mu + eps*sigma^2.")
+@click.option("--alpha", type=float, default=_fit_default("alpha"), show_default=True,
+              help="Weight of the reconstruction loss.")
+@click.option("--beta", type=float, default=_fit_default("beta"), show_default=True,
+              help="Weight of the supervised loss.")
+@click.option("--predict", "prediction", type=LibraryChoice("dae.heads.config:PREDICTIONS"),
+              default=_fit_default("prediction"), show_default=True,
               help="Rank by mu (deterministic) or by one reparameterised sample (the paper's, labelled).")
 @train_options
-def fit_cmd(features, manifest, out, leaderboard, head, voters, with_dd, bins, bin_std, bin_predict, judge_rule, loss,
-            reparam, alpha, beta, prediction, epochs, lr, weight_decay, batch_size, n_seeds, seed, selection, dataset):
+@sequence_options
+@click.pass_context
+def fit_cmd(ctx, config_path, **options):
     """Train score heads on cached features; one model per group and fold of the manifest.
 
     Writes RUN/{config.json, metrics.csv, predictions.csv, model.pt} and appends one leaderboard row per
-    trained model (seed x group x fold). Example:
+    trained model (seed x group x fold). Examples:
 
+    \b
         dae fit --features F.h5 --manifest M.csv --out runs/dae1 --seeds 3 --leaderboard L.csv
+        dae fit --config runs/dae1/config.json --out runs/dae1-again      (replay; add options to vary it)
     """
-    from dae.heads.trainer import HeadSpec, TrainConfig
-    from dae.pipeline.fit import FitPlan, run_fit
+    from dae.pipeline.settings import fit_from_options, replay_options
 
-    seeds = resolve_seeds(n_seeds, seed)
-    specs = [HeadSpec(seed=s, loss=loss, reparam=reparam, alpha=alpha, beta=beta) for s in seeds]
-    from dae.pipeline.baselines import HeadOptions
-    from dae.pipeline.exemplar_heads import EXEMPLAR_HEADS, ExemplarOptions, default_lr
-
-    config = TrainConfig(epochs=epochs, lr=lr or default_lr(head) or TrainConfig().lr, weight_decay=weight_decay,
-                         batch_size=batch_size, selection=selection, prediction=prediction)
-    options = (ExemplarOptions(voters=voters, with_dd=with_dd) if head in EXEMPLAR_HEADS else
-               HeadOptions(bins=bins, bin_std=bin_std, bin_rule=bin_predict, judge_rule=judge_rule))
-    plan = FitPlan(head=head, specs=specs, config=config, dataset=dataset or "",
-                   score_range=card_score_range(dataset, manifest), head_options=options)
-    run_fit(features, manifest, plan, out=out, leaderboard=leaderboard, echo=click.echo)
+    fit_from_options(replay_options(options, _explicit(ctx), config_path, "fit"), echo=click.echo)
 
 
 @cli.command("weights")
@@ -360,13 +399,17 @@ def demo_cmd(out, seeds, epochs, from_videos, device):
 @click.option("--protocol", default="uniform:10x16", show_default=True,
               help="Clip protocol: mtl-aqa, jigsaws, uniform:N or uniform:NxT.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:I.")
+@click.option("--precision", type=click.Choice(["auto", *PRECISIONS]), default="auto", show_default=True,
+              help="fp32 (TF32 off: the reference) or bf16 autocast (~1e-2 relative from fp32, much faster on "
+                   "GPUs); auto = bf16 on CUDA, fp32 on CPU. Recorded in the file; a resume or a merge never "
+                   "mixes precisions.")
 @click.option("--batch-clips", type=click.IntRange(1), default=None,
               help="Clips per model batch, gathered across videos [default: 32 on CUDA, 8 on CPU].")
 @click.option("--workers", type=click.IntRange(1), default=None,
               help="Decoding processes [default: all cores but one with CUDA, cores/8 on CPU].")
 @click.option("--weights", type=click.Path(dir_okay=False), default=None,
               help="A piergiaj-style I3D checkpoint [default: DeepMind's Kinetics-400 weights, fetched and cached].")
-@click.option("--decoder", type=click.Choice(["decord", "pyav"]), default="decord", show_default=True)
+@click.option("--decoder", type=LibraryChoice("dae.features.decode:DECODERS"), default="decord", show_default=True)
 @click.option("--shard", default=None,
               help="I/N: extract sorted(ids)[I::N] only [default: from RANK/WORLD_SIZE or SLURM_ARRAY_TASK_ID/COUNT].")
 @click.option("--fail-log", type=click.Path(dir_okay=False), default=None,
@@ -379,7 +422,7 @@ def demo_cmd(out, seeds, epochs, from_videos, device):
 @click.option("--video-timeout", type=click.FloatRange(1), default=1800.0, show_default=True,
               help="Seconds one video may take to decode before its decoder is stopped and the video failed.")
 @click.pass_context
-def extract_cmd(ctx, videos, manifest, out, protocol, device, batch_clips, workers, weights, decoder, shard,
+def extract_cmd(ctx, videos, manifest, out, protocol, device, precision, batch_clips, workers, weights, decoder, shard,
                 fail_log, overwrite, decode_threads, model_threads, video_timeout):
     """Stage one: decode videos, run I3D on their clips, write one HDF5 feature file.
 
@@ -391,7 +434,8 @@ def extract_cmd(ctx, videos, manifest, out, protocol, device, batch_clips, worke
     """
     from dae.features.extract import extract
 
-    result = extract(videos, out, manifest=manifest, protocol=protocol, device=device, batch_clips=batch_clips,
+    result = extract(videos, out, manifest=manifest, protocol=protocol, device=device, precision=precision,
+                     batch_clips=batch_clips,
                      workers=workers, weights=weights, decoder=decoder, shard=shard, fail_log=fail_log,
                      overwrite=overwrite, decode_threads=decode_threads, model_threads=model_threads,
                      video_timeout_s=video_timeout, note=lambda text: click.echo(text, err=True))
@@ -404,11 +448,11 @@ def extract_cmd(ctx, videos, manifest, out, protocol, device, batch_clips, worke
 @click.argument("leaderboard", type=click.Path(dir_okay=False))
 @click.option("--published", is_flag=True,
               help="Add the dataset cards' published reference rows (papers that fine-tune their backbone).")
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "markdown"]), default="table", show_default=True)
+@click.option("--format", "fmt", type=LibraryChoice("dae.pipeline.published:FORMATS"), default="table", show_default=True)
 @click.option("--dataset", "datasets", multiple=True,
               help="Only these datasets (card names; repeatable) [default: all in the leaderboard].")
 @click.option("--by-group", is_flag=True, help="Also one line per group (task, class, apparatus).")
-@click.option("--fold-average", type=click.Choice(["fisher-z", "mean"]), default=None,
+@click.option("--fold-average", type=LibraryChoice("dae.pipeline.protocols:FOLD_AVERAGES"), default=None,
               help="How a group's folds are averaged [default: the card's, Fisher z]; mean = MUSDL's code.")
 def leaderboard_show_cmd(leaderboard, published, fmt, datasets, by_group, fold_average):
     """Print a leaderboard: ours as mean ± std over seeds, and with --published the papers' numbers as published.
@@ -452,12 +496,15 @@ def merge_cmd(inputs, out):
               help="The I3D checkpoint the run's features came from, when not the default Kinetics-400 weights.")
 @click.option("--group", default=None, help="Which group's models to use, for runs with one model per group.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:I.")
-@click.option("--decoder", type=click.Choice(["decord", "pyav"]), default=None,
+@click.option("--decoder", type=LibraryChoice("dae.features.decode:DECODERS"), default=None,
               help="Decoder [default: the one the run's features were extracted with].")
 @click.option("--difficulty", type=click.FloatRange(0, min_open=True), default=None,
               help="The videos' difficulty degree, for core/dae-core runs that compare same-difficulty exemplars.")
+@click.option("--precision", type=click.Choice(PRECISIONS), default=None,
+              help="Extract in this precision [default: the one the run's features were made in; another one "
+                   "is allowed with a warning, as scores can move].")
 @click.pass_context
-def predict_cmd(ctx, run_dir, videos, out, features, weights, group, device, decoder, difficulty):
+def predict_cmd(ctx, run_dir, videos, out, features, weights, group, device, decoder, difficulty, precision):
     """Score videos with a trained run: extract them as its features were, apply its heads (seeds averaged).
 
     Prints and writes per-video mu, sigma and the 90% interval, in score units. Example:
@@ -467,7 +514,7 @@ def predict_cmd(ctx, run_dir, videos, out, features, weights, group, device, dec
     from dae.pipeline.predict import predict_videos
 
     rows = predict_videos(run_dir, videos, out=out, features=features, weights=weights, group=group, device=device,
-                          decoder=decoder, difficulty=difficulty, echo=click.echo,
+                          decoder=decoder, difficulty=difficulty, precision=precision, echo=click.echo,
                           note=lambda text: click.echo(text, err=True))
     if (rows["error"] != "").any():
         ctx.exit(3)
@@ -490,12 +537,9 @@ _STUDY_HELP = {
 }
 
 
-def _csv_list(value):
-    return [v.strip() for v in value.split(",") if v.strip()] if value else None
-
-
 def _study_command(study):
-    from dae.pipeline.defaults import STUDY_BATCH_SIZE, STUDY_LR, STUDY_SEEDS
+    from dae.pipeline.defaults import STUDY_SEEDS
+    from dae.pipeline.settings import STUDY_DEFAULTS as d
 
     @input_options
     @click.option("--out", type=click.Path(file_okay=False), default=None,
@@ -505,12 +549,12 @@ def _study_command(study):
     @click.option("--seeds", "n_seeds", type=click.IntRange(1), default=None,
                   help=f"Train seeds 0..N-1 for every configuration [default: {STUDY_SEEDS}].")
     @click.option("--seed", type=int, default=None, help="Train this one seed.")
-    @click.option("--epochs", type=click.IntRange(1), default=100, show_default=True)
-    @click.option("--lr", type=click.FloatRange(0, min_open=True), default=STUDY_LR, show_default=True,
+    @click.option("--epochs", type=click.IntRange(1), default=d["epochs"], show_default=True)
+    @click.option("--lr", type=click.FloatRange(0, min_open=True), default=d["lr"], show_default=True,
                   help="Adam learning rate (studies: fit's 1e-4 at batch 32 scaled to the larger batch).")
-    @click.option("--batch-size", type=click.IntRange(1), default=STUDY_BATCH_SIZE, show_default=True)
-    @click.option("--weight-decay", type=click.FloatRange(0), default=0.0, show_default=True)
-    @click.option("--selection", type=click.Choice(["last", "best-val", "best-test"]), default="last",
+    @click.option("--batch-size", type=click.IntRange(1), default=d["batch_size"], show_default=True)
+    @click.option("--weight-decay", type=click.FloatRange(0), default=d["weight_decay"], show_default=True)
+    @click.option("--selection", type=LibraryChoice("dae.heads.config:SELECTIONS"), default=d["selection"],
                   show_default=True, help="Which epoch is evaluated (best-test is optimistic and labelled).")
     @click.option("--dataset", default=None,
                   help="Dataset card name (score range); default: the manifest's own score range.")
@@ -518,34 +562,24 @@ def _study_command(study):
     @click.option("--distributions", default=None,
                   help="Comma-separated distributions replacing the study's own (e.g. gaussian,student-t:3).")
     @click.option("--reparams", default=None, help="Comma-separated reparameterisations (sigma, variance).")
-    @click.option("--jobs", type=click.IntRange(-1), default=1, show_default=True,
+    @click.option("--jobs", type=click.IntRange(-1), default=d["jobs"], show_default=True,
                   help="Models that cannot share one stacked model (one per distribution) run this many at a time.")
-    @click.option("--backend", type=click.Choice(["loky", "threading", "dask", "ray"]), default="loky",
+    @click.option("--backend", type=LibraryChoice("dae.pipeline.grid:BACKENDS"), default=d["backend"],
                   show_default=True, help="joblib backend for --jobs; dask and ray spread work over a cluster.")
     @click.option("--scheduler", default=None,
                   help="dask scheduler address (tcp://host:8786) or ray address; default: a local cluster.")
     @click.option("--threads", type=click.IntRange(1), default=None,
                   help="Torch threads per task [default: cores / jobs locally, the cluster's own setting].")
-    @click.option("--device", default="auto", show_default=True,
+    @click.option("--device", default=d["device"], show_default=True,
                   help="cpu, cuda or cuda:I; auto: the GPU when torch sees one.")
-    @click.option("--head", type=click.Choice(["dae", "dae-core"]), default="dae", show_default=True,
+    @click.option("--head", type=LibraryChoice("dae.pipeline.studies:STUDY_HEADS"), default=d["head"], show_default=True,
                   help="dae-core: the grid on our DAE-CoRe (a DAE head on CoRe's pair feature; Gaussian only).")
-    def command(features, manifest, leaderboard, out, plots, n_seeds, seed, epochs, lr, batch_size, weight_decay,
-                selection, dataset, losses, distributions, reparams, jobs, backend, scheduler, threads, device, head):
-        import torch
+    @click.option("--config", "config_path", type=click.Path(), default=None, help=_CONFIG_HELP)
+    @click.pass_context
+    def command(ctx, config_path, **options):
+        from dae.pipeline.settings import replay_options, study_from_options
 
-        from dae.heads.trainer import TrainConfig
-        from dae.pipeline.studies import run_study_files
-
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        config = TrainConfig(epochs=epochs, lr=lr, weight_decay=weight_decay, batch_size=batch_size,
-                             selection=selection, device=device)
-        run_study_files(study, features, manifest, resolve_seeds(n_seeds, seed, STUDY_SEEDS), config,
-                        dataset=dataset or "", score_range=card_score_range(dataset, manifest),
-                        losses=_csv_list(losses), distributions=_csv_list(distributions),
-                        reparams=_csv_list(reparams), out=out, leaderboard=leaderboard, plots=plots, n_jobs=jobs,
-                        backend=backend, scheduler=scheduler, threads=threads, echo=click.echo, head=head)
+        study_from_options(study, replay_options(options, _explicit(ctx), config_path, study), echo=click.echo)
 
     command.__doc__ = _STUDY_HELP[study] + """
 
@@ -564,7 +598,8 @@ for _study in _STUDY_HELP:
 @input_options
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Study folder to create (never overwritten). Default: runs/<dataset>-ablate-voters-<time>.")
-@click.option("--head", type=click.Choice(["core", "dae-core"]), default="core", show_default=True,
+@click.option("--head", type=LibraryChoice("dae.pipeline.exemplar_heads:EXEMPLAR_HEADS"), default="core",
+              show_default=True,
               help="The exemplar head to study.")
 @click.option("--voters", "voter_counts", default="1,3,5,10,20", show_default=True,
               help="Comma-separated voter counts; the same trained models vote with each.")
@@ -577,29 +612,61 @@ for _study in _STUDY_HELP:
 @click.option("--lr", type=click.FloatRange(0, min_open=True), default=1e-3, show_default=True,
               help="Adam learning rate (CoRe's).")
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
-@click.option("--selection", type=click.Choice(["last", "best-val", "best-test"]), default="last", show_default=True)
+@click.option("--selection", type=LibraryChoice("dae.heads.config:SELECTIONS"), default="last", show_default=True)
 @click.option("--dataset", default=None, help="Dataset card name (score range, theta with DD).")
-def ablate_voters_cmd(features, manifest, leaderboard, out, head, voter_counts, rules, n_seeds, seed, epochs, lr,
-                      batch_size, selection, dataset):
+def ablate_voters_cmd(**options):
     """Exemplar heads: how many training exemplars vote for a test video, and which exemplar rule.
 
     Each rule trains its seeds once; the same models then vote with every count. One leaderboard row per
     model x count. Example:  dae ablate voters --features F.h5 --manifest M.csv --voters 1,3,5,10,20
     """
-    from dae.heads.trainer import HeadSpec, TrainConfig
-    from dae.pipeline.fit import FitPlan
-    from dae.pipeline.voters_study import run_voters_study_files
+    from dae.pipeline.settings import voters_from_options
 
-    try:
-        counts = [int(v) for v in _csv_list(voter_counts) or []]
-    except ValueError:
-        raise click.UsageError(f"--voters takes comma-separated integers, got {voter_counts!r}") from None
-    specs = [HeadSpec(seed=s) for s in resolve_seeds(n_seeds, seed, 5)]
-    config = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, selection=selection)
-    plan = FitPlan(head=head, specs=specs, config=config, dataset=dataset or "",
-                   score_range=card_score_range(dataset, manifest))
-    run_voters_study_files(features, manifest, plan, counts, _csv_list(rules), out=out, leaderboard=leaderboard,
-                           echo=click.echo)
+    voters_from_options(options, echo=click.echo)
+
+
+@ablate_group.command("pooling")
+@input_options
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Study folder to create (never overwritten). Default: runs/<dataset>-ablate-pooling-<time>.")
+@click.option("--heads", default="dae,attn-dae,gdlt,gdlt-dae", show_default=True,
+              help="Comma-separated heads: dae (and ridge) read the mean of the clips; attn-dae, gdlt, gdlt-dae "
+                   "the sequences.")
+@click.option("--seeds", "n_seeds", type=click.IntRange(1), default=3, show_default=True, help="Seeds 0..N-1.")
+@click.option("--epochs", type=click.IntRange(1), default=100, show_default=True,
+              help="Pooled heads: epochs (fit's default settings: batch 32, lr 1e-4).")
+@click.option("--sequence-epochs", type=click.IntRange(1), default=None,
+              help="Sequence heads: epochs [default: 30, a CPU budget; GDLT trains 250-500 with SGD].")
+@click.option("--sequence-lr", type=click.FloatRange(0, min_open=True), default=None,
+              help="Sequence heads: Adam learning rate [default: 5e-4].")
+@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True,
+              help="Videos per step, every head (GDLT's --batch).")
+@click.option("--dataset", default=None, help="Dataset card name (score range).")
+@click.option("--curves/--no-curves", default=True, show_default=True,
+              help="Score every epoch on the test folds (per-epoch curves; costs one evaluation per epoch).")
+@sequence_options
+def ablate_pooling_cmd(features, manifest, leaderboard, out, heads, n_seeds, epochs, sequence_epochs, sequence_lr,
+                       batch_size, dataset, curves, **sequence):
+    """Pooling: the DAE on the mean of the clips against attn-dae, gdlt and gdlt-dae on the same sequences.
+
+    Same seeds, protocol cells (groups x folds) and score range for every head; one leaderboard row per model
+    with its pooling; per-epoch test curves; each head's wall time and its ratio to the pooled dae's.
+    Needs a schema-2 feature file (`dae features import --npy-dir DIR --keep-clips`).
+
+        dae ablate pooling --features fisv.h5 --manifest fisv_tes.csv --dataset fis-v --seeds 3
+    """
+    from dae.heads.config import TrainConfig
+    from dae.heads.sequence_options import SEQUENCE_EPOCHS, SEQUENCE_LR
+    from dae.pipeline.pooling import run_pooling_files
+    from dae.pipeline.settings import card_score_range, csv_list, sequence_options_of
+
+    config = TrainConfig(epochs=epochs, batch_size=batch_size)
+    sequence_config = TrainConfig(epochs=sequence_epochs or SEQUENCE_EPOCHS, lr=sequence_lr or SEQUENCE_LR,
+                                  batch_size=batch_size)
+    run_pooling_files(features, manifest, list(range(n_seeds)), config, sequence_config,
+                      sequence_options_of(sequence), heads=csv_list(heads), dataset=dataset or "",
+                      score_range=card_score_range(dataset, manifest), out=out, leaderboard=leaderboard,
+                      curves=curves, echo=click.echo)
 
 
 @bench_group.command("fit")
@@ -631,9 +698,8 @@ def bench_fit_cmd(features, manifest, dataset, seeds, epochs, batch_size, lr, re
     Example:  dae bench fit                      (synthetic, MTL-AQA-sized: 1059 train / 353 test, 1024-d)
               dae bench fit --features F.h5 --manifest M.csv --quality
     """
-    from dae.heads.trainer import TrainConfig
     from dae.pipeline.bench_fit import bench_fit, format_bench, load_split, quality_check
-    from dae.pipeline.defaults import STUDY_BATCH_SIZE, STUDY_LR
+    from dae.pipeline.settings import study_config
 
     if head == "core":
         from dae.pipeline.bench_core import bench_core, format_core_bench
@@ -645,7 +711,7 @@ def bench_fit_cmd(features, manifest, dataset, seeds, epochs, batch_size, lr, re
         raise click.UsageError("give --features and --manifest together")
     if quality and not features:
         raise click.UsageError("--quality needs --features and --manifest (real scores to rank)")
-    config = TrainConfig(epochs=epochs, batch_size=batch_size or STUDY_BATCH_SIZE, lr=lr or STUDY_LR)
+    config = study_config({"epochs": epochs, "batch_size": batch_size, "lr": lr, "device": "cpu"})
     data = load_split(features, manifest, dataset or "") if features else (None,) * 4
     result = bench_fit(*data, seeds=seeds, epochs=epochs, batch_size=config.batch_size, lr=config.lr,
                        reference_models=reference_models, reference_epochs=reference_epochs, repeats=repeats,
@@ -664,17 +730,68 @@ def bench_fit_cmd(features, manifest, dataset, seeds, epochs, batch_size, lr, re
 @click.option("--frames", type=click.IntRange(16), default=150, show_default=True, help="Frames per synthetic video.")
 @click.option("--protocol", default="uniform:4x16", show_default=True, help="Clip protocol.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:I.")
+@click.option("--precision", type=click.Choice(["auto", *PRECISIONS]), default="auto", show_default=True,
+              help="As dae extract; the matmul ceiling is measured in the same dtype.")
 @click.option("--batch-clips", type=click.IntRange(1), default=None, help="[default: as dae extract]")
 @click.option("--workers", type=click.IntRange(1), default=None, help="[default: as dae extract]")
 @click.option("--weights", type=click.Path(dir_okay=False), default=None, help="[default: Kinetics-400]")
-@click.option("--decoder", type=click.Choice(["decord", "pyav"]), default="decord", show_default=True,
+@click.option("--decoder", type=LibraryChoice("dae.features.decode:DECODERS"), default="decord", show_default=True,
               help="Decoder of the end-to-end run (decode-only is measured for both).")
-def bench_extract_cmd(videos, count, frames, protocol, device, batch_clips, workers, weights, decoder):
-    """Stage one: decode-only videos/s, model-only clips/s, end-to-end videos/s and their ratio, in one run."""
-    from dae.features.bench_extract import bench_extract
+@click.option("--model-only", is_flag=True,
+              help="Time only the model (random clips) against the same-run matmul ceiling; no videos.")
+@click.option("--model-batches", type=click.IntRange(1), default=None,
+              help="Batches timed for model-only [default: 4 with --model-only, else one video set's worth].")
+def bench_extract_cmd(videos, count, frames, protocol, device, precision, batch_clips, workers, weights, decoder,
+                      model_only, model_batches):
+    """Stage one: decode-only videos/s, model-only clips/s (as a fraction of a same-run matmul), end-to-end videos/s
+    and their ratio, in one run.
 
-    bench_extract(videos, count=count, frames=frames, protocol=protocol, device=device, batch_clips=batch_clips,
-                  workers=workers, weights=weights, decoder=decoder, echo=click.echo)
+    Example:  dae bench extract --device cpu --model-only --batch-clips 8
+    """
+    from dae.pipeline.bench_extract import bench_extract
+
+    bench_extract(videos, count=count, frames=frames, protocol=protocol, device=device, precision=precision,
+                  batch_clips=batch_clips, workers=workers, weights=weights, decoder=decoder,
+                  model_batches=model_batches, model_only=model_only, echo=click.echo)
+
+
+@bench_group.command("device")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="New folder for device.json (rewritten after each section, so a run cut short keeps its figures).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:I.")
+@click.option("--weights", type=click.Path(dir_okay=False), default=None,
+              help="[default: Kinetics-400 from the cache; set DAE_CACHE_DIR to a folder holding the converted file]")
+@click.option("--videos", type=click.Path(file_okay=False), default=None,
+              help="A few H.264 videos, repeated to --count [default: synthetic ones, written with PyAV].")
+@click.option("--count", type=click.IntRange(1), default=None, help="Videos to decode [default: 64 with CUDA, 3 on CPU].")
+@click.option("--reference", type=click.Path(dir_okay=False), default=None,
+              help="I3D parity fixture [default: the repository's tests/fixtures/i3d_reference.npz].")
+def bench_device_cmd(out, device, weights, videos, count, reference):
+    """One check of an accelerator, as one JSON: I3D parity (fp32, bf16), model clips/s and FLOP/s against a
+    same-run matmul, decode-only and end-to-end videos/s, and `dae ablate losses` on it against the CPU.
+
+    Without CUDA everything runs on the CPU, smaller, with the same JSON keys. Example (README: Checking a GPU
+    machine):  dae bench device --out check/
+    """
+    from dae.pipeline.bench_device import bench_device
+
+    bench_device(out, device=device, weights=weights, videos=videos, count=count, reference=reference,
+                 echo=click.echo)
+
+
+@bench_group.command("decode")
+@click.option("--video", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Video to decode [default: a synthetic 640x360 H.264 mp4 of 300 frames].")
+@click.option("--threads", type=click.IntRange(1), default=1, show_default=True, help="Decoder threads.")
+@click.option("--repeats", type=click.IntRange(1), default=5, show_default=True,
+              help="Timed rounds (the median is reported).")
+@click.option("--protocol", default="uniform:10x16", show_default=True,
+              help="Clip protocol of the 'protocol frames' rows.")
+def bench_decode_cmd(video, threads, repeats, protocol):
+    """Decode-only frames/s of each backend on one video, as ratios to a raw PyAV loop in the same run."""
+    from dae.pipeline.bench_decode import bench_decode, format_rows
+
+    click.echo(format_rows(bench_decode(video, threads=threads, repeats=repeats, protocol_name=protocol)))
 
 
 def main(argv=None):

@@ -7,10 +7,19 @@ import numpy as np
 import pandas as pd
 
 from dae.atomic import new_run_dir
+from dae.extras import MissingExtra
 from dae.features.manifest import write_manifest
 from dae.features.store import write_features
 
 DATASET = "synthetic-demo"
+METRICS_NOTE = ("coverage90: the share of test videos whose true score lies inside the predicted 90% interval "
+                "(0.90 = honest intervals); crps: the error of the whole predicted distribution, in score points "
+                "(lower is better). mlp and ridge predict no spread, hence no coverage or crps.")
+NEXT_STEPS = ("\nnext: fit the same heads on your own features and manifest, e.g.\n"
+              "  dae fit --features F.h5 --manifest M.csv --seeds 3 --out runs/mine --leaderboard L.csv\n"
+              "  (features from videos: dae extract --videos DIR --out F.h5; from other extractors: dae features import)\n"
+              "  or try another loss on the demo's own data:\n"
+              "  dae fit --features {features} --manifest {manifest} --loss nll --seeds 3")
 SCORE_RANGE = (0.0, 100.0)
 
 
@@ -55,7 +64,18 @@ def _fit_heads_and_rank(feature_file, manifest_file, out: Path, config, seeds: i
     summary = summarise(read_leaderboard(board))
     echo(f"\n== leaderboard ({what}; test split; selection = last epoch; mean ± std over seeds) ==")
     echo(format_summary(summary))
+    echo(METRICS_NOTE)
     echo(f"\nleaderboard: {board}\nsummary:     {board.with_name('leaderboard.summary.csv')}")
+    plot = out / "dae_predictions.png"
+    try:
+        from dae.pipeline.plots import plot_predictions
+
+        plot_predictions(pd.read_csv(out / "run_dae" / "predictions.csv"), plot,
+                         f"dae on {what}: test videos")
+        echo(f"plot:        {plot} (each test video's predicted score and 90% interval against the true one)")
+    except MissingExtra as exc:
+        echo(f"plot skipped: {exc}")
+    echo(NEXT_STEPS.format(features=feature_file, manifest=manifest_file))
     return summary
 
 

@@ -22,13 +22,14 @@ from dae.heads.distributions import get_distribution
 from dae.heads.metrics import evaluate, interval
 from dae.heads.ridge import fit_ridge
 from dae.heads.dae import DAE
+from dae.heads.sequence_options import POOLING, SEQUENCE_HEADS
 from dae.heads.trainer import HeadSpec, Job, TrainConfig, train
 from dae.pipeline.baselines import PATH_HEADS, fit_path_heads, options_dict
 from dae.pipeline.exemplar_heads import EXEMPLAR_HEADS, fit_exemplar_heads
 from dae.pipeline.protocols import WINDOW_EPOCHS, WINDOW_SELECTIONS, apply_window_selection
 
-HEADS = ("dae", "mlp", "ridge", "usdl", "musdl", "dae-mt", "dae-judges", "core", "dae-core")
-PREDICT_ATTRS = ("protocol", "weights_sha256", "decoder", "backbone")
+HEADS = ("dae", "mlp", "ridge", "usdl", "musdl", "dae-mt", "dae-judges", "core", "dae-core") + SEQUENCE_HEADS
+PREDICT_ATTRS = ("protocol", "weights_sha256", "decoder", "backbone", "precision", "device")
 VAL_SEED = 0
 FAILED_METRICS = ("spearman", "rl2x100", "l2", "nll", "crps", "coverage90", "sigma_error_spearman")
 
@@ -170,6 +171,9 @@ def fit_models(fs: FeatureSet, manifest: pd.DataFrame, plan: FitPlan, manifest_n
     elif plan.head in EXEMPLAR_HEADS:
         results, labels = fit_exemplar_heads(plan.head, x, manifest, targets, jobs, config, (lo, hi), plan.dataset,
                                              plan.head_options, manifest_name, on_start=announce, progress=progress)
+    elif plan.head in SEQUENCE_HEADS:
+        results, labels = _fit_sequence_jobs(fs, manifest, targets, jobs, config, plan, manifest_name, announce,
+                                             progress)
     else:
         announce()
         results = train(DAE(x, targets, config.prediction), jobs, config, progress)
@@ -177,7 +181,7 @@ def fit_models(fs: FeatureSet, manifest: pd.DataFrame, plan: FitPlan, manifest_n
     created = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     features_sha = content_sha256(fs)
     rows, predictions = [], []
-    has_sigma = plan.head not in ("mlp", "ridge", "core")
+    has_sigma = plan.head not in ("mlp", "ridge", "core", "gdlt")
     for res in results:
         test = res.job.eval_rows["test"]
         p = res.predictions["test"]
@@ -221,6 +225,24 @@ def fit_models(fs: FeatureSet, manifest: pd.DataFrame, plan: FitPlan, manifest_n
     if windowed:
         rows = apply_window_selection(rows, results, plan.config.selection)
     return rows, pd.concat(predictions, ignore_index=True), results
+
+
+def _fit_sequence_jobs(fs, manifest, targets, jobs, config, plan, manifest_name, announce, progress):
+    """attn-dae / gdlt / gdlt-dae on the file's clip sequences (schema 2), in the manifest's order."""
+    from dae.features.store import align_sequences
+    from dae.heads.sequence import SequenceHead
+    from dae.heads.sequence_options import SequenceOptions
+
+    options = plan.head_options if isinstance(plan.head_options, SequenceOptions) else SequenceOptions()
+    clips, starts, lengths = align_sequences(fs, list(manifest["video_id"]), manifest_name)
+    announce()
+    results = train(SequenceHead(plan.head, clips, starts, lengths, targets, options, config.prediction), jobs,
+                    config, progress)
+    loss = {"gdlt": "mse+triplet", "gdlt-dae": f"{plan.specs[0].loss}+triplet"}.get(plan.head)
+    labels = {"pooling": POOLING[plan.head], "crop": options.crop}
+    if plan.head != "attn-dae":
+        labels.update(queries=options.queries, attention_heads=options.heads, triplet_weight=options.triplet_weight)
+    return results, {**labels, **({"loss": loss} if loss else {})}
 
 
 def _fit_ridge_jobs(x, targets, jobs):
@@ -284,11 +306,13 @@ def save_run(out: Path, plan: FitPlan, rows: pd.DataFrame, predictions: pd.DataF
                    tmp / "model.pt")
 
 
-def run_fit(features, manifest, plan: FitPlan, out=None, leaderboard=None, echo=print):
-    """Read files, train, write the run folder and append to the leaderboard. Returns (rows, summary)."""
+def run_fit(features, manifest, plan: FitPlan, out=None, leaderboard=None, echo=print, options=None):
+    """Read files, train, write the run folder and append to the leaderboard. Returns (rows, summary).
+
+    options: the command's options, recorded in config.json for `dae fit --config` (pipeline.settings)."""
     from dae.pipeline.leaderboard import append_rows, format_summary, summarise, write_summary_beside
 
-    fs = read_features(features)
+    fs = read_features(features, sequences=plan.head in SEQUENCE_HEADS)
     df = read_manifest(manifest)
     manifest_name = Path(manifest).name
     if not plan.dataset:
@@ -310,7 +334,8 @@ def run_fit(features, manifest, plan: FitPlan, out=None, leaderboard=None, echo=
               "score_range": [lo, hi], "score_range_source": "card" if plan.score_range else "manifest min..max",
               "backbone": fs.backbone,
               # how the features were made, so that `dae predict` can extract new videos the same way
-              "feature_attrs": {k: fs.attrs[k] for k in PREDICT_ATTRS if k in fs.attrs}})
+              "feature_attrs": {k: fs.attrs[k] for k in PREDICT_ATTRS if k in fs.attrs},
+              **({"options": options} if options is not None else {})})
     summary = summarise(rows)
     echo(format_summary(summary))
     echo(f"run written to {out}")

@@ -10,6 +10,7 @@ import contextlib
 import os
 
 from dae.errors import UsageError
+from dae.extras import require
 
 BACKENDS = ("loky", "threading", "dask", "ray")
 
@@ -56,10 +57,7 @@ def _backend(backend: str, scheduler: str | None):
             yield
         return
     if backend == "dask":
-        try:
-            from dask.distributed import Client
-        except ImportError:
-            raise UsageError("the dask backend needs dask.distributed: pip install 'dae-aqa[dist]'") from None
+        Client = require("dask.distributed", "the dask backend").Client
         # With no scheduler address, dask starts a local cluster for the duration of the run.
         client = Client(scheduler) if scheduler else Client(processes=True)
         try:

@@ -39,7 +39,7 @@ def append_rows(path, rows: pd.DataFrame) -> None:
                     raise DaeError(f"leaderboard {path} is not a readable CSV ({exc.__class__.__name__})") from None
                 new = [c for c in rows.columns if c not in header]
                 if new:
-                    old = pd.read_csv(path)
+                    old = pd.read_csv(path, dtype=str, keep_default_na=False)  # earlier rows stay as written
                     with atomic_path(path) as tmp:
                         pd.concat([old, rows], ignore_index=True).reindex(columns=header + new).to_csv(tmp, index=False)
                 else:

@@ -8,14 +8,12 @@ import pandas as pd
 
 from dae.atomic import atomic_path
 from dae.errors import UsageError
+from dae.extras import require
 
 
 def require_matplotlib():
     """pyplot on the Agg backend (files only, no display), or a one-line error naming the extra to install."""
-    try:
-        import matplotlib
-    except ImportError:
-        raise UsageError("--plots needs matplotlib: pip install 'dae-aqa[plots]'") from None
+    matplotlib = require("matplotlib", "drawing plots")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -127,6 +125,28 @@ def plot_reliability(table: pd.DataFrame, path, title: str) -> Path:
     ax.set_xlabel("nominal coverage of the central interval")
     ax.set_ylabel("empirical coverage on the test set")
     ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left")
+    return _save(fig, Path(path))
+
+
+def plot_predictions(predictions: pd.DataFrame, path, title: str) -> Path:
+    """Predicted mu with its 90% interval against the true score, one point per test video (the first seed)."""
+    plt = require_matplotlib()
+    first = predictions[predictions["seed"] == predictions["seed"].min()].sort_values("score")
+    fig, ax = plt.subplots(figsize=(5.6, 5.0))
+    score, mu = first["score"].to_numpy(float), first["mu"].to_numpy(float)
+    inside = (first["lo90"] <= first["score"]) & (first["score"] <= first["hi90"])
+    ax.errorbar(score, mu, yerr=[mu - first["lo90"].to_numpy(float), first["hi90"].to_numpy(float) - mu], fmt="none",
+                ecolor="tab:blue", alpha=0.25, lw=1)
+    ax.scatter(score[inside], mu[inside], s=10, color="tab:blue", label=f"true score inside the 90% interval "
+               f"({inside.mean():.0%})")
+    ax.scatter(score[~inside], mu[~inside], s=12, color="tab:red", marker="x", label="outside")
+    lo, hi = min(score.min(), mu.min()), max(score.max(), mu.max())
+    ax.plot([lo, hi], [lo, hi], color="black", lw=1, ls="--", label="predicted = true")
+    ax.set_xlabel("true score")
+    ax.set_ylabel("predicted mu, bar = 90% interval")
+    ax.set_title(title, fontsize=10)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, loc="upper left")
     return _save(fig, Path(path))

@@ -125,12 +125,13 @@ def score_features(blob: dict, models: list[dict], features: np.ndarray, difficu
 
 
 def predict_videos(run_dir, videos, *, out=None, features=None, weights=None, group=None, device="auto",
-                   workers=None, batch_clips=None, decoder=None, difficulty=None, echo=print,
+                   workers=None, batch_clips=None, decoder=None, difficulty=None, precision=None, echo=print,
                    note=print) -> pd.DataFrame:
     """Extract `videos` like the run's training features, score them, print and write a CSV. Returns its rows."""
     from dae.features.clips import protocol_from_json
-    from dae.features.extract import run_extraction, tasks_for_files
+    from dae.features.extract import run_extraction
     from dae.features.i3d import load_i3d
+    from dae.features.tasks import tasks_for_files
     from dae.features.store import read_features
 
     config, blob = load_run(run_dir)
@@ -150,9 +151,11 @@ def predict_videos(run_dir, videos, *, out=None, features=None, weights=None, gr
                        f"{attrs['weights_sha256'][:12]}...) than {'--weights' if weights else 'the default ones'} "
                        f"(sha256 {model.weights_sha256[:12]}...); pass --weights with that checkpoint")
     decoder = decoder or attrs.get("decoder") or "decord"
+    precision = _extraction_precision(attrs, precision, note)
     tasks = tasks_for_files(videos)
     with tempfile.TemporaryDirectory(prefix="dae-predict-") as tmp:
-        result = run_extraction(tasks, Path(tmp) / "features.h5", protocol, device=device, batch_clips=batch_clips,
+        result = run_extraction(tasks, Path(tmp) / "features.h5", protocol, device=device, precision=precision,
+                                batch_clips=batch_clips,
                                 workers=workers, model=model, decoder=decoder, progress=False, note=note,
                                 fail_log=Path(tmp) / "failures.csv")
         extracted = read_features(result.out) if result.video_ids else None
@@ -177,6 +180,19 @@ def predict_videos(run_dir, videos, *, out=None, features=None, weights=None, gr
     echo(format_predictions(rows))
     echo(f"written to {out}")
     return rows
+
+
+def _extraction_precision(attrs: dict, asked: str | None, note) -> str | None:
+    """The run's features' precision, or `asked` with a warning when it differs (None: extract's default)."""
+    from dae.features.precision import normalise_precision
+
+    made = normalise_precision(attrs.get("precision"))
+    if asked is None:
+        return made
+    if made is not None and asked != made:
+        note(f"warning: the run's features were made in {made}, these videos are extracted in {asked}: "
+             f"scores can move (bf16 shifts features by ~1e-2); omit --precision to match the run")
+    return asked
 
 
 def format_predictions(rows: pd.DataFrame) -> str:

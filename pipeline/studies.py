@@ -31,7 +31,8 @@ from dae.pipeline.leaderboard import summarise
 DEGENERATE_SIGMA_FRACTION = 0.25  # a median predicted sigma above a quarter of the score range says little
 CONVERGED_TAIL = 0.25  # the converged part of a curve: its last quarter of epochs
 NOMINAL_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
-VARIED = ("loss", "distribution", "reparam")
+VARIED = ("head", "loss", "distribution", "reparam")  # head: varied when a study trains several (ablate pooling)
+STUDY_HEADS = ("dae", "dae-core")  # heads a study's grid can train (dae-core: Gaussian only)
 
 
 @dataclass(frozen=True)
@@ -445,8 +446,10 @@ def run_study_files(study: str, features, manifest, seeds, config: TrainConfig, 
                     score_range=None, losses=None, distributions=None, reparams=None, out=None,
                     leaderboard=None, plots=None, n_jobs: int = 1, backend: str = "loky",
                     scheduler: str | None = None, threads: int | None = None, echo=print,
-                    head: str = "dae") -> StudyResult:
-    """Read the files, run the study, print its report, write the study folder, plots and leaderboard rows."""
+                    head: str = "dae", options: dict | None = None) -> StudyResult:
+    """Read the files, run the study, print its report, write the study folder, plots and leaderboard rows.
+
+    options: the command's options, recorded in config.json for `dae ablate STUDY --config` (pipeline.settings)."""
     import platform
 
     import torch
@@ -478,7 +481,8 @@ def run_study_files(study: str, features, manifest, seeds, config: TrainConfig, 
             "manifest": str(manifest), "specs": [dataclasses.asdict(s) for s in specs],
             "train": dataclasses.asdict(config), "jobs": n_jobs, "backend": backend, "seconds": result.seconds,
             "dae_version": __version__, "torch_version": torch.__version__, "python": platform.python_version(),
-            "machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "cpu_count": os.cpu_count()}
+            "machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "cpu_count": os.cpu_count(),
+            **({"options": options} if options is not None else {})}
     save_study(out, result, meta)
     echo(f"study written to {out}")
     if plots:

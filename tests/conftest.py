@@ -1,4 +1,7 @@
 """Shared test fixtures: the real reference data in ../shared/data (skipped with a reason when absent)."""
+import os
+import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -7,6 +10,44 @@ import pytest
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 UNLV_FEATURES = SHARED_DATA / "features" / "unlv_dive_p3d"
+
+# dae.pause: armed by creating NAME.hold here. Set before any decoding worker or forkserver starts, so that every
+# process of the session (workers included) sees the same folder.
+PAUSE_DIR = Path(os.environ.setdefault("DAE_PAUSE_DIR", tempfile.mkdtemp(prefix="dae-pause-")))
+
+
+class PausePoint:
+    """One armed dae.pause point: the code stops there until `release()` (or until it is killed)."""
+
+    def __init__(self, name: str):
+        self.hold, self.reached = PAUSE_DIR / f"{name}.hold", PAUSE_DIR / f"{name}.reached"
+        self.reached.unlink(missing_ok=True)
+        self.hold.touch()
+
+    def wait(self, process=None, timeout_s: float = 900.0) -> None:
+        """Until the code has reached the point (an event, not a delay; the timeout only stops a broken test)."""
+        deadline = time.monotonic() + timeout_s
+        while not self.reached.exists():
+            assert process is None or process.poll() is None, f"ended before the pause point: {process.communicate()}"
+            assert time.monotonic() < deadline, f"{self.reached.name} never appeared"
+            time.sleep(0.01)
+
+    def release(self) -> None:
+        self.hold.unlink(missing_ok=True)
+
+
+@pytest.fixture
+def pause_at():
+    """pause_at(NAME) arms dae.pause point NAME; every point armed is released when the test ends."""
+    armed = []
+
+    def arm(name: str) -> PausePoint:
+        armed.append(PausePoint(name))
+        return armed[-1]
+
+    yield arm
+    for point in armed:
+        point.release()
 
 
 @pytest.fixture

@@ -14,7 +14,11 @@ from click.testing import CliRunner
 from dae.errors import DaeError, UsageError
 from dae.features.releases import read_object_npy
 from dae.features.manifest import read_manifest
-from dae.pipeline import annotations as ann
+from dae.data_manifests.annotation_files import judge_scores_fixed
+from dae.data_manifests.builders import DATASETS, build_manifest
+from dae.data_manifests.jigsaws import jigsaws_manifest
+from dae.data_manifests.mtl_aqa import mtl_aqa_manifest
+from dae.data_manifests.unlv_dive import unlv_dive_manifest
 from dae.pipeline.cli import cli
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -59,17 +63,17 @@ def by_id(df: pd.DataFrame, id_column: str) -> pd.DataFrame:
 
 
 def test_judge_typo_over_ten_is_divided_and_reported():
-    fixed, fixes = ann.judge_scores_fixed([2.5, 4.0, 45.0, 10.0, 0.0], "x")
+    fixed, fixes = judge_scores_fixed([2.5, 4.0, 45.0, 10.0, 0.0], "x")
     assert fixed == [2.5, 4.0, 4.5, 10.0, 0.0]
     assert fixes == ["judge_3 45.0->4.5"]
 
 
 def test_judge_value_that_is_no_clean_typo_is_blanked_and_reported():
-    fixed, fixes = ann.judge_scores_fixed([55.5, 5.0, 6.0], "x")
+    fixed, fixes = judge_scores_fixed([55.5, 5.0, 6.0], "x")
     assert np.isnan(fixed[0]) and fixed[1:] == [5.0, 6.0]
     assert fixes == ["judge_1 55.5 outside 0..10, left blank"]
     with pytest.raises(DaeError, match="judge_2"):
-        ann.judge_scores_fixed([5.0, "nine"], "x")
+        judge_scores_fixed([5.0, "nine"], "x")
 
 
 def _mtl_entry(score, difficulty=3.0, judges=None, start=100, end=200):
@@ -82,7 +86,7 @@ def _mtl_entry(score, difficulty=3.0, judges=None, start=100, end=200):
 
 def test_mtl_aqa_rows_ids_splits_and_frames():
     annotations = {(1, 2): _mtl_entry(60.0), (12, 105): _mtl_entry(81.0, start=5, end=90), (3, 3): _mtl_entry(1.0)}
-    df, notes = ann.mtl_aqa_manifest(annotations, [(12, 105)], [(np.uint8(1), np.uint8(2))], variant="official")
+    df, notes = mtl_aqa_manifest(annotations, [(12, 105)], [(np.uint8(1), np.uint8(2))], variant="official")
     assert df["video_id"].tolist() == ["01_02", "12_105"]
     assert df["split"].tolist() == ["test", "train"]
     assert df["path"].tolist() == ["01.mp4", "12.mp4"]
@@ -92,7 +96,7 @@ def test_mtl_aqa_rows_ids_splits_and_frames():
 
 
 def test_mtl_aqa_per_dive_layout_keeps_frames_as_information_only():
-    df, _ = ann.mtl_aqa_manifest({(1, 1): _mtl_entry(50.0, judges=[5.0] * 7)}, [(1, 1)], [], variant="musdl",
+    df, _ = mtl_aqa_manifest({(1, 1): _mtl_entry(50.0, judges=[5.0] * 7)}, [(1, 1)], [], variant="musdl",
                                  layout="per-dive")
     assert "path" not in df.columns and "start_frame" not in df.columns
     assert df.loc[0, ["source_start_frame", "source_end_frame"]].tolist() == [100, 200]
@@ -101,69 +105,69 @@ def test_mtl_aqa_per_dive_layout_keeps_frames_as_information_only():
 
 def test_mtl_aqa_split_key_without_annotation_is_an_error():
     with pytest.raises(DaeError, match=r"first: \(2, 9\)"):
-        ann.mtl_aqa_manifest({(1, 1): _mtl_entry(50.0)}, [(1, 1)], [(2, 9)], variant="official")
+        mtl_aqa_manifest({(1, 1): _mtl_entry(50.0)}, [(1, 1)], [(2, 9)], variant="official")
     with pytest.raises(DaeError, match="both the train and the test split"):
-        ann.mtl_aqa_manifest({(1, 1): _mtl_entry(50.0)}, [(1, 1)], [(1, 1)], variant="official")
+        mtl_aqa_manifest({(1, 1): _mtl_entry(50.0)}, [(1, 1)], [(1, 1)], variant="official")
     with pytest.raises(DaeError, match="has no 'judge_scores' field"):
-        ann.mtl_aqa_manifest({(1, 1): _mtl_entry(50.0)}, [(1, 1)], [], variant="musdl")
+        mtl_aqa_manifest({(1, 1): _mtl_entry(50.0)}, [(1, 1)], [], variant="musdl")
 
 
 def test_jigsaws_rows_from_hand_made_pickles():
     labels_dict = {"Suturing_B001": [3, 2, 1, 2, 2, 3], "Suturing_C002": [5, 5, 5, 5, 5, 5],
                    "Knot_Tying_D003": [1, 1, 1, 1, 1, 1]}
     splits = {"Suturing": [["Suturing_C002"], ["Suturing_B001"]], "Knot_Tying": [[], [], ["Knot_Tying_D003"]]}
-    df, notes = ann.jigsaws_manifest(labels_dict, splits)
+    df, notes = jigsaws_manifest(labels_dict, splits)
     row = df.set_index("video_id").loc["Suturing_B001"]
     assert (row["score"], row["group"], row["fold"], row["subject"]) == (13.0, "Suturing", 1, "B")
     assert [row[f"judge_{j}"] for j in range(1, 7)] == [3, 2, 1, 2, 2, 3]
     assert row["path"] == "Suturing/video/Suturing_B001_capture1.avi"
     assert df.set_index("video_id").loc["Knot_Tying_D003", "fold"] == 2
     with pytest.raises(DaeError, match=r"'Suturing_B001' has item scores \[3, 2, 1, 2, 2, 6\] outside 1..5"):
-        ann.jigsaws_manifest({**labels_dict, "Suturing_B001": [3, 2, 1, 2, 2, 6]}, splits)
+        jigsaws_manifest({**labels_dict, "Suturing_B001": [3, 2, 1, 2, 2, 6]}, splits)
 
 
 def test_fisv_and_rg_lists(tmp_path):
     (tmp_path / "train_dataset.txt").write_text("1 28.71 29.36 1\n3 28.79 27.89 0\n")
     (tmp_path / "test_dataset.txt").write_text("2 28.88 27.08 1\n")
-    built = ann.build_manifest("fis-v", tmp_path, target="pcs")
+    built = build_manifest("fis-v", tmp_path, target="pcs")
     assert built.manifest["score"].tolist() == [29.36, 27.89, 27.08]
     assert built.manifest["split"].tolist() == ["train", "train", "test"]
     (tmp_path / "test_dataset.txt").write_text("2 28.88 oops 1\n")
     with pytest.raises(DaeError, match=r"test_dataset.txt, line 1: 'oops' is not a number"):
-        ann.build_manifest("fis-v", tmp_path, target="tes")
+        build_manifest("fis-v", tmp_path, target="tes")
 
     header = "Video_Name\tDifficulty_Score    Execution_Score Total_Score\tPenalty\tVideo_length\n"
     (tmp_path / "train.txt").write_text(header + "Ball_001\t10.50\t8.30\t18.80\t0.00\t92\n"
                                         "Hoop_002\t7.20\t4.20\t10.80\t0.60\t93\n")
     (tmp_path / "test.txt").write_text(header + "Ball_003\t9.00\t6.95\t15.95\t0.00\t90\n")
-    df = ann.build_manifest("rg", tmp_path, target="execution").manifest
+    df = build_manifest("rg", tmp_path, target="execution").manifest
     assert df["group"].tolist() == ["Ball", "Hoop", "Ball"]
     assert df["score"].tolist() == [8.3, 4.2, 6.95]
 
 
 def test_unlv_dive_ids_are_zero_padded_sample_numbers():
-    df, notes = ann.unlv_dive_manifest([70.0, 80.0, 90.0, 60.0], [3.0, 3.2, 3.4, 2.8], [[2], [4]], [[1]])
+    df, notes = unlv_dive_manifest([70.0, 80.0, 90.0, 60.0], [3.0, 3.2, 3.4, 2.8], [[2], [4]], [[1]])
     assert df["video_id"].tolist() == ["001", "002", "004"]
     assert df["split"].tolist() == ["test", "train", "train"]
     assert df["score"].tolist() == [70.0, 80.0, 60.0]
     assert notes == ["1 samples are in neither split and were left out"]
     with pytest.raises(DaeError, match="sample number 5 outside 1..4"):
-        ann.unlv_dive_manifest([1.0] * 4, [1.0] * 4, [5], [1])
+        unlv_dive_manifest([1.0] * 4, [1.0] * 4, [5], [1])
 
 
 def test_options_that_do_not_apply_are_usage_errors(tmp_path):
     with pytest.raises(UsageError, match="--variant does not apply to jigsaws"):
-        ann.build_manifest("jigsaws", tmp_path, variant="core")
+        build_manifest("jigsaws", tmp_path, variant="core")
     with pytest.raises(UsageError, match="fis-v --target must be one of tes, pcs"):
-        ann.build_manifest("fis-v", tmp_path, target="total")
+        build_manifest("fis-v", tmp_path, target="total")
     with pytest.raises(UsageError, match="fis-v needs --target"):
-        ann.build_manifest("fis-v", tmp_path)
+        build_manifest("fis-v", tmp_path)
     with pytest.raises(UsageError, match="--layout must be one of untrimmed, per-dive"):
-        ann.build_manifest("mtl-aqa", tmp_path, layout="trimmed")
+        build_manifest("mtl-aqa", tmp_path, layout="trimmed")
     with pytest.raises(UsageError, match="--video-template applies to --layout untrimmed only"):
-        ann.build_manifest("mtl-aqa", tmp_path, layout="per-dive", video_template="{event}.mp4")
+        build_manifest("mtl-aqa", tmp_path, layout="per-dive", video_template="{event}.mp4")
     with pytest.raises(UsageError, match="unknown dataset 'aqa-7'"):
-        ann.build_manifest("aqa-7", tmp_path)
+        build_manifest("aqa-7", tmp_path)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -173,7 +177,7 @@ def test_options_that_do_not_apply_are_usage_errors(tmp_path):
 @needs_data
 @pytest.mark.parametrize("folder,variant", [(MTL, "official"), (MUSDL_MTL, "musdl"), (CORE, "core")])
 def test_mtl_aqa_matches_labels(folder, variant):
-    built = ann.build_manifest("mtl-aqa", folder)
+    built = build_manifest("mtl-aqa", folder)
     assert f"mtl-aqa variant: {variant}" in built.notes
     df = by_id(built.manifest, "video_id")
     lab = by_id(labels("mtl_aqa.csv"), "sample_id")
@@ -217,24 +221,24 @@ def test_mtl_aqa_variant_choice_and_dictionary_path(tmp_path):
     for name in ("final_annotations_dict.pkl", "train_split_0.pkl", "test_split_0.pkl"):
         shutil.copy(MTL / name, tmp_path / name)
     shutil.copy(MUSDL_MTL / "augmented_final_annotations_dict.pkl", tmp_path)
-    auto = ann.build_manifest("mtl-aqa", tmp_path)
+    auto = build_manifest("mtl-aqa", tmp_path)
     assert "mtl-aqa variant: musdl" in auto.notes and "judge_1" in auto.manifest.columns
     assert any("several annotation dictionaries" in n for n in auto.notes)
-    official = ann.build_manifest("mtl-aqa", tmp_path, variant="official").manifest
+    official = build_manifest("mtl-aqa", tmp_path, variant="official").manifest
     assert "judge_1" not in official.columns and len(official) == 1412
-    by_file = ann.build_manifest("mtl-aqa", tmp_path / "final_annotations_dict.pkl", layout="per-dive")
+    by_file = build_manifest("mtl-aqa", tmp_path / "final_annotations_dict.pkl", layout="per-dive")
     assert "mtl-aqa variant: official" in by_file.notes and "source_start_frame" in by_file.manifest.columns
     with pytest.raises(UsageError, match="--variant core does not match"):
-        ann.build_manifest("mtl-aqa", tmp_path / "final_annotations_dict.pkl", variant="core")
+        build_manifest("mtl-aqa", tmp_path / "final_annotations_dict.pkl", variant="core")
     with pytest.raises(DaeError, match="missing final_annotations_dict_with_dive_number.pkl"):
-        ann.build_manifest("mtl-aqa", tmp_path, variant="core")
-    templated = ann.build_manifest("mtl-aqa", tmp_path, video_template="videos/{event}.mkv").manifest
+        build_manifest("mtl-aqa", tmp_path, variant="core")
+    templated = build_manifest("mtl-aqa", tmp_path, video_template="videos/{event}.mkv").manifest
     assert templated.set_index("video_id").loc["17_162", "path"] == "videos/17.mkv"
 
 
 @needs_data
 def test_jigsaws_matches_labels_and_musdl_folds():
-    df = by_id(ann.build_manifest("jigsaws", MUSDL_JIGSAWS).manifest, "video_id")
+    df = by_id(build_manifest("jigsaws", MUSDL_JIGSAWS).manifest, "video_id")
     lab = by_id(labels("jigsaws.csv"), "trial_id")
     assert df.index.tolist() == lab.index.tolist()
     assert df["group"].value_counts().to_dict() == {"Suturing": 39, "Knot_Tying": 36, "Needle_Passing": 28}
@@ -249,7 +253,7 @@ def test_jigsaws_matches_labels_and_musdl_folds():
 
 @needs_data
 def test_finediving_matches_labels():
-    built = ann.build_manifest("finediving", FINEDIVING)
+    built = build_manifest("finediving", FINEDIVING)
     df = by_id(built.manifest, "video_id")
     lab = by_id(labels("finediving.csv"), "sample_id")
     assert df.index.tolist() == lab.index.tolist()
@@ -277,7 +281,7 @@ def test_finediving_matches_labels():
 @pytest.mark.parametrize("folder", [FISV_MSLSTM, FISV_GDLT])
 @pytest.mark.parametrize("target", ["tes", "pcs"])
 def test_fisv_matches_labels(folder, target):
-    df = by_id(ann.build_manifest("fis-v", folder, target=target).manifest, "video_id")
+    df = by_id(build_manifest("fis-v", folder, target=target).manifest, "video_id")
     lab = by_id(labels("fisv.csv"), "video_id")
     assert df["split"].value_counts().to_dict() == {"train": 400, "test": 100}
     assert sorted(df.index) == sorted(lab.index)
@@ -292,7 +296,7 @@ def test_fisv_matches_labels(folder, target):
 @pytest.mark.parametrize("target,column", [("total", "total_score"), ("difficulty", "difficulty_score"),
                                            ("execution", "execution_score")])
 def test_rg_matches_labels(target, column):
-    df = by_id(ann.build_manifest("rg", RG, target=None if target == "total" else target).manifest, "video_id")
+    df = by_id(build_manifest("rg", RG, target=None if target == "total" else target).manifest, "video_id")
     lab = by_id(labels("rhythmic_gymnastics.csv"), "video_id")
     assert df.index.tolist() == lab.index.tolist()
     assert df["split"].value_counts().to_dict() == {"train": 800, "test": 200}
@@ -312,7 +316,7 @@ def _unlv_labels() -> pd.DataFrame:
 @needs_data
 @pytest.mark.parametrize("folder", [UNLV_NPY, UNLV_P3D])
 def test_unlv_dive_from_npy_matches_labels(folder):
-    df = by_id(ann.build_manifest("unlv-dive", folder).manifest, "video_id")
+    df = by_id(build_manifest("unlv-dive", folder).manifest, "video_id")
     lab = _unlv_labels()
     assert df.index.tolist() == [f"{i:03d}" for i in range(1, 371)] == lab.index.tolist()
     assert df["split"].value_counts().to_dict() == {"train": 300, "test": 70}
@@ -323,7 +327,7 @@ def test_unlv_dive_from_npy_matches_labels(folder):
 
 @needs_data
 def test_unlv_dive_from_mtl_aqa_pickles_agrees_but_for_three_known_values():
-    built = ann.build_manifest("unlv-dive", MTL_UNLV)
+    built = build_manifest("unlv-dive", MTL_UNLV)
     df, lab = by_id(built.manifest, "video_id"), _unlv_labels()
     assert df.index.tolist() == lab.index.tolist()
     assert (df["split"] == lab["split"]).all()
@@ -338,7 +342,7 @@ def test_unlv_dive_from_mtl_aqa_pickles_agrees_but_for_three_known_values():
 @needs_data
 def test_unlv_dive_ids_and_scores_line_up_with_the_p3d_features():
     """The P3D feature files list their videos by 1-based sample number, columns in training_idx order."""
-    df = by_id(ann.build_manifest("unlv-dive", UNLV_NPY).manifest, "video_id")
+    df = by_id(build_manifest("unlv-dive", UNLV_NPY).manifest, "video_id")
     for part, index_file in (("train", "training_idx.npy"), ("test", "testing_idx.npy")):
         numbers = np.load(UNLV_P3D / index_file).ravel()
         table = read_object_npy(UNLV_P3D / f"all_{part}.npy")  # a pickle, read with the allow-list
@@ -350,7 +354,7 @@ def test_unlv_dive_ids_and_scores_line_up_with_the_p3d_features():
 @needs_data
 def test_mtl_aqa_builder_refuses_the_unlv_folder():
     with pytest.raises(UsageError, match="use `dae manifest build unlv-dive`"):
-        ann.build_manifest("mtl-aqa", MTL_UNLV)
+        build_manifest("mtl-aqa", MTL_UNLV)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -416,7 +420,7 @@ def test_cli_failure_keeps_an_existing_output_untouched(tmp_path):
     out = tmp_path / "out.csv"
     out.write_text("video_id,score\nkeep,1\n")
     folder = _jigsaws_folder(tmp_path, {"Suturing_B001": "not six numbers"}, {"Suturing": [["Suturing_B001"]]})
-    result = run("manifest", "build", "jigsaws", "--annotations", folder, "--out", out)
+    result = run("manifest", "build", "jigsaws", "--annotations", folder, "--out", out, "--overwrite")
     assert result.exit_code == 1 and "expected 6 item scores" in one_line_error(result)
     assert out.read_text() == "video_id,score\nkeep,1\n"
 
@@ -456,8 +460,8 @@ def test_cli_unwritable_output_folder(tmp_path):
 
 def test_cli_offers_every_builder_and_explains_paths():
     build = cli.commands["manifest"].commands["build"]
-    assert list(build.params[0].type.choices) == list(ann.DATASETS)
+    assert list(build.params[0].type.choices) == list(DATASETS)
     result = run("manifest", "build", "--help")
     assert result.exit_code == 0
-    for dataset in ann.DATASETS:
+    for dataset in DATASETS:
         assert f"\n    {dataset} " in result.output  # one line per dataset saying what PATH it expects

@@ -128,7 +128,7 @@ def test_a_panel_judge_without_a_mark_is_still_predicted_and_counted():
 
 @needs_raw
 def test_rules_reproduce_the_real_scores_as_the_cards_say():
-    from dae.pipeline.annotations import build_manifest
+    from dae.data_manifests.builders import build_manifest
 
     mtl = build_manifest("mtl-aqa", RAW / "yuxumin_CoRe").manifest
     judges = mtl[[f"judge_{k}" for k in range(1, 8)]].to_numpy(float)

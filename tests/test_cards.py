@@ -12,7 +12,7 @@ import pytest
 from dae.data_manifests import cards
 from dae.errors import UsageError
 from dae.features.clips import parse_protocol
-from dae.pipeline import annotations as ann
+from dae.data_manifests import builders as ann
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"

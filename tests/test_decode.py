@@ -48,6 +48,36 @@ def test_sparse_indices_give_the_right_frames_when_b_frames_reorder_the_stream(t
             assert [read_index(f) for f in reader.get_frames(indices)] == indices
 
 
+# A segment late in a longer video (the untrimmed MTL-AQA case): decord starts at a keyframe only where it can prove
+# the keyframe is a clean cut of an MP4/MOV file; open GOPs, B-frames in AVI and other containers read from frame 0.
+SEEKS = {
+    "h264-bframes.mp4": ("h264", {"x264-params": "keyint=10:bframes=3"}, True),
+    "h264-bframes.mov": ("h264", {"x264-params": "keyint=10:bframes=3"}, True),
+    "h264-plain.mp4": ("h264", {"x264-params": "keyint=10:bframes=0"}, True),
+    "h264-open-gop.mp4": ("h264", {"x264-params": "keyint=10:bframes=3:open-gop=1"}, False),
+    "h264-open-gop.mkv": ("h264", {"x264-params": "keyint=10:bframes=3:open-gop=1"}, False),
+    "h264-bframes.mkv": ("h264", {"x264-params": "keyint=10:bframes=3"}, False),
+    "mpeg4-bframes.avi": ("mpeg4", {"g": "6", "bf": "2"}, False),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SEEKS))
+def test_decord_starts_a_late_segment_at_a_keyframe_only_where_that_is_exact(tmp_path, name):
+    codec, options, seeks = SEEKS[name]
+    path = write_video(tmp_path / name, index_frames(150, 32, 64), codec, options=options)
+    start, end = 83, 140
+    with open_video(path, "decord", start_frame=start, end_frame=end) as reader, \
+            open_video(path, "pyav", start_frame=start, end_frame=end) as reference:
+        for indices in ([0, 5, 30, 56, 2], [1, 0], list(range(57)), [40]):  # back and forth on one reader
+            before = reader.frames_decoded
+            got = reader.get_frames(indices)
+            assert [read_index(f) for f in got] == [start + i for i in indices]
+            assert np.abs(got.astype(int) - reference.get_frames(indices)).max() <= 2
+            # from the last keyframe (every 10th frame) at or before the first wanted frame, or from frame 0
+            first = (start + min(indices)) // 10 * 10 if seeks else 0
+            assert reader.frames_decoded - before == start + max(indices) + 1 - first
+
+
 @pytest.mark.parametrize("codec,suffix,height,width", [
     ("h264", "mp4", 36, 64), ("mpeg4", "avi", 61, 97), ("vp9", "webm", 61, 97), ("h264rgb", "mkv", 61, 97),
 ])
@@ -173,7 +203,7 @@ def test_more_decoder_threads_give_the_same_frames(tmp_path, decoder):
 
 
 def test_decode_benchmark_reports_every_case_against_the_baseline(tmp_path):
-    from dae.features.bench_decode import bench_decode, format_rows
+    from dae.pipeline.bench_decode import bench_decode, format_rows
 
     path = write_video(tmp_path / "v.mp4", index_frames(40, 36, 64), "h264")
     rows = bench_decode(str(path), repeats=1, protocol_name="uniform:2x4")

@@ -17,6 +17,12 @@ def test_demo_writes_labelled_synthetic_leaderboard(tmp_path):
     assert sorted(rows["head"]) == ["dae", "mlp", "ridge"]
     assert rows["dataset"].eq("synthetic-demo").all() and rows["backbone"].str.startswith("synthetic").all()
     assert (rows["spearman"] > 0.5).all()
+    # it says what the distribution metrics mean and what to do next, and draws the DAE's predictions
+    assert "coverage90: the share of test videos whose true score lies inside the predicted 90% interval" in res.output
+    assert "crps: the error of the whole predicted distribution" in res.output
+    assert "next: fit the same heads on your own features" in res.output
+    assert f"dae fit --features {out / 'synthetic_features.h5'} --manifest" in res.output
+    assert (out / "dae_predictions.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # a second demo never overwrites the first
     res = CliRunner().invoke(cli, ["demo", "--out", str(out), "--seeds", "1", "--epochs", "2"])
     assert res.exit_code == 0, res.output

@@ -11,14 +11,16 @@ import pandas as pd
 import pytest
 import torch
 
+from dae.errors import DaeError
 from dae.features.clips import parse_protocol, video_clips
 from dae.features.decode_pool import DecodePool, VideoTask
-from dae.features.extract import (ProgressLine, list_tasks, parse_shard, select_shard, shard_from_environment,
-                                  shard_output)
+from dae.features.shards import parse_shard, select_shard, shard_from_environment, shard_output
+from dae.features.tasks import list_tasks
 from dae.features.i3d import load_i3d
 from dae.features.resume import output_lock
 from dae.features.store import read_features, write_features
 from extract_helpers import TINY, random_i3d_checkpoint, run_cli
+from dae.progress import ProgressLine
 from videos import (gray_frames, noise_frames, write_audio_only, write_empty, write_random_bytes, write_text,
                     write_truncated, write_video)
 
@@ -71,7 +73,7 @@ def mixed_folder(tmp_path_factory):
 def test_a_folder_with_corrupt_files_extracts_every_good_video_and_lists_every_bad_one(tmp_path, mixed_folder,
                                                                                          checkpoint):
     out = tmp_path / "features.h5"
-    res = run_cli(["extract", "--videos", mixed_folder, "--out", out, "--protocol", TINY, "--weights", checkpoint,
+    res = run_cli(["extract", "--device", "cpu", "--videos", mixed_folder, "--out", out, "--protocol", TINY, "--weights", checkpoint,
                    "--batch-clips", 4, "--workers", 2])
     assert res.exit_code == 3, res.output
     assert f"{len(BAD)} failed" in res.output and "\r" not in res.output  # no progress line off a terminal
@@ -99,7 +101,7 @@ def test_a_folder_with_corrupt_files_extracts_every_good_video_and_lists_every_b
 
     # the same command again: nothing to do, the same answer
     stamp = out.stat().st_mtime_ns
-    again = run_cli(["extract", "--videos", mixed_folder, "--out", out, "--protocol", TINY, "--weights", checkpoint])
+    again = run_cli(["extract", "--device", "cpu", "--videos", mixed_folder, "--out", out, "--protocol", TINY, "--weights", checkpoint])
     assert again.exit_code == 3 and "already complete" in again.output and out.stat().st_mtime_ns == stamp
 
 
@@ -111,7 +113,7 @@ def test_manifest_rows_select_segments_of_a_longer_video_and_a_missing_file_fail
                   "path": ["event01.mp4", "event01.mp4", ""], "start_frame": [0, 30, 0],
                   "end_frame": [19, 49, 5]}).to_csv(tmp_path / "m.csv", index=False)
     out = tmp_path / "f.h5"
-    res = run_cli(["extract", "--videos", videos, "--manifest", tmp_path / "m.csv", "--out", out, "--protocol", TINY,
+    res = run_cli(["extract", "--device", "cpu", "--videos", videos, "--manifest", tmp_path / "m.csv", "--out", out, "--protocol", TINY,
                    "--weights", checkpoint, "--fail-log", tmp_path / "failed.csv"])
     assert res.exit_code == 3, res.output
     fs = read_features(out)
@@ -132,7 +134,7 @@ def test_both_decoders_give_the_same_features_on_lossless_video_and_are_recorded
     files = {}
     for decoder in ("decord", "pyav"):
         files[decoder] = tmp_path / f"{decoder}.h5"
-        res = run_cli(["extract", "--videos", videos, "--out", files[decoder], "--protocol", TINY, "--weights",
+        res = run_cli(["extract", "--device", "cpu", "--videos", videos, "--out", files[decoder], "--protocol", TINY, "--weights",
                        checkpoint, "--decoder", decoder, "--batch-clips", 2])
         assert res.exit_code == 0, res.output
     a, b = read_features(files["decord"]), read_features(files["pyav"])
@@ -144,7 +146,7 @@ def test_both_decoders_give_the_same_features_on_lossless_video_and_are_recorded
 def test_a_second_run_on_the_same_output_is_refused_while_the_first_holds_the_lock(tmp_path, mixed_folder):
     out = tmp_path / "f.h5"
     with output_lock(out):
-        res = run_cli(["extract", "--videos", mixed_folder, "--out", out, "--protocol", TINY])
+        res = run_cli(["extract", "--device", "cpu", "--videos", mixed_folder, "--out", out, "--protocol", TINY])
         assert res.exit_code == 1
         assert "being written by another `dae extract` (pid" in res.output
     assert not out.exists() and not Path(f"{out}.lock").exists()
@@ -156,7 +158,7 @@ def test_an_unrelated_existing_output_is_never_overwritten_without_overwrite(tmp
     write_video(videos / "a.mp4", noise_frames(9, 40, 52, seed=1))
     out = tmp_path / "f.h5"
     write_features(out, ["someone_else"], np.ones((1, 4)))
-    args = ["extract", "--videos", videos, "--out", out, "--protocol", TINY, "--weights", checkpoint]
+    args = ["extract", "--device", "cpu", "--videos", videos, "--out", out, "--protocol", TINY, "--weights", checkpoint]
     res = run_cli(args)
     assert res.exit_code == 1 and "already exists" in res.output
     assert read_features(out).video_ids == ["someone_else"]
@@ -169,7 +171,7 @@ def test_when_every_video_fails_there_is_no_feature_file_and_the_error_says_so(t
     videos.mkdir()
     write_empty(videos / "a.mp4")
     write_text(videos / "b.avi")
-    res = run_cli(["extract", "--videos", videos, "--out", tmp_path / "f.h5", "--weights", checkpoint])
+    res = run_cli(["extract", "--device", "cpu", "--videos", videos, "--out", tmp_path / "f.h5", "--weights", checkpoint])
     assert res.exit_code == 1 and "all 2 failed" in res.output
     assert not (tmp_path / "f.h5").exists() and len(pd.read_csv(tmp_path / "f.failures.csv")) == 2
 
@@ -177,15 +179,15 @@ def test_when_every_video_fails_there_is_no_feature_file_and_the_error_says_so(t
 def test_usage_errors(tmp_path):
     empty = tmp_path / "nothing"
     empty.mkdir()
-    assert "no video files under" in run_cli(["extract", "--videos", empty, "--out", tmp_path / "f.h5"]).output
+    assert "no video files under" in run_cli(["extract", "--device", "cpu", "--videos", empty, "--out", tmp_path / "f.h5"]).output
     (empty / "a.mp4").write_bytes(b"x")
     (empty / "a.avi").write_bytes(b"x")
-    res = run_cli(["extract", "--videos", empty, "--out", tmp_path / "f.h5"])
+    res = run_cli(["extract", "--device", "cpu", "--videos", empty, "--out", tmp_path / "f.h5"])
     assert res.exit_code == 2 and "two videos have the id 'a'" in res.output
-    res = run_cli(["extract", "--videos", empty, "--out", tmp_path / "f.h5", "--protocol", "uniform:0"])
+    res = run_cli(["extract", "--device", "cpu", "--videos", empty, "--out", tmp_path / "f.h5", "--protocol", "uniform:0"])
     assert res.exit_code == 2
     for shard in ("3/3", "x", "1/0"):
-        res = run_cli(["extract", "--videos", empty, "--out", tmp_path / "f.h5", "--shard", shard])
+        res = run_cli(["extract", "--device", "cpu", "--videos", empty, "--out", tmp_path / "f.h5", "--shard", shard])
         assert res.exit_code == 2 and "--shard" in res.output
 
 
@@ -250,20 +252,24 @@ def test_progress_line_rewrites_in_place_on_a_terminal_and_logs_whole_lines_else
     assert silent.getvalue() == ""
 
 
-@pytest.mark.parametrize("how, reason", [("crash", "crashed (signal 9)"), ("hang", "did not finish within 1 s")])
-def test_a_crashed_or_hung_decoder_fails_only_its_video(tmp_path, how, reason):
-    """A worker killed (as by the OOM killer) or stopped (a hang) mid-video: that video fails, the rest decode."""
-    write_video(tmp_path / "first.mp4", noise_frames(9, 40, 52, seed=1))
-    write_video(tmp_path / "slow.mp4", noise_frames(600, 240, 320, seed=2))  # ~0.5 s to decode: still busy
-    for name in ("after1", "after2"):
+@pytest.mark.parametrize("how, reason, timeout_s", [("crash", "crashed (signal 9)", 600.0),
+                                                    ("hang", "did not finish within 5 s", 5.0)])
+def test_a_crashed_or_hung_decoder_fails_only_its_video(tmp_path, pause_at, how, reason, timeout_s):
+    """A worker killed (as by the OOM killer) or stopped (a hang) mid-video: that video fails, the rest decode.
+
+    The worker is held at the start of "slow" (dae.pause), so it is surely on that video when it is killed or
+    stopped, however loaded the machine; a crash has a long timeout, so only the kill can fail the video."""
+    for name in ("first", "slow", "after1", "after2"):
         write_video(tmp_path / f"{name}.mp4", noise_frames(9, 40, 52, seed=3))
     tasks = [VideoTask(i, name, str(tmp_path / f"{name}.mp4"), f"{name}.mp4")
              for i, name in enumerate(("first", "slow", "after1", "after2"))]
+    on_slow = pause_at("decode-slow.mp4")
     results = {}
-    with DecodePool(parse_protocol(TINY), "decord", workers=1, prefetch=2, timeout_s=1.0) as pool:
+    with DecodePool(parse_protocol(TINY), "decord", workers=1, prefetch=2, timeout_s=timeout_s) as pool:
         for item in pool.decode(tasks):
             results[item.task.video_id] = item.error
-            if item.task.video_id == "first":  # "slow" was queued behind it: the worker is on it now
+            if item.task.video_id == "first":
+                on_slow.wait()
                 os.kill(pool.worker_pids()[0], signal.SIGKILL if how == "crash" else signal.SIGSTOP)
             item.release()
     assert results["first"] is None and results["after1"] is None and results["after2"] is None
@@ -299,3 +305,38 @@ def test_a_script_without_a_main_guard_gets_an_explanation_not_a_hang(tmp_path):
         "        item.release()\n")
     res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert res.returncode != 0 and "if __name__ == '__main__':" in res.stderr
+
+
+def test_the_decode_pool_fits_its_slots_into_the_free_shared_memory():
+    from dae.features.decode_pool import plan_slots, slot_bytes
+
+    protocol = parse_protocol("uniform:10x16")
+    size = slot_bytes(protocol)
+    assert size == 10 * 3 * 16 * 224 * 224 * 4  # 96 MB: on 16 cores, 15 workers x 2 ahead + 2 = 32 slots, 3.1 GB
+    assert plan_slots(protocol, 15, 2, None) == (15, 2)  # nothing to check against
+    assert plan_slots(protocol, 15, 2, 64 << 30) == (15, 2)
+    assert plan_slots(protocol, 15, 2, 64 * 2 ** 20 + 17 * size) == (15, 1)  # fewer videos ahead first
+    assert plan_slots(protocol, 15, 2, 64 * 2 ** 20 + 9 * size) == (7, 1)  # then fewer workers
+    with pytest.raises(DaeError, match=r"needs 0\.36 GB of shared memory \(/dev/shm\) at least: 3 slots of 0\.10 GB"):
+        plan_slots(protocol, 15, 2, 64 * 2 ** 20 + 2 * size)
+
+
+def test_too_little_shared_memory_is_one_line_and_a_little_shrinks_the_pool(tmp_path, checkpoint):
+    from dae.features.decode_pool import slot_bytes
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for i in range(3):
+        write_video(videos / f"v{i}.mp4", noise_frames(9, 40, 52, seed=i))
+    size = slot_bytes(parse_protocol(TINY))
+    args = ["extract", "--device", "cpu", "--videos", videos, "--protocol", TINY, "--weights", checkpoint,
+            "--workers", 4]
+    res = run_cli(args + ["--out", tmp_path / "no.h5"], env={"DAE_SHM_LIMIT_BYTES": str((64 << 20) + 2 * size)})
+    assert res.exit_code == 1 and "of shared memory (/dev/shm) at least" in res.output, res.output
+    assert len(res.output.strip().splitlines()) == 1
+    assert not any(p.name.startswith("no.h5") for p in tmp_path.iterdir())  # nothing written, no parts left
+
+    res = run_cli(args + ["--out", tmp_path / "yes.h5"], env={"DAE_SHM_LIMIT_BYTES": str((64 << 20) + 5 * size)})
+    assert res.exit_code == 0, res.output
+    assert "decoding with 3 workers, 1 video(s) ahead each" in res.output
+    assert read_features(tmp_path / "yes.h5").video_ids == ["v0", "v1", "v2"]

@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from dae.errors import DaeError
 from dae.features import weights as weight_store
-from dae.features.i3d import (BACKBONE_NAME, InceptionI3d, MaxPool3dSame, frames_to_input, load_i3d,
+from dae.features.i3d import (BACKBONE_NAME, InceptionI3d, MaxPool3dSame, Unit3D, frames_to_input, load_i3d,
                               load_state_dict_into, same_padding)
 
 REFERENCE = Path(__file__).resolve().parent / "fixtures" / "i3d_reference.npz"
@@ -73,6 +74,30 @@ def test_max_pool_padding_never_wins():
     pooled = MaxPool3dSame((3, 3, 3), (2, 2, 2))(x)
     assert pooled.shape == (1, 1, 2, 3, 3)
     assert pooled.max() < 0
+
+
+@pytest.mark.parametrize("padding", ["same", "symmetric"])
+@pytest.mark.parametrize("shape", [(1, 2, 9, 17, 16), (2, 2, 8, 28, 29), (1, 2, 5, 14, 15)])
+def test_padding_inside_the_layers_equals_an_explicitly_padded_input(padding, shape):
+    """Units and pools fold their padding into the convolution or pool; explicit F.pad is the reference."""
+    from dae.features.i3d import _pad_amounts
+
+    def explicit_pads(x, layer):
+        return [p for pair in reversed(_pad_amounts(x, layer.kernel, layer.stride, padding)) for p in pair]
+
+    torch.manual_seed(0)
+    x = torch.randn(shape)
+    for kernel, stride in [((3, 3, 3), (1, 1, 1)), ((7, 7, 7), (2, 2, 2)), ((1, 3, 3), (1, 2, 2)),
+                           ((3, 3, 3), (2, 2, 2)), ((2, 2, 2), (2, 2, 2)), ((1, 1, 1), (1, 1, 1))]:
+        pool = MaxPool3dSame(kernel, stride, padding)
+        expected = F.max_pool3d(F.pad(x, explicit_pads(x, pool), value=float("-inf")), kernel, stride)
+        assert torch.equal(pool(x), expected), (kernel, stride)
+        unit = Unit3D(2, 3, kernel, stride, batch_norm=False, relu=False, padding=padding).eval()
+        with torch.no_grad():
+            expected = unit.conv3d(F.pad(x, explicit_pads(x, unit)))
+            for layout in (torch.contiguous_format, torch.channels_last_3d):
+                got = unit(x.contiguous(memory_format=layout))
+                assert got.shape == expected.shape and torch.allclose(got, expected, atol=1e-5), (kernel, stride)
 
 
 def test_parameter_names_are_piergiaj_style():

@@ -49,13 +49,13 @@ def test_published_rows_are_the_cards_numbers_marked_as_fine_tuned():
     mtl = rows[rows["dataset"] == "mtl-aqa"].set_index("head")["spearman_mean"].to_dict()
     assert mtl == {"DAE": 0.9231, "DAE-MT": 0.9452, "DAE-CoRe": 0.9589, "USDL": 0.9064, "MUSDL": 0.9306,
                    "C3D-AVG-MTL": 0.9044, "I3D+MLP (with DD)": 0.9381, "CoRe (without DD)": 0.9341,
-                   "TSA-Net": 0.9393, "TPT": 0.9607}
+                   "TSA-Net": 0.9393, "TPT": 0.9607, "CoRe (with DD)": 0.9512}
     jig = rows[rows["dataset"] == "jigsaws"]
     assert jig[jig["group"] == "average"].set_index("head")["spearman_mean"].to_dict() == {
-        "DAE": 0.72, "DAE-MT": 0.76, "DAE-CoRe": 0.86, "MUSDL": 0.70}
+        "DAE": 0.72, "DAE-MT": 0.76, "DAE-CoRe": 0.86, "MUSDL": 0.70, "CoRe": 0.85}
     musdl = jig[(jig["head"] == "MUSDL") & (jig["group"] != "average")].set_index("group")["spearman_mean"]
     assert musdl.to_dict() == {"Suturing": 0.71, "Needle_Passing": 0.69, "Knot_Tying": 0.71}
-    assert set(jig["selection"]) == {"best10-consecutive", "last10"}
+    assert set(jig["selection"]) == {"best10-consecutive", "last10", "not stated"}
     assert rows[rows["dataset"] == "mtl-aqa"].set_index("head").loc["MUSDL", "uses_difficulty"] == "yes"
 
 
@@ -67,7 +67,7 @@ def test_show_table_puts_ours_mean_std_beside_theirs(jigsaws_board):
     ours = [line for line in lines if line.lstrip().startswith("this-run")]
     theirs = [line for line in lines if line.lstrip().startswith("published")]
     assert len(ours) == 2 and all("±" in line and "last10" in line for line in ours)
-    assert len(theirs) == 4 and any(" 0.86 " in line for line in theirs)  # DAE-CoRe's average, as published
+    assert len(theirs) == 5 and any(" 0.86 " in line for line in theirs)  # DAE-CoRe's average, as published
     assert all("fine-tuned" in line for line in theirs) and all("cached features" in line for line in ours)
     assert any("Tang et al., CVPR 2020" in line and " 0.70 " in line for line in theirs)
     assert all("i3d-finetuned" in line for line in theirs) and all("synthetic" in line for line in ours)
@@ -91,7 +91,7 @@ def test_show_csv_is_numeric_and_matches_the_protocol_average(jigsaws_board):
     assert ours.loc["average", "spearman_std"] == pytest.approx(np.std(per_seed, ddof=1))
     assert sorted(ours.index) == ["Knot_Tying", "Suturing", "average"] and (ours["seeds"] == 2).all()
     theirs = table[table["source"] == "published"]
-    assert theirs["spearman_std"].isna().all() and len(theirs) == 7  # 4 averages + MUSDL's 3 tasks
+    assert theirs["spearman_std"].isna().all() and len(theirs) == 8  # 5 averages + MUSDL's 3 tasks
     assert ours["fold_average"].eq("fisher-z").all()
     # MUSDL's code averages a task's folds with a plain mean
     res = run("leaderboard", "show", jigsaws_board, "--format", "csv", "--by-group", "--fold-average", "mean")
@@ -107,7 +107,7 @@ def test_show_markdown(jigsaws_board):
     lines = res.output.strip().splitlines()
     assert lines[0].startswith("| source | setting | dataset | group | method |") and lines[1].startswith("|---|")
     body = [line for line in lines[2:] if line.startswith("|")]
-    assert len(body) == 6 and all(line.count("|") == lines[0].count("|") for line in body)
+    assert len(body) == 7 and all(line.count("|") == lines[0].count("|") for line in body)
     assert lines[-1].startswith("_ours: mean ± std")
 
 
@@ -124,4 +124,4 @@ def test_show_errors_and_datasets_without_a_card(tmp_path):
     assert table["spearman_mean"].iloc[0] == pytest.approx(0.55)
     res = run("leaderboard", "show", board, "--published", "--dataset", "mtl-aqa", "--format", "csv")
     table = pd.read_csv(io.StringIO(res.output))
-    assert (table["source"] == "published").sum() == 10 and (table["source"] == "this-run").sum() == 0
+    assert (table["source"] == "published").sum() == 11 and (table["source"] == "this-run").sum() == 0

@@ -24,7 +24,7 @@ def test_two_shards_merged_equal_a_single_run(tmp_path):
     checkpoint = random_i3d_checkpoint(tmp_path / "random_i3d.pt")
     # One clip per batch: a clip's feature on the CPU depends (by ~1e-6) on what else is in its batch, so
     # only batches of one make a shard's numbers the single run's numbers, bit for bit.
-    base = ["extract", "--videos", videos, "--protocol", TINY, "--weights", checkpoint, "--batch-clips", 1]
+    base = ["extract", "--device", "cpu", "--videos", videos, "--protocol", TINY, "--weights", checkpoint, "--batch-clips", 1]
 
     single = tmp_path / "single.h5"
     assert run_cli(base + ["--out", single]).exit_code == 3

@@ -18,7 +18,7 @@ def trained_run(tmp_path_factory):
         write_video(videos / f"{vid}.mp4", noise_frames(9 + i, 40, 52, seed=20 + i))
     checkpoint = random_i3d_checkpoint(root / "random_i3d.pt")
     features = root / "features.h5"
-    assert run_cli(["extract", "--videos", videos, "--out", features, "--protocol", TINY, "--weights", checkpoint,
+    assert run_cli(["extract", "--device", "cpu", "--videos", videos, "--out", features, "--protocol", TINY, "--weights", checkpoint,
                     "--batch-clips", 6]).exit_code == 0
     pd.DataFrame({"video_id": ids, "score": [10.0, 30.0, 50.0, 70.0, 40.0, 60.0],
                   "split": ["train"] * 4 + ["test"] * 2}).to_csv(root / "m.csv", index=False)
@@ -34,7 +34,7 @@ def test_predict_reproduces_the_runs_test_predictions_averaged_over_seeds(traine
     root, videos, checkpoint, run = trained_run
     broken = write_text(tmp_path / "broken.mp4")
     out = tmp_path / "pred.csv"
-    res = run_cli(["predict", "--run", run, "--video", videos / "p4.mp4", "--video", videos / "p5.mp4",
+    res = run_cli(["predict", "--device", "cpu", "--run", run, "--video", videos / "p4.mp4", "--video", videos / "p5.mp4",
                    "--video", broken, "--weights", checkpoint, "--out", out])
     assert res.exit_code == 3, res.output  # one video failed: partial success
     assert "2 models averaged" in res.output and "failed: " in res.output
@@ -61,7 +61,7 @@ def test_a_run_folder_predicts_on_its_own(trained_run, tmp_path):
     features = root / "features.h5"
     features.rename(root / "features.h5.away")  # the feature file is gone too
     try:
-        res = run_cli(["predict", "--run", moved, "--video", videos / "p4.mp4", "--weights", checkpoint,
+        res = run_cli(["predict", "--device", "cpu", "--run", moved, "--video", videos / "p4.mp4", "--weights", checkpoint,
                        "--out", tmp_path / "p.csv"])
     finally:
         (root / "features.h5.away").rename(features)
@@ -73,14 +73,14 @@ def test_a_run_folder_predicts_on_its_own(trained_run, tmp_path):
 def test_predict_refuses_weights_other_than_the_features_came_from(trained_run, tmp_path):
     root, videos, _, run = trained_run
     other = random_i3d_checkpoint(tmp_path / "other.pt", seed=1)
-    res = run_cli(["predict", "--run", run, "--video", videos / "p0.mp4", "--weights", other,
+    res = run_cli(["predict", "--device", "cpu", "--run", run, "--video", videos / "p0.mp4", "--weights", other,
                    "--out", tmp_path / "p.csv"])
     assert res.exit_code == 1 and "other I3D weights" in res.output
     assert not (tmp_path / "p.csv").exists()
 
 
 def test_predict_needs_a_run_folder(tmp_path):
-    res = run_cli(["predict", "--run", tmp_path, "--video", tmp_path / "x.mp4"])
+    res = run_cli(["predict", "--device", "cpu", "--run", tmp_path, "--video", tmp_path / "x.mp4"])
     assert res.exit_code == 1 and "config.json is missing" in res.output
 
 

@@ -38,7 +38,7 @@ def planted_features(manifest: pd.DataFrame, dim: int = 16, seed: int = 0) -> Fe
 
 
 def build(dataset, folder, **kw):
-    from dae.pipeline.annotations import build_manifest
+    from dae.data_manifests.builders import build_manifest
 
     return build_manifest(dataset, folder, **kw).manifest
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 from pathlib import Path
 
 import h5py
@@ -31,20 +30,12 @@ def setup(tmp_path_factory):
 
 
 def command(videos, checkpoint, out, protocol=PROTOCOL):
-    return ["extract", "--videos", videos, "--out", out, "--protocol", protocol, "--weights", checkpoint,
+    return ["extract", "--device", "cpu", "--videos", videos, "--out", out, "--protocol", protocol, "--weights", checkpoint,
             "--batch-clips", 3, "--workers", 1]
 
 
-def wait_for(path: Path, process, timeout_s: float = 300.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not path.exists():
-        assert process.poll() is None, f"extraction ended before {path.name} appeared: {process.communicate()}"
-        assert time.monotonic() < deadline, f"{path} never appeared"
-        time.sleep(0.005)
-
-
 @pytest.mark.slow
-def test_sigkill_mid_run_then_rerun_gives_the_uninterrupted_file_bit_for_bit(tmp_path, setup):
+def test_sigkill_mid_run_then_rerun_gives_the_uninterrupted_file_bit_for_bit(tmp_path, setup, pause_at):
     videos, checkpoint = setup
     reference = tmp_path / "reference.h5"
     res = dae_subprocess(command(videos, checkpoint, reference))
@@ -53,9 +44,9 @@ def test_sigkill_mid_run_then_rerun_gives_the_uninterrupted_file_bit_for_bit(tmp
 
     out = tmp_path / "killed.h5"
     parts = Path(f"{out}.parts")
+    after_first = pause_at("chunk-000000")
     first = dae_subprocess(command(videos, checkpoint, out))
-    wait_for(parts / "chunk-000000.h5", first)
-    os.kill(first.pid, signal.SIGSTOP)  # frozen right after its first committed batch
+    after_first.wait(first)  # held right after its first committed batch (dae.pause), still holding the lock
 
     # while it holds the output, a second run on the same output is refused and touches nothing
     second = dae_subprocess(command(videos, checkpoint, out))
@@ -64,9 +55,10 @@ def test_sigkill_mid_run_then_rerun_gives_the_uninterrupted_file_bit_for_bit(tmp
 
     os.kill(first.pid, signal.SIGKILL)
     first.communicate()
+    after_first.release()
     assert not out.exists()
     chunks = sorted(parts.glob("chunk-*.h5"))
-    assert chunks, "the kill came before any batch was committed"
+    assert [c.name for c in chunks] == ["chunk-000000.h5"]  # killed exactly after the first batch
     for chunk in chunks:  # everything the kill left behind opens
         with h5py.File(chunk, "r") as f:
             assert f["clip_features"].shape[1] == 1024
@@ -109,3 +101,22 @@ def test_parts_replay_stops_at_a_gap_and_removes_what_follows(tmp_path):
     state, _ = parts.progress()
     assert state.chunks == 2 and state.clip_counts == {"v0": 1, "v1": 1} and state.discarded == ["chunk-000003.h5"]
     assert not parts.chunk_path(3).exists()
+
+
+@pytest.mark.slow
+def test_ctrl_c_exits_130_and_says_that_rerunning_resumes(tmp_path, setup, pause_at):
+    videos, checkpoint = setup
+    out = tmp_path / "interrupted.h5"
+    after_first = pause_at("chunk-000000")
+    run = dae_subprocess(command(videos, checkpoint, out))
+    after_first.wait(run)
+    os.kill(run.pid, signal.SIGINT)  # what Ctrl-C sends
+    _, err = run.communicate(timeout=600)
+    after_first.release()
+    assert run.returncode == 130, err
+    assert err.strip().splitlines()[-1] == ("interrupted: the batches committed so far are kept; "
+                                            "rerun the same command to resume")
+    assert "Aborted" not in err and "Traceback" not in err and not out.exists()
+    resumed = dae_subprocess(command(videos, checkpoint, out))
+    _, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 3 and "resuming" in err, err

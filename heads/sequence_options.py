@@ -1,0 +1,40 @@
+"""Sequence-head settings and names, torch-free (the CLI builds its options from these defaults quickly)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dae.errors import UsageError
+
+SEQUENCE_HEADS = ("attn-dae", "gdlt", "gdlt-dae")
+POOLING = {"ridge": "mean", "dae": "mean", "mlp": "mean", "attn-dae": "attention",
+           "gdlt": "transformer + grade queries, Likert score", "gdlt-dae": "transformer + grade queries, DAE head"}
+
+
+@dataclass(frozen=True)
+class SequenceOptions:
+    """A sequence head's settings; defaults are GDLT's (options.py and the README's training command)."""
+
+    crop: int = 68              # --clip-num
+    hidden: int = 256           # --hidden_dim
+    heads: int = 1              # --n_head
+    encoder_layers: int = 1     # --n_encoder
+    decoder_layers: int = 2     # --n_decoder 2 in the README's command (options.py: 1)
+    queries: int = 4            # --n_query 4 in the README's command (grades)
+    dropout: float = 0.3        # --dropout 0.3 in the README's command
+    triplet_weight: float = 1.0  # --alpha 1.0
+    margin: float = 1.0         # --margin 1.0
+    eval_chunk: int = 32        # videos per evaluation forward (memory bound only)
+
+    def check(self) -> None:
+        if self.crop < 1 or self.hidden < 1 or self.heads < 1 or self.queries < 1 or self.encoder_layers < 0 \
+                or self.decoder_layers < 1 or not 0 <= self.dropout < 1 or self.triplet_weight < 0:
+            raise UsageError("sequence head options: crop, hidden, heads, queries, decoder layers >= 1, "
+                             "encoder layers >= 0, 0 <= dropout < 1, triplet weight >= 0")
+        if self.hidden % self.heads:
+            raise UsageError(f"--hidden {self.hidden} must be divisible by --attention-heads {self.heads}")
+
+# Training budget of the sequence heads in `dae ablate pooling` (Adam, the project's trainer). GDLT's own recipe is
+# SGD (momentum 0.9, weight decay 1e-4) at lr 1e-2 with cosine decay for 250-500 epochs; one GDLT epoch on Fis-V's
+# 320 training videos of a fold costs ~200 GFLOP per model, so that recipe takes hours for 15 models on 2 CPU cores.
+SEQUENCE_EPOCHS = 30
+SEQUENCE_LR = 5e-4

@@ -1,0 +1,157 @@
+"""`dae ablate pooling`: the DAE on the mean of the clips against attn-dae, gdlt and gdlt-dae on the same sequences,
+seeds and protocol cells; one leaderboard row per model naming its pooling, per-epoch curves, wall time per head."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from dae import __version__
+from dae.atomic import atomic_dir, check_new_dir, new_run_dir, writable_dir
+from dae.errors import UsageError
+from dae.heads.config import TrainConfig
+from dae.heads.sequence_options import POOLING, SEQUENCE_HEADS, SequenceOptions
+from dae.heads.trainer import HeadSpec
+from dae.pipeline.fit import FitPlan, fit_models
+from dae.pipeline.leaderboard import summarise
+from dae.pipeline.studies import compare_configs, curves_table
+
+DEFAULT_HEADS = ("dae", "attn-dae", "gdlt", "gdlt-dae")
+
+
+@dataclasses.dataclass
+class PoolingResult:
+    """The study's tables: rows (one per model), comparison (one per head), curves (model x epoch)."""
+
+    rows: pd.DataFrame
+    comparison: pd.DataFrame
+    curves: pd.DataFrame
+    wall_seconds: dict
+    report: str = ""
+
+
+def run_pooling(fs, manifest: pd.DataFrame, heads, seeds, config: TrainConfig, sequence_config: TrainConfig,
+                options: SequenceOptions, dataset: str, score_range=None, manifest_name: str = "manifest",
+                curves: bool = True, echo=print) -> PoolingResult:
+    """Train every head of `heads` (seeds x protocol cells) on fs / manifest; pooled heads with `config`, sequence
+    heads with `sequence_config` and `options`. Returns the rows, the comparison against the best, the curves."""
+    unknown = [h for h in heads if h not in POOLING]
+    if unknown:
+        raise UsageError(f"unknown head {unknown[0]!r} for the pooling study (choose from {', '.join(POOLING)})")
+    if any(h in SEQUENCE_HEADS for h in heads) and fs.sequences is None:
+        raise UsageError(f"{fs.path}: the pooling study needs clip sequences (a schema-2 feature file)")
+    frames, results, walls = [], [], {}
+    for head in heads:
+        cfg = sequence_config if head in SEQUENCE_HEADS else config
+        cfg = dataclasses.replace(cfg, track_curves=curves and head != "ridge")
+        plan = FitPlan(head=head, specs=[HeadSpec(seed=int(s)) for s in seeds], config=cfg, dataset=dataset,
+                       score_range=score_range, head_options=options if head in SEQUENCE_HEADS else None)
+        start = time.perf_counter()
+        rows, _, res = fit_models(fs, manifest, plan, manifest_name, note=echo)
+        walls[head] = time.perf_counter() - start
+        rows["pooling"] = POOLING[head]
+        rows["wall_seconds"] = walls[head]
+        frames.append(rows)
+        results += [(head, r) for r in res]
+        echo(f"  {head}: {len(rows)} models in {walls[head]:.1f} s")
+    rows = pd.concat(frames, ignore_index=True)
+    table = curves_frame(results)
+    return PoolingResult(rows, compare_configs(rows), table, walls)
+
+
+def curves_frame(results) -> pd.DataFrame:
+    frames = []
+    for head, res in results:
+        part = curves_table([res])
+        if len(part):
+            frames.append(part.assign(head=head))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def format_pooling(result: PoolingResult, baseline: str = "dae") -> str:
+    """The printed report: Spearman per head (Fisher z over folds and groups, mean ± std over seeds), its
+    difference to the best and to the mean-pooled DAE, and each head's wall time against the pooled DAE's."""
+    comp = result.comparison.set_index("head") if "head" in result.comparison else result.comparison
+    base_wall = result.wall_seconds.get(baseline)
+    base_rho = comp.loc[baseline, "spearman_mean"] if baseline in comp.index else np.nan
+    lines = []
+    for head, wall in result.wall_seconds.items():
+        r = comp.loc[head]
+        beats = "" if head == baseline or not np.isfinite(base_rho) else \
+            ("above the mean-pooled dae" if r["spearman_mean"] > base_rho else "not above the mean-pooled dae")
+        lines.append({"head": head, "pooling": POOLING[head], "seeds": int(r["seeds"]),
+                      "spearman": f"{r['spearman_mean']:.4f} ± {r['spearman_std']:.4f}",
+                      "Δ vs dae": "-" if head == baseline or not np.isfinite(base_rho)
+                      else f"{r['spearman_mean'] - base_rho:+.4f}",
+                      "beyond seed spread (vs best)": "best" if r["best"] else ("yes" if r["exceeds_spread"] else "no"),
+                      "wall s": f"{wall:.1f}",
+                      "× dae": f"{wall / base_wall:.1f}" if base_wall else "-", "": beats})
+    rows = result.rows
+    facts = "; ".join(f"{c} {', '.join(sorted(rows[c].astype(str).unique()))}" for c in ("selection", "backbone")
+                      if c in rows)
+    text = [pd.DataFrame(lines).to_string(index=False),
+            f"spearman: test folds, Fisher z over folds/groups, mean ± std over seeds ({facts}); wall s: the whole "
+            "fit of that head (all seeds and cells), × dae: its ratio to the mean-pooled dae's"]
+    if len(result.curves) and "test_spearman" in result.curves:
+        curves = result.curves
+        picks = [e for e in (1, 5, 10, 25, 50, 100) if e <= curves["epoch"].max()]
+        mean = curves.groupby(["head", "epoch"], sort=False)["test_spearman"].mean()
+        wide = pd.DataFrame({f"epoch {e}": mean.xs(e, level="epoch") for e in picks
+                             if e in mean.index.get_level_values("epoch")})
+        wide["last epoch"] = mean.groupby(level="head", sort=False).last()
+        text += ["", "test Spearman by epoch (mean over models; '-': the head trained fewer epochs):",
+                 wide.round(3).to_string(na_rep="-")]
+    return "\n".join(text)
+
+
+def run_pooling_files(features, manifest, seeds, config: TrainConfig, sequence_config: TrainConfig,
+                      options: SequenceOptions, heads=DEFAULT_HEADS, dataset: str = "", score_range=None, out=None,
+                      leaderboard=None, curves: bool = True, echo=print) -> PoolingResult:
+    """Read the files, run the pooling study, print its report, write the study folder and leaderboard rows."""
+    import torch
+
+    from dae.features.manifest import read_manifest
+    from dae.features.store import content_sha256, read_features
+    from dae.pipeline.leaderboard import append_rows, write_summary_beside
+
+    fs = read_features(features, sequences=True)
+    df = read_manifest(manifest)
+    dataset = dataset or Path(manifest).stem
+    out = Path(out) if out else new_run_dir(f"{dataset or 'run'}-ablate-pooling")
+    check_new_dir(out, "study folder")
+    if leaderboard:
+        writable_dir(Path(leaderboard).parent, "--leaderboard folder")
+    echo(f"pooling study: {', '.join(heads)}; {len(seeds)} seeds; pooled heads {config.epochs} epochs (batch "
+         f"{config.batch_size}, lr {config.lr:g}), sequence heads {sequence_config.epochs} epochs (batch "
+         f"{sequence_config.batch_size}, lr {sequence_config.lr:g}, crop {options.crop}) ...")
+    result = run_pooling(fs, df, heads, seeds, config, sequence_config, options, dataset, score_range,
+                         Path(manifest).name, curves=curves, echo=echo)
+    result.rows["run_dir"] = str(out)
+    result.report = format_pooling(result)
+    echo(result.report)
+    meta = {"study": "pooling", "dataset": dataset, "features": str(features), "features_sha256": content_sha256(fs),
+            "manifest": str(manifest), "heads": list(heads), "seeds": list(map(int, seeds)),
+            "train": dataclasses.asdict(config), "sequence_train": dataclasses.asdict(sequence_config),
+            "sequence_options": dataclasses.asdict(options), "wall_seconds": result.wall_seconds,
+            "dae_version": __version__, "torch_version": torch.__version__, "torch_threads": torch.get_num_threads(),
+            "python": platform.python_version(), "cpu_count": os.cpu_count(),
+            "machine": f"{platform.machine()} {platform.processor() or ''}".strip()}
+    with atomic_dir(out, "study folder") as tmp:
+        (tmp / "config.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
+        result.rows.to_csv(tmp / "metrics.csv", index=False)
+        summarise(result.rows).to_csv(tmp / "summary.csv", index=False)
+        result.comparison.to_csv(tmp / "comparison.csv", index=False)
+        result.curves.to_csv(tmp / "curves.csv", index=False)
+        (tmp / "report.txt").write_text(result.report + "\n")
+    echo(f"study written to {out}")
+    if leaderboard:
+        append_rows(leaderboard, result.rows)
+        write_summary_beside(leaderboard)
+        echo(f"{len(result.rows)} rows appended to {leaderboard}")
+    return result

@@ -1,0 +1,172 @@
+"""The thin CLI's library side (pipeline.settings, dae.devices) without click, and replaying a run's config.json."""
+import importlib
+import json
+
+import click
+import pandas as pd
+import pytest
+import torch
+from click.testing import CliRunner
+
+from conftest import write_features_and_manifest
+from dae.errors import UsageError
+from dae.pipeline.cli import LibraryChoice, cli
+from dae.pipeline.settings import (FIT_DEFAULTS, card_score_range, fit_plan, replay_options, seed_list,
+                                   study_config)
+
+# Columns that say when and where a run happened, not what it computed.
+WHEN = ("fit_seconds", "created_utc", "run_dir")
+
+
+def test_seed_list_and_its_conflict():
+    assert seed_list() == [0]
+    assert seed_list(3) == [0, 1, 2]
+    assert seed_list(seed=7) == [7]
+    assert seed_list(default_n=5) == list(range(5))
+    with pytest.raises(UsageError, match="--seeds N or --seed S"):
+        seed_list(2, 3)
+
+
+def test_devices_resolve_in_one_place():
+    from dae.devices import resolve_device
+    from dae.heads.config import TrainConfig
+
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert study_config({"device": "auto"}).device == str(resolve_device("auto"))
+    for bad in ("abacus", "mps"):
+        with pytest.raises(UsageError, match="expected auto, cpu, cuda or cuda:I"):
+            resolve_device(bad)
+        with pytest.raises(UsageError, match="expected auto, cpu, cuda or cuda:I"):
+            TrainConfig(device=bad).check()
+        with pytest.raises(UsageError, match="expected auto, cpu, cuda or cuda:I"):
+            study_config({"device": bad})
+
+
+def test_fit_plan_assembles_specs_config_and_card_range(tmp_path):
+    _, manifest = write_features_and_manifest(tmp_path)
+    plan = fit_plan({"manifest": str(manifest), "n_seeds": 3, "loss": "nll", "reparam": "variance", "alpha": 0.3,
+                     "lr": 3e-4, "epochs": 7, "selection": "best-val", "head": "usdl", "bins": 11,
+                     "dataset": "unlv-dive"})
+    assert [s.seed for s in plan.specs] == [0, 1, 2]
+    assert {(s.loss, s.reparam, s.alpha, s.beta) for s in plan.specs} == {("nll", "variance", 0.3, 0.4)}
+    assert (plan.config.lr, plan.config.epochs, plan.config.selection) == (3e-4, 7, "best-val")
+    assert plan.head == "usdl" and plan.head_options.bins == 11
+    assert plan.score_range == card_score_range("unlv-dive", manifest) and plan.score_range[1] > 50
+    assert fit_plan({"manifest": str(manifest)}).score_range is None
+
+
+def test_study_config_uses_the_studies_own_defaults():
+    from dae.pipeline.defaults import STUDY_BATCH_SIZE, STUDY_LR
+
+    config = study_config({"epochs": 3, "lr": None, "batch_size": None, "device": "cpu"})
+    assert (config.epochs, config.lr, config.batch_size, config.device) == (3, STUDY_LR, STUDY_BATCH_SIZE, "cpu")
+
+
+def _choices(command_path, option):
+    command = cli
+    for name in command_path:
+        command = command.commands[name]
+    (param,) = [p for p in command.params if p.name == option]
+    return tuple(param.type.choices)
+
+
+@pytest.mark.parametrize("command, option, module, name", [
+    (["fit"], "head", "dae.pipeline.fit", "HEADS"),
+    (["fit"], "loss", "dae.heads.losses", "LOSSES"),
+    (["fit"], "reparam", "dae.heads.distributions", "REPARAMS"),
+    (["fit"], "bin_predict", "dae.heads.bins", "BIN_RULES"),
+    (["fit"], "judge_rule", "dae.heads.judges", "JUDGE_RULES"),
+    (["fit"], "prediction", "dae.heads.config", "PREDICTIONS"),
+    (["ablate", "losses"], "selection", "dae.heads.config", "SELECTIONS"),
+    (["ablate", "losses"], "backend", "dae.pipeline.grid", "BACKENDS"),
+    (["manifest", "build"], "dataset", "dae.data_manifests.builders", "DATASETS"),
+    (["manifest", "build"], "target", "dae.data_manifests.builders", "TARGET_CHOICES"),
+    (["manifest", "build"], "variant", "dae.data_manifests.mtl_aqa", "VARIANT_CHOICES"),
+    (["manifest", "build"], "layout", "dae.data_manifests.mtl_aqa", "LAYOUTS"),
+    (["manifest", "build"], "view", "dae.data_manifests.jigsaws", "JIGSAWS_VIEWS"),
+    (["extract"], "decoder", "dae.features.decode", "DECODERS"),
+    (["leaderboard", "show"], "fmt", "dae.pipeline.published", "FORMATS"),
+])
+def test_click_choices_are_the_library_lists(command, option, module, name):
+    assert _choices(command, option) == tuple(getattr(importlib.import_module(module), name))
+
+
+def test_fit_selection_choices_add_the_windowed_ones():
+    from dae.heads.config import SELECTIONS
+    from dae.pipeline.protocols import WINDOW_SELECTIONS
+
+    assert _choices(["fit"], "selection") == SELECTIONS + WINDOW_SELECTIONS
+
+
+def test_library_choice_still_refuses_other_values():
+    @click.command()
+    @click.option("--loss", type=LibraryChoice("dae.heads.losses:LOSSES"))
+    def command(loss):
+        click.echo(loss)
+
+    assert CliRunner().invoke(command, ["--loss", "nll"]).output == "nll\n"
+    res = CliRunner().invoke(command, ["--loss", "l1"])
+    assert res.exit_code == 2 and "'l1' is not one of" in res.output
+
+
+def test_replay_options_precedence(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    recorded = {**FIT_DEFAULTS, "features": "/data/f.h5", "manifest": "/data/m.csv", "n_seeds": 3, "lr": 3e-4,
+                "loss": "nll"}
+    (run / "config.json").write_text(json.dumps({"options": recorded}))
+    typed = {**FIT_DEFAULTS, "out": "new", "leaderboard": None, "lr": 5e-4, "seed": 4}
+    merged = replay_options(typed, {"lr", "seed", "out"}, run / "config.json", "fit")
+    assert merged["lr"] == 5e-4 and merged["loss"] == "nll" and merged["features"] == "/data/f.h5"
+    assert merged["seed"] == 4 and merged["n_seeds"] is None  # an explicit --seed replaces recorded --seeds
+    assert merged["out"] == "new"
+    assert replay_options(typed, set(), None) == typed
+    assert replay_options(typed, set(), run)["n_seeds"] == 3  # the run folder itself works too
+    with pytest.raises(UsageError, match="records a `dae fit` run, not `dae ablate losses`"):
+        replay_options(typed, set(), run, "losses")
+
+
+def test_fit_replays_its_config_json_and_options_override_it(tmp_path):
+    """`dae fit --config RUN/config.json` reproduces the recorded metrics; explicit options override the record."""
+    features, manifest = write_features_and_manifest(tmp_path)
+    runner = CliRunner()
+    first = tmp_path / "first"
+    res = runner.invoke(cli, ["fit", "--features", str(features), "--manifest", str(manifest), "--out", str(first),
+                              "--seeds", "2", "--epochs", "12", "--loss", "nll", "--lr", "3e-3", "--batch-size", "16"])
+    assert res.exit_code == 0, res.output
+    recorded = json.loads((first / "config.json").read_text())["options"]
+    assert recorded["features"] == str(features.resolve()) and "out" not in recorded
+
+    again = tmp_path / "again"
+    res = runner.invoke(cli, ["fit", "--config", str(first / "config.json"), "--out", str(again)])
+    assert res.exit_code == 0, res.output
+    a, b = (pd.read_csv(d / "metrics.csv").drop(columns=list(WHEN)) for d in (first, again))
+    pd.testing.assert_frame_equal(a, b)
+    assert len(a) == 2 and set(a["loss"]) == {"nll"} and set(a["lr"]) == {3e-3}
+
+    varied = tmp_path / "varied"
+    res = runner.invoke(cli, ["fit", "--config", str(first), "--out", str(varied), "--seed", "5", "--loss", "v1"])
+    assert res.exit_code == 0, res.output
+    c = pd.read_csv(varied / "metrics.csv")
+    assert list(c["seed"]) == [5] and set(c["loss"]) == {"v1"} and set(c["epochs"]) == {12}
+
+    res = runner.invoke(cli, ["fit", "--out", str(tmp_path / "none")])
+    assert res.exit_code == 2 and "missing option --features" in res.output
+
+
+def test_study_replays_its_config_json(tmp_path):
+    features, manifest = write_features_and_manifest(tmp_path)
+    runner = CliRunner()
+    first = tmp_path / "first"
+    res = runner.invoke(cli, ["ablate", "reparam", "--features", str(features), "--manifest", str(manifest),
+                              "--out", str(first), "--seeds", "2", "--epochs", "5", "--batch-size", "32",
+                              "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    again = tmp_path / "again"
+    res = runner.invoke(cli, ["ablate", "reparam", "--config", str(first / "config.json"), "--out", str(again)])
+    assert res.exit_code == 0, res.output
+    a, b = (pd.read_csv(d / "metrics.csv").drop(columns=list(WHEN)) for d in (first, again))
+    pd.testing.assert_frame_equal(a, b)
+    assert set(a["batch_size"]) == {32} and set(a["epochs"]) == {5}
+    res = runner.invoke(cli, ["ablate", "losses", "--config", str(first), "--out", str(tmp_path / "x")])
+    assert res.exit_code == 2 and "records a `dae ablate reparam` run" in res.output
