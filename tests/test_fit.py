@@ -39,8 +39,9 @@ def test_fit_writes_run_folder_predictions_and_leaderboard(tmp_path):
     assert (preds["lo90"] < preds["mu"]).all() and (preds["mu"] < preds["hi90"]).all()
     assert (preds["mu"].between(20, 80)).all()  # reported in score units, not normalised
     saved = torch.load(run / "model.pt", weights_only=True)
-    assert len(saved["models"]) == 2 and saved["score_range"] == pytest.approx(
-        [pd.read_csv(manifest)["score"].min(), pd.read_csv(manifest)["score"].max()])
+    train = pd.read_csv(manifest).query("split == 'train'")["score"]  # the training rows' range: test never sets it
+    assert len(saved["models"]) == 2 and saved["score_range"] == pytest.approx([train.min(), train.max()])
+    assert config["score_range_source"] == "training rows min..max"
     assert (board.with_name("L.summary.csv")).exists()
 
     # never overwrite a run; the leaderboard only grows
