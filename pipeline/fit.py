@@ -293,6 +293,9 @@ def _fit_ridge_jobs(x, targets, jobs):
 
 def report_failures(rows: pd.DataFrame, results, echo) -> None:
     """Say which models failed or fell back; raise (exit 1, nothing written) when every model failed."""
+    if len(rows) and (rows["status"] != "ok").all():
+        first = next(r.failure for r in results if r.failure)
+        raise DaeError(f"every model failed ({first}); try a smaller --lr")
     for res in results:
         where = ", ".join(f"{k} {v}" for k, v in {"seed": res.job.spec.seed, **res.job.tags}.items() if v != "")
         if res.failure:
@@ -300,10 +303,6 @@ def report_failures(rows: pd.DataFrame, results, echo) -> None:
                  f"out of the summary")
         elif res.selection_note:
             echo(f"warning: model ({where}): {res.selection_note}")
-    failed = (rows["status"] != "ok").sum()
-    if failed == len(rows):
-        first = next(r.failure for r in results if r.failure)
-        raise DaeError(f"every model failed ({first}); try a smaller --lr")
 
 
 def save_run(out: Path, plan: FitPlan, rows: pd.DataFrame, predictions: pd.DataFrame, results, extra: dict,
