@@ -17,7 +17,10 @@ REQUIRED = {
     "clip_protocol": str, "split_rule": str, "group_average": str, "fold_average": str,
     "selection_rules": list, "columns": list, "judge_rule": str,
 }
-PUBLISHED_REQUIRED = {"paper": str, "method": str, "metric": str, "value": float, "backbone": str, "group": str}
+PUBLISHED_REQUIRED = {"paper": str, "source": str, "method": str, "metric": str, "value": float, "backbone": str,
+                      "group": str}
+# where a published number is printed: "paper: <paper>, <table ...>" or "repository: <owner/name> @ <commit>, <path>..."
+SOURCE_KINDS = ("paper: ", "repository: ")
 AVERAGES = ("none", "fisher-z")
 
 
@@ -67,6 +70,11 @@ def check_card(card: dict, source: str) -> None:
         for key, kind in PUBLISHED_REQUIRED.items():
             if not isinstance(row.get(key), kind):
                 raise DaeError(f"{source}: published row {i} needs '{key}' ({kind.__name__})")
+        if not row["source"].startswith(SOURCE_KINDS) or (row["source"].startswith("repository: ")
+                                                          and " @ " not in row["source"]):
+            raise DaeError(f"{source}: published row {i}: source must name a paper's table ('paper: ...') or a "
+                           f"repository file at a commit ('repository: owner/name @ commit, path'), got "
+                           f"{row['source']!r}")
 
 
 def score_range(card: dict | str, target: str | None = None) -> tuple[float, float]:

@@ -5,8 +5,11 @@ Protocols (frame indices are relative to the segment start, see decode.py):
   1412 annotated dives end before 103 frames; the protocol reads on past end_frame); 10 clips of 16
   frames starting at 0, 10, ..., 80 plus the last 16 (frames 87-102); each frame resized to 455x256
   (aspect not kept) and center-cropped to 224.
-- `jigsaws`: 160 frames at rint(linspace(0, n - 1, 160)) over the whole segment, cut into 10
-  consecutive 16-frame clips; short side resized to 256, center crop 224.
+- `jigsaws`: MUSDL's (nzl-thu/MUSDL, JIGSAWS/dataset.py and main.py): 160 frames at
+  np.linspace(0, n - 1, 160, dtype=int) (truncated, not rounded) over the whole segment, cut into 10
+  consecutive 16-frame clips; no resize: center crop 224 from the frame as decoded (a side under 224 is
+  zero-padded first, as torchvision's CenterCrop does). Pixels are scaled like every protocol's (below), not
+  with MUSDL's ImageNet mean/std, because the I3D weights here expect [-1, 1].
 - `uniform:N` / `uniform:NxT`: N clips of T consecutive frames (T = 16 by default); the first clip
   starts at frame 0, the last ends at the last frame, the others are evenly spaced between them
   (rounded to the nearest frame); N = 1 takes the middle clip. Short side to 256, center crop 224.
@@ -85,7 +88,7 @@ class ClipProtocol:
 
 _SAMPLING = {
     "mtl-aqa": "103 frames from start_frame, end_frame ignored; clips start at 0, 10, ..., 80 and 87",
-    "jigsaws": "rint(linspace(0, n - 1, 160)) in 10 consecutive clips of 16",
+    "jigsaws": "linspace(0, n - 1, 160) truncated to int (MUSDL's) in 10 consecutive clips of 16",
     "uniform": "first clip at 0, last ending at n - 1, rint-spaced between; one clip: the middle",
     "stride": "non-overlapping clips at 0, T, 2T, ...; floor(n / T) of them (at least 1), the tail dropped",
 }
@@ -101,7 +104,8 @@ def parse_protocol(name: str) -> ClipProtocol:
     if text == "mtl-aqa":
         return ClipProtocol("mtl-aqa", "mtl-aqa", 10, 16, "fixed 455x256")
     if text == "jigsaws":
-        return ClipProtocol("jigsaws", "jigsaws", 10, 16, f"short side {SHORT_SIDE}")
+        # version 2: MUSDL's truncated indices and unresized crop (version 1 rounded and resized to 256 first)
+        return ClipProtocol("jigsaws", "jigsaws", 10, 16, "none (center crop from the decoded frame)", version=2)
     match = re.fullmatch(r"uniform:(\d+)(?:x(\d+))?", text)
     if match:
         num_clips, frames_per_clip = int(match.group(1)), int(match.group(2) or 16)
@@ -144,7 +148,7 @@ def clip_indices(protocol: ClipProtocol, num_frames: int) -> np.ndarray:
         starts = np.arange(protocol.clip_count(num_frames)) * length
         indices = starts[:, None] + np.arange(length)[None, :]
     elif protocol.kind == "jigsaws":
-        sampled = np.rint(np.linspace(0, num_frames - 1, JIGSAWS_FRAMES)).astype(np.int64)
+        sampled = np.linspace(0, num_frames - 1, JIGSAWS_FRAMES).astype(np.int64)  # truncation, as MUSDL
         indices = sampled.reshape(protocol.num_clips, length)
     else:
         last_start = max(num_frames - length, 0)
@@ -161,9 +165,14 @@ def preprocess_frames(frames: np.ndarray, protocol: ClipProtocol) -> torch.Tenso
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[3] != 3 or frames.dtype != np.uint8:
         raise DaeError(f"expected (F, H, W, 3) uint8 RGB frames, got {frames.shape} {frames.dtype}")
-    height, width = frames.shape[1:3]
-    size_hw = MTL_AQA_RESIZE_HW if protocol.kind == "mtl-aqa" else short_side_size(height, width, SHORT_SIDE)
     crop = protocol.crop_size
+    if protocol.kind == "jigsaws":
+        frames = _pad_to(frames, crop)
+    height, width = frames.shape[1:3]
+    if protocol.kind == "jigsaws":
+        size_hw = (height, width)
+    else:
+        size_hw = MTL_AQA_RESIZE_HW if protocol.kind == "mtl-aqa" else short_side_size(height, width, SHORT_SIDE)
     top, left = round((size_hw[0] - crop) / 2), round((size_hw[1] - crop) / 2)
     out = torch.empty((frames.shape[0], 3, crop, crop), dtype=torch.float32)
     for lo in range(0, frames.shape[0], _FRAMES_PER_CHUNK):
@@ -174,6 +183,15 @@ def preprocess_frames(frames: np.ndarray, protocol: ClipProtocol) -> torch.Tenso
         chunk = chunk[:, :, top:top + crop, left:left + crop]
         out[lo:lo + chunk.shape[0]] = chunk.float() / 127.5 - 1.0
     return out
+
+
+def _pad_to(frames: np.ndarray, size: int) -> np.ndarray:
+    """Zero-pad (F, H, W, 3) frames to at least size x size, centred as torchvision's CenterCrop pads."""
+    height, width = frames.shape[1:3]
+    pad_h, pad_w = max(size - height, 0), max(size - width, 0)
+    if not (pad_h or pad_w):
+        return frames
+    return np.pad(frames, ((0, 0), (pad_h // 2, (pad_h + 1) // 2), (pad_w // 2, (pad_w + 1) // 2), (0, 0)))
 
 
 def short_side_size(height: int, width: int, short_side: int = SHORT_SIDE) -> tuple[int, int]:

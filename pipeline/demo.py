@@ -105,7 +105,8 @@ VIDEO_TRAIN = {"epochs": 100, "batch_size": 8, "lr": 3e-4}  # 36 training videos
 
 def run_video_demo(out="dae_demo", n_videos: int = 48, seeds: int = 3, device: str = "auto", echo=print,
                    note=None) -> pd.DataFrame:
-    """Write SYNTHETIC performance videos, extract them with I3D (Kinetics-400), fit dae/mlp/ridge, print the board."""
+    """Write SYNTHETIC performance videos, extract them with I3D (rgb_scratch, Kinetics-400 from scratch), fit
+    dae/mlp/ridge, print the board."""
     from dae.features.extract import extract
     from dae.features.synthetic_videos import SCORE_RANGE as VIDEO_SCORE_RANGE, write_synthetic_performances
     from dae.heads.trainer import TrainConfig
@@ -119,7 +120,7 @@ def run_video_demo(out="dae_demo", n_videos: int = 48, seeds: int = 3, device: s
     split = manifest["split"].to_numpy()
     echo(f"SYNTHETIC demo videos: {n_videos} jumps whose score follows visible motion (smoothness, height, splash), "
          f"{(split == 'train').sum()} train / {(split == 'test').sum()} test -> {videos}")
-    echo(f"\n== stage one: dae extract, I3D Kinetics-400, protocol {VIDEO_PROTOCOL} ==")
+    echo(f"\n== stage one: dae extract, I3D rgb_scratch (Kinetics-400 from scratch), protocol {VIDEO_PROTOCOL} ==")
     result = extract(videos, feature_file, manifest=manifest_file, protocol=VIDEO_PROTOCOL, device=device,
                      note=note or echo)
     echo(result.summary())

@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 
 from dae import __version__
-from dae.atomic import atomic_dir, check_new_dir, new_run_dir, writable_dir
+from dae.atomic import atomic_dir, check_new_dir, new_run_dir
 from dae.errors import DaeError, UsageError
 from dae.features.manifest import read_manifest
 from dae.features.store import FeatureSet, align, content_sha256, read_features
@@ -27,7 +27,9 @@ from dae.heads.sequence_options import POOLING, SEQUENCE_HEADS
 from dae.heads.trainer import HeadSpec, Job, TrainConfig, train
 from dae.pipeline.baselines import PATH_HEADS, fit_path_heads, options_dict
 from dae.pipeline.exemplar_heads import EXEMPLAR_HEADS, fit_exemplar_heads
-from dae.pipeline.protocols import WINDOW_EPOCHS, WINDOW_SELECTIONS, apply_window_selection
+from dae.pipeline.leaderboard import environment
+from dae.pipeline.protocols import (WINDOW_EPOCHS, WINDOW_SELECTIONS, apply_window_selection,
+                                    check_card_protocol)
 
 HEADS = ("dae", "mlp", "ridge", "usdl", "musdl", "dae-mt", "dae-judges", "core", "dae-core") + SEQUENCE_HEADS
 PREDICT_ATTRS = ("protocol", "weights_sha256", "decoder", "backbone", "precision", "device")
@@ -94,13 +96,30 @@ def plan_units(manifest: pd.DataFrame, need_val: bool, val_fraction: float = 0.2
 
 
 def score_range_of(manifest: pd.DataFrame, plan: FitPlan) -> tuple[float, float]:
+    """The range scores are normalised by and R-l2 is computed with: the dataset card's (every score must lie in
+    it), else the training rows' min..max (rows not in the test split; a k-fold manifest: all rows, since every
+    row trains some fold). Test scores never set it."""
+    scores = manifest["score"].to_numpy(float)
     if plan.score_range is not None:
-        lo, hi = plan.score_range
+        lo, hi = (float(v) for v in plan.score_range)
+        outside = (scores < lo) | (scores > hi)
+        if outside.any():
+            card = f"dataset card {plan.dataset}" if plan.dataset else "given"
+            raise UsageError(f"{int(outside.sum())} of {len(scores)} scores ({scores.min():g}..{scores.max():g}) lie "
+                             f"outside the {card} score range {lo:g}..{hi:g}: is it the manifest's dataset?")
     else:
-        lo, hi = float(manifest["score"].min()), float(manifest["score"].max())
+        train = scores
+        if "split" in manifest and "fold" not in manifest:
+            train = scores[(manifest["split"] != "test").to_numpy()]
+        if not len(train):
+            raise UsageError("the manifest has no training rows")
+        lo, hi = float(train.min()), float(train.max())
     if not hi > lo:
         raise UsageError(f"the score range must be non-empty, got {lo}..{hi}")
     return float(lo), float(hi)
+
+
+SCORE_RANGE_SOURCES = {True: "dataset card", False: "training rows min..max"}
 
 
 class TrainingProgress:
@@ -191,6 +210,7 @@ def fit_models(fs: FeatureSet, manifest: pd.DataFrame, plan: FitPlan, manifest_n
 
     created = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     features_sha = content_sha256(fs)
+    where = environment("cpu" if plan.head == "ridge" else config.device)
     rows, predictions = [], []
     has_sigma = plan.head not in ("mlp", "ridge", "core", "gdlt")
     results, fold_results = results[:n_models], results[n_models:]
@@ -219,6 +239,7 @@ def fit_models(fs: FeatureSet, manifest: pd.DataFrame, plan: FitPlan, manifest_n
             "head": plan.head, "loss": spec.loss if plan.head != "ridge" else "l2+penalty",
             "distribution": spec.distribution if has_sigma else "",
             "reparam": spec.reparam if has_sigma else "",
+            "alpha": spec.alpha, "beta": spec.beta,
             "selection": plan.config.selection + (" (undefined: last kept)" if res.selection_note else ""),
             "prediction": plan.config.prediction if has_sigma else "mu", "seed": spec.seed,
             "n_train": len(res.job.train_rows), "n_test": len(test),
@@ -226,11 +247,13 @@ def fit_models(fs: FeatureSet, manifest: pd.DataFrame, plan: FitPlan, manifest_n
             "epochs": plan.config.epochs if plan.head != "ridge" else 0,
             "selected_epoch": res.selected_epoch + 1, "lr": plan.config.lr, "batch_size": plan.config.batch_size,
             "weight_decay": plan.config.weight_decay, "fit_seconds": res.fit_seconds,
-            "features_sha256": features_sha, "backbone": fs.backbone, "dae_version": __version__,
+            "features_sha256": features_sha, "backbone": fs.backbone, **where, "dae_version": __version__,
             "created_utc": created, "source": "this-run", "uses_difficulty": "no",
             "status": f"failed: {res.failure}" if res.failure else "ok",
         })
         rows[-1].update(labels)
+        if plan.head == "ridge" or rows[-1]["loss"] not in ("combined", "v1"):
+            rows[-1].update(alpha="", beta="")  # weights of rec and sup: only these losses mix them
         if has_sigma:
             rows[-1].update(dist.params)  # e.g. Student-t's nu
         ends = {f"{side}{round(level * 100)}": v for level, pair in sorted(res.calibrated.intervals.items())
@@ -309,6 +332,9 @@ def calibration_record(plan: FitPlan, results) -> dict:
 
 def report_failures(rows: pd.DataFrame, results, echo) -> None:
     """Say which models failed or fell back; raise (exit 1, nothing written) when every model failed."""
+    if len(rows) and (rows["status"] != "ok").all():
+        first = next(r.failure for r in results if r.failure)
+        raise DaeError(f"every model failed ({first}); try a smaller --lr")
     for res in results:
         where = ", ".join(f"{k} {v}" for k, v in {"seed": res.job.spec.seed, **res.job.tags}.items() if v != "")
         if res.failure:
@@ -316,14 +342,13 @@ def report_failures(rows: pd.DataFrame, results, echo) -> None:
                  f"out of the summary")
         elif res.selection_note:
             echo(f"warning: model ({where}): {res.selection_note}")
-    failed = (rows["status"] != "ok").sum()
-    if failed == len(rows):
-        first = next(r.failure for r in results if r.failure)
-        raise DaeError(f"every model failed ({first}); try a smaller --lr")
 
 
-def save_run(out: Path, plan: FitPlan, rows: pd.DataFrame, predictions: pd.DataFrame, results, extra: dict) -> None:
-    """Write the run folder under a temporary name and rename it: a run is complete or absent."""
+def save_run(out: Path, plan: FitPlan, rows: pd.DataFrame, predictions: pd.DataFrame, results, extra: dict,
+             feature_references: dict | None = None) -> None:
+    """Write the run folder under a temporary name and rename it: a run is complete or absent.
+
+    feature_references: per group, the training features' summary `dae predict` measures distances to."""
     with atomic_dir(out, "run folder") as tmp:
         config = {"head": plan.head, "dataset": plan.dataset, "specs": [dataclasses.asdict(s) for s in plan.specs],
                   "train": dataclasses.asdict(plan.config), "val_fraction": plan.val_fraction,
@@ -342,7 +367,8 @@ def save_run(out: Path, plan: FitPlan, rows: pd.DataFrame, predictions: pd.DataF
                     "models": [{"spec": dataclasses.asdict(r.job.spec), "tags": dict(r.job.tags), **_weights(r),
                                 "distribution_params": r.distribution.params if r.distribution else {},
                                 "calibration": r.calibrated.calibration.fitted(),
-                                "calibration_models": [_weights(f) for f in r.fold_results]} for r in results]},
+                                "calibration_models": [_weights(f) for f in r.fold_results]} for r in results],
+                    **({"feature_references": feature_references} if feature_references else {})},
                    tmp / "model.pt")
 
 
@@ -350,17 +376,22 @@ def run_fit(features, manifest, plan: FitPlan, out=None, leaderboard=None, echo=
     """Read files, train, write the run folder and append to the leaderboard. Returns (rows, summary).
 
     options: the command's options, recorded in config.json for `dae fit --config` (pipeline.settings)."""
-    from dae.pipeline.leaderboard import append_rows, format_summary, summarise, write_summary_beside
+    from dae.pipeline.leaderboard import (append_rows, check_leaderboard_writable, format_summary, rows_appended,
+                                          summarise, write_summary_beside)
 
     fs = read_features(features, sequences=plan.head in SEQUENCE_HEADS)
     df = read_manifest(manifest)
     manifest_name = Path(manifest).name
+    if plan.dataset:  # a dataset card: the manifest must follow its split rule
+        described = check_card_protocol(plan.dataset, df)
+        if described:
+            echo(f"protocol: {described}")
     if not plan.dataset:
         plan = dataclasses.replace(plan, dataset=Path(manifest).stem)
     out = Path(out) if out else new_run_dir(f"{plan.dataset or 'run'}-{plan.head}")
     check_new_dir(out, "run folder")
     if leaderboard:
-        writable_dir(Path(leaderboard).parent, "--leaderboard folder")
+        check_leaderboard_writable(leaderboard)
     progress = TrainingProgress("fit")
     try:
         rows, predictions, results = fit_models(fs, df, plan, manifest_name, note=echo, progress=progress)
@@ -368,19 +399,22 @@ def run_fit(features, manifest, plan: FitPlan, out=None, leaderboard=None, echo=
         progress.close()
     report_failures(rows, results, echo)
     lo, hi = score_range_of(df, plan)
+    from dae.pipeline.predict import group_references
+
+    references = group_references(align(fs, list(df["video_id"]), manifest_name), results)
     rows["run_dir"] = str(out)
     save_run(out, plan, rows, predictions, results,
              {"features": str(features), "features_sha256": content_sha256(fs), "manifest": str(manifest),
-              "score_range": [lo, hi], "score_range_source": "card" if plan.score_range else "manifest min..max",
+              "score_range": [lo, hi], "score_range_source": SCORE_RANGE_SOURCES[plan.score_range is not None],
               "backbone": fs.backbone,
               # how the features were made, so that `dae predict` can extract new videos the same way
               "feature_attrs": {k: fs.attrs[k] for k in PREDICT_ATTRS if k in fs.attrs},
-              **({"options": options} if options is not None else {})})
+              **({"options": options} if options is not None else {})}, references)
     summary = summarise(rows)
     echo(format_summary(summary))
     echo(f"run written to {out}")
     if leaderboard:
         append_rows(leaderboard, rows)
         write_summary_beside(leaderboard)
-        echo(f"{len(rows)} row{'s' * (len(rows) != 1)} appended to {leaderboard}")
+        echo(rows_appended(len(rows), leaderboard))
     return rows, summary

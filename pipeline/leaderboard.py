@@ -1,7 +1,22 @@
-"""The append-only leaderboard CSV (one row per trained model) and its summary over seeds, groups and folds."""
+"""The append-only leaderboard CSV (one row per trained model) and its one summary rule over seeds, groups and folds.
+
+Columns are of three kinds. METRICS are averaged. PER_MODEL columns record one model (its seed, fold, timing)
+and are never compared. Every other column is a SETTING: rows that differ in any setting (lr, batch size,
+epochs, weight decay, alpha/beta, the feature file's sha256, the machine, torch version, a head's own options,
+or a column this module does not know yet) are never pooled into one summary line.
+
+The summary rule (`summarise`, used by `dae fit`, `dae ablate` and `dae leaderboard show` alike):
+1. rows are split by their settings (one line per configuration) and by seed;
+2. for each seed, a correlation metric (Spearman, sigma-error Spearman) is averaged over the folds of each group
+   (fold_average), then over the groups (group_average); `fisher-z` = Fisher z, `mean` = plain mean (MUSDL's
+   JIGSAWS fold average). Other metrics are plain means over the seed's models. By default each dataset's card
+   says how (Fisher z where the card says `none` or there is no card);
+3. mean and std (ddof 1) over seeds.
+Fisher z of a perfect correlation (|rho| = 1) is infinite: see `dae.heads.metrics.fisher_z` for the rule; the
+summary counts such folds (`spearman_degenerate`) and undefined ones (`spearman_nan`, left out).
+"""
 from __future__ import annotations
 
-import fcntl
 import os
 from pathlib import Path
 
@@ -9,55 +24,116 @@ import numpy as np
 import pandas as pd
 
 from dae.atomic import atomic_path
-from dae.errors import DaeError
-from dae.heads.metrics import fisher_z_mean
+from dae.errors import DaeError, UsageError
+from dae.heads.metrics import fisher_z
 
-COLUMNS = ("dataset", "group", "fold", "head", "loss", "distribution", "reparam", "selection", "prediction",
-           "seed", "n_train", "n_test", "calibration", "spearman", "rl2x100", "l2", "nll", "crps", "coverage90",
-           "sigma_error_spearman", "coverage50", "coverage80", "coverage95", "width90", "pit_distance",
+COLUMNS = ("dataset", "group", "fold", "head", "loss", "distribution", "reparam", "alpha", "beta", "selection",
+           "prediction", "seed", "n_train", "n_test", "calibration", "spearman", "rl2x100", "l2", "nll", "crps",
+           "coverage90", "sigma_error_spearman", "coverage50", "coverage80", "coverage95", "width90", "pit_distance",
            "uncertainty_decile_tau", "epochs", "selected_epoch", "lr", "batch_size", "weight_decay",
-           "fit_seconds", "features_sha256", "backbone", "dae_version", "created_utc", "source", "status", "run_dir")
-CONFIG_KEYS = ("dataset", "head", "loss", "distribution", "reparam", "selection", "prediction", "backbone",
-               "source", "voters", "exemplar_rule", "calibration")  # voters, exemplar_rule: exemplar heads
+           "fit_seconds", "features_sha256", "backbone", "machine", "device", "torch_version", "dae_version",
+           "created_utc", "source", "status", "run_dir")
 METRICS = ("spearman", "rl2x100", "l2", "nll", "crps", "coverage90", "sigma_error_spearman", "coverage50",
            "coverage80", "coverage95", "width90", "pit_distance", "uncertainty_decile_tau")
+CORRELATIONS = ("spearman", "sigma_error_spearman")
+PER_MODEL = ("group", "fold", "seed", "n_train", "n_test", "selected_epoch", "selection_window",
+             "spearman_last_epoch", "fit_seconds", "created_utc", "run_dir", "nu", "status")
+# Settings every row has (in this order in summaries); any other unknown column is a setting too.
+SETTINGS = ("dataset", "head", "loss", "distribution", "reparam", "alpha", "beta", "selection", "prediction",
+            "voters", "exemplar_rule", "calibration", "uses_difficulty", "epochs", "lr", "batch_size", "weight_decay", "features_sha256", "backbone", "machine",
+            "device", "torch_version", "dae_version", "source")
+AVERAGES = ("fisher-z", "mean")
+# what summaries and tables add (never settings of a row)
+SUMMARY_FIELDS = ("seeds", "units_per_seed", "fold_average", "group_average", "spearman_degenerate", "spearman_nan",
+                  "variant", "settings", "setting", "paper", "note", "units")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Writing and reading
+
+def machine_name(device: str = "cpu") -> str:
+    """The GPU's name for a CUDA device, else the CPU model (as /proc/cpuinfo or the platform names it)."""
+    import platform
+
+    if str(device).startswith("cuda"):
+        import torch
+
+        try:
+            return torch.cuda.get_device_name(torch.device(device))
+        except (RuntimeError, AssertionError, ValueError):
+            return f"unknown GPU ({device})"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return " ".join(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def environment(device: str = "cpu") -> dict:
+    """The leaderboard columns naming where a model was trained: machine, device and torch version."""
+    import torch
+
+    return {"machine": machine_name(device), "device": str(device), "torch_version": torch.__version__}
+
+
+def check_leaderboard_writable(path) -> Path:
+    """Before training: the leaderboard's folder exists (created if needed), its lock file can be created there and
+    an existing leaderboard can be appended to. One-line DaeError otherwise."""
+    from dae.atomic import writable_dir
+
+    path = Path(path)
+    if path.is_dir():
+        raise DaeError(f"--leaderboard {path} is a folder, not a CSV file")
+    writable_dir(path.parent, "--leaderboard folder")
+    for target, what in ((_lock_path(path), "its lock file"), (path, "the leaderboard")):
+        if target is path and not path.exists():
+            continue
+        try:
+            with open(target, "a"):
+                pass
+        except OSError as exc:
+            raise DaeError(f"cannot write {what} {target}: {exc.strerror or exc}") from None
+    return path
+
+
+def _lock_path(path: Path) -> Path:
+    return path.with_name(path.name + ".lock")
 
 
 def append_rows(path, rows: pd.DataFrame) -> None:
-    """Append rows under a file lock; a header that lacks new columns is widened (old rows kept, blank there)."""
+    """Append rows under a file lock; a header that lacks new columns is widened (old rows kept, blank there).
+
+    The lock file (LEADERBOARD.lock) stays in place: removing it after unlocking would let two writers lock
+    two different files."""
+    from dae.locks import file_lock
+
     path = Path(path)
     rows = rows.reindex(columns=[c for c in COLUMNS if c in rows.columns] +
                         [c for c in rows.columns if c not in COLUMNS])
-    lock_path = path.with_name(path.name + ".lock")
     if not path.parent.is_dir():
         raise DaeError(f"cannot write leaderboard {path}: folder {path.parent} does not exist")
-    with open(lock_path, "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            if path.exists() and path.stat().st_size > 0:
-                try:
-                    header = list(pd.read_csv(path, nrows=0).columns)
-                except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-                    raise DaeError(f"leaderboard {path} is not a readable CSV ({exc.__class__.__name__})") from None
-                new = [c for c in rows.columns if c not in header]
-                if new:
-                    old = pd.read_csv(path, dtype=str, keep_default_na=False)  # earlier rows stay as written
-                    with atomic_path(path) as tmp:
-                        pd.concat([old, rows], ignore_index=True).reindex(columns=header + new).to_csv(tmp, index=False)
-                else:
-                    with open(path, "a", newline="") as f:
-                        rows.reindex(columns=header).to_csv(f, header=False, index=False)
-                        f.flush()
-                        os.fsync(f.fileno())
-            else:
+    with file_lock(_lock_path(path), f"leaderboard {path}"):
+        if path.exists() and path.stat().st_size > 0:
+            try:
+                header = list(pd.read_csv(path, nrows=0).columns)
+            except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+                raise DaeError(f"leaderboard {path} is not a readable CSV ({exc.__class__.__name__})") from None
+            new = [c for c in rows.columns if c not in header]
+            if new:
+                old = pd.read_csv(path, dtype=str, keep_default_na=False)  # earlier rows stay as written
                 with atomic_path(path) as tmp:
-                    rows.to_csv(tmp, index=False)
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-    try:
-        os.unlink(lock_path)
-    except FileNotFoundError:
-        pass
+                    pd.concat([old, rows], ignore_index=True).reindex(columns=header + new).to_csv(tmp, index=False)
+            else:
+                with open(path, "a", newline="") as f:
+                    rows.reindex(columns=header).to_csv(f, header=False, index=False)
+                    f.flush()
+                    os.fsync(f.fileno())
+        else:
+            with atomic_path(path) as tmp:
+                rows.to_csv(tmp, index=False)
 
 
 def read_leaderboard(path) -> pd.DataFrame:
@@ -70,50 +146,195 @@ def read_leaderboard(path) -> pd.DataFrame:
         raise DaeError(f"leaderboard {path} is not a readable CSV ({exc.__class__.__name__})") from None
 
 
-def summarise(rows: pd.DataFrame) -> pd.DataFrame:
-    """One line per configuration: each seed's score is the Fisher-z mean over its groups and folds
-    (Spearman) or the plain mean (other metrics); then mean and std over seeds. Failed models (status other
-    than ok: diverged) are left out."""
-    rows = rows.copy()
-    if "status" in rows.columns:
+def rows_appended(n: int, path) -> str:
+    return f"{n} row{'s' * (n != 1)} appended to {path}"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The summary
+
+def setting_columns(rows: pd.DataFrame) -> list[str]:
+    """The columns that define a configuration: SETTINGS, then every column that is neither a metric nor a
+    per-model record (a head's own options such as judge_rule, or columns added later)."""
+    known = set(METRICS) | set(PER_MODEL) | set(SETTINGS) | set(SUMMARY_FIELDS)
+    return list(SETTINGS) + [c for c in rows.columns if c not in known and not c.startswith("_")
+                             and not c.endswith(("_mean", "_std"))]
+
+
+def setting_text(value) -> str:
+    """A setting as text, the same whether it was read from a CSV or made in memory (32 = 32.0, NaN = '')."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return ""
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value))
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        value = float(value)
+        return str(int(value)) if value.is_integer() and abs(value) < 1e15 else repr(value)
+    return str(value)
+
+
+def _settings_frame(rows: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    out = pd.DataFrame(index=rows.index)
+    for key in keys:
+        out[key] = rows[key].map(setting_text) if key in rows.columns else ""
+    return out
+
+
+def card_averages(dataset: str) -> tuple[str, str]:
+    """(fold_average, group_average) of a dataset's card; Fisher z where it says `none` or has no card."""
+    from dae.data_manifests.cards import card_names, load_card
+
+    if dataset not in card_names():
+        return "fisher-z", "fisher-z"
+    card = load_card(dataset)
+    pick = [card[k] if card[k] in AVERAGES else "fisher-z" for k in ("fold_average", "group_average")]
+    return pick[0], pick[1]
+
+
+def _average(values, n, how: str):
+    """(value, degenerate, nan) of correlations averaged as `how` says."""
+    values = pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(float)
+    n = pd.to_numeric(pd.Series(n), errors="coerce").to_numpy(float) if n is not None else None
+    if how == "mean":
+        finite = values[np.isfinite(values)]
+        degenerate = int(np.sum(np.abs(finite) >= 1.0))
+        return (float(finite.mean()) if len(finite) else float("nan")), degenerate, int(len(values) - len(finite))
+    z = fisher_z(values, n)
+    return z.value, z.degenerate, z.nan
+
+
+def _seed_entry(part: pd.DataFrame, fold_average: str, group_average: str) -> tuple[dict, dict]:
+    """One seed of one configuration: (overall entry, {group: entry})."""
+    groups = part["group"].map(setting_text) if "group" in part else pd.Series("", index=part.index)
+    n_test = part["n_test"] if "n_test" in part else pd.Series(np.nan, index=part.index)
+    overall, per_group = {"units": len(part)}, {}
+    for metric in METRICS:
+        if metric not in part:
+            continue
+        if metric not in CORRELATIONS:
+            overall[metric] = pd.to_numeric(part[metric], errors="coerce").mean()
+            continue
+        group_values, group_n, degenerate, nan = [], [], 0, 0
+        for g, idx in part.groupby(groups, sort=True).groups.items():
+            value, d, k = _average(part.loc[idx, metric], n_test.loc[idx], fold_average)
+            per_group.setdefault(g, {"units": len(idx)})[metric] = value
+            group_values.append(value)
+            group_n.append(pd.to_numeric(n_test.loc[idx], errors="coerce").sum(min_count=1))
+            degenerate, nan = degenerate + d, nan + k
+        if len(group_values) == 1:
+            overall[metric] = group_values[0]
+        else:
+            finite = [v for v in group_values if np.isfinite(v)]
+            overall[metric] = _average(group_values, group_n, group_average)[0] if finite else float("nan")
+        if metric == "spearman":
+            overall["spearman_degenerate"], overall["spearman_nan"] = degenerate, nan
+    for g, idx in part.groupby(groups, sort=True).groups.items():
+        for metric in METRICS:
+            if metric in part and metric not in CORRELATIONS:
+                per_group.setdefault(g, {"units": len(idx)})[metric] = pd.to_numeric(part.loc[idx, metric],
+                                                                                     errors="coerce").mean()
+    overall["group"] = "average" if len(per_group) > 1 else (next(iter(per_group), "") or "all")
+    return overall, (per_group if len(per_group) > 1 else {})
+
+
+def summarise(rows: pd.DataFrame, fold_average: str | None = None, group_average: str | None = None,
+              by_group: bool = False) -> pd.DataFrame:
+    """One line per configuration (its settings; group `all`, or `average` over several groups), and with
+    by_group also one line per group: mean and std over seeds of each seed's average (module docstring).
+
+    fold_average / group_average: `fisher-z` or `mean`; None = each dataset's card (Fisher z without one)."""
+    for how in (fold_average, group_average):
+        if how is not None and how not in AVERAGES:
+            raise UsageError(f"unknown average {how!r} (choose from {', '.join(AVERAGES)})")
+    if "status" in rows.columns:  # failed models (diverged: status other than ok) are left out
         rows = rows[rows["status"].fillna("ok").astype(str) == "ok"]
-    for key in CONFIG_KEYS:
-        if key not in rows.columns:
-            rows[key] = ""
-    rows[list(CONFIG_KEYS)] = rows[list(CONFIG_KEYS)].astype(object).fillna("")
-    per_seed = []
-    for key, part in rows.groupby(list(CONFIG_KEYS) + ["seed"], sort=False, dropna=False):
-        entry = dict(zip(CONFIG_KEYS, key[:-1]))
-        entry["seed"] = key[-1]
-        entry["units"] = len(part)
-        for m in METRICS:
-            if m not in part:
-                continue
-            values = pd.to_numeric(part[m], errors="coerce")
-            entry[m] = fisher_z_mean(values) if m in ("spearman", "sigma_error_spearman") else values.mean()
-        per_seed.append(entry)
-    per_seed = pd.DataFrame(per_seed)
+    if not len(rows):
+        return pd.DataFrame()
+    keys = setting_columns(rows)
+    settings = _settings_frame(rows, keys)
+    seeds = rows["seed"].map(setting_text) if "seed" in rows else pd.Series("", index=rows.index)
+    lines: dict[tuple, dict] = {}
+    for key, idx in rows.groupby([settings[k] for k in keys] + [seeds], sort=False).groups.items():
+        config = dict(zip(keys, key[:-1]))
+        folds, groups = card_averages(config["dataset"])
+        folds, groups = fold_average or folds, group_average or groups
+        overall, per_group = _seed_entry(rows.loc[idx], folds, groups)
+        for order, group, entry in [(0, overall["group"], overall)] + \
+                [(1, g, e) for g, e in per_group.items() if by_group]:
+            line = lines.setdefault(key[:-1] + (order, group), {**config, "group": group, "fold_average": folds,
+                                                                "group_average": groups, "_seeds": []})
+            line["_seeds"].append(entry)
     out = []
-    for config, part in per_seed.groupby(list(CONFIG_KEYS), sort=False, dropna=False):
-        entry = dict(zip(CONFIG_KEYS, config))
-        entry["seeds"] = len(part)
-        entry["units_per_seed"] = int(part["units"].max())
-        for m in METRICS:
-            if m in part:
-                entry[f"{m}_mean"] = part[m].mean()
-                entry[f"{m}_std"] = part[m].std(ddof=1) if len(part) > 1 else np.nan
-        out.append(entry)
+    for line in lines.values():
+        per_seed = pd.DataFrame(line.pop("_seeds"))
+        line["seeds"] = len(per_seed)
+        line["units_per_seed"] = int(per_seed["units"].max())
+        for metric in METRICS:
+            if metric in per_seed:
+                values = pd.to_numeric(per_seed[metric], errors="coerce")
+                line[f"{metric}_mean"] = values.mean()
+                line[f"{metric}_std"] = values.std(ddof=1) if len(per_seed) > 1 else np.nan
+        for count in ("spearman_degenerate", "spearman_nan"):
+            if count in per_seed:
+                line[count] = int(per_seed[count].fillna(0).sum())
+        out.append(line)
     return pd.DataFrame(out)
 
 
+def distinguishing_settings(summary: pd.DataFrame, shown=()) -> tuple[list[str], dict]:
+    """(setting columns whose value differs between the summary's lines, settings all lines share); `shown`
+    columns (already displayed) are left out of the first."""
+    keys = [k for k in setting_columns(summary) if k in summary.columns]
+    varying = [k for k in keys if summary[k].astype(str).nunique() > 1 and k not in shown]
+    shared = {k: summary[k].iloc[0] for k in keys if summary[k].astype(str).nunique() == 1 and summary[k].iloc[0] != ""}
+    return varying, shared
+
+
+def settings_label(row, keys) -> str:
+    """`lr=0.0001 batch_size=32 ...` for the given setting columns (features_sha256 shortened to 12 digits)."""
+    parts = []
+    for key in keys:
+        value = str(row.get(key, ""))
+        if key == "features_sha256" and value:
+            value = value[:12]
+        parts.append(f"{key}={value or '-'}")
+    return " ".join(parts)
+
+
+def degenerate_notes(summary: pd.DataFrame, label=None) -> list[str]:
+    """One line per summary line with perfect (|rho| = 1) or undefined fold Spearman values."""
+    notes = []
+    for _, row in summary.iterrows():
+        deg, nan = int(row.get("spearman_degenerate", 0) or 0), int(row.get("spearman_nan", 0) or 0)
+        if not (deg or nan):
+            continue
+        total = int(row.get("units_per_seed", 0)) * int(row.get("seeds", 0))
+        what = label(row) if label else f"{row.get('dataset', '')} {row.get('head', '')}"
+        parts = []
+        if deg:
+            parts.append(f"{deg} with |rho| = 1 (" + ("used as is" if row.get("fold_average") == "mean"
+                                                      else "Fisher z continuity rule, dae.heads.metrics.fisher_z")
+                         + ")")
+        if nan:
+            parts.append(f"{nan} undefined (constant predictions or scores; left out)")
+        notes.append(f"note: {what}: of {total} fold Spearman values, " + ", ".join(parts))
+    return notes
+
+
 def format_summary(summary: pd.DataFrame) -> str:
-    """A readable table: mean ± std over seeds."""
+    """A readable table: mean ± std over seeds, the settings that tell its lines apart, then notes."""
     def pm(row, m, digits=4):
         mean, std = row.get(f"{m}_mean", np.nan), row.get(f"{m}_std", np.nan)
         if pd.isna(mean):
             return "-"
         return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if pd.notna(std) else "")
 
+    if not len(summary):
+        return "(no rows)"
+    shown = ("dataset", "head", "loss", "reparam", "selection", "backbone")
+    varying, shared = distinguishing_settings(summary, shown)
     table = pd.DataFrame({
         "dataset": summary["dataset"], "head": summary["head"], "loss": summary["loss"],
         "reparam": summary["reparam"], "selection": summary["selection"], "backbone": summary["backbone"],
@@ -125,7 +346,11 @@ def format_summary(summary: pd.DataFrame) -> str:
         "width90": [pm(r, "width90", 2) for _, r in summary.iterrows()],
         "calibration": summary["calibration"].map(lambda c: str(c).split(":")[0]),
     })
-    return table.to_string(index=False)
+    if varying:
+        table["settings"] = [settings_label(r, varying) for _, r in summary.iterrows()]
+    lines = [table.to_string(index=False)]
+    lines += degenerate_notes(summary)
+    return "\n".join(lines)
 
 
 def write_summary_beside(path) -> pd.DataFrame:

@@ -2,14 +2,21 @@
 
 The run folder (from `dae fit`) names its feature file; that file's attributes give the clip protocol, the I3D
 weights (by sha256) and the decoder, so new videos go through the same stage one. Then every trained model of
-the chosen group (all seeds and folds) scores them, and the models are averaged: mu and the scale are the
-means over models, and the 90% interval is the mean of the models' interval ends (quantile averaging, exact
-for one model). Scores are in the units of the run's score range.
+the chosen group (all seeds and folds) scores them, and the models form an equal-weight mixture: mu is the mean
+of the models' mus, sigma the mixture's standard deviation, sqrt(mean of the models' variances + variance of
+their mus), so that seeds that disagree widen it, and the 90% interval is the mixture's 5% and 95% quantiles.
+Scores are in the units of the run's score range.
+
+How far a video is from what the run was trained on: its RMS standardised distance to the mean of the group's
+training features (per-dimension mean and std, recorded in model.pt by `dae fit`), and that distance's
+percentile among the training videos' own distances. Above FAR_PERCENTILE (farther than 99% of the training
+videos) a warning says the interval may be over-confident: the heads never saw such a feature.
 """
 from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 import tempfile
 from pathlib import Path
 
@@ -23,10 +30,12 @@ from dae.heads.calibration import Calibration
 from dae.heads.calibration import intervals as calibration_intervals
 from dae.heads.dae import DAEHead
 from dae.heads.distributions import StudentT, get_distribution, sample_scale
-from dae.heads.metrics import interval
 
 SUPPORTED_HEADS = ("dae", "mlp", "ridge", "core", "dae-core")
 LEVEL = 0.9
+FAR_PERCENTILE = 99.0
+# what makes features comparable with a run's: the clip protocol, the I3D weights and the backbone's name
+FEATURE_IDENTITY = ("protocol", "weights_sha256", "backbone")
 
 
 def load_run(run_dir) -> tuple[dict, dict]:
@@ -75,6 +84,76 @@ def select_models(blob: dict, group: str | None) -> list[dict]:
     return chosen
 
 
+def _canonical(key: str, value) -> str:
+    if key == "protocol":
+        try:
+            value = json.loads(value) if isinstance(value, str) else dict(value)
+        except (ValueError, TypeError):
+            return str(value)
+        return json.dumps(value, sort_keys=True, default=str)
+    return "" if value is None else str(value)
+
+
+def feature_mismatches(run_attrs: dict, given_attrs: dict) -> list[str]:
+    """What differs between how the run's training features and the --features file were made (empty: nothing)."""
+    out = []
+    for key in FEATURE_IDENTITY:
+        if key not in run_attrs:
+            continue  # runs from before config.json recorded it: nothing to compare with
+        ours, theirs = _canonical(key, run_attrs[key]), _canonical(key, given_attrs.get(key))
+        if ours != theirs:
+            if key == "protocol":
+                name = lambda text: (json.loads(text).get("name") if text.startswith("{") else text) or "none"
+                ours, theirs = name(ours), name(theirs)
+            elif key == "weights_sha256":
+                ours, theirs = ours[:12] + "...", (theirs[:12] + "...") if theirs else "none"
+            out.append(f"{key} {theirs or 'none'} (the run's: {ours})")
+    return out
+
+
+def _sd_per_scale(distribution) -> float:
+    """Standard deviation of the standard member of a distribution family (scale 1)."""
+    name = getattr(distribution, "name", "gaussian")
+    if name == "laplace":
+        return math.sqrt(2.0)
+    if name == "logistic":
+        return math.pi / math.sqrt(3.0)
+    if name.startswith("student-t"):
+        nu = float(distribution.nu)
+        return math.sqrt(nu / (nu - 2.0)) if nu > 2.0 else math.inf
+    return 1.0
+
+
+def _cdf(distribution, z):
+    from scipy import stats
+
+    name = getattr(distribution, "name", "gaussian")
+    if name == "laplace":
+        return stats.laplace.cdf(z)
+    if name == "logistic":
+        return stats.logistic.cdf(z)
+    if name.startswith("student-t"):
+        return stats.t.cdf(z, float(distribution.nu))
+    return stats.norm.cdf(z)
+
+
+def mixture_quantile(p: float, mus, scales, distributions) -> np.ndarray:
+    """The p-quantile of the equal-weight mixture of models k (mus[k], scales[k]: (N,) each) for every video."""
+    from scipy.optimize import brentq
+
+    mus, scales = np.asarray(mus, float), np.asarray(scales, float)
+    own = np.stack([m + d.standard_quantile(p) * s for m, s, d in zip(mus, scales, distributions)])
+    out = np.empty(mus.shape[1])
+    for i in range(mus.shape[1]):
+        lo, hi = own[:, i].min(), own[:, i].max()  # the mixture's quantile lies between its members'
+        if hi - lo <= 1e-12 * max(1.0, abs(hi)):
+            out[i] = lo
+            continue
+        f = lambda y: np.mean([_cdf(d, (y - m[i]) / s[i]) for m, s, d in zip(mus, scales, distributions)]) - p
+        out[i] = brentq(f, lo, hi, xtol=1e-12)
+    return out
+
+
 def _head_outputs(blob: dict, weights: dict, x: torch.Tensor, spec: dict):
     """One trained head's (mu, scale) on features x, normalised units; scale None for a point head."""
     xs = (x - weights["input_mean"]) / weights["input_std"]
@@ -91,10 +170,12 @@ def _head_outputs(blob: dict, weights: dict, x: torch.Tensor, spec: dict):
 
 
 @torch.no_grad()
-def score_features(blob: dict, models: list[dict], features: np.ndarray, difficulty=None, config: dict | None = None) -> dict:
-    """mu, the head's raw scale and 90% interval ends (N,) in score units, averaged over `models`; NaN where a head
-    has none. The interval is the run's calibrated one (model.pt `calibration`, with its fold models for conformal);
-    runs from before calibration, and core / dae-core, keep their raw interval.
+def score_features(blob: dict, models: list[dict], features: np.ndarray, difficulty=None,
+                   config: dict | None = None) -> dict:
+    """mu, sigma, 90% interval ends and the spread of mu over models, (N,) each in score units, of the models'
+    equal-weight mixture (module docstring); sigma and the interval NaN for heads without a spread. A run fitted
+    with --calibrate scale|conformal (model.pt `calibration`, with its fold models) gives its calibrated 90%
+    interval instead, averaged over models (quantile averaging, as predictions.csv's per model).
 
     core / dae-core vote with the training videos kept in the run (difficulty: the new videos' DD, for runs that
     compare same-difficulty exemplars; config: the run's config.json, for the voter count)."""
@@ -102,49 +183,112 @@ def score_features(blob: dict, models: list[dict], features: np.ndarray, difficu
     x = torch.as_tensor(np.asarray(features, dtype=np.float32))
     if x.shape[1] != int(blob["feature_dim"]):
         raise DaeError(f"the features are {x.shape[1]}-d but the run was trained on {blob['feature_dim']}-d")
-    width = hi - lo
-    per_model = []
-    nan = np.full(len(x), np.nan)
+    mus, scales, distributions = [], [], []
     for model in models:
+        xs = (x - model["input_mean"]) / model["input_std"]
+        state = model["state_dict"]
         if blob["head"] in ("core", "dae-core"):
             from dae.heads.core import DEFAULT_VOTERS, score_new_videos
 
             voters = ((config or {}).get("head_options") or {}).get("voters", DEFAULT_VOTERS)
             mu, scale = score_new_videos(blob["head"], model, x.numpy(), difficulty, blob["score_range"],
                                          blob["train"], voters)
-            if scale is None:
-                per_model.append((lo + mu * width, nan, nan, nan))
-            else:
-                lo90, hi90 = interval(mu, scale, LEVEL)
-                per_model.append((lo + mu * width, scale * width, lo + lo90 * width, lo + hi90 * width))
+            mus.append(np.asarray(mu, np.float64))
+            if scale is not None:
+                scales.append(np.asarray(scale, np.float64))
+                distributions.append(get_distribution("gaussian"))
+            continue
+        if blob["head"] == "ridge":
+            mus.append((xs.double() @ state["weight"].double().reshape(-1) + state["bias"].double()).numpy())
+            continue
+        hidden = [int(state[f"layers.{i}.weight"].shape[0]) for i in range(len(state) // 2 - 1)]
+        head = DAEHead(x.shape[1], hidden)
+        head.load_state_dict(state)
+        mu, log_var = head(xs)
+        mus.append(mu.double().numpy())
+        if blob["head"] == "mlp":
             continue
         spec = model["spec"]
-        mu, scale = _head_outputs(blob, model, x, spec)
-        mu, scale = lo + mu * width, (scale * width if scale is not None else None)
+        scales.append(sample_scale(torch.exp(0.5 * log_var.double()), spec.get("reparam", "sigma")).numpy())
         distribution = get_distribution(spec.get("distribution", "gaussian"))
         fitted_nu = model.get("distribution_params", {}).get("nu")
         if getattr(distribution, "learned_shape", False):  # the fitted nu (older runs lack it)
             distribution = StudentT(float(fitted_nu)) if fitted_nu is not None else None
-        fitted = model.get("calibration")
-        if fitted and distribution is not None:
-            cal = Calibration.from_fitted(fitted)
-            folds = [_head_outputs(blob, f, x, spec) for f in model.get("calibration_models", [])]
-            fold_mu = np.stack([lo + m * width for m, _ in folds]) if folds else None
-            fold_scale = np.stack([s * width for _, s in folds]) if folds and folds[0][1] is not None else None
-            lo90, hi90 = calibration_intervals(cal, mu, scale, distribution, fold_mu, fold_scale, (LEVEL,))[LEVEL]
-        elif scale is not None and distribution is not None:
-            lo90, hi90 = interval(mu, scale, LEVEL, distribution)
-        else:
-            lo90, hi90 = nan, nan
-        per_model.append((mu, scale if scale is not None else nan, lo90, hi90))
-    mu, scale, lo90, hi90 = (np.mean([m[k] for m in per_model], axis=0) for k in range(4))
-    return {"mu": mu, "sigma": scale, "lo90": lo90, "hi90": hi90}
+        distributions.append(distribution)
+    mus = np.stack(mus)
+    width = hi - lo
+    mu, spread = mus.mean(0), mus.std(0)  # ddof 0: the mixture's variance of its members' means
+    nan = np.full(len(mu), np.nan)
+    out = {"mu": lo + mu * width, "sigma": nan, "lo90": nan, "hi90": nan, "mu_spread": spread * width}
+    if scales and all(d is not None for d in distributions):
+        scales = np.stack(scales)
+        variances = np.stack([(s * _sd_per_scale(d)) ** 2 for s, d in zip(scales, distributions)])
+        out["sigma"] = np.sqrt(variances.mean(0) + spread ** 2) * width
+        tail = (1.0 - LEVEL) / 2.0
+        out["lo90"] = lo + mixture_quantile(tail, mus, scales, distributions) * width
+        out["hi90"] = lo + mixture_quantile(1.0 - tail, mus, scales, distributions) * width
+    if blob["head"] not in ("core", "dae-core") and all(
+            (m.get("calibration") or {}).get("method", "none") != "none" for m in models):
+        ends = [_calibrated_interval(blob, m, x, lo, hi) for m in models]
+        out["lo90"], out["hi90"] = (np.mean([e[k] for e in ends], axis=0) for k in (0, 1))
+    return out
+
+
+def _calibrated_interval(blob: dict, model: dict, x: torch.Tensor, lo: float, hi: float):
+    """One model's 90% interval (score units) from the calibrator `dae fit` fitted and its fold models."""
+    spec = model["spec"]
+    width = hi - lo
+    mu, scale = _head_outputs(blob, model, x, spec)
+    mu, scale = lo + mu * width, (scale * width if scale is not None else None)
+    distribution = get_distribution(spec.get("distribution", "gaussian"))
+    fitted_nu = model.get("distribution_params", {}).get("nu")
+    if getattr(distribution, "learned_shape", False) and fitted_nu is not None:
+        distribution = StudentT(float(fitted_nu))
+    folds = [_head_outputs(blob, f, x, spec) for f in model.get("calibration_models", [])]
+    fold_mu = np.stack([lo + m * width for m, _ in folds]) if folds else None
+    fold_scale = np.stack([s * width for _, s in folds]) if folds and folds[0][1] is not None else None
+    cal = Calibration.from_fitted(model["calibration"])
+    return calibration_intervals(cal, mu, scale, distribution, fold_mu, fold_scale, (LEVEL,))[LEVEL]
+
+
+def feature_reference(features: np.ndarray, rows: np.ndarray) -> dict:
+    """What `dae predict` needs to say how far a new feature is from the training features `features[rows]`:
+    their per-dimension mean and std and each training video's own distance (sorted)."""
+    train = np.asarray(features, np.float64)[np.asarray(rows)]
+    mean, std = train.mean(0), train.std(0)
+    std = np.where(std > 1e-12 * max(float(std.max()), 1e-300), std, 1.0)
+    ref = {"mean": torch.as_tensor(mean), "std": torch.as_tensor(std)}
+    ref["distances"] = torch.as_tensor(np.sort(feature_distance(ref, train)))
+    return ref
+
+
+def feature_distance(reference: dict, features: np.ndarray) -> np.ndarray:
+    """RMS standardised distance of each feature to the reference's mean."""
+    z = (np.asarray(features, np.float64) - reference["mean"].numpy()) / reference["std"].numpy()
+    return np.sqrt(np.mean(z * z, axis=1))
+
+
+def distance_percentile(reference: dict, distances: np.ndarray) -> np.ndarray:
+    """Percent of the training videos at most as far from their mean as each distance."""
+    own = reference["distances"].numpy()
+    return 100.0 * np.searchsorted(own, distances, side="right") / len(own)
+
+
+def group_references(features: np.ndarray, results) -> dict:
+    """One feature_reference per group, over the union of its models' training rows."""
+    rows: dict[str, set] = {}
+    for res in results:
+        rows.setdefault(str(res.job.tags.get("group", "")), set()).update(int(i) for i in res.job.train_rows)
+    return {group: feature_reference(features, np.array(sorted(r))) for group, r in rows.items()}
 
 
 def predict_videos(run_dir, videos, *, out=None, features=None, weights=None, group=None, device="auto",
-                   workers=None, batch_clips=None, decoder=None, difficulty=None, precision=None, echo=print,
-                   note=print) -> pd.DataFrame:
-    """Extract `videos` like the run's training features, score them, print and write a CSV. Returns its rows."""
+                   workers=None, batch_clips=None, decoder=None, difficulty=None, precision=None,
+                   allow_feature_mismatch=False, echo=print, note=print) -> pd.DataFrame:
+    """Extract `videos` like the run's training features, score them, print and write a CSV. Returns its rows.
+
+    features: a feature file whose protocol, weights and backbone must be the run's (refused otherwise, unless
+    allow_feature_mismatch: then every output line and the CSV's `warning` column say so)."""
     from dae.features.clips import protocol_from_json
     from dae.features.extract import run_extraction
     from dae.features.i3d import load_i3d
@@ -154,10 +298,20 @@ def predict_videos(run_dir, videos, *, out=None, features=None, weights=None, gr
     config, blob = load_run(run_dir)
     models = select_models(blob, group)
     attrs = config.get("feature_attrs") or {}
+    recorded = {**({"backbone": config["backbone"]} if config.get("backbone") else {}), **attrs}
     source = f"{run_dir}/config.json"
+    warning = ""
     if features is not None or not attrs.get("protocol"):  # --features given, or a run from before feature_attrs
         feature_file = find_feature_file(run_dir, config, features)
         attrs, source = read_features(feature_file).attrs, str(feature_file)
+        differences = feature_mismatches(recorded, attrs)
+        if differences and not allow_feature_mismatch:
+            raise DaeError(f"--features {feature_file} was not made like the run's training features: "
+                           f"{'; '.join(differences)}; use the run's own feature file, or pass "
+                           "--allow-feature-mismatch to score anyway (the output then says so)")
+        if differences:
+            warning = "features differ from the run's: " + "; ".join(differences)
+            note(f"warning: {warning} (--allow-feature-mismatch): the scores are not what the run would give")
     if not attrs.get("protocol") or not attrs.get("weights_sha256"):
         raise DaeError(f"{source} does not record a clip protocol and weights (the features were not made by "
                        "`dae extract`); dae predict cannot extract new videos the same way")
@@ -170,33 +324,57 @@ def predict_videos(run_dir, videos, *, out=None, features=None, weights=None, gr
     decoder = decoder or attrs.get("decoder") or "decord"
     precision = _extraction_precision(attrs, precision, note)
     tasks = tasks_for_files(videos)
+    out = Path(out) if out else Path(f"predictions-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}.csv")
     with tempfile.TemporaryDirectory(prefix="dae-predict-") as tmp:
-        result = run_extraction(tasks, Path(tmp) / "features.h5", protocol, device=device, precision=precision,
-                                batch_clips=batch_clips,
-                                workers=workers, model=model, decoder=decoder, progress=False, note=note,
-                                fail_log=Path(tmp) / "failures.csv")
+        try:
+            result = run_extraction(tasks, Path(tmp) / "features.h5", protocol, device=device, precision=precision,
+                                    batch_clips=batch_clips, workers=workers, model=model, decoder=decoder,
+                                    progress=False, note=note, fail_log=Path(tmp) / "failures.csv")
+        except DaeError:
+            failed = Path(tmp) / "failures.csv"
+            if not failed.is_file():
+                raise
+            reasons = pd.read_csv(failed, keep_default_na=False)
+            rows = pd.DataFrame({"video": reasons["video_id"], "error": reasons["error"]})
+            with atomic_path(out) as part:
+                rows.to_csv(part, index=False)
+            raise DaeError(f"no video could be scored ({len(rows)} failed; reasons in {out}): "
+                           + "; ".join(f"{v}: {e}" for v, e in zip(rows["video"], rows["error"]))) from None
         extracted = read_features(result.out) if result.video_ids else None
     rows = pd.DataFrame({"video": [t.video_id for t in tasks]})
-    for column in ("mu", "sigma", "lo90", "hi90"):
+    for column in ("mu", "sigma", "lo90", "hi90", "mu_spread", "distance", "distance_percentile"):
         rows[column] = np.nan
     if extracted is not None:
         scored = score_features(blob, models, extracted.features, difficulty, config)
+        reference = blob.get("feature_references", {}).get(str(models[0]["tags"].get("group", "")))
+        if reference is not None:
+            scored["distance"] = feature_distance(reference, extracted.features)
+            scored["distance_percentile"] = distance_percentile(reference, scored["distance"])
         where = rows["video"].isin(extracted.video_ids).to_numpy()
         order = {v: i for i, v in enumerate(extracted.video_ids)}
         index = [order[v] for v in rows["video"][where]]
         for column, values in scored.items():
             rows.loc[where, column] = values[index]
     errors = {vid: error for vid, _, error in result.failures}
+    far = rows["distance_percentile"] > FAR_PERCENTILE
     rows["models"] = len(models)
     rows["error"] = [errors.get(v, "") for v in rows["video"]]
-    out = Path(out) if out else Path(f"predictions-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}.csv")
+    if warning:
+        rows["warning"] = warning
     with atomic_path(out) as tmp:
         rows.to_csv(tmp, index=False)
     lo, hi = blob["score_range"]
-    labels = sorted({str(m.get("calibration", {}).get("label", "none (a run from before calibration)")) for m in models})
+    labels = sorted({str((m.get("calibration") or {}).get("label", "none")) for m in models})
     echo(f"run {run_dir} ({blob['head']}, {len(models)} models averaged; scores in {lo:g}..{hi:g}; 90% interval "
          f"calibration: {', '.join(labels)})")
+    if warning:
+        echo(f"WARNING: {warning}; scored anyway (--allow-feature-mismatch)")
     echo(format_predictions(rows))
+    for video in rows.loc[far, "video"]:
+        echo(f"warning: {video} is farther from the run's training features than {FAR_PERCENTILE:g}% of its training "
+             "videos: the heads never saw such a feature, its interval may be over-confident")
+    if "feature_references" not in blob:
+        echo("note: this run predates recorded training features: no distance to them (refit to get one)")
     echo(f"written to {out}")
     return rows
 
@@ -215,7 +393,8 @@ def _extraction_precision(attrs: dict, asked: str | None, note) -> str | None:
 
 
 def format_predictions(rows: pd.DataFrame) -> str:
-    lines = [f"{'video':<40} {'mu':>9} {'sigma':>9} {'90% interval':>21}"]
+    """One line per video; `far %` = the video's distance percentile among the training videos' (module docstring)."""
+    lines = [f"{'video':<40} {'mu':>9} {'sigma':>9} {'90% interval':>21} {'far %':>6}"]
     for _, r in rows.iterrows():
         name = r["video"] if len(r["video"]) <= 40 else "..." + r["video"][-37:]
         if r["error"]:
@@ -223,5 +402,6 @@ def format_predictions(rows: pd.DataFrame) -> str:
             continue
         spread = f"{r['sigma']:9.3f}" if np.isfinite(r["sigma"]) else f"{'-':>9}"
         span = f"[{r['lo90']:8.3f}, {r['hi90']:8.3f}]" if np.isfinite(r["lo90"]) else f"{'-':>21}"
-        lines.append(f"{name:<40} {r['mu']:9.3f} {spread} {span}")
+        far = f"{r['distance_percentile']:6.1f}" if np.isfinite(r["distance_percentile"]) else f"{'-':>6}"
+        lines.append(f"{name:<40} {r['mu']:9.3f} {spread} {span} {far}")
     return "\n".join(lines)

@@ -1,4 +1,4 @@
-"""Benchmark protocols from the dataset cards: test-set selection windows, protocol checks, summaries, runner.
+"""Benchmark protocols from the dataset cards: test-set selection windows and the split-rule check.
 
 Selection rules (the `selection` column always says which one a row used):
 - `last`: the weights after the last epoch (our default).
@@ -16,22 +16,18 @@ Both windowed rules look at the test folds: they exist to compare with the paper
 the window mean, `spearman_last_epoch` the last epoch's, `selected_epoch` the window's last epoch and
 `selection_window` its first-last epochs (1-based); the other metrics and the saved model are the last epoch's.
 
-Averages (the card's `fold_average` and `group_average`): Fisher z (tanh of the mean arctanh) over the folds
-of a group, then over the groups; `mean` averages folds with a plain mean, as MUSDL's JIGSAWS code does.
+Averages (the card's `fold_average` and `group_average`) are applied by the one summary rule,
+`dae.pipeline.leaderboard.summarise`: over the folds of a group, then over the groups.
 """
 from __future__ import annotations
-
-import dataclasses
 
 import numpy as np
 import pandas as pd
 
 from dae.errors import UsageError
-from dae.heads.metrics import fisher_z_mean
 
 WINDOW_EPOCHS = 10
 WINDOW_SELECTIONS = ("last10", "best10-consecutive")
-FOLD_AVERAGES = ("fisher-z", "mean")
 
 
 def last_window(curve, width: int = WINDOW_EPOCHS) -> tuple[int, int]:
@@ -108,104 +104,10 @@ def check_protocol(card: dict, manifest: pd.DataFrame) -> str:
     return f"{name} ({rule}; {averages}): " + "; ".join(parts)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Summaries
+def check_card_protocol(dataset: str, manifest: pd.DataFrame) -> str | None:
+    """check_protocol against the card of `dataset` (None when no card has that name: nothing to check)."""
+    from dae.data_manifests.cards import card_names, load_card
 
-def _average(values, how: str) -> float:
-    values = pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(float)
-    if how == "mean":
-        finite = values[np.isfinite(values)]
-        return float(finite.mean()) if len(finite) else float("nan")
-    return fisher_z_mean(values)
-
-
-def protocol_summary(rows: pd.DataFrame, fold_average: str = "fisher-z", group_average: str = "fisher-z",
-                     by_group: bool = False) -> pd.DataFrame:
-    """Mean and std over seeds of each configuration's Spearman, averaged as the protocol says: over the folds
-    of a group (fold_average), then over groups (group_average). Other metrics: plain means over all rows.
-    One line per configuration (group `all`, or `average` over several groups), and with by_group one per group.
-    """
-    from dae.pipeline.leaderboard import CONFIG_KEYS, METRICS
-
-    for how in (fold_average, group_average):
-        if how not in FOLD_AVERAGES:
-            raise UsageError(f"unknown average {how!r} (choose from {', '.join(FOLD_AVERAGES)})")
-    rows = rows.copy()
-    for key in (*CONFIG_KEYS, "group"):
-        if key not in rows.columns:
-            rows[key] = ""
-    rows[list(CONFIG_KEYS) + ["group"]] = rows[list(CONFIG_KEYS) + ["group"]].astype(object).fillna("").astype(str)
-    if "uses_difficulty" not in rows.columns:
-        rows["uses_difficulty"] = ""
-    per_seed = []
-    for key, part in rows.groupby(list(CONFIG_KEYS) + ["seed"], sort=False, dropna=False):
-        config = dict(zip(CONFIG_KEYS, key[:-1]))
-        groups = {g: _average(p["spearman"], fold_average) for g, p in part.groupby("group", sort=True)}
-        overall = {"group": "average" if len(groups) > 1 else (next(iter(groups)) or "all"),
-                   "spearman": _average(list(groups.values()), group_average), "units": len(part)}
-        for m in METRICS:
-            if m != "spearman" and m in part:
-                overall[m] = pd.to_numeric(part[m], errors="coerce").mean()
-        dd = part["uses_difficulty"].fillna("").astype(str)
-        per_seed.append({**config, "seed": key[-1], "uses_difficulty": dd.iloc[0], "order": 0, **overall})
-        if by_group and len(groups) > 1:
-            for g, p in part.groupby("group", sort=True):
-                entry = {**config, "seed": key[-1], "uses_difficulty": dd.iloc[0], "order": 1, "group": g,
-                         "spearman": groups[g], "units": len(p)}
-                for m in METRICS:
-                    if m != "spearman" and m in p:
-                        entry[m] = pd.to_numeric(p[m], errors="coerce").mean()
-                per_seed.append(entry)
-    per_seed = pd.DataFrame(per_seed)
-    out = []
-    for key, part in per_seed.groupby(list(CONFIG_KEYS) + ["order", "group"], sort=False, dropna=False):
-        entry = dict(zip(CONFIG_KEYS, key[:-2]))
-        entry.update(group=key[-1], uses_difficulty=part["uses_difficulty"].iloc[0], seeds=len(part),
-                     units_per_seed=int(part["units"].max()))
-        for m in METRICS:
-            if m in part:
-                values = pd.to_numeric(part[m], errors="coerce")
-                entry[f"{m}_mean"] = values.mean()
-                entry[f"{m}_std"] = values.std(ddof=1) if len(part) > 1 else np.nan
-        out.append(entry)
-    return pd.DataFrame(out)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Runner
-
-def card_score_range(card: dict, manifest: pd.DataFrame) -> tuple[float, float]:
-    """The card's score range for the manifest's target (column `target`, Fis-V / RG)."""
-    from dae.data_manifests.cards import score_range
-
-    target = str(manifest["target"].iloc[0]) if "target" in manifest.columns else None
-    return score_range(card, target)
-
-
-def run_protocol(fs, manifest: pd.DataFrame, dataset: str, heads=("dae",), selections=None, seeds=(0,),
-                 config=None, specs=None, head_options=None, echo=None) -> pd.DataFrame:
-    """Train every head under every selection rule of the dataset's card (or `selections`) on the card's
-    protocol; return all leaderboard rows. The manifest must follow the card (checked first)."""
-    from dae.data_manifests.cards import load_card
-    from dae.heads.trainer import HeadSpec, TrainConfig
-    from dae.pipeline.fit import FitPlan, fit_models
-
-    card = load_card(dataset)
-    description = check_protocol(card, manifest)
-    if echo:
-        echo(description)
-    config = config or TrainConfig()
-    selections = list(selections or card["selection_rules"])
-    score_range = card_score_range(card, manifest)
-    base_specs = specs or [HeadSpec()]
-    all_rows = []
-    for head in heads:
-        for selection in selections:
-            if head == "ridge" and selection != "last":
-                continue  # closed form: no epochs to select among
-            plan_specs = [dataclasses.replace(s, seed=seed) for s in base_specs for seed in seeds]
-            plan = FitPlan(head=head, specs=plan_specs, config=dataclasses.replace(config, selection=selection),
-                           dataset=dataset, score_range=score_range, head_options=head_options)
-            rows, _, _ = fit_models(fs, manifest, plan, f"{dataset} manifest")
-            all_rows.append(rows)
-    return pd.concat(all_rows, ignore_index=True)
+    if dataset not in card_names():
+        return None
+    return check_protocol(load_card(dataset), manifest)

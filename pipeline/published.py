@@ -15,6 +15,9 @@ from dae.errors import DaeError, UsageError
 FORMATS = ("table", "csv", "markdown")
 SHOWN_METRICS = (("spearman", 4), ("rl2x100", 3), ("crps", 3), ("coverage90", 2))
 SETTING = {"this-run": "cached features", "published": "fine-tuned"}
+# settings that have their own column in the table; the others appear in `settings` where they tell lines apart
+SHOWN_SETTINGS = ("source", "dataset", "head", "loss", "distribution", "reparam", "prediction", "selection",
+                  "uses_difficulty", "backbone")
 NOTE = ("ours: mean ± std over seeds of heads trained on cached features (the backbone column names them; "
         "not fine-tuned here); published: as reported, backbone fine-tuned end to end -- a different setting, "
         "not a like-for-like comparison.")
@@ -33,7 +36,8 @@ def published_rows(datasets=None) -> pd.DataFrame:
                 "source": "published", "dataset": name, "group": ref["group"], "head": ref["method"],
                 "selection": ref.get("selection", "not stated"), "backbone": ref["backbone"],
                 "uses_difficulty": ref.get("uses_difficulty", "not stated" if has_dd else "no"),
-                f"{ref['metric']}_mean": float(ref["value"]), "paper": ref["paper"], "note": ref.get("note", ""),
+                f"{ref['metric']}_mean": float(ref["value"]), "paper": ref["paper"], "reference": ref["source"],
+                "note": ref.get("note", ""),
             })
     return pd.DataFrame(rows)
 
@@ -45,28 +49,27 @@ def _variant(row) -> str:
 
 def leaderboard_table(rows: pd.DataFrame, published: bool = False, datasets=None, by_group: bool = False,
                       fold_average: str | None = None) -> pd.DataFrame:
-    """Ours (summarised per configuration) then, per dataset, the published rows; numeric columns.
+    """Ours (summarised per configuration by `leaderboard.summarise`) then, per dataset, the published rows.
 
-    fold_average None follows each dataset's card (Fisher z where the card has none); `mean` is MUSDL's."""
-    from dae.data_manifests.cards import card_names, load_card
-    from dae.pipeline.protocols import protocol_summary
+    fold_average None follows each dataset's card (Fisher z where the card has none); `mean` is MUSDL's.
+    The `settings` column names the settings that tell our lines of one dataset apart."""
+    from dae.data_manifests.cards import card_names
+    from dae.pipeline.leaderboard import distinguishing_settings, settings_label, setting_columns, summarise
 
     ours = rows[rows["source"].fillna("this-run") != "published"] if "source" in rows else rows
     if datasets is not None:
         ours = ours[ours["dataset"].astype(str).isin(list(datasets))]
     known = set(card_names())
-    parts = []
-    for dataset, part in ours.groupby(ours["dataset"].astype(str), sort=False):
-        card = load_card(dataset) if dataset in known else None
-        folds = fold_average or (card["fold_average"] if card and card["fold_average"] != "none" else "fisher-z")
-        groups = card["group_average"] if card and card["group_average"] != "none" else "fisher-z"
-        summary = protocol_summary(part, fold_average=folds, group_average=groups, by_group=by_group)
-        summary["fold_average"] = folds
-        parts.append(summary)
-    table = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+    table = summarise(ours, fold_average=fold_average, by_group=by_group) if len(ours) else pd.DataFrame()
+    setting_keys = []
     if len(table):
         table["variant"] = [_variant(r) for _, r in table.iterrows()]
         table["source"] = "this-run"
+        table["settings"] = ""
+        for _, idx in table.groupby("dataset", sort=False).groups.items():
+            varying, _ = distinguishing_settings(table.loc[idx], SHOWN_SETTINGS)
+            table.loc[idx, "settings"] = [settings_label(r, varying) for _, r in table.loc[idx].iterrows()]
+        setting_keys = [k for k in setting_columns(table) if k in table.columns and k not in SHOWN_SETTINGS]
     if published:
         names = list(datasets) if datasets is not None else [d for d in table.get("dataset", []) if d in known]
         ref = published_rows(list(dict.fromkeys(names)))
@@ -80,10 +83,11 @@ def leaderboard_table(rows: pd.DataFrame, published: bool = False, datasets=None
     table["_order"] = table["dataset"].map(order)
     table = table.sort_values(["_order", "source"], ascending=[True, False], kind="stable").drop(columns="_order")
     columns = ["source", "setting", "dataset", "group", "head", "variant", "selection", "uses_difficulty",
-               "backbone", "seeds", "fold_average"]
+               "backbone", "settings", "seeds", "units_per_seed", "fold_average"]
     for metric, _ in SHOWN_METRICS:
         columns += [f"{metric}_mean", f"{metric}_std"]
-    columns += ["paper", "note"]
+    columns += ["spearman_degenerate", "spearman_nan", "paper", "reference", "note"]
+    columns += [k for k in setting_keys if k not in columns]
     return table.reindex(columns=columns).reset_index(drop=True)
 
 
@@ -115,8 +119,10 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame({
         "source": table["source"], "setting": table["setting"], "dataset": table["dataset"], "group": table["group"], "method": table["head"],
         "variant": table["variant"], "selection": table["selection"], "DD": table["uses_difficulty"],
-        "backbone": table["backbone"], "seeds": [_cell(v) for v in table["seeds"]],
+        "backbone": table["backbone"], "settings": table["settings"], "seeds": [_cell(v) for v in table["seeds"]],
     })
+    if not out["settings"].fillna("").astype(str).str.len().any():
+        out = out.drop(columns="settings")
     for metric, digits in SHOWN_METRICS:
         cells = []
         for source, mean, std in zip(table["source"], table[f"{metric}_mean"], table[f"{metric}_std"]):
@@ -129,7 +135,23 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
             cells.append(cell)
         out[metric] = cells
     out["paper"] = [_short_reference(_cell(p)) for p in table["paper"]]
+    out["number from"] = [_cell(r) for r in table["reference"]]
     return out.fillna("")
+
+
+def table_notes(table: pd.DataFrame) -> list[str]:
+    """Below the table: per dataset, the settings all our lines share; then degenerate or undefined folds."""
+    from dae.pipeline.leaderboard import degenerate_notes, distinguishing_settings, settings_label
+
+    ours = table[table["source"] == "this-run"] if "source" in table else table.iloc[:0]
+    notes = []
+    for dataset, part in ours.groupby("dataset", sort=False):
+        _, shared = distinguishing_settings(part.drop(columns=[c for c in SHOWN_SETTINGS if c in part.columns]))
+        if shared:
+            notes.append(f"{dataset}, shared by every line: {settings_label(shared, list(shared))}")
+    label = lambda r: " ".join(str(r[k]) for k in ("dataset", "group", "head", "variant", "settings")
+                               if isinstance(r.get(k), str) and r.get(k))
+    return notes + degenerate_notes(ours, label)
 
 
 def render(table: pd.DataFrame, fmt: str = "table") -> str:
@@ -141,12 +163,13 @@ def render(table: pd.DataFrame, fmt: str = "table") -> str:
     if fmt == "csv":
         return table.to_csv(index=False).rstrip("\n")
     shown = display_table(table)
+    notes = table_notes(table)
     if fmt == "markdown":
         head = "| " + " | ".join(shown.columns) + " |"
         rule = "|" + "|".join("---" for _ in shown.columns) + "|"
         body = ["| " + " | ".join(str(v).replace("|", "\\|") for v in row) + " |" for row in shown.to_numpy()]
-        return "\n".join([head, rule, *body, "", f"_{NOTE}_"])
-    return shown.to_string(index=False) + "\n\n" + NOTE
+        return "\n".join([head, rule, *body, "", *[f"- {n}" for n in notes], *([""] if notes else []), f"_{NOTE}_"])
+    return shown.to_string(index=False) + "\n\n" + "".join(f"{n}\n" for n in notes) + NOTE
 
 
 def show_leaderboard(path, published: bool = False, fmt: str = "table", datasets=None, by_group: bool = False,
@@ -159,4 +182,26 @@ def show_leaderboard(path, published: bool = False, fmt: str = "table", datasets
     if missing:
         raise DaeError(f"leaderboard {path} lacks column(s) {', '.join(missing)}")
     table = leaderboard_table(rows, published, datasets, by_group, fold_average)
-    return render(table, fmt)
+    text = render(table, fmt)
+    if published and fmt != "csv":
+        notes = without_published_rows(table)
+        text += "".join(f"\n{note}" for note in notes) if fmt == "table" else "".join(f"\n\n_{n}_" for n in notes)
+    return text
+
+
+def without_published_rows(table: pd.DataFrame) -> list[str]:
+    """--published: one line per dataset of ours that has no published row to show beside it."""
+    from dae.data_manifests.cards import card_names
+
+    if not len(table):
+        return []
+    have = set(table.loc[table["source"] == "published", "dataset"])
+    notes = []
+    for dataset in dict.fromkeys(table.loc[table["source"] == "this-run", "dataset"]):
+        if dataset in have:
+            continue
+        if dataset in card_names():
+            notes.append(f"--published: the {dataset} card lists no published rows yet")
+        else:
+            notes.append(f"--published: {dataset} has no dataset card, so no published rows")
+    return notes

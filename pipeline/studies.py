@@ -458,11 +458,18 @@ def run_study_files(study: str, features, manifest, seeds, config: TrainConfig, 
 
     from dae.features.manifest import read_manifest
     from dae.features.store import content_sha256, read_features
-    from dae.pipeline.leaderboard import append_rows, write_summary_beside
+    from dae.pipeline.leaderboard import (append_rows, check_leaderboard_writable, rows_appended,
+                                          write_summary_beside)
 
     specs = study_specs(study, seeds, losses, distributions, reparams)
     fs = read_features(features)
     df = read_manifest(manifest)
+    if dataset:  # a dataset card: the manifest must follow its split rule
+        from dae.pipeline.protocols import check_card_protocol
+
+        described = check_card_protocol(dataset, df)
+        if described:
+            echo(f"protocol: {described}")
     dataset = dataset or Path(manifest).stem
     plan = FitPlan(head=head, specs=specs, config=config, dataset=dataset, score_range=score_range,
                    calibrate=calibrate, calibration_folds=calibration_folds)
@@ -473,7 +480,7 @@ def run_study_files(study: str, features, manifest, seeds, config: TrainConfig, 
         require_matplotlib()
         writable_dir(plots, "--plots folder")
     if leaderboard:
-        writable_dir(Path(leaderboard).parent, "--leaderboard folder")
+        check_leaderboard_writable(leaderboard)
     echo(f"study {study}: training {len(specs)} models per protocol cell ({len(specs) // len(seeds)} configurations x "
          f"{len(seeds)} seeds), {config.epochs} epochs, batch {config.batch_size} ...")
     result = run_study(study, fs, df, plan, n_jobs=n_jobs, backend=backend, scheduler=scheduler, threads=threads,
@@ -495,5 +502,5 @@ def run_study_files(study: str, features, manifest, seeds, config: TrainConfig, 
     if leaderboard:
         append_rows(leaderboard, result.rows)
         write_summary_beside(leaderboard)
-        echo(f"{len(result.rows)} rows appended to {leaderboard}")
+        echo(rows_appended(len(result.rows), leaderboard))
     return result

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from dae import __version__
-from dae.atomic import atomic_dir, check_new_dir, new_run_dir, writable_dir
+from dae.atomic import atomic_dir, check_new_dir, new_run_dir
 from dae.errors import UsageError
 from dae.heads.distributions import get_distribution
 from dae.heads.exemplars import RULES
@@ -97,7 +97,8 @@ def run_voters_study_files(features, manifest, plan, voters=VOTERS, rules=None, 
 
     from dae.features.manifest import read_manifest
     from dae.features.store import content_sha256, read_features
-    from dae.pipeline.leaderboard import append_rows, write_summary_beside
+    from dae.pipeline.leaderboard import (append_rows, check_leaderboard_writable, rows_appended,
+                                          write_summary_beside)
 
     fs = read_features(features)
     df = read_manifest(manifest)
@@ -106,7 +107,7 @@ def run_voters_study_files(features, manifest, plan, voters=VOTERS, rules=None, 
     out = Path(out) if out else new_run_dir(f"{plan.dataset or 'run'}-ablate-voters")
     check_new_dir(out, "study folder")
     if leaderboard:
-        writable_dir(Path(leaderboard).parent, "--leaderboard folder")
+        check_leaderboard_writable(leaderboard)
     rows, table = run_voters_study(fs, df, plan, voters, rules, Path(manifest).name, note=echo)
     rows["run_dir"] = str(out)
     report = ("study voters: how many exemplars vote, and which exemplar rule "
@@ -127,5 +128,5 @@ def run_voters_study_files(features, manifest, plan, voters=VOTERS, rules=None, 
     if leaderboard:
         append_rows(leaderboard, rows)
         write_summary_beside(leaderboard)
-        echo(f"{len(rows)} rows appended to {leaderboard}")
+        echo(rows_appended(len(rows), leaderboard))
     return rows, table

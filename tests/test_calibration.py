@@ -252,7 +252,7 @@ def test_too_few_training_rows_to_calibrate_is_a_usage_error_and_writes_nothing(
 
 
 @pytest.mark.parametrize("head,method", [("dae", "conformal"), ("dae", "scale"), ("ridge", "conformal"),
-                                         ("mlp", "scale"), ("dae", "none")])
+                                         ("mlp", "scale")])
 def test_predict_applies_the_runs_fitted_calibrator(tmp_path, head, method, one_thread):
     """Scoring the run's own test features again (what `dae predict` does after extraction) gives the
     calibrated 90% intervals of predictions.csv: model.pt holds the calibrator and the fold models."""

@@ -63,6 +63,32 @@ def test_core_reference_rows_name_their_table_and_setting():
                and r["method"] == "CoRe")
 
 
+def test_every_published_number_names_where_it_is_printed():
+    for name in cards.card_names():
+        for row in cards.load_card(name)["published"]:
+            assert row["source"].startswith(("paper: ", "repository: ")), (name, row["method"])
+    mtl = {row["method"]: row for row in cards.load_card("mtl-aqa")["published"]}
+    for method in ("USDL", "MUSDL"):  # best test epochs of the MUSDL repository's logs, not the CVPR table
+        assert mtl[method]["source"].startswith(f"repository: nzl-thu/MUSDL @ 274ad6b, MTL-AQA/exp/{method}.log")
+        logged = float(mtl[method]["source"].split("best test correlation ")[1].split()[0])
+        assert round(logged, 4) == mtl[method]["value"] and mtl[method]["selection"] == "best-test"
+    bad = {**cards.load_card("jigsaws"), "published": [{**cards.load_card("jigsaws")["published"][0],
+                                                         "source": "CVPR 2020"}]}
+    with pytest.raises(cards.DaeError, match="source must name"):
+        cards.check_card(bad, "jigsaws.toml")
+
+
+@needs_data
+def test_jigsaws_musdl_numbers_are_the_repositorys_spreadsheet():
+    """The MUSDL rows cite nzl-thu/MUSDL's JIGSAWS_avg.xls by cell: read those cells from the shared copy."""
+    sheet = __import__("pandas").read_excel(RAW / "nzl-thu_MUSDL" / "JIGSAWS" / "JIGSAWS_avg.xls", header=None)
+    cell = lambda ref: sheet.iloc[int(ref[1:]) - 1, ord(ref[0]) - ord("A")]
+    for row in cards.load_card("jigsaws")["published"]:
+        if row["source"].startswith("repository: nzl-thu/MUSDL @ 274ad6b, JIGSAWS/JIGSAWS_avg.xls, cell "):
+            ref = row["source"].split(", cell ")[1].split()[0]
+            assert round(float(cell(ref)), 2) == row["value"], (row["group"], ref)
+
+
 def test_jigsaws_group_names_match_the_manifest_groups():
     groups = {row["group"] for row in cards.load_card("jigsaws")["published"]} - {"average"}
     assert groups == {"Suturing", "Needle_Passing", "Knot_Tying"}

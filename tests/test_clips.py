@@ -39,14 +39,31 @@ def test_a_short_video_is_padded_by_repeating_its_last_frame():
         clip_indices(parse_protocol("mtl-aqa"), 0)
 
 
-def test_jigsaws_spreads_160_frames_over_the_whole_video_in_10_consecutive_clips():
+def test_jigsaws_is_musdls_protocol_160_truncated_indices_in_10_consecutive_clips():
+    """MUSDL's JIGSAWS/dataset.py: np.linspace(0, n - 1, 160, dtype=int) -- truncation, not rounding."""
     protocol = parse_protocol("jigsaws")
+    for n in (40, 100, 160, 319, 1000, 4567):
+        np.testing.assert_array_equal(clip_indices(protocol, n).reshape(-1),
+                                      np.linspace(0, n - 1, 160, dtype=int), err_msg=str(n))
+    np.testing.assert_array_equal(clip_indices(protocol, 100)[0, :4], [0, 0, 1, 1])  # rounding gave 0, 1, 1, 2
     np.testing.assert_array_equal(clip_indices(protocol, 160), np.arange(160).reshape(10, 16))
-    np.testing.assert_array_equal(clip_indices(protocol, 319), (2 * np.arange(160)).reshape(10, 16))
-    long = clip_indices(protocol, 1000).reshape(-1)
-    assert long[0] == 0 and long[-1] == 999 and np.all(np.diff(long) > 0)
     short = clip_indices(protocol, 40).reshape(-1)  # fewer frames than 160: frames repeat, in order
     assert short[0] == 0 and short[-1] == 39 and np.all(np.diff(short) >= 0) and set(short) == set(range(40))
+
+
+def test_jigsaws_center_crops_224_from_the_unresized_frame():
+    protocol = parse_protocol("jigsaws")
+    frames = noise_frames(2, 480, 640, seed=7)  # JIGSAWS's 640x480
+    out = preprocess_frames(frames, protocol)
+    expected = frames[:, 128:352, 208:432].transpose(0, 3, 1, 2) / 127.5 - 1.0  # round((480 - 224) / 2) = 128
+    np.testing.assert_allclose(out.numpy(), expected, atol=1e-6)
+    small = noise_frames(1, 61, 97, seed=8)  # smaller than the crop: zero-padded around it, as CenterCrop does
+    out = preprocess_frames(small, protocol)
+    np.testing.assert_allclose(out[0, :, 81:142, 63:160].numpy(), small[0].transpose(2, 0, 1) / 127.5 - 1, atol=1e-6)
+    assert out[0, :, :81].eq(-1).all() and out[0, :, :, 160:].eq(-1).all()
+    recorded = {**json.loads(protocol.to_json()), "version": 1}
+    with pytest.raises(DaeError, match="different settings"):  # files of the old rounded, resized jigsaws
+        protocol_from_json(json.dumps(recorded))
 
 
 def test_uniform_spreads_n_clips_from_the_first_to_the_last_frame():
@@ -90,7 +107,7 @@ def test_frames_already_at_the_resize_size_are_only_cropped_and_scaled():
     np.testing.assert_allclose(out.numpy(), frames[:, 16:240, 48:272].transpose(0, 3, 1, 2) / 127.5 - 1.0, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["mtl-aqa", "jigsaws", "uniform:2"])
+@pytest.mark.parametrize("name", ["mtl-aqa", "uniform:2"])
 def test_resized_pixels_stay_in_range_and_keep_colours(name):
     levels = np.array([0, 255, 51], dtype=np.uint8)  # black, white, and a level in between, on R, G, B
     frames = np.broadcast_to(levels, (3, 61, 97, 3)).copy()
@@ -116,7 +133,8 @@ def test_short_side_resize_keeps_the_aspect_ratio():
 @pytest.mark.parametrize("name,num_frames", [("mtl-aqa", 120), ("mtl-aqa", 50), ("jigsaws", 100), ("uniform:3x8", 64)])
 def test_clips_of_a_real_video_hold_the_protocol_frames(tmp_path, decoder, name, num_frames):
     protocol = parse_protocol(name)
-    path = write_video(tmp_path / "v.mkv", gray_frames(num_frames, 61, 97, step=2), "ffv1")
+    size = (228, 240) if name == "jigsaws" else (61, 97)  # jigsaws crops without resizing: frames of 224 or more
+    path = write_video(tmp_path / "v.mkv", gray_frames(num_frames, *size, step=2), "ffv1")
     with open_video(path, decoder) as reader:
         clips = read_clips(reader, protocol)
     assert clips.shape == (protocol.num_clips, 3, protocol.frames_per_clip, 224, 224)

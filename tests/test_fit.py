@@ -39,8 +39,9 @@ def test_fit_writes_run_folder_predictions_and_leaderboard(tmp_path):
     assert (preds["lo90"] < preds["mu"]).all() and (preds["mu"] < preds["hi90"]).all()
     assert (preds["mu"].between(20, 80)).all()  # reported in score units, not normalised
     saved = torch.load(run / "model.pt", weights_only=True)
-    assert len(saved["models"]) == 2 and saved["score_range"] == pytest.approx(
-        [pd.read_csv(manifest)["score"].min(), pd.read_csv(manifest)["score"].max()])
+    train = pd.read_csv(manifest).query("split == 'train'")["score"]  # the training rows' range: test never sets it
+    assert len(saved["models"]) == 2 and saved["score_range"] == pytest.approx([train.min(), train.max()])
+    assert config["score_range_source"] == "training rows min..max"
     assert (board.with_name("L.summary.csv")).exists()
 
     # never overwrite a run; the leaderboard only grows
@@ -241,3 +242,20 @@ def test_fit_shows_progress_epochs_eta_and_training_loss(tmp_path):
                                    str(tmp_path / "run"), "--epochs", "3"])
     assert res.exit_code == 0, res.output
     assert "fit: 0/3 epochs already done; starting (progress every 30 s)" in res.stderr
+
+
+def test_a_partly_diverged_fit_marks_the_failed_models_and_keeps_them_out_of_the_summary(tmp_path):
+    """Group a's features overflow, group b's do not: exit 0, a's row says failed, the summary holds b only."""
+    features, manifest = write_features_and_manifest(tmp_path, n=120, extra={"group": ["a", "b"] * 60})
+    with h5py.File(features, "r+") as f:
+        x = f["features"][...]
+        x[0] = 3e38  # a group-a training video
+        f["features"][...] = x
+    board = tmp_path / "L.csv"
+    res = fit("--features", features, "--manifest", manifest, "--out", tmp_path / "run", "--epochs", 3,
+              "--leaderboard", board)
+    assert res.exit_code == 0, res.output
+    assert "warning: model (seed 0, group a) failed: non-finite training loss" in res.output
+    rows = pd.read_csv(board).set_index("group")
+    assert rows.loc["a", "status"].startswith("failed: non-finite") and rows.loc["b", "status"] == "ok"
+    assert np.isnan(rows.loc["a", "spearman"]) and np.isfinite(rows.loc["b", "spearman"])

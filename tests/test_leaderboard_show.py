@@ -125,3 +125,22 @@ def test_show_errors_and_datasets_without_a_card(tmp_path):
     res = run("leaderboard", "show", board, "--published", "--dataset", "mtl-aqa", "--format", "csv")
     table = pd.read_csv(io.StringIO(res.output))
     assert (table["source"] == "published").sum() == 11 and (table["source"] == "this-run").sum() == 0
+
+
+def test_published_says_when_a_dataset_has_no_published_rows(tmp_path):
+    board = tmp_path / "L.csv"
+    pd.DataFrame({"dataset": ["finediving", "finediving", "my-data"], "head": "dae", "seed": [0, 1, 0],
+                  "spearman": [0.8, 0.82, 0.5], "source": "this-run"}).to_csv(board, index=False)
+    res = run("leaderboard", "show", board, "--published")
+    assert res.exit_code == 0, res.output
+    assert "--published: the finediving card lists no published rows yet" in res.output
+    assert "--published: my-data has no dataset card, so no published rows" in res.output
+    res = run("leaderboard", "show", board, "--published", "--format", "csv")
+    assert "--published" not in res.output  # CSV stays a table
+
+
+def test_published_rows_name_where_their_number_is_printed(jigsaws_board):
+    res = run("leaderboard", "show", jigsaws_board, "--published")
+    theirs = [line for line in res.output.splitlines() if line.lstrip().startswith("published")]
+    assert all("paper: " in line or "repository: " in line for line in theirs)
+    assert any("JIGSAWS_avg.xls, cell G14" in line and " 0.70 " in line for line in theirs)

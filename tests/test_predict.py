@@ -42,12 +42,30 @@ def test_predict_reproduces_the_runs_test_predictions_averaged_over_seeds(traine
     assert list(rows["video"]) == [str(videos / "p4.mp4"), str(videos / "p5.mp4"), str(broken)]
     assert rows["error"][2] and not rows["error"][0] and not rows["error"][1]
 
-    fitted = pd.read_csv(run / "predictions.csv").groupby("video_id")[["mu", "sigma", "lo90", "hi90"]].mean()
+    fitted = mixture_of_seeds(pd.read_csv(run / "predictions.csv"))
     for i, vid in enumerate(["p4", "p5"]):
         for column in ("mu", "sigma", "lo90", "hi90"):
             # the features differ from the run's by float rounding only (other videos shared their batch)
             assert float(rows[column][i]) == pytest.approx(fitted.loc[vid, column], rel=1e-4, abs=1e-4), (vid, column)
         assert float(rows["lo90"][i]) < float(rows["mu"][i]) < float(rows["hi90"][i])
+        assert 0 <= float(rows["distance_percentile"][i]) <= 100
+    assert "far %" in res.output
+
+
+def mixture_of_seeds(predictions: pd.DataFrame) -> pd.DataFrame:
+    """The seeds' equal-weight Gaussian mixture per video, from a run's per-seed predictions (an oracle by scipy)."""
+    import numpy as np
+    from scipy import optimize, stats
+
+    out = {}
+    for vid, part in predictions.groupby("video_id"):
+        mu, sigma = part["mu"].to_numpy(), part["sigma"].to_numpy()
+        cdf = lambda y: stats.norm.cdf((y - mu) / sigma).mean()
+        wide = (mu.min() - 10 * sigma.max(), mu.max() + 10 * sigma.max())
+        out[vid] = {"mu": mu.mean(), "sigma": np.sqrt(np.mean(sigma ** 2) + np.var(mu)),
+                    "lo90": optimize.brentq(lambda y: cdf(y) - 0.05, *wide),
+                    "hi90": optimize.brentq(lambda y: cdf(y) - 0.95, *wide)}
+    return pd.DataFrame(out).T
 
 
 @pytest.mark.slow
@@ -77,6 +95,78 @@ def test_predict_refuses_weights_other_than_the_features_came_from(trained_run, 
                    "--out", tmp_path / "p.csv"])
     assert res.exit_code == 1 and "other I3D weights" in res.output
     assert not (tmp_path / "p.csv").exists()
+
+
+@pytest.mark.slow
+def test_predict_features_made_another_way_are_refused_unless_allowed(trained_run, tmp_path):
+    """--features must match the run's protocol, weights and backbone: a 2-clip file on a 1-clip run is refused."""
+    from dae.features.clips import parse_protocol
+    from dae.features.store import read_features, write_features
+
+    root, videos, checkpoint, run = trained_run
+    fs = read_features(root / "features.h5")
+    other = tmp_path / "other.h5"
+    write_features(other, fs.video_ids, fs.features,
+                   attrs={**fs.attrs, "protocol": parse_protocol("uniform:2x9").to_dict()})
+    args = ["predict", "--run", run, "--video", videos / "p4.mp4", "--weights", checkpoint, "--features", other,
+            "--out", tmp_path / "p.csv"]
+    res = run_cli(args)
+    assert res.exit_code == 1 and "not made like the run's training features" in res.output, res.output
+    assert "protocol uniform:2x9 (the run's: uniform:1x9)" in res.output and not (tmp_path / "p.csv").exists()
+    res = run_cli(args + ["--allow-feature-mismatch"])
+    assert res.exit_code == 0, res.output
+    assert "WARNING: features differ from the run's: protocol uniform:2x9" in res.output
+    assert pd.read_csv(tmp_path / "p.csv")["warning"].str.contains("uniform:2x9").all()
+    # the run's own feature file passes
+    res = run_cli(args[:-4] + ["--features", root / "features.h5", "--out", tmp_path / "q.csv"])
+    assert res.exit_code == 0 and "WARNING" not in res.output, res.output
+
+
+def test_predict_with_every_video_failing_says_why_and_keeps_the_reasons(trained_run, tmp_path):
+    root, videos, checkpoint, run = trained_run
+    broken = write_text(tmp_path / "broken.mp4")
+    out = tmp_path / "p.csv"
+    res = run_cli(["predict", "--run", run, "--video", broken, "--weights", checkpoint, "--out", out])
+    assert res.exit_code == 1 and "no video could be scored" in res.output, res.output
+    reasons = pd.read_csv(out, keep_default_na=False)
+    assert reasons["video"].tolist() == [str(broken)] and reasons["error"][0] in res.output
+    assert "dae-predict-" not in res.output  # no pointer into a temporary folder that is gone
+
+
+def test_seed_mixture_and_distance_to_the_training_features(tmp_path):
+    """Seeds that disagree widen sigma (mixture: mean variance + variance of mus); a feature far from the
+    training features gets a distance percentile of 100."""
+    import numpy as np
+    from conftest import write_features_and_manifest
+
+    from dae.features.store import read_features
+    from dae.heads.trainer import HeadSpec, TrainConfig
+    from dae.pipeline.fit import FitPlan, run_fit
+    from dae.pipeline.predict import (FAR_PERCENTILE, distance_percentile, feature_distance, load_run,
+                                      score_features, select_models)
+
+    features, manifest = write_features_and_manifest(tmp_path, n=80, dim=8)
+    plan = FitPlan(specs=[HeadSpec(seed=s) for s in range(3)], config=TrainConfig(epochs=20, lr=3e-3),
+                   dataset="synthetic")
+    run_fit(features, manifest, plan, out=tmp_path / "run", echo=lambda *a: None)
+    _, blob = load_run(tmp_path / "run")
+    models = select_models(blob, None)
+    x = read_features(features).features[:5]
+    mixed = score_features(blob, models, x)
+    alone = [score_features(blob, [m], x) for m in models]
+    mus, sigmas = np.stack([a["mu"] for a in alone]), np.stack([a["sigma"] for a in alone])
+    np.testing.assert_allclose(mixed["mu"], mus.mean(0))
+    np.testing.assert_allclose(mixed["sigma"], np.sqrt((sigmas ** 2).mean(0) + mus.var(0)))
+    np.testing.assert_allclose(mixed["mu_spread"], mus.std(0))
+    assert np.all(mixed["sigma"] > np.sqrt((sigmas ** 2).mean(0)))  # the seeds disagree a little: wider
+    assert np.all(mixed["lo90"] < mixed["mu"]) and np.all(mixed["mu"] < mixed["hi90"])
+    reference = blob["feature_references"][""]
+    train = read_features(features).features[:60]  # the training split of write_features_and_manifest
+    assert distance_percentile(reference, feature_distance(reference, train)).max() == 100.0
+    far = distance_percentile(reference, feature_distance(reference, 20 * x))
+    assert (far > FAR_PERCENTILE).all()
+    near = distance_percentile(reference, feature_distance(reference, train.mean(0, keepdims=True)))
+    assert near[0] < 5
 
 
 def test_predict_needs_a_run_folder(tmp_path):
