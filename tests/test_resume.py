@@ -39,7 +39,7 @@ def test_sigkill_mid_run_then_rerun_gives_the_uninterrupted_file_bit_for_bit(tmp
     videos, checkpoint = setup
     reference = tmp_path / "reference.h5"
     res = dae_subprocess(command(videos, checkpoint, reference))
-    _, err = res.communicate(timeout=600)
+    _, err = res.communicate(timeout=1800)
     assert res.returncode == 3, err
 
     out = tmp_path / "killed.h5"
@@ -50,7 +50,7 @@ def test_sigkill_mid_run_then_rerun_gives_the_uninterrupted_file_bit_for_bit(tmp
 
     # while it holds the output, a second run on the same output is refused and touches nothing
     second = dae_subprocess(command(videos, checkpoint, out))
-    _, err = second.communicate(timeout=600)
+    _, err = second.communicate(timeout=1800)
     assert second.returncode == 1 and "being written by another `dae extract` (pid" in err, err
 
     os.kill(first.pid, signal.SIGKILL)
@@ -69,11 +69,11 @@ def test_sigkill_mid_run_then_rerun_gives_the_uninterrupted_file_bit_for_bit(tmp
 
     # resuming with other options is refused rather than mixing two extractions
     other = dae_subprocess(command(videos, checkpoint, out, protocol="uniform:1x9"))
-    _, err = other.communicate(timeout=600)
+    _, err = other.communicate(timeout=1800)
     assert other.returncode == 1 and "different clip protocol" in err, err
 
     resumed = dae_subprocess(command(videos, checkpoint, out))
-    _, err = resumed.communicate(timeout=600)
+    _, err = resumed.communicate(timeout=1800)
     assert resumed.returncode == 3, err
     assert "resuming" in err and "discarded unreadable part file" in err
     assert_same_file(out, reference)
@@ -111,12 +111,12 @@ def test_ctrl_c_exits_130_and_says_that_rerunning_resumes(tmp_path, setup, pause
     run = dae_subprocess(command(videos, checkpoint, out))
     after_first.wait(run)
     os.kill(run.pid, signal.SIGINT)  # what Ctrl-C sends
-    _, err = run.communicate(timeout=600)
+    _, err = run.communicate(timeout=1800)
     after_first.release()
     assert run.returncode == 130, err
     assert err.strip().splitlines()[-1] == ("interrupted: the batches committed so far are kept; "
                                             "rerun the same command to resume")
     assert "Aborted" not in err and "Traceback" not in err and not out.exists()
     resumed = dae_subprocess(command(videos, checkpoint, out))
-    _, err = resumed.communicate(timeout=600)
+    _, err = resumed.communicate(timeout=1800)
     assert resumed.returncode == 3 and "resuming" in err, err
