@@ -91,11 +91,14 @@ def check_leaderboard_writable(path) -> Path:
     for target, what in ((_lock_path(path), "its lock file"), (path, "the leaderboard")):
         if target is path and not path.exists():
             continue
+        existed = target.exists()
         try:
             with open(target, "a"):
                 pass
         except OSError as exc:
             raise DaeError(f"cannot write {what} {target}: {exc.strerror or exc}") from None
+        if not existed:
+            target.unlink()  # a check writes nothing: the lock file is made when the rows are appended
     return path
 
 
