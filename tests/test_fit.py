@@ -193,10 +193,11 @@ def test_summaries_leave_failed_models_out():
 
 
 def test_sup_loss_sigma_is_not_scored(tmp_path):
-    """--loss sup trains nothing that touches sigma: NLL, CRPS and coverage are missing (issue 9.6)."""
+    """--loss sup trains nothing that touches sigma: its raw NLL, CRPS and coverage are missing (issue 9.6).
+    (Calibrated, it is a point head: conformal gives it an interval around mu, as for mlp.)"""
     features, manifest = write_features_and_manifest(tmp_path)
     res = fit("--features", features, "--manifest", manifest, "--out", tmp_path / "run", "--epochs", 3,
-              "--loss", "sup")
+              "--loss", "sup", "--calibrate", "none")
     assert res.exit_code == 0, res.output
     rows = pd.read_csv(tmp_path / "run" / "metrics.csv")
     assert rows[["nll", "crps", "coverage90", "sigma_error_spearman"]].isna().all().all()
@@ -230,7 +231,8 @@ def test_fit_shows_progress_epochs_eta_and_training_loss(tmp_path):
     features, manifest = write_features_and_manifest(tmp_path)
     tty = Terminal()
     progress = TrainingProgress("fit", stream=tty)
-    plan = FitPlan(specs=[HeadSpec(seed=0), HeadSpec(seed=1)], config=TrainConfig(epochs=4))
+    # calibrate none: one stack of models (CV+'s fold models would add their own 4 epochs to the count)
+    plan = FitPlan(specs=[HeadSpec(seed=0), HeadSpec(seed=1)], config=TrainConfig(epochs=4), calibrate="none")
     fit_models(read_features(features), read_manifest(manifest), plan, progress=progress)
     progress.close()
     text = tty.getvalue()
@@ -239,7 +241,7 @@ def test_fit_shows_progress_epochs_eta_and_training_loss(tmp_path):
     assert losses and all(np.isfinite(losses))
 
     res = CliRunner().invoke(cli, ["fit", "--features", str(features), "--manifest", str(manifest), "--out",
-                                   str(tmp_path / "run"), "--epochs", "3"])
+                                   str(tmp_path / "run"), "--epochs", "3", "--calibrate", "none"])
     assert res.exit_code == 0, res.output
     assert "fit: 0/3 epochs already done; starting (progress every 30 s)" in res.stderr
 
