@@ -475,7 +475,7 @@ def extract_cmd(ctx, videos, manifest, out, protocol, device, precision, batch_c
 @click.option("--dataset", "datasets", multiple=True,
               help="Only these datasets (card names; repeatable) [default: all in the leaderboard].")
 @click.option("--by-group", is_flag=True, help="Also one line per group (task, class, apparatus).")
-@click.option("--fold-average", type=LibraryChoice("dae.pipeline.protocols:FOLD_AVERAGES"), default=None,
+@click.option("--fold-average", type=LibraryChoice("dae.pipeline.leaderboard:AVERAGES"), default=None,
               help="How a group's folds are averaged [default: the card's, Fisher z]; mean = MUSDL's code.")
 def leaderboard_show_cmd(leaderboard, published, fmt, datasets, by_group, fold_average):
     """Print a leaderboard: ours as mean ± std over seeds, and with --published the papers' numbers as published.

@@ -88,4 +88,4 @@ def test_ablate_plots_option(tmp_path):
     assert pngs == ["variance_reliability.png", "variance_sigma_hist.png", "variance_test_spearman.png",
                     "variance_train_loss.png"]
     assert (tmp_path / "s" / "curves.csv").exists()
-    assert "coverage of the central intervals" in res.output
+    assert "coverage of the raw central intervals" in res.output
