@@ -111,8 +111,8 @@ def test_ctrl_c_exits_130_and_says_that_rerunning_resumes(tmp_path, setup, pause
     run = dae_subprocess(command(videos, checkpoint, out))
     after_first.wait(run)
     os.kill(run.pid, signal.SIGINT)  # what Ctrl-C sends
+    after_first.release()  # held, the committing code would never see the interrupt (the test hung here)
     _, err = run.communicate(timeout=1800)
-    after_first.release()
     assert run.returncode == 130, err
     assert err.strip().splitlines()[-1] == ("interrupted: the batches committed so far are kept; "
                                             "rerun the same command to resume")
