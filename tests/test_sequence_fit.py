@@ -43,8 +43,8 @@ def test_fit_a_sequence_head(tmp_path, head, one_thread):
     rows = pd.read_csv(tmp_path / "lb.csv")
     assert len(rows) == 4 and set(rows["head"]) == {head} and rows["crop"].eq(6).all()
     assert rows["spearman"].notna().all()
-    if head == "gdlt":  # the Likert score is a point prediction: no spread, no interval
-        assert rows["loss"].eq("mse+triplet").all() and rows["crps"].isna().all()
+    if head == "gdlt":  # the Likert score is a point prediction: no spread; its interval is conformal's, around mu
+        assert rows["loss"].eq("mse+triplet").all() and rows["calibration"].str.startswith("conformal").all()
     else:
         assert rows["coverage90"].notna().all() and rows["crps"].notna().all()
     pred = pd.read_csv(tmp_path / "run" / "predictions.csv")
