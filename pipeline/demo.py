@@ -14,7 +14,7 @@ from dae.features.store import write_features
 DATASET = "synthetic-demo"
 METRICS_NOTE = ("coverage90: the share of test videos whose true score lies inside the predicted 90% interval "
                 "(0.90 = honest intervals); crps: the error of the whole predicted distribution, in score points "
-                "(lower is better). mlp and ridge predict no spread, hence no coverage or crps.")
+                "(lower is better). mlp and ridge predict no spread of their own: their intervals are conformal ones around mu.")
 NEXT_STEPS = ("\nnext: fit the same heads on your own features and manifest, e.g.\n"
               "  dae fit --features F.h5 --manifest M.csv --seeds 3 --out runs/mine --leaderboard L.csv\n"
               "  (features from videos: dae extract --videos DIR --out F.h5; from other extractors: dae features import)\n"
