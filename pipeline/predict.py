@@ -125,16 +125,9 @@ def _sd_per_scale(distribution) -> float:
 
 
 def _cdf(distribution, z):
-    from scipy import stats
+    from dae.heads.metrics import cdf
 
-    name = getattr(distribution, "name", "gaussian")
-    if name == "laplace":
-        return stats.laplace.cdf(z)
-    if name == "logistic":
-        return stats.logistic.cdf(z)
-    if name.startswith("student-t"):
-        return stats.t.cdf(z, float(distribution.nu))
-    return stats.norm.cdf(z)
+    return cdf(z, 0.0, 1.0, distribution)
 
 
 def mixture_quantile(p: float, mus, scales, distributions) -> np.ndarray:
