@@ -76,10 +76,11 @@ class Calibration:
         return int(len(self.residuals))
 
     def label(self) -> str:
-        """The leaderboard's `calibration` column: method and how its rows were carved."""
+        """The leaderboard's `calibration` column: method and how its rows were carved (a setting, the same for
+        every model of a run: how many rows it calibrated on is the model's own `n_train`)."""
         if self.method == "none":
             return "none"
-        how = f"cv{self.folds}-seed{self.seed}-n{self.n_rows}"
+        how = f"cv{self.folds}-seed{self.seed}"
         return f"{self.method}:{how}" if self.method == "scale" else f"conformal-cv+:{how}"
 
     def fitted(self) -> dict:

@@ -172,7 +172,8 @@ def train(head, jobs: list[Job], config: TrainConfig = TrainConfig(), progress=N
     _keep_freed_memory()
     buckets = defaultdict(list)
     for i, job in enumerate(jobs):
-        buckets[(len(job.train_rows), head.key(job))].append(i)
+        # one bucket shares its evaluation sets' names (a CV+ fold job adds 'calibration' to its main job's)
+        buckets[(len(job.train_rows), tuple(job.eval_rows), head.key(job))].append(i)
     results: list[HeadResult | None] = [None] * len(jobs)
     total = config.epochs * len(buckets)
     for b, members in enumerate(buckets.values()):

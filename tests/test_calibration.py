@@ -160,7 +160,7 @@ def test_fitted_record_round_trips():
     fold = cal.fold_ids(30, 5)
     c = cal.fit_calibration("conformal", rng.normal(size=30), np.zeros(30), np.ones(30), fold, "gaussian")
     back = cal.Calibration.from_fitted(c.fitted())
-    assert back.label() == c.label() == "conformal-cv+:cv5-seed0-n30"
+    assert back.label() == c.label() == "conformal-cv+:cv5-seed0" and back.n_rows == c.n_rows == 30
     fold_mu, fold_s = rng.normal(size=(5, 4)), np.ones((5, 4))
     a = cal.intervals(c, np.zeros(4), np.ones(4), "gaussian", fold_mu, fold_s)
     b = cal.intervals(back, np.zeros(4), np.ones(4), "gaussian", fold_mu, fold_s)
@@ -198,8 +198,8 @@ def test_fit_calibrators_never_change_mu_or_spearman(tmp_path, one_thread):
         np.testing.assert_array_equal(m["spearman"], m_none["spearman"])
         np.testing.assert_array_equal(p["sigma"], p_none["sigma"])  # the raw spread is kept beside the calibrated
     assert m_none["calibration"].eq("none").all()
-    assert m_scale["calibration"].eq("scale:cv5-seed0-n90").all()
-    assert m_conf["calibration"].eq("conformal-cv+:cv5-seed0-n90").all()
+    assert m_scale["calibration"].eq("scale:cv5-seed0").all() and m_scale["n_train"].eq(90).all()
+    assert m_conf["calibration"].eq("conformal-cv+:cv5-seed0").all()
     # scale: intervals centred on mu, spread = s * sigma; conformal: finite nested intervals at every level
     np.testing.assert_allclose((p_scale["lo90"] + p_scale["hi90"]) / 2, p_scale["mu"])
     for level_lo, level_hi in (("lo50", "lo80"), ("lo80", "lo90"), ("lo90", "lo95")):
@@ -292,7 +292,7 @@ def test_old_leaderboards_still_read_and_calibrators_are_never_pooled(tmp_path):
                         "coverage90": [0.1, 0.2], "source": ["this-run"] * 2})
     old.to_csv(board, index=False)  # a leaderboard from before calibration
     assert summarise(read_leaderboard(board))["coverage90_mean"].iloc[0] == pytest.approx(0.15)
-    new = old.assign(calibration=["conformal-cv+:cv5-seed0-n90"] * 2, coverage90=[0.9, 0.88], width90=[10.0, 12.0])
+    new = old.assign(calibration=["conformal-cv+:cv5-seed0"] * 2, coverage90=[0.9, 0.88], width90=[10.0, 12.0])
     append_rows(board, new)
     rows = read_leaderboard(board)
     assert len(rows) == 4 and rows["width90"].isna().sum() == 2

@@ -216,3 +216,15 @@ def test_best_val_never_restores_untrained_weights():
     assert selected.selection_note and "last epoch is kept" in selected.selection_note
     assert selected.selected_epoch == 4
     assert np.array_equal(selected.predictions["test"]["mu"], last.predictions["test"]["mu"])
+
+
+def test_jobs_with_equal_training_size_but_different_sets_keep_each_their_own_sets():
+    """A CV+ fold job (sets 'calibration' and 'test') can have as many training rows as another window's main job
+    (set 'test' only); both land in one run of the trainer. Seen on JIGSAWS: the fold job lost its calibration set."""
+    x, targets = _data(seed=3)
+    main = Job(HeadSpec(seed=0), np.arange(0, 80), {"test": np.arange(80, 100)})
+    fold = Job(HeadSpec(seed=0), np.arange(20, 100), {"calibration": np.arange(0, 20), "test": np.arange(100, 150)})
+    a, b = train_heads(x, targets, [main, fold], TrainConfig(epochs=3, **SMALL))
+    assert set(a.predictions) == {"test"} and len(a.predictions["test"]["mu"]) == 20
+    assert set(b.predictions) == {"calibration", "test"}
+    assert len(b.predictions["calibration"]["mu"]) == 20 and len(b.predictions["test"]["mu"]) == 50
