@@ -22,6 +22,7 @@ class Batch:
     clip_index: list
     features: np.ndarray
     failures: list
+    clip_total: list  # each row's video's clip count (a sequence protocol's count follows the video)
 
 
 class BatchRunner:
@@ -37,17 +38,19 @@ class BatchRunner:
         self.current, self.fill = 0, 0
         self.ids: list = []
         self.clip_index: list = []
-        self.in_flight = None  # (ids, clip_index, failures, pinned output, event)
+        self.clip_total: list = []
+        self.in_flight = None  # (ids, clip_index, clip_total, failures, pinned output, event)
 
     @property
     def space(self) -> int:
         return self.batch_clips - self.fill
 
-    def add(self, clips: torch.Tensor, video_id: str, first_clip: int) -> None:
+    def add(self, clips: torch.Tensor, video_id: str, first_clip: int, total_clips: int) -> None:
         n = clips.shape[0]
         self.buffers[self.current][self.fill:self.fill + n].copy_(clips)
         self.ids.extend([video_id] * n)
         self.clip_index.extend(range(first_clip, first_clip + n))
+        self.clip_total.extend([total_clips] * n)
         self.fill += n
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -58,12 +61,12 @@ class BatchRunner:
     @torch.inference_mode()
     def submit(self, failures: list) -> list[Batch]:
         """Run the filled batch (possibly empty); return the batches that are finished now, in order."""
-        ids, index, n = self.ids, self.clip_index, self.fill
-        self.ids, self.clip_index, self.fill = [], [], 0
+        ids, index, total, n = self.ids, self.clip_index, self.clip_total, self.fill
+        self.ids, self.clip_index, self.clip_total, self.fill = [], [], [], 0
         done = []
         if not self.cuda:
             features = self._forward(self.buffers[0][:n]).numpy() if n else np.zeros((0, self.dim), np.float32)
-            return [Batch(ids, index, features, failures)]
+            return [Batch(ids, index, features, failures, total)]
         launched = None
         if n:
             y = self._forward(self.buffers[self.current][:n].to(self.device, non_blocking=True))
@@ -71,18 +74,18 @@ class BatchRunner:
             host.copy_(y, non_blocking=True)
             event = torch.cuda.Event()
             event.record()
-            launched = (ids, index, failures, host, event)
+            launched = (ids, index, total, failures, host, event)
             self.current = 1 - self.current
         done.extend(self.drain())
         if launched is None:
-            done.append(Batch(ids, index, np.zeros((0, self.dim), np.float32), failures))
+            done.append(Batch(ids, index, np.zeros((0, self.dim), np.float32), failures, total))
         self.in_flight = launched
         return done
 
     def drain(self) -> list[Batch]:
         if self.in_flight is None:
             return []
-        ids, index, failures, host, event = self.in_flight
+        ids, index, total, failures, host, event = self.in_flight
         self.in_flight = None
         event.synchronize()
-        return [Batch(ids, index, host.numpy().copy(), failures)]
+        return [Batch(ids, index, host.numpy().copy(), failures, total)]

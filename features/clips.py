@@ -208,9 +208,12 @@ def clips_from_frames(frames: torch.Tensor, frame_of_index: np.ndarray) -> torch
     return clips.view(num_clips, length, *frames.shape[1:]).permute(0, 2, 1, 3, 4).contiguous()
 
 
-def read_clips(reader, protocol: ClipProtocol) -> torch.Tensor:
-    """(num_clips, 3, frames_per_clip, 224, 224) float32 clips of one open video (a decode.VideoReader)."""
-    indices = clip_indices(protocol, reader.num_frames)
+def read_clips(reader, protocol: ClipProtocol, indices: np.ndarray | None = None) -> torch.Tensor:
+    """(num_clips, 3, frames_per_clip, 224, 224) float32 clips of one open video (a decode.VideoReader).
+
+    `indices`: some rows of `clip_indices(protocol, reader.num_frames)` (a long video is read a few clips at a
+    time); each clip depends only on its own frames, so reading in pieces gives the same clips."""
+    indices = clip_indices(protocol, reader.num_frames) if indices is None else np.asarray(indices, dtype=np.int64)
     unique, inverse = np.unique(indices, return_inverse=True)
     frames = preprocess_frames(reader.get_frames(unique), protocol)  # each needed frame decoded and resized once
     return clips_from_frames(frames, inverse.reshape(indices.shape))

@@ -179,15 +179,22 @@ class DecordReader(VideoReader):
         except Exception as exc:
             raise VideoDecodeError(self.path, _library_reason("decord", exc)) from exc
         self._keyframes = None
+        self._next = None  # the frame next() returns after a read (None: seek first)
         return total
 
     def _seek_at_or_before(self, target: int) -> int:
-        """Position the reader on frame 0 or on a safe keyframe at or before `target`; return that frame's index."""
+        """Position the reader on frame 0, on a safe keyframe at or before `target`, or leave it where it is when
+        it is already at or before `target` with no such keyframe between (a long video read in pieces reads on
+        instead of decoding from the start again); return the index of the frame next() returns."""
         reader = self._reader
         if target > 0 and self._keyframes is None:
             self._keyframes = np.intersect1d(clean_cut_keyframes(self.path, self.total_frames),
                                              np.asarray(reader.get_key_indices(), dtype=np.int64))
         usable = self._keyframes[self._keyframes <= target] if target > 0 else ()
+        current = self._next
+        self._next = None
+        if current is not None and current <= target and not (len(usable) and usable[-1] > current):
+            return current
         if len(usable) and usable[-1] > 0:
             try:
                 # decord seeks backward (to the keyframe at or before the frame's time) only when it is past it
@@ -213,6 +220,7 @@ class DecordReader(VideoReader):
             slot = slot_of_index.get(position)
             if slot is not None:
                 frames[slot] = frame.asnumpy()
+        self._next = int(indices[-1]) + 1
         return frames
 
     def close(self) -> None:

@@ -8,8 +8,14 @@ task order. A worker that dies (a decoder crashing in C code on a hostile file) 
 `timeout_s` fails only the video it was decoding, with a reason; a fresh worker takes over its queue.
 Slots bound memory: at most `slots` videos are decoded ahead of the consumer. They live in shared memory
 (/dev/shm on Linux), which containers and some clusters keep small: the pool sizes itself to the free space
-(fewer videos ahead, then fewer workers) and refuses to start, with a one-line error, when even three slots
-do not fit; a write past a full /dev/shm would otherwise kill the run with SIGBUS.
+(fewer videos ahead, then, for a sequence protocol, fewer clips per slot, then fewer workers) and refuses to
+start, with a one-line error, when even three slots do not fit; a write past a full /dev/shm would otherwise
+kill the run with SIGBUS.
+
+Sequence protocols (stride:T) give as many clips as the video is long, known only once a worker has opened it.
+A slot holds `slot_clips` clips (SEQUENCE_SLOT_FRAMES frames' worth, the size of a uniform:10x16 slot); a longer
+video comes in pieces through its one slot: the worker writes a piece, the consumer takes it and releases it,
+then the worker writes the next. A fixed protocol's video is always one piece.
 """
 from __future__ import annotations
 
@@ -27,8 +33,8 @@ from dataclasses import dataclass, field
 import torch
 
 from dae.errors import DaeError
-from dae.features.clips import ClipProtocol, video_clips
-from dae.features.decode import VideoDecodeError
+from dae.features.clips import ClipProtocol, clip_indices, read_clips
+from dae.features.decode import VideoDecodeError, open_video
 from dae.pause import pause_point
 
 _POLL_SECONDS = 0.2
@@ -38,9 +44,24 @@ SHM_LIMIT_ENV = "DAE_SHM_LIMIT_BYTES"
 _SHM_HEADROOM_BYTES = 64 << 20  # left free for everything else that uses /dev/shm
 
 
-def slot_bytes(protocol: ClipProtocol) -> int:
-    """Bytes of one slot: one video's clips, float32."""
-    return 4 * protocol.num_clips * 3 * protocol.frames_per_clip * protocol.crop_size * protocol.crop_size
+SEQUENCE_SLOT_FRAMES = 160  # frames per slot for sequence protocols: a uniform:10x16 slot, 96 MB at 224 px
+
+
+def clip_bytes(protocol: ClipProtocol) -> int:
+    """Bytes of one preprocessed clip, float32."""
+    return 4 * 3 * protocol.frames_per_clip * protocol.crop_size * protocol.crop_size
+
+
+def default_slot_clips(protocol: ClipProtocol) -> int:
+    """Clips per slot: a fixed protocol's whole video; for a sequence, SEQUENCE_SLOT_FRAMES frames' worth."""
+    if protocol.variable_length:
+        return max(1, SEQUENCE_SLOT_FRAMES // protocol.frames_per_clip)
+    return protocol.num_clips
+
+
+def slot_bytes(protocol: ClipProtocol, slot_clips: int | None = None) -> int:
+    """Bytes of one slot: `slot_clips` clips (default: `default_slot_clips`), float32."""
+    return clip_bytes(protocol) * (slot_clips or default_slot_clips(protocol))
 
 
 def slot_count(workers: int, prefetch: int) -> int:
@@ -69,22 +90,32 @@ def _gb(n: int) -> str:
     return f"{n / 1e9:.2f} GB"
 
 
-def plan_slots(protocol: ClipProtocol, workers: int, prefetch: int, free_bytes: int | None) -> tuple[int, int]:
-    """(workers, prefetch) whose slots fit `free_bytes` of shared memory: fewer videos ahead first, then fewer workers."""
+def plan_slots(protocol: ClipProtocol, workers: int, prefetch: int,
+               free_bytes: int | None) -> tuple[int, int, int]:
+    """(workers, prefetch, slot_clips) whose slots fit `free_bytes` of shared memory: fewer videos ahead first,
+    then (sequence protocols) fewer clips per slot, down to one, then fewer workers."""
+    slot_clips = default_slot_clips(protocol)
     if free_bytes is None:
-        return workers, prefetch
+        return workers, prefetch, slot_clips
     budget = free_bytes - _SHM_HEADROOM_BYTES
-    size = slot_bytes(protocol)
-    while slot_count(workers, prefetch) * size > budget and prefetch > 1:
+
+    def fits() -> bool:
+        return slot_count(workers, prefetch) * slot_bytes(protocol, slot_clips) <= budget
+
+    while not fits() and prefetch > 1:
         prefetch -= 1
-    while slot_count(workers, prefetch) * size > budget and workers > 1:
+    if protocol.variable_length and not fits():
+        slot_clips = max(1, min(slot_clips, budget // (slot_count(workers, prefetch) * clip_bytes(protocol))))
+    while not fits() and workers > 1:
         workers -= 1
-    if slot_count(workers, prefetch) * size > budget:
+    if not fits():
+        size = slot_bytes(protocol, slot_clips)
+        unit = "slots of one clip" if protocol.variable_length else "slots"
         raise DaeError(f"decoding needs {_gb(slot_count(1, 1) * size + _SHM_HEADROOM_BYTES)} of shared memory "
-                       f"(/dev/shm) at least: 3 slots of {_gb(size)} for {protocol.name} at {protocol.crop_size} px, "
+                       f"(/dev/shm) at least: 3 {unit} of {_gb(size)} for {protocol.name} at {protocol.crop_size} px, "
                        f"and {_gb(free_bytes)} is free; make /dev/shm larger (docker run --shm-size) or free it, or "
                        "use a protocol with fewer clips")
-    return workers, prefetch
+    return workers, prefetch, slot_clips
 
 
 @dataclass(frozen=True)
@@ -102,12 +133,17 @@ class VideoTask:
 
 @dataclass
 class Decoded:
-    """A decoded video: its (C, 3, T, S, S) clips live in a shared slot until `release()`; or its failure reason."""
+    """A decoded video, or a piece of one: clips first_clip .. first_clip + n - 1 of its `total_clips`, as an
+    (n, 3, T, S, S) tensor in a shared slot until `release()`; or its failure reason. `last` marks the video's
+    final piece (a failure is always last, even after pieces that came through)."""
 
     task: VideoTask
     clips: torch.Tensor | None
     error: str | None
     _release: object = field(default=None, repr=False)
+    first_clip: int = 0
+    total_clips: int = 0
+    last: bool = True
 
     def release(self) -> None:
         if self._release is not None:
@@ -127,6 +163,9 @@ def failure_reason(exc: BaseException) -> str:
     return f"{exc.__class__.__name__}: {text}"[:300]
 
 
+CONTINUE = "continue"  # parent -> worker: the consumer has taken the piece in your slot, write the next
+
+
 def _worker_main(tasks, results, slots, protocol: ClipProtocol, decoder: str, threads: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it stops us
     torch.set_num_threads(1)
@@ -136,9 +175,23 @@ def _worker_main(tasks, results, slots, protocol: ClipProtocol, decoder: str, th
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)
     os.close(devnull)
+    queued: deque = deque()  # tasks that arrived while waiting for CONTINUE
+
+    def receive():
+        return queued.popleft() if queued else tasks.recv()
+
+    def wait_for_continue(position: int) -> bool:
+        while True:
+            message = tasks.recv()
+            if message == (CONTINUE, position):
+                return True
+            if message is None:
+                return False
+            queued.append(message)
+
     while True:
         try:
-            message = tasks.recv()
+            message = receive()
         except (EOFError, OSError):  # the parent is gone
             return
         if message is None:
@@ -146,14 +199,36 @@ def _worker_main(tasks, results, slots, protocol: ClipProtocol, decoder: str, th
         position, path, start_frame, end_frame, slot = message
         pause_point(f"decode-{os.path.basename(path)}")  # tests: a worker killed or hung while on this video
         try:
-            slots[slot].copy_(video_clips(path, protocol, decoder, threads, start_frame, end_frame))
-            reply = (position, None)
-        except Exception as exc:  # every failure is the video's, reported with its reason
-            reply = (position, failure_reason(exc))
-        try:
-            results.send(reply)
-        except (BrokenPipeError, OSError):
+            if not _decode_pieces(position, path, start_frame, end_frame, slots[slot], protocol, decoder, threads,
+                                  results, wait_for_continue):
+                return
+        except (BrokenPipeError, EOFError, OSError):  # the parent is gone
             return
+
+
+def _decode_pieces(position, path, start_frame, end_frame, slot, protocol, decoder, threads, results,
+                   wait_for_continue) -> bool:
+    """Write one video's clips into `slot`, `len(slot)` clips at a time, announcing each piece as
+    (position, error, first clip, clips, total clips); False when told to stop."""
+    first, total = 0, 0
+    try:
+        with open_video(path, decoder, threads, *protocol.segment(start_frame, end_frame)) as reader:
+            indices = clip_indices(protocol, reader.num_frames)
+            total = len(indices)
+            while first < total:
+                n = min(len(slot), total - first)
+                slot[:n].copy_(read_clips(reader, protocol, indices[first:first + n]))
+                results.send((position, None, first, n, total))
+                first += n
+                if first < total:
+                    pause_point(f"piece-{os.path.basename(path)}-{first}")  # tests: held between two pieces
+                    if not wait_for_continue(position):
+                        return False
+    except (BrokenPipeError, EOFError):
+        raise
+    except Exception as exc:  # every failure is the video's, reported with its reason
+        results.send((position, failure_reason(exc), first, 0, total))
+    return True
 
 
 def _mp_context():
@@ -171,6 +246,7 @@ class _Worker:
     assigned: deque = field(default_factory=deque)  # (position, slot) in the order the worker runs them
     started: float = 0.0  # when the head of `assigned` began
     ready: bool = False  # the process got as far as its loop (a death before that is not a video's fault)
+    waiting: bool = False  # a piece of its head video is with the consumer; no timeout runs meanwhile
 
 
 class DecodePool:
@@ -181,18 +257,20 @@ class DecodePool:
         self.protocol, self.decoder, self.threads = protocol, decoder, max(1, int(threads))
         asked = max(1, int(workers)), max(1, int(prefetch))
         free = shm_free_bytes()
-        self.n_workers, self.prefetch = plan_slots(protocol, *asked, free)
-        if (self.n_workers, self.prefetch) != asked and note is not None:
+        self.n_workers, self.prefetch, self.slot_clips = plan_slots(protocol, *asked, free)
+        if (self.n_workers, self.prefetch, self.slot_clips) != (*asked, default_slot_clips(protocol)) \
+                and note is not None:
+            pieces = (f", {self.slot_clips} clips per slot (longer videos come in pieces)"
+                      if protocol.variable_length else "")
             note(f"note: /dev/shm has {_gb(free)} free, not the {_gb(slot_count(*asked) * slot_bytes(protocol))} "
                  f"that {asked[0]} decoding workers need: decoding with {self.n_workers} workers, "
-                 f"{self.prefetch} video(s) ahead each (make /dev/shm larger for more)")
+                 f"{self.prefetch} video(s) ahead each{pieces} (make /dev/shm larger for more)")
         self.timeout_s = float(timeout_s)
         # The consumer holds one slot at a time (it copies clips out and releases); the rest bound the
         # look-ahead, so the next video in order always finds a free slot.
         self.window = self.n_workers * self.prefetch + 1
         self.n_slots = slot_count(self.n_workers, self.prefetch)
-        shape = (self.n_slots, protocol.num_clips, 3, protocol.frames_per_clip, protocol.crop_size,
-                 protocol.crop_size)
+        shape = (self.n_slots, self.slot_clips, 3, protocol.frames_per_clip, protocol.crop_size, protocol.crop_size)
         # share_memory_() copies into /dev/shm, so every page is in place before a worker writes (checked to fit)
         self.slots = torch.empty(shape, dtype=torch.float32).share_memory_()
         self._ctx = _mp_context()
@@ -203,6 +281,9 @@ class DecodePool:
         for slot in range(self.n_slots):
             self._free.put(slot)
         self._out: queue.SimpleQueue = queue.SimpleQueue()
+        # the consumer's releases of non-final pieces, by task index; the coordinator waits on this pipe too
+        self._taken_reader, self._taken_writer = mpc.Pipe(duplex=False)
+        self._orphans: dict[int, int] = {}  # task index -> slot whose worker died while the consumer held a piece
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.crashes = 0
@@ -250,6 +331,8 @@ class DecodePool:
             self._thread.join()
         for wid in range(self.n_workers):
             self._retire(wid, kill=True)
+        for conn in (self._taken_reader, self._taken_writer):
+            conn.close()
 
     def __enter__(self):
         return self
@@ -269,10 +352,12 @@ class DecodePool:
                                         name="dae-decode-coordinator", daemon=True)
         self._thread.start()
         try:
-            for _ in range(len(tasks)):
+            done = 0
+            while done < len(tasks):
                 item = self._out.get()
                 if isinstance(item, BaseException):
                     raise item
+                done += item.last
                 yield item
         finally:
             self.close()
@@ -287,29 +372,62 @@ class DecodePool:
     def _coordinate(self, tasks: list[VideoTask]) -> None:
         waiting = [(i, task) for i, task in enumerate(tasks)]  # heap by output order
         heapq.heapify(waiting)
-        finished: dict[int, Decoded] = {}
+        finished: dict[int, deque] = {}  # task index -> its pieces not yet handed out, in order
         next_out = 0
         while next_out < len(tasks) and not self._stop.is_set():
             self._assign(waiting, next_out, tasks, finished)
             self._collect(tasks, finished, waiting)
-            while next_out in finished:
-                self._out.put(finished.pop(next_out))
-                next_out += 1
+            while finished.get(next_out):
+                item = finished[next_out].popleft()
+                self._out.put(item)
+                if item.last:
+                    del finished[next_out]
+                    next_out += 1
 
-    def _decoded(self, task: VideoTask, slot: int | None, error: str | None) -> Decoded:
+    def _finish(self, finished, i: int, item: Decoded) -> None:
+        finished.setdefault(i, deque()).append(item)
+
+    def _decoded(self, task: VideoTask, slot: int | None, error: str | None, first: int = 0, n: int = 0,
+                 total: int = 0, index: int = 0) -> Decoded:
         if slot is None:
             return Decoded(task, None, error)
         if error is not None:
             self._free.put(slot)
-            return Decoded(task, None, error)
-        return Decoded(task, self.slots[slot], None, _release=lambda: self._free.put(slot))
+            return Decoded(task, None, error, first_clip=first, total_clips=total)
+        if first + n < total:  # a piece: releasing it lets the worker write the next into the same slot
+            return Decoded(task, self.slots[slot][:n], None, _release=lambda: self._taken(index),
+                           first_clip=first, total_clips=total, last=False)
+        return Decoded(task, self.slots[slot][:n], None, _release=lambda: self._free.put(slot), first_clip=first,
+                       total_clips=total)
+
+    def _taken(self, index: int) -> None:
+        try:
+            self._taken_writer.send(index)
+        except OSError:  # the pool is closed: nobody waits for the piece any more
+            pass
+
+    def _continue_taken(self) -> None:
+        """Tell each worker whose piece the consumer has released to write the next one."""
+        while self._taken_reader.poll():
+            position = self._taken_reader.recv()
+            if position in self._orphans:  # its worker died meanwhile: the slot is free now
+                self._free.put(self._orphans.pop(position))
+                continue
+            for worker in self._workers:
+                if worker is not None and worker.waiting and worker.assigned and worker.assigned[0][0] == position:
+                    worker.waiting = False
+                    worker.started = time.monotonic()
+                    try:
+                        worker.tasks.send((CONTINUE, position))
+                    except OSError:  # it died: _collect finds out and fails the video
+                        pass
 
     def _assign(self, waiting, next_out, tasks, finished) -> None:
         while waiting and waiting[0][0] < next_out + self.window:
             i, task = waiting[0]
             if task.error is not None:  # known before decoding (e.g. no file for a manifest row)
                 heapq.heappop(waiting)
-                finished[i] = self._decoded(task, None, task.error)
+                self._finish(finished, i, self._decoded(task, None, task.error))
                 continue
             idle = [w for w in range(self.n_workers)
                     if self._workers[w] is not None and len(self._workers[w].assigned) < self.prefetch]
@@ -342,7 +460,9 @@ class DecodePool:
         if not live:
             time.sleep(0.01)  # waiting on the consumer to release a slot
             return
-        mpc.wait([w.results for w in live] + [w.process.sentinel for w in live], timeout=_POLL_SECONDS)
+        mpc.wait([w.results for w in live] + [w.process.sentinel for w in live] + [self._taken_reader],
+                 timeout=_POLL_SECONDS)
+        self._continue_taken()
         for wid, worker in enumerate(self._workers):
             if worker is None or not worker.assigned:
                 continue
@@ -353,11 +473,16 @@ class DecodePool:
                     if message == ("ready",):
                         worker.ready = True
                         continue
-                    i, error = message
-                    head, slot = worker.assigned.popleft()
+                    i, error, first, n, total = message
+                    head, slot = worker.assigned[0]
                     if head != i:
                         raise DaeError(f"decode worker answered task {i} while running {head}")
-                    finished[i] = self._decoded(tasks[i], slot, error)
+                    item = self._decoded(tasks[i], slot, error, first, n, total, index=i)
+                    if item.last:
+                        worker.assigned.popleft()
+                    else:
+                        worker.waiting = True
+                    self._finish(finished, i, item)
                     worker.started = time.monotonic()
             except (EOFError, OSError):  # the pipe closed: the process is gone or going
                 worker.process.join(timeout=5)
@@ -368,7 +493,7 @@ class DecodePool:
                 code = worker.process.exitcode
                 lost = (f"the decoding process crashed (signal {-code})" if code is not None and code < 0
                         else f"the decoding process exited with code {code}")
-            if lost is None and time.monotonic() - worker.started > self.timeout_s:
+            if lost is None and not worker.waiting and time.monotonic() - worker.started > self.timeout_s:
                 lost = f"decoding did not finish within {self.timeout_s:g} s (a hanging decoder); the process was stopped"
             if lost is not None and not worker.ready:
                 raise DaeError(f"a decoding worker process failed to start ({lost}); if you call dae from a "
@@ -383,7 +508,10 @@ class DecodePool:
         worker.assigned.clear()
         self._retire(wid, kill=True)
         self.crashes += 1
-        finished[head] = self._decoded(tasks[head], slot, reason)
+        if worker.waiting:  # the consumer holds a piece in the slot: it is freed when the consumer releases it
+            self._orphans[head] = slot
+            slot = None
+        self._finish(finished, head, self._decoded(tasks[head], slot, reason))
         for i, other_slot in rest:
             self._free.put(other_slot)
             heapq.heappush(waiting, (i, tasks[i]))

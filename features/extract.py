@@ -5,7 +5,9 @@ keeps sorted(ids)[I::N] (shards.py). Worker processes (decode_pool.py) decode an
 shared-memory slots; the parent copies clips, in task order, into a batch of `batch_clips` clips that spans
 videos (batching.py), runs I3D on it on the chosen device and precision (device.py) and commits the batch
 as a part file (resume.py). Each output row is the mean of exactly that video's clips, stored in
-/features, with the clips themselves in /clip_features; rows are sorted by video id.
+/features, with the clips themselves in /clip_features; rows are sorted by video id. A sequence protocol
+(stride:T: as many clips as the video is long) writes the clips as schema-2 sequences (/sequences,
+/sequence_offsets) instead, optionally stored as float16 (`sequence_dtype`; /features is the mean before rounding).
 
 Resume and locking: see resume.py. Failures (missing, empty, truncated, corrupt, non-video files, no
 decodable frame, a decoder crash or hang) never stop the run: each is listed with its reason in the
@@ -104,9 +106,6 @@ def extract(videos, out, *, manifest=None, protocol: str = DEFAULT_PROTOCOL, dev
             note=None) -> ExtractResult:
     """Extract every video under `videos` (or every row of `manifest`) into the feature file `out`."""
     proto = parse_protocol(protocol)
-    if proto.variable_length:  # the engine's slots and resume still assume a fixed clip count
-        raise UsageError(f"protocol {proto.name}: extracting clip sequences is not supported yet; "
-                         "import per-video (T, D) arrays with `dae features import --npy-dir DIR --keep-clips`")
     shard_pair, from_env = (parse_shard(shard), False) if shard else (shard_from_environment(), True)
     tasks = list_tasks(videos, manifest)
     all_ids = [t.video_id for t in tasks]
@@ -204,7 +203,7 @@ def run_extraction(tasks: list[VideoTask], out, protocol: ClipProtocol, *, devic
                                ProgressLine(len(tasks), start, enabled=progress))
         else:
             before = len(tasks)
-        extracted, clip_features, failures = parts.assemble(ids, protocol.num_clips)
+        extracted, clips, failures = parts.assemble(ids, protocol.num_clips)
         if failures or fail_log:
             write_failure_log(fail_log_path, failures)
         if not extracted:
@@ -212,8 +211,10 @@ def run_extraction(tasks: list[VideoTask], out, protocol: ClipProtocol, *, devic
             raise DaeError(f"no video could be extracted: all {len(tasks)} failed (listed in {fail_log_path})")
         attrs = {**run["identity"], **run["settings"], "created_utc": run["created_utc"],
                  "failures": [dict(zip(FAILURE_COLUMNS, row)) for row in failures], "num_failed": len(failures)}
-        write_features(out, extracted, pool_clip_features(clip_features), clip_features=clip_features,
-                       attrs=attrs)
+        if protocol.variable_length:
+            write_features(out, extracted, clips.means(), sequences=clips, attrs=attrs)
+        else:
+            write_features(out, extracted, pool_clip_features(clips), clip_features=clips, attrs=attrs)
         parts.remove()
     return ExtractResult(out, extracted, failures, fail_log_path if (failures or fail_log) else None,
                          time.monotonic() - started, len(tasks) - before, before)
@@ -229,27 +230,30 @@ def _extract_remaining(tasks, start, skip, first_chunk, parts: Parts, protocol: 
         nonlocal chunk_number
         for i, batch in enumerate(batches):
             parts.commit(chunk_number, batch.video_ids, batch.clip_index, batch.features, batch.failures,
-                         final=final and i == len(batches) - 1)
+                         final=final and i == len(batches) - 1, clip_total=batch.clip_total)
             chunk_number += 1
 
     try:
         with pool:
-            for item in pool.decode(tasks[start:]):
+            for item in pool.decode(tasks[start:]):  # whole videos, or pieces of long ones (decode_pool.py)
                 task = item.task
-                if item.error is not None:
+                if item.error is not None:  # after pieces that came through too: those clips are left out
                     failures.append((task.video_id, task.rel_path, item.error))
                     progress.update(failed=True)
                     continue
-                clip = skip if task.position == start else 0
-                while clip < protocol.num_clips:
-                    n = min(protocol.num_clips - clip, runner.space)
-                    runner.add(item.clips[clip:clip + n], task.video_id, clip)
+                clip = max(skip if task.position == start else 0, item.first_clip)
+                end = item.first_clip + item.clips.shape[0]
+                while clip < end:
+                    n = min(end - clip, runner.space)
+                    runner.add(item.clips[clip - item.first_clip:clip - item.first_clip + n], task.video_id, clip,
+                               item.total_clips)
                     clip += n
                     if runner.space == 0:
                         commit(runner.submit(failures))
                         failures = []
                 item.release()
-                progress.update()
+                if item.last:
+                    progress.update()
         commit(runner.submit(failures) + runner.drain(), final=True)
     finally:
         progress.close()

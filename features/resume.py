@@ -7,8 +7,9 @@ Beside OUT (the feature file) an extraction keeps
 - OUT.parts/run.json: what the run extracts (protocol, weights, decoder, the task list's hash, shard) and
   how (batch size, device, threads), written once, atomically, when the run starts.
 - OUT.parts/chunk-NNNNNN.h5: one per model batch, written atomically (temporary name, then rename), so
-  each is complete or absent: the batch's clip features with their (video id, clip index), and the
-  failures found before it. The last chunk of a finished run is marked `final`.
+  each is complete or absent: the batch's clip features with their (video id, clip index, the video's clip
+  count: under stride:T it follows the video's length), and the failures found before it. The last chunk of
+  a finished run is marked `final`.
 
 The clip stream is every clip of every task in task order (sorted video ids), failed videos skipped;
 batch k is clips [kB, (k+1)B) of that stream. Everything before the last committed clip is resolved
@@ -32,7 +33,7 @@ import numpy as np
 from dae.atomic import atomic_path
 from dae.errors import DaeError
 from dae.features.precision import normalise_precision
-from dae.features.store import read_chunk, read_features, write_chunk
+from dae.features.store import Sequences, read_chunk, read_features, write_chunk
 from dae.pause import pause_point
 
 _CHUNK_RE = re.compile(r"chunk-(\d{6,})\.h5")
@@ -65,6 +66,7 @@ class Progress:
 
     chunks: int = 0
     clip_counts: dict = field(default_factory=dict)  # video id -> clips committed
+    clip_totals: dict = field(default_factory=dict)  # video id -> its clip count (chunks that record it)
     failures: dict = field(default_factory=dict)  # video id -> (path, error)
     final: bool = False
     discarded: list = field(default_factory=list)  # unreadable chunk files removed (a torn write after power loss)
@@ -105,9 +107,10 @@ class Parts:
     def chunk_path(self, number: int) -> Path:
         return self.path / f"chunk-{number:06d}.h5"
 
-    def commit(self, number: int, video_ids, clip_index, clip_features, failures, final: bool) -> None:
+    def commit(self, number: int, video_ids, clip_index, clip_features, failures, final: bool,
+               clip_total=None) -> None:
         write_chunk(self.chunk_path(number), video_ids, clip_index, clip_features, failures,
-                    attrs={"chunk": number, "final": bool(final)})
+                    attrs={"chunk": number, "final": bool(final)}, clip_total=clip_total)
         pause_point(f"chunk-{number:06d}")  # tests: interrupted right after this batch was committed
 
     def _numbered_chunks(self) -> tuple[list, list]:
@@ -134,6 +137,8 @@ class Parts:
                 break
             for vid in chunk.video_ids:
                 state.clip_counts[vid] = state.clip_counts.get(vid, 0) + 1
+            if chunk.clip_total is not None:
+                state.clip_totals.update(zip(chunk.video_ids, chunk.clip_total.tolist()))
             for vid, path_, error in chunk.failures:
                 state.failures[vid] = (path_, error)
             state.chunks = number + 1
@@ -148,44 +153,51 @@ class Parts:
         return state, chunks
 
     def assemble(self, video_ids: list[str], num_clips: int):
-        """Clip features (N, C, D) of every extracted video in `video_ids` order, and the failures.
+        """The clip features of every extracted video in `video_ids` order, and the failures.
 
-        Returns (extracted ids, clip features, failures as (video_id, path, error) sorted by id)."""
+        Returns (extracted ids, clips, failures as (video_id, path, error) sorted by id); clips are (N, C, D) for a
+        fixed protocol (num_clips C), a store.Sequences for a sequence protocol (num_clips 0: each video's count)."""
         state, chunks = self.progress(with_features=True)
         if not state.final:
             raise DaeError(f"{self.path}: the extraction is not finished ({state.chunks} batches committed)")
         dim = max((c.clip_features.shape[1] for c in chunks if len(c.video_ids)), default=0)
         extracted = [v for v in video_ids if v not in state.failures]
-        row = {v: i for i, v in enumerate(extracted)}
-        clips = np.zeros((len(extracted), num_clips, dim), dtype=np.float32)
-        filled = np.zeros((len(extracted), num_clips), dtype=bool)
+        lengths = np.array([state.clip_totals.get(v, num_clips) for v in extracted], dtype=np.int64)
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        start = {v: int(offsets[i]) for i, v in enumerate(extracted)}
+        clips = np.zeros((int(offsets[-1]), dim), dtype=np.float32)
+        filled = np.zeros(int(offsets[-1]), dtype=bool)
         for chunk in chunks:
             for vid, c, feature in zip(chunk.video_ids, chunk.clip_index, chunk.clip_features):
-                if vid in row:
-                    clips[row[vid], c] = feature
-                    filled[row[vid], c] = True
-        missing = [extracted[i] for i in np.flatnonzero(~filled.all(axis=1))]
+                if vid in start and c < state.clip_totals.get(vid, num_clips):
+                    clips[start[vid] + c] = feature
+                    filled[start[vid] + c] = True
+        missing = [v for i, v in enumerate(extracted) if not (lengths[i] and filled[offsets[i]:offsets[i + 1]].all())]
         if missing:
             raise DaeError(f"{self.path}: {len(missing)} videos lack clip features, first: "
                            f"{', '.join(map(repr, missing[:5]))}; delete {self.path} to extract again")
         failures = sorted((vid, *state.failures[vid]) for vid in state.failures)
-        return extracted, clips, failures
+        if num_clips:
+            return extracted, clips.reshape(len(extracted), num_clips, dim), failures
+        return extracted, Sequences(clips, offsets), failures
 
 
 def resume_point(video_ids: list[str], state: Progress, num_clips: int) -> tuple[int, int]:
-    """(first task to decode, clips of it already committed) after the committed chunks of `state`."""
+    """(first task to decode, clips of it already committed) after the committed chunks of `state`.
+
+    A video's clip count is the one its chunks record, else `num_clips` (a fixed protocol's)."""
     touched = [i for i, v in enumerate(video_ids) if v in state.clip_counts or v in state.failures]
     if not touched:
         return 0, 0
     frontier = max(touched)
     unresolved = [video_ids[i] for i in range(frontier) if video_ids[i] not in state.failures
-                  and state.clip_counts.get(video_ids[i], 0) != num_clips]
+                  and state.clip_counts.get(video_ids[i], 0) != state.clip_totals.get(video_ids[i], num_clips)]
     if unresolved:
         raise DaeError(f"the committed batches skip videos (first: {unresolved[0]!r}); they do not come from "
                        "this task list")
     vid = video_ids[frontier]
     done = 0 if vid in state.failures else state.clip_counts.get(vid, 0)
-    if vid in state.failures or done == num_clips:
+    if vid in state.failures or done == state.clip_totals.get(vid, num_clips):
         return frontier + 1, 0
     return frontier, done
 

@@ -444,27 +444,36 @@ CHUNK_SCHEMA = "dae-extract-chunk/1"
 
 @dataclass
 class Chunk:
-    """One committed model batch: clip features with their (video id, clip index), and failures found before it."""
+    """One committed model batch: clip features with their (video id, clip index, the video's clip count), and
+    failures found before it. clip_total is None in chunks written before sequence protocols (fixed counts)."""
 
     video_ids: list[str]
     clip_index: np.ndarray
     clip_features: np.ndarray
     failures: list[tuple[str, str, str]]
     attrs: dict = field(default_factory=dict)
+    clip_total: np.ndarray | None = None
 
 
-def write_chunk(path, video_ids, clip_index, clip_features, failures=(), attrs: dict | None = None) -> None:
+def write_chunk(path, video_ids, clip_index, clip_features, failures=(), attrs: dict | None = None,
+                clip_total=None) -> None:
     """Write one chunk atomically (temporary name, then rename): after a kill it is complete or absent."""
     clip_features = np.asarray(clip_features, dtype=np.float32)
     clip_index = np.asarray(clip_index, dtype=np.int64).reshape(-1)
     if clip_features.ndim != 2 or not (len(video_ids) == clip_index.size == clip_features.shape[0]):
         raise DaeError(f"{path}: a chunk needs K ids, K clip indices and (K, D) features, got {len(video_ids)}, "
                        f"{clip_index.size} and {clip_features.shape}")
+    if clip_total is not None:
+        clip_total = np.asarray(clip_total, dtype=np.int64).reshape(-1)
+        if clip_total.size != clip_index.size:
+            raise DaeError(f"{path}: a chunk needs K clip counts, got {clip_total.size} for {clip_index.size} clips")
     failures = [tuple(str(v) for v in row) for row in failures]
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
             f.create_dataset("video_id", data=np.array([str(v) for v in video_ids], dtype=object), dtype=_STR)
             f.create_dataset("clip_index", data=clip_index)
+            if clip_total is not None:
+                f.create_dataset("clip_total", data=clip_total)
             f.create_dataset("clip_features", data=clip_features)
             for column, name in enumerate(("failed_video_id", "failed_path", "failed_error")):
                 f.create_dataset(name, data=np.array([row[column] for row in failures], dtype=object), dtype=_STR)
@@ -483,6 +492,7 @@ def read_chunk(path, *, clip_features: bool = True) -> Chunk:
             raise DaeError(f"{path}: not an extraction chunk of schema {CHUNK_SCHEMA}")
         ids = list(f["video_id"].asstr()[()])
         index = f["clip_index"][()]
+        total = f["clip_total"][()] if "clip_total" in f else None
         feats = f["clip_features"][()] if clip_features else np.zeros((len(ids), 0), np.float32)
         failed = [f[name].asstr()[()] for name in ("failed_video_id", "failed_path", "failed_error")]
-    return Chunk(ids, index, feats, [tuple(map(str, row)) for row in zip(*failed)], attrs)
+    return Chunk(ids, index, feats, [tuple(map(str, row)) for row in zip(*failed)], attrs, total)

@@ -59,12 +59,12 @@ def _model_only(model, dev, batch_clips, protocol, batches: int, precision: str 
     shape = clip_shape(protocol)
     runner = BatchRunner(model, dev, batch_clips, shape, 1024, precision)
     clips = torch.rand((batch_clips, *shape), generator=torch.Generator().manual_seed(0)) * 2 - 1
-    runner.add(clips, "warm-up", 0)
+    runner.add(clips, "warm-up", 0, batch_clips)
     runner.submit([])
     runner.drain()
     start = time.perf_counter()
     for _ in range(batches):
-        runner.add(clips, "bench", 0)
+        runner.add(clips, "bench", 0, batch_clips)
         runner.submit([])
     runner.drain()
     return time.perf_counter() - start

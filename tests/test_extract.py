@@ -315,10 +315,10 @@ def test_the_decode_pool_fits_its_slots_into_the_free_shared_memory():
     protocol = parse_protocol("uniform:10x16")
     size = slot_bytes(protocol)
     assert size == 10 * 3 * 16 * 224 * 224 * 4  # 96 MB: on 16 cores, 15 workers x 2 ahead + 2 = 32 slots, 3.1 GB
-    assert plan_slots(protocol, 15, 2, None) == (15, 2)  # nothing to check against
-    assert plan_slots(protocol, 15, 2, 64 << 30) == (15, 2)
-    assert plan_slots(protocol, 15, 2, 64 * 2 ** 20 + 17 * size) == (15, 1)  # fewer videos ahead first
-    assert plan_slots(protocol, 15, 2, 64 * 2 ** 20 + 9 * size) == (7, 1)  # then fewer workers
+    assert plan_slots(protocol, 15, 2, None) == (15, 2, 10)  # nothing to check against
+    assert plan_slots(protocol, 15, 2, 64 << 30) == (15, 2, 10)
+    assert plan_slots(protocol, 15, 2, 64 * 2 ** 20 + 17 * size) == (15, 1, 10)  # fewer videos ahead first
+    assert plan_slots(protocol, 15, 2, 64 * 2 ** 20 + 9 * size) == (7, 1, 10)  # then fewer workers
     with pytest.raises(DaeError, match=r"needs 0\.36 GB of shared memory \(/dev/shm\) at least: 3 slots of 0\.10 GB"):
         plan_slots(protocol, 15, 2, 64 * 2 ** 20 + 2 * size)
 
