@@ -418,7 +418,9 @@ def demo_cmd(out, seeds, epochs, from_videos, device):
 @click.option("--out", required=True, type=click.Path(dir_okay=False),
               help="Feature file (HDF5) to write; may contain {shard} and {num_shards}.")
 @click.option("--protocol", default="uniform:10x16", show_default=True,
-              help="Clip protocol: mtl-aqa, jigsaws, uniform:N or uniform:NxT.")
+              help="Clip protocol: mtl-aqa, jigsaws, uniform:N, uniform:NxT, or stride:T (non-overlapping T-frame "
+                   "clips over the whole video: each video's clip sequence, as many clips as it is long, is kept "
+                   "in the file, schema 2).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:I.")
 @click.option("--precision", type=click.Choice(["auto", *PRECISIONS]), default="auto", show_default=True,
               help="fp32 (TF32 off: the reference) or bf16 autocast (~1e-2 relative from fp32, much faster on "
@@ -508,13 +510,18 @@ def merge_cmd(inputs, out):
 
 @cli.command("predict")
 @click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False), help="Run folder of `dae fit`.")
-@click.option("--video", "videos", required=True, multiple=True, type=click.Path(dir_okay=False),
-              help="A video file to score (repeat for several).")
+@click.option("--video", "videos", multiple=True, type=click.Path(dir_okay=False),
+              help="A video file to score (repeat for several): extracted as the run's features were.")
+@click.option("--id", "ids", multiple=True,
+              help="A video already in the feature file (--features, default: the run's), by its video_id, scored "
+                   "without extraction (repeat for several). Sequence-head runs (attn-dae, gdlt, gdlt-dae) read its "
+                   "clip sequences, so the file must be schema 2.")
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="CSV to write (video, mu, sigma, lo90, hi90, models, error) [default: predictions-<time>.csv].")
 @click.option("--features", type=click.Path(dir_okay=False), default=None,
               help="Read the clip protocol and weights from this feature file instead of the run's config.json "
-                   "(runs written before it recorded them need it, if the file moved).")
+                   "(runs written before it recorded them need it, if the file moved); with --id, the file whose "
+                   "videos are scored.")
 @click.option("--weights", type=click.Path(dir_okay=False), default=None,
               help="The I3D checkpoint the run's features came from, when not the default (DeepMind's rgb_scratch, "
                    "Kinetics-400 from scratch).")
@@ -531,17 +538,19 @@ def merge_cmd(inputs, out):
               help="Score even when --features was made with another clip protocol, weights or backbone than the "
                    "run's training features (refused otherwise); the output and CSV then say so.")
 @click.pass_context
-def predict_cmd(ctx, run_dir, videos, out, features, weights, group, device, decoder, difficulty, precision,
+def predict_cmd(ctx, run_dir, videos, ids, out, features, weights, group, device, decoder, difficulty, precision,
                 allow_feature_mismatch):
     """Score videos with a trained run: extract them as its features were, apply its heads (seeds averaged).
 
-    Prints and writes per-video mu, sigma and the 90% interval, in score units. Example:
+    Prints and writes per-video mu, sigma and the 90% interval, in score units. Examples:
 
         dae predict --run runs/dae1 --video dive1.mp4 --video dive2.mp4
+
+        dae predict --run runs/gdlt1 --features fisv.h5 --id 0 --id 7      (videos already in the file)
     """
     from dae.pipeline.predict import predict_videos
 
-    rows = predict_videos(run_dir, videos, out=out, features=features, weights=weights, group=group, device=device,
+    rows = predict_videos(run_dir, videos, ids=ids, out=out, features=features, weights=weights, group=group, device=device,
                           decoder=decoder, difficulty=difficulty, precision=precision,
                           allow_feature_mismatch=allow_feature_mismatch, echo=click.echo,
                           note=lambda text: click.echo(text, err=True))

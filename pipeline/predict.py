@@ -7,6 +7,9 @@ of the models' mus, sigma the mixture's standard deviation, sqrt(mean of the mod
 their mus), so that seeds that disagree widen it, and the 90% interval is the mixture's 5% and 95% quantiles.
 Scores are in the units of the run's score range.
 
+Runs of the sequence heads (attn-dae, gdlt, gdlt-dae) score clip sequences (schema 2): those of videos already in
+a feature file, named by id (`--id`, no extraction), or of new videos extracted with the run's stride:T protocol.
+
 How far a video is from what the run was trained on: its RMS standardised distance to the mean of the group's
 training features (per-dimension mean and std, recorded in model.pt by `dae fit`), and that distance's
 percentile among the training videos' own distances. Above FAR_PERCENTILE (farther than 99% of the training
@@ -30,8 +33,9 @@ from dae.heads.calibration import Calibration
 from dae.heads.calibration import intervals as calibration_intervals
 from dae.heads.dae import DAEHead
 from dae.heads.distributions import StudentT, get_distribution, sample_scale
+from dae.heads.sequence_options import SEQUENCE_HEADS, SequenceOptions
 
-SUPPORTED_HEADS = ("dae", "mlp", "ridge", "core", "dae-core")
+SUPPORTED_HEADS = ("dae", "mlp", "ridge", "core", "dae-core", *SEQUENCE_HEADS)
 LEVEL = 0.9
 FAR_PERCENTILE = 99.0
 # what makes features comparable with a run's: the clip protocol, the I3D weights and the backbone's name
@@ -147,8 +151,11 @@ def mixture_quantile(p: float, mus, scales, distributions) -> np.ndarray:
     return out
 
 
-def _head_outputs(blob: dict, weights: dict, x: torch.Tensor, spec: dict):
-    """One trained head's (mu, scale) on features x, normalised units; scale None for a point head."""
+def _head_outputs(blob: dict, weights: dict, x: torch.Tensor, spec: dict, bank=None, options=None):
+    """One trained head's (mu, scale) on features x (a sequence head: on the clip sequences in `bank`, a
+    heads.sequence.ClipBank, with the run's SequenceOptions), normalised units; scale None for a point head."""
+    if blob["head"] in SEQUENCE_HEADS:
+        return _sequence_outputs(blob, weights, spec, bank, options)
     xs = (x - weights["input_mean"]) / weights["input_std"]
     state = weights["state_dict"]
     if blob["head"] == "ridge":
@@ -162,24 +169,55 @@ def _head_outputs(blob: dict, weights: dict, x: torch.Tensor, spec: dict):
     return mu.double().numpy(), sample_scale(torch.exp(0.5 * log_var.double()), spec.get("reparam", "sigma")).numpy()
 
 
+def _sequence_outputs(blob: dict, weights: dict, spec: dict, bank, options: SequenceOptions):
+    """(mu, scale) of one sequence-head model over every video of `bank`, full sequences, as `dae fit` evaluates
+    them (heads.sequence.predict_full, float32); scale None for gdlt."""
+    from dae.heads.distributions import scale_from_log_variance
+    from dae.heads.sequence import build_model, predict_full
+
+    module = build_model(blob["head"], [int(spec.get("seed", 0))], bank.dim, options, tuple(blob["train"]["hidden"]))
+    module.load_state_dict({name: t.unsqueeze(0) for name, t in weights["state_dict"].items()})  # a stack of one
+    out = predict_full(module, bank, torch.arange(len(bank.lengths)).unsqueeze(0), options.eval_chunk)
+    mu = out["mu"][0].numpy().astype(np.float64)
+    if out["log_var"] is None:
+        return mu, None
+    variance = torch.tensor([[spec.get("reparam", "sigma") == "variance"]])
+    return mu, scale_from_log_variance(out["log_var"], variance)[0].numpy().astype(np.float64)
+
+
+def sequence_options(config: dict) -> SequenceOptions:
+    """The sequence-head options a run was fitted with (config.json `head_options`)."""
+    recorded = config.get("head_options") or {}
+    try:
+        return SequenceOptions(**recorded)
+    except TypeError as exc:
+        raise DaeError(f"unreadable sequence head options in the run's config.json ({exc})") from None
+
+
 @torch.no_grad()
 def score_features(blob: dict, models: list[dict], features: np.ndarray, difficulty=None,
-                   config: dict | None = None) -> dict:
+                   config: dict | None = None, sequences=None) -> dict:
     """mu, sigma, 90% interval ends and the spread of mu over models, (N,) each in score units, of the models'
     equal-weight mixture (module docstring); sigma and the interval NaN for heads without a spread. A run fitted
     with --calibrate scale|conformal (model.pt `calibration`, with its fold models) gives its calibrated 90%
     interval instead, averaged over models (quantile averaging, as predictions.csv's per model).
 
     core / dae-core vote with the training videos kept in the run (difficulty: the new videos' DD, for runs that
-    compare same-difficulty exemplars; config: the run's config.json, for the voter count)."""
+    compare same-difficulty exemplars; config: the run's config.json, for the voter count). Sequence heads read
+    `sequences`: (clips (sum of T, D), starts (N,), lengths (N,)) of the same N videos as `features`."""
     lo, hi = (float(v) for v in blob["score_range"])
     x = torch.as_tensor(np.asarray(features, dtype=np.float32))
     if x.shape[1] != int(blob["feature_dim"]):
         raise DaeError(f"the features are {x.shape[1]}-d but the run was trained on {blob['feature_dim']}-d")
+    bank = options = None
+    if blob["head"] in SEQUENCE_HEADS:
+        from dae.heads.sequence import ClipBank
+
+        if sequences is None:
+            raise UsageError(f"a {blob['head']} run scores clip sequences (schema 2) and none were given")
+        bank, options = ClipBank(*sequences), sequence_options(config or {})
     mus, scales, distributions = [], [], []
     for model in models:
-        xs = (x - model["input_mean"]) / model["input_std"]
-        state = model["state_dict"]
         if blob["head"] in ("core", "dae-core"):
             from dae.heads.core import DEFAULT_VOTERS, score_new_videos
 
@@ -191,18 +229,12 @@ def score_features(blob: dict, models: list[dict], features: np.ndarray, difficu
                 scales.append(np.asarray(scale, np.float64))
                 distributions.append(get_distribution("gaussian"))
             continue
-        if blob["head"] == "ridge":
-            mus.append((xs.double() @ state["weight"].double().reshape(-1) + state["bias"].double()).numpy())
+        spec = model.get("spec") or {}
+        mu, scale = _head_outputs(blob, model, x, spec, bank, options)
+        mus.append(mu)
+        if scale is None:  # ridge, mlp, gdlt: no spread of their own
             continue
-        hidden = [int(state[f"layers.{i}.weight"].shape[0]) for i in range(len(state) // 2 - 1)]
-        head = DAEHead(x.shape[1], hidden)
-        head.load_state_dict(state)
-        mu, log_var = head(xs)
-        mus.append(mu.double().numpy())
-        if blob["head"] == "mlp":
-            continue
-        spec = model["spec"]
-        scales.append(sample_scale(torch.exp(0.5 * log_var.double()), spec.get("reparam", "sigma")).numpy())
+        scales.append(scale)
         distribution = get_distribution(spec.get("distribution", "gaussian"))
         fitted_nu = model.get("distribution_params", {}).get("nu")
         if getattr(distribution, "learned_shape", False):  # the fitted nu (older runs lack it)
@@ -222,22 +254,22 @@ def score_features(blob: dict, models: list[dict], features: np.ndarray, difficu
         out["hi90"] = lo + mixture_quantile(1.0 - tail, mus, scales, distributions) * width
     if blob["head"] not in ("core", "dae-core") and all(
             (m.get("calibration") or {}).get("method", "none") != "none" for m in models):
-        ends = [_calibrated_interval(blob, m, x, lo, hi) for m in models]
+        ends = [_calibrated_interval(blob, m, x, lo, hi, bank, options) for m in models]
         out["lo90"], out["hi90"] = (np.mean([e[k] for e in ends], axis=0) for k in (0, 1))
     return out
 
 
-def _calibrated_interval(blob: dict, model: dict, x: torch.Tensor, lo: float, hi: float):
+def _calibrated_interval(blob: dict, model: dict, x: torch.Tensor, lo: float, hi: float, bank=None, options=None):
     """One model's 90% interval (score units) from the calibrator `dae fit` fitted and its fold models."""
     spec = model["spec"]
     width = hi - lo
-    mu, scale = _head_outputs(blob, model, x, spec)
+    mu, scale = _head_outputs(blob, model, x, spec, bank, options)
     mu, scale = lo + mu * width, (scale * width if scale is not None else None)
     distribution = get_distribution(spec.get("distribution", "gaussian"))
     fitted_nu = model.get("distribution_params", {}).get("nu")
     if getattr(distribution, "learned_shape", False) and fitted_nu is not None:
         distribution = StudentT(float(fitted_nu))
-    folds = [_head_outputs(blob, f, x, spec) for f in model.get("calibration_models", [])]
+    folds = [_head_outputs(blob, f, x, spec, bank, options) for f in model.get("calibration_models", [])]
     fold_mu = np.stack([lo + m * width for m, _ in folds]) if folds else None
     fold_scale = np.stack([s * width for _, s in folds]) if folds and folds[0][1] is not None else None
     cal = Calibration.from_fitted(model["calibration"])
@@ -275,26 +307,30 @@ def group_references(features: np.ndarray, results) -> dict:
     return {group: feature_reference(features, np.array(sorted(r))) for group, r in rows.items()}
 
 
-def predict_videos(run_dir, videos, *, out=None, features=None, weights=None, group=None, device="auto",
+def predict_videos(run_dir, videos=(), *, ids=(), out=None, features=None, weights=None, group=None, device="auto",
                    workers=None, batch_clips=None, decoder=None, difficulty=None, precision=None,
                    allow_feature_mismatch=False, echo=print, note=print) -> pd.DataFrame:
-    """Extract `videos` like the run's training features, score them, print and write a CSV. Returns its rows.
+    """Extract `videos` like the run's training features (or take the videos `ids` from the feature file as they
+    are), score them, print and write a CSV. Returns its rows.
 
     features: a feature file whose protocol, weights and backbone must be the run's (refused otherwise, unless
     allow_feature_mismatch: then every output line and the CSV's `warning` column say so)."""
-    from dae.features.clips import protocol_from_json
-    from dae.features.extract import run_extraction
-    from dae.features.i3d import load_i3d
-    from dae.features.tasks import tasks_for_files
     from dae.features.store import read_features
 
+    videos, ids = [str(v) for v in videos], [str(v) for v in ids]
+    if bool(videos) == bool(ids):
+        raise UsageError("give the videos to score as files (--video) or as ids in the feature file (--id), not both"
+                         if videos else "give the videos to score: --video FILE or --id VIDEO_ID")
     config, blob = load_run(run_dir)
     models = select_models(blob, group)
+    out = Path(out) if out else Path(f"predictions-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}.csv")
+    sequence_head = blob["head"] in SEQUENCE_HEADS
     attrs = config.get("feature_attrs") or {}
     recorded = {**({"backbone": config["backbone"]} if config.get("backbone") else {}), **attrs}
     source = f"{run_dir}/config.json"
     warning = ""
-    if features is not None or not attrs.get("protocol"):  # --features given, or a run from before feature_attrs
+    feature_file = None
+    if features is not None or ids or not attrs.get("protocol"):  # given, needed, or a run from before feature_attrs
         feature_file = find_feature_file(run_dir, config, features)
         attrs, source = read_features(feature_file).attrs, str(feature_file)
         differences = feature_mismatches(recorded, attrs)
@@ -305,10 +341,55 @@ def predict_videos(run_dir, videos, *, out=None, features=None, weights=None, gr
         if differences:
             warning = "features differ from the run's: " + "; ".join(differences)
             note(f"warning: {warning} (--allow-feature-mismatch): the scores are not what the run would give")
+    if ids:
+        extracted, failures = _features_by_id(feature_file, ids, sequence_head, blob["head"]), []
+        rows = _score_rows(blob, models, config, ids, extracted, failures, difficulty)
+    else:
+        extracted, failures = _extract_videos(videos, attrs, source, out, weights, device, workers, batch_clips,
+                                              decoder, precision, sequence_head, note)
+        rows = _score_rows(blob, models, config, videos, extracted, failures, difficulty)
+    return _report(rows, run_dir, blob, models, warning, out, echo)
+
+
+def _features_by_id(feature_file, ids: list[str], sequence_head: bool, head: str):
+    """The rows of `ids` in the feature file, with their clip sequences for a sequence head's run (usage error when
+    the file has none, or lacks an id)."""
+    from dae.features.store import FeatureSet, Sequences, align, align_sequences, has_sequences, read_features
+
+    if len(set(ids)) != len(ids):
+        raise UsageError(f"--id {next(v for v in ids if ids.count(v) > 1)} is given twice")
+    if sequence_head and not has_sequences(feature_file):
+        raise UsageError(f"{feature_file} has no clip sequences (schema 2), and a {head} run scores clip sequences: "
+                         "give the schema-2 file it was fitted on (--features)")
+    fs = read_features(feature_file, sequences=sequence_head)
+    missing = [v for v in ids if v not in set(fs.video_ids)]
+    if missing:
+        raise UsageError(f"{len(missing)} of the --id videos are not in {feature_file}, first: "
+                         f"{', '.join(map(repr, missing[:5]))}")
+    sequences = None
+    if sequence_head:
+        clips, starts, lengths = align_sequences(fs, ids)
+        sequences = Sequences.from_arrays([clips[a:a + n] for a, n in zip(starts, lengths)], dtype=clips.dtype)
+    return FeatureSet(ids, align(fs, ids), fs.attrs, fs.path, sequences=sequences)
+
+
+def _extract_videos(videos, attrs, source, out, weights, device, workers, batch_clips, decoder, precision,
+                    sequence_head, note):
+    """Extract video files as the run's features were made: (FeatureSet of those that worked, or None; failures)."""
+    from dae.features.clips import protocol_from_json
+    from dae.features.extract import run_extraction
+    from dae.features.i3d import load_i3d
+    from dae.features.store import read_features
+    from dae.features.tasks import tasks_for_files
+
     if not attrs.get("protocol") or not attrs.get("weights_sha256"):
         raise DaeError(f"{source} does not record a clip protocol and weights (the features were not made by "
-                       "`dae extract`); dae predict cannot extract new videos the same way")
+                       "`dae extract`); dae predict cannot extract new videos the same way"
+                       + ("; score videos already in the file with --id" if sequence_head else ""))
     protocol = protocol_from_json(attrs["protocol"])
+    if sequence_head and not protocol.variable_length:
+        raise UsageError(f"the run's features were extracted with {protocol.name}, which gives no clip sequences; "
+                         "score videos already in its schema-2 feature file with --id")
     model = load_i3d(weights=weights)
     if model.weights_sha256 != attrs["weights_sha256"]:
         raise DaeError(f"the run's features were extracted with other I3D weights ({attrs.get('backbone')}, sha256 "
@@ -317,7 +398,6 @@ def predict_videos(run_dir, videos, *, out=None, features=None, weights=None, gr
     decoder = decoder or attrs.get("decoder") or "decord"
     precision = _extraction_precision(attrs, precision, note)
     tasks = tasks_for_files(videos)
-    out = Path(out) if out else Path(f"predictions-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}.csv")
     with tempfile.TemporaryDirectory(prefix="dae-predict-") as tmp:
         try:
             result = run_extraction(tasks, Path(tmp) / "features.h5", protocol, device=device, precision=precision,
@@ -333,12 +413,21 @@ def predict_videos(run_dir, videos, *, out=None, features=None, weights=None, gr
                 rows.to_csv(part, index=False)
             raise DaeError(f"no video could be scored ({len(rows)} failed; reasons in {out}): "
                            + "; ".join(f"{v}: {e}" for v, e in zip(rows["video"], rows["error"]))) from None
-        extracted = read_features(result.out) if result.video_ids else None
-    rows = pd.DataFrame({"video": [t.video_id for t in tasks]})
+        extracted = read_features(result.out, sequences=sequence_head) if result.video_ids else None
+    return extracted, result.failures
+
+
+def _score_rows(blob, models, config, names, extracted, failures, difficulty) -> pd.DataFrame:
+    """One row per video in `names`: the mixture's figures for those in `extracted`, the error of the others."""
+    rows = pd.DataFrame({"video": list(names)})
     for column in ("mu", "sigma", "lo90", "hi90", "mu_spread", "distance", "distance_percentile"):
         rows[column] = np.nan
     if extracted is not None:
-        scored = score_features(blob, models, extracted.features, difficulty, config)
+        sequences = None
+        if extracted.sequences is not None:
+            seqs = extracted.sequences
+            sequences = (seqs.data, seqs.starts, seqs.lengths)
+        scored = score_features(blob, models, extracted.features, difficulty, config, sequences)
         reference = blob.get("feature_references", {}).get(str(models[0]["tags"].get("group", "")))
         if reference is not None:
             scored["distance"] = feature_distance(reference, extracted.features)
@@ -348,10 +437,15 @@ def predict_videos(run_dir, videos, *, out=None, features=None, weights=None, gr
         index = [order[v] for v in rows["video"][where]]
         for column, values in scored.items():
             rows.loc[where, column] = values[index]
-    errors = {vid: error for vid, _, error in result.failures}
-    far = rows["distance_percentile"] > FAR_PERCENTILE
+    errors = {vid: error for vid, _, error in failures}
     rows["models"] = len(models)
     rows["error"] = [errors.get(v, "") for v in rows["video"]]
+    return rows
+
+
+def _report(rows: pd.DataFrame, run_dir, blob, models, warning: str, out, echo) -> pd.DataFrame:
+    """Write the CSV and print the table with its warnings."""
+    far = rows["distance_percentile"] > FAR_PERCENTILE
     if warning:
         rows["warning"] = warning
     with atomic_path(out) as tmp:

@@ -1,0 +1,95 @@
+"""`dae predict` on runs of the sequence heads: videos named by id in a schema-2 file are scored exactly as the
+fit scored its test videos; a file without sequences is a one-line usage error."""
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from dae.features.manifest import write_manifest
+from dae.features.store import Sequences, write_features
+from dae.pipeline.cli import cli
+
+SMALL = ["--crop", "6", "--model-width", "16", "--attention-heads", "2", "--dropout", "0.1"]
+
+
+def _files(tmp_path, n=40, dim=8, seed=0):
+    """Videos of 3..14 clips (float16 sequences), 28 train and 12 test; the score lives in the last clips."""
+    rng = np.random.default_rng(seed)
+    arrays, scores = [], []
+    for t in rng.integers(3, 15, n):
+        a = rng.normal(size=(t, dim)).astype(np.float32)
+        quality = rng.uniform(0, 1)
+        a[-2:, 0] += 3 * quality
+        arrays.append(a)
+        scores.append(10 * quality + rng.normal(0, 0.3))
+    ids = [f"v{i:02d}" for i in range(n)]
+    features = tmp_path / "seq.h5"
+    write_features(features, ids, np.stack([a.mean(0) for a in arrays]), sequences=Sequences.from_arrays(arrays),
+                   sequence_dtype="float16", attrs={"backbone": "synthetic", "protocol": {"name": "imported-npy"}})
+    manifest = tmp_path / "m.csv"
+    split = np.where(np.arange(n) % 10 < 7, "train", "test")
+    write_manifest(pd.DataFrame({"video_id": ids, "score": scores, "split": split}), manifest)
+    return features, manifest
+
+
+def _invoke(args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+@pytest.mark.parametrize("head", ["attn-dae", "gdlt", "gdlt-dae"])
+def test_predict_by_id_gives_the_fits_own_test_predictions(tmp_path, head, one_thread):
+    features, manifest = _files(tmp_path)
+    run = tmp_path / "run"
+    res = _invoke(["fit", "--features", features, "--manifest", manifest, "--head", head, "--seed", 3,
+                   "--epochs", 3, "--lr", 1e-3, "--out", run, *SMALL])
+    assert res.exit_code == 0, res.output
+    fitted = pd.read_csv(run / "predictions.csv")
+    test_ids = fitted["video_id"].tolist()
+    assert len(test_ids) == 12
+
+    out = tmp_path / "pred.csv"
+    res = _invoke(["predict", "--run", run, "--features", features, *[a for v in test_ids for a in ("--id", v)],
+                   "--out", out])
+    assert res.exit_code == 0, res.output
+    assert f"({head}, 1 models averaged" in res.output
+    got = pd.read_csv(out)
+    assert got["video"].tolist() == test_ids and got["error"].isna().all()
+    np.testing.assert_allclose(got["mu"], fitted["mu"], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(got["lo90"], fitted["lo90"], rtol=1e-6, atol=1e-6)  # the run's conformal interval
+    np.testing.assert_allclose(got["hi90"], fitted["hi90"], rtol=1e-6, atol=1e-6)
+    if head == "gdlt":  # a point head: no spread of its own
+        assert got["sigma"].isna().all() and fitted["sigma"].isna().all()
+    else:
+        np.testing.assert_allclose(got["sigma"], fitted["sigma"], rtol=1e-6, atol=1e-6)
+
+    # the run's own feature file is found from config.json; one video alone scores the same
+    res = _invoke(["predict", "--run", run, "--id", test_ids[5], "--out", tmp_path / "one.csv"])
+    assert res.exit_code == 0, res.output
+    np.testing.assert_allclose(pd.read_csv(tmp_path / "one.csv")["mu"], fitted["mu"][5:6], rtol=1e-6, atol=1e-6)
+
+
+def test_predict_refuses_a_file_without_sequences_and_bad_ids_in_one_line(tmp_path, one_thread):
+    features, manifest = _files(tmp_path)
+    run = tmp_path / "run"
+    res = _invoke(["fit", "--features", features, "--manifest", manifest, "--head", "gdlt", "--epochs", 1,
+                   "--calibrate", "none", "--out", run, *SMALL])
+    assert res.exit_code == 0, res.output
+    pooled = tmp_path / "pooled.h5"
+    with h5py.File(features) as f:
+        write_features(pooled, list(f["video_id"].asstr()[()]), f["features"][()],
+                       attrs={"backbone": "synthetic", "protocol": {"name": "imported-npy"}})
+    out = tmp_path / "pred.csv"
+    cases = [
+        (["--features", pooled, "--id", "v03"], "has no clip sequences (schema 2), and a gdlt run scores clip sequences"),
+        (["--features", features, "--id", "v03", "--id", "nope"], "1 of the --id videos are not in"),
+        (["--features", features, "--id", "v03", "--video", "x.mp4"], "not both"),
+        (["--features", features], "give the videos to score"),
+        (["--features", features, "--video", "x.mp4"], "score videos already in the file with --id"),
+    ]
+    for extra, message in cases:
+        res = _invoke(["predict", "--run", run, *extra, "--out", out])
+        assert message in res.output, res.output
+        assert len(res.output.strip().splitlines()) == 1, res.output
+        assert res.exit_code == (1 if "--video" in extra and "--id" not in extra else 2), res.output
+        assert not out.exists()
