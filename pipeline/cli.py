@@ -720,9 +720,10 @@ def ablate_voters_cmd(**options):
 @click.option("--dataset", default=None, help="Dataset card name (score range).")
 @click.option("--curves/--no-curves", default=True, show_default=True,
               help="Score every epoch on the test folds (per-epoch curves; costs one evaluation per epoch).")
+@click.option("--config", "config_path", type=click.Path(), default=None, help=_CONFIG_HELP)
 @sequence_options
-def ablate_pooling_cmd(features, manifest, leaderboard, out, heads, n_seeds, epochs, sequence_epochs, sequence_lr,
-                       batch_size, dataset, curves, **sequence):
+@click.pass_context
+def ablate_pooling_cmd(ctx, config_path, **options):
     """Pooling: the DAE on the mean of the clips against attn-dae, gdlt and gdlt-dae on the same sequences.
 
     Same seeds, protocol cells (groups x folds) and score range for every head; one leaderboard row per model
@@ -730,19 +731,12 @@ def ablate_pooling_cmd(features, manifest, leaderboard, out, heads, n_seeds, epo
     Needs a schema-2 feature file (`dae features import --npy-dir DIR --keep-clips`).
 
         dae ablate pooling --features fisv.h5 --manifest fisv_tes.csv --dataset fis-v --seeds 3
-    """
-    from dae.heads.config import TrainConfig
-    from dae.heads.sequence_options import SEQUENCE_EPOCHS, SEQUENCE_LR
-    from dae.pipeline.pooling import run_pooling_files
-    from dae.pipeline.settings import card_score_range, csv_list, sequence_options_of
 
-    config = TrainConfig(epochs=epochs, batch_size=batch_size)
-    sequence_config = TrainConfig(epochs=sequence_epochs or SEQUENCE_EPOCHS, lr=sequence_lr or SEQUENCE_LR,
-                                  batch_size=batch_size)
-    run_pooling_files(features, manifest, list(range(n_seeds)), config, sequence_config,
-                      sequence_options_of(sequence), heads=csv_list(heads), dataset=dataset or "",
-                      score_range=card_score_range(dataset, manifest), out=out, leaderboard=leaderboard,
-                      curves=curves, echo=click.echo)
+        dae ablate pooling --config runs/fisv-ablate-pooling-.../config.json --seeds 5    (replay, 5 seeds)
+    """
+    from dae.pipeline.settings import pooling_from_options, replay_options
+
+    pooling_from_options(replay_options(options, _explicit(ctx), config_path, "pooling"), echo=click.echo)
 
 
 @bench_group.command("fit")

@@ -62,7 +62,10 @@ def run_pooling(fs, manifest: pd.DataFrame, heads, seeds, config: TrainConfig, s
         echo(f"  {head}: {len(rows)} models in {walls[head]:.1f} s")
     rows = pd.concat(frames, ignore_index=True)
     table = curves_frame(results)
-    return PoolingResult(rows, compare_configs(rows), table, walls)
+    comparison = compare_configs(rows)
+    if "head" not in comparison:  # one head: no setting varies, so the comparison names none (a KeyError before)
+        comparison = comparison.assign(head=rows["head"].iloc[0])
+    return PoolingResult(rows, comparison, table, walls)
 
 
 def curves_frame(results) -> pd.DataFrame:
@@ -112,8 +115,11 @@ def format_pooling(result: PoolingResult, baseline: str = "dae") -> str:
 
 def run_pooling_files(features, manifest, seeds, config: TrainConfig, sequence_config: TrainConfig,
                       options: SequenceOptions, heads=DEFAULT_HEADS, dataset: str = "", score_range=None, out=None,
-                      leaderboard=None, curves: bool = True, echo=print) -> PoolingResult:
-    """Read the files, run the pooling study, print its report, write the study folder and leaderboard rows."""
+                      leaderboard=None, curves: bool = True, echo=print, command_options: dict | None = None) -> PoolingResult:
+    """Read the files, run the pooling study, print its report, write the study folder and leaderboard rows.
+
+    command_options: the command's options, recorded in config.json for `dae ablate pooling --config`
+    (pipeline.settings)."""
     import torch
 
     from dae.features.manifest import read_manifest
@@ -141,7 +147,8 @@ def run_pooling_files(features, manifest, seeds, config: TrainConfig, sequence_c
             "sequence_options": dataclasses.asdict(options), "wall_seconds": result.wall_seconds,
             "dae_version": __version__, "torch_version": torch.__version__, "torch_threads": torch.get_num_threads(),
             "python": platform.python_version(), "cpu_count": os.cpu_count(),
-            "machine": f"{platform.machine()} {platform.processor() or ''}".strip()}
+            "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+            **({"options": command_options} if command_options is not None else {})}
     with atomic_dir(out, "study folder") as tmp:
         (tmp / "config.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
         result.rows.to_csv(tmp / "metrics.csv", index=False)

@@ -36,6 +36,11 @@ STUDY_DEFAULTS = {
     "distributions": None, "reparams": None, "jobs": 1, "backend": "loky", "scheduler": None, "threads": None,
     "device": "auto", "head": "dae", "calibrate": "conformal", "calibration_folds": 5,
 }
+POOLING_DEFAULTS = {
+    "features": None, "manifest": None, "heads": "dae,attn-dae,gdlt,gdlt-dae", "n_seeds": 3, "epochs": 100,
+    "sequence_epochs": None, "sequence_lr": None, "batch_size": 32, "dataset": None, "curves": True,
+    **SEQUENCE_DEFAULTS,
+}
 # Where results go is never replayed (a run folder is never overwritten; a leaderboard would get its rows twice).
 OUTPUTS = ("out", "leaderboard", "plots")
 EXCLUSIVE = (("n_seeds", "seed"),)
@@ -150,6 +155,23 @@ def study_from_options(study: str, options: dict, echo=print):
                            threads=o["threads"], echo=echo, head=o["head"], calibrate=o["calibrate"],
                            calibration_folds=o["calibration_folds"],
                            options={"study": study, **_recordable(o)})
+
+
+def pooling_from_options(options: dict, echo=print):
+    """`dae ablate pooling`: pooled heads at fit's settings, sequence heads at their own budget, on the same cells."""
+    from dae.heads.sequence_options import SEQUENCE_EPOCHS, SEQUENCE_LR
+    from dae.pipeline.pooling import run_pooling_files
+
+    o = {**POOLING_DEFAULTS, **options}
+    _require_inputs(o)
+    config = TrainConfig(epochs=o["epochs"], batch_size=o["batch_size"])
+    sequence_config = TrainConfig(epochs=o["sequence_epochs"] or SEQUENCE_EPOCHS, lr=o["sequence_lr"] or SEQUENCE_LR,
+                                  batch_size=o["batch_size"])
+    return run_pooling_files(o["features"], o["manifest"], list(range(o["n_seeds"])), config, sequence_config,
+                             sequence_options_of(o), heads=csv_list(o["heads"]), dataset=o["dataset"] or "",
+                             score_range=card_score_range(o["dataset"], o["manifest"]), out=o.get("out"),
+                             leaderboard=o.get("leaderboard"), curves=o["curves"], echo=echo,
+                             command_options={"study": "pooling", **_recordable(o)})
 
 
 def voters_from_options(options: dict, echo=print):

@@ -99,3 +99,39 @@ def test_real_fisv_sequences_import_and_a_gdlt_epoch_runs(tmp_path, one_thread):
     res = CliRunner().invoke(cli, ["fit", "--features", str(tmp_path / "fisv.h5"), "--manifest", str(manifest),
                                    "--head", "gdlt", "--epochs", "1", "--out", str(tmp_path / "run")])
     assert res.exit_code == 0, res.output
+
+
+def test_ablate_pooling_replays_its_config_json_and_options_override_it(tmp_path, one_thread):
+    """`dae ablate pooling --config STUDY/config.json` re-runs the recorded study (same metrics); explicit options
+    override the record; a record of another command is refused."""
+    features, manifest = _sequence_files(tmp_path)
+    first = tmp_path / "first"
+    res = CliRunner().invoke(cli, ["ablate", "pooling", "--features", str(features), "--manifest", str(manifest),
+                                   "--heads", "dae,attn-dae", "--seeds", "2", "--epochs", "3", "--sequence-epochs", "2",
+                                   "--no-curves", "--out", str(first), *SMALL])
+    assert res.exit_code == 0, res.output
+    import json
+
+    recorded = json.loads((first / "config.json").read_text())["options"]
+    assert recorded["study"] == "pooling" and recorded["features"] == str(features.resolve()) and recorded["crop"] == 6
+    assert "out" not in recorded
+
+    when = ["fit_seconds", "wall_seconds", "created_utc", "run_dir"]
+    again = tmp_path / "again"
+    res = CliRunner().invoke(cli, ["ablate", "pooling", "--config", str(first / "config.json"), "--out", str(again)])
+    assert res.exit_code == 0, res.output
+    a, b = (pd.read_csv(d / "metrics.csv").drop(columns=when) for d in (first, again))
+    pd.testing.assert_frame_equal(a, b)
+    assert set(a["crop"].dropna()) == {6} and len(a) == 8
+
+    varied = tmp_path / "varied"
+    res = CliRunner().invoke(cli, ["ablate", "pooling", "--config", str(first), "--out", str(varied), "--seeds", "1",
+                                   "--heads", "attn-dae"])
+    assert res.exit_code == 0, res.output
+    c = pd.read_csv(varied / "metrics.csv")
+    assert set(c["head"]) == {"attn-dae"} and set(c["seed"]) == {0} and set(c["crop"]) == {6} and len(c) == 2
+
+    res = CliRunner().invoke(cli, ["ablate", "losses", "--config", str(first), "--out", str(tmp_path / "x")])
+    assert res.exit_code == 2 and "records a `dae ablate pooling` run" in res.output
+    res = CliRunner().invoke(cli, ["ablate", "pooling", "--out", str(tmp_path / "y")])
+    assert res.exit_code == 2 and "missing option --features" in res.output and not (tmp_path / "y").exists()
