@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from dae.devices import resolve_device
+from dae.errors import UsageError
 from dae.features.batching import BatchRunner, clip_shape
 from dae.features.clips import parse_protocol
 from dae.features.decode import DECODERS, DEFAULT_DECODER, decoder_version
@@ -99,6 +100,9 @@ def bench_extract(videos=None, *, count: int | None = None, frames: int = 150, p
     from dae.features.i3d import load_i3d
 
     proto = parse_protocol(protocol)
+    if proto.variable_length:  # its ratios are per video at a fixed clip count
+        raise UsageError(f"dae bench extract measures fixed clip protocols; {proto.name} gives each video as many "
+                         "clips as it is long: bench with uniform:NxT of the same clip length instead")
     dev = resolve_device(device)
     precision = resolve_precision(precision, dev.type)
     batch_clips = int(batch_clips or default_batch_clips(dev))

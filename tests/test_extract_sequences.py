@@ -165,3 +165,81 @@ def test_decord_reads_on_from_where_it_stopped_when_a_video_comes_in_pieces(tmp_
         assert [read_index(f) for piece in got for f in piece] == list(range(40))
         reader.get_frames([5])  # behind the reader: back to a safe start, as before
         assert reader.frames_decoded == 46
+
+
+def test_a_worker_killed_between_two_pieces_fails_only_that_video_and_frees_its_slot(tmp_path, monkeypatch, pause_at):
+    """The consumer still holds the first piece when the worker dies: that video fails after it, the slot comes
+    back once the piece is released, and the videos after it decode (more videos than slots: a lost slot would
+    hang the pool)."""
+    protocol = parse_protocol(PROTOCOL)
+    names = ["long", "n1", "n2", "n3", "n4", "n5"]
+    paths = [write_video(tmp_path / f"{n}.mp4", noise_frames(27 if n == "long" else 9, 40, 52, seed=i))
+             for i, n in enumerate(names)]
+    tasks = [VideoTask(i, p.stem, str(p), p.name) for i, p in enumerate(paths)]
+    monkeypatch.setenv("DAE_SHM_LIMIT_BYTES", shm_limit(3))  # 1 worker, 1 ahead: 3 slots of one clip
+    between = pause_at("piece-long.mp4-1")
+    seen = []
+    with DecodePool(protocol, "decord", workers=1, prefetch=1) as pool:
+        for item in pool.decode(tasks):
+            seen.append((item.task.video_id, item.first_clip, item.error))
+            if item.task.video_id == "long" and item.error is None:
+                between.wait()
+                os.kill(pool.worker_pids()[0], signal.SIGKILL)
+            item.release()
+    assert seen[0] == ("long", 0, None) and seen[1][0] == "long" and "crashed (signal 9)" in seen[1][2]
+    assert seen[2:] == [(n, 0, None) for n in names[1:]]
+
+
+@pytest.mark.slow
+def test_a_video_that_breaks_after_some_pieces_fails_whole(setup, reference, tmp_path):
+    """A truncated file whose index promises more frames than it holds (PyAV opens it, decord does not): its first
+    pieces decode, then it fails; it is listed as failed with none of its clips in the file, and every other video
+    is the reference's (both decoders give the same frames)."""
+    videos, checkpoint = setup
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    for path in videos.iterdir():
+        (folder / path.name).write_bytes(path.read_bytes())
+    cut = write_video(folder / "e_cut.mp4", noise_frames(60, 40, 52, seed=9), faststart=True)  # index first
+    cut.write_bytes(cut.read_bytes()[:int(cut.stat().st_size * 0.6)])
+    out = tmp_path / "cut.h5"
+    res = run_cli(command(folder, checkpoint, out, "--decoder", "pyav"), env={"DAE_SHM_LIMIT_BYTES": shm_limit(3)})
+    assert res.exit_code == 3, res.output
+    fs, ref = read_features(out, sequences=True), read_features(reference, sequences=True)
+    assert sorted(row["video_id"] for row in fs.attrs["failures"]) == ["broken", "e_cut"]
+    assert "invalid data" in next(r["error"] for r in fs.attrs["failures"] if r["video_id"] == "e_cut")
+    assert fs.video_ids == ref.video_ids
+    np.testing.assert_array_equal(fs.sequences.data, ref.sequences.data)
+    np.testing.assert_array_equal(fs.sequences.offsets, ref.sequences.offsets)
+
+
+@pytest.mark.slow
+def test_predict_extracts_new_videos_with_a_sequence_runs_stride_protocol(setup, reference, tmp_path, one_thread):
+    """A sequence head fitted on an extracted stride file scores a video file (extracted again, as the run's
+    features were) as it scores the same video's sequence already in the file."""
+    import pandas as pd
+
+    from dae.features.manifest import write_manifest
+
+    videos, checkpoint = setup
+    manifest = tmp_path / "m.csv"
+    write_manifest(pd.DataFrame({"video_id": ["a", "b", "c", "d"], "score": [1.0, 4.0, 2.0, 3.0],
+                                 "split": ["train", "train", "train", "test"]}), manifest)
+    run = tmp_path / "run"
+    res = run_cli(["fit", "--features", reference, "--manifest", manifest, "--head", "attn-dae", "--epochs", 2,
+                   "--calibrate", "none", "--out", run])
+    assert res.exit_code == 0, res.output
+    by_id, by_file = tmp_path / "by_id.csv", tmp_path / "by_file.csv"
+    assert run_cli(["predict", "--run", run, "--id", "c", "--id", "d", "--out", by_id]).exit_code == 0
+    res = run_cli(["predict", "--run", run, "--video", videos / "c.mp4", "--video", videos / "d.mp4",
+                   "--weights", checkpoint, "--out", by_file])
+    assert res.exit_code == 0, res.output
+    a, b = pd.read_csv(by_id), pd.read_csv(by_file)
+    np.testing.assert_allclose(b["mu"], a["mu"], rtol=1e-4)
+    np.testing.assert_allclose(b["sigma"], a["sigma"], rtol=1e-4)
+
+
+def test_bench_extract_refuses_a_sequence_protocol_in_one_line():
+    res = run_cli(["bench", "extract", "--protocol", "stride:32", "--device", "cpu", "--model-only"])
+    assert res.exit_code == 2 and "measures fixed clip protocols; stride:32" in res.output, res.output
+    assert len(res.output.strip().splitlines()) == 1
