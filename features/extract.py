@@ -41,7 +41,7 @@ from dae.features.device import default_batch_clips, device_name, prepare_model
 from dae.features.precision import resolve_precision
 from dae.features.resume import Parts, check_resumable, finished_output, output_lock, resume_point
 from dae.features.shards import parse_shard, select_shard, shard_from_environment, shard_output
-from dae.features.store import write_features
+from dae.features.store import SEQUENCE_DTYPES, write_features
 from dae.features.tasks import ids_sha256, list_tasks, tasks_sha256
 from dae.progress import ProgressLine
 
@@ -103,7 +103,7 @@ def extract(videos, out, *, manifest=None, protocol: str = DEFAULT_PROTOCOL, dev
             precision: str | None = None, batch_clips: int | None = None, workers: int | None = None, weights=None,
             decoder: str = DEFAULT_DECODER, shard: str | None = None, fail_log=None, overwrite: bool = False,
             decode_threads: int = 1, model_threads: int | None = None, video_timeout_s: float = 1800.0,
-            note=None) -> ExtractResult:
+            clip_dtype: str | None = None, note=None) -> ExtractResult:
     """Extract every video under `videos` (or every row of `manifest`) into the feature file `out`."""
     proto = parse_protocol(protocol)
     shard_pair, from_env = (parse_shard(shard), False) if shard else (shard_from_environment(), True)
@@ -116,7 +116,7 @@ def extract(videos, out, *, manifest=None, protocol: str = DEFAULT_PROTOCOL, dev
     return run_extraction(tasks, out, proto, device=device, precision=precision, batch_clips=batch_clips,
                           workers=workers, weights=weights, decoder=decoder, fail_log=fail_log, overwrite=overwrite,
                           decode_threads=decode_threads, model_threads=model_threads,
-                          video_timeout_s=video_timeout_s, note=note,
+                          video_timeout_s=video_timeout_s, note=note, clip_dtype=clip_dtype,
                           shard_info={"shard": f"{shard_pair[0]}/{shard_pair[1]}" if shard_pair else "",
                                       "all_ids_sha256": ids_sha256(all_ids), "num_all_ids": len(all_ids)})
 
@@ -131,8 +131,11 @@ def run_extraction(tasks: list[VideoTask], out, protocol: ClipProtocol, *, devic
                    precision: str | None = None, batch_clips: int | None = None, workers: int | None = None,
                    weights=None, model=None, decoder: str = DEFAULT_DECODER, fail_log=None, overwrite: bool = False,
                    decode_threads: int = 1, model_threads: int | None = None, video_timeout_s: float = 1800.0,
-                   progress: bool | None = None, note=None, shard_info: dict | None = None) -> ExtractResult:
-    """Extract `tasks` (positions 0..n-1, sorted by id for resumable runs) into `out`; see the module docstring."""
+                   progress: bool | None = None, note=None, shard_info: dict | None = None,
+                   clip_dtype: str | None = None) -> ExtractResult:
+    """Extract `tasks` (positions 0..n-1, sorted by id for resumable runs) into `out`; see the module docstring.
+
+    clip_dtype: how a sequence protocol's clips are stored (float32, the default, or float16)."""
     note = note or (lambda text: print(text, file=sys.stderr))
     started = time.monotonic()
     if decoder not in DECODERS:
@@ -146,6 +149,10 @@ def run_extraction(tasks: list[VideoTask], out, protocol: ClipProtocol, *, devic
     batch_clips = int(batch_clips or default_batch_clips(dev))
     if batch_clips < 1:
         raise UsageError("--batch-clips must be at least 1")
+    if clip_dtype and not protocol.variable_length:
+        raise UsageError(f"--clip-dtype is for clip sequences (stride:T); {protocol.name} stores its clips as float32")
+    if clip_dtype and clip_dtype not in SEQUENCE_DTYPES:
+        raise UsageError(f"--clip-dtype must be one of {', '.join(SEQUENCE_DTYPES)}, got {clip_dtype!r}")
     workers = int(workers or default_workers(dev.type))
     if dev.type == "cpu":
         if model_threads:
@@ -165,6 +172,7 @@ def run_extraction(tasks: list[VideoTask], out, protocol: ClipProtocol, *, devic
         identity = {"protocol": protocol.to_dict(), "weights_sha256": model.weights_sha256,
                     "backbone": model.backbone_name, "decoder": decoder, "precision": precision,
                     "videos_sha256": tasks_sha256(tasks), "num_videos_requested": len(tasks),
+                    **({"sequence_dtype": clip_dtype or "float32"} if protocol.variable_length else {}),
                     **(shard_info or {"shard": "", "all_ids_sha256": ids_sha256(ids), "num_all_ids": len(ids)})}
         settings = {"batch_clips": batch_clips, "device": device_name(dev),
                     "model_threads": model_threads if dev.type == "cpu" else 0,
@@ -212,7 +220,8 @@ def run_extraction(tasks: list[VideoTask], out, protocol: ClipProtocol, *, devic
         attrs = {**run["identity"], **run["settings"], "created_utc": run["created_utc"],
                  "failures": [dict(zip(FAILURE_COLUMNS, row)) for row in failures], "num_failed": len(failures)}
         if protocol.variable_length:
-            write_features(out, extracted, clips.means(), sequences=clips, attrs=attrs)
+            write_features(out, extracted, clips.means(), sequences=clips, sequence_dtype=attrs["sequence_dtype"],
+                           attrs=attrs)
         else:
             write_features(out, extracted, pool_clip_features(clips), clip_features=clips, attrs=attrs)
         parts.remove()

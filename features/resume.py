@@ -204,7 +204,8 @@ def resume_point(video_ids: list[str], state: Progress, num_clips: int) -> tuple
 
 # What makes two extractions the same one: a resume, or a finished OUT, must match on all of these.
 IDENTITY_WORDS = {"protocol": "clip protocol", "weights_sha256": "I3D weights", "backbone": "backbone",
-                  "decoder": "decoder", "precision": "precision", "videos_sha256": "list of videos",
+                  "decoder": "decoder", "precision": "precision", "sequence_dtype": "clip sequence dtype",
+                  "videos_sha256": "list of videos",
                   "shard": "shard", "all_ids_sha256": "full list of videos (before sharding)"}
 
 

@@ -446,9 +446,13 @@ def demo_cmd(out, seeds, epochs, from_videos, device):
               help="Torch threads for the model on CPU [default: torch's, one per core].")
 @click.option("--video-timeout", type=click.FloatRange(1), default=1800.0, show_default=True,
               help="Seconds one video may take to decode before its decoder is stopped and the video failed.")
+@click.option("--clip-dtype", type=LibraryChoice("dae.features.store:SEQUENCE_DTYPES"), default=None,
+              help="stride:T: how the clip sequences are stored [default: float32]; float16 halves the file "
+                   "(rounding ~1e-3 relative; /features is the mean before rounding). Part of the file's identity: "
+                   "a resume or rerun must ask for the same.")
 @click.pass_context
 def extract_cmd(ctx, videos, manifest, out, protocol, device, precision, batch_clips, workers, weights, decoder, shard,
-                fail_log, overwrite, decode_threads, model_threads, video_timeout):
+                fail_log, overwrite, decode_threads, model_threads, video_timeout, clip_dtype):
     """Stage one: decode videos, run I3D on their clips, write one HDF5 feature file.
 
     \b
@@ -463,7 +467,8 @@ def extract_cmd(ctx, videos, manifest, out, protocol, device, precision, batch_c
                      batch_clips=batch_clips,
                      workers=workers, weights=weights, decoder=decoder, shard=shard, fail_log=fail_log,
                      overwrite=overwrite, decode_threads=decode_threads, model_threads=model_threads,
-                     video_timeout_s=video_timeout, note=lambda text: click.echo(text, err=True))
+                     video_timeout_s=video_timeout, clip_dtype=clip_dtype,
+                     note=lambda text: click.echo(text, err=True))
     click.echo(result.summary())
     if result.failures:
         ctx.exit(3)

@@ -32,7 +32,7 @@ from dae.pipeline.protocols import (WINDOW_EPOCHS, WINDOW_SELECTIONS, apply_wind
                                     check_card_protocol)
 
 HEADS = ("dae", "mlp", "ridge", "usdl", "musdl", "dae-mt", "dae-judges", "core", "dae-core") + SEQUENCE_HEADS
-PREDICT_ATTRS = ("protocol", "weights_sha256", "decoder", "backbone", "precision", "device")
+PREDICT_ATTRS = ("protocol", "weights_sha256", "decoder", "backbone", "precision", "device", "sequence_dtype")
 VAL_SEED = 0
 FAILED_METRICS = ("spearman", "rl2x100", "l2", *DISTRIBUTION_METRICS, *INTERVAL_METRICS)
 

@@ -402,7 +402,8 @@ def _extract_videos(videos, attrs, source, out, weights, device, workers, batch_
         try:
             result = run_extraction(tasks, Path(tmp) / "features.h5", protocol, device=device, precision=precision,
                                     batch_clips=batch_clips, workers=workers, model=model, decoder=decoder,
-                                    progress=False, note=note, fail_log=Path(tmp) / "failures.csv")
+                                    progress=False, note=note, fail_log=Path(tmp) / "failures.csv",
+                                    clip_dtype=attrs.get("sequence_dtype") if protocol.variable_length else None)
         except DaeError:
             failed = Path(tmp) / "failures.csv"
             if not failed.is_file():

@@ -243,3 +243,21 @@ def test_bench_extract_refuses_a_sequence_protocol_in_one_line():
     res = run_cli(["bench", "extract", "--protocol", "stride:32", "--device", "cpu", "--model-only"])
     assert res.exit_code == 2 and "measures fixed clip protocols; stride:32" in res.output, res.output
     assert len(res.output.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_float16_sequences_keep_the_float32_mean_and_are_part_of_the_files_identity(setup, reference, tmp_path):
+    videos, checkpoint = setup
+    out = tmp_path / "half.h5"
+    res = run_cli(command(videos, checkpoint, out, "--clip-dtype", "float16"))
+    assert res.exit_code == 3, res.output
+    half, full = read_features(out, sequences=True), read_features(reference, sequences=True)
+    assert half.attrs["sequence_dtype"] == "float16" and half.sequences.data.dtype == np.float16
+    np.testing.assert_array_equal(half.sequences.data, full.sequences.data.astype(np.float16))
+    np.testing.assert_array_equal(half.features, full.features)  # the mean of the clips before rounding
+    again = run_cli(command(videos, checkpoint, out))  # the same command but float32: another extraction
+    assert again.exit_code == 1 and "is not this extraction's finished output" in again.output, again.output
+    res = run_cli(["extract", "--videos", videos, "--out", tmp_path / "no.h5", "--protocol", "uniform:1x9",
+                   "--weights", checkpoint, "--clip-dtype", "float16"])
+    assert res.exit_code == 2 and "--clip-dtype is for clip sequences (stride:T)" in res.output, res.output
+    assert not (tmp_path / "no.h5").exists()
