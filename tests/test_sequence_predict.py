@@ -7,29 +7,17 @@ import pytest
 from click.testing import CliRunner
 
 from dae.features.manifest import write_manifest
-from dae.features.store import Sequences, write_features
+from dae.features.store import write_features
 from dae.pipeline.cli import cli
+from test_sequence_fit import SMALL, _sequence_files
 
-SMALL = ["--crop", "6", "--model-width", "16", "--attention-heads", "2", "--dropout", "0.1"]
 
-
-def _files(tmp_path, n=40, dim=8, seed=0):
-    """Videos of 3..14 clips (float16 sequences), 28 train and 12 test; the score lives in the last clips."""
-    rng = np.random.default_rng(seed)
-    arrays, scores = [], []
-    for t in rng.integers(3, 15, n):
-        a = rng.normal(size=(t, dim)).astype(np.float32)
-        quality = rng.uniform(0, 1)
-        a[-2:, 0] += 3 * quality
-        arrays.append(a)
-        scores.append(10 * quality + rng.normal(0, 0.3))
-    ids = [f"v{i:02d}" for i in range(n)]
-    features = tmp_path / "seq.h5"
-    write_features(features, ids, np.stack([a.mean(0) for a in arrays]), sequences=Sequences.from_arrays(arrays),
-                   sequence_dtype="float16", attrs={"backbone": "synthetic", "protocol": {"name": "imported-npy"}})
-    manifest = tmp_path / "m.csv"
-    split = np.where(np.arange(n) % 10 < 7, "train", "test")
-    write_manifest(pd.DataFrame({"video_id": ids, "score": scores, "split": split}), manifest)
+def _files(tmp_path):
+    """test_sequence_fit's 40 videos of 3..14 clips (float16 sequences), split 28 train and 12 test."""
+    features, manifest = _sequence_files(tmp_path)
+    rows = pd.read_csv(manifest, dtype={"video_id": str}).drop(columns="fold")
+    rows["split"] = np.where(np.arange(len(rows)) % 10 < 7, "train", "test")
+    write_manifest(rows, manifest)
     return features, manifest
 
 
@@ -77,8 +65,7 @@ def test_predict_refuses_a_file_without_sequences_and_bad_ids_in_one_line(tmp_pa
     assert res.exit_code == 0, res.output
     pooled = tmp_path / "pooled.h5"
     with h5py.File(features) as f:
-        write_features(pooled, list(f["video_id"].asstr()[()]), f["features"][()],
-                       attrs={"backbone": "synthetic", "protocol": {"name": "imported-npy"}})
+        write_features(pooled, list(f["video_id"].asstr()[()]), f["features"][()], attrs={"backbone": "synthetic"})
     out = tmp_path / "pred.csv"
     cases = [
         (["--features", pooled, "--id", "v03"], "has no clip sequences (schema 2), and a gdlt run scores clip sequences"),
