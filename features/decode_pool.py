@@ -15,7 +15,9 @@ kill the run with SIGBUS.
 Sequence protocols (stride:T) give as many clips as the video is long, known only once a worker has opened it.
 A slot holds `slot_clips` clips (SEQUENCE_SLOT_FRAMES frames' worth, the size of a uniform:10x16 slot); a longer
 video comes in pieces through its one slot: the worker writes a piece, the consumer takes it and releases it,
-then the worker writes the next. A fixed protocol's video is always one piece.
+then the worker writes the next. A fixed protocol's video is always one piece. `timeout_s` then bounds each
+piece (the clock stops while the consumer holds one); a death or hang after some pieces fails the video, and the
+consumer leaves out the clips it already took.
 """
 from __future__ import annotations
 
