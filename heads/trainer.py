@@ -164,8 +164,10 @@ def _keep_freed_memory():
 def train(head, jobs: list[Job], config: TrainConfig = TrainConfig(), progress=None) -> list[HeadResult]:
     """Train one model per job with `head`; results in job order.
 
-    progress: called after every epoch of every bucket as progress(epochs_done, epochs_total, mean_train_loss)
-    (the mean over the bucket's finite models of their epoch's training loss on their training rows).
+    progress: called after every epoch of every bucket as progress(epochs_done, epochs_total, mean_train_loss,
+    stacks) (the mean over the bucket's finite models of their epoch's training loss on their training rows).
+    Models that cannot share one stacked model (other training-set sizes, evaluation sets or head keys: CV+'s fold
+    models, for one) train one stack after the other, each for config.epochs: epochs_total = stacks x epochs.
     """
     config.check()
     check_jobs(jobs)
@@ -178,7 +180,8 @@ def train(head, jobs: list[Job], config: TrainConfig = TrainConfig(), progress=N
     total = config.epochs * len(buckets)
     for b, members in enumerate(buckets.values()):
         done = b * config.epochs
-        report = (lambda epoch, loss, done=done: progress(done + epoch + 1, total, loss)) if progress else None
+        report = ((lambda epoch, loss, done=done: progress(done + epoch + 1, total, loss, len(buckets)))
+                  if progress else None)
         for i, res in zip(members, _train_bucket(head, jobs, members, config, report)):
             results[i] = res
     return results

@@ -130,12 +130,15 @@ class TrainingProgress:
         self.label, self.stream, self.enabled = label, stream, enabled
         self.line, self.done = None, 0
 
-    def __call__(self, done: int, total: int, loss: float) -> None:
+    def __call__(self, done: int, total: int, loss: float, stacks: int = 1) -> None:
         from dae.progress import ProgressLine
 
         if self.line is None:
             self.line = ProgressLine(total, stream=self.stream, enabled=self.enabled, label=self.label, unit="epochs")
-        self.line.update(count=done - self.done, detail=f"mean training loss {loss:.4g}")
+        # models that cannot share one stacked model (CV+'s fold models, other fold sizes) train one stack after
+        # the other: say so, or "8/8 epochs" would puzzle a user who asked for 4
+        stacked = f"{stacks} stacks of models x {total // stacks} epochs; " if stacks > 1 else ""
+        self.line.update(count=done - self.done, detail=f"{stacked}mean training loss {loss:.4g}")
         self.done = done
 
     def close(self) -> None:

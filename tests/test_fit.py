@@ -1,4 +1,5 @@
 """`dae fit` end to end through the real CLI: run folder, leaderboard, protocols, bad input."""
+import dataclasses
 import json
 import os
 
@@ -244,6 +245,14 @@ def test_fit_shows_progress_epochs_eta_and_training_loss(tmp_path):
                                    str(tmp_path / "run"), "--epochs", "3", "--calibrate", "none"])
     assert res.exit_code == 0, res.output
     assert "fit: 0/3 epochs already done; starting (progress every 30 s)" in res.stderr
+
+    # the default CV+ calibration trains the fold models as a second stack: the count says why it is 8, not 4
+    tty = Terminal()
+    progress = TrainingProgress("fit", stream=tty)
+    fit_models(read_features(features), read_manifest(manifest), dataclasses.replace(plan, calibrate="conformal"),
+               progress=progress)
+    text = tty.getvalue().split("\r")[-1]
+    assert "fit: 8/8 epochs" in text and "2 stacks of models x 4 epochs; mean training loss" in text
 
 
 def test_a_partly_diverged_fit_marks_the_failed_models_and_keeps_them_out_of_the_summary(tmp_path):
