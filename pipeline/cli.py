@@ -224,6 +224,12 @@ def _fit_default(name):
     return FIT_DEFAULTS[name]
 
 
+def _pooling_default(name):
+    from dae.pipeline.settings import POOLING_DEFAULTS
+
+    return POOLING_DEFAULTS[name]
+
+
 _CONFIG_HELP = ("Replay a run: every option as RUN/config.json recorded it (a run or study folder also works); options "
                 "given here override it. Where results go (--out, --leaderboard, --plots) is never replayed.")
 
@@ -547,10 +553,11 @@ def predict_cmd(ctx, run_dir, videos, ids, out, features, weights, group, device
                 allow_feature_mismatch):
     """Score videos with a trained run: extract them as its features were, apply its heads (seeds averaged).
 
-    Prints and writes per-video mu, sigma and the 90% interval, in score units. Examples:
+    Prints and writes per-video mu, sigma and the 90% interval, in score units. Sequence-head runs (attn-dae,
+    gdlt, gdlt-dae) read clip sequences: --id takes them from a schema-2 file. Examples:
 
+    \b
         dae predict --run runs/dae1 --video dive1.mp4 --video dive2.mp4
-
         dae predict --run runs/gdlt1 --features fisv.h5 --id 0 --id 7      (videos already in the file)
     """
     from dae.pipeline.predict import predict_videos
@@ -710,20 +717,21 @@ def ablate_voters_cmd(**options):
 @input_options
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Study folder to create (never overwritten). Default: runs/<dataset>-ablate-pooling-<time>.")
-@click.option("--heads", default="dae,attn-dae,gdlt,gdlt-dae", show_default=True,
+@click.option("--heads", default=_pooling_default("heads"), show_default=True,
               help="Comma-separated heads: dae (and ridge) read the mean of the clips; attn-dae, gdlt, gdlt-dae "
                    "the sequences.")
-@click.option("--seeds", "n_seeds", type=click.IntRange(1), default=3, show_default=True, help="Seeds 0..N-1.")
-@click.option("--epochs", type=click.IntRange(1), default=100, show_default=True,
+@click.option("--seeds", "n_seeds", type=click.IntRange(1), default=_pooling_default("n_seeds"), show_default=True,
+              help="Seeds 0..N-1.")
+@click.option("--epochs", type=click.IntRange(1), default=_pooling_default("epochs"), show_default=True,
               help="Pooled heads: epochs (fit's default settings: batch 32, lr 1e-4).")
 @click.option("--sequence-epochs", type=click.IntRange(1), default=None,
               help="Sequence heads: epochs [default: 30, a CPU budget; GDLT trains 250-500 with SGD].")
 @click.option("--sequence-lr", type=click.FloatRange(0, min_open=True), default=None,
               help="Sequence heads: Adam learning rate [default: 5e-4].")
-@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True,
+@click.option("--batch-size", type=click.IntRange(1), default=_pooling_default("batch_size"), show_default=True,
               help="Videos per step, every head (GDLT's --batch).")
 @click.option("--dataset", default=None, help="Dataset card name (score range).")
-@click.option("--curves/--no-curves", default=True, show_default=True,
+@click.option("--curves/--no-curves", default=_pooling_default("curves"), show_default=True,
               help="Score every epoch on the test folds (per-epoch curves; costs one evaluation per epoch).")
 @click.option("--config", "config_path", type=click.Path(), default=None, help=_CONFIG_HELP)
 @sequence_options
@@ -733,10 +741,11 @@ def ablate_pooling_cmd(ctx, config_path, **options):
 
     Same seeds, protocol cells (groups x folds) and score range for every head; one leaderboard row per model
     with its pooling; per-epoch test curves; each head's wall time and its ratio to the pooled dae's.
-    Needs a schema-2 feature file (`dae features import --npy-dir DIR --keep-clips`).
+    Needs a schema-2 feature file (`dae features import --npy-dir DIR --keep-clips`, or `dae extract --protocol
+    stride:32`).
 
+    \b
         dae ablate pooling --features fisv.h5 --manifest fisv_tes.csv --dataset fis-v --seeds 3
-
         dae ablate pooling --config runs/fisv-ablate-pooling-.../config.json --seeds 5    (replay, 5 seeds)
     """
     from dae.pipeline.settings import pooling_from_options, replay_options
