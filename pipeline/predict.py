@@ -109,6 +109,8 @@ def feature_mismatches(run_attrs: dict, given_attrs: dict) -> list[str]:
             if key == "protocol":
                 name = lambda text: (json.loads(text).get("name") if text.startswith("{") else text) or "none"
                 ours, theirs = name(ours), name(theirs)
+                if ours == theirs:  # one name, other settings (e.g. imported with and without sequences)
+                    ours, theirs = f"{ours}, as recorded there", f"{theirs} with other settings"
             elif key == "weights_sha256":
                 ours, theirs = ours[:12] + "...", (theirs[:12] + "...") if theirs else "none"
             out.append(f"{key} {theirs or 'none'} (the run's: {ours})")
@@ -332,6 +334,8 @@ def predict_videos(run_dir, videos=(), *, ids=(), out=None, features=None, weigh
     feature_file = None
     if features is not None or ids or not attrs.get("protocol"):  # given, needed, or a run from before feature_attrs
         feature_file = find_feature_file(run_dir, config, features)
+        if ids and sequence_head:
+            _check_has_sequences(feature_file, blob["head"])
         attrs, source = read_features(feature_file).attrs, str(feature_file)
         differences = feature_mismatches(recorded, attrs)
         if differences and not allow_feature_mismatch:
@@ -354,13 +358,12 @@ def predict_videos(run_dir, videos=(), *, ids=(), out=None, features=None, weigh
 def _features_by_id(feature_file, ids: list[str], sequence_head: bool, head: str):
     """The rows of `ids` in the feature file, with their clip sequences for a sequence head's run (usage error when
     the file has none, or lacks an id)."""
-    from dae.features.store import FeatureSet, Sequences, align, align_sequences, has_sequences, read_features
+    from dae.features.store import FeatureSet, Sequences, align, align_sequences, read_features
 
     if len(set(ids)) != len(ids):
         raise UsageError(f"--id {next(v for v in ids if ids.count(v) > 1)} is given twice")
-    if sequence_head and not has_sequences(feature_file):
-        raise UsageError(f"{feature_file} has no clip sequences (schema 2), and a {head} run scores clip sequences: "
-                         "give the schema-2 file it was fitted on (--features)")
+    if sequence_head:
+        _check_has_sequences(feature_file, head)
     fs = read_features(feature_file, sequences=sequence_head)
     missing = [v for v in ids if v not in set(fs.video_ids)]
     if missing:
@@ -371,6 +374,14 @@ def _features_by_id(feature_file, ids: list[str], sequence_head: bool, head: str
         clips, starts, lengths = align_sequences(fs, ids)
         sequences = Sequences.from_arrays([clips[a:a + n] for a, n in zip(starts, lengths)], dtype=clips.dtype)
     return FeatureSet(ids, align(fs, ids), fs.attrs, fs.path, sequences=sequences)
+
+
+def _check_has_sequences(feature_file, head: str) -> None:
+    from dae.features.store import has_sequences
+
+    if not has_sequences(feature_file):
+        raise UsageError(f"{feature_file} has no clip sequences (schema 2), and a {head} run scores clip sequences: "
+                         "give the schema-2 file it was fitted on (--features)")
 
 
 def _extract_videos(videos, attrs, source, out, weights, device, workers, batch_clips, decoder, precision,

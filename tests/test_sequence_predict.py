@@ -65,7 +65,8 @@ def test_predict_refuses_a_file_without_sequences_and_bad_ids_in_one_line(tmp_pa
     assert res.exit_code == 0, res.output
     pooled = tmp_path / "pooled.h5"
     with h5py.File(features) as f:
-        write_features(pooled, list(f["video_id"].asstr()[()]), f["features"][()], attrs={"backbone": "synthetic"})
+        # made otherwise too (another backbone): the missing sequences are what a sequence run is refused for
+        write_features(pooled, list(f["video_id"].asstr()[()]), f["features"][()], attrs={"backbone": "other"})
     out = tmp_path / "pred.csv"
     cases = [
         (["--features", pooled, "--id", "v03"], "has no clip sequences (schema 2), and a gdlt run scores clip sequences"),
@@ -80,3 +81,13 @@ def test_predict_refuses_a_file_without_sequences_and_bad_ids_in_one_line(tmp_pa
         assert len(res.output.strip().splitlines()) == 1, res.output
         assert res.exit_code == (1 if "--video" in extra and "--id" not in extra else 2), res.output
         assert not out.exists()
+
+
+def test_a_protocol_recorded_with_other_settings_says_so_rather_than_naming_one_protocol_twice():
+    from dae.pipeline.predict import feature_mismatches
+
+    run = {"protocol": {"name": "imported-npy", "pooling": "mean over T", "sequences": "kept (T, D) per video"}}
+    given = {"protocol": {"name": "imported-npy", "pooling": "mean over T"}}
+    assert feature_mismatches(run, given) == ["protocol imported-npy with other settings (the run's: imported-npy, "
+                                              "as recorded there)"]
+    assert feature_mismatches(run, {"protocol": {"name": "stride:32"}}) == ["protocol stride:32 (the run's: imported-npy)"]
