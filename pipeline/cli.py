@@ -727,6 +727,7 @@ def ablate_voters_cmd(**options):
               help="Score every epoch on the test folds (per-epoch curves; costs one evaluation per epoch).")
 @click.option("--config", "config_path", type=click.Path(), default=None, help=_CONFIG_HELP)
 @sequence_options
+@calibrate_option
 @click.pass_context
 def ablate_pooling_cmd(ctx, config_path, **options):
     """Pooling: the DAE on the mean of the clips against attn-dae, gdlt and gdlt-dae on the same sequences.
