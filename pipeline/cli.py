@@ -169,6 +169,31 @@ def manifest_check_cmd(manifest):
     click.echo(f"{manifest}: ok; " + describe_manifest(read_manifest(manifest)))
 
 
+@manifest_group.command("resplit")
+@click.argument("manifest", type=click.Path(dir_okay=False))
+@click.option("--seed", type=int, required=True, help="Seed of the draw (numpy's default generator).")
+@click.option("--test", "n_test", type=click.IntRange(1), default=None,
+              help="Test rows per group [default: as many as MANIFEST's own split has].")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Manifest CSV to write.")
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists (otherwise an existing OUT is an error).")
+def manifest_resplit_cmd(manifest, seed, n_test, out, overwrite):
+    """Write MANIFEST with a random train/test split: same videos, same test count per group, drawn with SEED.
+
+    Random re-splits make training and test videos exchangeable (what conformal coverage assumes; a fixed
+    official split need not be). Example, 10 re-splits of UNLV-Dive:
+
+        for k in 0 1 2 3 4 5 6 7 8 9; do dae manifest resplit unlv.csv --seed $k --out unlv_r$k.csv; done
+    """
+    from dae.atomic import check_new_file
+    from dae.data_manifests.resplit import resplit
+    from dae.features.manifest import describe_manifest, read_manifest, write_manifest
+
+    check_new_file(out, overwrite, "manifest")
+    df = resplit(read_manifest(manifest), seed, n_test)
+    write_manifest(df, out)
+    click.echo(f"wrote {out}: " + describe_manifest(df, with_scores=False))
+
+
 _BUILDERS = "dae.data_manifests.builders"
 
 
@@ -735,6 +760,7 @@ def ablate_voters_cmd(**options):
               help="Score every epoch on the test folds (per-epoch curves; costs one evaluation per epoch).")
 @click.option("--config", "config_path", type=click.Path(), default=None, help=_CONFIG_HELP)
 @sequence_options
+@calibrate_option
 @click.pass_context
 def ablate_pooling_cmd(ctx, config_path, **options):
     """Pooling: the DAE on the mean of the clips against attn-dae, gdlt and gdlt-dae on the same sequences.

@@ -15,6 +15,7 @@ import pandas as pd
 from dae import __version__
 from dae.atomic import atomic_dir, check_new_dir, new_run_dir, writable_dir
 from dae.errors import UsageError
+from dae.heads import calibration
 from dae.heads.config import TrainConfig
 from dae.heads.sequence_options import POOLING, SEQUENCE_HEADS, SequenceOptions
 from dae.heads.trainer import HeadSpec
@@ -38,9 +39,11 @@ class PoolingResult:
 
 def run_pooling(fs, manifest: pd.DataFrame, heads, seeds, config: TrainConfig, sequence_config: TrainConfig,
                 options: SequenceOptions, dataset: str, score_range=None, manifest_name: str = "manifest",
-                curves: bool = True, echo=print) -> PoolingResult:
+                curves: bool = True, echo=print, calibrate: str = calibration.DEFAULT_CALIBRATOR,
+                calibration_folds: int = calibration.DEFAULT_FOLDS) -> PoolingResult:
     """Train every head of `heads` (seeds x protocol cells) on fs / manifest; pooled heads with `config`, sequence
-    heads with `sequence_config` and `options`. Returns the rows, the comparison against the best, the curves."""
+    heads with `sequence_config` and `options`, every head's intervals calibrated by `calibrate` (CV+'s fold models
+    cost `calibration_folds` more models per model). Returns the rows, the comparison against the best, the curves."""
     unknown = [h for h in heads if h not in POOLING]
     if unknown:
         raise UsageError(f"unknown head {unknown[0]!r} for the pooling study (choose from {', '.join(POOLING)})")
@@ -51,7 +54,8 @@ def run_pooling(fs, manifest: pd.DataFrame, heads, seeds, config: TrainConfig, s
         cfg = sequence_config if head in SEQUENCE_HEADS else config
         cfg = dataclasses.replace(cfg, track_curves=curves and head != "ridge")
         plan = FitPlan(head=head, specs=[HeadSpec(seed=int(s)) for s in seeds], config=cfg, dataset=dataset,
-                       score_range=score_range, head_options=options if head in SEQUENCE_HEADS else None)
+                       score_range=score_range, head_options=options if head in SEQUENCE_HEADS else None,
+                       calibrate=calibrate, calibration_folds=calibration_folds)
         start = time.perf_counter()
         rows, _, res = fit_models(fs, manifest, plan, manifest_name, note=echo)
         walls[head] = time.perf_counter() - start
@@ -115,7 +119,9 @@ def format_pooling(result: PoolingResult, baseline: str = "dae") -> str:
 
 def run_pooling_files(features, manifest, seeds, config: TrainConfig, sequence_config: TrainConfig,
                       options: SequenceOptions, heads=DEFAULT_HEADS, dataset: str = "", score_range=None, out=None,
-                      leaderboard=None, curves: bool = True, echo=print, command_options: dict | None = None) -> PoolingResult:
+                      leaderboard=None, curves: bool = True, echo=print, command_options: dict | None = None,
+                      calibrate: str = calibration.DEFAULT_CALIBRATOR,
+                      calibration_folds: int = calibration.DEFAULT_FOLDS) -> PoolingResult:
     """Read the files, run the pooling study, print its report, write the study folder and leaderboard rows.
 
     command_options: the command's options, recorded in config.json for `dae ablate pooling --config`
@@ -137,7 +143,8 @@ def run_pooling_files(features, manifest, seeds, config: TrainConfig, sequence_c
          f"{config.batch_size}, lr {config.lr:g}), sequence heads {sequence_config.epochs} epochs (batch "
          f"{sequence_config.batch_size}, lr {sequence_config.lr:g}, crop {options.crop}) ...")
     result = run_pooling(fs, df, heads, seeds, config, sequence_config, options, dataset, score_range,
-                         Path(manifest).name, curves=curves, echo=echo)
+                         Path(manifest).name, curves=curves, echo=echo, calibrate=calibrate,
+                         calibration_folds=calibration_folds)
     result.rows["run_dir"] = str(out)
     result.report = format_pooling(result)
     echo(result.report)

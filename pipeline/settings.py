@@ -39,7 +39,7 @@ STUDY_DEFAULTS = {
 POOLING_DEFAULTS = {
     "features": None, "manifest": None, "heads": "dae,attn-dae,gdlt,gdlt-dae", "n_seeds": 3, "epochs": 100,
     "sequence_epochs": None, "sequence_lr": None, "batch_size": 32, "dataset": None, "curves": True,
-    **SEQUENCE_DEFAULTS,
+    "calibrate": "conformal", "calibration_folds": 5, **SEQUENCE_DEFAULTS,
 }
 # Where results go is never replayed (a run folder is never overwritten; a leaderboard would get its rows twice).
 OUTPUTS = ("out", "leaderboard", "plots")
@@ -171,7 +171,8 @@ def pooling_from_options(options: dict, echo=print):
                              sequence_options_of(o), heads=csv_list(o["heads"]), dataset=o["dataset"] or "",
                              score_range=card_score_range(o["dataset"], o["manifest"]), out=o.get("out"),
                              leaderboard=o.get("leaderboard"), curves=o["curves"], echo=echo,
-                             command_options={"study": "pooling", **_recordable(o)})
+                             command_options={"study": "pooling", **_recordable(o)}, calibrate=o["calibrate"],
+                             calibration_folds=o["calibration_folds"])
 
 
 def voters_from_options(options: dict, echo=print):

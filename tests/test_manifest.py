@@ -50,3 +50,32 @@ def test_manifest_check_command(tmp_path):
     res = CliRunner().invoke(cli, ["manifest", "check", str(bad)])
     assert res.exit_code == 1
     assert res.output.strip().splitlines() == [f"Error: {bad}: missing required column 'score' (columns: video_id)"]
+
+
+def test_resplit_redraws_the_test_rows_per_group_and_keeps_everything_else(tmp_path):
+    import pandas as pd
+
+    rows = [f"v{i:02d},{i}.5,{'test' if i % 5 == 0 else 'train'},{'ab'[i % 2]}\n" for i in range(40)]
+    src = tmp_path / "m.csv"
+    src.write_text("video_id,score,split,group\n" + "".join(rows))
+    out = [tmp_path / f"r{k}.csv" for k in range(3)]
+    for k, path in zip((7, 7, 8), out):
+        res = CliRunner().invoke(cli, ["manifest", "resplit", str(src), "--seed", str(k), "--out", str(path)])
+        assert res.exit_code == 0, res.output
+    before, a, again, b = (read_manifest(p) for p in (src, *out))
+    for df in (a, b):
+        pd.testing.assert_frame_equal(df.drop(columns="split"), before.drop(columns="split"))
+        assert (df.groupby("group")["split"].apply(lambda s: (s == "test").sum())
+                == before.groupby("group")["split"].apply(lambda s: (s == "test").sum())).all()
+    assert a["split"].tolist() == again["split"].tolist() != b["split"].tolist() != before["split"].tolist()
+
+    res = CliRunner().invoke(cli, ["manifest", "resplit", str(src), "--seed", "1", "--out", str(out[0])])
+    assert res.exit_code == 1 and "already exists; give --overwrite" in res.output
+    res = CliRunner().invoke(cli, ["manifest", "resplit", str(src), "--seed", "1", "--test", "20", "--out",
+                                   str(tmp_path / "x.csv")])
+    assert res.exit_code == 2 and "cannot draw 20 test rows out of 20 in group 'a'" in res.output
+    assert not (tmp_path / "x.csv").exists()
+    folds = tmp_path / "k.csv"
+    folds.write_text("video_id,score,fold\na,1,0\nb,2,1\n")
+    res = CliRunner().invoke(cli, ["manifest", "resplit", str(folds), "--seed", "1", "--out", str(tmp_path / "y.csv")])
+    assert res.exit_code == 2 and "k-fold" in res.output and len(res.output.strip().splitlines()) == 1
