@@ -62,6 +62,19 @@ def atomic_dir(path: str | os.PathLike, what: str = "folder"):
         raise
 
 
+def write_study_folder(out, meta: dict, tables: dict, report: str) -> None:
+    """A study folder, complete or absent (`atomic_dir`): config.json (`meta`), NAME.csv for each table of `tables`
+    (a table that is None is left out) and report.txt."""
+    import json
+
+    with atomic_dir(out, "study folder") as tmp:
+        (tmp / "config.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
+        for name, table in tables.items():
+            if table is not None:
+                table.to_csv(tmp / f"{name}.csv", index=False)
+        (tmp / "report.txt").write_text(report + "\n")
+
+
 def new_run_dir(label: str, root: str | os.PathLike = "runs") -> Path:
     """A run folder name that does not exist yet: ROOT/LABEL-YYYYmmdd-HHMMSS, with -1, -2 … on a clash."""
     base = Path(root) / f"{label}-{_dt.datetime.now():%Y%m%d-%H%M%S}"

@@ -9,7 +9,6 @@ interval at the same nominal level answers the study's question: is sigma inform
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from dae import __version__
-from dae.atomic import atomic_dir, check_new_dir, new_run_dir, writable_dir
+from dae.atomic import check_new_dir, new_run_dir, writable_dir, write_study_folder
 from dae.errors import UsageError
 from dae.heads import calibration
 from dae.heads.distributions import get_distribution
@@ -208,16 +207,10 @@ def format_calibration_study(study: CalibrationStudy) -> str:
 
 
 def save_calibration_study(out, study: CalibrationStudy, meta: dict) -> None:
-    with atomic_dir(out, "study folder") as tmp:
-        (tmp / "config.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
-        study.rows.to_csv(tmp / "metrics.csv", index=False)
-        summarise(study.rows).to_csv(tmp / "summary.csv", index=False)
-        study.table.to_csv(tmp / "calibration_table.csv", index=False)
-        study.reliability.to_csv(tmp / "reliability.csv", index=False)
-        study.verdict.to_csv(tmp / "verdict.csv", index=False)
-        study.pit.to_csv(tmp / "pit.csv", index=False)
-        study.widths.to_csv(tmp / "widths.csv", index=False)
-        (tmp / "report.txt").write_text(format_calibration_study(study) + "\n")
+    write_study_folder(out, meta, {"metrics": study.rows, "summary": summarise(study.rows),
+                                   "calibration_table": study.table, "reliability": study.reliability,
+                                   "verdict": study.verdict, "pit": study.pit, "widths": study.widths},
+                       format_calibration_study(study))
 
 
 def run_calibration_study_files(features, manifest, seeds, config, dataset: str = "", score_range=None,

@@ -3,7 +3,6 @@ seeds and protocol cells; one leaderboard row per model naming its pooling, per-
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import platform
 import time
@@ -13,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from dae import __version__
-from dae.atomic import atomic_dir, check_new_dir, new_run_dir, writable_dir
+from dae.atomic import check_new_dir, new_run_dir, writable_dir, write_study_folder
 from dae.errors import UsageError
 from dae.heads import calibration
 from dae.heads.config import TrainConfig
@@ -156,13 +155,8 @@ def run_pooling_files(features, manifest, seeds, config: TrainConfig, sequence_c
             "python": platform.python_version(), "cpu_count": os.cpu_count(),
             "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
             **({"options": command_options} if command_options is not None else {})}
-    with atomic_dir(out, "study folder") as tmp:
-        (tmp / "config.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
-        result.rows.to_csv(tmp / "metrics.csv", index=False)
-        summarise(result.rows).to_csv(tmp / "summary.csv", index=False)
-        result.comparison.to_csv(tmp / "comparison.csv", index=False)
-        result.curves.to_csv(tmp / "curves.csv", index=False)
-        (tmp / "report.txt").write_text(result.report + "\n")
+    write_study_folder(out, meta, {"metrics": result.rows, "summary": summarise(result.rows),
+                                   "comparison": result.comparison, "curves": result.curves}, result.report)
     echo(f"study written to {out}")
     if leaderboard:
         append_rows(leaderboard, result.rows)

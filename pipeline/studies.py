@@ -10,7 +10,6 @@ intervals, and per-epoch curves.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from dae import __version__
-from dae.atomic import atomic_dir, check_new_dir, new_run_dir, writable_dir
+from dae.atomic import check_new_dir, new_run_dir, writable_dir, write_study_folder
 from dae.errors import UsageError
 from dae.heads.distributions import DISTRIBUTIONS, REPARAMS, StudentT, get_distribution
 from dae.heads.losses import LOSSES
@@ -430,17 +429,10 @@ def format_study(result: StudyResult) -> str:
 
 def save_study(out, result: StudyResult, meta: dict) -> None:
     """Write the study folder under a temporary name and rename it: complete or absent, never overwritten."""
-    with atomic_dir(out, "study folder") as tmp:
-        (tmp / "config.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
-        result.rows.to_csv(tmp / "metrics.csv", index=False)
-        result.summary.to_csv(tmp / "summary.csv", index=False)
-        result.comparison.to_csv(tmp / "comparison.csv", index=False)
-        result.spread.to_csv(tmp / "sigma_spread.csv", index=False)
-        result.reliability.to_csv(tmp / "reliability.csv", index=False)
-        result.predictions.to_csv(tmp / "predictions.csv", index=False)
-        if result.curves is not None:
-            result.curves.to_csv(tmp / "curves.csv", index=False)
-        (tmp / "report.txt").write_text(format_study(result) + "\n")
+    write_study_folder(out, meta, {"metrics": result.rows, "summary": result.summary,
+                                   "comparison": result.comparison, "sigma_spread": result.spread,
+                                   "reliability": result.reliability, "predictions": result.predictions,
+                                   "curves": result.curves}, format_study(result))
 
 
 def run_study_files(study: str, features, manifest, seeds, config: TrainConfig, dataset: str = "",

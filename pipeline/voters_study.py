@@ -8,7 +8,6 @@ takes the first V of one shuffled pool, so counts are nested). One leaderboard r
 from __future__ import annotations
 
 import dataclasses
-import json
 import platform
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from dae import __version__
-from dae.atomic import atomic_dir, check_new_dir, new_run_dir
+from dae.atomic import check_new_dir, new_run_dir, write_study_folder
 from dae.errors import UsageError
 from dae.heads.distributions import get_distribution
 from dae.heads.exemplars import RULES
@@ -119,11 +118,7 @@ def run_voters_study_files(features, manifest, plan, voters=VOTERS, rules=None, 
             "rules": list(rules) if rules else None, "specs": [dataclasses.asdict(s) for s in plan.specs],
             "train": dataclasses.asdict(plan.config), "dae_version": __version__, "torch_version": torch.__version__,
             "python": platform.python_version()}
-    with atomic_dir(out, "study folder") as tmp:
-        (tmp / "config.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
-        rows.to_csv(tmp / "metrics.csv", index=False)
-        table.to_csv(tmp / "summary.csv", index=False)
-        (tmp / "report.txt").write_text(report + "\n")
+    write_study_folder(out, meta, {"metrics": rows, "summary": table}, report)
     echo(f"study written to {out}")
     if leaderboard:
         append_rows(leaderboard, rows)
