@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -224,3 +225,34 @@ def test_porting_bugs_miss_by_far(reference, bug, clip, min_logit_error):
     error = np.abs(logits - reference[f"{clip}_logits"]).max()
     print(f"{bug}: max logit error {error:.3g} on {clip}")
     assert error > min_logit_error >= 10 * LOGITS_TOLERANCE, f"{bug}: max logit error {error:.3g}"
+
+
+def test_inference_folds_batch_norm_into_the_convolution_exactly():
+    """Eval mode runs conv -> BN -> ReLU as one convolution with a folded weight and bias; training mode does not."""
+    torch.manual_seed(0)
+    unit = Unit3D(4, 6, (3, 3, 3), (2, 2, 2))
+    with torch.no_grad():
+        unit.bn.running_mean.normal_()
+        unit.bn.running_var.uniform_(0.5, 2.0)
+        unit.bn.weight.uniform_(0.5, 1.5)
+        unit.bn.bias.normal_()
+    x = torch.randn(2, 4, 9, 17, 16)
+    unit.eval()
+    with torch.no_grad():
+        got = unit(x)
+        pads = [p for pair in reversed(_pad_amounts_of(unit, x)) for p in pair]
+        expected = F.relu(unit.bn(unit.conv3d(F.pad(x, pads))))
+    assert torch.allclose(got, expected, atol=1e-5) and not torch.equal(got, torch.zeros_like(got))
+    unit.train()  # training normalises by the batch: the folded running statistics must not be used
+    assert not torch.allclose(unit(x), expected, atol=1e-2)
+
+
+def _pad_amounts_of(layer, x):
+    from dae.features.i3d import _pad_amounts
+    return _pad_amounts(x, layer.kernel, layer.stride, "same")
+
+
+def test_stage_one_keeps_freed_memory_on_linux():
+    """prepare_model on the CPU tells glibc to keep freed activations (no page faults per batch)."""
+    from dae.features.device import keep_freed_memory
+    assert keep_freed_memory() == sys.platform.startswith("linux")
