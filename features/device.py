@@ -2,14 +2,10 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import sys
 
 import torch
 
-# glibc's mallopt parameters (malloc.h) and the values stage one sets on the CPU
-_M_TRIM_THRESHOLD, _M_TOP_PAD = -1, -2
-_KEEP_FREED_BYTES, _GROW_HEAP_BYTES = 2 ** 31 - 1, 2 ** 30
+from dae.memory import keep_freed_memory
 
 
 def device_name(dev: torch.device) -> str:
@@ -34,23 +30,6 @@ def prepare_model(model, device: torch.device, precision: str = "fp32"):
     else:
         keep_freed_memory()
     return model.to(memory_format=memory_format(device))
-
-
-def keep_freed_memory() -> bool:
-    """Let glibc keep freed heap memory for the next batch instead of handing it back to the kernel.
-
-    I3D on the CPU allocates and frees hundreds of MB of activations per batch; by default glibc trims
-    the heap after every large free, so every batch page-faults all of it in again (a quarter of the
-    model's time in the kernel on a 2-core EPYC). A high trim threshold and a 1 GiB heap step keep the
-    pages mapped: the process holds its peak memory, which extraction reaches every batch anyway.
-    Returns False where the C library is not glibc (nothing is changed)."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    return bool(mallopt(_M_TRIM_THRESHOLD, _KEEP_FREED_BYTES)) and bool(mallopt(_M_TOP_PAD, _GROW_HEAP_BYTES))
 
 
 def memory_format(device: torch.device):

@@ -30,8 +30,6 @@ Each model ends where it would have ended trained alone (`train_one` is that pla
 """
 from __future__ import annotations
 
-import ctypes
-import os
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -42,6 +40,7 @@ import torch
 from dae.devices import resolve_device
 from dae.errors import UsageError
 from dae.heads.adam import Adam
+from dae.memory import keep_freed_memory
 from dae.heads.config import TrainConfig
 from dae.heads.distributions import REPARAMS, get_distribution
 from dae.heads.epochs import EpochTracker, run_epochs
@@ -139,28 +138,6 @@ def check_jobs(jobs) -> None:
             raise UsageError(f"a head needs at least 2 training videos, got {len(job.train_rows)} ({job.tags})")
 
 
-_MALLOC_TUNED = False
-
-
-def _keep_freed_memory():
-    """Ask glibc to keep freed blocks up to 512 MB in the heap instead of unmapping them.
-
-    Each step frees the previous step's first-layer gradient (30 heads: 31 MB) and allocates a new one; by default
-    glibc maps such blocks afresh, and touching the new pages costs ~7,700 page faults per step (~10% of a
-    study's time on a CPU). Skipped where the C library is not glibc or the user set MALLOC_MMAP_THRESHOLD_.
-    """
-    global _MALLOC_TUNED
-    if _MALLOC_TUNED or os.environ.get("MALLOC_MMAP_THRESHOLD_"):
-        return
-    _MALLOC_TUNED = True
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 512 << 20)   # M_MMAP_THRESHOLD
-        libc.mallopt(-1, 1024 << 20)  # M_TRIM_THRESHOLD
-    except (OSError, AttributeError):
-        pass
-
-
 def train(head, jobs: list[Job], config: TrainConfig = TrainConfig(), progress=None) -> list[HeadResult]:
     """Train one model per job with `head`; results in job order.
 
@@ -171,7 +148,7 @@ def train(head, jobs: list[Job], config: TrainConfig = TrainConfig(), progress=N
     """
     config.check()
     check_jobs(jobs)
-    _keep_freed_memory()
+    keep_freed_memory()
     buckets = defaultdict(list)
     for i, job in enumerate(jobs):
         # one bucket shares its evaluation sets' names (a CV+ fold job adds 'calibration' to its main job's)

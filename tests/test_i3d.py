@@ -254,5 +254,5 @@ def _pad_amounts_of(layer, x):
 
 def test_stage_one_keeps_freed_memory_on_linux():
     """prepare_model on the CPU tells glibc to keep freed activations (no page faults per batch)."""
-    from dae.features.device import keep_freed_memory
+    from dae.memory import keep_freed_memory
     assert keep_freed_memory() == sys.platform.startswith("linux")
