@@ -133,6 +133,12 @@ def run_pooling_files(features, manifest, seeds, config: TrainConfig, sequence_c
 
     fs = read_features(features, sequences=True)
     df = read_manifest(manifest)
+    if dataset:  # a dataset card: the manifest must follow its split rule, as for fit and the other studies
+        from dae.pipeline.protocols import check_card_protocol
+
+        described = check_card_protocol(dataset, df)
+        if described:
+            echo(f"protocol: {described}")
     dataset = dataset or Path(manifest).stem
     out = Path(out) if out else new_run_dir(f"{dataset or 'run'}-ablate-pooling")
     check_new_dir(out, "study folder")

@@ -80,6 +80,15 @@ def check_protocol(card: dict, manifest: pd.DataFrame) -> str:
     """Check the manifest against the card's split rule; return a one-line description of the protocol."""
     rule, name = card["split_rule"], card["name"]
     cols = set(manifest.columns)
+    if rule in ("fixed", "fixed-per-group") and "fold" in cols and "split" not in cols:
+        # Cross-validation inside a fixed-split dataset's training videos: how to develop without a test set
+        # (Fis-V's test features are not released). Allowed, and named for what it is.
+        folds = sorted(manifest["fold"].unique())
+        if len(folds) < 2:
+            raise UsageError(f"{name}: a manifest with a 'fold' column needs at least 2 folds, not {len(folds)}")
+        sizes = ", ".join(str(int((manifest["fold"] == f).sum())) for f in folds)
+        return (f"{name} (development: {len(folds)}-fold cross-validation of {len(manifest)} videos, folds of "
+                f"{sizes}; not the card's {rule} split, so not comparable to its published rows; folds: Fisher z)")
     need = {"fixed": ("split",), "fixed-per-group": ("split", "group"), "k-fold-per-group": ("fold", "group")}
     for col in need.get(rule, ()):
         if col not in cols:

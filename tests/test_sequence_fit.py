@@ -137,3 +137,26 @@ def test_ablate_pooling_replays_its_config_json_and_options_override_it(tmp_path
     assert res.exit_code == 2 and "records a `dae ablate pooling` run" in res.output
     res = CliRunner().invoke(cli, ["ablate", "pooling", "--out", str(tmp_path / "y")])
     assert res.exit_code == 2 and "missing option --features" in res.output and not (tmp_path / "y").exists()
+
+
+@pytest.mark.parametrize("command", ["fit", "pooling"])
+def test_cross_validation_inside_a_fixed_split_dataset_is_checked_and_named_alike(tmp_path, command, one_thread):
+    """Fis-V's card has a fixed train/test split; a k-fold manifest of its training videos is the development
+    protocol (the test features are not released). fit and ablate pooling both check it against the card, accept
+    it and name it as not the card's split; a manifest with neither split nor fold is refused by both."""
+    features, manifest = _sequence_files(tmp_path)
+    df = pd.read_csv(manifest)
+    df["score"] = 10 + df["score"] * 2  # inside Fis-V's TES range 6.33..42.81
+    df.to_csv(manifest, index=False)
+    args = (["fit", "--head", "gdlt-dae", "--epochs", "1", "--calibrate", "none"] if command == "fit" else
+            ["ablate", "pooling", "--heads", "dae,gdlt-dae", "--epochs", "1", "--sequence-epochs", "1",
+             "--calibrate", "none"])
+    common = ["--features", str(features), "--manifest", str(manifest), "--dataset", "fis-v", "--seeds", "1"]
+    res = CliRunner().invoke(cli, [*args, *common, "--out", str(tmp_path / "run"), *SMALL])
+    assert res.exit_code == 0, res.output
+    assert "protocol: fis-v (development: 2-fold cross-validation of 40 videos, folds of 20, 20; not the card's " \
+           "fixed split" in res.output
+    df.drop(columns="fold").to_csv(manifest, index=False)
+    res = CliRunner().invoke(cli, [*args, *common, "--out", str(tmp_path / "run2"), *SMALL])
+    assert res.exit_code == 2 and "fis-v protocol (fixed) needs a 'split' column" in res.output
+    assert not (tmp_path / "run2").exists()
