@@ -263,6 +263,8 @@ def _extract_remaining(tasks, start, skip, first_chunk, parts: Parts, protocol: 
                 item.release()
                 if item.last:
                     progress.update()
+                else:  # a long video in pieces: say how far into it we are (a figure-skating programme: minutes)
+                    progress.update(count=0, detail=f"{task.video_id}: {end}/{item.total_clips} clips")
         commit(runner.submit(failures) + runner.drain(), final=True)
     finally:
         progress.close()

@@ -79,14 +79,19 @@ def test_each_video_gets_as_many_clips_as_its_length_gives_in_order(setup, refer
 
 
 @pytest.mark.slow
-def test_slots_of_one_clip_bring_long_videos_in_pieces_and_change_nothing(setup, reference, tmp_path):
+def test_slots_of_one_clip_bring_long_videos_in_pieces_and_change_nothing(setup, reference, tmp_path, monkeypatch):
     videos, checkpoint = setup
     out = tmp_path / "pieces.h5"
+    monkeypatch.setattr("dae.progress.ProgressLine.LOG_INTERVAL_S", 0.0)  # every progress line, not one per 30 s
     # two workers, one video ahead each: 2 x 1 + 2 = 4 slots, room for one clip each
     res = run_cli(command(videos, checkpoint, out, "--workers", 2), env={"DAE_SHM_LIMIT_BYTES": shm_limit(4)})
     assert res.exit_code == 3, res.output
     assert "1 clips per slot (longer videos come in pieces)" in res.output
     assert_same_file(out, reference)
+    # progress inside a long video, not only when it is done: its clips so far
+    longest = max(CLIPS, key=CLIPS.get)
+    for k in range(1, CLIPS[longest]):
+        assert f"{longest}: {k}/{CLIPS[longest]} clips" in res.output
 
 
 @pytest.mark.slow
