@@ -9,7 +9,6 @@ interval at the same nominal level answers the study's question: is sigma inform
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,16 +16,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dae import __version__
 from dae.atomic import check_new_dir, new_run_dir, writable_dir, write_study_folder
 from dae.errors import UsageError
 from dae.heads import calibration
 from dae.heads.distributions import get_distribution
 from dae.heads.losses import LOSSES
-from dae.heads.metrics import INTERVAL_LEVELS, cdf, coverage, evaluate, mean_width
+from dae.heads.metrics import cdf, coverage, evaluate
 from dae.heads.trainer import HeadSpec
 from dae.pipeline.fit import FitPlan, fit_models, score_range_of
-from dae.pipeline.leaderboard import summarise
+from dae.pipeline.leaderboard import software_and_machine, summarise
 
 STUDY_HEADS = ("dae", "mlp", "ridge", "usdl", "dae-mt")
 RELIABILITY_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
@@ -217,13 +215,9 @@ def run_calibration_study_files(features, manifest, seeds, config, dataset: str 
                                 losses=None, heads=None, folds: int = calibration.DEFAULT_FOLDS, out=None,
                                 leaderboard=None, plots=None, echo=print) -> CalibrationStudy:
     """Read the files, run the study, print its report, write the study folder, plots and leaderboard rows."""
-    import platform
-
-    import torch
-
     from dae.features.manifest import read_manifest
     from dae.features.store import content_sha256, read_features
-    from dae.pipeline.leaderboard import append_rows, write_summary_beside
+    from dae.pipeline.leaderboard import add_to_leaderboard
 
     fs = read_features(features)
     df = read_manifest(manifest)
@@ -246,8 +240,7 @@ def run_calibration_study_files(features, manifest, seeds, config, dataset: str 
             "calibration": {"methods": list(METHODS), "folds": folds, "seed": calibration.CALIBRATION_SEED,
                             "rows": "every training row of each protocol cell, out-of-fold (never a test row)"},
             "train": dataclasses.asdict(config), "seconds": study.seconds, "train_seconds": study.train_seconds,
-            "dae_version": __version__, "torch_version": torch.__version__, "python": platform.python_version(),
-            "machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "cpu_count": os.cpu_count()}
+            **software_and_machine()}
     save_calibration_study(out, study, meta)
     echo(f"study written to {out}")
     if plots:
@@ -255,7 +248,5 @@ def run_calibration_study_files(features, manifest, seeds, config, dataset: str 
         for path in plot_calibration_study(study, plots):
             echo(f"plot {path}")
     if leaderboard:
-        append_rows(leaderboard, study.rows)
-        write_summary_beside(leaderboard)
-        echo(f"{len(study.rows)} rows appended to {leaderboard}")
+        add_to_leaderboard(leaderboard, study.rows, echo)
     return study

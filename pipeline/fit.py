@@ -4,8 +4,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import json
-import os
-import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +25,7 @@ from dae.heads.sequence_options import POOLING, SEQUENCE_HEADS
 from dae.heads.trainer import HeadSpec, Job, TrainConfig, train
 from dae.pipeline.baselines import PATH_HEADS, fit_path_heads, options_dict
 from dae.pipeline.exemplar_heads import EXEMPLAR_HEADS, fit_exemplar_heads
-from dae.pipeline.leaderboard import environment
+from dae.pipeline.leaderboard import environment, software_and_machine
 from dae.pipeline.protocols import (WINDOW_EPOCHS, WINDOW_SELECTIONS, apply_window_selection,
                                     check_card_protocol)
 
@@ -357,10 +355,7 @@ def save_run(out: Path, plan: FitPlan, rows: pd.DataFrame, predictions: pd.DataF
                   "train": dataclasses.asdict(plan.config), "val_fraction": plan.val_fraction,
                   "head_options": options_dict(plan.head_options),
                   "val_seed": VAL_SEED, "calibration": calibration_record(plan, results),
-                  "dae_version": __version__, "torch_version": torch.__version__,
-                  "numpy_version": np.__version__, "python": platform.python_version(),
-                  "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-                  "cpu_count": os.cpu_count(), **extra}
+                  **software_and_machine(), **extra}
         (tmp / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
         rows.to_csv(tmp / "metrics.csv", index=False)
         predictions.to_csv(tmp / "predictions.csv", index=False)
@@ -379,8 +374,7 @@ def run_fit(features, manifest, plan: FitPlan, out=None, leaderboard=None, echo=
     """Read files, train, write the run folder and append to the leaderboard. Returns (rows, summary).
 
     options: the command's options, recorded in config.json for `dae fit --config` (pipeline.settings)."""
-    from dae.pipeline.leaderboard import (append_rows, check_leaderboard_writable, format_summary, rows_appended,
-                                          summarise, write_summary_beside)
+    from dae.pipeline.leaderboard import add_to_leaderboard, check_leaderboard_writable, format_summary, summarise
 
     fs = read_features(features, sequences=plan.head in SEQUENCE_HEADS)
     df = read_manifest(manifest)
@@ -417,7 +411,5 @@ def run_fit(features, manifest, plan: FitPlan, out=None, leaderboard=None, echo=
     echo(format_summary(summary))
     echo(f"run written to {out}")
     if leaderboard:
-        append_rows(leaderboard, rows)
-        write_summary_beside(leaderboard)
-        echo(rows_appended(len(rows), leaderboard))
+        add_to_leaderboard(leaderboard, rows, echo)
     return rows, summary

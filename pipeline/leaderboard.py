@@ -79,6 +79,21 @@ def environment(device: str = "cpu") -> dict:
     return {"machine": machine_name(device), "device": str(device), "torch_version": torch.__version__}
 
 
+def software_and_machine() -> dict:
+    """What a run or study folder's config.json records of where it ran: versions, threads and the machine."""
+    import os
+    import platform
+
+    import numpy
+    import torch
+
+    from dae import __version__
+
+    return {"dae_version": __version__, "torch_version": torch.__version__, "numpy_version": numpy.__version__,
+            "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
+            "machine": f"{platform.machine()} {machine_name()}", "cpu_count": os.cpu_count()}
+
+
 def check_leaderboard_writable(path) -> Path:
     """Before training: the leaderboard's folder exists (created if needed), its lock file can be created there and
     an existing leaderboard can be appended to. One-line DaeError otherwise."""
@@ -151,6 +166,13 @@ def read_leaderboard(path) -> pd.DataFrame:
 
 def rows_appended(n: int, path) -> str:
     return f"{n} row{'s' * (n != 1)} appended to {path}"
+
+
+def add_to_leaderboard(path, rows: pd.DataFrame, echo=print) -> None:
+    """What every command does with its rows and a --leaderboard: append them, rewrite the summary beside it, say so."""
+    append_rows(path, rows)
+    write_summary_beside(path)
+    echo(rows_appended(len(rows), path))
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -3,15 +3,12 @@ seeds and protocol cells; one leaderboard row per model naming its pooling, per-
 from __future__ import annotations
 
 import dataclasses
-import os
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from dae import __version__
 from dae.atomic import check_new_dir, new_run_dir, writable_dir, write_study_folder
 from dae.errors import UsageError
 from dae.heads import calibration
@@ -19,7 +16,7 @@ from dae.heads.config import TrainConfig
 from dae.heads.sequence_options import POOLING, SEQUENCE_HEADS, SequenceOptions
 from dae.heads.trainer import HeadSpec
 from dae.pipeline.fit import FitPlan, fit_models
-from dae.pipeline.leaderboard import summarise
+from dae.pipeline.leaderboard import software_and_machine, summarise
 from dae.pipeline.studies import compare_configs, curves_table
 
 DEFAULT_HEADS = ("dae", "attn-dae", "gdlt", "gdlt-dae")
@@ -125,11 +122,9 @@ def run_pooling_files(features, manifest, seeds, config: TrainConfig, sequence_c
 
     command_options: the command's options, recorded in config.json for `dae ablate pooling --config`
     (pipeline.settings)."""
-    import torch
-
     from dae.features.manifest import read_manifest
     from dae.features.store import content_sha256, read_features
-    from dae.pipeline.leaderboard import append_rows, write_summary_beside
+    from dae.pipeline.leaderboard import add_to_leaderboard
 
     fs = read_features(features, sequences=True)
     df = read_manifest(manifest)
@@ -157,15 +152,10 @@ def run_pooling_files(features, manifest, seeds, config: TrainConfig, sequence_c
             "manifest": str(manifest), "heads": list(heads), "seeds": list(map(int, seeds)),
             "train": dataclasses.asdict(config), "sequence_train": dataclasses.asdict(sequence_config),
             "sequence_options": dataclasses.asdict(options), "wall_seconds": result.wall_seconds,
-            "dae_version": __version__, "torch_version": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "python": platform.python_version(), "cpu_count": os.cpu_count(),
-            "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-            **({"options": command_options} if command_options is not None else {})}
+            **software_and_machine(), **({"options": command_options} if command_options is not None else {})}
     write_study_folder(out, meta, {"metrics": result.rows, "summary": summarise(result.rows),
                                    "comparison": result.comparison, "curves": result.curves}, result.report)
     echo(f"study written to {out}")
     if leaderboard:
-        append_rows(leaderboard, result.rows)
-        write_summary_beside(leaderboard)
-        echo(f"{len(result.rows)} rows appended to {leaderboard}")
+        add_to_leaderboard(leaderboard, result.rows, echo)
     return result

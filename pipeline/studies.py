@@ -10,14 +10,12 @@ intervals, and per-epoch curves.
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from dae import __version__
 from dae.atomic import check_new_dir, new_run_dir, writable_dir, write_study_folder
 from dae.errors import UsageError
 from dae.heads.distributions import DISTRIBUTIONS, REPARAMS, StudentT, get_distribution
@@ -25,7 +23,7 @@ from dae.heads.losses import LOSSES
 from dae.heads.config import TrainConfig
 from dae.heads.trainer import HeadSpec
 from dae.pipeline.fit import FitPlan
-from dae.pipeline.leaderboard import summarise
+from dae.pipeline.leaderboard import software_and_machine, summarise
 
 DEGENERATE_SIGMA_FRACTION = 0.25  # a median predicted sigma above a quarter of the score range says little
 CONVERGED_TAIL = 0.25  # the converged part of a curve: its last quarter of epochs
@@ -444,14 +442,9 @@ def run_study_files(study: str, features, manifest, seeds, config: TrainConfig, 
     """Read the files, run the study, print its report, write the study folder, plots and leaderboard rows.
 
     options: the command's options, recorded in config.json for `dae ablate STUDY --config` (pipeline.settings)."""
-    import platform
-
-    import torch
-
     from dae.features.manifest import read_manifest
     from dae.features.store import content_sha256, read_features
-    from dae.pipeline.leaderboard import (append_rows, check_leaderboard_writable, rows_appended,
-                                          write_summary_beside)
+    from dae.pipeline.leaderboard import add_to_leaderboard, check_leaderboard_writable
 
     specs = study_specs(study, seeds, losses, distributions, reparams)
     fs = read_features(features)
@@ -482,9 +475,7 @@ def run_study_files(study: str, features, manifest, seeds, config: TrainConfig, 
     meta = {"study": study, "dataset": dataset, "features": str(features), "features_sha256": content_sha256(fs),
             "manifest": str(manifest), "specs": [dataclasses.asdict(s) for s in specs],
             "train": dataclasses.asdict(config), "jobs": n_jobs, "backend": backend, "seconds": result.seconds,
-            "dae_version": __version__, "torch_version": torch.__version__, "python": platform.python_version(),
-            "machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "cpu_count": os.cpu_count(),
-            **({"options": options} if options is not None else {})}
+            **software_and_machine(), **({"options": options} if options is not None else {})}
     save_study(out, result, meta)
     echo(f"study written to {out}")
     if plots:
@@ -492,7 +483,5 @@ def run_study_files(study: str, features, manifest, seeds, config: TrainConfig, 
         for path in plot_study(result, plots):
             echo(f"plot {path}")
     if leaderboard:
-        append_rows(leaderboard, result.rows)
-        write_summary_beside(leaderboard)
-        echo(rows_appended(len(result.rows), leaderboard))
+        add_to_leaderboard(leaderboard, result.rows, echo)
     return result

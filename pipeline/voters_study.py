@@ -8,13 +8,11 @@ takes the first V of one shuffled pool, so counts are nested). One leaderboard r
 from __future__ import annotations
 
 import dataclasses
-import platform
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from dae import __version__
 from dae.atomic import check_new_dir, new_run_dir, write_study_folder
 from dae.errors import UsageError
 from dae.heads.distributions import get_distribution
@@ -92,12 +90,9 @@ def run_voters_study(fs, manifest: pd.DataFrame, plan, voters=VOTERS, rules=None
 def run_voters_study_files(features, manifest, plan, voters=VOTERS, rules=None, out=None, leaderboard=None,
                            echo=print):
     """Read the files, run the study, print its table, write the study folder and leaderboard rows."""
-    import torch
-
     from dae.features.manifest import read_manifest
     from dae.features.store import content_sha256, read_features
-    from dae.pipeline.leaderboard import (append_rows, check_leaderboard_writable, rows_appended,
-                                          write_summary_beside)
+    from dae.pipeline.leaderboard import add_to_leaderboard, check_leaderboard_writable, software_and_machine
 
     fs = read_features(features)
     df = read_manifest(manifest)
@@ -116,12 +111,9 @@ def run_voters_study_files(features, manifest, plan, voters=VOTERS, rules=None, 
     meta = {"study": "voters", "head": plan.head, "dataset": plan.dataset, "features": str(features),
             "features_sha256": content_sha256(fs), "manifest": str(manifest), "voters": list(voters),
             "rules": list(rules) if rules else None, "specs": [dataclasses.asdict(s) for s in plan.specs],
-            "train": dataclasses.asdict(plan.config), "dae_version": __version__, "torch_version": torch.__version__,
-            "python": platform.python_version()}
+            "train": dataclasses.asdict(plan.config), **software_and_machine()}
     write_study_folder(out, meta, {"metrics": rows, "summary": table}, report)
     echo(f"study written to {out}")
     if leaderboard:
-        append_rows(leaderboard, rows)
-        write_summary_beside(leaderboard)
-        echo(rows_appended(len(rows), leaderboard))
+        add_to_leaderboard(leaderboard, rows, echo)
     return rows, table
