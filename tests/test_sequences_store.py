@@ -167,3 +167,38 @@ def test_merge_refuses_mixed_sequence_files(tmp_path, second, message):
     with pytest.raises(DaeError, match=message):
         merge_feature_files([tmp_path / "a.h5", tmp_path / "b.h5"], tmp_path / "m.h5", note=lambda _: None)
     assert not (tmp_path / "m.h5").exists()
+
+
+def test_a_schema_1_file_as_written_before_sequences_still_fits_and_predicts(tmp_path):
+    """A feature file laid out by hand as schema 1 was before schema 2 existed (no sequences, no offsets, attributes
+    as the first writer stored them) trains with `dae fit` and scores its own videos with `dae predict --id`."""
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    n, dim = 40, 8
+    x = rng.normal(size=(n, dim)).astype(np.float32)
+    score = 50 + 10 * x[:, 0] + rng.normal(0, 1, n)
+    ids = [f"v{i:02d}" for i in range(n)]
+    old = tmp_path / "old.h5"
+    with h5py.File(old, "w") as f:
+        f.create_dataset("video_id", data=np.array(ids, dtype=object), dtype=h5py.string_dtype("utf-8"))
+        f.create_dataset("features", data=x)
+        f.attrs.update({"schema_version": 1, "backbone": "i3d-kinetics400-rgb-scratch", "weights_sha256": "ab" * 32,
+                        "protocol": '{"clips": 4, "frames": 16, "name": "uniform"}', "decoder": "decord",
+                        "decoder_version": "0.6.0", "dae_version": "0.1.0", "created_utc": "2026-11-24T10:00:00Z"})
+    manifest = tmp_path / "m.csv"
+    pd.DataFrame({"video_id": ids, "score": score, "split": ["train"] * 30 + ["test"] * 10}).to_csv(manifest,
+                                                                                                  index=False)
+    run = tmp_path / "run"
+    res = CliRunner().invoke(cli, ["fit", "--features", str(old), "--manifest", str(manifest), "--epochs", "20",
+                                   "--seeds", "1", "--calibrate", "none", "--out", str(run)])
+    assert res.exit_code == 0, res.output
+    fitted = pd.read_csv(run / "predictions.csv", dtype={"video_id": str}).set_index("video_id")
+    out = tmp_path / "p.csv"
+    res = CliRunner().invoke(cli, ["predict", "--run", str(run), "--features", str(old), "--id", "v31", "--id", "v35",
+                                   "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    predicted = pd.read_csv(out).set_index("video")
+    np.testing.assert_allclose(predicted.loc[["v31", "v35"], "mu"], fitted.loc[["v31", "v35"], "mu"], rtol=1e-6)
+    with h5py.File(old) as f:  # read, never rewritten
+        assert f.attrs["schema_version"] == 1 and "sequences" not in f
