@@ -1,4 +1,5 @@
-"""Random re-splits of a train/test manifest: the same videos and test count per group, another draw of the test rows."""
+"""Random re-splits of a train/test manifest: the same videos and test count per group, another draw of the test rows;
+or k folds of its training rows (cross-validation inside the training split, where the test split must not be touched)."""
 from __future__ import annotations
 
 import numpy as np
@@ -31,3 +32,26 @@ def resplit(df: pd.DataFrame, seed: int, n_test: int | None = None) -> pd.DataFr
                              f"1 training row")
         split[rng.choice(np.asarray(rows), count, replace=False)] = "test"
     return df.assign(split=split.to_numpy())
+
+
+def training_folds(df: pd.DataFrame, k: int, seed: int) -> pd.DataFrame:
+    """The manifest's training rows only, without `split`, with a `fold` column 0..k-1: per group, numpy's generator
+    `seed` permutes the rows and row i of the permutation gets fold i mod k (sizes differ by at most one). The test
+    rows are left out, so nothing developed on these folds has seen them."""
+    if "fold" in df.columns:
+        raise UsageError("the manifest is already a k-fold one (it has a fold column)")
+    if "split" not in df.columns:
+        raise UsageError("the manifest has no split column: which rows are the training split?")
+    if k < 2:
+        raise UsageError(f"--folds {k}: cross-validation needs at least 2 folds")
+    train = df[df["split"].eq("train")].drop(columns="split").reset_index(drop=True)
+    rng = np.random.default_rng(int(seed))
+    groups = train["group"] if "group" in train.columns else pd.Series("", index=train.index)
+    fold = np.zeros(len(train), dtype=np.int64)
+    for name, rows in train.groupby(groups, sort=True).groups.items():
+        if len(rows) < k:
+            where = f" in group {name!r}" if name != "" else ""
+            raise UsageError(f"cannot cut {len(rows)} training rows{where} into {k} folds")
+        order = np.asarray(rows)[rng.permutation(len(rows))]
+        fold[order] = np.arange(len(rows)) % k
+    return train.assign(fold=fold)

@@ -174,22 +174,32 @@ def manifest_check_cmd(manifest):
 @click.option("--seed", type=int, required=True, help="Seed of the draw (numpy's default generator).")
 @click.option("--test", "n_test", type=click.IntRange(1), default=None,
               help="Test rows per group [default: as many as MANIFEST's own split has].")
+@click.option("--folds", type=click.IntRange(2), default=None,
+              help="Instead: keep only the training rows and give them a fold column of this many folds "
+                   "(cross-validation inside the training split).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Manifest CSV to write.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists (otherwise an existing OUT is an error).")
-def manifest_resplit_cmd(manifest, seed, n_test, out, overwrite):
-    """Write MANIFEST with a random train/test split: same videos, same test count per group, drawn with SEED.
+def manifest_resplit_cmd(manifest, seed, n_test, folds, out, overwrite):
+    """Write MANIFEST with a random train/test split: same videos, same test count per group, drawn with SEED;
+    or, with --folds K, its training rows only, in K random folds.
 
     Random re-splits make training and test videos exchangeable (what conformal coverage assumes; a fixed
-    official split need not be). Example, 10 re-splits of UNLV-Dive:
+    official split need not be). Folds of the training split are how to develop where the test split must not
+    be touched (Fis-V: its test features are not released). Examples:
 
+    \b
         for k in 0 1 2 3 4 5 6 7 8 9; do dae manifest resplit unlv.csv --seed $k --out unlv_r$k.csv; done
+        dae manifest resplit fisv_tes.csv --folds 5 --seed 0 --out fisv_tes_cv5.csv
     """
     from dae.atomic import check_new_file
-    from dae.data_manifests.resplit import resplit
+    from dae.data_manifests.resplit import resplit, training_folds
     from dae.features.manifest import describe_manifest, read_manifest, write_manifest
 
     check_new_file(out, overwrite, "manifest")
-    df = resplit(read_manifest(manifest), seed, n_test)
+    if folds is not None and n_test is not None:
+        raise click.UsageError("--test draws a new test split; --folds keeps only the training rows: give one")
+    df = (training_folds(read_manifest(manifest), folds, seed) if folds is not None
+          else resplit(read_manifest(manifest), seed, n_test))
     write_manifest(df, out)
     click.echo(f"wrote {out}: " + describe_manifest(df, with_scores=False))
 

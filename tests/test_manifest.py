@@ -79,3 +79,39 @@ def test_resplit_redraws_the_test_rows_per_group_and_keeps_everything_else(tmp_p
     folds.write_text("video_id,score,fold\na,1,0\nb,2,1\n")
     res = CliRunner().invoke(cli, ["manifest", "resplit", str(folds), "--seed", "1", "--out", str(tmp_path / "y.csv")])
     assert res.exit_code == 2 and "k-fold" in res.output and len(res.output.strip().splitlines()) == 1
+
+
+def test_resplit_folds_cuts_only_the_training_rows_into_seeded_folds(tmp_path):
+    """`--folds K`: the test rows are left out, each group's training rows fall into K folds of sizes within one,
+    the same seed gives the same folds, and the result is a manifest fit reads as k-fold."""
+    import numpy as np
+    import pandas as pd
+
+    rows = [f"v{i:02d},{i}.5,{'test' if i % 5 == 0 else 'train'},{'ab'[i % 2]}\n" for i in range(43)]
+    src = tmp_path / "m.csv"
+    src.write_text("video_id,score,split,group\n" + "".join(rows))
+    outs = [tmp_path / f"f{k}.csv" for k in range(3)]
+    for seed, path in zip((0, 0, 1), outs):
+        res = CliRunner().invoke(cli, ["manifest", "resplit", str(src), "--folds", "4", "--seed", str(seed),
+                                       "--out", str(path)])
+        assert res.exit_code == 0, res.output
+    before, a, again, b = (read_manifest(p) for p in (src, *outs))
+    train = before[before["split"] == "train"].drop(columns="split").reset_index(drop=True)
+    pd.testing.assert_frame_equal(a.drop(columns="fold"), train)
+    assert "split" not in a.columns and set(a["fold"]) == {0, 1, 2, 3}
+    for _, part in a.groupby("group"):
+        sizes = np.bincount(part["fold"], minlength=4)
+        assert sizes.max() - sizes.min() <= 1
+    assert a["fold"].tolist() == again["fold"].tolist() != b["fold"].tolist()
+    # the rule, written out: row i of the seed's permutation of a group's training rows gets fold i mod K
+    perm = np.random.default_rng(0).permutation(int((train["group"] == "a").sum()))
+    expected = np.empty(len(perm), dtype=int)
+    expected[perm] = np.arange(len(perm)) % 4
+    assert a.loc[a["group"] == "a", "fold"].tolist() == expected.tolist()
+
+    for args, message in ((["--folds", "4", "--test", "3"], "give one"),
+                          (["--folds", "30"], "cannot cut 17 training rows in group 'a' into 30 folds")):
+        res = CliRunner().invoke(cli, ["manifest", "resplit", str(src), "--seed", "0", *args,
+                                       "--out", str(tmp_path / "bad.csv")])
+        assert res.exit_code == 2 and message in res.output, res.output
+        assert not (tmp_path / "bad.csv").exists()
