@@ -379,10 +379,7 @@ def run_fit(features, manifest, plan: FitPlan, out=None, leaderboard=None, echo=
     fs = read_features(features, sequences=plan.head in SEQUENCE_HEADS)
     df = read_manifest(manifest)
     manifest_name = Path(manifest).name
-    if plan.dataset:  # a dataset card: the manifest must follow its split rule
-        described = check_card_protocol(plan.dataset, df)
-        if described:
-            echo(f"protocol: {described}")
+    check_card_protocol(plan.dataset, df, echo)  # a dataset card: the manifest must follow its split rule
     if not plan.dataset:
         plan = dataclasses.replace(plan, dataset=Path(manifest).stem)
     out = Path(out) if out else new_run_dir(f"{plan.dataset or 'run'}-{plan.head}")

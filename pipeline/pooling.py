@@ -125,15 +125,11 @@ def run_pooling_files(features, manifest, seeds, config: TrainConfig, sequence_c
     from dae.features.manifest import read_manifest
     from dae.features.store import content_sha256, read_features
     from dae.pipeline.leaderboard import add_to_leaderboard
+    from dae.pipeline.protocols import check_card_protocol
 
     fs = read_features(features, sequences=True)
     df = read_manifest(manifest)
-    if dataset:  # a dataset card: the manifest must follow its split rule, as for fit and the other studies
-        from dae.pipeline.protocols import check_card_protocol
-
-        described = check_card_protocol(dataset, df)
-        if described:
-            echo(f"protocol: {described}")
+    check_card_protocol(dataset, df, echo)  # a dataset card: the manifest must follow its split rule, as for fit
     dataset = dataset or Path(manifest).stem
     out = Path(out) if out else new_run_dir(f"{dataset or 'run'}-ablate-pooling")
     check_new_dir(out, "study folder")

@@ -113,10 +113,14 @@ def check_protocol(card: dict, manifest: pd.DataFrame) -> str:
     return f"{name} ({rule}; {averages}): " + "; ".join(parts)
 
 
-def check_card_protocol(dataset: str, manifest: pd.DataFrame) -> str | None:
-    """check_protocol against the card of `dataset` (None when no card has that name: nothing to check)."""
+def check_card_protocol(dataset: str, manifest: pd.DataFrame, echo=None) -> str | None:
+    """check_protocol against the card of `dataset` (None when no card has that name, or no dataset: nothing to
+    check); `echo` prints the protocol line every command shows before it trains."""
     from dae.data_manifests.cards import card_names, load_card
 
-    if dataset not in card_names():
+    if not dataset or dataset not in card_names():
         return None
-    return check_protocol(load_card(dataset), manifest)
+    described = check_protocol(load_card(dataset), manifest)
+    if echo:
+        echo(f"protocol: {described}")
+    return described

@@ -449,12 +449,9 @@ def run_study_files(study: str, features, manifest, seeds, config: TrainConfig, 
     specs = study_specs(study, seeds, losses, distributions, reparams)
     fs = read_features(features)
     df = read_manifest(manifest)
-    if dataset:  # a dataset card: the manifest must follow its split rule
-        from dae.pipeline.protocols import check_card_protocol
+    from dae.pipeline.protocols import check_card_protocol
 
-        described = check_card_protocol(dataset, df)
-        if described:
-            echo(f"protocol: {described}")
+    check_card_protocol(dataset, df, echo)  # a dataset card: the manifest must follow its split rule
     dataset = dataset or Path(manifest).stem
     plan = FitPlan(head=head, specs=specs, config=config, dataset=dataset, score_range=score_range,
                    calibrate=calibrate, calibration_folds=calibration_folds)
