@@ -34,6 +34,7 @@ from dae.errors import UsageError
 from dae.heads.dae import init_linears, trains_scale
 from dae.heads.distributions import get_distribution, scale_from_log_variance
 from dae.heads.exemplars import ExemplarPools
+from dae.heads.grouped import tree_level
 from dae.heads.losses import loss_terms
 
 DEPTH = 5
@@ -84,73 +85,30 @@ def relative_from_leaf(leaf: torch.Tensor, position: torch.Tensor, edges: torch.
     return torch.where(width > 0, left + width * position, left + position)
 
 
-class _PlaceRows(torch.autograd.Function):
-    """out (n, ...) zero except out[pos] = x, for distinct positions pos (R,): a scatter whose gradient is a gather
-    (torch's own index backward accumulates with scatter_add, which is slow on a CPU)."""
+class _TrunkRows(torch.autograd.Function):
+    """The trunk before its ReLU, as rows: pairs (M, n, Din) through the features' weight (M, H, Din - 1), the
+    score's column (M, H, 1) and the bias (M, H, 1) -> (M, n, H). Its backward writes the weights' gradients in
+    their own layout from a contiguous (M, H, n) gradient (autograd's own reads the gradient through a transposed
+    view, a slow batched matmul) and none for the pairs (cached features need none)."""
 
     @staticmethod
-    def forward(ctx, x, pos, n):
-        ctx.save_for_backward(pos)
-        out = x.new_zeros(n, *x.shape[1:])
-        out[pos] = x
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):
-        (pos,) = ctx.saved_tensors
-        return grad[pos], None, None
-
-
-class _TakeRows(torch.autograd.Function):
-    """x[pos] for distinct positions pos (R,), with the gradient placed back without accumulation."""
-
-    @staticmethod
-    def forward(ctx, x, pos):
-        ctx.save_for_backward(pos)
-        ctx.rows = x.shape[0]
-        return x[pos]
+    def forward(ctx, pairs, weight, score_weight, bias):
+        ctx.save_for_backward(pairs)
+        out = torch.baddbmm(bias.transpose(1, 2), pairs[..., :-1], weight.transpose(1, 2))
+        return out.baddbmm_(pairs[..., -1:], score_weight.transpose(1, 2))
 
     @staticmethod
     def backward(ctx, grad):
-        (pos,) = ctx.saved_tensors
-        out = grad.new_zeros(ctx.rows, *grad.shape[1:])
-        out[pos] = grad
-        return out, None
+        (pairs,) = ctx.saved_tensors
+        grad_t = grad.transpose(1, 2).contiguous()                                   # (M, H, n)
+        return (None, torch.bmm(grad_t, pairs[..., :-1]), torch.bmm(grad_t, pairs[..., -1:]),
+                grad_t.sum(2, keepdim=True))
 
 
-def _grouped_linear(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
-    """Row r of h (R, H) through its own group's layer: weight (G, O, H), bias (G, O), group (R,) -> (R, O).
-
-    Rows are placed by group into a zero-padded (G, P, H) block, one bmm, then taken back in order."""
-    n_groups = weight.shape[0]
-    order = torch.argsort(group, stable=True)
-    counts = torch.bincount(group, minlength=n_groups)
-    width = int(counts.max())
-    starts = torch.cumsum(counts, 0) - counts
-    pos = torch.empty_like(order)
-    pos[order] = group[order] * width + (torch.arange(len(group), device=h.device) - starts[group[order]])
-    block = _PlaceRows.apply(h, pos, n_groups * width)
-    out = _GroupMatmul.apply(block.view(n_groups, width, -1), weight, bias)
-    return _TakeRows.apply(out.reshape(n_groups * width, -1), pos)
-
-
-class _GroupMatmul(torch.autograd.Function):
-    """block (G, P, H) @ weight (G, O, H)^T + bias (G, O) -> (G, P, O), with a backward that computes each
-    gradient in its own tensor's layout: autograd's would give the weight's as a transposed view, which is then
-    copied into place every step (the largest single cost of a CoRe step on a CPU), or, computed the other way
-    round, read the weight transposed (a slow batched matmul)."""
-
-    @staticmethod
-    def forward(ctx, block, weight, bias):
-        ctx.save_for_backward(block, weight)
-        return torch.baddbmm(bias.unsqueeze(1), block, weight.transpose(1, 2))
-
-    @staticmethod
-    def backward(ctx, grad):
-        block, weight = ctx.saved_tensors
-        grad_block = torch.bmm(grad, weight) if ctx.needs_input_grad[0] else None   # (G, P, O) @ (G, O, H)
-        grad_weight = torch.bmm(grad.transpose(1, 2), block)                         # (G, O, P) @ (G, P, H)
-        return grad_block, grad_weight, grad.sum(1)
+def _starts(sorted_groups: torch.Tensor, n_groups: int) -> torch.Tensor:
+    """Where each of n_groups groups begins in a sorted vector of group ids, and its end: (n_groups + 1,) on the CPU."""
+    bounds = torch.arange(n_groups + 1, device=sorted_groups.device)
+    return torch.searchsorted(sorted_groups, bounds).cpu()
 
 
 def _pick(values: torch.Tensor, index: torch.Tensor, size: int) -> torch.Tensor:
@@ -164,7 +122,8 @@ def _pick(values: torch.Tensor, index: torch.Tensor, size: int) -> torch.Tensor:
 class StackedTree(nn.Module):
     """M group-aware regression trees (one per seed) as stacked weights.
 
-    trunk (M, H, Din); level d: classifier (M, 2^d, 2, H) and children layer (M, 2^(d+1), H, H) (child 2j, 2j+1
+    trunk (M, H, Din) as the pair features' columns trunk_w (M, H, Din - 1) and the exemplar score's column
+    trunk_s (M, H, 1) (apart, so that the large gradient is written at a width the matmul handles well); level d: classifier (M, 2^d, 2, H) and children layer (M, 2^(d+1), H, H) (child 2j, 2j+1
     of node j); leaf regressors (M, L, H). Each model draws its weights from its own seed, layer by layer as
     CoRe builds them (trunk, children layers, classifiers, regressors), each U(+-1/sqrt(fan_in)) like torch's
     Linear / Conv1d defaults."""
@@ -188,7 +147,9 @@ class StackedTree(nn.Module):
                 clfs[d].append(clf[d])
             regs.append(reg)
         with torch.no_grad():
-            self.trunk_w = nn.Parameter(torch.stack([m.weight for m in trunk]).contiguous())
+            first = torch.stack([m.weight for m in trunk])
+            self.trunk_w = nn.Parameter(first[..., :-1].contiguous())
+            self.trunk_s = nn.Parameter(first[..., -1:].contiguous())
             self.trunk_b = nn.Parameter(torch.stack([m.bias for m in trunk]).unsqueeze(-1).contiguous())
             # a grouped Conv1d of 2^d groups is 2^d independent Linear(H, 2H) rows of one (2^d * 2H, H) matrix
             self.child_w = nn.ParameterList(
@@ -215,7 +176,8 @@ class StackedTree(nn.Module):
 
     def trunk(self, pairs: torch.Tensor) -> torch.Tensor:
         """pairs (M, n, Din) -> hidden (M, H, n)."""
-        return torch.relu(torch.baddbmm(self.trunk_b, self.trunk_w, pairs.transpose(1, 2)))
+        return torch.relu(torch.baddbmm(self.trunk_b, self.trunk_w, pairs[..., :-1].transpose(1, 2))
+                          + self.trunk_s * pairs[..., -1:].transpose(1, 2))
 
     def _internal(self, pairs: torch.Tensor):
         """Every internal node: the leaves' log probabilities (M, L, n) and the last internal level's hidden
@@ -252,47 +214,63 @@ class StackedTree(nn.Module):
         parent = (leaf >> 1).reshape(-1)
         rows = h.permute(0, 3, 1, 2).reshape(m * n, h.shape[1], self.hidden)
         rows = rows[torch.arange(m * n, device=leaf.device), parent]            # (M*n, H): the leaf's parent
-        d = self.depth - 2
-        hl = torch.relu(_grouped_linear(rows, self.child_w[d].reshape(-1, self.hidden, self.hidden),
-                                        self.child_b[d].reshape(-1, self.hidden),
-                                        model * self.n_leaves + leaf.reshape(-1)))
         flat_leaf = model * self.n_leaves + leaf.reshape(-1)
+        order = torch.argsort(flat_leaf, stable=True)
+        d = self.depth - 2
+        hl = torch.empty_like(rows)
+        _, out = tree_level(rows[order], self.clf_w[d].reshape(-1, 2, self.hidden), self.clf_b[d].reshape(-1, 2),
+                            self.child_w[d].reshape(-1, self.hidden, self.hidden),
+                            self.child_b[d].reshape(-1, self.hidden), _starts(flat_leaf[order], m * self.n_leaves))
+        hl[order] = torch.relu(out)
         position = (self.reg_w.reshape(-1, self.hidden)[flat_leaf] * hl).sum(1) + self.reg_b.reshape(-1)[flat_leaf]
         return leaf, position.view(m, n)
 
     def forward_path(self, pairs: torch.Tensor, leaf: torch.Tensor):
         """Only the path to `leaf` (M, n): its log probability (M, n) and its regressed position (M, n).
 
-        The children layers run for the path's node only (rows grouped by node); the classifiers and regressors
-        are small, so every node's are evaluated and the path's picked."""
+        Each model's rows are sorted by leaf once, so that at every level the rows of one node are contiguous and
+        each level runs the path's node only (`tree_level`: its classifier and the path child's layer); the leaf
+        regressors are small, so every leaf's is evaluated and the path's picked. The results come back in the
+        rows' order."""
         m, n = leaf.shape
         levels = self.depth - 1
-        model = torch.arange(m, device=leaf.device).unsqueeze(1).expand(m, n).reshape(-1)
-        h = self.trunk(pairs).transpose(1, 2).reshape(m * n, self.hidden)      # rows (model-major)
+        order = torch.argsort(leaf, dim=1, stable=True)
+        leaf = torch.gather(leaf, 1, order)
+        model = torch.arange(m, device=leaf.device).unsqueeze(1)
+        h = torch.relu(_TrunkRows.apply(pairs, self.trunk_w, self.trunk_s, self.trunk_b))
+        h = torch.gather(h, 1, order.unsqueeze(-1).expand(m, n, self.hidden)).reshape(m * n, self.hidden)
         logp = pairs.new_zeros(m, n)
         for d in range(levels):
-            node = leaf >> (levels - d)                                         # the path's node at level d
-            child = leaf >> (levels - d - 1)                                    # its child on the path
-            w = self.clf_w[d].reshape(m, 2 ** (d + 1), self.hidden)
-            logits = torch.baddbmm(self.clf_b[d].reshape(m, 1, -1), h.view(m, n, -1), w.transpose(1, 2))
-            logits = _pick(logits.view(m, n, 2 ** d, 2), node, 2 ** d)          # (M, n, 2)
-            logp = logp + _pick(torch.log_softmax(logits, dim=2).unsqueeze(-1), child & 1, 2).squeeze(-1)
-            h = torch.relu(_grouped_linear(h, self.child_w[d].reshape(-1, self.hidden, self.hidden),
-                                           self.child_b[d].reshape(-1, self.hidden),
-                                           model * 2 ** (d + 1) + child.reshape(-1)))
+            child = (leaf >> (levels - d - 1)).reshape(-1, 1)                  # the path's child at level d + 1
+            groups = 2 ** (d + 1)
+            logits, h = tree_level(h, self.clf_w[d].reshape(-1, 2, self.hidden), self.clf_b[d].reshape(-1, 2),
+                                   self.child_w[d].reshape(-1, self.hidden, self.hidden),
+                                   self.child_b[d].reshape(-1, self.hidden),
+                                   _starts((model * groups + child.view(m, n)).reshape(-1), m * groups))
+            logp = logp + torch.log_softmax(logits, dim=1).gather(1, child & 1).view(m, n)
+            h = torch.relu(h)
         every = torch.baddbmm(self.reg_b.unsqueeze(1), h.view(m, n, -1), self.reg_w.transpose(1, 2))  # (M, n, L)
         position = _pick(every.unsqueeze(-1), leaf, self.n_leaves).squeeze(-1)
-        return logp, position
+        inverse = torch.argsort(order, dim=1)
+        return torch.gather(logp, 1, inverse), torch.gather(position, 1, inverse)
 
     def model_state(self, k: int) -> dict:
         """Model k's weights (a plain dict of tensors, for the run folder)."""
         return {name: p[k].detach().clone() for name, p in self.named_parameters()}
 
     def load_model_states(self, states) -> None:
-        """Put saved model states (one per model, from `model_state`) back."""
+        """Put saved model states (one per model, from `model_state`) back. A state saved before the exemplar
+        score's column had a parameter of its own holds it as trunk_w's last column."""
+        states = [self._split_trunk(s) for s in states]
         with torch.no_grad():
             for name, p in self.named_parameters():
                 p.copy_(torch.stack([s[name] for s in states]))
+
+    def _split_trunk(self, state: dict) -> dict:
+        if "trunk_s" in state:
+            return state
+        w = state["trunk_w"]
+        return {**state, "trunk_w": w[..., :-1], "trunk_s": w[..., -1:]}
 
 
 def tree_loss(logp_true: torch.Tensor, position: torch.Tensor, leaf: torch.Tensor, target_position: torch.Tensor,

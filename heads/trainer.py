@@ -30,6 +30,7 @@ Each model ends where it would have ended trained alone (`train_one` is that pla
 """
 from __future__ import annotations
 
+import gc
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -149,6 +150,14 @@ def train(head, jobs: list[Job], config: TrainConfig = TrainConfig(), progress=N
     config.check()
     check_jobs(jobs)
     keep_freed_memory()
+    gc.freeze()  # the objects that exist now are not rescanned by every collection during training
+    try:
+        return _train(head, jobs, config, progress)
+    finally:
+        gc.unfreeze()
+
+
+def _train(head, jobs, config, progress):
     buckets = defaultdict(list)
     for i, job in enumerate(jobs):
         # one bucket shares its evaluation sets' names (a CV+ fold job adds 'calibration' to its main job's)

@@ -201,3 +201,30 @@ def test_argmax_forward_equals_the_full_trees_argmax_leaf():
     leaf, position = tree.forward_argmax(pairs)
     assert torch.equal(leaf, logp.argmax(1))
     assert torch.allclose(position, pos.gather(1, leaf.unsqueeze(1)).squeeze(1), atol=1e-5)
+
+
+def test_a_tree_level_on_the_kernels_equals_the_padded_matmul_and_gives_empty_nodes_zero_gradients():
+    """The CPU kernels (numba) and the padded batched matmul (other devices) are one level of the tree: the same
+    logits, outputs and gradients; a child group without rows gets a zero weight gradient, not stale memory."""
+    from dae.heads.grouped import tree_level
+
+    gen = torch.Generator().manual_seed(0)
+    nodes, hidden = 6, 12
+    counts = torch.tensor([3, 0, 5, 1, 0, 0, 2, 7, 1, 1, 4, 0])          # node 2 (groups 4, 5) has no rows
+    starts = torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(counts, 0)])
+    rows = int(counts.sum())
+    base = [torch.randn(rows, hidden, generator=gen), torch.randn(nodes, 2, hidden, generator=gen),
+            torch.randn(nodes, 2, generator=gen), torch.randn(2 * nodes, hidden, hidden, generator=gen),
+            torch.randn(2 * nodes, hidden, generator=gen)]
+    grad_logits, grad_out = torch.randn(rows, 2, generator=gen), torch.randn(rows, hidden, generator=gen)
+    results = []
+    for padded in (False, True):
+        inputs = [t.clone().requires_grad_() for t in base]
+        logits, out = tree_level(*inputs, starts, padded=padded)
+        torch.autograd.backward([logits, out], [grad_logits, grad_out])
+        results.append([logits.detach(), out.detach()] + [t.grad for t in inputs])
+    for kernel, padded in zip(*results):
+        assert torch.allclose(kernel, padded, atol=1e-4), (kernel - padded).abs().max()
+    grad_weight, grad_clf_w = results[0][5], results[0][3]
+    assert torch.count_nonzero(grad_weight[[1, 4, 5, 11]]) == 0 and torch.count_nonzero(grad_clf_w[2]) == 0
+    assert torch.count_nonzero(grad_weight[[0, 2, 3, 6, 7, 8, 9, 10]].flatten(1), dim=1).min() > 0
