@@ -27,7 +27,8 @@ def tree_level(h: torch.Tensor, clf_w: torch.Tensor, clf_b: torch.Tensor, weight
     (2N + 1,) int64 on the CPU -> (logits (R, 2), out (R, O)).
 
     padded: use the padded batched matmul even where the kernels could run (for comparison)."""
-    if not padded and h.device.type == "cpu" and h.dtype in (torch.float32, torch.float64) and _kernels():
+    if (not padded and h.device.type == "cpu" and h.dtype in (torch.float32, torch.float64)
+            and weight.shape[1] % 4 == 0 and clf_w.shape[1] == 2 and _kernels()):
         return _KernelLevel.apply(h, clf_w, clf_b, weight, bias, starts)
     starts = starts.to(h.device)
     counts = starts[1:] - starts[:-1]
