@@ -6,19 +6,25 @@ batch has only a few rows per node: the cost is reading each node's weights, not
 sorted by child group (the tree's rows sorted by leaf are), with `starts` (2N + 1,) marking where each of the 2N
 child groups begins (node j's children are groups 2j and 2j + 1; a group may have no rows).
 
-On the CPU three numba kernels (forward, the weights' gradients, the input's gradient) read each node's weights
-once, in parallel over nodes; a node or child without rows gets a zero gradient. Doing the classifier in the same
-pass saves the small per-level operations that otherwise cost as much as the layer. Elsewhere (CUDA, or without
-numba) the same level is a zero-padded batched matmul (one block of the largest group's height per child group)
-and a gathered classifier, 2-4x slower on a CPU. Both give the same values up to float rounding (tested).
+On the CPU (layer widths a multiple of 4) three numba kernels (forward, the weights' gradients, the input's
+gradient) read each node's weights once, in parallel over nodes; a node or child without rows gets a zero
+gradient. Doing the classifier in the same pass saves the small per-level operations that otherwise cost as much
+as the layer. Elsewhere (CUDA, other widths, or without numba) the same level is a zero-padded batched matmul (one
+block of the largest group's height per child group) and a gathered classifier: on a CPU 2.5x slower at the
+tree's last level (80 groups of 256 x 256, 4 rows each on average). Both give the same values up to float rounding
+(tested).
 """
 from __future__ import annotations
 
+import threading
 import warnings
 
 import torch
 
 _KERNELS = None
+# numba's fallback threading layer (workqueue, where OpenMP is missing) aborts the process on concurrent kernel
+# launches from two threads (a threaded dask worker running two fits): launches take turns
+_LAUNCH = threading.Lock()
 
 
 def tree_level(h: torch.Tensor, clf_w: torch.Tensor, clf_b: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
@@ -36,6 +42,21 @@ def tree_level(h: torch.Tensor, clf_w: torch.Tensor, clf_b: torch.Tensor, weight
     node = child >> 1
     logits = torch.einsum("ri,rti->rt", h, clf_w[node]) + clf_b[node]
     return logits, _padded(h, weight, bias, starts, child, counts)
+
+
+def warm_up() -> float:
+    """Compile the kernels (or load them from numba's cache) on a tiny level; the seconds it took (0.0 where the
+    kernels are not used). The first CoRe fit after installing compiles them once (several seconds)."""
+    import time
+
+    start = time.perf_counter()
+    if not _kernels():
+        return 0.0
+    h = torch.zeros(4, 4, requires_grad=True)
+    logits, out = tree_level(h, torch.zeros(1, 2, 4), torch.zeros(1, 2), torch.zeros(2, 4, 4, requires_grad=True),
+                             torch.zeros(2, 4), torch.tensor([0, 2, 4]))
+    (logits.sum() + out.sum()).backward()
+    return time.perf_counter() - start
 
 
 def _kernels():
@@ -66,8 +87,9 @@ class _KernelLevel(torch.autograd.Function):
         starts = starts.to(torch.int64).contiguous()
         logits = h.new_empty(h.shape[0], clf_w.shape[1])
         out = h.new_empty(h.shape[0], weight.shape[1])
-        k.forward(_numpy(h), _numpy(clf_w), _numpy(clf_b), _numpy(weight), _numpy(bias), starts.numpy(),
-                  logits.numpy(), out.numpy())
+        with _LAUNCH:
+            k.forward(_numpy(h), _numpy(clf_w), _numpy(clf_b), _numpy(weight), _numpy(bias), starts.numpy(),
+                      logits.numpy(), out.numpy())
         ctx.save_for_backward(h, clf_w, weight, starts)
         return logits, out
 
@@ -78,12 +100,12 @@ class _KernelLevel(torch.autograd.Function):
         gl, go = _numpy(grad_logits), _numpy(grad_out)
         grad_clf_w, grad_weight = torch.empty_like(clf_w), torch.empty_like(weight)
         grad_clf_b, grad_bias = clf_w.new_empty(clf_w.shape[:2]), weight.new_empty(weight.shape[:2])
-        k.weight_grad(_numpy(h), gl, go, starts.numpy(), grad_clf_w.numpy(), grad_clf_b.numpy(),
-                      grad_weight.numpy(), grad_bias.numpy())
-        grad_h = None
-        if ctx.needs_input_grad[0]:
-            grad_h = torch.empty_like(h)
-            k.input_grad(_numpy(clf_w), _numpy(weight), gl, go, starts.numpy(), grad_h.numpy())
+        grad_h = torch.empty_like(h) if ctx.needs_input_grad[0] else None
+        with _LAUNCH:
+            k.weight_grad(_numpy(h), gl, go, starts.numpy(), grad_clf_w.numpy(), grad_clf_b.numpy(),
+                          grad_weight.numpy(), grad_bias.numpy())
+            if grad_h is not None:
+                k.input_grad(_numpy(clf_w), _numpy(weight), gl, go, starts.numpy(), grad_h.numpy())
         return grad_h, grad_clf_w, grad_clf_b, grad_weight, grad_bias, None
 
 
