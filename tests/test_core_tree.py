@@ -228,3 +228,18 @@ def test_a_tree_level_on_the_kernels_equals_the_padded_matmul_and_gives_empty_no
     grad_weight, grad_clf_w = results[0][5], results[0][3]
     assert torch.count_nonzero(grad_weight[[1, 4, 5, 11]]) == 0 and torch.count_nonzero(grad_clf_w[2]) == 0
     assert torch.count_nonzero(grad_weight[[0, 2, 3, 6, 7, 8, 9, 10]].flatten(1), dim=1).min() > 0
+
+
+def test_a_state_saved_with_the_score_column_inside_the_trunk_weight_still_loads():
+    """Runs saved before the exemplar score's trunk column had a parameter of its own hold it as trunk_w's last
+    column: loading such a state gives the same tree."""
+    a = StackedTree([7], in_dim=9, hidden=8)
+    state = a.model_state(0)
+    old = {k: v for k, v in state.items() if k != "trunk_s"}
+    old["trunk_w"] = torch.cat([state["trunk_w"], state["trunk_s"]], dim=-1)
+    assert old["trunk_w"].shape == (8, 9)
+    b = StackedTree([8], in_dim=9, hidden=8)
+    b.load_model_states([old])
+    x = torch.randn(1, 6, 9)
+    for got, want in zip(b.forward_full(x), a.forward_full(x)):
+        assert torch.equal(got, want)
