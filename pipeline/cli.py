@@ -803,7 +803,8 @@ def ablate_pooling_cmd(ctx, config_path, **options):
 @click.option("--reference-epochs", type=click.IntRange(1), default=2, show_default=True,
               help="Epochs timed one by one (then extrapolated to all).")
 @click.option("--repeats", type=click.IntRange(1), default=1, show_default=True,
-              help="Time the study this many times and report the best (the machine may be shared).")
+              help="Time the study (with --head core: each head's fit) this many times and report the best (the "
+              "machine may be shared).")
 @click.option("--quality", is_flag=True,
               help="Also compare test Spearman (v1, mean over seeds): batched vs one-by-one loops. Needs --features.")
 @click.option("--reference-lr", type=click.FloatRange(0, min_open=True), default=1e-4, show_default=True,
@@ -825,7 +826,7 @@ def bench_fit_cmd(features, manifest, dataset, seeds, epochs, batch_size, lr, re
         from dae.pipeline.bench_core import bench_core, format_core_bench
 
         click.echo(format_core_bench(bench_core(seeds=seeds, epochs=epochs, batch_size=batch_size or 32,
-                                                echo=click.echo)))
+                                                echo=click.echo, repeats=repeats)))
         return
     if bool(features) != bool(manifest):
         raise click.UsageError("give --features and --manifest together")

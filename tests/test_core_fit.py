@@ -179,6 +179,21 @@ def test_bench_core_times_both_heads_in_one_run(one_thread):
     assert (r.n_train, r.n_test, r.dim, r.seeds) == (64, 32, 32, 2)
     text = format_core_bench(r)
     assert f"core / dae = {r.core_seconds / r.dae_seconds:.2f}x" in text and "load average" in text
+    assert "best of" not in text
+
+
+def test_bench_core_repeats_keep_each_heads_best_round(one_thread):
+    from dae.pipeline.bench_core import bench_core, format_core_bench
+    from dae.pipeline.bench_fit import synthetic_study_data
+
+    data = synthetic_study_data(n_train=64, n_test=32, dim=32)
+    lines = []
+    once = bench_core(seeds=1, epochs=2, batch_size=32, data=data, echo=lines.append, with_dae_core=False)
+    r = bench_core(seeds=1, epochs=2, batch_size=32, data=data, echo=lines.append, repeats=2, with_dae_core=False)
+    assert [line.split(":")[0] for line in lines] == ["dae", "core", "dae", "core", "dae", "core"]
+    assert "(round 2 of 2)" in lines[-1]
+    assert (r.dae_spearman, r.core_spearman) == (once.dae_spearman, once.core_spearman)  # seeded: rounds agree
+    assert "each head's best of 2 rounds" in format_core_bench(r)
 
 
 def test_ablate_losses_on_dae_core(tmp_path, one_thread):
