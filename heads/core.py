@@ -106,7 +106,8 @@ class _TrunkRows(torch.autograd.Function):
 
 
 def _starts(sorted_groups: torch.Tensor, n_groups: int) -> torch.Tensor:
-    """Where each of n_groups groups begins in a sorted vector of group ids, and its end: (n_groups + 1,) on the CPU."""
+    """Where each of n_groups groups begins in a sorted vector of group ids, and its end: (n_groups + 1,), on the
+    CPU."""
     bounds = torch.arange(n_groups + 1, device=sorted_groups.device)
     return torch.searchsorted(sorted_groups, bounds).cpu()
 
@@ -123,10 +124,10 @@ class StackedTree(nn.Module):
     """M group-aware regression trees (one per seed) as stacked weights.
 
     trunk (M, H, Din) as the pair features' columns trunk_w (M, H, Din - 1) and the exemplar score's column
-    trunk_s (M, H, 1) (apart, so that the large gradient is written at a width the matmul handles well); level d: classifier (M, 2^d, 2, H) and children layer (M, 2^(d+1), H, H) (child 2j, 2j+1
-    of node j); leaf regressors (M, L, H). Each model draws its weights from its own seed, layer by layer as
-    CoRe builds them (trunk, children layers, classifiers, regressors), each U(+-1/sqrt(fan_in)) like torch's
-    Linear / Conv1d defaults."""
+    trunk_s (M, H, 1) (apart, so that the large gradient is written at a width the matmul handles well); level d:
+    classifier (M, 2^d, 2, H) and children layer (M, 2^(d+1), H, H) (child 2j, 2j+1 of node j); leaf regressors
+    (M, L, H). Each model draws its weights from its own seed, layer by layer as CoRe builds them (trunk, children
+    layers, classifiers, regressors), each U(+-1/sqrt(fan_in)) like torch's Linear / Conv1d defaults."""
 
     def __init__(self, seeds, in_dim: int, hidden: int = TREE_HIDDEN, depth: int = DEPTH):
         super().__init__()

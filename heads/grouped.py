@@ -17,6 +17,7 @@ tree's last level (80 groups of 256 x 256, 4 rows each on average). Both give th
 from __future__ import annotations
 
 import threading
+import time
 import warnings
 
 import torch
@@ -47,8 +48,6 @@ def tree_level(h: torch.Tensor, clf_w: torch.Tensor, clf_b: torch.Tensor, weight
 def warm_up() -> float:
     """Compile the kernels (or load them from numba's cache) on a tiny level; the seconds it took (0.0 where the
     kernels are not used). The first CoRe fit after installing compiles them once (several seconds)."""
-    import time
-
     start = time.perf_counter()
     if not _kernels():
         return 0.0
@@ -79,11 +78,13 @@ def _numpy(t: torch.Tensor):
 
 
 class _KernelLevel(torch.autograd.Function):
+    """`tree_level` on the kernels; the arrays they read are contiguous numpy views of the tensors."""
+
     @staticmethod
     def forward(ctx, h, clf_w, clf_b, weight, bias, starts):
         k = _kernels()
         k.use_threads(torch.get_num_threads())
-        h, clf_w, weight = h.contiguous(), clf_w.contiguous(), weight.contiguous()
+        h, clf_w, weight = h.contiguous(), clf_w.contiguous(), weight.contiguous()  # saved for the backward
         starts = starts.to(torch.int64).contiguous()
         logits = h.new_empty(h.shape[0], clf_w.shape[1])
         out = h.new_empty(h.shape[0], weight.shape[1])

@@ -1,9 +1,9 @@
 """numba kernels of `dae.heads.grouped`: one level of the tree for rows sorted by child group, `starts` (2N + 1,)
 over the 2N child groups of N nodes (node j's children are groups 2j and 2j + 1, its rows starts[2j]:starts[2j+2]),
 in parallel over nodes. Each streams a node's weights once while the node's few rows stay in the cache, and works
-on two weight rows and up to four data rows at a time (fewer loads per multiply-add). Layer widths must be multiples of 4.
-Compiled on first use and cached beside this file (numba's cache): later processes load them in a fraction of a
-second."""
+on two weight rows and up to four data rows at a time (fewer loads per multiply-add). Layer widths must be
+multiples of 4. Compiled on first use and cached beside this file (numba's cache): later processes load them in a
+fraction of a second."""
 from __future__ import annotations
 
 import numba

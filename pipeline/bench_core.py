@@ -45,9 +45,8 @@ def bench_core(seeds: int = 5, epochs: int = 100, batch_size: int = 32, with_dae
     from dae.heads.trainer import HeadSpec, Job, train
     from dae.heads.core import CoRe, DAECoRe, exemplar_targets
     from dae.heads.dae import DAE
-    from dae.heads.metrics import spearman
-
     from dae.heads.grouped import warm_up
+    from dae.heads.metrics import spearman
 
     x, targets, train_rows, test_rows = data if data is not None else synthetic_study_data()
     kernel_seconds = warm_up()  # a one-off per installation (numba's cache), not part of a fit's cost
@@ -72,10 +71,11 @@ def bench_core(seeds: int = 5, epochs: int = 100, batch_size: int = 32, with_dae
                  + (f" (round {round_ + 1} of {repeats})" if repeats > 1 else "") + " ...")
             seconds, rho = timed(make(), lr)
             best[name] = min(best.get(name, (seconds, rho)), (seconds, rho))
+    (dae_s, dae_rho), (core_s, core_rho) = best["dae"], best["core"]
     dc_s, dc_rho = best.get("dae-core", (None, None))
-    return CoreBench(seeds, epochs, batch_size, len(train_rows), len(test_rows), x.shape[1], *best["dae"][:1],
-                     best["core"][0], dc_s, best["dae"][1], best["core"][1], dc_rho, _load(),
-                     f"{platform.machine()} {os.cpu_count()} CPUs", kernel_seconds, repeats)
+    return CoreBench(seeds, epochs, batch_size, len(train_rows), len(test_rows), x.shape[1], dae_s, core_s, dc_s,
+                     dae_rho, core_rho, dc_rho, _load(), f"{platform.machine()} {os.cpu_count()} CPUs",
+                     kernel_seconds, repeats)
 
 
 def _load() -> str:
