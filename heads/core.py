@@ -34,7 +34,7 @@ from dae.errors import UsageError
 from dae.heads.dae import init_linears, trains_scale
 from dae.heads.distributions import get_distribution, scale_from_log_variance
 from dae.heads.exemplars import ExemplarPools
-from dae.heads.grouped import tree_level
+from dae.heads.grouped import _starts, tree_level, tree_path
 from dae.heads.losses import loss_terms
 
 DEPTH = 5
@@ -103,13 +103,6 @@ class _TrunkRows(torch.autograd.Function):
         grad_t = grad.transpose(1, 2).contiguous()                                   # (M, H, n)
         return (None, torch.bmm(grad_t, pairs[..., :-1]), torch.bmm(grad_t, pairs[..., -1:]),
                 grad_t.sum(2, keepdim=True))
-
-
-def _starts(sorted_groups: torch.Tensor, n_groups: int) -> torch.Tensor:
-    """Where each of n_groups groups begins in a sorted vector of group ids, and its end: (n_groups + 1,), on the
-    CPU."""
-    bounds = torch.arange(n_groups + 1, device=sorted_groups.device)
-    return torch.searchsorted(sorted_groups, bounds).cpu()
 
 
 def _pick(values: torch.Tensor, index: torch.Tensor, size: int) -> torch.Tensor:
@@ -230,30 +223,24 @@ class StackedTree(nn.Module):
         """Only the path to `leaf` (M, n): its log probability (M, n) and its regressed position (M, n).
 
         Each model's rows are sorted by leaf once, so that at every level the rows of one node are contiguous and
-        each level runs the path's node only (`tree_level`: its classifier and the path child's layer); the leaf
-        regressors are small, so every leaf's is evaluated and the path's picked. The results come back in the
-        rows' order."""
+        each level runs the path's node only (`tree_path`: per level its classifier and the path child's layer);
+        the leaf regressors are small, so every leaf's is evaluated and the path's picked. The results come back in
+        the rows' order."""
         m, n = leaf.shape
         levels = self.depth - 1
         order = torch.argsort(leaf, dim=1, stable=True)
         leaf = torch.gather(leaf, 1, order)
-        model = torch.arange(m, device=leaf.device).unsqueeze(1)
         h = torch.relu(_TrunkRows.apply(pairs, self.trunk_w, self.trunk_s, self.trunk_b))
         h = torch.gather(h, 1, order.unsqueeze(-1).expand(m, n, self.hidden)).reshape(m * n, self.hidden)
-        logp = pairs.new_zeros(m, n)
-        for d in range(levels):
-            child = (leaf >> (levels - d - 1)).reshape(-1, 1)                  # the path's child at level d + 1
-            groups = 2 ** (d + 1)
-            logits, h = tree_level(h, self.clf_w[d].reshape(-1, 2, self.hidden), self.clf_b[d].reshape(-1, 2),
-                                   self.child_w[d].reshape(-1, self.hidden, self.hidden),
-                                   self.child_b[d].reshape(-1, self.hidden),
-                                   _starts((model * groups + child.view(m, n)).reshape(-1), m * groups))
-            logp = logp + torch.log_softmax(logits, dim=1).gather(1, child & 1).view(m, n)
-            h = torch.relu(h)
+        flat = leaf + self.n_leaves * torch.arange(m, device=leaf.device).unsqueeze(1)
+        logp, h = tree_path(h, flat, [self.clf_w[d].reshape(-1, 2, self.hidden) for d in range(levels)],
+                            [self.clf_b[d].reshape(-1, 2) for d in range(levels)],
+                            [self.child_w[d].reshape(-1, self.hidden, self.hidden) for d in range(levels)],
+                            [self.child_b[d].reshape(-1, self.hidden) for d in range(levels)])
         every = torch.baddbmm(self.reg_b.unsqueeze(1), h.view(m, n, -1), self.reg_w.transpose(1, 2))  # (M, n, L)
         position = _pick(every.unsqueeze(-1), leaf, self.n_leaves).squeeze(-1)
         inverse = torch.argsort(order, dim=1)
-        return torch.gather(logp, 1, inverse), torch.gather(position, 1, inverse)
+        return torch.gather(logp.view(m, n), 1, inverse), torch.gather(position, 1, inverse)
 
     def model_state(self, k: int) -> dict:
         """Model k's weights (a plain dict of tensors, for the run folder)."""

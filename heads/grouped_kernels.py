@@ -1,6 +1,6 @@
 """numba kernels of `dae.heads.grouped`: one level of the tree for rows sorted by child group, `starts` (2N + 1,)
 over the 2N child groups of N nodes (node j's children are groups 2j and 2j + 1, its rows starts[2j]:starts[2j+2]),
-in parallel over nodes. Each streams a node's weights once while the node's few rows stay in the cache, and works
+in parallel over child groups. Each streams a node's weights once while the node's few rows stay in the cache, and works
 on two weight rows and up to four data rows at a time (fewer loads per multiply-add). Layer widths must be
 multiples of 4. Compiled on first use and cached beside this file (numba's cache): later processes load them in a
 fraction of a second."""
@@ -25,15 +25,33 @@ def use_threads(n: int) -> None:
 def forward(h, clf_w, clf_b, weight, bias, starts, logits, out):
     """logits[r] = clf_w[j] @ h[r] + clf_b[j] for node j's rows; out[r] = weight[k] @ h[r] + bias[k] for child
     group k's rows."""
-    n_nodes = clf_w.shape[0]
-    n_out = weight.shape[1]
-    for j in prange(n_nodes):
-        _two_outputs(h, clf_w[j, 0], clf_w[j, 1], clf_b[j, 0], clf_b[j, 1], starts[2 * j], starts[2 * j + 2],
-                     logits, 0)
-        for k in range(2 * j, 2 * j + 2):
-            for o in range(0, n_out, 2):
-                _two_outputs(h, weight[k, o], weight[k, o + 1], bias[k, o], bias[k, o + 1], starts[k],
-                             starts[k + 1], out, o)
+    for k in prange(weight.shape[0]):
+        _forward_group(h, clf_w, clf_b, weight, bias, starts, logits, out, k)
+
+
+@njit(parallel=True, fastmath=True, cache=True, nogil=True)
+def path_forward(h, clf_w, clf_b, weight, bias, starts, logits, out, logp):
+    """`forward`, then for every row of child group k (child k & 1 of its node): logp[r] += that child's
+    log-softmax, and out[r] = relu(out[r])."""
+    for k in prange(weight.shape[0]):
+        _forward_group(h, clf_w, clf_b, weight, bias, starts, logits, out, k)
+        bit = k & 1
+        for r in range(starts[k], starts[k + 1]):
+            a, b = logits[r, 0], logits[r, 1]
+            top = max(a, b)
+            logp[r] += logits[r, bit] - top - np.log(np.exp(a - top) + np.exp(b - top))
+            row = out[r]
+            for i in range(row.shape[0]):
+                row[i] = max(row[i], np.float32(0.0))
+
+
+@njit(fastmath=True, cache=True, nogil=True, inline="always")
+def _forward_group(h, clf_w, clf_b, weight, bias, starts, logits, out, k):
+    lo, hi = starts[k], starts[k + 1]
+    j = k >> 1
+    _two_outputs(h, clf_w[j, 0], clf_w[j, 1], clf_b[j, 0], clf_b[j, 1], lo, hi, logits, 0)
+    for o in range(0, weight.shape[1], 2):
+        _two_outputs(h, weight[k, o], weight[k, o + 1], bias[k, o], bias[k, o + 1], lo, hi, out, o)
 
 
 @njit(fastmath=True, cache=True, nogil=True, inline="always")
@@ -71,15 +89,13 @@ def _two_outputs(h, w0, w1, b0, b1, lo, hi, out, o):
 @njit(parallel=True, fastmath=True, cache=True, nogil=True)
 def weight_grad(h, grad_logits, grad_out, starts, grad_clf_w, grad_clf_b, grad_weight, grad_bias):
     """The weights' gradients: sums over each node's (child group's) rows of grad x h; zero without rows."""
-    n_nodes = grad_clf_w.shape[0]
-    n_out = grad_weight.shape[1]
-    for j in prange(n_nodes):
-        _two_sums(h, grad_logits, 0, starts[2 * j], starts[2 * j + 2], grad_clf_w[j, 0], grad_clf_w[j, 1],
-                  grad_clf_b, j)
-        for k in range(2 * j, 2 * j + 2):
-            for o in range(0, n_out, 2):
-                _two_sums(h, grad_out, o, starts[k], starts[k + 1], grad_weight[k, o], grad_weight[k, o + 1],
-                          grad_bias, k)
+    for k in prange(grad_weight.shape[0]):
+        if k & 1 == 0:
+            j = k >> 1
+            _two_sums(h, grad_logits, 0, starts[k], starts[k + 2], grad_clf_w[j, 0], grad_clf_w[j, 1], grad_clf_b, j)
+        for o in range(0, grad_weight.shape[1], 2):
+            _two_sums(h, grad_out, o, starts[k], starts[k + 1], grad_weight[k, o], grad_weight[k, o + 1],
+                      grad_bias, k)
 
 
 @njit(fastmath=True, cache=True, nogil=True, inline="always")
@@ -120,16 +136,32 @@ def _two_sums(h, grad, col, lo, hi, row0, row1, grad_bias, k):
 def input_grad(clf_w, weight, grad_logits, grad_out, starts, grad_h):
     """grad_h[r] = weight[k]^T grad_out[r] + clf_w[j]^T grad_logits[r]: two rows and four (the classifier's two)
     weight rows at a time."""
-    n_nodes = clf_w.shape[0]
-    n_out = weight.shape[1]
-    for j in prange(n_nodes):
-        for r in range(starts[2 * j], starts[2 * j + 2]):
+    for k in prange(weight.shape[0]):
+        lo, hi = starts[k], starts[k + 1]
+        for r in range(lo, hi):
             grad_h[r, :] = 0.0
-        _add_two_rows(clf_w[j, 0], clf_w[j, 1], grad_logits, 0, starts[2 * j], starts[2 * j + 2], grad_h)
-        for k in range(2 * j, 2 * j + 2):
-            for o in range(0, n_out, 4):
-                _add_four_rows(weight[k, o], weight[k, o + 1], weight[k, o + 2], weight[k, o + 3], grad_out, o,
-                               starts[k], starts[k + 1], grad_h)
+        _add_two_rows(clf_w[k >> 1, 0], clf_w[k >> 1, 1], grad_logits, 0, lo, hi, grad_h)
+        for o in range(0, weight.shape[1], 4):
+            _add_four_rows(weight[k, o], weight[k, o + 1], weight[k, o + 2], weight[k, o + 3], grad_out, o, lo, hi,
+                           grad_h)
+
+
+@njit(parallel=True, fastmath=True, cache=True, nogil=True)
+def path_grads(out, logits, grad_logp, starts, grad_out, grad_logits):
+    """The gradients into one level of a path from those of its outputs: grad_out[r] (the gradient of relu(out))
+    masked where out[r] (after the relu) is 0, in place; grad_logits[r] = grad_logp[r] (onehot(child) - softmax)."""
+    for k in prange(len(starts) - 1):
+        bit = k & 1
+        for r in range(starts[k], starts[k + 1]):
+            a, b = logits[r, 0], logits[r, 1]
+            p1 = np.float32(1.0) / (np.float32(1.0) + np.exp(a - b))
+            g = grad_logp[r]
+            grad_logits[r, 0] = g * (np.float32(1 - bit) - (np.float32(1.0) - p1))
+            grad_logits[r, 1] = g * (np.float32(bit) - p1)
+            row, grad = out[r], grad_out[r]
+            for i in range(row.shape[0]):
+                if row[i] <= 0.0:
+                    grad[i] = 0.0
 
 
 @njit(fastmath=True, cache=True, nogil=True, inline="always")

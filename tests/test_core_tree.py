@@ -230,6 +230,41 @@ def test_a_tree_level_on_the_kernels_equals_the_padded_matmul_and_gives_empty_no
     assert torch.count_nonzero(grad_weight[[0, 2, 3, 6, 7, 8, 9, 10]].flatten(1), dim=1).min() > 0
 
 
+def test_a_tree_path_on_the_kernels_equals_torchs_levels_in_values_and_every_gradient():
+    """`tree_path` on the CPU kernels (the ReLUs and log-softmaxes inside them) and as torch's operations around the
+    padded levels: the same path log probabilities, last hidden states and gradients, for rows of three models
+    sorted by leaf with some leaves (and a whole subtree) without rows; a child without rows gets a zero weight
+    gradient."""
+    from dae.heads.grouped import tree_path
+
+    gen = torch.Generator().manual_seed(3)
+    models, hidden, levels = 3, 12, 4
+    leaves = 2 ** levels
+    leaf = torch.randint(0, leaves, (models, 30), generator=gen)
+    leaf[0] = torch.where(leaf[0] >= 8, leaf[0] - 8, leaf[0])          # model 0: the root's right subtree is empty
+    leaf = torch.sort(leaf, dim=1).values
+    flat = (leaf + leaves * torch.arange(models).unsqueeze(1)).reshape(-1)
+    nodes = [models * 2 ** d for d in range(levels)]
+    base = [torch.randn(flat.shape[0], hidden, generator=gen)]
+    for n in nodes:
+        base += [torch.randn(n, 2, hidden, generator=gen) * 0.3, torch.randn(n, 2, generator=gen),
+                 torch.randn(2 * n, hidden, hidden, generator=gen) * 0.3, torch.randn(2 * n, hidden, generator=gen)]
+    grad_logp, grad_h = torch.randn(flat.shape[0], generator=gen), torch.randn(flat.shape[0], hidden, generator=gen)
+    results = []
+    for padded in (False, True):
+        inputs = [t.clone().requires_grad_() for t in base]
+        params = inputs[1:]
+        logp, h = tree_path(inputs[0], flat, params[0::4], params[1::4], params[2::4], params[3::4], padded=padded)
+        torch.autograd.backward([logp, h], [grad_logp, grad_h])
+        results.append([logp.detach(), h.detach()] + [t.grad for t in inputs])
+    assert (results[0][1] >= 0).all() and (results[0][1] == 0).any()      # after the ReLU, some units off
+    for kernel, padded in zip(*results):
+        assert torch.allclose(kernel, padded, atol=1e-4), (kernel - padded).abs().max()
+    last_weight_grad = results[0][3 + 4 * (levels - 1) + 2]               # (2 N, I, I) of the last level
+    empty = [g for g in range(2 * nodes[-1]) if not (flat == g).any()]    # a last-level child group is one leaf
+    assert empty and torch.count_nonzero(last_weight_grad[empty]) == 0
+
+
 def test_a_state_saved_with_the_score_column_inside_the_trunk_weight_still_loads():
     """Runs saved before the exemplar score's trunk column had a parameter of its own hold it as trunk_w's last
     column: loading such a state gives the same tree."""
