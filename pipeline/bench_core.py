@@ -35,6 +35,49 @@ class CoreBench:
     machine: str
     kernel_seconds: float = 0.0
     repeats: int = 1
+    arithmetic: "StepArithmetic | None" = None
+
+
+@dataclass
+class StepArithmetic:
+    """What one training step of each head computes, from its layers' shapes: floating-point operations (a
+    multiply-add is 2) of the forward pass and the gradients, and the parameters Adam updates (7 floats of memory
+    traffic each per step: parameter, gradient and two moments read, three written)."""
+
+    dae_flop: float
+    core_flop: float
+    dae_params: int
+    core_params: int
+
+    @property
+    def flop_ratio(self) -> float:
+        return self.core_flop / self.dae_flop
+
+    @property
+    def param_ratio(self) -> float:
+        return self.core_params / self.dae_params
+
+
+def step_arithmetic(dim: int, batch_size: int, seeds: int, hidden=None) -> StepArithmetic:
+    """A dae step: batch_size rows per model through the MLP (weights' gradients for every layer, the input's for
+    all but the first). A core step: 2 x batch_size pair rows per model (both directions) through the trunk
+    (2 dim + 1 -> 256; the weights' gradient only) and one path of the tree (per level the node's classifier and
+    the child's 256 x 256 layer: forward, weights' and input's gradients), and every leaf's regressor."""
+    from dae.heads.config import HIDDEN
+    from dae.heads.core import DEPTH, LEAVES, TREE_HIDDEN
+    from dae.heads.dae import DAEHead
+
+    widths = (dim, *(hidden or HIDDEN), 2)
+    layers = [a * b for a, b in zip(widths[:-1], widths[1:])]
+    dae_row = 2 * sum(layers) * 2 + 2 * sum(layers[1:])
+    dae_params = sum(p.numel() for p in DAEHead(dim, hidden or HIDDEN).parameters())
+    h, levels = TREE_HIDDEN, DEPTH - 1
+    trunk, level, leaves = (2 * dim + 1) * h, h * h + 2 * h, LEAVES * h
+    core_row = 2 * trunk * 2 + 2 * (levels * level + leaves) * 3
+    core_params = (trunk + h) + sum(2 ** (d + 1) * (h * h + h) + 2 ** d * (2 * h + 2) for d in range(levels)) \
+        + leaves + LEAVES
+    return StepArithmetic(dae_row * batch_size * seeds, core_row * 2 * batch_size * seeds, dae_params * seeds,
+                          core_params * seeds)
 
 
 def bench_core(seeds: int = 5, epochs: int = 100, batch_size: int = 32, with_dae_core: bool = True,
@@ -75,7 +118,7 @@ def bench_core(seeds: int = 5, epochs: int = 100, batch_size: int = 32, with_dae
     dc_s, dc_rho = best.get("dae-core", (None, None))
     return CoreBench(seeds, epochs, batch_size, len(train_rows), len(test_rows), x.shape[1], dae_s, core_s, dc_s,
                      dae_rho, core_rho, dc_rho, _load(), f"{platform.machine()} {os.cpu_count()} CPUs",
-                     kernel_seconds, repeats)
+                     kernel_seconds, repeats, step_arithmetic(x.shape[1], batch_size, seeds))
 
 
 def _load() -> str:
@@ -94,6 +137,12 @@ def format_core_bench(r: CoreBench) -> str:
     if r.dae_core_seconds is not None:
         lines.append(f"  dae-core  {r.dae_core_seconds:8.1f} s   test Spearman {r.dae_core_spearman:.3f}   "
                      f"dae-core / dae = {r.dae_core_seconds / r.dae_seconds:.2f}x")
+    a = r.arithmetic
+    if a is not None:
+        lines.append(f"  per training step: core computes {a.core_flop / 1e9:.2f} GFLOP against dae's "
+                     f"{a.dae_flop / 1e9:.2f} ({a.flop_ratio:.1f}x) and Adam updates {a.core_params / 1e6:.1f} M "
+                     f"parameters against {a.dae_params / 1e6:.2f} M ({a.param_ratio:.1f}x): a time ratio below "
+                     f"{a.flop_ratio:.1f}x means core runs more arithmetic per second than dae")
     best = f"each head's best of {r.repeats} rounds, " if r.repeats > 1 else ""
     lines.append(f"  (wall times of one process, same run, {best}CoRe's voting: 10 voters per test video; CoRe's tree "
                  f"kernels were compiled or loaded from numba's cache before timing: {r.kernel_seconds:.1f} s)")
