@@ -5,7 +5,6 @@ import os
 
 import numpy as np
 import pandas as pd
-import pytest
 import torch
 from click.testing import CliRunner
 from conftest import write_features_and_manifest
