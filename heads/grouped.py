@@ -1,5 +1,6 @@
-"""One level of CoRe's tree for rows that each follow one path: node j's 2-way classifier and the layer of the
-path's child k, out[r] = weight[k] @ h[r] + bias[k] and logits[r] = clf_w[j] @ h[r] + clf_b[j].
+"""CoRe's tree for rows that each follow one path: one level (`tree_level`: node j's 2-way classifier and the layer
+of the path's child k, out[r] = weight[k] @ h[r] + bias[k] and logits[r] = clf_w[j] @ h[r] + clf_b[j]) or a
+training step's whole path through the levels (`tree_path`).
 
 CoRe's tree sends each pair down one path, so at every level a row meets one node out of many, and a training
 batch has only a few rows per node: the cost is reading each node's weights, not the arithmetic. The rows come
@@ -84,15 +85,18 @@ def _kernel_ready(h: torch.Tensor, weight: torch.Tensor) -> bool:
 
 
 def warm_up() -> float:
-    """Compile the kernels (or load them from numba's cache) on a tiny level; the seconds it took (0.0 where the
-    kernels are not used). The first CoRe fit after installing compiles them once (several seconds)."""
+    """Compile the kernels (or load them from numba's cache) on a tiny tree path and level; the seconds it took (0.0
+    where the kernels are not used). The first CoRe fit after installing compiles them once (several seconds)."""
     start = time.perf_counter()
     if not _kernels():
         return 0.0
     h = torch.zeros(4, 4, requires_grad=True)
-    logits, out = tree_level(h, torch.zeros(1, 2, 4), torch.zeros(1, 2), torch.zeros(2, 4, 4, requires_grad=True),
-                             torch.zeros(2, 4), torch.tensor([0, 2, 4]))
-    (logits.sum() + out.sum()).backward()
+    weight = torch.zeros(2, 4, 4, requires_grad=True)
+    logp, out = tree_path(h, torch.tensor([0, 0, 1, 1]), [torch.zeros(1, 2, 4)], [torch.zeros(1, 2)], [weight],
+                          [torch.zeros(2, 4)])
+    (logp.sum() + out.sum()).backward()
+    with torch.no_grad():
+        tree_level(h, torch.zeros(1, 2, 4), torch.zeros(1, 2), weight, torch.zeros(2, 4), torch.tensor([0, 2, 4]))
     return time.perf_counter() - start
 
 

@@ -265,6 +265,22 @@ def test_a_tree_path_on_the_kernels_equals_torchs_levels_in_values_and_every_gra
     assert empty and torch.count_nonzero(last_weight_grad[empty]) == 0
 
 
+def test_warm_up_readies_every_kernel_a_fit_runs():
+    """`dae bench fit --head core` times fits after `warm_up`: it must have compiled (or loaded) every kernel a
+    training step and the voting use, so that none compiles inside the timing. In a fresh interpreter (in this one
+    other tests may have run the kernels already)."""
+    pytest.importorskip("numba", reason="the kernels need numba (a dependency; the padded path runs without it)")
+    import subprocess
+    import sys
+
+    code = ("from dae.heads import grouped_kernels as k; from dae.heads.grouped import warm_up; warm_up(); "
+            "print(*[n for n in ('forward', 'path_forward', 'path_grads', 'weight_grad', 'input_grad') "
+            "if not getattr(k, n).signatures])")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "", f"not compiled by warm_up: {done.stdout}"
+
+
 def test_a_state_saved_with_the_score_column_inside_the_trunk_weight_still_loads():
     """Runs saved before the exemplar score's trunk column had a parameter of its own hold it as trunk_w's last
     column: loading such a state gives the same tree."""
