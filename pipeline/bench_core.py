@@ -36,6 +36,7 @@ class CoreBench:
     kernel_seconds: float = 0.0
     repeats: int = 1
     arithmetic: "StepArithmetic | None" = None
+    rounds: dict | None = None  # head -> its wall time in each round, in order
 
 
 @dataclass
@@ -107,18 +108,19 @@ def bench_core(seeds: int = 5, epochs: int = 100, batch_size: int = 32, with_dae
     heads = {"dae": (lambda: DAE(x, targets), TrainConfig().lr), "core": (lambda: CoRe(x, targets, exemplar), CORE_LR)}
     if with_dae_core:
         heads["dae-core"] = (lambda: DAECoRe(x, targets, exemplar), CORE_LR)
-    best = {}
+    best, rounds = {}, {name: [] for name in heads}
     for round_ in range(repeats):
         for name, (make, lr) in heads.items():
             echo(f"{name}: {seeds} seeds x {epochs} epochs, batch {batch_size}"
                  + (f" (round {round_ + 1} of {repeats})" if repeats > 1 else "") + " ...")
             seconds, rho = timed(make(), lr)
             best[name] = min(best.get(name, (seconds, rho)), (seconds, rho))
+            rounds[name].append(seconds)
     (dae_s, dae_rho), (core_s, core_rho) = best["dae"], best["core"]
     dc_s, dc_rho = best.get("dae-core", (None, None))
     return CoreBench(seeds, epochs, batch_size, len(train_rows), len(test_rows), x.shape[1], dae_s, core_s, dc_s,
                      dae_rho, core_rho, dc_rho, _load(), f"{platform.machine()} {os.cpu_count()} CPUs",
-                     kernel_seconds, repeats, step_arithmetic(x.shape[1], batch_size, seeds))
+                     kernel_seconds, repeats, step_arithmetic(x.shape[1], batch_size, seeds), rounds)
 
 
 def _load() -> str:
@@ -143,6 +145,10 @@ def format_core_bench(r: CoreBench) -> str:
                      f"{a.dae_flop / 1e9:.2f} ({a.flop_ratio:.1f}x) and Adam updates {a.core_params / 1e6:.1f} M "
                      f"parameters against {a.dae_params / 1e6:.2f} M ({a.param_ratio:.1f}x): a time ratio below "
                      f"{a.flop_ratio:.1f}x means core runs more arithmetic per second than dae")
+    if r.repeats > 1 and r.rounds:
+        times = {name: " / ".join(f"{v:.1f}" for v in r.rounds[name]) for name in ("dae", "core")}
+        ratios = " / ".join(f"{c / d:.2f}" for c, d in zip(r.rounds["core"], r.rounds["dae"]))
+        lines.append(f"  rounds: dae {times['dae']} s, core {times['core']} s; core / dae by round {ratios}x")
     best = f"each head's best of {r.repeats} rounds, " if r.repeats > 1 else ""
     lines.append(f"  (wall times of one process, same run, {best}CoRe's voting: 10 voters per test video; CoRe's tree "
                  f"kernels were compiled or loaded from numba's cache before timing: {r.kernel_seconds:.1f} s)")

@@ -211,7 +211,11 @@ def test_bench_core_repeats_keep_each_heads_best_round(one_thread):
     assert [line.split(":")[0] for line in lines] == ["dae", "core", "dae", "core", "dae", "core"]
     assert "(round 2 of 2)" in lines[-1]
     assert (r.dae_spearman, r.core_spearman) == (once.dae_spearman, once.core_spearman)  # seeded: rounds agree
-    assert "each head's best of 2 rounds" in format_core_bench(r)
+    text = format_core_bench(r)
+    assert "each head's best of 2 rounds" in text
+    assert len(r.rounds["dae"]) == len(r.rounds["core"]) == 2 and r.core_seconds == min(r.rounds["core"])
+    ratios = " / ".join(f"{c / d:.2f}" for c, d in zip(r.rounds["core"], r.rounds["dae"]))
+    assert f"core / dae by round {ratios}x" in text
 
 
 def test_ablate_losses_on_dae_core(tmp_path, one_thread):
