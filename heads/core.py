@@ -34,7 +34,7 @@ from dae.errors import UsageError
 from dae.heads.dae import init_linears, trains_scale
 from dae.heads.distributions import get_distribution, scale_from_log_variance
 from dae.heads.exemplars import ExemplarPools
-from dae.heads.grouped import _starts, tree_level, tree_path
+from dae.heads.grouped import group_starts, tree_level, tree_path
 from dae.heads.losses import loss_terms
 
 DEPTH = 5
@@ -170,8 +170,7 @@ class StackedTree(nn.Module):
 
     def trunk(self, pairs: torch.Tensor) -> torch.Tensor:
         """pairs (M, n, Din) -> hidden (M, H, n)."""
-        return torch.relu(torch.baddbmm(self.trunk_b, self.trunk_w, pairs[..., :-1].transpose(1, 2))
-                          + self.trunk_s * pairs[..., -1:].transpose(1, 2))
+        return torch.relu(_TrunkRows.apply(pairs, self.trunk_w, self.trunk_s, self.trunk_b)).transpose(1, 2)
 
     def _internal(self, pairs: torch.Tensor):
         """Every internal node: the leaves' log probabilities (M, L, n) and the last internal level's hidden
@@ -214,7 +213,7 @@ class StackedTree(nn.Module):
         hl = torch.empty_like(rows)
         _, out = tree_level(rows[order], self.clf_w[d].reshape(-1, 2, self.hidden), self.clf_b[d].reshape(-1, 2),
                             self.child_w[d].reshape(-1, self.hidden, self.hidden),
-                            self.child_b[d].reshape(-1, self.hidden), _starts(flat_leaf[order], m * self.n_leaves))
+                            self.child_b[d].reshape(-1, self.hidden), group_starts(flat_leaf[order], m * self.n_leaves))
         hl[order] = torch.relu(out)
         position = (self.reg_w.reshape(-1, self.hidden)[flat_leaf] * hl).sum(1) + self.reg_b.reshape(-1)[flat_leaf]
         return leaf, position.view(m, n)

@@ -59,7 +59,7 @@ def tree_path(h: torch.Tensor, flat_leaf: torch.Tensor, clf_w, clf_b, weight, bi
     levels = len(weight)
     shifts = [levels - 1 - d for d in range(levels)]
     flat = flat_leaf.reshape(-1)
-    starts = [_starts(flat >> s, weight[d].shape[0]) for d, s in enumerate(shifts)]
+    starts = [group_starts(flat >> s, weight[d].shape[0]) for d, s in enumerate(shifts)]
     if not padded and _kernel_ready(h, weight[0]):
         params = [t for d in range(levels) for t in (clf_w[d], clf_b[d], weight[d], bias[d])]
         return _KernelPath.apply(h, starts, *params)
@@ -72,7 +72,7 @@ def tree_path(h: torch.Tensor, flat_leaf: torch.Tensor, clf_w, clf_b, weight, bi
     return logp, h
 
 
-def _starts(groups: torch.Tensor, n_groups: int) -> torch.Tensor:
+def group_starts(groups: torch.Tensor, n_groups: int) -> torch.Tensor:
     """Where each of n_groups groups begins in a sorted vector of group ids, and its end: (n_groups + 1,) int64 on
     the CPU."""
     bounds = torch.arange(n_groups + 1, device=groups.device)
@@ -140,16 +140,24 @@ class _KernelLevel(torch.autograd.Function):
     def backward(ctx, grad_logits, grad_out):
         k = _kernels()
         h, clf_w, weight, starts = ctx.saved_tensors
-        gl, go = _numpy(grad_logits), _numpy(grad_out)
-        grad_clf_w, grad_weight = torch.empty_like(clf_w), torch.empty_like(weight)
-        grad_clf_b, grad_bias = clf_w.new_empty(clf_w.shape[:2]), weight.new_empty(weight.shape[:2])
-        grad_h = torch.empty_like(h) if ctx.needs_input_grad[0] else None
         with _LAUNCH:
-            k.weight_grad(_numpy(h), gl, go, starts.numpy(), grad_clf_w.numpy(), grad_clf_b.numpy(),
-                          grad_weight.numpy(), grad_bias.numpy())
-            if grad_h is not None:
-                k.input_grad(_numpy(clf_w), _numpy(weight), gl, go, starts.numpy(), grad_h.numpy())
-        return grad_h, grad_clf_w, grad_clf_b, grad_weight, grad_bias, None
+            grad_h, *grads = _level_grads(k, h, clf_w, weight, grad_logits, grad_out, starts, ctx.needs_input_grad[0])
+        return (grad_h, *grads, None)
+
+
+def _level_grads(k, h, clf_w, weight, grad_logits, grad_out, starts, with_input: bool):
+    """One level's gradients on the kernels (the caller holds `_LAUNCH`): (the input's or None, clf_w's, clf_b's,
+    weight's, bias's)."""
+    gl, go = _numpy(grad_logits), _numpy(grad_out)
+    grad_clf_w, grad_weight = torch.empty_like(clf_w), torch.empty_like(weight)
+    grad_clf_b, grad_bias = clf_w.new_empty(clf_w.shape[:2]), weight.new_empty(weight.shape[:2])
+    k.weight_grad(_numpy(h), gl, go, starts.numpy(), grad_clf_w.numpy(), grad_clf_b.numpy(), grad_weight.numpy(),
+                  grad_bias.numpy())
+    grad_h = None
+    if with_input:
+        grad_h = torch.empty_like(h)
+        k.input_grad(_numpy(clf_w), _numpy(weight), gl, go, starts.numpy(), grad_h.numpy())
+    return grad_h, grad_clf_w, grad_clf_b, grad_weight, grad_bias
 
 
 class _KernelPath(torch.autograd.Function):
@@ -190,20 +198,14 @@ class _KernelPath(torch.autograd.Function):
         grads = [None] * (4 * levels)
         with _LAUNCH:
             for d in reversed(range(levels)):
-                clf_w, weight, st = clf_ws[d], weights[d], starts[d].numpy()
+                clf_w, weight = clf_ws[d], weights[d]
                 grad_logits = hs[0].new_empty(rows, 2)
-                k.path_grads(_numpy(hs[d + 1]), _numpy(logits[d]), _numpy(grad_logp), st, grad.numpy(),
+                k.path_grads(_numpy(hs[d + 1]), _numpy(logits[d]), _numpy(grad_logp), starts[d].numpy(), grad.numpy(),
                              grad_logits.numpy())
-                g_clf_w, g_weight = torch.empty_like(clf_w), torch.empty_like(weight)
-                g_clf_b, g_bias = clf_w.new_empty(clf_w.shape[:2]), weight.new_empty(weight.shape[:2])
-                k.weight_grad(_numpy(hs[d]), grad_logits.numpy(), grad.numpy(), st, g_clf_w.numpy(), g_clf_b.numpy(),
-                              g_weight.numpy(), g_bias.numpy())
-                grads[4 * d:4 * d + 4] = g_clf_w, g_clf_b, g_weight, g_bias
-                if d > 0 or ctx.needs_input_grad[0]:
-                    below = torch.empty_like(hs[d])
-                    k.input_grad(_numpy(clf_w), _numpy(weight), grad_logits.numpy(), grad.numpy(), st, below.numpy())
-                    grad = below
-        return (grad if ctx.needs_input_grad[0] else None, None, *grads)
+                below, *grads[4 * d:4 * d + 4] = _level_grads(k, hs[d], clf_w, weight, grad_logits, grad, starts[d],
+                                                               d > 0 or ctx.needs_input_grad[0])
+                grad = below
+        return (grad, None, *grads)
 
 
 def _padded(h, weight, bias, starts, group, counts):

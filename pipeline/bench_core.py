@@ -65,18 +65,18 @@ def step_arithmetic(dim: int, batch_size: int, seeds: int, hidden=None) -> StepA
     (2 dim + 1 -> 256; the weights' gradient only) and one path of the tree (per level the node's classifier and
     the child's 256 x 256 layer: forward, weights' and input's gradients), and every leaf's regressor."""
     from dae.heads.config import HIDDEN
-    from dae.heads.core import DEPTH, LEAVES, TREE_HIDDEN
+    from dae.heads.core import DEPTH, LEAVES, TREE_HIDDEN, StackedTree
     from dae.heads.dae import DAEHead
 
-    widths = (dim, *(hidden or HIDDEN), 2)
+    hidden = hidden or HIDDEN
+    widths = (dim, *hidden, 2)
     layers = [a * b for a, b in zip(widths[:-1], widths[1:])]
     dae_row = 2 * sum(layers) * 2 + 2 * sum(layers[1:])
-    dae_params = sum(p.numel() for p in DAEHead(dim, hidden or HIDDEN).parameters())
+    dae_params = sum(p.numel() for p in DAEHead(dim, hidden).parameters())
     h, levels = TREE_HIDDEN, DEPTH - 1
     trunk, level, leaves = (2 * dim + 1) * h, h * h + 2 * h, LEAVES * h
     core_row = 2 * trunk * 2 + 2 * (levels * level + leaves) * 3
-    core_params = (trunk + h) + sum(2 ** (d + 1) * (h * h + h) + 2 ** d * (2 * h + 2) for d in range(levels)) \
-        + leaves + LEAVES
+    core_params = sum(p.numel() for p in StackedTree([0], 2 * dim + 1).parameters())
     return StepArithmetic(dae_row * batch_size * seeds, core_row * 2 * batch_size * seeds, dae_params * seeds,
                           core_params * seeds)
 

@@ -804,7 +804,7 @@ def ablate_pooling_cmd(ctx, config_path, **options):
               help="Epochs timed one by one (then extrapolated to all).")
 @click.option("--repeats", type=click.IntRange(1), default=1, show_default=True,
               help="Time the study (with --head core: each head's fit) this many times and report the best (the "
-              "machine may be shared).")
+              "machine may be shared); with --head core also every round's times and ratio.")
 @click.option("--quality", is_flag=True,
               help="Also compare test Spearman (v1, mean over seeds): batched vs one-by-one loops. Needs --features.")
 @click.option("--reference-lr", type=click.FloatRange(0, min_open=True), default=1e-4, show_default=True,
