@@ -33,7 +33,7 @@ from torch import nn
 from dae.errors import UsageError
 from dae.heads.dae import init_linears, trains_scale
 from dae.heads.distributions import get_distribution, scale_from_log_variance
-from dae.heads.exemplars import ExemplarPools
+from dae.heads.exemplars import ExemplarPools, draw_each
 from dae.heads.grouped import group_starts, tree_level, tree_path
 from dae.heads.losses import loss_terms
 
@@ -86,31 +86,61 @@ def relative_from_leaf(leaf: torch.Tensor, position: torch.Tensor, edges: torch.
 
 
 class _TrunkRows(torch.autograd.Function):
-    """The trunk before its ReLU, as rows: pairs (M, n, Din) through the features' weight (M, H, Din - 1), the
-    score's column (M, H, 1) and the bias (M, H, 1) -> (M, n, H). Its backward writes the weights' gradients in
+    """The trunk with its ReLU, as rows: relu(pairs (M, n, Din) through the features' weight (M, H, Din - 1), the
+    score's column (M, H, 1) and the bias (M, H, 1)) -> (M, n, H). Its backward writes the weights' gradients in
     their own layout from a contiguous (M, H, n) gradient (autograd's own reads the gradient through a transposed
-    view, a slow batched matmul) and none for the pairs (cached features need none)."""
+    view, a slow batched matmul) and none for the pairs (cached features need none); the score's column, an outer
+    product, is elementwise both ways (a batched matmul with an inner size of 1 costs ten times as much)."""
 
     @staticmethod
     def forward(ctx, pairs, weight, score_weight, bias):
-        ctx.save_for_backward(pairs)
         out = torch.baddbmm(bias.transpose(1, 2), pairs[..., :-1], weight.transpose(1, 2))
-        return out.baddbmm_(pairs[..., -1:], score_weight.transpose(1, 2))
+        out.addcmul_(pairs[..., -1:], score_weight.transpose(1, 2)).clamp_min_(0.0)
+        ctx.save_for_backward(pairs, out)
+        return out
 
     @staticmethod
     def backward(ctx, grad):
-        (pairs,) = ctx.saved_tensors
+        pairs, out = ctx.saved_tensors
+        grad = grad.masked_fill(out <= 0, 0.0)
         grad_t = grad.transpose(1, 2).contiguous()                                   # (M, H, n)
-        return (None, torch.bmm(grad_t, pairs[..., :-1]), torch.bmm(grad_t, pairs[..., -1:]),
-                grad_t.sum(2, keepdim=True))
+        score = (grad * pairs[..., -1:]).sum(1).unsqueeze(-1)                         # (M, H, 1)
+        return None, torch.bmm(grad_t, pairs[..., :-1]), score, grad_t.sum(2, keepdim=True)
 
 
-def _pick(values: torch.Tensor, index: torch.Tensor, size: int) -> torch.Tensor:
-    """values (M, n, size, ...)[m, i, index[m, i]] through a one-hot product (its gradient is a product too)."""
-    onehot = torch.nn.functional.one_hot(index, size).to(values.dtype)
-    while onehot.dim() < values.dim():
-        onehot = onehot.unsqueeze(-1)
-    return (values * onehot).sum(2)
+class _Rows(torch.autograd.Function):
+    """x (R, ...)[perm] for a permutation perm of its rows, whose inverse gives the gradient back (a gather both
+    ways: autograd's own backward of an index scatters with accumulation)."""
+
+    @staticmethod
+    def forward(ctx, x, perm, inverse):
+        ctx.save_for_backward(inverse)
+        return x.index_select(0, perm)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (inverse,) = ctx.saved_tensors
+        return grad.index_select(0, inverse), None, None
+
+
+class _LeafRegressor(torch.autograd.Function):
+    """Each row's leaf regressor: position[r] = reg_w[leaf r] . h[r] + reg_b[leaf r] for h (R, H), flat leaves
+    (R,) indexing the models' leaves (model x L + leaf), reg_w (M, L, H) and reg_b (M, L) -> (R,)."""
+
+    @staticmethod
+    def forward(ctx, h, flat, reg_w, reg_b):
+        w = reg_w.reshape(-1, reg_w.shape[-1]).index_select(0, flat)
+        ctx.save_for_backward(h, flat, w)
+        ctx.shapes = reg_w.shape, reg_b.shape
+        return (w * h).sum(1) + reg_b.reshape(-1).index_select(0, flat)
+
+    @staticmethod
+    def backward(ctx, grad):
+        h, flat, w = ctx.saved_tensors
+        w_shape, b_shape = ctx.shapes
+        grad_w = h.new_zeros(w_shape[0] * w_shape[1], w_shape[2]).index_add_(0, flat, h * grad.unsqueeze(1))
+        grad_b = h.new_zeros(b_shape.numel()).index_add_(0, flat, grad)
+        return w * grad.unsqueeze(1), None, grad_w.view(w_shape), grad_b.view(b_shape)
 
 
 class StackedTree(nn.Module):
@@ -170,7 +200,7 @@ class StackedTree(nn.Module):
 
     def trunk(self, pairs: torch.Tensor) -> torch.Tensor:
         """pairs (M, n, Din) -> hidden (M, H, n)."""
-        return torch.relu(_TrunkRows.apply(pairs, self.trunk_w, self.trunk_s, self.trunk_b)).transpose(1, 2)
+        return _TrunkRows.apply(pairs, self.trunk_w, self.trunk_s, self.trunk_b).transpose(1, 2)
 
     def _internal(self, pairs: torch.Tensor):
         """Every internal node: the leaves' log probabilities (M, L, n) and the last internal level's hidden
@@ -221,25 +251,21 @@ class StackedTree(nn.Module):
     def forward_path(self, pairs: torch.Tensor, leaf: torch.Tensor):
         """Only the path to `leaf` (M, n): its log probability (M, n) and its regressed position (M, n).
 
-        Each model's rows are sorted by leaf once, so that at every level the rows of one node are contiguous and
-        each level runs the path's node only (`tree_path`: per level its classifier and the path child's layer);
-        the leaf regressors are small, so every leaf's is evaluated and the path's picked. The results come back in
-        the rows' order."""
+        The rows are sorted by model and leaf once (one permutation of the trunk's output), so that at every level
+        the rows of one node are contiguous and each level runs the path's node only (`tree_path`: per level its
+        classifier and the path child's layer), then the path leaf's regressor; the results come back in the rows'
+        order."""
         m, n = leaf.shape
-        levels = self.depth - 1
         order = torch.argsort(leaf, dim=1, stable=True)
-        leaf = torch.gather(leaf, 1, order)
-        h = torch.relu(_TrunkRows.apply(pairs, self.trunk_w, self.trunk_s, self.trunk_b))
-        h = torch.gather(h, 1, order.unsqueeze(-1).expand(m, n, self.hidden)).reshape(m * n, self.hidden)
-        flat = leaf + self.n_leaves * torch.arange(m, device=leaf.device).unsqueeze(1)
-        logp, h = tree_path(h, flat, [self.clf_w[d].reshape(-1, 2, self.hidden) for d in range(levels)],
-                            [self.clf_b[d].reshape(-1, 2) for d in range(levels)],
-                            [self.child_w[d].reshape(-1, self.hidden, self.hidden) for d in range(levels)],
-                            [self.child_b[d].reshape(-1, self.hidden) for d in range(levels)])
-        every = torch.baddbmm(self.reg_b.unsqueeze(1), h.view(m, n, -1), self.reg_w.transpose(1, 2))  # (M, n, L)
-        position = _pick(every.unsqueeze(-1), leaf, self.n_leaves).squeeze(-1)
-        inverse = torch.argsort(order, dim=1)
-        return torch.gather(logp.view(m, n), 1, inverse), torch.gather(position, 1, inverse)
+        perm = (order + n * torch.arange(m, device=leaf.device).unsqueeze(1)).reshape(-1)   # sorted row -> row
+        inverse = torch.empty_like(perm)
+        inverse[perm] = torch.arange(m * n, device=leaf.device)
+        flat = leaf.reshape(-1)[perm] + self.n_leaves * torch.div(perm, n, rounding_mode="floor")
+        h = _TrunkRows.apply(pairs, self.trunk_w, self.trunk_s, self.trunk_b).reshape(m * n, self.hidden)
+        logp, h = tree_path(_Rows.apply(h, perm, inverse), flat, list(self.clf_w), list(self.clf_b),
+                            list(self.child_w), list(self.child_b))
+        position = _LeafRegressor.apply(h, flat, self.reg_w, self.reg_b)
+        return logp[inverse].view(m, n), position[inverse].view(m, n)
 
     def model_state(self, k: int) -> dict:
         """Model k's weights (a plain dict of tensors, for the run folder)."""
@@ -419,8 +445,7 @@ class ExemplarHead:
         if batch.training:
             size = batch.group_size
             queries = batch.rows                                                          # (S, b)
-            exemplars = torch.stack([module.pools[s * size].draw(queries[s], gen)
-                                     for s, gen in enumerate(batch.generators)])
+            exemplars = draw_each(module.pools[::size], queries, batch.generators)
             ex2, qu2 = torch.cat([exemplars, queries], 1), torch.cat([queries, exemplars], 1)   # both directions
             relative = module.relative[::size]
             pairs = pair_batch(module.data.take, module.stream_sets, ex2, qu2, relative, self.exemplar_score)

@@ -84,10 +84,13 @@ class ExemplarPools:
 
     def draw(self, rows: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """One exemplar per query row (rows (b,)), uniform over its pool, never the query itself."""
+        return self._draw(rows, torch.rand(rows.shape, generator=generator, dtype=torch.float64))
+
+    def _draw(self, rows: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """The exemplars of query rows (any shape) from uniform draws u in [0, 1) of the same shape."""
         p = self.pool_of[rows]
         own = self.self_pos[rows]
         count = self.sizes[p] - (own >= 0).long()
-        u = torch.rand(rows.shape, generator=generator, dtype=torch.float64)
         k = torch.minimum((u * count).long(), count - 1)
         k = k + ((own >= 0) & (k >= own)).long()
         return self.flat[self.offsets[p] + k]
@@ -131,3 +134,13 @@ class ExemplarPools:
             i, j = np.triu_indices(len(v), k=1)
             parts.append(np.abs(v[i] - v[j]))
         return np.concatenate(parts)
+
+
+def draw_each(pools, rows: torch.Tensor, generators) -> torch.Tensor:
+    """One exemplar per query row for each of S streams: rows (S, b), stream s drawing from pools[s] with
+    generators[s]. The same draws as pools[s].draw(rows[s], generators[s]) for each s; streams that share one pool
+    object (seeds on one split) are drawn in one pass."""
+    if all(p is pools[0] for p in pools):
+        u = torch.stack([torch.rand(rows.shape[1:], generator=g, dtype=torch.float64) for g in generators])
+        return pools[0]._draw(rows, u)
+    return torch.stack([pool.draw(r, g) for pool, r, g in zip(pools, rows, generators)])

@@ -50,7 +50,8 @@ def tree_level(h: torch.Tensor, clf_w: torch.Tensor, clf_b: torch.Tensor, weight
 def tree_path(h: torch.Tensor, flat_leaf: torch.Tensor, clf_w, clf_b, weight, bias, padded: bool = False):
     """All levels of a tree for rows that each follow one path (to their leaf): h (R, I) the rows' input to the
     first level, sorted by flat_leaf (R,) (model x leaves + leaf, ascending); per level d the lists' entries clf_w[d]
-    (N_d, 2, I), clf_b[d] (N_d, 2), weight[d] (2N_d, I, I), bias[d] (2N_d, I) of N_d nodes (models x 2^d) ->
+    (N_d, 2, I), clf_b[d] (N_d, 2), weight[d] (2N_d, I, I), bias[d] (2N_d, I) of N_d nodes (models x 2^d; any leading
+    shape that flattens to these, such as (models, 2^d, 2, I), is taken as it is and its gradient given in it) ->
     (logp (R,): the sum over levels of the path child's binary log-softmax, h (R, I): the last level's output after
     its ReLU).
 
@@ -59,13 +60,16 @@ def tree_path(h: torch.Tensor, flat_leaf: torch.Tensor, clf_w, clf_b, weight, bi
     levels = len(weight)
     shifts = [levels - 1 - d for d in range(levels)]
     flat = flat_leaf.reshape(-1)
-    starts = [group_starts(flat >> s, weight[d].shape[0]) for d, s in enumerate(shifts)]
+    starts = [group_starts(flat >> s, weight[d].shape[:-2].numel()) for d, s in enumerate(shifts)]
     if not padded and _kernel_ready(h, weight[0]):
         params = [t for d in range(levels) for t in (clf_w[d], clf_b[d], weight[d], bias[d])]
         return _KernelPath.apply(h, starts, *params)
     logp = h.new_zeros(h.shape[0])
     for d, s in enumerate(shifts):
-        logits, out = tree_level(h, clf_w[d], clf_b[d], weight[d], bias[d], starts[d], padded=True)
+        width = weight[d].shape[-1]
+        logits, out = tree_level(h, clf_w[d].reshape(-1, 2, width), clf_b[d].reshape(-1, 2),
+                                 weight[d].reshape(-1, weight[d].shape[-2], width),
+                                 bias[d].reshape(-1, weight[d].shape[-2]), starts[d], padded=True)
         child = ((flat >> s) & 1).unsqueeze(1)
         logp = logp + torch.log_softmax(logits, dim=1).gather(1, child).squeeze(1)
         h = torch.relu(out)
@@ -80,7 +84,7 @@ def group_starts(groups: torch.Tensor, n_groups: int) -> torch.Tensor:
 
 
 def _kernel_ready(h: torch.Tensor, weight: torch.Tensor) -> bool:
-    return (h.device.type == "cpu" and h.dtype in (torch.float32, torch.float64) and weight.shape[1] % 4 == 0
+    return (h.device.type == "cpu" and h.dtype in (torch.float32, torch.float64) and weight.shape[-2] % 4 == 0
             and _kernels() is not None)
 
 
@@ -115,8 +119,17 @@ def _kernels():
     return _KERNELS or None
 
 
-def _numpy(t: torch.Tensor):
-    return t.detach().contiguous().numpy()
+def _numpy(t: torch.Tensor, *shape):
+    """t's data as a numpy array (a view where t is contiguous), reshaped to shape where given."""
+    a = t.detach().contiguous().numpy()
+    return a.reshape(shape) if shape else a
+
+
+def _level_arrays(clf_w, clf_b, weight, bias):
+    """A level's weights as the kernels' arrays: (N, 2, I), (N, 2), (2N, O, I), (2N, O)."""
+    out, width = weight.shape[-2], weight.shape[-1]
+    return (_numpy(clf_w, -1, 2, width), _numpy(clf_b, -1, 2), _numpy(weight, -1, out, width),
+            _numpy(bias, -1, out))
 
 
 class _KernelLevel(torch.autograd.Function):
@@ -131,9 +144,10 @@ class _KernelLevel(torch.autograd.Function):
         logits = h.new_empty(h.shape[0], clf_w.shape[1])
         out = h.new_empty(h.shape[0], weight.shape[1])
         with _LAUNCH:
-            k.forward(_numpy(h), _numpy(clf_w), _numpy(clf_b), _numpy(weight), _numpy(bias), starts.numpy(),
-                      logits.numpy(), out.numpy())
+            k.forward(_numpy(h), *_level_arrays(clf_w, clf_b, weight, bias), starts.numpy(), logits.numpy(),
+                      out.numpy())
         ctx.save_for_backward(h, clf_w, weight, starts)
+        ctx.bias_shapes = [clf_b.shape, bias.shape]
         return logits, out
 
     @staticmethod
@@ -141,22 +155,25 @@ class _KernelLevel(torch.autograd.Function):
         k = _kernels()
         h, clf_w, weight, starts = ctx.saved_tensors
         with _LAUNCH:
-            grad_h, *grads = _level_grads(k, h, clf_w, weight, grad_logits, grad_out, starts, ctx.needs_input_grad[0])
+            grad_h, *grads = _level_grads(k, h, clf_w, weight, *ctx.bias_shapes, grad_logits, grad_out, starts,
+                                          ctx.needs_input_grad[0])
         return (grad_h, *grads, None)
 
 
-def _level_grads(k, h, clf_w, weight, grad_logits, grad_out, starts, with_input: bool):
-    """One level's gradients on the kernels (the caller holds `_LAUNCH`): (the input's or None, clf_w's, clf_b's,
-    weight's, bias's)."""
+def _level_grads(k, h, clf_w, weight, clf_b_shape, bias_shape, grad_logits, grad_out, starts, with_input: bool):
+    """One level's gradients on the kernels (the caller holds `_LAUNCH`), each in its parameter's shape: (the
+    input's or None, clf_w's, clf_b's, weight's, bias's)."""
     gl, go = _numpy(grad_logits), _numpy(grad_out)
     grad_clf_w, grad_weight = torch.empty_like(clf_w), torch.empty_like(weight)
-    grad_clf_b, grad_bias = clf_w.new_empty(clf_w.shape[:2]), weight.new_empty(weight.shape[:2])
-    k.weight_grad(_numpy(h), gl, go, starts.numpy(), grad_clf_w.numpy(), grad_clf_b.numpy(), grad_weight.numpy(),
-                  grad_bias.numpy())
+    grad_clf_b, grad_bias = clf_w.new_empty(clf_b_shape), weight.new_empty(bias_shape)
+    arrays = _level_arrays(grad_clf_w, grad_clf_b, grad_weight, grad_bias)
+    k.weight_grad(_numpy(h), gl, go, starts.numpy(), *arrays)
     grad_h = None
     if with_input:
         grad_h = torch.empty_like(h)
-        k.input_grad(_numpy(clf_w), _numpy(weight), gl, go, starts.numpy(), grad_h.numpy())
+        out, width = weight.shape[-2], weight.shape[-1]
+        k.input_grad(_numpy(clf_w, -1, 2, width), _numpy(weight, -1, out, width), gl, go, starts.numpy(),
+                     grad_h.numpy())
     return grad_h, grad_clf_w, grad_clf_b, grad_weight, grad_bias
 
 
@@ -177,10 +194,11 @@ class _KernelPath(torch.autograd.Function):
             for d in range(levels):
                 clf_w, clf_b, weight, bias = params[4 * d:4 * d + 4]
                 logits.append(h.new_empty(h.shape[0], 2))
-                hs.append(h.new_empty(h.shape[0], weight.shape[1]))
-                k.path_forward(_numpy(hs[d]), _numpy(clf_w), _numpy(clf_b), _numpy(weight), _numpy(bias),
-                               starts[d].numpy(), logits[d].numpy(), hs[d + 1].numpy(), logp.numpy())
+                hs.append(h.new_empty(h.shape[0], weight.shape[-2]))
+                k.path_forward(_numpy(hs[d]), *_level_arrays(clf_w, clf_b, weight, bias), starts[d].numpy(),
+                               logits[d].numpy(), hs[d + 1].numpy(), logp.numpy())
         ctx.save_for_backward(*hs, *logits, *params[0::4], *params[2::4], *starts)
+        ctx.bias_shapes = [(params[4 * d + 1].shape, params[4 * d + 3].shape) for d in range(levels)]
         ctx.levels = levels
         return logp, hs[-1]
 
@@ -202,7 +220,8 @@ class _KernelPath(torch.autograd.Function):
                 grad_logits = hs[0].new_empty(rows, 2)
                 k.path_grads(_numpy(hs[d + 1]), _numpy(logits[d]), _numpy(grad_logp), starts[d].numpy(), grad.numpy(),
                              grad_logits.numpy())
-                below, *grads[4 * d:4 * d + 4] = _level_grads(k, hs[d], clf_w, weight, grad_logits, grad, starts[d],
+                below, *grads[4 * d:4 * d + 4] = _level_grads(k, hs[d], clf_w, weight, *ctx.bias_shapes[d],
+                                                               grad_logits, grad, starts[d],
                                                                d > 0 or ctx.needs_input_grad[0])
                 grad = below
         return (grad, None, *grads)

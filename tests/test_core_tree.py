@@ -6,7 +6,7 @@ import torch
 from dae.errors import UsageError
 from dae.heads.core import (StackedTree, leaf_edges, leaf_targets, relative_from_leaf, tree_loss, tree_relative,
                             voter_mixture)
-from dae.heads.exemplars import ExemplarPools
+from dae.heads.exemplars import ExemplarPools, draw_each
 
 
 def mtl_shaped_difficulty(n=120, seed=0):
@@ -80,6 +80,20 @@ def test_any_rule_draws_every_other_training_video():
         ExemplarPools(np.arange(10), 10, "same-difficulty", None)
 
 
+def test_drawing_for_all_models_at_once_gives_each_models_own_draws():
+    """draw_each (one pass when the models share a pool) gives every model the exemplars its own generator gives
+    drawing alone, for a shared pool and for distinct ones (cross-validation folds)."""
+    dd = mtl_shaped_difficulty()
+    shared = ExemplarPools(np.arange(100), 120, "same-difficulty", dd)
+    other = ExemplarPools(np.arange(20, 120), 120, "same-difficulty", dd)
+    rows = torch.stack([torch.randperm(100, generator=torch.Generator().manual_seed(s))[:32] for s in range(3)])
+    for pools in ([shared, shared, shared], [shared, other, shared]):
+        alone = [pool.draw(r, torch.Generator().manual_seed(7 + s)) for s, (pool, r) in enumerate(zip(pools, rows))]
+        together = draw_each(pools, rows, [torch.Generator().manual_seed(7 + s) for s in range(3)])
+        assert torch.equal(together, torch.stack(alone))
+        assert not torch.equal(together[0], together[2])  # each model its own stream
+
+
 def test_within_pool_pairs_are_coress_group_source():
     dd = np.array([1.0, 1.0, 1.0, 2.0, 2.0, 3.0])
     c = np.array([0.1, 0.4, 0.9, 0.2, 0.25, 0.7])
@@ -141,6 +155,26 @@ def test_path_forward_equals_the_full_tree_and_gradients_agree():
         grads.append([p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in tree.parameters()])
     for a, b in zip(*grads):
         assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_the_trunk_equals_torchs_linear_and_relu_in_values_and_every_gradient():
+    """The trunk's own autograd function (ReLU inside, the score's column apart) against nn.functional.linear and
+    relu on the same weights: outputs (about half of them cut by the ReLU) and the gradients of all three weights."""
+    torch.manual_seed(3)
+    tree = StackedTree([0, 1], in_dim=9, hidden=16)
+    pairs = torch.randn(2, 30, 9)
+    upstream = torch.randn(2, 16, 30)
+    out = tree.trunk(pairs)                                                       # (M, H, n)
+    (out * upstream).sum().backward()
+    weight = torch.cat([tree.trunk_w, tree.trunk_s], -1).detach().requires_grad_()
+    bias = tree.trunk_b.detach().squeeze(-1).requires_grad_()
+    ref = torch.stack([torch.relu(torch.nn.functional.linear(pairs[k], weight[k], bias[k])) for k in range(2)])
+    (ref.transpose(1, 2) * upstream).sum().backward()
+    assert 0.3 < float((ref == 0).float().mean()) < 0.7
+    assert torch.allclose(out, ref.transpose(1, 2), atol=1e-5)
+    assert torch.allclose(tree.trunk_w.grad, weight.grad[..., :-1], atol=1e-4)
+    assert torch.allclose(tree.trunk_s.grad, weight.grad[..., -1:], atol=1e-4)
+    assert torch.allclose(tree.trunk_b.grad.squeeze(-1), bias.grad, atol=1e-4)
 
 
 def test_models_are_independent_and_seeded():
