@@ -63,9 +63,9 @@ def step_arithmetic(dim: int, batch_size: int, seeds: int, hidden=None) -> StepA
     """A dae step: batch_size rows per model through the MLP (weights' gradients for every layer, the input's for
     all but the first). A core step: 2 x batch_size pair rows per model (both directions) through the trunk
     (2 dim + 1 -> 256; the weights' gradient only) and one path of the tree (per level the node's classifier and
-    the child's 256 x 256 layer: forward, weights' and input's gradients), and every leaf's regressor."""
+    the child's 256 x 256 layer: forward, weights' and input's gradients), and the path leaf's regressor."""
     from dae.heads.config import HIDDEN
-    from dae.heads.core import DEPTH, LEAVES, TREE_HIDDEN, StackedTree
+    from dae.heads.core import DEPTH, TREE_HIDDEN, StackedTree
     from dae.heads.dae import DAEHead
 
     hidden = hidden or HIDDEN
@@ -74,8 +74,8 @@ def step_arithmetic(dim: int, batch_size: int, seeds: int, hidden=None) -> StepA
     dae_row = 2 * sum(layers) * 2 + 2 * sum(layers[1:])
     dae_params = sum(p.numel() for p in DAEHead(dim, hidden).parameters())
     h, levels = TREE_HIDDEN, DEPTH - 1
-    trunk, level, leaves = (2 * dim + 1) * h, h * h + 2 * h, LEAVES * h
-    core_row = 2 * trunk * 2 + 2 * (levels * level + leaves) * 3
+    trunk, level, leaf = (2 * dim + 1) * h, h * h + 2 * h, h
+    core_row = 2 * trunk * 2 + 2 * (levels * level + leaf) * 3
     core_params = sum(p.numel() for p in StackedTree([0], 2 * dim + 1).parameters())
     return StepArithmetic(dae_row * batch_size * seeds, core_row * 2 * batch_size * seeds, dae_params * seeds,
                           core_params * seeds)

@@ -192,9 +192,9 @@ def test_bench_core_counts_each_steps_arithmetic_and_parameters_from_the_heads_s
     a = step_arithmetic(dim=4, batch_size=2, seeds=3, hidden=(3,))
     # dae per row: forward 2 x (4x3 + 3x2), the weights' gradients as much, the input's for the second layer 2 x 3x2
     assert a.dae_flop == 3 * 2 * (2 * 18 + 2 * 18 + 2 * 6)
-    # core per pair row: trunk 9 x 256 forward and weights' gradient; 4 levels of (256 x 256 + 2 x 256) and the 16
-    # leaves' regressors (16 x 256), each forward, weights' and input's gradient; 2 x batch rows (both directions)
-    assert a.core_flop == 3 * 2 * 2 * (2 * 9 * 256 * 2 + 2 * (4 * (256 * 256 + 2 * 256) + 16 * 256) * 3)
+    # core per pair row: trunk 9 x 256 forward and weights' gradient; 4 levels of (256 x 256 + 2 x 256) and the path
+    # leaf's regressor (256), each forward, weights' and input's gradient; 2 x batch rows (both directions)
+    assert a.core_flop == 3 * 2 * 2 * (2 * 9 * 256 * 2 + 2 * (4 * (256 * 256 + 2 * 256) + 256) * 3)
     assert a.dae_params == 3 * sum(p.numel() for p in DAEHead(4, (3,)).parameters())
     assert a.core_params == sum(p.numel() for p in StackedTree([0, 1, 2], 9).parameters())
     assert a.flop_ratio == a.core_flop / a.dae_flop
