@@ -27,8 +27,12 @@ class ProgressLine:
                               f"{self.interval:.0f} s)\n")
             self.stream.flush()
 
-    def update(self, failed: bool = False, force: bool = False, count: int = 1, detail: str = "") -> None:
-        """`count` more done (`failed` ones counted apart); detail is appended to the line (e.g. the loss)."""
+    def update(self, failed: bool = False, force: bool = False, count: int = 1, detail: str = "",
+               fraction: float | None = None) -> None:
+        """`count` more done (`failed` ones counted apart); detail is appended to the line (e.g. the loss).
+
+        fraction: the share of the whole work done, where units differ in cost (a fit's stacks of models): the ETA
+        then follows it instead of the count."""
         self.done += count
         self.failed += int(failed)
         now = time.monotonic()
@@ -36,9 +40,13 @@ class ProgressLine:
         if not self.enabled or (now - self.last < self.interval and not force and not (finished and self.tty)):
             return
         self.last = now
-        rate = self.done / max(now - self.start, 1e-9)
-        left = self.total - self.already - self.done
-        eta = _dt.timedelta(seconds=round(left / rate)) if rate > 0 else "?"
+        elapsed = max(now - self.start, 1e-9)
+        rate = self.done / elapsed
+        if fraction is not None:
+            eta = _dt.timedelta(seconds=round(elapsed * (1 - fraction) / fraction)) if fraction > 0 else "?"
+        else:
+            left = self.total - self.already - self.done
+            eta = _dt.timedelta(seconds=round(left / rate)) if rate > 0 else "?"
         failed_text = f", {self.failed} failed" if self.failed else ""
         text = (f"{self.label}: {self.already + self.done}/{self.total} {self.unit}{failed_text}  "
                 f"{rate:.2f} {self.unit}/s  ETA {eta}" + (f"  {detail}" if detail else ""))

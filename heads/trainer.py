@@ -31,6 +31,7 @@ Each model ends where it would have ended trained alone (`train_one` is that pla
 from __future__ import annotations
 
 import gc
+import math
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -143,9 +144,11 @@ def train(head, jobs: list[Job], config: TrainConfig = TrainConfig(), progress=N
     """Train one model per job with `head`; results in job order.
 
     progress: called after every epoch of every bucket as progress(epochs_done, epochs_total, mean_train_loss,
-    stacks) (the mean over the bucket's finite models of their epoch's training loss on their training rows).
-    Models that cannot share one stacked model (other training-set sizes, evaluation sets or head keys: CV+'s fold
-    models, for one) train one stack after the other, each for config.epochs: epochs_total = stacks x epochs.
+    stacks, work_done) (the mean over the bucket's finite models of their epoch's training loss on their training
+    rows). Models that cannot share one stacked model (other training-set sizes, evaluation sets or head keys: CV+'s
+    fold models, for one) train one stack after the other, each for config.epochs: epochs_total = stacks x epochs.
+    Stacks differ in cost (CV+'s fold stack holds five models per model of the first), so work_done is the share of
+    the whole training done, each stack's epoch weighed by its models x batches (`stack_costs`): an ETA follows it.
     """
     config.check()
     check_jobs(jobs)
@@ -164,13 +167,23 @@ def _train(head, jobs, config, progress):
         buckets[(len(job.train_rows), tuple(job.eval_rows), head.key(job))].append(i)
     results: list[HeadResult | None] = [None] * len(jobs)
     total = config.epochs * len(buckets)
+    costs = stack_costs([[len(jobs[i].train_rows) for i in members] for members in buckets.values()],
+                        config.batch_size)
     for b, members in enumerate(buckets.values()):
-        done = b * config.epochs
-        report = ((lambda epoch, loss, done=done: progress(done + epoch + 1, total, loss, len(buckets)))
+        done, before = b * config.epochs, sum(costs[:b])
+        report = ((lambda epoch, loss, done=done, before=before, cost=costs[b]:
+                   progress(done + epoch + 1, total, loss, len(buckets), before + cost * (epoch + 1) / config.epochs))
                   if progress else None)
         for i, res in zip(members, _train_bucket(head, jobs, members, config, report)):
             results[i] = res
     return results
+
+
+def stack_costs(train_sizes, batch_size: int) -> list[float]:
+    """Each stack's share of a fit's training work, from its models' training-set sizes (one list per stack): an
+    epoch costs its models x its batches (a step's cost grows with the models stacked in it)."""
+    raw = [len(sizes) * math.ceil(max(sizes) / batch_size) for sizes in train_sizes]
+    return [c / sum(raw) for c in raw]
 
 
 def _streams(jobs, members):

@@ -121,14 +121,16 @@ SCORE_RANGE_SOURCES = {True: "dataset card", False: "training rows min..max"}
 
 
 class TrainingProgress:
-    """The trainer's progress callback as a `dae.progress.ProgressLine`: epochs done, rate, ETA and the mean
-    training loss (training rows only), rewritten on a terminal, one line every 30 s in logs."""
+    """The trainer's progress callback as a `dae.progress.ProgressLine`: epochs done, rate, ETA (from the share of
+    the training work done) and the mean training loss (training rows only), rewritten on a terminal, one line every
+    30 s in logs."""
 
     def __init__(self, label: str = "fit", stream=None, enabled: bool | None = None):
         self.label, self.stream, self.enabled = label, stream, enabled
         self.line, self.done = None, 0
 
-    def __call__(self, done: int, total: int, loss: float, stacks: int = 1) -> None:
+    def __call__(self, done: int, total: int, loss: float, stacks: int = 1, work: float | None = None) -> None:
+        """work: the share of the fit's training done (stacks differ in cost); the ETA follows it."""
         from dae.progress import ProgressLine
 
         if self.line is None:
@@ -136,7 +138,7 @@ class TrainingProgress:
         # models that cannot share one stacked model (CV+'s fold models, other fold sizes) train one stack after
         # the other: say so, or "8/8 epochs" would puzzle a user who asked for 4
         stacked = f"{stacks} stacks of models x {total // stacks} epochs; " if stacks > 1 else ""
-        self.line.update(count=done - self.done, detail=f"{stacked}mean training loss {loss:.4g}")
+        self.line.update(count=done - self.done, detail=f"{stacked}mean training loss {loss:.4g}", fraction=work)
         self.done = done
 
     def close(self) -> None:

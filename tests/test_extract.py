@@ -342,3 +342,22 @@ def test_too_little_shared_memory_is_one_line_and_a_little_shrinks_the_pool(tmp_
     assert res.exit_code == 0, res.output
     assert "decoding with 3 workers, 1 video(s) ahead each" in res.output
     assert read_features(tmp_path / "yes.h5").video_ids == ["v0", "v1", "v2"]
+
+
+def test_progress_line_eta_follows_the_share_of_work_when_units_differ_in_cost(monkeypatch):
+    """A fit's second stack of models costs four times its first: after 1 of 2 epochs and 20% of the work in 10 s,
+    the ETA is 40 s (the work's), not 10 s (the count's)."""
+    import io
+
+    now = [0.0]
+    monkeypatch.setattr("dae.progress.time.monotonic", lambda: now[0])
+    log = io.StringIO()
+    line = ProgressLine(2, stream=log, label="fit", unit="epochs")
+    now[0] = 10.0
+    line.update(force=True, fraction=0.2)
+    assert "fit: 1/2 epochs  0.10 epochs/s  ETA 0:00:40" in log.getvalue()
+    now[0] = 0.0
+    line = ProgressLine(2, stream=io.StringIO(), label="fit", unit="epochs")
+    now[0] = 10.0
+    line.update(force=True)
+    assert "ETA 0:00:10" in line.stream.getvalue()

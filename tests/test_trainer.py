@@ -228,3 +228,22 @@ def test_jobs_with_equal_training_size_but_different_sets_keep_each_their_own_se
     assert set(a.predictions) == {"test"} and len(a.predictions["test"]["mu"]) == 20
     assert set(b.predictions) == {"calibration", "test"}
     assert len(b.predictions["calibration"]["mu"]) == 20 and len(b.predictions["test"]["mu"]) == 50
+
+
+def test_progress_reports_each_stacks_share_of_the_work_weighed_by_models_and_batches():
+    """Two stacks that cost differently (2 models x 5 batches, then 10 models x 4 batches, as CV+'s fold stack
+    beside the main one): the work reported after the first stack is its share, 10 / 50, not half the epochs."""
+    from dae.heads.trainer import stack_costs, train
+
+    from dae.heads.dae import DAE
+
+    x, targets = _data()
+    main = [Job(HeadSpec(seed=s), np.arange(40), {"test": np.arange(100, 150)}) for s in (0, 1)]
+    folds = [Job(HeadSpec(seed=s % 2), np.arange(s, s + 32), {"test": np.arange(100, 150)}) for s in range(10)]
+    assert stack_costs([[40, 40], [32] * 10], 8) == pytest.approx([0.2, 0.8])
+    calls = []
+    train(DAE(x, targets), main + folds, TrainConfig(epochs=3, hidden=(16, 8), batch_size=8),
+          progress=lambda *args: calls.append(args))
+    assert [c[:2] for c in calls] == [(e, 6) for e in range(1, 7)] and all(c[3] == 2 for c in calls)
+    work = [c[4] for c in calls]
+    assert work == pytest.approx([0.2 / 3, 0.4 / 3, 0.2, 0.2 + 0.8 / 3, 0.2 + 1.6 / 3, 1.0])
