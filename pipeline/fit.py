@@ -77,19 +77,19 @@ def plan_units(manifest: pd.DataFrame, need_val: bool, val_fraction: float = 0.2
                       np.flatnonzero(in_group & (split == "test")))]
         else:
             raise UsageError("the manifest needs a 'split' column (train/val/test) or a 'fold' column")
-        for fold, train, val, test in cells:
+        for fold, rows, val, test in cells:
             where = f"group {group!r} " if group else ""
             where += f"fold {fold} " if fold else ""
             if len(test) == 0:
                 raise UsageError(f"{where or 'the manifest '}has no test rows")
             if need_val and len(val) == 0:
                 # A validation split carved from train with a fixed seed, the same for every head.
-                order = np.random.default_rng(VAL_SEED).permutation(train)
-                n_val = max(1, int(round(val_fraction * len(train))))
-                val, train = np.sort(order[:n_val]), np.sort(order[n_val:])
-            if len(train) < 2:
+                order = np.random.default_rng(VAL_SEED).permutation(rows)
+                n_val = max(1, int(round(val_fraction * len(rows))))
+                val, rows = np.sort(order[:n_val]), np.sort(order[n_val:])
+            if len(rows) < 2:
                 raise UsageError(f"{where or 'the manifest '}has fewer than 2 training rows")
-            units.append(Unit(str(group), fold, train, val, test))
+            units.append(Unit(str(group), fold, rows, val, test))
     return units
 
 
