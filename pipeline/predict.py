@@ -33,7 +33,9 @@ from dae.heads.calibration import Calibration
 from dae.heads.calibration import intervals as calibration_intervals
 from dae.heads.dae import DAEHead
 from dae.heads.distributions import StudentT, get_distribution, sample_scale
+from dae.heads.core import DEFAULT_VOTERS
 from dae.heads.sequence_options import SEQUENCE_HEADS, SequenceOptions
+from dae.pipeline.exemplar_heads import EXEMPLAR_HEADS
 
 SUPPORTED_HEADS = ("dae", "mlp", "ridge", "core", "dae-core", *SEQUENCE_HEADS)
 LEVEL = 0.9
@@ -153,11 +155,20 @@ def mixture_quantile(p: float, mus, scales, distributions) -> np.ndarray:
     return out
 
 
-def _head_outputs(blob: dict, weights: dict, x: torch.Tensor, spec: dict, bank=None, options=None):
+def _head_outputs(blob: dict, weights: dict, x: torch.Tensor, spec: dict, bank=None, options=None, exemplar=None):
     """One trained head's (mu, scale) on features x (a sequence head: on the clip sequences in `bank`, a
-    heads.sequence.ClipBank, with the run's SequenceOptions), normalised units; scale None for a point head."""
+    heads.sequence.ClipBank, with the run's SequenceOptions; an exemplar head: voted by the training videos kept in
+    its weights, exemplar = (the videos' difficulty or None, voters)), normalised units; scale None for a point
+    head. `weights` is a model of model.pt or one of its CV+ fold models."""
     if blob["head"] in SEQUENCE_HEADS:
         return _sequence_outputs(blob, weights, spec, bank, options)
+    if blob["head"] in EXEMPLAR_HEADS:
+        from dae.heads.core import score_new_videos
+
+        difficulty, voters = exemplar
+        mu, scale = score_new_videos(blob["head"], {"spec": spec, "state_dict": weights["state_dict"]}, x.numpy(),
+                                     difficulty, blob["score_range"], blob["train"], voters)
+        return np.asarray(mu, np.float64), None if scale is None else np.asarray(scale, np.float64)
     xs = (x - weights["input_mean"]) / weights["input_std"]
     state = weights["state_dict"]
     if blob["head"] == "ridge":
@@ -211,28 +222,19 @@ def score_features(blob: dict, models: list[dict], features: np.ndarray, difficu
     x = torch.as_tensor(np.asarray(features, dtype=np.float32))
     if x.shape[1] != int(blob["feature_dim"]):
         raise DaeError(f"the features are {x.shape[1]}-d but the run was trained on {blob['feature_dim']}-d")
-    bank = options = None
+    bank = options = exemplar = None
     if blob["head"] in SEQUENCE_HEADS:
         from dae.heads.sequence import ClipBank
 
         if sequences is None:
             raise UsageError(f"a {blob['head']} run scores clip sequences (schema 2) and none were given")
         bank, options = ClipBank(*sequences), sequence_options(config or {})
+    if blob["head"] in EXEMPLAR_HEADS:
+        exemplar = (difficulty, ((config or {}).get("head_options") or {}).get("voters", DEFAULT_VOTERS))
     mus, scales, distributions = [], [], []
     for model in models:
-        if blob["head"] in ("core", "dae-core"):
-            from dae.heads.core import DEFAULT_VOTERS, score_new_videos
-
-            voters = ((config or {}).get("head_options") or {}).get("voters", DEFAULT_VOTERS)
-            mu, scale = score_new_videos(blob["head"], model, x.numpy(), difficulty, blob["score_range"],
-                                         blob["train"], voters)
-            mus.append(np.asarray(mu, np.float64))
-            if scale is not None:
-                scales.append(np.asarray(scale, np.float64))
-                distributions.append(get_distribution("gaussian"))
-            continue
         spec = model.get("spec") or {}
-        mu, scale = _head_outputs(blob, model, x, spec, bank, options)
+        mu, scale = _head_outputs(blob, model, x, spec, bank, options, exemplar)
         mus.append(mu)
         if scale is None:  # ridge, mlp, gdlt: no spread of their own
             continue
@@ -254,24 +256,24 @@ def score_features(blob: dict, models: list[dict], features: np.ndarray, difficu
         tail = (1.0 - LEVEL) / 2.0
         out["lo90"] = lo + mixture_quantile(tail, mus, scales, distributions) * width
         out["hi90"] = lo + mixture_quantile(1.0 - tail, mus, scales, distributions) * width
-    if blob["head"] not in ("core", "dae-core") and all(
-            (m.get("calibration") or {}).get("method", "none") != "none" for m in models):
-        ends = [_calibrated_interval(blob, m, x, lo, hi, bank, options) for m in models]
+    if all((m.get("calibration") or {}).get("method", "none") != "none" for m in models):
+        ends = [_calibrated_interval(blob, m, x, lo, hi, bank, options, exemplar) for m in models]
         out["lo90"], out["hi90"] = (np.mean([e[k] for e in ends], axis=0) for k in (0, 1))
     return out
 
 
-def _calibrated_interval(blob: dict, model: dict, x: torch.Tensor, lo: float, hi: float, bank=None, options=None):
+def _calibrated_interval(blob: dict, model: dict, x: torch.Tensor, lo: float, hi: float, bank=None, options=None,
+                         exemplar=None):
     """One model's 90% interval (score units) from the calibrator `dae fit` fitted and its fold models."""
     spec = model["spec"]
     width = hi - lo
-    mu, scale = _head_outputs(blob, model, x, spec, bank, options)
+    mu, scale = _head_outputs(blob, model, x, spec, bank, options, exemplar)
     mu, scale = lo + mu * width, (scale * width if scale is not None else None)
     distribution = get_distribution(spec.get("distribution", "gaussian"))
     fitted_nu = model.get("distribution_params", {}).get("nu")
     if getattr(distribution, "learned_shape", False) and fitted_nu is not None:
         distribution = StudentT(float(fitted_nu))
-    folds = [_head_outputs(blob, f, x, spec, bank, options) for f in model.get("calibration_models", [])]
+    folds = [_head_outputs(blob, f, x, spec, bank, options, exemplar) for f in model.get("calibration_models", [])]
     fold_mu = np.stack([lo + m * width for m, _ in folds]) if folds else None
     fold_scale = np.stack([s * width for _, s in folds]) if folds and folds[0][1] is not None else None
     cal = Calibration.from_fitted(model["calibration"])

@@ -116,8 +116,13 @@ def test_fit_core_and_dae_core_rows_run_folder_and_predict(tmp_path, one_thread)
         test = np.flatnonzero(x["split"] == "test")
         scored = score_features(blob, blob["models"], feats[test], None, config)
         assert np.isfinite(scored["mu"]).all()
-        fitted = pd.read_csv(tmp_path / head / "predictions.csv").groupby("video_id")["mu"].mean()
-        assert np.allclose(scored["mu"], fitted.loc[x["video_id"].iloc[test]].to_numpy(), atol=1e-4)
+        fitted = pd.read_csv(tmp_path / head / "predictions.csv").groupby("video_id")[["mu", "lo90", "hi90"]].mean()
+        fitted = fitted.loc[x["video_id"].iloc[test]]
+        assert np.allclose(scored["mu"], fitted["mu"].to_numpy(), atol=1e-4)
+        # the run's CV+ interval, from its fold models voting with their own training videos: the fit's, averaged
+        # over the models (predict gave none for core and dae-core's uncalibrated mixture before)
+        assert np.allclose(scored["lo90"], fitted["lo90"].to_numpy(), atol=1e-4)
+        assert np.allclose(scored["hi90"], fitted["hi90"].to_numpy(), atol=1e-4)
 
 
 def test_with_dd_uses_same_difficulty_exemplars_and_the_lone_dd_fallback(tmp_path, one_thread):
