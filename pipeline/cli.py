@@ -575,8 +575,10 @@ def merge_cmd(inputs, out):
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:I.")
 @click.option("--decoder", type=LibraryChoice("dae.features.decode:DECODERS"), default=None,
               help="Decoder [default: the one the run's features were extracted with].")
-@click.option("--difficulty", type=click.FloatRange(0, min_open=True), default=None,
-              help="The videos' difficulty degree, for core/dae-core runs that compare same-difficulty exemplars.")
+@click.option("--difficulty", type=click.FloatRange(0, min_open=True), multiple=True,
+              help="The videos' difficulty degree, for core/dae-core runs that compare same-difficulty exemplars: "
+                   "once for every video, or once per --video/--id in order [default with --id: each video's from "
+                   "the run's manifest].")
 @click.option("--precision", type=click.Choice(PRECISIONS), default=None,
               help="Extract in this precision [default: the one the run's features were made in; another one "
                    "is allowed with a warning, as scores can move].")

@@ -70,11 +70,64 @@ def find_feature_file(run_dir, config: dict, features=None) -> Path:
             raise DaeError(f"--features {path} does not exist")
         return path
     recorded = Path(str(config.get("features", "")))
+    path = _recorded_file(run_dir, recorded)
+    if path is None:
+        raise DaeError(f"cannot find the run's feature file {recorded} (it holds the clip protocol and weights to "
+                       "extract with); pass --features PATH")
+    return path
+
+
+def _recorded_file(run_dir, recorded: Path) -> Path | None:
+    """A file config.json names: as written (from the working directory), or beside the run folder."""
     for candidate in (recorded, Path(run_dir).parent / recorded, Path(run_dir).parent / recorded.name):
         if str(recorded) and candidate.is_file():
             return candidate
-    raise DaeError(f"cannot find the run's feature file {recorded} (it holds the clip protocol and weights to "
-                   "extract with); pass --features PATH")
+    return None
+
+
+def compares_difficulty(blob: dict) -> bool:
+    """Whether the run's exemplar models compare exemplars of the same difficulty degree (core/dae-core --with-dd):
+    scoring a video then needs its difficulty."""
+    return blob["head"] in EXEMPLAR_HEADS and any(
+        m["state_dict"].get("exemplar.rule") == "same-difficulty" for m in blob["models"])
+
+
+def video_difficulties(run_dir, config: dict, blob: dict, names: list[str], given=(), by_id: bool = False,
+                       note=print) -> dict | None:
+    """Each video's difficulty degree for a run that compares same-difficulty exemplars ({name: DD}; None for
+    other runs): `given` (--difficulty) holds one value for every video or one per video in order; without it,
+    videos scored by id take theirs from the run's manifest."""
+    given = [float(v) for v in ([given] if np.isscalar(given) else given or ())]
+    if not compares_difficulty(blob):
+        if given:
+            note("note: --difficulty is ignored: this run does not compare exemplars by difficulty")
+        return None
+    if given:
+        if len(given) not in (1, len(names)):
+            raise UsageError(f"--difficulty: give one value for every video or one per video in order "
+                             f"({len(given)} given for {len(names)} videos)")
+        return dict(zip(names, given * len(names) if len(given) == 1 else given))
+    if not by_id:
+        raise UsageError("this run compares exemplars of the same difficulty degree: give the videos' difficulty "
+                         "(--difficulty, one value for all or one per --video in order)")
+    from dae.features.manifest import read_manifest
+
+    recorded = Path(str(config.get("manifest", "")))
+    path = _recorded_file(run_dir, recorded)
+    if path is None:
+        raise UsageError(f"this run compares exemplars of the same difficulty degree and its manifest {recorded} "
+                         "is not found to read the videos' difficulty from: give it (--difficulty)")
+    manifest = read_manifest(path)
+    if "difficulty" not in manifest:
+        raise UsageError(f"this run compares exemplars of the same difficulty degree and its manifest {path} has no "
+                         "difficulty column: give the videos' difficulty (--difficulty)")
+    known = dict(zip(manifest["video_id"].astype(str), manifest["difficulty"].astype(float)))
+    missing = [v for v in names if v not in known or not np.isfinite(known[v])]
+    if missing:
+        raise UsageError(f"{len(missing)} of the --id videos have no difficulty in the run's manifest {path}, "
+                         f"first: {', '.join(map(repr, missing[:5]))}; give it (--difficulty)")
+    note(f"difficulty of the --id videos from the run's manifest {path}")
+    return {v: known[v] for v in names}
 
 
 def select_models(blob: dict, group: str | None) -> list[dict]:
@@ -318,7 +371,8 @@ def predict_videos(run_dir, videos=(), *, ids=(), out=None, features=None, weigh
     are), score them, print and write a CSV. Returns its rows.
 
     features: a feature file whose protocol, weights and backbone must be the run's (refused otherwise, unless
-    allow_feature_mismatch: then every output line and the CSV's `warning` column say so)."""
+    allow_feature_mismatch: then every output line and the CSV's `warning` column say so). difficulty: for runs
+    that compare same-difficulty exemplars, one value for every video or one per video (`video_difficulties`)."""
     from dae.features.store import read_features
 
     videos, ids = [str(v) for v in videos], [str(v) for v in ids]
@@ -347,6 +401,7 @@ def predict_videos(run_dir, videos=(), *, ids=(), out=None, features=None, weigh
         if differences:
             warning = "features differ from the run's: " + "; ".join(differences)
             note(f"warning: {warning} (--allow-feature-mismatch): the scores are not what the run would give")
+    difficulty = video_difficulties(run_dir, config, blob, ids or videos, difficulty, bool(ids), note)
     if ids:
         extracted, failures = _features_by_id(feature_file, ids, sequence_head, blob["head"]), []
         rows = _score_rows(blob, models, config, ids, extracted, failures, difficulty)
@@ -441,7 +496,8 @@ def _score_rows(blob, models, config, names, extracted, failures, difficulty) ->
         if extracted.sequences is not None:
             seqs = extracted.sequences
             sequences = (seqs.data, seqs.starts, seqs.lengths)
-        scored = score_features(blob, models, extracted.features, difficulty, config, sequences)
+        dd = None if difficulty is None else np.array([difficulty[v] for v in extracted.video_ids])
+        scored = score_features(blob, models, extracted.features, dd, config, sequences)
         reference = blob.get("feature_references", {}).get(str(models[0]["tags"].get("group", "")))
         if reference is not None:
             scored["distance"] = feature_distance(reference, extracted.features)

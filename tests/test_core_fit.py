@@ -146,6 +146,42 @@ def test_with_dd_uses_same_difficulty_exemplars_and_the_lone_dd_fallback(tmp_pat
     assert np.all(dd[pools.pool(0)] == 3.0)  # 3.6 has one training video: the nearest DD, 3.0
 
 
+def test_predict_on_a_with_dd_run_reads_each_ids_difficulty_from_the_run_manifest(tmp_path, one_thread):
+    """The test videos by id, no --difficulty: each takes its DD from the run's manifest and the scores are the
+    fit's; --difficulty once per video in order gives the same; a count that fits neither rule is a usage error."""
+    features, manifest = mtl_shaped(tmp_path)
+    run = tmp_path / "run"
+    assert fit("--features", features, "--manifest", manifest, "--out", run, "--head", "core", "--seeds", 1,
+               "--epochs", 2, "--with-dd").exit_code == 0
+    df = pd.read_csv(manifest, dtype={"video_id": str})
+    test = df[df["split"] == "test"]
+    ids = [a for v in test["video_id"] for a in ("--id", v)]
+
+    def predict(*args):
+        return CliRunner().invoke(cli, ["predict", "--run", str(run), *map(str, args)])
+
+    res = predict(*ids, "--out", tmp_path / "p.csv")
+    assert res.exit_code == 0, res.output
+    assert "difficulty of the --id videos from the run's manifest" in res.stderr
+    scored = pd.read_csv(tmp_path / "p.csv", dtype={"video": str}).set_index("video")
+    fitted = pd.read_csv(run / "predictions.csv", dtype={"video_id": str}).set_index("video_id")
+    assert np.allclose(scored.loc[test["video_id"], "mu"], fitted.loc[test["video_id"], "mu"], atol=1e-4)
+    assert np.allclose(scored.loc[test["video_id"], "lo90"], fitted.loc[test["video_id"], "lo90"], atol=1e-4)
+
+    given = [a for d in test["difficulty"] for a in ("--difficulty", d)]
+    res = predict(*ids, *given, "--out", tmp_path / "q.csv")
+    assert res.exit_code == 0, res.output
+    assert np.allclose(pd.read_csv(tmp_path / "q.csv")["mu"], scored["mu"], atol=1e-9)
+    # another DD for every video: other exemplars and another multiplier, other scores
+    res = predict(*ids, "--difficulty", 2.0, "--out", tmp_path / "r.csv")
+    assert res.exit_code == 0, res.output
+    assert not np.allclose(pd.read_csv(tmp_path / "r.csv")["mu"], scored["mu"], atol=1e-3)
+
+    res = predict(*ids[:4], "--difficulty", 2.0, "--difficulty", 2.4, "--difficulty", 3.0, "--out", tmp_path / "s.csv")
+    assert res.exit_code == 2 and len(res.output.strip().splitlines()) == 1
+    assert "3 given for 2 videos" in res.output and not (tmp_path / "s.csv").exists()
+
+
 def test_with_dd_on_a_manifest_without_difficulty_is_a_usage_error_and_writes_nothing(tmp_path):
     features, manifest = write_features_and_manifest(tmp_path, n=40)
     run, board = tmp_path / "run", tmp_path / "L.csv"
