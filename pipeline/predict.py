@@ -31,9 +31,9 @@ from dae.atomic import atomic_path
 from dae.errors import DaeError, UsageError
 from dae.heads.calibration import Calibration
 from dae.heads.calibration import intervals as calibration_intervals
+from dae.heads.core import DEFAULT_VOTERS, score_new_videos
 from dae.heads.dae import DAEHead
 from dae.heads.distributions import StudentT, get_distribution, sample_scale
-from dae.heads.core import DEFAULT_VOTERS
 from dae.heads.sequence_options import SEQUENCE_HEADS, SequenceOptions
 from dae.pipeline.exemplar_heads import EXEMPLAR_HEADS
 
@@ -216,8 +216,6 @@ def _head_outputs(blob: dict, weights: dict, x: torch.Tensor, spec: dict, bank=N
     if blob["head"] in SEQUENCE_HEADS:
         return _sequence_outputs(blob, weights, spec, bank, options)
     if blob["head"] in EXEMPLAR_HEADS:
-        from dae.heads.core import score_new_videos
-
         difficulty, voters = exemplar
         mu, scale = score_new_videos(blob["head"], {"spec": spec, "state_dict": weights["state_dict"]}, x.numpy(),
                                      difficulty, blob["score_range"], blob["train"], voters)

@@ -200,3 +200,28 @@ def test_a_learned_student_t_keeps_its_fitted_nu_in_the_run(tmp_path):
     fitted = pd.read_csv(run / "predictions.csv").set_index("video_id").loc[test_ids]
     for column in ("mu", "lo90", "hi90"):
         np.testing.assert_allclose(scored[column], fitted[column].to_numpy(), rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.slow
+def test_predict_videos_on_a_with_dd_core_run_take_one_difficulty_per_video(trained_run, tmp_path):
+    """New video files have no manifest row: a with-DD core run needs --difficulty, here once per video in order,
+    and then scores them as the fit scored the same test videos (same exemplars, same DD)."""
+    root, videos, checkpoint, _ = trained_run
+    dd = [2.0, 2.0, 3.0, 3.0, 2.0, 3.0]
+    pd.DataFrame({"video_id": [f"p{i}" for i in range(6)], "score": [20.0, 30.0, 45.0, 60.0, 25.0, 50.0],
+                  "split": ["train"] * 4 + ["test"] * 2, "difficulty": dd}).to_csv(tmp_path / "dd.csv", index=False)
+    run = tmp_path / "core"
+    res = run_cli(["fit", "--features", root / "features.h5", "--manifest", tmp_path / "dd.csv", "--out", run,
+                   "--head", "core", "--with-dd", "--voters", 2, "--epochs", 3, "--calibrate", "none"])
+    assert res.exit_code == 0, res.output
+    base = ["predict", "--device", "cpu", "--run", run, "--weights", checkpoint,
+            "--video", videos / "p4.mp4", "--video", videos / "p5.mp4"]
+    res = run_cli([*base, "--out", tmp_path / "none.csv"])
+    assert res.exit_code == 2 and "give the videos' difficulty (--difficulty" in res.output
+    assert not (tmp_path / "none.csv").exists()
+    res = run_cli([*base, "--difficulty", 2.0, "--difficulty", 3.0, "--out", tmp_path / "p.csv"])
+    assert res.exit_code == 0, res.output
+    rows = pd.read_csv(tmp_path / "p.csv")
+    fitted = pd.read_csv(run / "predictions.csv").set_index("video_id")
+    for i, vid in enumerate(["p4", "p5"]):
+        assert float(rows["mu"][i]) == pytest.approx(fitted.loc[vid, "mu"], rel=1e-4, abs=1e-4), vid
