@@ -23,16 +23,10 @@ import numpy as np
 from scipy import optimize
 
 from dae.errors import UsageError
-from dae.heads.metrics import INTERVAL_LEVELS
+from dae.heads.calibration_options import CALIBRATORS, DEFAULT_FOLDS, INTERVAL_LEVELS, MIN_CALIBRATION_ROWS
 
-CALIBRATORS = ("none", "scale", "conformal")
-DEFAULT_CALIBRATOR = "conformal"
 LEVELS = INTERVAL_LEVELS
-DEFAULT_FOLDS = 5
 CALIBRATION_SEED = 0
-# The fewest calibration residuals for which CV+ / split conformal gives a finite interval at every level:
-# ceil(0.95 (n + 1)) <= n  <=>  n >= 19.
-MIN_CALIBRATION_ROWS = next(n for n in range(1, 10_000) if math.ceil(max(LEVELS) * (n + 1) - 1e-9) <= n)
 
 
 def check_calibrator(method: str) -> None:

@@ -8,10 +8,10 @@ import numpy as np
 import torch
 from scipy import stats
 
+from dae.heads.calibration_options import INTERVAL_LEVELS
 from dae.heads.distributions import Gaussian, get_distribution
 
 COVERAGE_LEVEL = 0.90
-INTERVAL_LEVELS = (0.5, 0.8, 0.9, 0.95)  # the central intervals every model reports (coverage50 ... coverage95)
 PIT_BINS = 10
 UNCERTAINTY_BINS = 10
 

@@ -301,8 +301,9 @@ def train_options(f):
 
 
 def calibrate_option(f):
-    """--calibrate and --calibration-folds: the post-hoc calibrator of every interval (dae.heads.calibration)."""
-    from dae.heads.calibration import CALIBRATORS, DEFAULT_CALIBRATOR, DEFAULT_FOLDS, MIN_CALIBRATION_ROWS
+    """--calibrate and --calibration-folds: the post-hoc calibrator of every interval (dae.heads.calibration; its
+    names from the torch-free dae.heads.calibration_options, so that importing the CLI stays fast)."""
+    from dae.heads.calibration_options import CALIBRATORS, DEFAULT_CALIBRATOR, DEFAULT_FOLDS, MIN_CALIBRATION_ROWS
 
     f = click.option("--calibration-folds", type=click.IntRange(2), default=DEFAULT_FOLDS, show_default=True,
                      help="K: each model gets K fold models (trained on the training rows outside fold k, fixed "

@@ -58,7 +58,7 @@ def _fit_heads_and_rank(feature_file, manifest_file, out: Path, config, seeds: i
     board = out / "leaderboard.csv"
     for head in ("dae", "mlp", "ridge"):
         specs = [HeadSpec(seed=s) for s in range(seeds if head != "ridge" else 1)]
-        from dae.heads.calibration import DEFAULT_CALIBRATOR, MIN_CALIBRATION_ROWS
+        from dae.heads.calibration_options import DEFAULT_CALIBRATOR, MIN_CALIBRATION_ROWS
         train_rows = int((pd.read_csv(manifest_file)["split"] == "train").sum())
         # the video demo's few training videos cannot carve CV+ folds: raw intervals there, said in the table
         calibrate = DEFAULT_CALIBRATOR if train_rows >= MIN_CALIBRATION_ROWS else "none"

@@ -12,6 +12,7 @@ import pandas as pd
 from dae.atomic import check_new_dir, new_run_dir, writable_dir, write_study_folder
 from dae.errors import UsageError
 from dae.heads import calibration
+from dae.heads.calibration_options import DEFAULT_CALIBRATOR
 from dae.heads.config import TrainConfig
 from dae.heads.sequence_options import POOLING, SEQUENCE_HEADS, SequenceOptions
 from dae.heads.trainer import HeadSpec
@@ -35,7 +36,7 @@ class PoolingResult:
 
 def run_pooling(fs, manifest: pd.DataFrame, heads, seeds, config: TrainConfig, sequence_config: TrainConfig,
                 options: SequenceOptions, dataset: str, score_range=None, manifest_name: str = "manifest",
-                curves: bool = True, echo=print, calibrate: str = calibration.DEFAULT_CALIBRATOR,
+                curves: bool = True, echo=print, calibrate: str = DEFAULT_CALIBRATOR,
                 calibration_folds: int = calibration.DEFAULT_FOLDS) -> PoolingResult:
     """Train every head of `heads` (seeds x protocol cells) on fs / manifest; pooled heads with `config`, sequence
     heads with `sequence_config` and `options`, every head's intervals calibrated by `calibrate` (CV+'s fold models
@@ -116,7 +117,7 @@ def format_pooling(result: PoolingResult, baseline: str = "dae") -> str:
 def run_pooling_files(features, manifest, seeds, config: TrainConfig, sequence_config: TrainConfig,
                       options: SequenceOptions, heads=DEFAULT_HEADS, dataset: str = "", score_range=None, out=None,
                       leaderboard=None, curves: bool = True, echo=print, command_options: dict | None = None,
-                      calibrate: str = calibration.DEFAULT_CALIBRATOR,
+                      calibrate: str = DEFAULT_CALIBRATOR,
                       calibration_folds: int = calibration.DEFAULT_FOLDS) -> PoolingResult:
     """Read the files, run the pooling study, print its report, write the study folder and leaderboard rows.
 
