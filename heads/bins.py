@@ -20,9 +20,9 @@ import numpy as np
 import torch
 
 from dae.errors import UsageError
+from dae.heads.config import BIN_RULES
 from dae.heads.judges import MC_DRAWS, combine, judge_marks, panel_masks, propagate
 
-BIN_RULES = ("argmax", "expectation")
 USDL_BINS = 101
 DEFAULT_STD_BINS = 5.0  # the MUSDL code's --std default for MTL-AQA (JIGSAWS: 1)
 

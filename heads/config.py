@@ -8,6 +8,11 @@ from dae.errors import UsageError
 HIDDEN = (256, 128)  # the reference code's widths
 SELECTIONS = ("last", "best-val", "best-test")
 PREDICTIONS = ("mu", "sample")
+# the heads' option names (their modules import them from here, so the CLI lists them without torch)
+LOSSES = ("sup", "rec", "combined", "v1", "nll", "rec+sup")
+REPARAMS = ("sigma", "variance")
+JUDGE_RULES = ("sum", "middle3-x-difficulty", "fina-by-judge-count")
+BIN_RULES = ("argmax", "expectation")
 
 
 @dataclass(frozen=True)

@@ -18,11 +18,11 @@ import numpy as np
 import torch
 
 from dae.errors import UsageError
+from dae.heads.config import JUDGE_RULES
 from dae.heads.dae import bound_log_variance
 from dae.heads.distributions import get_distribution, scale_from_log_variance
 from dae.heads.losses import loss_terms
 
-JUDGE_RULES = ("sum", "middle3-x-difficulty", "fina-by-judge-count")
 USES_DIFFICULTY = {"sum": False, "middle3-x-difficulty": True, "fina-by-judge-count": True}
 FINA_PANELS = (3, 5, 7)
 MC_DRAWS = 1000  # Monte-Carlo draws of the judges per video when propagating spread through a rule

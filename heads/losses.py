@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import torch
 
-LOSSES = ("sup", "rec", "combined", "v1", "nll", "rec+sup")
+from dae.heads.config import LOSSES
+
 V1_PERIOD = 10
 
 

@@ -42,10 +42,9 @@ import torch
 from dae.devices import resolve_device
 from dae.errors import UsageError
 from dae.heads.adam import Adam
-from dae.heads.config import TrainConfig
-from dae.heads.distributions import REPARAMS, get_distribution
+from dae.heads.config import LOSSES, REPARAMS, TrainConfig
+from dae.heads.distributions import get_distribution
 from dae.heads.epochs import EpochTracker, run_epochs
-from dae.heads.losses import LOSSES
 from dae.heads.metrics import spearman
 from dae.memory import keep_freed_memory
 

@@ -359,7 +359,7 @@ def input_options(f):
 @input_options
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Run folder to create (never overwritten). Default: runs/<dataset>-<head>-<time>.")
-@click.option("--head", type=LibraryChoice("dae.pipeline.fit:HEADS"), default=_fit_default("head"), show_default=True,
+@click.option("--head", type=LibraryChoice("dae.pipeline.defaults:HEADS"), default=_fit_default("head"), show_default=True,
               help="dae: the Distribution Auto-Encoder; mlp: same trunk, plain regression on mu; ridge: "
               "closed-form ridge, penalty by cross-validation on train; usdl: softmax over score bins, Gaussian "
               "label smoothing, KL loss; musdl: one usdl path per judge combined by the scoring rule (needs "
@@ -378,15 +378,15 @@ def input_options(f):
               help="usdl: number of bins over the score range [default: 101; jigsaws 25, MUSDL's integer scores].")
 @click.option("--bin-std", type=click.FloatRange(0, min_open=True), default=None,
               help="usdl/musdl: std of the Gaussian label smoothing, in bins [default: 5, jigsaws 1 (MUSDL's)].")
-@click.option("--bin-predict", type=LibraryChoice("dae.heads.bins:BIN_RULES"), default=_fit_default("bin_predict"),
+@click.option("--bin-predict", type=LibraryChoice("dae.heads.config:BIN_RULES"), default=_fit_default("bin_predict"),
               show_default=True, help="usdl/musdl: predict the most probable bin (as published) or the histogram's mean.")
-@click.option("--judge-rule", type=LibraryChoice("dae.heads.judges:JUDGE_RULES"),
+@click.option("--judge-rule", type=LibraryChoice("dae.heads.config:JUDGE_RULES"),
               default=None, help="musdl/dae-judges: how judges' marks make the score [default: the dataset "
               "card's, else inferred from the manifest].")
-@click.option("--loss", type=LibraryChoice("dae.heads.losses:LOSSES"), default=_fit_default("loss"),
+@click.option("--loss", type=LibraryChoice("dae.heads.config:LOSSES"), default=_fit_default("loss"),
               show_default=True, help="v1: the paper's schedule, rec every epoch and combined (alpha rec + beta "
               "sup) on epochs 10, 20, 30, ...")
-@click.option("--reparam", type=LibraryChoice("dae.heads.distributions:REPARAMS"), default=_fit_default("reparam"),
+@click.option("--reparam", type=LibraryChoice("dae.heads.config:REPARAMS"), default=_fit_default("reparam"),
               show_default=True, help="Sample y = mu + eps*sigma, or the paper's y = mu + eps*sigma^2.")
 @click.option("--alpha", type=float, default=_fit_default("alpha"), show_default=True,
               help="Weight of the reconstruction loss.")
@@ -524,7 +524,7 @@ def extract_cmd(ctx, videos, manifest, out, protocol, device, precision, batch_c
 @click.option("--dataset", "datasets", multiple=True,
               help="Only these datasets (card names; repeatable) [default: all in the leaderboard].")
 @click.option("--by-group", is_flag=True, help="Also one line per group (task, class, apparatus).")
-@click.option("--fold-average", type=LibraryChoice("dae.pipeline.leaderboard:AVERAGES"), default=None,
+@click.option("--fold-average", type=LibraryChoice("dae.pipeline.defaults:AVERAGES"), default=None,
               help="How a group's folds are averaged [default: the card's, Fisher z]; mean = MUSDL's code.")
 def leaderboard_show_cmd(leaderboard, published, fmt, datasets, by_group, fold_average):
     """Print a leaderboard: ours as mean ± std over seeds, and with --published the papers' numbers as published.
@@ -660,7 +660,7 @@ def _study_command(study):
                   help="Torch threads per task [default: cores / jobs locally, the cluster's own setting].")
     @click.option("--device", default=d["device"], show_default=True,
                   help="cpu, cuda or cuda:I; auto: the GPU when torch sees one.")
-    @click.option("--head", type=LibraryChoice("dae.pipeline.studies:STUDY_HEADS"), default=d["head"], show_default=True,
+    @click.option("--head", type=LibraryChoice("dae.pipeline.defaults:STUDY_HEADS"), default=d["head"], show_default=True,
                   help="dae-core: the grid on our DAE-CoRe (a DAE head on CoRe's pair feature; Gaussian only).")
     @click.option("--config", "config_path", type=click.Path(), default=None, help=_CONFIG_HELP)
     @calibrate_option
@@ -724,7 +724,7 @@ def ablate_calibration_cmd(features, manifest, leaderboard, out, plots, n_seeds,
 @input_options
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Study folder to create (never overwritten). Default: runs/<dataset>-ablate-voters-<time>.")
-@click.option("--head", type=LibraryChoice("dae.pipeline.exemplar_heads:EXEMPLAR_HEADS"), default="core",
+@click.option("--head", type=LibraryChoice("dae.pipeline.defaults:EXEMPLAR_HEADS"), default="core",
               show_default=True,
               help="The exemplar head to study.")
 @click.option("--voters", "voter_counts", default="1,3,5,10,20", show_default=True,

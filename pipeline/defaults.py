@@ -1,4 +1,11 @@
-"""Defaults of the pipeline's studies: plain data, no torch import (the CLI builds its options from them)."""
+"""The pipeline's head names and the defaults of its studies: plain data, no torch import (the CLI builds its
+options from them)."""
+from dae.heads.sequence_options import SEQUENCE_HEADS
+
+HEADS = ("dae", "mlp", "ridge", "usdl", "musdl", "dae-mt", "dae-judges", "core", "dae-core") + SEQUENCE_HEADS
+EXEMPLAR_HEADS = ("core", "dae-core")
+STUDY_HEADS = ("dae", "dae-core")  # heads a study's grid can train (dae-core: Gaussian only)
+AVERAGES = ("fisher-z", "mean")  # how folds' Spearman values are averaged in summaries
 
 # Studies train with much larger batches than `dae fit` (32): fewer, fuller optimizer steps. On a 2-core CPU the
 # default loss study (30 heads, 100 epochs, 1059 x 1024 training features) takes 13.9 s at 1024 (`dae bench fit`,

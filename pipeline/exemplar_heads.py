@@ -15,8 +15,8 @@ import pandas as pd
 
 from dae.errors import UsageError
 from dae.heads.core import CORE_LR, DEFAULT_VOTERS, CoRe, DAECoRe, exemplar_targets
+from dae.pipeline.defaults import EXEMPLAR_HEADS
 
-EXEMPLAR_HEADS = ("core", "dae-core")
 WITH_DD_BY_DEFAULT = ("mtl-aqa",)  # CoRe's MTL-AQA config: usingDD True
 DAE_CORE_NOTE = ("ours: a DAE head on CoRe's pair feature, the voters' Gaussian mixture (the paper's DAE-CoRe "
                  "is not described in detail)")

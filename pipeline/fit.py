@@ -25,12 +25,12 @@ from dae.heads.dae import DAE
 from dae.heads.sequence_options import POOLING, SEQUENCE_HEADS
 from dae.heads.trainer import HeadSpec, Job, TrainConfig, train
 from dae.pipeline.baselines import PATH_HEADS, fit_path_heads, options_dict
-from dae.pipeline.exemplar_heads import EXEMPLAR_HEADS, fit_exemplar_heads
+from dae.pipeline.defaults import EXEMPLAR_HEADS, HEADS
+from dae.pipeline.exemplar_heads import fit_exemplar_heads
 from dae.pipeline.leaderboard import environment, software_and_machine
 from dae.pipeline.protocols import (WINDOW_EPOCHS, WINDOW_SELECTIONS, apply_window_selection,
                                     check_card_protocol)
 
-HEADS = ("dae", "mlp", "ridge", "usdl", "musdl", "dae-mt", "dae-judges", "core", "dae-core") + SEQUENCE_HEADS
 PREDICT_ATTRS = ("protocol", "weights_sha256", "decoder", "backbone", "precision", "device", "sequence_dtype")
 VAL_SEED = 0
 FAILED_METRICS = ("spearman", "rl2x100", "l2", *DISTRIBUTION_METRICS, *INTERVAL_METRICS)

@@ -26,6 +26,7 @@ import pandas as pd
 from dae.atomic import atomic_path
 from dae.errors import DaeError, UsageError
 from dae.heads.metrics import fisher_z
+from dae.pipeline.defaults import AVERAGES
 
 COLUMNS = ("dataset", "group", "fold", "head", "loss", "distribution", "reparam", "alpha", "beta", "selection",
            "prediction", "seed", "n_train", "n_test", "calibration", "spearman", "rl2x100", "l2", "nll", "crps",
@@ -42,7 +43,6 @@ PER_MODEL = ("group", "fold", "seed", "n_train", "n_test", "selected_epoch", "se
 SETTINGS = ("dataset", "head", "loss", "distribution", "reparam", "alpha", "beta", "selection", "prediction",
             "voters", "exemplar_rule", "calibration", "uses_difficulty", "epochs", "lr", "batch_size", "weight_decay", "features_sha256", "backbone", "machine",
             "device", "torch_version", "dae_version", "source")
-AVERAGES = ("fisher-z", "mean")
 # what summaries and tables add (never settings of a row)
 SUMMARY_FIELDS = ("seeds", "units_per_seed", "fold_average", "group_average", "spearman_degenerate", "spearman_nan",
                   "variant", "settings", "setting", "paper", "note", "units")

@@ -18,9 +18,8 @@ import pandas as pd
 
 from dae.atomic import check_new_dir, new_run_dir, writable_dir, write_study_folder
 from dae.errors import UsageError
-from dae.heads.distributions import DISTRIBUTIONS, REPARAMS, StudentT, get_distribution
-from dae.heads.losses import LOSSES
-from dae.heads.config import TrainConfig
+from dae.heads.distributions import DISTRIBUTIONS, StudentT, get_distribution
+from dae.heads.config import LOSSES, REPARAMS, TrainConfig
 from dae.heads.trainer import HeadSpec
 from dae.pipeline.fit import FitPlan
 from dae.pipeline.leaderboard import software_and_machine, summarise
@@ -29,7 +28,6 @@ DEGENERATE_SIGMA_FRACTION = 0.25  # a median predicted sigma above a quarter of 
 CONVERGED_TAIL = 0.25  # the converged part of a curve: its last quarter of epochs
 NOMINAL_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 VARIED = ("head", "loss", "distribution", "reparam")  # head: varied when a study trains several (ablate pooling)
-STUDY_HEADS = ("dae", "dae-core")  # heads a study's grid can train (dae-core: Gaussian only)
 
 
 @dataclass(frozen=True)
