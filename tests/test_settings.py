@@ -73,7 +73,7 @@ def _choices(command_path, option):
 @pytest.mark.parametrize("command, option, module, name", [
     (["fit"], "head", "dae.pipeline.fit", "HEADS"),
     (["fit"], "loss", "dae.heads.losses", "LOSSES"),
-    (["fit"], "reparam", "dae.heads.distributions", "REPARAMS"),
+    (["fit"], "reparam", "dae.heads.trainer", "REPARAMS"),  # the list HeadSpec checks against
     (["fit"], "bin_predict", "dae.heads.bins", "BIN_RULES"),
     (["fit"], "judge_rule", "dae.heads.judges", "JUDGE_RULES"),
     (["fit"], "prediction", "dae.heads.config", "PREDICTIONS"),
