@@ -231,7 +231,6 @@ def get_distribution(name):
     raise UsageError(f"unknown distribution {name!r} (choose from {', '.join(DISTRIBUTIONS)}, or student-t:NU)")
 
 
-
 def sample_scale(sigma, reparam):
     """The spread the reparameterised sample actually has: sigma, or sigma^2 for the paper's y = mu + eps*sigma^2.
 

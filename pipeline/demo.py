@@ -10,6 +10,7 @@ from dae.atomic import new_run_dir
 from dae.extras import MissingExtra
 from dae.features.manifest import write_manifest
 from dae.features.store import write_features
+from dae.heads.calibration_options import DEFAULT_CALIBRATOR, MIN_CALIBRATION_ROWS
 
 DATASET = "synthetic-demo"
 METRICS_NOTE = ("coverage90: the share of test videos whose true score lies inside the predicted 90% interval "
@@ -58,7 +59,6 @@ def _fit_heads_and_rank(feature_file, manifest_file, out: Path, config, seeds: i
     board = out / "leaderboard.csv"
     for head in ("dae", "mlp", "ridge"):
         specs = [HeadSpec(seed=s) for s in range(seeds if head != "ridge" else 1)]
-        from dae.heads.calibration_options import DEFAULT_CALIBRATOR, MIN_CALIBRATION_ROWS
         train_rows = int((pd.read_csv(manifest_file)["split"] == "train").sum())
         # the video demo's few training videos cannot carve CV+ folds: raw intervals there, said in the table
         calibrate = DEFAULT_CALIBRATOR if train_rows >= MIN_CALIBRATION_ROWS else "none"

@@ -17,7 +17,7 @@ from dae.errors import DaeError, UsageError
 from dae.features.manifest import read_manifest
 from dae.features.store import FeatureSet, align, content_sha256, read_features
 from dae.heads import calibration
-from dae.heads.calibration_options import DEFAULT_CALIBRATOR
+from dae.heads.calibration_options import DEFAULT_CALIBRATOR, DEFAULT_FOLDS
 from dae.heads.distributions import get_distribution
 from dae.heads.metrics import DISTRIBUTION_METRICS, INTERVAL_METRICS, evaluate
 from dae.heads.ridge import fit_ridge
@@ -59,7 +59,7 @@ class FitPlan:
     val_fraction: float = 0.2
     head_options: object = None  # baselines.HeadOptions (usdl, musdl, dae-mt, dae-judges); ExemplarOptions (core...)
     calibrate: str = DEFAULT_CALIBRATOR  # none | scale | conformal (dae.heads.calibration)
-    calibration_folds: int = calibration.DEFAULT_FOLDS
+    calibration_folds: int = DEFAULT_FOLDS
 
 
 def plan_units(manifest: pd.DataFrame, need_val: bool, val_fraction: float = 0.2) -> list[Unit]:

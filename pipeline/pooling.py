@@ -11,8 +11,7 @@ import pandas as pd
 
 from dae.atomic import check_new_dir, new_run_dir, writable_dir, write_study_folder
 from dae.errors import UsageError
-from dae.heads import calibration
-from dae.heads.calibration_options import DEFAULT_CALIBRATOR
+from dae.heads.calibration_options import DEFAULT_CALIBRATOR, DEFAULT_FOLDS
 from dae.heads.config import TrainConfig
 from dae.heads.sequence_options import POOLING, SEQUENCE_HEADS, SequenceOptions
 from dae.heads.trainer import HeadSpec
@@ -37,7 +36,7 @@ class PoolingResult:
 def run_pooling(fs, manifest: pd.DataFrame, heads, seeds, config: TrainConfig, sequence_config: TrainConfig,
                 options: SequenceOptions, dataset: str, score_range=None, manifest_name: str = "manifest",
                 curves: bool = True, echo=print, calibrate: str = DEFAULT_CALIBRATOR,
-                calibration_folds: int = calibration.DEFAULT_FOLDS) -> PoolingResult:
+                calibration_folds: int = DEFAULT_FOLDS) -> PoolingResult:
     """Train every head of `heads` (seeds x protocol cells) on fs / manifest; pooled heads with `config`, sequence
     heads with `sequence_config` and `options`, every head's intervals calibrated by `calibrate` (CV+'s fold models
     cost `calibration_folds` more models per model). Returns the rows, the comparison against the best, the curves."""
@@ -118,7 +117,7 @@ def run_pooling_files(features, manifest, seeds, config: TrainConfig, sequence_c
                       options: SequenceOptions, heads=DEFAULT_HEADS, dataset: str = "", score_range=None, out=None,
                       leaderboard=None, curves: bool = True, echo=print, command_options: dict | None = None,
                       calibrate: str = DEFAULT_CALIBRATOR,
-                      calibration_folds: int = calibration.DEFAULT_FOLDS) -> PoolingResult:
+                      calibration_folds: int = DEFAULT_FOLDS) -> PoolingResult:
     """Read the files, run the pooling study, print its report, write the study folder and leaderboard rows.
 
     command_options: the command's options, recorded in config.json for `dae ablate pooling --config`

@@ -282,10 +282,11 @@ def score_features(blob: dict, models: list[dict], features: np.ndarray, difficu
         bank, options = ClipBank(*sequences), sequence_options(config or {})
     if blob["head"] in EXEMPLAR_HEADS:
         exemplar = (difficulty, ((config or {}).get("head_options") or {}).get("voters", DEFAULT_VOTERS))
-    mus, scales, distributions = [], [], []
+    mus, scales, distributions, outputs = [], [], [], []
     for model in models:
         spec = model.get("spec") or {}
         mu, scale = _head_outputs(blob, model, x, spec, bank, options, exemplar)
+        outputs.append((mu, scale))
         mus.append(mu)
         if scale is None:  # ridge, mlp, gdlt: no spread of their own
             continue
@@ -308,17 +309,19 @@ def score_features(blob: dict, models: list[dict], features: np.ndarray, difficu
         out["lo90"] = lo + mixture_quantile(tail, mus, scales, distributions) * width
         out["hi90"] = lo + mixture_quantile(1.0 - tail, mus, scales, distributions) * width
     if all((m.get("calibration") or {}).get("method", "none") != "none" for m in models):
-        ends = [_calibrated_interval(blob, m, x, lo, hi, bank, options, exemplar) for m in models]
+        ends = [_calibrated_interval(blob, m, own, x, lo, hi, bank, options, exemplar)
+                for m, own in zip(models, outputs)]
         out["lo90"], out["hi90"] = (np.mean([e[k] for e in ends], axis=0) for k in (0, 1))
     return out
 
 
-def _calibrated_interval(blob: dict, model: dict, x: torch.Tensor, lo: float, hi: float, bank=None, options=None,
-                         exemplar=None):
-    """One model's 90% interval (score units) from the calibrator `dae fit` fitted and its fold models."""
+def _calibrated_interval(blob: dict, model: dict, own, x: torch.Tensor, lo: float, hi: float, bank=None,
+                         options=None, exemplar=None):
+    """One model's 90% interval (score units) from the calibrator `dae fit` fitted and its fold models; own: the
+    model's own normalised (mu, scale) on x, already computed."""
     spec = model["spec"]
     width = hi - lo
-    mu, scale = _head_outputs(blob, model, x, spec, bank, options, exemplar)
+    mu, scale = own
     mu, scale = lo + mu * width, (scale * width if scale is not None else None)
     distribution = get_distribution(spec.get("distribution", "gaussian"))
     fitted_nu = model.get("distribution_params", {}).get("nu")
