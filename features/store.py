@@ -294,18 +294,33 @@ def content_sha256(fs: FeatureSet) -> str:
     return h.hexdigest()
 
 
-def _rows_of(fs: FeatureSet, video_ids, manifest_name: str) -> list[int]:
+def _rows_of(fs: FeatureSet, video_ids, manifest_name: str, splits=None) -> list[int]:
     index = {vid: i for i, vid in enumerate(fs.video_ids)}
     missing = [vid for vid in video_ids if vid not in index]
     if missing:
         raise DaeError(f"{len(missing)} of {len(video_ids)} video ids in {manifest_name} are missing from "
-                       f"{fs.path or 'the features'}, first: {', '.join(map(repr, missing[:5]))}")
+                       f"{fs.path or 'the features'}, first: {', '.join(map(repr, missing[:5]))}"
+                       + _only_test_missing_hint(video_ids, missing, splits, manifest_name))
     return [index[vid] for vid in video_ids]
 
 
-def align(fs: FeatureSet, video_ids, manifest_name: str = "manifest") -> np.ndarray:
-    """Return the feature rows in the order of `video_ids`; a clear error lists ids the file lacks."""
-    return fs.features[_rows_of(fs, video_ids, manifest_name)]
+def _only_test_missing_hint(video_ids, missing, splits, manifest_name: str) -> str:
+    """The next step when the file holds exactly the training split (e.g. Fis-V's released features): folds."""
+    if splits is None:
+        return ""
+    split_of = dict(zip(video_ids, (str(s) for s in splits)))
+    train = [vid for vid in video_ids if split_of[vid] == "train"]
+    if not train or any(split_of[vid] != "test" for vid in missing):
+        return ""
+    return (f"; they are all test rows, so the file holds the training split only: cross-validate inside it with "
+            f"`dae manifest resplit {manifest_name} --folds 5 --seed 0 --out cv5.csv` and fit on cv5.csv "
+            "(docs/importing.md)")
+
+
+def align(fs: FeatureSet, video_ids, manifest_name: str = "manifest", splits=None) -> np.ndarray:
+    """Return the feature rows in the order of `video_ids`; a clear error lists ids the file lacks (and, given the
+    manifest's `splits`, suggests folds of the training split when only test ids are missing)."""
+    return fs.features[_rows_of(fs, video_ids, manifest_name, splits)]
 
 
 def align_sequences(fs: FeatureSet, video_ids, manifest_name: str = "manifest"):
