@@ -121,7 +121,8 @@ class StackedGDLT(nn.Module):
         else:
             raise ValueError(f"unknown GDLT scorer {scorer!r}")
 
-    def forward(self, x, mask):
+    def decode(self, x, mask):
+        """The decoded grade queries (M, b, Q, H) of clips x (M, b, L, D), mask (M, b, L)."""
         m, b = x.shape[:2]
         h = torch.relu(self.bn1(self.proj1(x), mask))
         h = self.bn2(self.proj2(h), mask)
@@ -131,7 +132,11 @@ class StackedGDLT(nn.Module):
         q = self.queries.unsqueeze(1).expand(m, b, *self.queries.shape[1:])
         for layer in self.decoder:
             q = layer(q, h, mask)
-        q = self.decoder_norm(q)                                            # (M, b, Q, H)
+        return self.decoder_norm(q)
+
+    def forward(self, x, mask):
+        m, b = x.shape[:2]
+        q = self.decode(x, mask)                                            # (M, b, Q, H)
         if self.scorer == "likert":
             # query i's score is row i of the regressor applied to query i (GDLT: the diagonal of (Q, Q))
             s = torch.einsum("mbqh,mhq->mbq", q, self.regressor.weight) + self.regressor.bias
@@ -164,6 +169,10 @@ def build_model(head: str, seeds, in_dim: int, options: SequenceOptions = Sequen
         return StackedAttnDAE(seeds, in_dim, dae_hidden)
     if head in ("gdlt", "gdlt-dae"):
         return StackedGDLT(seeds, in_dim, options, "likert" if head == "gdlt" else "dae", dae_hidden)
+    if head in ("cofinal", "cofinal-dae"):
+        from dae.heads.cofinal import StackedCoFInAl
+
+        return StackedCoFInAl(seeds, in_dim, options, "cofinal" if head == "cofinal" else "dae", dae_hidden)
     raise ValueError(f"unknown sequence head {head!r} (choose from {', '.join(SEQUENCE_HEADS)})")
 
 

@@ -5,9 +5,11 @@ from dataclasses import dataclass
 
 from dae.errors import UsageError
 
-SEQUENCE_HEADS = ("attn-dae", "gdlt", "gdlt-dae")
+SEQUENCE_HEADS = ("attn-dae", "gdlt", "gdlt-dae", "cofinal", "cofinal-dae")
 POOLING = {"ridge": "mean", "dae": "mean", "mlp": "mean", "attn-dae": "attention",
-           "gdlt": "transformer + grade queries, Likert score", "gdlt-dae": "transformer + grade queries, DAE head"}
+           "gdlt": "transformer + grade queries, Likert score", "gdlt-dae": "transformer + grade queries, DAE head",
+           "cofinal": "transformer + grade queries, coarse grades + ETF fine grade",
+           "cofinal-dae": "transformer + grade queries, CoFInAl losses + DAE head"}
 
 
 @dataclass(frozen=True)
