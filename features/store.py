@@ -3,7 +3,9 @@
 Schema 2 adds per-video clip *sequences* of varying length, stored flat: `/sequences` (sum of T, D), float32 or
 float16, and `/sequence_offsets` (N + 1,) int64, video i's clips being rows offsets[i]:offsets[i + 1]. `/features`
 stays the per-video mean of its clips (computed before any float16 rounding), so pooled heads read a schema-2 file
-as they read a schema-1 one. A file without sequences is written as schema 1.
+as they read a schema-1 one. A file without sequences is written as schema 1. The `sequences_sha256` attribute
+(their dtype, offsets and values as stored) is written with them, so that `content_sha256`, a file's features
+identity (a leaderboard's `features_sha256`), tells a float16 copy from a float32 one without reading the clips.
 """
 from __future__ import annotations
 
@@ -224,9 +226,11 @@ def write_features(path, video_ids, features, *, clip_features=None, sequences: 
                 video = video_ids[int(np.searchsorted(sequences.offsets, too_big[0], side="right") - 1)]
                 raise DaeError(f"{path}: video {video!r} has clip values beyond float16's range "
                                f"({_FLOAT16_MAX:g}); store the sequences as float32")
-        merged.update(schema_version=2, sequence_dtype=sequence_dtype)
+        stored = Sequences(sequences.data.astype(sequence_dtype, copy=False), sequences.offsets)
+        merged.update(schema_version=2, sequence_dtype=sequence_dtype, sequences_sha256=sequences_sha256(stored))
     else:
         merged["schema_version"] = 1
+        merged.pop("sequences_sha256", None)
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
             f.create_dataset("video_id", data=np.array(video_ids, dtype=object), dtype=_STR)
@@ -235,7 +239,7 @@ def write_features(path, video_ids, features, *, clip_features=None, sequences: 
                 f.create_dataset("clip_features", data=np.asarray(clip_features, dtype=np.float32),
                                  dtype="float32")
             if sequences is not None:
-                f.create_dataset("sequences", data=sequences.data.astype(sequence_dtype, copy=False))
+                f.create_dataset("sequences", data=stored.data)
                 f.create_dataset("sequence_offsets", data=sequences.offsets)
             _write_attrs(f, merged)
 
@@ -285,12 +289,42 @@ def has_sequences(path) -> bool:
         return False
 
 
+def sequences_sha256(sequences: Sequences) -> str:
+    """Hash of clip sequences as stored: their dtype, offsets and values (float16 and float32 copies differ)."""
+    data = np.asarray(sequences.data)
+    h = hashlib.sha256(f"{data.dtype.name} {data.shape[1] if data.ndim == 2 else 0}\0".encode("ascii"))
+    h.update(np.ascontiguousarray(sequences.offsets, dtype="<i8").tobytes())
+    h.update(np.ascontiguousarray(data, dtype=data.dtype.newbyteorder("<")).tobytes())
+    return h.hexdigest()
+
+
+def _stored_sequences_sha256(fs: FeatureSet) -> str | None:
+    """The sequences' hash of the file `fs` was read from: recorded at write time, else computed from the data."""
+    if fs.attrs.get("sequences_sha256"):
+        return str(fs.attrs["sequences_sha256"])
+    if not fs.path:
+        return None
+    try:
+        with h5py.File(fs.path, "r") as f:
+            if "sequences" not in f or "sequence_offsets" not in f:
+                return None
+            return sequences_sha256(Sequences(f["sequences"][()], f["sequence_offsets"][()]))
+    except OSError as exc:
+        raise DaeError(f"{fs.path}: cannot read its clip sequences to hash them ({exc.__class__.__name__})") from None
+
+
 def content_sha256(fs: FeatureSet) -> str:
-    """Hash of ids and feature values (not of the file, whose timestamps differ between equal extractions)."""
+    """Hash of ids and feature values (not of the file, whose timestamps differ between equal extractions), and of
+    a schema-2 file's clip sequences with their dtype (`sequences_sha256`), however `fs` was read.
+
+    A file without sequences hashes exactly as before sequences existed (ids and /features only)."""
     h = hashlib.sha256()
     for vid in fs.video_ids:
         h.update(vid.encode("utf-8") + b"\0")
     h.update(np.ascontiguousarray(fs.features, dtype=np.float32).tobytes())
+    sequences = sequences_sha256(fs.sequences) if fs.sequences is not None else _stored_sequences_sha256(fs)
+    if sequences is not None:
+        h.update(b"\0sequences\0" + sequences.encode("ascii"))
     return h.hexdigest()
 
 

@@ -202,3 +202,37 @@ def test_a_schema_1_file_as_written_before_sequences_still_fits_and_predicts(tmp
     np.testing.assert_allclose(predicted.loc[["v31", "v35"], "mu"], fitted.loc[["v31", "v35"], "mu"], rtol=1e-6)
     with h5py.File(old) as f:  # read, never rewritten
         assert f.attrs["schema_version"] == 1 and "sequences" not in f
+
+
+def test_the_features_hash_covers_the_sequences_and_their_dtype_and_schema_1_hashes_as_before(tmp_path):
+    """Issue 22 W11: one .npy folder imported with --clip-dtype float16 and float32 hashed the same (ids and
+    /features only), so sequence-head rows on both pooled in one leaderboard line."""
+    import hashlib
+
+    from dae.features.store import content_sha256
+
+    _npy_dir(tmp_path / "npy", [3, 5, 2], dtype=np.float32)
+    hashes = {}
+    for name, dtype in (("half", "float16"), ("full", "float32"), ("full_again", "float32")):
+        res = _import("--npy-dir", tmp_path / "npy", "--keep-clips", "--clip-dtype", dtype, "--out",
+                      tmp_path / f"{name}.h5")
+        assert res.exit_code == 0, res.output
+        # the same file read with or without its sequences has one hash (a pooled fit reads none)
+        plain = content_sha256(read_features(tmp_path / f"{name}.h5"))
+        assert plain == content_sha256(read_features(tmp_path / f"{name}.h5", sequences=True))
+        hashes[name] = plain
+    assert hashes["half"] != hashes["full"] == hashes["full_again"]
+    half, full = read_features(tmp_path / "half.h5"), read_features(tmp_path / "full.h5")
+    np.testing.assert_array_equal(half.features, full.features)  # the pooled values alone cannot tell them apart
+
+    # a schema-2 file written before sequences_sha256 was recorded hashes its sequences from the data
+    with h5py.File(tmp_path / "half.h5", "a") as f:
+        del f.attrs["sequences_sha256"]
+    assert content_sha256(read_features(tmp_path / "half.h5")) == hashes["half"]
+
+    # schema 1 (pooled import): ids and /features only, exactly as leaderboards recorded it before
+    assert _import("--npy-dir", tmp_path / "npy", "--out", tmp_path / "pooled.h5").exit_code == 0
+    pooled = read_features(tmp_path / "pooled.h5")
+    expected = hashlib.sha256(b"".join(v.encode() + b"\0" for v in pooled.video_ids)
+                              + pooled.features.astype(np.float32).tobytes()).hexdigest()
+    assert content_sha256(pooled) == expected
