@@ -153,3 +153,18 @@ def format_core_bench(r: CoreBench) -> str:
     lines.append(f"  (wall times of one process, same run, {best}CoRe's voting: 10 voters per test video; CoRe's tree "
                  f"kernels were compiled or loaded from numba's cache before timing: {r.kernel_seconds:.1f} s)")
     return "\n".join(lines)
+
+
+def core_result_rows(r: CoreBench) -> list[tuple]:
+    """The figures of `format_core_bench` as (case, metric, value, unit) rows for `--results-csv`."""
+    case = f"{r.seeds}-seed fits, {r.epochs} epochs, batch {r.batch_size}, {r.n_train} x {r.dim} synthetic"
+    if r.repeats > 1:
+        case += f", best of {r.repeats}"
+    rows = [(case, "dae_seconds", r.dae_seconds, "s"), (case, "core_seconds", r.core_seconds, "s"),
+            (case, "core_over_dae", r.core_seconds / r.dae_seconds, "x")]
+    if r.dae_core_seconds is not None:
+        rows += [(case, "dae_core_seconds", r.dae_core_seconds, "s"),
+                 (case, "dae_core_over_dae", r.dae_core_seconds / r.dae_seconds, "x")]
+    if r.arithmetic is not None:
+        rows.append((case, "step_flop_ratio_core_over_dae", r.arithmetic.flop_ratio, "x"))
+    return rows

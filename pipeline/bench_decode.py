@@ -82,3 +82,12 @@ def format_rows(rows: list[dict]) -> str:
               for r in rows]
     return "\n".join(lines)
 
+
+
+def decode_result_rows(rows: list[dict]) -> list[tuple]:
+    """`bench_decode`'s rows as (case, metric, value, unit) rows for `dae bench decode --results-csv`."""
+    out = []
+    for r in rows:
+        out += [(r["case"], "frames_per_second", r["frames_per_second"], "frames/s"),
+                (r["case"], "ratio_to_pyav_raw_loop", r["ratio_to_baseline"], "x")]
+    return out

@@ -340,3 +340,32 @@ def format_section(name: str, s: dict) -> str:
             f"{s['seconds_device']:.1f} s on {s['device']}, {s['seconds_cpu']:.1f} s on cpu; test Spearman "
             f"{s['mean_test_spearman_device']:.4f} vs {s['mean_test_spearman_cpu']:.4f}, largest model difference "
             f"{s['max_abs_spearman_difference']:.2e}")
+
+
+def device_result_rows(result: dict) -> list[tuple]:
+    """device.json's figures as (case, metric, value, unit) rows for `dae bench device --results-csv` (a failed
+    section gives none)."""
+    rows = []
+    parity = result.get("parity") or {}
+    if "error" not in parity:
+        rows += [("parity vs DeepMind's model", key, parity.get(key), "")
+                 for key in ("fp32_max_abs_logits", "fp32_max_abs_features", "bf16_min_feature_cosine",
+                             "bf16_max_abs_logits")]
+    model = result.get("model") or {}
+    for r in model.get("rows", []) if "error" not in model else []:
+        case = f"model-only {r['precision']} batch {r['batch_clips']}"
+        rows += [(case, "clips_per_second", r["clips_per_second"], "clips/s"),
+                 (case, "fraction_of_same_dtype_matmul", r["fraction_of_same_dtype_matmul"], "")]
+    decode = result.get("decode") or {}
+    if "error" not in decode and decode:
+        case = f"{decode['videos']} videos, {decode['protocol']}, {decode['workers']} workers"
+        rows += [(case, key, decode[key], unit) for key, unit in
+                 (("decode_videos_per_second", "videos/s"), ("model_videos_per_second", "videos/s"),
+                  ("end_to_end_videos_per_second", "videos/s"), ("ratio", ""))]
+    ablate = result.get("ablate") or {}
+    if "error" not in ablate and ablate:
+        case = f"dae ablate losses, {ablate['models']} models, {ablate['train_videos']} x {ablate['dim']}"
+        rows += [(case, "seconds_device", ablate["seconds_device"], "s"), (case, "seconds_cpu", ablate["seconds_cpu"], "s"),
+                 (case, "max_abs_spearman_difference", ablate["max_abs_spearman_difference"], "")]
+    rows.append(("whole check", "seconds_total", result.get("seconds_total"), "s"))
+    return rows

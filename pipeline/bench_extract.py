@@ -111,6 +111,7 @@ def bench_extract(videos=None, *, count: int | None = None, frames: int = 150, p
     flops = clip_flops(model, proto)
     model = prepare_model(model, dev, precision)
     numbers = {"protocol": proto.name, "clips_per_video": proto.num_clips, "device": device_name(dev),
+               "device_type": dev.type,
                "precision": precision, "workers": workers, "batch_clips": batch_clips, "flops_per_clip": flops,
                "model_threads": torch.get_num_threads(), "load_average": _load_average()}
     ceiling_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
@@ -194,3 +195,19 @@ def format_bench(r: dict) -> str:
             else "model"
         lines.append(f"  end-to-end / min(decode, model)    {r['ratio']:9.2f}   (the {slower} side is the bound)")
     return "\n".join(lines)
+
+
+def extract_result_rows(r: dict) -> list[tuple]:
+    """The figures of `format_bench` as (case, metric, value, unit) rows for `dae bench extract --results-csv`."""
+    case = f"{r['protocol']}, batch {r['batch_clips']} clips, {r['workers']} workers, {r['precision']}"
+    rows = [(f"{case}, decode-only {name}", "decode_videos_per_second", vps, "videos/s")
+            for name, vps in r.get("decode_videos_per_second", {}).items()]
+    rows += [(case, "model_clips_per_second", r["model_clips_per_second"], "clips/s"),
+             (case, "model_gflops", r["model_tflops"] * 1e3, "GFLOP/s"),
+             (case, "model_fraction_of_matmul", r["model_fraction_of_ceiling"], ""),
+             (case, "matmul_ceiling_gflops", r["matmul_ceiling_tflops"] * 1e3, "GFLOP/s")]
+    if "end_to_end_videos_per_second" in r:
+        rows += [(f"{case}, end-to-end {r['end_to_end_decoder']}", "end_to_end_videos_per_second",
+                  r["end_to_end_videos_per_second"], "videos/s"),
+                 (f"{case}, end-to-end {r['end_to_end_decoder']}", "end_to_end_over_min_decode_model", r["ratio"], "")]
+    return rows

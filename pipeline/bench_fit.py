@@ -132,13 +132,12 @@ class BenchResult:
 def bench_fit(x=None, targets=None, train_rows=None, test_rows=None, seeds: int = 5, epochs: int = 100,
               batch_size: int | None = None, lr: float | None = None, reference_models: int = 2,
               reference_epochs: int = 2, repeats: int = 1, echo=print) -> BenchResult:
-    """Time the default loss study (all losses x seeds) on the given features (default: synthetic, MTL-AQA-sized)."""
-    from dae.pipeline.defaults import STUDY_BATCH_SIZE, STUDY_LR
-
+    """Time the default loss study (all losses x seeds) on the given features (default: synthetic, MTL-AQA-sized)
+    at `dae fit`'s settings unless told otherwise (a study cell trains as a fit)."""
     if x is None:
         x, targets, train_rows, test_rows = synthetic_study_data()
-    batch_size = batch_size or STUDY_BATCH_SIZE
-    lr = lr or STUDY_LR
+    batch_size = batch_size or TrainConfig().batch_size
+    lr = lr or TrainConfig().lr
     config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr)
     jobs = [Job(HeadSpec(seed=s, loss=loss), train_rows, {"test": test_rows}) for s in range(seeds) for loss in LOSSES]
     load = os.getloadavg() if hasattr(os, "getloadavg") else (np.nan,) * 3
@@ -207,9 +206,7 @@ def quality_check(x, targets, train_rows, test_rows, seeds: int = 5, config: Tra
     float noise); the DataLoader loop at the same settings (its own random stream: agrees in distribution);
     the reference code's DataLoader loop at batch 8 with `reference_lr`.
     """
-    from dae.pipeline.defaults import STUDY_BATCH_SIZE, STUDY_LR
-
-    config = config or TrainConfig(batch_size=STUDY_BATCH_SIZE, lr=STUDY_LR)
+    config = config or TrainConfig()
     jobs = [Job(HeadSpec(seed=s, loss="v1"), train_rows, {"test": test_rows}) for s in range(seeds)]
     y = np.asarray(targets)[test_rows]
 
@@ -254,3 +251,17 @@ def load_split(features, manifest, dataset: str = ""):
     lo, hi = score_range_of(df, FitPlan(score_range=score_range))
     unit = plan_units(df, need_val=False)[0]
     return x, (df["score"].to_numpy(float) - lo) / (hi - lo), unit.train, unit.test
+
+
+def result_rows(r: BenchResult) -> list[tuple]:
+    """The figures of `format_bench` as (case, metric, value, unit) rows for `dae bench fit --results-csv`."""
+    best = min(r.study_seconds)
+    ceiling = max(r.matmul_gflops.values())
+    case = f"loss study, {r.models} heads x {r.epochs} epochs, {r.n_train} x {r.dim}, batch {r.batch_size}"
+    return [(case, "study_seconds", best, "s"),
+            (case, "dataloader_b8_seconds", r.reference_seconds, "s (extrapolated)"),
+            (case, "speedup_vs_dataloader_b8", r.reference_seconds / best, "x"),
+            (case, "train_one_seconds", r.one_by_one_seconds, "s (extrapolated)"),
+            (case, "study_gflops", r.study_gflops, "GFLOP/s"),
+            (case, "matmul_ceiling_gflops", ceiling, "GFLOP/s"),
+            (case, "fraction_of_matmul", r.study_gflops / ceiling, "")]

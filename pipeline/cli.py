@@ -259,6 +259,18 @@ def _fit_default(name):
     return FIT_DEFAULTS[name]
 
 
+def _calibration_default(name):
+    from dae.pipeline.settings import CALIBRATION_STUDY_DEFAULTS
+
+    return CALIBRATION_STUDY_DEFAULTS[name]
+
+
+def _voters_default(name):
+    from dae.pipeline.settings import VOTERS_DEFAULTS
+
+    return VOTERS_DEFAULTS[name]
+
+
 def _pooling_default(name):
     from dae.pipeline.settings import POOLING_DEFAULTS
 
@@ -269,6 +281,26 @@ _CONFIG_HELP = ("Replay a run: every option as RUN/config.json recorded it (a ru
                 "given here override it. Where results go (--out, --leaderboard, --plots) is never replayed.")
 
 
+def _lr_help() -> str:
+    from dae.heads.config import TrainConfig
+    from dae.heads.registry import HEADS
+
+    own = "; ".join(f"{h.name} {h.lr:g}" for h in HEADS.values() if h.lr is not None)
+    return f"Learning rate [default: the head's own: {TrainConfig().lr:g}" + (f"; {own}" if own else "") + "]."
+
+
+_LR_HELP = _lr_help()
+
+
+def _head_help() -> str:
+    from dae.heads.registry import HEADS
+
+    return ("The score head (`dae heads` lists each with its capabilities and defaults): "
+            + "; ".join(f"{h.name}: {h.summary}" + (f" (needs {', '.join(h.needs)})" if h.needs else "")
+                        + (" (clip sequences, schema 2)" if h.inputs == "sequence" else "") for h in HEADS.values())
+            + ".")
+
+
 def train_options(f):
     """Training options of `dae fit` (studies have their own defaults: see _study_command)."""
     from dae.heads.config import TrainConfig
@@ -276,8 +308,7 @@ def train_options(f):
     d = _fit_default
     opts = [
         click.option("--epochs", type=click.IntRange(1), default=d("epochs"), show_default=True),
-        click.option("--lr", type=click.FloatRange(0, min_open=True), default=None,
-                     help=f"Adam learning rate [default: {TrainConfig().lr:g}; core and dae-core 1e-3, CoRe's rate]."),
+        click.option("--lr", type=click.FloatRange(0, min_open=True), default=None, help=_LR_HELP),
         click.option("--weight-decay", type=click.FloatRange(0), default=d("weight_decay"), show_default=True),
         click.option("--batch-size", type=click.IntRange(1), default=d("batch_size"), show_default=True),
         click.option("--seeds", "n_seeds", type=click.IntRange(1), default=None,
@@ -359,16 +390,8 @@ def input_options(f):
 @input_options
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Run folder to create (never overwritten). Default: runs/<dataset>-<head>-<time>.")
-@click.option("--head", type=LibraryChoice("dae.pipeline.defaults:HEADS"), default=_fit_default("head"), show_default=True,
-              help="dae: the Distribution Auto-Encoder; mlp: same trunk, plain regression on mu; ridge: "
-              "closed-form ridge, penalty by cross-validation on train; usdl: softmax over score bins, Gaussian "
-              "label smoothing, KL loss; musdl: one usdl path per judge combined by the scoring rule (needs "
-              "judge_1..judge_K); dae-mt: DAE on the execution part times the difficulty (needs difficulty); "
-              "dae-judges: one DAE Gaussian per judge combined by the scoring rule; core: CoRe's group-aware "
-              "regression tree on pairs (exemplar, query), test score voted by exemplars; dae-core (ours): a DAE "
-              "head on CoRe's pair feature, the voters' Gaussian mixture. Sequence heads (need clip sequences, schema 2): "
-              "attn-dae: attention pooling over clips into the DAE; gdlt: GDLT (CVPR 2022) as its code does it; "
-              "gdlt-dae: GDLT's decoder with the DAE head in place of its Likert scorer.")
+@click.option("--head", type=LibraryChoice("dae.heads.registry:NAMES"), default=_fit_default("head"), show_default=True,
+              help=_head_help())
 @click.option("--voters", type=click.IntRange(1), default=_fit_default("voters"), show_default=True,
               help="core/dae-core: training exemplars that vote for each test video (CoRe's voter_number).")
 @click.option("--with-dd/--without-dd", "with_dd", default=None,
@@ -614,6 +637,28 @@ def predict_cmd(ctx, run_dir, videos, ids, out, features, weights, group, device
 ablate_group = _nested("ablate", "Studies: grids of heads trained together on cached features, in seconds.")
 bench_group = _nested("bench", "Benchmarks: speed ratios against a baseline measured in the same process.")
 
+
+def results_csv_option(f):
+    """--results-csv: append the figures as data (dae.pipeline.bench_results), one row per measurement."""
+    return click.option("--results-csv", type=click.Path(), default=None,
+                        help="Append one row per measurement (machine, CPU, torch, date, command, figures) to this "
+                        "CSV; a folder (e.g. results/) gets a file named by the bench, machine and software, "
+                        "e.g. bench-fit-amd-epyc-2core-cpu-torch2.13.csv.")(f)
+
+
+def _record_results(ctx, results_csv, bench: str, rows, settings: str = "", device: str = "cpu") -> None:
+    """Write `rows` to --results-csv (when given) with the command line as the user typed it (options given)."""
+    if not results_csv:
+        return
+    from dae.pipeline.bench_results import append_results
+
+    flags = {p.name: p.opts[0] for p in ctx.command.params if p.opts}
+    given = [(flags[name], value) for name, value in ctx.params.items()
+             if name in _explicit(ctx) and name != "results_csv" and value not in (None, False)]
+    command = " ".join(["dae", *ctx.command_path.split()[1:], *(flag if value is True else f"{flag} {value}" for flag, value in given)])
+    written = append_results(results_csv, bench, command, rows, settings=settings, device=device)
+    click.echo(f"results: {len(rows)} figures appended to {written}")
+
 _STUDY_HELP = {
     "losses": "Training losses: sup, rec, combined, v1 (rec every epoch, combined every 10th), nll, rec+sup.",
     "distributions": "Score distributions: Gaussian, Laplace, logistic, Student-t (nu 5, or learned), under v1 and nll.",
@@ -638,8 +683,7 @@ def _study_command(study):
                   help=f"Train seeds 0..N-1 for every configuration [default: {STUDY_SEEDS}].")
     @click.option("--seed", type=int, default=None, help="Train this one seed.")
     @click.option("--epochs", type=click.IntRange(1), default=d["epochs"], show_default=True)
-    @click.option("--lr", type=click.FloatRange(0, min_open=True), default=d["lr"], show_default=True,
-                  help="Adam learning rate (studies: fit's 1e-4 at batch 32 scaled to the larger batch).")
+    @click.option("--lr", type=click.FloatRange(0, min_open=True), default=d["lr"], help=_LR_HELP)
     @click.option("--batch-size", type=click.IntRange(1), default=d["batch_size"], show_default=True)
     @click.option("--weight-decay", type=click.FloatRange(0), default=d["weight_decay"], show_default=True)
     @click.option("--selection", type=LibraryChoice("dae.heads.config:SELECTIONS"), default=d["selection"],
@@ -660,7 +704,7 @@ def _study_command(study):
                   help="Torch threads per task [default: cores / jobs locally, the cluster's own setting].")
     @click.option("--device", default=d["device"], show_default=True,
                   help="cpu, cuda or cuda:I; auto: the GPU when torch sees one.")
-    @click.option("--head", type=LibraryChoice("dae.pipeline.defaults:STUDY_HEADS"), default=d["head"], show_default=True,
+    @click.option("--head", type=LibraryChoice("dae.heads.registry:STUDY_HEADS"), default=d["head"], show_default=True,
                   help="dae-core: the grid on our DAE-CoRe (a DAE head on CoRe's pair feature; Gaussian only).")
     @click.option("--config", "config_path", type=click.Path(), default=None, help=_CONFIG_HELP)
     @calibrate_option
@@ -694,61 +738,58 @@ for _study in _STUDY_HELP:
 @click.option("--heads", default=None, help="Comma-separated heads [default: dae,mlp,ridge,usdl,dae-mt; dae-mt "
               "only where the manifest has difficulty].")
 @click.option("--losses", default=None, help="Comma-separated losses of the dae head [default: all six].")
-@click.option("--calibration-folds", type=click.IntRange(2), default=5, show_default=True,
-              help="K fold models per model, whose out-of-fold residuals fit every calibrator.")
-@click.option("--epochs", type=click.IntRange(1), default=100, show_default=True)
-@click.option("--lr", type=click.FloatRange(0, min_open=True), default=None, help="[default: the studies' lr]")
-@click.option("--batch-size", type=click.IntRange(1), default=None, help="[default: the studies' batch size]")
+@click.option("--calibration-folds", type=click.IntRange(2), default=_calibration_default("calibration_folds"),
+              show_default=True, help="K fold models per model, whose out-of-fold residuals fit every calibrator.")
+@click.option("--epochs", type=click.IntRange(1), default=_calibration_default("epochs"), show_default=True)
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=None, help=_LR_HELP)
+@click.option("--batch-size", type=click.IntRange(1), default=_calibration_default("batch_size"), show_default=True)
 @click.option("--dataset", default=None, help="Dataset card name (score range); default: the manifest's own.")
-@click.option("--device", default="auto", show_default=True, help="cpu, cuda or cuda:I; auto: the GPU when seen.")
-def ablate_calibration_cmd(features, manifest, leaderboard, out, plots, n_seeds, seed, heads, losses,
-                           calibration_folds, epochs, lr, batch_size, dataset, device):
+@click.option("--device", default=_calibration_default("device"), show_default=True,
+              help="cpu, cuda or cuda:I; auto: the GPU when seen.")
+@click.option("--config", "config_path", type=click.Path(), default=None, help=_CONFIG_HELP)
+@click.pass_context
+def ablate_calibration_cmd(ctx, config_path, **options):
     """Calibrators: none, scale, conformal (CV+) for every head (dae per loss, mlp, ridge, usdl, dae-mt).
 
     Prints coverage at 50/80/90/95 against nominal, width, NLL, CRPS, PIT distance and uncertainty ranking per
     head and calibrator, and answers: at equal coverage, are the DAE's adaptive intervals narrower than
     constant-width conformal intervals around the same mu? Writes one leaderboard row per model x calibrator.
     """
-    from dae.pipeline.calibration_study import run_calibration_study_files
-    from dae.pipeline.defaults import STUDY_SEEDS
-    from dae.pipeline.settings import card_score_range, csv_list, seed_list, study_config
+    from dae.pipeline.settings import calibration_from_options, replay_options
 
-    config = study_config({"epochs": epochs, "lr": lr, "batch_size": batch_size, "device": device})
-    run_calibration_study_files(features, manifest, seed_list(n_seeds, seed, STUDY_SEEDS), config,
-                                dataset=dataset or "", score_range=card_score_range(dataset, manifest),
-                                losses=csv_list(losses), heads=csv_list(heads), folds=calibration_folds, out=out,
-                                leaderboard=leaderboard, plots=plots, echo=click.echo)
+    calibration_from_options(replay_options(options, _explicit(ctx), config_path, "calibration"), echo=click.echo)
 
 
 @ablate_group.command("voters")
 @input_options
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Study folder to create (never overwritten). Default: runs/<dataset>-ablate-voters-<time>.")
-@click.option("--head", type=LibraryChoice("dae.pipeline.defaults:EXEMPLAR_HEADS"), default="core",
-              show_default=True,
-              help="The exemplar head to study.")
-@click.option("--voters", "voter_counts", default="1,3,5,10,20", show_default=True,
+@click.option("--head", type=LibraryChoice("dae.heads.registry:EXEMPLAR_HEADS"), default=_voters_default("head"),
+              show_default=True, help="The exemplar head to study.")
+@click.option("--voters", "voter_counts", default=_voters_default("voter_counts"), show_default=True,
               help="Comma-separated voter counts; the same trained models vote with each.")
 @click.option("--rules", default=None,
               help="Comma-separated exemplar rules (any, same-difficulty) [default: both when the manifest has a "
               "difficulty column, else any].")
 @click.option("--seeds", "n_seeds", type=click.IntRange(1), default=None, help="Train seeds 0..N-1 [default: 5].")
 @click.option("--seed", type=int, default=None, help="Train this one seed.")
-@click.option("--epochs", type=click.IntRange(1), default=100, show_default=True)
-@click.option("--lr", type=click.FloatRange(0, min_open=True), default=1e-3, show_default=True,
-              help="Adam learning rate (CoRe's).")
-@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
-@click.option("--selection", type=LibraryChoice("dae.heads.config:SELECTIONS"), default="last", show_default=True)
+@click.option("--epochs", type=click.IntRange(1), default=_voters_default("epochs"), show_default=True)
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=None, help=_LR_HELP)
+@click.option("--batch-size", type=click.IntRange(1), default=_voters_default("batch_size"), show_default=True)
+@click.option("--selection", type=LibraryChoice("dae.heads.config:SELECTIONS"), default=_voters_default("selection"),
+              show_default=True)
 @click.option("--dataset", default=None, help="Dataset card name (score range, theta with DD).")
-def ablate_voters_cmd(**options):
+@click.option("--config", "config_path", type=click.Path(), default=None, help=_CONFIG_HELP)
+@click.pass_context
+def ablate_voters_cmd(ctx, config_path, **options):
     """Exemplar heads: how many training exemplars vote for a test video, and which exemplar rule.
 
     Each rule trains its seeds once; the same models then vote with every count. One leaderboard row per
     model x count. Example:  dae ablate voters --features F.h5 --manifest M.csv --voters 1,3,5,10,20
     """
-    from dae.pipeline.settings import voters_from_options
+    from dae.pipeline.settings import replay_options, voters_from_options
 
-    voters_from_options(options, echo=click.echo)
+    voters_from_options(replay_options(options, _explicit(ctx), config_path, "voters"), echo=click.echo)
 
 
 @ablate_group.command("pooling")
@@ -815,8 +856,10 @@ def ablate_pooling_cmd(ctx, config_path, **options):
 @click.option("--head", type=click.Choice(["dae", "core"]), default="dae", show_default=True,
               help="core: instead, a --seeds core fit (and dae-core) against a --seeds dae fit at fit's settings "
               "(batch 32 unless --batch-size) on the synthetic features, wall-time ratio in one process.")
-def bench_fit_cmd(features, manifest, dataset, seeds, epochs, batch_size, lr, reference_models, reference_epochs,
-                  repeats, quality, reference_lr, head):
+@results_csv_option
+@click.pass_context
+def bench_fit_cmd(ctx, features, manifest, dataset, seeds, epochs, batch_size, lr, reference_models, reference_epochs,
+                  repeats, quality, reference_lr, head, results_csv):
     """Time the default loss study against the same models trained one by one; FLOP/s against an fp32 bmm.
 
     Example:  dae bench fit                      (synthetic, MTL-AQA-sized: 1059 train / 353 test, 1024-d)
@@ -826,10 +869,11 @@ def bench_fit_cmd(features, manifest, dataset, seeds, epochs, batch_size, lr, re
     from dae.pipeline.settings import study_config
 
     if head == "core":
-        from dae.pipeline.bench_core import bench_core, format_core_bench
+        from dae.pipeline.bench_core import bench_core, core_result_rows, format_core_bench
 
-        click.echo(format_core_bench(bench_core(seeds=seeds, epochs=epochs, batch_size=batch_size or 32,
-                                                echo=click.echo, repeats=repeats)))
+        core = bench_core(seeds=seeds, epochs=epochs, batch_size=batch_size or 32, echo=click.echo, repeats=repeats)
+        click.echo(format_core_bench(core))
+        _record_results(ctx, results_csv, "fit-core", core_result_rows(core), settings="synthetic MTL-AQA-sized")
         return
     if bool(features) != bool(manifest):
         raise click.UsageError("give --features and --manifest together")
@@ -841,6 +885,10 @@ def bench_fit_cmd(features, manifest, dataset, seeds, epochs, batch_size, lr, re
                        reference_models=reference_models, reference_epochs=reference_epochs, repeats=repeats,
                        echo=click.echo)
     click.echo(format_bench(result))
+    from dae.pipeline.bench_fit import result_rows
+
+    _record_results(ctx, results_csv, "fit", result_rows(result),
+                    settings=f"lr {config.lr:g}; " + (f"features {features}" if features else "synthetic MTL-AQA-sized"))
     if quality:
         click.echo("quality (test Spearman, v1 loss):")
         quality_check(*data, seeds=seeds, config=config, reference_lr=reference_lr, echo=click.echo)
@@ -866,18 +914,22 @@ def bench_fit_cmd(features, manifest, dataset, seeds, epochs, batch_size, lr, re
               help="Time only the model (random clips) against the same-run matmul ceiling; no videos.")
 @click.option("--model-batches", type=click.IntRange(1), default=None,
               help="Batches timed for model-only [default: 4 with --model-only, else one video set's worth].")
-def bench_extract_cmd(videos, count, frames, protocol, device, precision, batch_clips, workers, weights, decoder,
-                      model_only, model_batches):
+@results_csv_option
+@click.pass_context
+def bench_extract_cmd(ctx, videos, count, frames, protocol, device, precision, batch_clips, workers, weights, decoder,
+                      model_only, model_batches, results_csv):
     """Stage one: decode-only videos/s, model-only clips/s (as a fraction of a same-run matmul), end-to-end videos/s
     and their ratio, in one run.
 
     Example:  dae bench extract --device cpu --model-only --batch-clips 8
     """
-    from dae.pipeline.bench_extract import bench_extract
+    from dae.pipeline.bench_extract import bench_extract, extract_result_rows
 
-    bench_extract(videos, count=count, frames=frames, protocol=protocol, device=device, precision=precision,
+    numbers = bench_extract(videos, count=count, frames=frames, protocol=protocol, device=device, precision=precision,
                   batch_clips=batch_clips, workers=workers, weights=weights, decoder=decoder,
                   model_batches=model_batches, model_only=model_only, echo=click.echo)
+    _record_results(ctx, results_csv, "extract", extract_result_rows(numbers), device=numbers["device_type"],
+                    settings=f"{numbers['videos']} videos" if numbers["videos"] else "model only")
 
 
 @bench_group.command("device")
@@ -892,17 +944,20 @@ def bench_extract_cmd(videos, count, frames, protocol, device, precision, batch_
 @click.option("--count", type=click.IntRange(1), default=None, help="Videos to decode [default: 64 with CUDA, 3 on CPU].")
 @click.option("--reference", type=click.Path(dir_okay=False), default=None,
               help="I3D parity fixture [default: the repository's tests/fixtures/i3d_reference.npz].")
-def bench_device_cmd(out, device, weights, videos, count, reference):
+@results_csv_option
+@click.pass_context
+def bench_device_cmd(ctx, out, device, weights, videos, count, reference, results_csv):
     """One check of an accelerator, as one JSON: I3D parity (fp32, bf16), model clips/s and FLOP/s against a
     same-run matmul, decode-only and end-to-end videos/s, and `dae ablate losses` on it against the CPU.
 
     Without CUDA everything runs on the CPU, smaller, with the same JSON keys. Example (README: Checking a GPU
     machine):  dae bench device --out check/
     """
-    from dae.pipeline.bench_device import bench_device
+    from dae.pipeline.bench_device import bench_device, device_result_rows
 
-    bench_device(out, device=device, weights=weights, videos=videos, count=count, reference=reference,
-                 echo=click.echo)
+    result = bench_device(out, device=device, weights=weights, videos=videos, count=count, reference=reference,
+                          echo=click.echo)
+    _record_results(ctx, results_csv, "device", device_result_rows(result), device=result["machine"]["device_type"])
 
 
 @bench_group.command("decode")
@@ -913,11 +968,16 @@ def bench_device_cmd(out, device, weights, videos, count, reference):
               help="Timed rounds (the median is reported).")
 @click.option("--protocol", default="uniform:10x16", show_default=True,
               help="Clip protocol of the 'protocol frames' rows.")
-def bench_decode_cmd(video, threads, repeats, protocol):
+@results_csv_option
+@click.pass_context
+def bench_decode_cmd(ctx, video, threads, repeats, protocol, results_csv):
     """Decode-only frames/s of each backend on one video, as ratios to a raw PyAV loop in the same run."""
-    from dae.pipeline.bench_decode import bench_decode, format_rows
+    from dae.pipeline.bench_decode import bench_decode, decode_result_rows, format_rows
 
-    click.echo(format_rows(bench_decode(video, threads=threads, repeats=repeats, protocol_name=protocol)))
+    rows = bench_decode(video, threads=threads, repeats=repeats, protocol_name=protocol)
+    click.echo(format_rows(rows))
+    _record_results(ctx, results_csv, "decode", decode_result_rows(rows),
+                    settings=f"{video or 'synthetic 640x360 H.264, 300 frames'}, {threads} decoder threads")
 
 
 def main(argv=None):
