@@ -1,5 +1,6 @@
-"""The stacked trainer's epoch loop: per-stream data order, one optimizer step per batch for all models, training
-curves, divergence checks and best-epoch model selection.
+"""The stacked trainer's epoch loop: per-stream data order, the epoch's learning rate, one optimizer step per batch
+(or per `accumulate` batches, gradients summed) for all models, training curves, divergence checks and best-epoch
+model selection.
 
 The trained parameters are stacked with the model as leading dimension (K, ...), model-major when a model
 holds several rows (paths). Selection keeps, per model, the parameters of the epoch with the best Spearman
@@ -16,6 +17,7 @@ import torch
 
 from dae.errors import UsageError
 from dae.heads.losses import loss_weights
+from dae.heads.optim import set_epoch_lr
 
 SELECTION_SETS = {"best-val": "val", "best-test": "test"}
 
@@ -89,9 +91,10 @@ def shuffled_batches(train: torch.Tensor, generators, batch_size: int):
         yield rows[:, lo:lo + batch_size]
 
 
-def run_epochs(jobs, epochs: int, batch_size: int, train: torch.Tensor, generators, model, optimizer,
-               tracker: EpochTracker, step_loss, score, eval_names, device="cpu", report=None) -> dict:
-    """Train all models for `epochs`: `train` (G, n) rows shuffled per generator, cut into batches;
+def run_epochs(jobs, config, train: torch.Tensor, generators, model, optimizer, tracker: EpochTracker, step_loss,
+               score, eval_names, device="cpu", report=None) -> dict:
+    """Train all models for config.epochs: `train` (G, n) rows shuffled per generator, cut into batches of
+    config.batch_size; each epoch's lr from config's schedule (`dae.heads.optim.set_epoch_lr`);
     step_loss(rows (G, b), weights (K, 3)) -> per-model loss (K,) with gradients; score(name) -> each model's
     Spearman on evaluation set `name` (called when curves or the selection rule need it);
     report(epoch, mean training loss of the finite models) after each epoch.
@@ -99,16 +102,20 @@ def run_epochs(jobs, epochs: int, batch_size: int, train: torch.Tensor, generato
     Returns {model: why it diverged} for the models whose training loss became non-finite (they train on, but
     nothing of theirs reaches the others: every model has its own parameters and loss term)."""
     diverged = {}
-    for epoch in range(epochs):
+    n_batches = -(-train.shape[1] // config.batch_size)
+    for epoch in range(config.epochs):
+        set_epoch_lr(optimizer, config, epoch)
         weights = torch.tensor([loss_weights(j.spec.loss, epoch, j.spec.alpha, j.spec.beta) for j in jobs],
                                device=device)
         epoch_loss = torch.zeros(len(jobs), device=device)
         model.train()
-        for rows in shuffled_batches(train, generators, batch_size):
+        for i, rows in enumerate(shuffled_batches(train, generators, config.batch_size)):
             per_model = step_loss(rows, weights)
-            optimizer.zero_grad()
+            if i % config.accumulate == 0:
+                optimizer.zero_grad()
             per_model.sum().backward()
-            optimizer.step()
+            if (i + 1) % config.accumulate == 0 or i == n_batches - 1:
+                optimizer.step()
             epoch_loss += per_model.detach() * rows.shape[1]
         epoch_loss = (epoch_loss / train.shape[1]).cpu()
         tracker.train_loss(epoch_loss)

@@ -1,13 +1,14 @@
 """The one stacked trainer: M models of any head (seeds x configurations x folds x groups) trained at once.
 
 The trainer owns what every head shares: buckets of jobs that can stack, per-stream data order and random draws,
-the device, Adam, the epoch loop, best-epoch selection, curves, progress and divergence checks. A head (the
-objective) owns what its models are. Its interface, used by `train(head, jobs, config)`:
+the device, the optimizer and lr schedule (`dae.heads.optim`), the epoch loop, best-epoch selection, curves,
+progress and divergence checks. A head (the objective) owns what its models are. Its interface, used by `train(head, jobs, config)`:
 
   head.targets                     (N,) normalised final scores: what selection and curves rank against
   head.key(job) -> hashable        jobs with equal keys and equal train-set sizes share one stacked module
   head.build(stack) -> nn.Module   the stacked module for stack.jobs (M models, model k drawn from its job's seed)
-  head.param_groups(module, config) -> [{"params": [...], optional "lr", "weight_decay"}]   Adam's groups
+  head.param_groups(module, config) -> [{"params": [...], optional "lr", "weight_decay"}]   the optimizer's groups
+                                   (config.optimizer over them; the schedule scales each group's own lr)
   head.inputs(module, batch)       a batch's inputs from batch.rows, batch.generators, batch.training
   head.loss(module, inputs, batch, weights) -> (M,)   per-model loss; weights (M, 3) are the epoch's
                                    (rec, sup, nll) weights of each job's spec.loss (a head with a loss of its
@@ -41,11 +42,11 @@ import torch
 
 from dae.devices import resolve_device
 from dae.errors import UsageError
-from dae.heads.adam import Adam
 from dae.heads.config import LOSSES, REPARAMS, TrainConfig
 from dae.heads.distributions import get_distribution
 from dae.heads.epochs import EpochTracker, run_epochs
 from dae.heads.metrics import spearman
+from dae.heads.optim import make_optimizer, set_epoch_lr
 from dae.memory import keep_freed_memory
 
 __all__ = ["Batch", "HeadResult", "HeadSpec", "Job", "Stack", "TrainConfig", "make_optimizer", "train",
@@ -126,10 +127,6 @@ class Batch:
     def model_rows(self) -> torch.Tensor:
         """(M, b): each model's rows."""
         return self.rows.repeat_interleave(self.group_size, 0) if self.group_size > 1 else self.rows
-
-
-def make_optimizer(groups, config: TrainConfig) -> Adam:
-    return Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
 
 
 def check_jobs(jobs) -> None:
@@ -234,8 +231,8 @@ def _train_bucket(head, all_jobs, members, config, report):
         return np.array([spearman(targets[r[:n].numpy()], p["pred"])
                          for r, n, p in zip(batch.rows, batch.lengths, out)])
 
-    diverged = run_epochs(jobs, config.epochs, config.batch_size, train_rows, generators, module, optimizer, tracker,
-                          step_loss, score, eval_names, dev, report)
+    diverged = run_epochs(jobs, config, train_rows, generators, module, optimizer, tracker, step_loss, score,
+                          eval_names, dev, report)
 
     predictions = [dict() for _ in jobs]
     own = []
@@ -295,7 +292,7 @@ def predict_one(head, x: torch.Tensor, job: Job) -> dict:
 
 
 def train_one(features, targets, job: Job, config: TrainConfig = TrainConfig()) -> HeadResult:
-    """The plain one-model loop (a `DAEHead`, its own Adam) with the same seed protocol as `train`.
+    """The plain one-model loop (a `DAEHead`, its own optimizer and schedule) with the same seed protocol as `train`.
 
     It exists to prove the stacked trainer equivalent and to measure it against; `last` selection only.
     """
@@ -323,9 +320,11 @@ def train_one(features, targets, job: Job, config: TrainConfig = TrainConfig()) 
     optimizer = make_optimizer(groups, config)
     step_dist = dist
     for epoch in range(config.epochs):
+        set_epoch_lr(optimizer, config, epoch)
         weights = torch.tensor(loss_weights(spec.loss, epoch, spec.alpha, spec.beta))
         rows_epoch = train_rows[torch.randperm(len(train_rows), generator=gen)]
-        for lo in range(0, len(train_rows), config.batch_size):
+        starts = range(0, len(train_rows), config.batch_size)
+        for i, lo in enumerate(starts):
             rows = rows_epoch[lo:lo + config.batch_size]
             base = dist.base_noise(len(rows), gen)
             if shape_raw:
@@ -334,9 +333,11 @@ def train_one(features, targets, job: Job, config: TrainConfig = TrainConfig()) 
             mu, log_var = head(xs[rows])
             scale = scale_from_log_variance(log_var, spec.reparam)
             loss = (loss_terms(g[rows], mu, mu + eps * scale, scale, step_dist) * weights).sum()
-            optimizer.zero_grad()
+            if i % config.accumulate == 0:
+                optimizer.zero_grad()
             loss.backward()
-            optimizer.step()
+            if (i + 1) % config.accumulate == 0 or i == len(starts) - 1:
+                optimizer.step()
     return HeadResult(job=job, predictions=predict_one(head, xs, job), selected_epoch=config.epochs - 1,
                       distribution=dist.bind(float(shape_raw[0].detach())) if shape_raw else dist,
                       state_dict=head.state_dict(), input_mean=mean.numpy(), input_std=std.numpy(),

@@ -51,6 +51,36 @@ def test_batched_heads_match_training_each_alone():
     assert np.ptp(mus[:, 0]) > 1e-3
 
 
+@pytest.mark.parametrize("optimizer", [
+    dict(optimizer="sgd", momentum=0.9, weight_decay=1e-4, schedule="cosine", eta_min=0.01, lr=3e-2),
+    dict(optimizer="sgd", momentum=0.9, nesterov=True, schedule="cosine", warmup_epochs=3, accumulate=2, lr=3e-2),
+    dict(optimizer="adamw", weight_decay=1e-2, schedule="cosine", eta_min=0.1),
+])
+def test_batched_heads_match_alone_with_each_optimizer_and_schedule(optimizer):
+    """SGD (momentum, nesterov, weight decay), AdamW, cosine to a floor, warmup and accumulation: the stacked
+    models still end where each would have ended alone, and the schedule is applied (not a constant lr)."""
+    x, targets = _data(seed=2)
+    folds = [(np.arange(0, 100), np.arange(100, 150)), (np.arange(50, 150), np.arange(0, 50))]
+    jobs = [Job(HeadSpec(seed=seed, loss=loss), train, {"test": test})
+            for train, test in folds for seed in (0, 1) for loss in ("v1", "sup")]
+    config = TrainConfig(epochs=10, **{**SMALL, **optimizer})
+    batched = _assert_same_as_alone(x, targets, jobs, config)
+    constant = train_one(x, targets, jobs[0], TrainConfig(epochs=10, **{**SMALL, **optimizer, "schedule": "constant",
+                                                                       "eta_min": 0.0, "warmup_epochs": 0}))
+    assert np.max(np.abs(constant.predictions["test"]["mu"] - batched[0].predictions["test"]["mu"])) > 1e-4
+
+
+def test_a_failure_inside_an_optimizer_step_is_an_error():
+    """No silent fallback (issue 22): a gradient the optimizer cannot apply stops training with torch's error."""
+    from dae.heads.optim import make_optimizer
+
+    p = torch.nn.Parameter(torch.zeros(3))
+    opt = make_optimizer([{"params": [p]}], TrainConfig(lr=0.1))
+    p.grad = torch.ones(3).to_sparse()  # a head that produced a gradient Adam cannot take
+    with pytest.raises(RuntimeError, match="sparse"):
+        opt.step()
+
+
 @pytest.mark.parametrize("distribution", ["laplace", "logistic", "student-t:3", "student-t:learned"])
 def test_batched_heads_match_alone_for_each_distribution(distribution):
     x, targets = _data(seed=1)
@@ -144,11 +174,9 @@ def test_features_are_not_modified_and_results_keep_job_order():
 
 @pytest.mark.slow
 def test_batched_matches_alone_on_real_unlv_dive(unlv_dive):
-    """Real UNLV-Dive features (300 train / 70 test, 2048-d), the studies' settings: same predictions, same Spearman."""
+    """Real UNLV-Dive features (300 train / 70 test, 2048-d), full-batch steps: same predictions, same Spearman."""
     from dae.features.manifest import read_manifest
     from dae.features.store import align, read_features
-    from dae.pipeline.defaults import STUDY_BATCH_SIZE, STUDY_LR
-
     features, manifest = unlv_dive
     df = read_manifest(manifest)
     x = align(read_features(features), list(df["video_id"]))
@@ -156,7 +184,7 @@ def test_batched_matches_alone_on_real_unlv_dive(unlv_dive):
     targets = (scores - 21.6) / (102.6 - 21.6)
     train, test = np.flatnonzero(df["split"] == "train"), np.flatnonzero(df["split"] == "test")
     torch.set_num_threads(2)
-    config = TrainConfig(epochs=30, batch_size=STUDY_BATCH_SIZE, lr=STUDY_LR)
+    config = TrainConfig(epochs=30, batch_size=1024, lr=2e-4)
     jobs = [Job(HeadSpec(seed=s, loss=loss), train, {"test": test}) for s in (0, 1) for loss in ("v1", "nll")]
     batched = train_heads(x, targets, jobs, config)
     rhos = []
