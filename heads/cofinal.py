@@ -26,9 +26,9 @@ Deliberate differences from the authors' code (every one):
 1. Batch independence. The original calls `regi[0]` (batch_first=False) on q of shape (b, 4, hidden), so for
    each query slot every video of a batch attends to every other video, and `get_score` takes one argmax over
    the flattened (b, 100) logits of the whole batch. Here every video is scored as the original scores a batch
-   of one, in training and evaluation: `regi` is its value path per slot (W_q and W_k are kept, as in the
-   original at batch 1 they receive zero gradient and change by weight decay only), and the argmax is each
-   video's own. `etf_attention = "across-batch"` restores the original's mixing (the attention over a model's
+   of one, in training and evaluation: in `regi` each video's query slot attends to itself only (a softmax over
+   one key: the value path; W_q and W_k get zero gradient and change by weight decay only, as in the original
+   at batch 1), and the argmax is each video's own. `etf_attention = "across-batch"` restores the original's mixing (the attention over a model's
    videos of a batch) for parity with its batched fixtures only; no command uses it.
 2. The ETF regressor is Linear(Q x hidden, hidden) -> Linear(hidden, 100); the original hard-codes
    Linear(4 hidden, 256) -> Linear(hidden, 100), which only chains at hidden 256 (its Fis-V command's hidden 448
@@ -135,17 +135,19 @@ class StackedCoFInAl(StackedGDLT):
         return layer
 
     def _regi(self, q):
-        """The original's regi[0](q, q, q): per video (its batch-1 value path) or across a model's batch."""
+        """The original's regi[0](q, q, q), an attention per query slot: per video, each video's slot attends to
+        itself only (the original at batch 1: softmax over one key is 1, so its W_q, W_k get zero gradient and
+        attention-weight dropout drops a head's whole value slice); across-batch, to the same slot of every video of
+        the model's batch (the original at batch > 1)."""
         m, b, n, h = q.shape
         heads, width = ETF_ATTENTION_HEADS, h // ETF_ATTENTION_HEADS
-        v = self.regi_v(q).view(m, b, n, heads, width)
+        qq, kk, v = (proj(q).view(m, b, n, heads, width) for proj in (self.regi_q, self.regi_k, self.regi_v))
         if self.etf_attention == "per-video":
-            # softmax over one key is 1: the value path; attention-weight dropout drops a head's whole slice
+            scores = (qq * kk).sum(-1, keepdim=True) / math.sqrt(width)      # (M, b, Q, heads, 1 key)
+            weights = torch.softmax(scores, dim=-1)
             if self.regi_drop.p and self.training:
-                v = v * self.regi_drop(v.new_ones(m, b, n, heads, 1))
-            return self.regi_out(v.reshape(m, b, n, h))
-        qq = self.regi_q(q).view(m, b, n, heads, width)
-        kk = self.regi_k(q).view(m, b, n, heads, width)
+                weights = self.regi_drop(weights)
+            return self.regi_out((weights * v).reshape(m, b, n, h))
         weights = torch.softmax(torch.einsum("mbnhd,mcnhd->mnhbc", qq, kk) / math.sqrt(width), dim=-1)
         if self.regi_drop.p and self.training:
             weights = self.regi_drop(weights)
@@ -280,13 +282,16 @@ def original_key_map(module: StackedCoFInAl) -> list[tuple[str, tuple[str, ...],
 
 
 def to_original(module: StackedCoFInAl, k: int, value=None) -> dict:
-    """Model k's tensors under the original keys and layouts. value(name) -> (M, ...) tensor picks what to read for a
-    dae name (default: the parameter or buffer itself; e.g. its .grad or its optimizer state)."""
+    """Model k's tensors under the original keys and layouts. value(tensor) -> (M, ...) tensor or None picks what to
+    read for a parameter or buffer (default: itself; e.g. its .grad or its optimizer state); None leaves the key out."""
     named = {**dict(module.named_parameters()), **dict(module.named_buffers())}
-    value = value or (lambda name: named[name])
+    value = value or (lambda t: t)
     out = {}
     for key, names, kind in original_key_map(module):
-        ts = [value(n)[k].detach() for n in names]
+        read = [value(named[n]) for n in names]
+        if any(t is None for t in read):
+            continue
+        ts = [t[k].detach() for t in read]
         if kind in ("linear", "packed"):
             out[key] = torch.cat([t.transpose(0, 1) for t in ts])
         elif kind == "conv":
