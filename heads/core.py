@@ -36,12 +36,11 @@ from dae.heads.distributions import get_distribution, scale_from_log_variance
 from dae.heads.exemplars import ExemplarPools, draw_each
 from dae.heads.grouped import group_starts, tree_level, tree_path
 from dae.heads.losses import loss_terms
+from dae.heads.registry import CORE_LR, DEFAULT_VOTERS  # noqa: F401  (their one home; bench_core reads CORE_LR)
 
 DEPTH = 5
 LEAVES = 2 ** (DEPTH - 1)
 TREE_HIDDEN = 256
-CORE_LR = 1e-3  # CoRe's base_lr: the regressor's rate (its backbone trains at 0.1x, ours is frozen)
-DEFAULT_VOTERS = 10
 
 
 def leaf_edges(abs_deltas, theta: float = 1.0, n_leaves: int = LEAVES) -> np.ndarray:

@@ -34,6 +34,7 @@ class EpochTracker:
         self.best_params = [p.detach().clone() for p in self.params] if self.select_set else None
         self.selection = selection
         self.curves = defaultdict(list) if track_curves else None
+        self.losses = []  # every epoch's per-model training loss, curves or not (a study's convergence check)
 
     def sets_to_score(self, names) -> list[str]:
         """The evaluation sets to score after an epoch: all of them with curves, else the selection set."""
@@ -42,6 +43,7 @@ class EpochTracker:
         return [self.select_set] if self.select_set else []
 
     def train_loss(self, per_model: torch.Tensor) -> None:
+        self.losses.append(per_model.detach().cpu().numpy())
         if self.curves is not None:
             self.curves["train_loss"].append(per_model.detach().cpu().numpy())
 
@@ -78,6 +80,10 @@ class EpochTracker:
             return (f"{self.selection}: the {self.select_set} Spearman was undefined at every epoch; "
                     f"the last epoch is kept")
         return ""
+
+    def loss_curve(self, i: int) -> np.ndarray:
+        """Model i's training loss at every epoch."""
+        return np.array([epoch[i] for epoch in self.losses], dtype=np.float64)
 
     def curve(self, i: int) -> dict | None:
         return {key: np.stack(v)[:, i] for key, v in self.curves.items()} if self.curves is not None else None

@@ -42,34 +42,16 @@ import torch
 
 from dae.devices import resolve_device
 from dae.errors import UsageError
-from dae.heads.config import LOSSES, REPARAMS, TrainConfig
+from dae.heads.config import TrainConfig
 from dae.heads.distributions import get_distribution
 from dae.heads.epochs import EpochTracker, run_epochs
 from dae.heads.metrics import spearman
+from dae.heads.spec import HeadSpec
 from dae.heads.optim import make_optimizer, set_epoch_lr
 from dae.memory import keep_freed_memory
 
 __all__ = ["Batch", "HeadResult", "HeadSpec", "Job", "Stack", "TrainConfig", "make_optimizer", "train",
            "train_heads", "train_one", "predict_one"]
-
-
-@dataclass(frozen=True)
-class HeadSpec:
-    """What makes one head different from another in a study."""
-
-    seed: int = 0
-    loss: str = "v1"
-    distribution: str = "gaussian"
-    reparam: str = "sigma"
-    alpha: float = 0.6
-    beta: float = 0.4
-
-    def check(self):
-        if self.loss not in LOSSES:
-            raise UsageError(f"unknown loss {self.loss!r} (choose from {', '.join(LOSSES)})")
-        if self.reparam not in REPARAMS:
-            raise UsageError(f"unknown reparameterisation {self.reparam!r} (choose from {', '.join(REPARAMS)})")
-        get_distribution(self.distribution)
 
 
 @dataclass
@@ -100,6 +82,7 @@ class HeadResult:
     distribution: object = None  # the fitted distribution (a learned nu bound); None: the spec's by name
     failure: str = ""
     selection_note: str = ""
+    train_losses: np.ndarray | None = None  # the training loss at every epoch (None: a head not trained by epochs)
 
 
 @dataclass
@@ -256,7 +239,7 @@ def _train_bucket(head, all_jobs, members, config, report):
                                   state_dict=exported["state_dict"], input_mean=exported["input_mean"],
                                   input_std=exported["input_std"], fit_seconds=seconds, curves=tracker.curve(k),
                                   distribution=exported.get("distribution"), failure=failure,
-                                  selection_note=tracker.note(k)))
+                                  selection_note=tracker.note(k), train_losses=tracker.loss_curve(k)))
     position = {i: p for p, i in enumerate(order)}
     return [results[position[i]] for i in members]
 

@@ -186,5 +186,12 @@ def fit_path_heads(head: str, features, manifest: pd.DataFrame, targets, jobs, c
     return results, labels
 
 
+def fit_paths(inputs):
+    """The registry's fitter of the path heads (`dae.heads.registry`): inputs is a `dae.pipeline.fit.FitInputs`."""
+    return fit_path_heads(inputs.plan.head, inputs.x, inputs.manifest, inputs.targets, inputs.jobs, inputs.config,
+                          inputs.score_range, inputs.plan.dataset, inputs.plan.head_options, inputs.manifest_name,
+                          on_start=inputs.announce, progress=inputs.progress)
+
+
 def options_dict(options: HeadOptions | None) -> dict | None:
     return dataclasses.asdict(options) if options is not None else None

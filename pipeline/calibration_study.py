@@ -22,6 +22,7 @@ from dae.heads import calibration
 from dae.heads.distributions import get_distribution
 from dae.heads.losses import LOSSES
 from dae.heads.metrics import cdf, coverage, evaluate
+from dae.heads.registry import default_lr, get_head
 from dae.heads.trainer import HeadSpec
 from dae.pipeline.fit import FitPlan, fit_models, score_range_of
 from dae.pipeline.leaderboard import software_and_machine, summarise
@@ -30,7 +31,6 @@ STUDY_HEADS = ("dae", "mlp", "ridge", "usdl", "dae-mt")
 RELIABILITY_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 CONSTANT = "conformal-constant"
 METHODS = (*calibration.CALIBRATORS, CONSTANT)
-POINT_HEADS = ("mlp", "ridge")
 
 
 @dataclass
@@ -71,8 +71,10 @@ def study_heads(manifest: pd.DataFrame, heads=None) -> list[str]:
 
 def run_calibration_study(fs, manifest: pd.DataFrame, seeds, config, dataset: str = "", score_range=None,
                           losses=None, heads=None, folds: int = calibration.DEFAULT_FOLDS,
-                          manifest_name: str = "manifest", note=None) -> CalibrationStudy:
-    """Train every head (every loss for dae) x seed with its fold models, then calibrate each model every way."""
+                          manifest_name: str = "manifest", note=None, lr: float | None = None) -> CalibrationStudy:
+    """Train every head (every loss for dae) x seed with its fold models, then calibrate each model every way.
+
+    Each head trains as `dae fit` trains it: `config`, at `lr` when given, else at the head's own rate."""
     start = time.perf_counter()
     losses = list(losses or LOSSES)
     rows, rel, pits, widths, scored = [], [], [], [], []
@@ -80,7 +82,8 @@ def run_calibration_study(fs, manifest: pd.DataFrame, seeds, config, dataset: st
     for head in study_heads(manifest, heads):
         head_losses = losses if head == "dae" else ["v1"]
         specs = [HeadSpec(seed=int(s), loss=loss) for loss in head_losses for s in seeds]
-        plan = FitPlan(head=head, specs=specs, config=config, dataset=dataset, score_range=score_range,
+        head_config = dataclasses.replace(config, lr=lr or default_lr(head))
+        plan = FitPlan(head=head, specs=specs, config=head_config, dataset=dataset, score_range=score_range,
                        calibrate="conformal", calibration_folds=folds)
         t = time.perf_counter()
         fit_rows, _, results = fit_models(fs, manifest, plan, manifest_name, note=note)
@@ -93,7 +96,7 @@ def run_calibration_study(fs, manifest: pd.DataFrame, seeds, config, dataset: st
             y = scores[test]
             pred = lo + res.predictions["test"]["pred"] * (hi - lo)
             dist = get_distribution(res.distribution or res.job.spec.distribution)
-            has_spread = head not in POINT_HEADS and res.predictions["test"].get("scale") is not None
+            has_spread = get_head(head).spread and res.predictions["test"].get("scale") is not None
             for method in METHODS:
                 if method == CONSTANT and not has_spread:
                     continue
@@ -213,14 +216,20 @@ def save_calibration_study(out, study: CalibrationStudy, meta: dict) -> None:
 
 def run_calibration_study_files(features, manifest, seeds, config, dataset: str = "", score_range=None,
                                 losses=None, heads=None, folds: int = calibration.DEFAULT_FOLDS, out=None,
-                                leaderboard=None, plots=None, echo=print) -> CalibrationStudy:
-    """Read the files, run the study, print its report, write the study folder, plots and leaderboard rows."""
+                                leaderboard=None, plots=None, echo=print, lr: float | None = None,
+                                options: dict | None = None) -> CalibrationStudy:
+    """Read the files, run the study, print its report, write the study folder, plots and leaderboard rows.
+
+    lr: the learning rate asked for (None: each head's own, as `dae fit`); options: the command's options, recorded
+    in config.json for `dae ablate calibration --config` (pipeline.settings)."""
+    from dae.pipeline.protocols import check_card_protocol
     from dae.features.manifest import read_manifest
     from dae.features.store import content_sha256, read_features
     from dae.pipeline.leaderboard import add_to_leaderboard
 
     fs = read_features(features)
     df = read_manifest(manifest)
+    check_card_protocol(dataset, df, echo)  # a dataset card: the manifest must follow its split rule, as for fit
     dataset = dataset or Path(manifest).stem
     out = Path(out) if out else new_run_dir(f"{dataset or 'run'}-ablate-calibration")
     check_new_dir(out, "study folder")
@@ -231,7 +240,7 @@ def run_calibration_study_files(features, manifest, seeds, config, dataset: str 
     if leaderboard:
         writable_dir(Path(leaderboard).parent, "--leaderboard folder")
     study = run_calibration_study(fs, df, seeds, config, dataset, score_range, losses, heads, folds,
-                                  Path(manifest).name, note=echo)
+                                  Path(manifest).name, note=echo, lr=lr)
     study.rows["run_dir"] = str(out)
     echo(format_calibration_study(study))
     meta = {"study": "calibration", "dataset": dataset, "features": str(features),
@@ -240,7 +249,7 @@ def run_calibration_study_files(features, manifest, seeds, config, dataset: str 
             "calibration": {"methods": list(METHODS), "folds": folds, "seed": calibration.CALIBRATION_SEED,
                             "rows": "every training row of each protocol cell, out-of-fold (never a test row)"},
             "train": dataclasses.asdict(config), "seconds": study.seconds, "train_seconds": study.train_seconds,
-            **software_and_machine()}
+            **software_and_machine(), **({"options": options} if options is not None else {})}
     save_calibration_study(out, study, meta)
     echo(f"study written to {out}")
     if plots:

@@ -259,6 +259,18 @@ def _fit_default(name):
     return FIT_DEFAULTS[name]
 
 
+def _calibration_default(name):
+    from dae.pipeline.settings import CALIBRATION_STUDY_DEFAULTS
+
+    return CALIBRATION_STUDY_DEFAULTS[name]
+
+
+def _voters_default(name):
+    from dae.pipeline.settings import VOTERS_DEFAULTS
+
+    return VOTERS_DEFAULTS[name]
+
+
 def _pooling_default(name):
     from dae.pipeline.settings import POOLING_DEFAULTS
 
@@ -269,6 +281,26 @@ _CONFIG_HELP = ("Replay a run: every option as RUN/config.json recorded it (a ru
                 "given here override it. Where results go (--out, --leaderboard, --plots) is never replayed.")
 
 
+def _lr_help() -> str:
+    from dae.heads.config import TrainConfig
+    from dae.heads.registry import HEADS
+
+    own = "; ".join(f"{h.name} {h.lr:g}" for h in HEADS.values() if h.lr is not None)
+    return f"Learning rate [default: the head's own: {TrainConfig().lr:g}" + (f"; {own}" if own else "") + "]."
+
+
+_LR_HELP = _lr_help()
+
+
+def _head_help() -> str:
+    from dae.heads.registry import HEADS
+
+    return ("The score head (`dae heads` lists each with its capabilities and defaults): "
+            + "; ".join(f"{h.name}: {h.summary}" + (f" (needs {', '.join(h.needs)})" if h.needs else "")
+                        + (" (clip sequences, schema 2)" if h.inputs == "sequence" else "") for h in HEADS.values())
+            + ".")
+
+
 def train_options(f):
     """Training options of `dae fit` (studies have their own defaults: see _study_command)."""
     from dae.heads.config import TrainConfig
@@ -276,8 +308,7 @@ def train_options(f):
     d = _fit_default
     opts = [
         click.option("--epochs", type=click.IntRange(1), default=d("epochs"), show_default=True),
-        click.option("--lr", type=click.FloatRange(0, min_open=True), default=None,
-                     help=f"Adam learning rate [default: {TrainConfig().lr:g}; core and dae-core 1e-3, CoRe's rate]."),
+        click.option("--lr", type=click.FloatRange(0, min_open=True), default=None, help=_LR_HELP),
         click.option("--weight-decay", type=click.FloatRange(0), default=d("weight_decay"), show_default=True),
         click.option("--batch-size", type=click.IntRange(1), default=d("batch_size"), show_default=True),
         click.option("--seeds", "n_seeds", type=click.IntRange(1), default=None,
@@ -359,16 +390,8 @@ def input_options(f):
 @input_options
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Run folder to create (never overwritten). Default: runs/<dataset>-<head>-<time>.")
-@click.option("--head", type=LibraryChoice("dae.pipeline.defaults:HEADS"), default=_fit_default("head"), show_default=True,
-              help="dae: the Distribution Auto-Encoder; mlp: same trunk, plain regression on mu; ridge: "
-              "closed-form ridge, penalty by cross-validation on train; usdl: softmax over score bins, Gaussian "
-              "label smoothing, KL loss; musdl: one usdl path per judge combined by the scoring rule (needs "
-              "judge_1..judge_K); dae-mt: DAE on the execution part times the difficulty (needs difficulty); "
-              "dae-judges: one DAE Gaussian per judge combined by the scoring rule; core: CoRe's group-aware "
-              "regression tree on pairs (exemplar, query), test score voted by exemplars; dae-core (ours): a DAE "
-              "head on CoRe's pair feature, the voters' Gaussian mixture. Sequence heads (need clip sequences, schema 2): "
-              "attn-dae: attention pooling over clips into the DAE; gdlt: GDLT (CVPR 2022) as its code does it; "
-              "gdlt-dae: GDLT's decoder with the DAE head in place of its Likert scorer.")
+@click.option("--head", type=LibraryChoice("dae.heads.registry:NAMES"), default=_fit_default("head"), show_default=True,
+              help=_head_help())
 @click.option("--voters", type=click.IntRange(1), default=_fit_default("voters"), show_default=True,
               help="core/dae-core: training exemplars that vote for each test video (CoRe's voter_number).")
 @click.option("--with-dd/--without-dd", "with_dd", default=None,
@@ -660,8 +683,7 @@ def _study_command(study):
                   help=f"Train seeds 0..N-1 for every configuration [default: {STUDY_SEEDS}].")
     @click.option("--seed", type=int, default=None, help="Train this one seed.")
     @click.option("--epochs", type=click.IntRange(1), default=d["epochs"], show_default=True)
-    @click.option("--lr", type=click.FloatRange(0, min_open=True), default=d["lr"], show_default=True,
-                  help="Adam learning rate (studies: fit's 1e-4 at batch 32 scaled to the larger batch).")
+    @click.option("--lr", type=click.FloatRange(0, min_open=True), default=d["lr"], help=_LR_HELP)
     @click.option("--batch-size", type=click.IntRange(1), default=d["batch_size"], show_default=True)
     @click.option("--weight-decay", type=click.FloatRange(0), default=d["weight_decay"], show_default=True)
     @click.option("--selection", type=LibraryChoice("dae.heads.config:SELECTIONS"), default=d["selection"],
@@ -682,7 +704,7 @@ def _study_command(study):
                   help="Torch threads per task [default: cores / jobs locally, the cluster's own setting].")
     @click.option("--device", default=d["device"], show_default=True,
                   help="cpu, cuda or cuda:I; auto: the GPU when torch sees one.")
-    @click.option("--head", type=LibraryChoice("dae.pipeline.defaults:STUDY_HEADS"), default=d["head"], show_default=True,
+    @click.option("--head", type=LibraryChoice("dae.heads.registry:STUDY_HEADS"), default=d["head"], show_default=True,
                   help="dae-core: the grid on our DAE-CoRe (a DAE head on CoRe's pair feature; Gaussian only).")
     @click.option("--config", "config_path", type=click.Path(), default=None, help=_CONFIG_HELP)
     @calibrate_option
@@ -716,61 +738,58 @@ for _study in _STUDY_HELP:
 @click.option("--heads", default=None, help="Comma-separated heads [default: dae,mlp,ridge,usdl,dae-mt; dae-mt "
               "only where the manifest has difficulty].")
 @click.option("--losses", default=None, help="Comma-separated losses of the dae head [default: all six].")
-@click.option("--calibration-folds", type=click.IntRange(2), default=5, show_default=True,
-              help="K fold models per model, whose out-of-fold residuals fit every calibrator.")
-@click.option("--epochs", type=click.IntRange(1), default=100, show_default=True)
-@click.option("--lr", type=click.FloatRange(0, min_open=True), default=None, help="[default: the studies' lr]")
-@click.option("--batch-size", type=click.IntRange(1), default=None, help="[default: the studies' batch size]")
+@click.option("--calibration-folds", type=click.IntRange(2), default=_calibration_default("calibration_folds"),
+              show_default=True, help="K fold models per model, whose out-of-fold residuals fit every calibrator.")
+@click.option("--epochs", type=click.IntRange(1), default=_calibration_default("epochs"), show_default=True)
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=None, help=_LR_HELP)
+@click.option("--batch-size", type=click.IntRange(1), default=_calibration_default("batch_size"), show_default=True)
 @click.option("--dataset", default=None, help="Dataset card name (score range); default: the manifest's own.")
-@click.option("--device", default="auto", show_default=True, help="cpu, cuda or cuda:I; auto: the GPU when seen.")
-def ablate_calibration_cmd(features, manifest, leaderboard, out, plots, n_seeds, seed, heads, losses,
-                           calibration_folds, epochs, lr, batch_size, dataset, device):
+@click.option("--device", default=_calibration_default("device"), show_default=True,
+              help="cpu, cuda or cuda:I; auto: the GPU when seen.")
+@click.option("--config", "config_path", type=click.Path(), default=None, help=_CONFIG_HELP)
+@click.pass_context
+def ablate_calibration_cmd(ctx, config_path, **options):
     """Calibrators: none, scale, conformal (CV+) for every head (dae per loss, mlp, ridge, usdl, dae-mt).
 
     Prints coverage at 50/80/90/95 against nominal, width, NLL, CRPS, PIT distance and uncertainty ranking per
     head and calibrator, and answers: at equal coverage, are the DAE's adaptive intervals narrower than
     constant-width conformal intervals around the same mu? Writes one leaderboard row per model x calibrator.
     """
-    from dae.pipeline.calibration_study import run_calibration_study_files
-    from dae.pipeline.defaults import STUDY_SEEDS
-    from dae.pipeline.settings import card_score_range, csv_list, seed_list, study_config
+    from dae.pipeline.settings import calibration_from_options, replay_options
 
-    config = study_config({"epochs": epochs, "lr": lr, "batch_size": batch_size, "device": device})
-    run_calibration_study_files(features, manifest, seed_list(n_seeds, seed, STUDY_SEEDS), config,
-                                dataset=dataset or "", score_range=card_score_range(dataset, manifest),
-                                losses=csv_list(losses), heads=csv_list(heads), folds=calibration_folds, out=out,
-                                leaderboard=leaderboard, plots=plots, echo=click.echo)
+    calibration_from_options(replay_options(options, _explicit(ctx), config_path, "calibration"), echo=click.echo)
 
 
 @ablate_group.command("voters")
 @input_options
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Study folder to create (never overwritten). Default: runs/<dataset>-ablate-voters-<time>.")
-@click.option("--head", type=LibraryChoice("dae.pipeline.defaults:EXEMPLAR_HEADS"), default="core",
-              show_default=True,
-              help="The exemplar head to study.")
-@click.option("--voters", "voter_counts", default="1,3,5,10,20", show_default=True,
+@click.option("--head", type=LibraryChoice("dae.heads.registry:EXEMPLAR_HEADS"), default=_voters_default("head"),
+              show_default=True, help="The exemplar head to study.")
+@click.option("--voters", "voter_counts", default=_voters_default("voter_counts"), show_default=True,
               help="Comma-separated voter counts; the same trained models vote with each.")
 @click.option("--rules", default=None,
               help="Comma-separated exemplar rules (any, same-difficulty) [default: both when the manifest has a "
               "difficulty column, else any].")
 @click.option("--seeds", "n_seeds", type=click.IntRange(1), default=None, help="Train seeds 0..N-1 [default: 5].")
 @click.option("--seed", type=int, default=None, help="Train this one seed.")
-@click.option("--epochs", type=click.IntRange(1), default=100, show_default=True)
-@click.option("--lr", type=click.FloatRange(0, min_open=True), default=1e-3, show_default=True,
-              help="Adam learning rate (CoRe's).")
-@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
-@click.option("--selection", type=LibraryChoice("dae.heads.config:SELECTIONS"), default="last", show_default=True)
+@click.option("--epochs", type=click.IntRange(1), default=_voters_default("epochs"), show_default=True)
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=None, help=_LR_HELP)
+@click.option("--batch-size", type=click.IntRange(1), default=_voters_default("batch_size"), show_default=True)
+@click.option("--selection", type=LibraryChoice("dae.heads.config:SELECTIONS"), default=_voters_default("selection"),
+              show_default=True)
 @click.option("--dataset", default=None, help="Dataset card name (score range, theta with DD).")
-def ablate_voters_cmd(**options):
+@click.option("--config", "config_path", type=click.Path(), default=None, help=_CONFIG_HELP)
+@click.pass_context
+def ablate_voters_cmd(ctx, config_path, **options):
     """Exemplar heads: how many training exemplars vote for a test video, and which exemplar rule.
 
     Each rule trains its seeds once; the same models then vote with every count. One leaderboard row per
     model x count. Example:  dae ablate voters --features F.h5 --manifest M.csv --voters 1,3,5,10,20
     """
-    from dae.pipeline.settings import voters_from_options
+    from dae.pipeline.settings import replay_options, voters_from_options
 
-    voters_from_options(options, echo=click.echo)
+    voters_from_options(replay_options(options, _explicit(ctx), config_path, "voters"), echo=click.echo)
 
 
 @ablate_group.command("pooling")

@@ -2,8 +2,8 @@
 card; the head objects for the stacked trainer; their leaderboard labels; re-voting trained models.
 
 CoRe's defaults: with difficulty on MTL-AQA (the target is final score / DD, exemplars of the same DD), without
-elsewhere; 10 voters; Adam at lr 1e-3 (its regressor's rate). `--with-dd` on a manifest without a difficulty
-column is a usage error.
+elsewhere; its voter count and learning rate are the registry's (`dae.heads.registry`). `--with-dd` on a manifest
+without a difficulty column is a usage error.
 """
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 
 from dae.errors import UsageError
-from dae.heads.core import CORE_LR, DEFAULT_VOTERS, CoRe, DAECoRe, exemplar_targets
-from dae.pipeline.defaults import EXEMPLAR_HEADS
+from dae.heads.core import CoRe, DAECoRe, exemplar_targets
+from dae.heads.registry import DEFAULT_VOTERS, EXEMPLAR_HEADS
 
 WITH_DD_BY_DEFAULT = ("mtl-aqa",)  # CoRe's MTL-AQA config: usingDD True
 DAE_CORE_NOTE = ("ours: a DAE head on CoRe's pair feature, the voters' Gaussian mixture (the paper's DAE-CoRe "
@@ -34,11 +34,6 @@ class ExemplarOptions:
     def check(self):
         if self.voters < 1:
             raise UsageError(f"--voters must be >= 1, got {self.voters}")
-
-
-def default_lr(head: str) -> float | None:
-    """The head's own learning rate when the user gave none (None: the trainer's default)."""
-    return CORE_LR if head in EXEMPLAR_HEADS else None
 
 
 def uses_dd(options: ExemplarOptions, manifest: pd.DataFrame, dataset: str, where: str) -> bool:
@@ -88,6 +83,13 @@ def fit_exemplar_heads(head: str, features, manifest: pd.DataFrame, targets, job
     if on_start:
         on_start()
     return train(obj, jobs, config, progress), labels
+
+
+def fit_exemplars(inputs):
+    """The registry's fitter of the exemplar heads (`dae.heads.registry`): inputs is a `dae.pipeline.fit.FitInputs`."""
+    return fit_exemplar_heads(inputs.plan.head, inputs.x, inputs.manifest, inputs.targets, inputs.jobs, inputs.config,
+                              inputs.score_range, inputs.plan.dataset, inputs.plan.head_options, inputs.manifest_name,
+                              on_start=inputs.announce, progress=inputs.progress)
 
 
 def options_dict(options: ExemplarOptions | None) -> dict | None:

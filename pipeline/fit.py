@@ -22,11 +22,10 @@ from dae.heads.distributions import get_distribution
 from dae.heads.metrics import DISTRIBUTION_METRICS, INTERVAL_METRICS, evaluate
 from dae.heads.ridge import fit_ridge
 from dae.heads.dae import DAE
-from dae.heads.sequence_options import POOLING, SEQUENCE_HEADS
+from dae.heads.sequence_options import POOLING
 from dae.heads.trainer import HeadSpec, Job, TrainConfig, train
-from dae.pipeline.baselines import PATH_HEADS, fit_path_heads, options_dict
-from dae.pipeline.defaults import EXEMPLAR_HEADS, HEADS
-from dae.pipeline.exemplar_heads import fit_exemplar_heads
+from dae.heads.registry import get_head
+from dae.pipeline.baselines import options_dict
 from dae.pipeline.leaderboard import environment, software_and_machine
 from dae.pipeline.protocols import (WINDOW_EPOCHS, WINDOW_SELECTIONS, apply_window_selection,
                                     check_card_protocol)
@@ -153,8 +152,7 @@ def fit_models(fs: FeatureSet, manifest: pd.DataFrame, plan: FitPlan, manifest_n
 
     note: called once with a line saying what is about to be trained; progress: the trainer's callback
     (e.g. `TrainingProgress`)."""
-    if plan.head not in HEADS:
-        raise UsageError(f"unknown head {plan.head!r} (choose from {', '.join(HEADS)})")
+    entry = get_head(plan.head)
     x = align(fs, list(manifest["video_id"]), manifest_name, manifest["split"] if "split" in manifest else None)
     scores = manifest["score"].to_numpy(float)
     lo, hi = score_range_of(manifest, plan)
@@ -170,8 +168,8 @@ def fit_models(fs: FeatureSet, manifest: pd.DataFrame, plan: FitPlan, manifest_n
         raise UsageError(f"selection {plan.config.selection} needs at least {WINDOW_EPOCHS} epochs, "
                          f"got {plan.config.epochs}")
     config = dataclasses.replace(plan.config, selection="last", track_curves=True) if windowed else plan.config
-    specs = [dataclasses.replace(s, loss="sup") for s in plan.specs] if plan.head == "mlp" else plan.specs
-    ridge_seeds = sorted({s.seed for s in specs}) if plan.head == "ridge" else []
+    specs = [dataclasses.replace(s, loss=entry.fixed_loss) for s in plan.specs] if entry.fixed_loss else plan.specs
+    ridge_seeds = sorted({s.seed for s in specs}) if entry.closed_form else []
     if len(ridge_seeds) > 1:  # closed form, no randomness: seeds would be copies of one model
         specs = specs[:1]
     jobs = []
@@ -184,39 +182,25 @@ def fit_models(fs: FeatureSet, manifest: pd.DataFrame, plan: FitPlan, manifest_n
     jobs = jobs + calibration.fold_jobs(jobs, plan.calibrate, plan.calibration_folds)
     def announce():
         if note and len(ridge_seeds) > 1:
-            note(f"ridge has no randomness: one model per protocol cell, not one per seed "
+            note(f"{plan.head} has no randomness: one model per protocol cell, not one per seed "
                  f"({len(ridge_seeds)} seeds asked for)")
         if note:
             cells = f"{len(units)} protocol cells (groups x folds)" if len(units) > 1 else "1 train/test split"
             folds = f" + {len(jobs) - n_models} calibration fold models" if len(jobs) > n_models else ""
             note(f"training {n_models} {plan.head} model{'s' * (n_models != 1)}{folds}: {len(specs)} per cell x {cells}; "
                  f"{x.shape[0]} videos x {x.shape[1]}-d features"
-                 + ("" if plan.head == "ridge" else f", {config.epochs} epochs") + " ...")
+                 + ("" if entry.closed_form else f", {config.epochs} epochs") + " ...")
 
-    labels = {}
-    if plan.head == "ridge":
-        if windowed:
-            raise UsageError(f"selection {plan.config.selection} needs a head trained by epochs, not ridge")
-        announce()
-        results = _fit_ridge_jobs(x, targets, jobs)
-    elif plan.head in PATH_HEADS:
-        results, labels = fit_path_heads(plan.head, x, manifest, targets, jobs, config, (lo, hi), plan.dataset,
-                                         plan.head_options, manifest_name, on_start=announce, progress=progress)
-    elif plan.head in EXEMPLAR_HEADS:
-        results, labels = fit_exemplar_heads(plan.head, x, manifest, targets, jobs, config, (lo, hi), plan.dataset,
-                                             plan.head_options, manifest_name, on_start=announce, progress=progress)
-    elif plan.head in SEQUENCE_HEADS:
-        results, labels = _fit_sequence_jobs(fs, manifest, targets, jobs, config, plan, manifest_name, announce,
-                                             progress)
-    else:
-        announce()
-        results = train(DAE(x, targets, config.prediction), jobs, config, progress)
+    if entry.closed_form and windowed:
+        raise UsageError(f"selection {plan.config.selection} needs a head trained by epochs, not {plan.head}")
+    results, labels = entry.load("fit")(FitInputs(plan, fs, x, manifest, targets, jobs, config, (lo, hi),
+                                                  manifest_name, announce, progress))
 
     created = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     features_sha = content_sha256(fs)
-    where = environment("cpu" if plan.head == "ridge" else config.device)
+    where = environment("cpu" if entry.closed_form else config.device)
     rows, predictions = [], []
-    has_sigma = plan.head not in ("mlp", "ridge", "core", "gdlt")
+    has_sigma = entry.spread
     results, fold_results = results[:n_models], results[n_models:]
     k = plan.calibration_folds
     for i, res in enumerate(results):
@@ -240,7 +224,7 @@ def fit_models(fs: FeatureSet, manifest: pd.DataFrame, plan: FitPlan, manifest_n
         spec = res.job.spec
         rows.append({
             "dataset": plan.dataset or manifest_name, "group": res.job.tags["group"], "fold": res.job.tags["fold"],
-            "head": plan.head, "loss": spec.loss if plan.head != "ridge" else "l2+penalty",
+            "head": plan.head, "loss": spec.loss if not entry.closed_form else "l2+penalty",
             "distribution": spec.distribution if has_sigma else "",
             "reparam": spec.reparam if has_sigma else "",
             "alpha": spec.alpha, "beta": spec.beta,
@@ -248,7 +232,7 @@ def fit_models(fs: FeatureSet, manifest: pd.DataFrame, plan: FitPlan, manifest_n
             "prediction": plan.config.prediction if has_sigma else "mu", "seed": spec.seed,
             "n_train": len(res.job.train_rows), "n_test": len(test),
             "calibration": res.calibrated.calibration.label(), **metrics,
-            "epochs": plan.config.epochs if plan.head != "ridge" else 0,
+            "epochs": plan.config.epochs if not entry.closed_form else 0,
             "selected_epoch": res.selected_epoch + 1, "lr": plan.config.lr, "batch_size": plan.config.batch_size,
             "weight_decay": plan.config.weight_decay, "fit_seconds": res.fit_seconds,
             "features_sha256": features_sha, "backbone": fs.backbone, **where, "dae_version": __version__,
@@ -256,7 +240,7 @@ def fit_models(fs: FeatureSet, manifest: pd.DataFrame, plan: FitPlan, manifest_n
             "status": f"failed: {res.failure}" if res.failure else "ok",
         })
         rows[-1].update(labels)
-        if plan.head == "ridge" or rows[-1]["loss"] not in ("combined", "v1"):
+        if entry.closed_form or rows[-1]["loss"] not in ("combined", "v1"):
             rows[-1].update(alpha="", beta="")  # weights of rec and sup: only these losses mix them
         if has_sigma:
             rows[-1].update(dist.params)  # e.g. Student-t's nu
@@ -279,17 +263,50 @@ def fit_models(fs: FeatureSet, manifest: pd.DataFrame, plan: FitPlan, manifest_n
     return rows, pd.concat(predictions, ignore_index=True), results
 
 
-def _fit_sequence_jobs(fs, manifest, targets, jobs, config, plan, manifest_name, announce, progress):
+@dataclass
+class FitInputs:
+    """What a head's fitter (`dae.heads.registry.Head.fit`) gets: the plan, the features (fs; x: the pooled ones in
+    the manifest's order), the manifest, normalised targets, the jobs, the training config (windowed selections
+    already turned into `last`), the score range, announce() to call just before training, the trainer's progress."""
+
+    plan: FitPlan
+    fs: FeatureSet
+    x: np.ndarray
+    manifest: pd.DataFrame
+    targets: np.ndarray
+    jobs: list
+    config: TrainConfig
+    score_range: tuple
+    manifest_name: str
+    announce: object
+    progress: object
+
+
+def fit_dae_jobs(inputs: FitInputs):
+    """dae and mlp: the DAE head (mlp: its specs' loss is sup)."""
+    inputs.announce()
+    return train(DAE(inputs.x, inputs.targets, inputs.config.prediction), inputs.jobs, inputs.config,
+                 inputs.progress), {}
+
+
+def fit_ridge_jobs(inputs: FitInputs):
+    inputs.announce()
+    return _fit_ridge_jobs(inputs.x, inputs.targets, inputs.jobs), {}
+
+
+def fit_sequence_jobs(inputs: FitInputs):
     """attn-dae / gdlt / gdlt-dae on the file's clip sequences (schema 2), in the manifest's order."""
     from dae.features.store import align_sequences
     from dae.heads.sequence import SequenceHead
     from dae.heads.sequence_options import SequenceOptions
 
+    fs, manifest, targets, jobs, config, plan = (inputs.fs, inputs.manifest, inputs.targets, inputs.jobs,
+                                                 inputs.config, inputs.plan)
     options = plan.head_options if isinstance(plan.head_options, SequenceOptions) else SequenceOptions()
-    clips, starts, lengths = align_sequences(fs, list(manifest["video_id"]), manifest_name)
-    announce()
+    clips, starts, lengths = align_sequences(fs, list(manifest["video_id"]), inputs.manifest_name)
+    inputs.announce()
     results = train(SequenceHead(plan.head, clips, starts, lengths, targets, options, config.prediction), jobs,
-                    config, progress)
+                    config, inputs.progress)
     loss = {"gdlt": "mse+triplet", "gdlt-dae": f"{plan.specs[0].loss}+triplet"}.get(plan.head)
     labels = {"pooling": POOLING[plan.head], "crop": options.crop}
     if plan.head != "attn-dae":
@@ -379,7 +396,7 @@ def run_fit(features, manifest, plan: FitPlan, out=None, leaderboard=None, echo=
     options: the command's options, recorded in config.json for `dae fit --config` (pipeline.settings)."""
     from dae.pipeline.leaderboard import add_to_leaderboard, check_leaderboard_writable, format_summary, summarise
 
-    fs = read_features(features, sequences=plan.head in SEQUENCE_HEADS)
+    fs = read_features(features, sequences=get_head(plan.head).inputs == "sequence")
     df = read_manifest(manifest)
     manifest_name = Path(manifest).name
     check_card_protocol(plan.dataset, df, echo)  # a dataset card: the manifest must follow its split rule

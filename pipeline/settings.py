@@ -11,36 +11,49 @@ import os
 from pathlib import Path
 
 from dae.errors import DaeError, UsageError
+from dae.heads.calibration_options import DEFAULT_CALIBRATOR, DEFAULT_FOLDS
 from dae.heads.config import TrainConfig
+from dae.heads.registry import DEFAULT_VOTERS, get_head
 from dae.heads.sequence_options import SEQUENCE_HEADS, SequenceOptions
-from dae.pipeline.defaults import STUDY_BATCH_SIZE, STUDY_LR, STUDY_SEEDS
+from dae.heads.spec import HeadSpec
+from dae.pipeline.defaults import STUDY_SEEDS
 
 _TRAIN = TrainConfig()
 _SEQ = SequenceOptions()
+_SPEC = HeadSpec()
+# The options' one home: every default below is read from the dataclass that uses it (TrainConfig, HeadSpec,
+# SequenceOptions, the calibrators' and the registry's constants), and the click options read theirs from here.
+# A study cell trains exactly as `dae fit` trains the same configuration: both build their TrainConfig with
+# `train_config` from TRAIN_DEFAULTS (lr None: the head's own, from the registry).
+TRAIN_DEFAULTS = {"epochs": _TRAIN.epochs, "lr": None, "weight_decay": _TRAIN.weight_decay,
+                  "batch_size": _TRAIN.batch_size, "selection": _TRAIN.selection}
+SPEC_DEFAULTS = {"loss": _SPEC.loss, "reparam": _SPEC.reparam, "alpha": _SPEC.alpha, "beta": _SPEC.beta}
+CALIBRATION_DEFAULTS = {"calibrate": DEFAULT_CALIBRATOR, "calibration_folds": DEFAULT_FOLDS}
 # the sequence heads' options (GDLT's defaults), as `dae fit` and `dae ablate pooling` name them
 SEQUENCE_DEFAULTS = {"crop": _SEQ.crop, "attention_heads": _SEQ.heads, "queries": _SEQ.queries,
                      "encoder_layers": _SEQ.encoder_layers, "decoder_layers": _SEQ.decoder_layers,
                      "hidden": _SEQ.hidden, "dropout": _SEQ.dropout, "triplet_weight": _SEQ.triplet_weight,
                      "margin": _SEQ.margin}
 FIT_DEFAULTS = {
-    "features": None, "manifest": None, "head": "dae", "voters": 10, "with_dd": None, "bins": None, "bin_std": None,
-    "bin_predict": "argmax", "judge_rule": None, "loss": "v1", "reparam": "sigma", "alpha": 0.6, "beta": 0.4,
-    "prediction": "mu", "epochs": _TRAIN.epochs, "lr": None,  # None: the head's own (core: 1e-3), else the trainer's
-    "weight_decay": _TRAIN.weight_decay, "batch_size": _TRAIN.batch_size,
-    "n_seeds": None, "seed": None, "selection": _TRAIN.selection, "dataset": None, **SEQUENCE_DEFAULTS,
-    "calibrate": "conformal", "calibration_folds": 5,
+    "features": None, "manifest": None, "head": "dae", "voters": DEFAULT_VOTERS, "with_dd": None, "bins": None,
+    "bin_std": None, "bin_predict": "argmax", "judge_rule": None, **SPEC_DEFAULTS, "prediction": _TRAIN.prediction,
+    **TRAIN_DEFAULTS, "n_seeds": None, "seed": None, "dataset": None, **SEQUENCE_DEFAULTS, **CALIBRATION_DEFAULTS,
 }
 STUDY_DEFAULTS = {
-    "features": None, "manifest": None, "n_seeds": None, "seed": None, "epochs": 100, "lr": STUDY_LR,
-    "batch_size": STUDY_BATCH_SIZE, "weight_decay": 0.0, "selection": "last", "dataset": None, "losses": None,
-    "distributions": None, "reparams": None, "jobs": 1, "backend": "loky", "scheduler": None, "threads": None,
-    "device": "auto", "head": "dae", "calibrate": "conformal", "calibration_folds": 5,
+    "features": None, "manifest": None, "n_seeds": None, "seed": None, **TRAIN_DEFAULTS, "dataset": None,
+    "losses": None, "distributions": None, "reparams": None, "jobs": 1, "backend": "loky", "scheduler": None,
+    "threads": None, "device": "auto", "head": "dae", **CALIBRATION_DEFAULTS,
 }
 POOLING_DEFAULTS = {
-    "features": None, "manifest": None, "heads": "dae,attn-dae,gdlt,gdlt-dae", "n_seeds": 3, "epochs": 100,
-    "sequence_epochs": None, "sequence_lr": None, "batch_size": 32, "dataset": None, "curves": True,
-    "calibrate": "conformal", "calibration_folds": 5, **SEQUENCE_DEFAULTS,
+    "features": None, "manifest": None, "heads": "dae,attn-dae,gdlt,gdlt-dae", "n_seeds": 3,
+    "epochs": _TRAIN.epochs, "sequence_epochs": None, "sequence_lr": None, "batch_size": _TRAIN.batch_size,
+    "dataset": None, "curves": True, **CALIBRATION_DEFAULTS, **SEQUENCE_DEFAULTS,
 }
+VOTERS_DEFAULTS = {"features": None, "manifest": None, "head": "core", "voter_counts": "1,3,5,10,20", "rules": None,
+                   "n_seeds": None, "seed": None, **TRAIN_DEFAULTS, "dataset": None}
+CALIBRATION_STUDY_DEFAULTS = {"features": None, "manifest": None, "n_seeds": None, "seed": None, "heads": None,
+                              "losses": None, "calibration_folds": DEFAULT_FOLDS, "epochs": _TRAIN.epochs,
+                              "lr": None, "batch_size": _TRAIN.batch_size, "dataset": None, "device": "auto"}
 # Where results go is never replayed (a run folder is never overwritten; a leaderboard would get its rows twice).
 OUTPUTS = ("out", "leaderboard", "plots")
 EXCLUSIVE = (("n_seeds", "seed"),)
@@ -100,19 +113,17 @@ def sequence_options_of(options: dict) -> SequenceOptions:
 
 def fit_plan(options: dict):
     """The FitPlan (head specs per seed, TrainConfig, head options, score range) for `dae fit`'s options."""
-    from dae.heads.trainer import HeadSpec
     from dae.pipeline.baselines import HeadOptions
-    from dae.pipeline.exemplar_heads import EXEMPLAR_HEADS, ExemplarOptions, default_lr
+    from dae.pipeline.exemplar_heads import ExemplarOptions
     from dae.pipeline.fit import FitPlan
 
     o = {**FIT_DEFAULTS, **options}
     specs = [HeadSpec(seed=s, loss=o["loss"], reparam=o["reparam"], alpha=o["alpha"], beta=o["beta"])
              for s in seed_list(o["n_seeds"], o["seed"])]
-    config = TrainConfig(epochs=o["epochs"], lr=o["lr"] or default_lr(o["head"]) or _TRAIN.lr,
-                         weight_decay=o["weight_decay"], batch_size=o["batch_size"], selection=o["selection"],
-                         prediction=o["prediction"])
-    head_options = (ExemplarOptions(voters=o["voters"], with_dd=o["with_dd"]) if o["head"] in EXEMPLAR_HEADS else
-                    sequence_options_of(o) if o["head"] in SEQUENCE_HEADS else
+    config = train_config(o, o["head"])
+    entry = get_head(o["head"])
+    head_options = (ExemplarOptions(voters=o["voters"], with_dd=o["with_dd"]) if entry.exemplar else
+                    sequence_options_of(o) if entry.inputs == "sequence" else
                     HeadOptions(bins=o["bins"], bin_std=o["bin_std"], bin_rule=o["bin_predict"],
                                 judge_rule=o["judge_rule"]))
     return FitPlan(head=o["head"], specs=specs, config=config, dataset=o["dataset"] or "",
@@ -130,13 +141,27 @@ def fit_from_options(options: dict, echo=print):
                    leaderboard=options.get("leaderboard"), echo=echo, options=_recordable(options))
 
 
-def study_config(options: dict) -> TrainConfig:
-    """The TrainConfig of a study (studies' own batch size and lr when not given; device resolved)."""
+# TrainConfig fields no command option sets (a command's `hidden` is the sequence heads' width, not the MLP's)
+_NOT_TRAIN_OPTIONS = ("hidden", "track_curves", "standardize", "device")
+
+
+def train_config(options: dict, head: str, **fixed) -> TrainConfig:
+    """The TrainConfig of `dae fit` and of every study cell of `head`: each TrainConfig field the options name (None:
+    its default), the learning rate the head's own when not given (`dae.heads.registry`); `fixed` overrides."""
+    import dataclasses
+
+    values = {f.name: options[f.name] for f in dataclasses.fields(TrainConfig)
+              if f.name not in _NOT_TRAIN_OPTIONS and options.get(f.name) is not None}
+    values["lr"] = options.get("lr") or get_head(head).lr or _TRAIN.lr
+    return TrainConfig(**{**values, **fixed})
+
+
+def study_config(options: dict, head: str = "dae") -> TrainConfig:
+    """The TrainConfig of a study's cells of `head`: fit's (`train_config`), the device resolved."""
     from dae.devices import resolve_device
 
     o = {**STUDY_DEFAULTS, **{k: v for k, v in options.items() if v is not None}}
-    return TrainConfig(epochs=o["epochs"], lr=o["lr"], weight_decay=o["weight_decay"], batch_size=o["batch_size"],
-                       selection=o["selection"], device=str(resolve_device(o["device"])))
+    return train_config(o, head, device=str(resolve_device(o["device"])))
 
 
 def study_from_options(study: str, options: dict, echo=print):
@@ -147,7 +172,7 @@ def study_from_options(study: str, options: dict, echo=print):
     _require_inputs(options)
     o = options
     return run_study_files(study, o["features"], o["manifest"], seed_list(o["n_seeds"], o["seed"], STUDY_SEEDS),
-                           study_config(o), dataset=o["dataset"] or "",
+                           study_config(o, o["head"]), dataset=o["dataset"] or "",
                            score_range=card_score_range(o["dataset"], o["manifest"]),
                            losses=csv_list(o["losses"]), distributions=csv_list(o["distributions"]),
                            reparams=csv_list(o["reparams"]), out=o.get("out"), leaderboard=o.get("leaderboard"),
@@ -164,7 +189,7 @@ def pooling_from_options(options: dict, echo=print):
 
     o = {**POOLING_DEFAULTS, **options}
     _require_inputs(o)
-    config = TrainConfig(epochs=o["epochs"], batch_size=o["batch_size"])
+    config = train_config({"epochs": o["epochs"], "batch_size": o["batch_size"]}, "dae")
     sequence_config = TrainConfig(epochs=o["sequence_epochs"] or SEQUENCE_EPOCHS, lr=o["sequence_lr"] or SEQUENCE_LR,
                                   batch_size=o["batch_size"])
     return run_pooling_files(o["features"], o["manifest"], list(range(o["n_seeds"])), config, sequence_config,
@@ -177,22 +202,37 @@ def pooling_from_options(options: dict, echo=print):
 
 def voters_from_options(options: dict, echo=print):
     """`dae ablate voters`: each exemplar rule trains its seeds once; the same models vote with every count."""
-    from dae.heads.trainer import HeadSpec
     from dae.pipeline.fit import FitPlan
     from dae.pipeline.voters_study import run_voters_study_files
 
-    o = options
+    o = {**VOTERS_DEFAULTS, **options}
     _require_inputs(o)
     try:
         counts = [int(v) for v in csv_list(o["voter_counts"]) or []]
     except ValueError:
         raise UsageError(f"--voters takes comma-separated integers, got {o['voter_counts']!r}") from None
     specs = [HeadSpec(seed=s) for s in seed_list(o["n_seeds"], o["seed"], STUDY_SEEDS)]
-    config = TrainConfig(epochs=o["epochs"], lr=o["lr"], batch_size=o["batch_size"], selection=o["selection"])
+    config = train_config(o, o["head"])
     plan = FitPlan(head=o["head"], specs=specs, config=config, dataset=o["dataset"] or "",
                    score_range=card_score_range(o["dataset"], o["manifest"]))
     return run_voters_study_files(o["features"], o["manifest"], plan, counts, csv_list(o["rules"]), out=o.get("out"),
-                                  leaderboard=o.get("leaderboard"), echo=echo)
+                                  leaderboard=o.get("leaderboard"), echo=echo,
+                                  options={"study": "voters", **_recordable(o)})
+
+
+def calibration_from_options(options: dict, echo=print):
+    """`dae ablate calibration`: every head x calibrator, each head trained as `dae fit` trains it."""
+    from dae.pipeline.calibration_study import run_calibration_study_files
+
+    o = {**CALIBRATION_STUDY_DEFAULTS, **options}
+    _require_inputs(o)
+    return run_calibration_study_files(o["features"], o["manifest"], seed_list(o["n_seeds"], o["seed"], STUDY_SEEDS),
+                                       study_config(o), dataset=o["dataset"] or "",
+                                       score_range=card_score_range(o["dataset"], o["manifest"]),
+                                       losses=csv_list(o["losses"]), heads=csv_list(o["heads"]),
+                                       folds=o["calibration_folds"], out=o.get("out"),
+                                       leaderboard=o.get("leaderboard"), plots=o.get("plots"), echo=echo,
+                                       lr=o["lr"], options={"study": "calibration", **_recordable(o)})
 
 
 def recorded_options(config_path, command: str) -> dict:

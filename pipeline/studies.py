@@ -18,14 +18,20 @@ import pandas as pd
 
 from dae.atomic import check_new_dir, new_run_dir, writable_dir, write_study_folder
 from dae.errors import UsageError
-from dae.heads.distributions import DISTRIBUTIONS, StudentT, get_distribution
+from dae.heads.calibration_options import DEFAULT_CALIBRATOR, DEFAULT_FOLDS
 from dae.heads.config import LOSSES, REPARAMS, TrainConfig
-from dae.heads.trainer import HeadSpec
+from dae.heads.distributions import DISTRIBUTIONS, StudentT, get_distribution
+from dae.heads.spec import HeadSpec
 from dae.pipeline.fit import FitPlan
 from dae.pipeline.leaderboard import software_and_machine, summarise
 
 DEGENERATE_SIGMA_FRACTION = 0.25  # a median predicted sigma above a quarter of the score range says little
 CONVERGED_TAIL = 0.25  # the converged part of a curve: its last quarter of epochs
+# A model has not converged when its training loss is still falling at the last epoch: the median training loss of
+# its last CONVERGENCE_WINDOW of epochs lies more than CONVERGENCE_DROP (relative to the previous window's |median|)
+# below the median of the window before it. Medians, so that v1's combined epoch (every 10th) weighs as any other.
+CONVERGENCE_WINDOW = 0.1
+CONVERGENCE_DROP = 0.01
 NOMINAL_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 VARIED = ("head", "loss", "distribution", "reparam")  # head: varied when a study trains several (ablate pooling)
 
@@ -68,15 +74,16 @@ class StudyResult:
     spread: pd.DataFrame        # predicted sigma: quantiles, range, sigma-error rank, coverage
     reliability: pd.DataFrame   # configuration x nominal level: empirical coverage (mean, std over seeds)
     curves: pd.DataFrame | None  # configuration x seed x unit x epoch: train loss, Spearman per eval set
+    convergence: pd.DataFrame | None = None  # one per model: its training loss's last windows, converged or why not
     seconds: float = 0.0
     score_range: tuple | None = None  # (lo, hi) the scores were normalised by
 
 
-def study_specs(study: str, seeds, losses=None, distributions=None, reparams=None,
-                alpha: float = 0.6, beta: float = 0.4) -> list[HeadSpec]:
-    """The study's grid of head specs, configuration-major (every seed of a configuration together)."""
+def study_specs(study: str, seeds, losses=None, distributions=None, reparams=None) -> list[HeadSpec]:
+    """The study's grid of head specs, configuration-major (every seed of a configuration together); alpha and
+    beta are HeadSpec's, as `dae fit`'s."""
     grid = _grid(study)
-    specs = [HeadSpec(seed=int(seed), loss=loss, distribution=dist, reparam=reparam, alpha=alpha, beta=beta)
+    specs = [HeadSpec(seed=int(seed), loss=loss, distribution=dist, reparam=reparam)
              for dist in (distributions or grid.distributions) for loss in (losses or grid.losses)
              for reparam in (reparams or grid.reparams) for seed in seeds]
     for spec in specs:
@@ -131,7 +138,57 @@ def run_study(study: str, fs, manifest: pd.DataFrame, plan: FitPlan, n_jobs: int
                        score_range=score_range_of(manifest, plan),
                        comparison=compare_configs(rows), spread=sigma_spread(rows, predictions),
                        reliability=reliability(rows, predictions), curves=curves_table(results) if track else None,
-                       seconds=seconds)
+                       convergence=convergence_table(results, rows), seconds=seconds)
+
+
+def loss_still_falling(losses, window: float = CONVERGENCE_WINDOW, drop: float = CONVERGENCE_DROP):
+    """(relative drop of the last window's median training loss below the previous window's, still falling?) for
+    one model's per-epoch losses; (nan, False) with fewer than two windows of epochs or a non-finite loss."""
+    losses = np.asarray(losses, dtype=np.float64)
+    n = max(1, int(round(window * len(losses))))
+    if len(losses) < 2 * n or not np.isfinite(losses).all():
+        return np.nan, False
+    last, previous = np.median(losses[-n:]), np.median(losses[-2 * n:-n])
+    relative = (previous - last) / max(abs(previous), 1e-12)
+    return float(relative), bool(relative > drop)
+
+
+def convergence_table(results, rows: pd.DataFrame) -> pd.DataFrame:
+    """One line per trained model (rows' order): the configuration, seed, cell, how far its training loss still fell
+    over the last window of epochs, and `converged` False with the reason when it still fell, its selection metric
+    was undefined or it failed."""
+    keys = _varied(rows)
+    out = []
+    for (_, row), res in zip(rows.iterrows(), results):
+        relative, falling = (loss_still_falling(res.train_losses) if res.train_losses is not None
+                             else (np.nan, False))
+        reasons = ([f"failed: {res.failure}"] if res.failure else []) + (
+            [f"training loss still falling ({relative:.1%} over the last {CONVERGENCE_WINDOW:.0%} of epochs)"]
+            if falling else []) + (["selection metric undefined (last epoch kept)"] if res.selection_note else [])
+        out.append({"config": config_label(row, keys), "seed": row["seed"], "group": row.get("group", ""),
+                    "fold": row.get("fold", ""), "last_window_drop": relative, "converged": not reasons,
+                    "reason": "; ".join(reasons)})
+    return pd.DataFrame(out, columns=["config", "seed", "group", "fold", "last_window_drop", "converged", "reason"])
+
+
+def convergence_lines(table: pd.DataFrame | None) -> list[str]:
+    """The report's convergence note: how many models have not converged, per configuration and why."""
+    if table is None or not len(table):
+        return []
+    rule = (f"converged: the median training loss of the last {CONVERGENCE_WINDOW:.0%} of epochs at most "
+            f"{CONVERGENCE_DROP:.0%} below the {CONVERGENCE_WINDOW:.0%} before, the selection metric defined")
+    bad = table[~table["converged"]]
+    if not len(bad):
+        return [f"convergence: all {len(table)} models converged ({rule})"]
+    lines = [f"convergence: {len(bad)} of {len(table)} models have NOT converged ({rule}); their figures may "
+             "change with more epochs:"]
+    for config, part in bad.groupby("config", sort=False):
+        total = int((table["config"] == config).sum())
+        why = "; ".join(sorted({r.split(" (")[0] for r in "; ".join(part["reason"]).split("; ")}))
+        drop = part["last_window_drop"]
+        size = f", median last-window drop {np.nanmedian(drop):.1%}" if drop.notna().any() else ""
+        lines.append(f"  {config}: {len(part)} of {total} ({why}{size})")
+    return lines
 
 
 def _varied(rows: pd.DataFrame) -> list[str]:
@@ -376,15 +433,18 @@ def format_study(result: StudyResult) -> str:
         "spearman": [_pm(r["spearman_mean"], r["spearman_std"]) for _, r in merged.iterrows()],
         "Δ vs best": [f"{d:+.4f}" for d in merged["delta_vs_best"]],
         "paired Δ sd": [f"{d:.4f}" if pd.notna(d) else "-" for d in merged["paired_delta_std"]],
-        "beyond seed spread": ["best" if b else ("yes" if e else "no")
-                               for b, e in zip(merged["best"], merged["exceeds_spread"])],
+        # one seed: no spread to compare a difference with, so nothing is printed ("no" would read as a verdict)
+        "beyond seed spread": ["best" if b else ("-" if n < 2 else "yes" if e else "no")
+                               for b, e, n in zip(merged["best"], merged["exceeds_spread"], merged["seeds"])],
         "rl2x100": [_pm(r.get("rl2x100_mean"), r.get("rl2x100_std"), 3) for _, r in merged.iterrows()],
         "crps": [_pm(r.get("crps_mean"), r.get("crps_std"), 3) for _, r in merged.iterrows()],
         "coverage90": [_pm(r.get("coverage90_mean"), r.get("coverage90_std"), 2) for _, r in merged.iterrows()],
     })
     lines = [f"study {result.study}: {_grid(result.study).question} "
              f"({len(result.rows)} models in {result.seconds:.1f} s)", table.to_string(index=False),
-             _table_note(result.rows)]
+             _table_note(result.rows), *convergence_lines(result.convergence)]
+    if (merged["seeds"] < 2).any():
+        lines.append("one seed: no seed spread to compare differences with ('-'); train more seeds (--seeds)")
     if result.study in ("variance", "distributions") and len(result.spread):
         spread = result.spread.copy()
         for col in [c for c in spread.columns if c.startswith("sigma_") and c != "sigma_error_spearman"]:
@@ -428,15 +488,16 @@ def save_study(out, result: StudyResult, meta: dict) -> None:
     write_study_folder(out, meta, {"metrics": result.rows, "summary": result.summary,
                                    "comparison": result.comparison, "sigma_spread": result.spread,
                                    "reliability": result.reliability, "predictions": result.predictions,
-                                   "curves": result.curves}, format_study(result))
+                                   "curves": result.curves, "convergence": result.convergence},
+                       format_study(result))
 
 
 def run_study_files(study: str, features, manifest, seeds, config: TrainConfig, dataset: str = "",
                     score_range=None, losses=None, distributions=None, reparams=None, out=None,
                     leaderboard=None, plots=None, n_jobs: int = 1, backend: str = "loky",
                     scheduler: str | None = None, threads: int | None = None, echo=print,
-                    head: str = "dae", options: dict | None = None, calibrate: str = "conformal",
-                    calibration_folds: int = 5) -> StudyResult:
+                    head: str = "dae", options: dict | None = None, calibrate: str = DEFAULT_CALIBRATOR,
+                    calibration_folds: int = DEFAULT_FOLDS) -> StudyResult:
     """Read the files, run the study, print its report, write the study folder, plots and leaderboard rows.
 
     options: the command's options, recorded in config.json for `dae ablate STUDY --config` (pipeline.settings)."""

@@ -18,7 +18,8 @@ from dae.errors import UsageError
 from dae.heads.distributions import get_distribution
 from dae.heads.exemplars import RULES
 from dae.heads.metrics import evaluate, interval
-from dae.pipeline.exemplar_heads import EXEMPLAR_HEADS, ExemplarOptions
+from dae.heads.registry import EXEMPLAR_HEADS
+from dae.pipeline.exemplar_heads import ExemplarOptions
 
 VOTERS = (1, 3, 5, 10, 20)
 
@@ -88,14 +89,18 @@ def run_voters_study(fs, manifest: pd.DataFrame, plan, voters=VOTERS, rules=None
 
 
 def run_voters_study_files(features, manifest, plan, voters=VOTERS, rules=None, out=None, leaderboard=None,
-                           echo=print):
-    """Read the files, run the study, print its table, write the study folder and leaderboard rows."""
+                           echo=print, options: dict | None = None):
+    """Read the files, run the study, print its table, write the study folder and leaderboard rows.
+
+    options: the command's options, recorded in config.json for `dae ablate voters --config` (pipeline.settings)."""
+    from dae.pipeline.protocols import check_card_protocol
     from dae.features.manifest import read_manifest
     from dae.features.store import content_sha256, read_features
     from dae.pipeline.leaderboard import add_to_leaderboard, check_leaderboard_writable, software_and_machine
 
     fs = read_features(features)
     df = read_manifest(manifest)
+    check_card_protocol(plan.dataset, df, echo)  # a dataset card: the manifest must follow its split rule, as for fit
     if not plan.dataset:
         plan = dataclasses.replace(plan, dataset=Path(manifest).stem)
     out = Path(out) if out else new_run_dir(f"{plan.dataset or 'run'}-ablate-voters")
@@ -111,7 +116,8 @@ def run_voters_study_files(features, manifest, plan, voters=VOTERS, rules=None, 
     meta = {"study": "voters", "head": plan.head, "dataset": plan.dataset, "features": str(features),
             "features_sha256": content_sha256(fs), "manifest": str(manifest), "voters": list(voters),
             "rules": list(rules) if rules else None, "specs": [dataclasses.asdict(s) for s in plan.specs],
-            "train": dataclasses.asdict(plan.config), **software_and_machine()}
+            "train": dataclasses.asdict(plan.config), **software_and_machine(),
+            **({"options": options} if options is not None else {})}
     write_study_folder(out, meta, {"metrics": rows, "summary": table}, report)
     echo(f"study written to {out}")
     if leaderboard:

@@ -1,5 +1,4 @@
 """The thin CLI's library side (pipeline.settings, dae.devices) without click, and replaying a run's config.json."""
-import importlib
 import json
 
 import click
@@ -55,11 +54,15 @@ def test_fit_plan_assembles_specs_config_and_card_range(tmp_path):
     assert fit_plan({"manifest": str(manifest)}).score_range is None
 
 
-def test_study_config_uses_the_studies_own_defaults():
-    from dae.pipeline.defaults import STUDY_BATCH_SIZE, STUDY_LR
+def test_study_config_is_fits_config():
+    """A study cell trains as `dae fit` trains it: same batch, learning rate (the head's own) and selection."""
+    from dae.pipeline.settings import FIT_DEFAULTS, fit_plan
 
-    config = study_config({"epochs": 3, "lr": None, "batch_size": None, "device": "cpu"})
-    assert (config.epochs, config.lr, config.batch_size, config.device) == (3, STUDY_LR, STUDY_BATCH_SIZE, "cpu")
+    for head in ("dae", "dae-core"):
+        config = study_config({"epochs": 3, "lr": None, "batch_size": None, "device": "cpu"}, head)
+        fit = fit_plan({**FIT_DEFAULTS, "epochs": 3, "head": head}).config
+        assert config == fit
+    assert study_config({"lr": None}, "dae-core").lr == 1e-3 and study_config({"lr": None}).lr == 1e-4
 
 
 def _choices(command_path, option):
@@ -70,25 +73,33 @@ def _choices(command_path, option):
     return tuple(param.type.choices)
 
 
-@pytest.mark.parametrize("command, option, module, name", [
-    (["fit"], "head", "dae.pipeline.fit", "HEADS"),
-    (["fit"], "loss", "dae.heads.losses", "LOSSES"),
-    (["fit"], "reparam", "dae.heads.trainer", "REPARAMS"),  # the list HeadSpec checks against
-    (["fit"], "bin_predict", "dae.heads.bins", "BIN_RULES"),
-    (["fit"], "judge_rule", "dae.heads.judges", "JUDGE_RULES"),
-    (["fit"], "prediction", "dae.heads.config", "PREDICTIONS"),
-    (["ablate", "losses"], "selection", "dae.heads.config", "SELECTIONS"),
-    (["ablate", "losses"], "backend", "dae.pipeline.grid", "BACKENDS"),
-    (["manifest", "build"], "dataset", "dae.data_manifests.builders", "DATASETS"),
-    (["manifest", "build"], "target", "dae.data_manifests.builders", "TARGET_CHOICES"),
-    (["manifest", "build"], "variant", "dae.data_manifests.mtl_aqa", "VARIANT_CHOICES"),
-    (["manifest", "build"], "layout", "dae.data_manifests.mtl_aqa", "LAYOUTS"),
-    (["manifest", "build"], "view", "dae.data_manifests.jigsaws", "JIGSAWS_VIEWS"),
-    (["extract"], "decoder", "dae.features.decode", "DECODERS"),
-    (["leaderboard", "show"], "fmt", "dae.pipeline.published", "FORMATS"),
-])
-def test_click_choices_are_the_library_lists(command, option, module, name):
-    assert _choices(command, option) == tuple(getattr(importlib.import_module(module), name))
+def _accepts(option, value):
+    """The library object that checks `option`'s value, checked with `value` (raises UsageError when refused)."""
+    from dae.heads.config import TrainConfig
+    from dae.heads.registry import get_head
+    from dae.heads.spec import HeadSpec
+    from dae.pipeline.baselines import HeadOptions
+
+    checks = {"head": get_head, "loss": lambda v: HeadSpec(loss=v).check(),
+              "reparam": lambda v: HeadSpec(reparam=v).check(),
+              "bin_predict": lambda v: HeadOptions(bin_rule=v).check(),
+              "judge_rule": lambda v: HeadOptions(judge_rule=v).check(),
+              "prediction": lambda v: TrainConfig(prediction=v).check()}
+    checks[option](value)
+
+
+@pytest.mark.parametrize("option", ["head", "loss", "reparam", "bin_predict", "judge_rule", "prediction"])
+def test_every_choice_fit_offers_is_accepted_by_the_library_and_others_are_refused(option):
+    """What --help offers is what the library takes: each offered value passes the library's own check, and a value
+    the CLI does not offer fails it (so the two lists cannot drift apart silently)."""
+    from dae.errors import UsageError
+
+    offered = _choices(["fit"], option)
+    assert offered
+    for value in offered:
+        _accepts(option, value)
+    with pytest.raises(UsageError):
+        _accepts(option, "not-" + offered[0])
 
 
 def test_fit_selection_choices_add_the_windowed_ones():

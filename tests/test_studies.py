@@ -105,7 +105,7 @@ def test_robustness_records_curves_per_epoch(tmp_path):
     features, manifest = write_features_and_manifest(tmp_path, n=100)
     specs = study_specs("robustness", [0, 1], losses=["sup", "nll"])
     result = run_study("robustness", read_features(features), read_manifest(manifest),
-                       FitPlan(specs=specs, config=TINY))
+                       FitPlan(specs=specs, config=TINY, calibrate="none"))
     curves = result.curves
     assert len(curves) == 4 * TINY.epochs and curves["epoch"].max() == TINY.epochs
     assert {"train_loss", "test_spearman"} <= set(curves.columns)
@@ -122,17 +122,17 @@ def test_cli_writes_study_folder_rows_and_summary(tmp_path):
     features, manifest = write_features_and_manifest(tmp_path)
     out, board = tmp_path / "study", tmp_path / "L.csv"
     res = ablate("reparam", "--features", features, "--manifest", manifest, "--seeds", 2, "--epochs", 4,
-                 "--out", out, "--leaderboard", board)
+                 "--calibrate", "none", "--out", out, "--leaderboard", board)
     assert res.exit_code == 0, res.output
     assert "reparam=sigma" in res.output and "reparam=variance" in res.output and "Δ vs best" in res.output
     rows = pd.read_csv(board)
-    assert len(rows) == 4 and set(rows["reparam"]) == {"sigma", "variance"} and rows["batch_size"].eq(1024).all()
+    assert len(rows) == 4 and set(rows["reparam"]) == {"sigma", "variance"} and rows["batch_size"].eq(32).all()
     assert board.with_name("L.summary.csv").exists()
     for name in ("config.json", "metrics.csv", "summary.csv", "comparison.csv", "sigma_spread.csv",
-                 "reliability.csv", "predictions.csv", "report.txt"):
+                 "reliability.csv", "predictions.csv", "convergence.csv", "report.txt"):
         assert (out / name).exists(), name
     meta = json.loads((out / "config.json").read_text())
-    assert meta["study"] == "reparam" and len(meta["specs"]) == 4 and meta["train"]["lr"] == pytest.approx(2e-4)
+    assert meta["study"] == "reparam" and len(meta["specs"]) == 4 and meta["train"]["lr"] == pytest.approx(1e-4)
     res = ablate("reparam", "--features", features, "--manifest", manifest, "--out", out)
     assert res.exit_code == 1 and "already exists" in res.output and len(res.output.strip().splitlines()) == 1
     res = ablate("losses", "--features", features, "--manifest", manifest, "--losses", "l1", "--out", tmp_path / "x")
@@ -147,7 +147,7 @@ def test_unwritable_outputs_fail_before_training_and_write_nothing(tmp_path, opt
     target = tmp_path / "a_file" / ("plots" if option == "--plots" else "L.csv")
     out = tmp_path / "study"
     res = ablate("reparam", "--features", features, "--manifest", manifest, "--seeds", 1, "--epochs", 2,
-                 "--out", out, option, target)
+                 "--calibrate", "none", "--out", out, option, target)
     assert res.exit_code == 1 and f"cannot create {option} folder" in res.output, res.output
     assert len(res.output.strip().splitlines()) == 1 and "study reparam" not in res.output  # nothing trained
     assert not out.exists()
@@ -158,7 +158,7 @@ def test_loss_study_on_real_unlv_dive(unlv_dive, tmp_path):
     """The real UNLV-Dive features: every loss learns a ranking well above chance."""
     features, manifest = unlv_dive
     res = ablate("losses", "--features", features, "--manifest", manifest, "--dataset", "unlv-dive", "--seeds", 2,
-                 "--epochs", 30, "--out", tmp_path / "s")
+                 "--epochs", 30, "--calibrate", "none", "--out", tmp_path / "s")
     assert res.exit_code == 0, res.output
     rows = pd.read_csv(tmp_path / "s" / "metrics.csv")
     assert len(rows) == 12 and (rows["n_train"] == 300).all() and (rows["n_test"] == 70).all()
@@ -186,7 +186,7 @@ def test_robustness_asks_its_own_question_not_the_loss_grid_again(tmp_path):
 
     features, manifest = write_features_and_manifest(tmp_path, n=100)
     result = run_study("robustness", read_features(features), read_manifest(manifest),
-                       FitPlan(specs=study_specs("robustness", [0, 1]), config=TINY))
+                       FitPlan(specs=study_specs("robustness", [0, 1]), config=TINY, calibrate="none"))
     report = format_study(result)
     assert "stability of the converged score" in report and "epoch jitter" in report
 

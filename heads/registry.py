@@ -1,0 +1,133 @@
+"""The one registry of score heads: name -> what the head is, what it can do, its defaults, how it trains and how a
+run folder's saved model scores new features. Torch-free at import (the CLI lists its choices from it); the heavy
+modules are named as "module:function" and imported only when a head is used.
+
+Adding a head: write its module (a head of the stacked trainer, `dae.heads.trainer`) and add one `Head` entry to
+HEADS below. `fit` is called by `dae fit` and every study as fit(inputs) -> (results, row labels), inputs being a
+`dae.pipeline.fit.FitInputs`; `outputs` is called by `dae predict` (and its calibrated intervals) as
+outputs(blob, weights, x, spec, context) -> (mu, scale or None), in normalised units, for one saved model.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+from dae.errors import UsageError
+
+# CoRe's base_lr: its regressor's rate (its backbone trains at 0.1x; ours is frozen). The trainer's default
+# (dae.heads.config.TrainConfig.lr) is every other head's.
+CORE_LR = 1e-3
+DEFAULT_VOTERS = 10  # CoRe's voter_number: training exemplars that vote for each test video
+
+
+@dataclass(frozen=True)
+class Head:
+    """One registered head.
+
+    spread: it predicts a score distribution whose spread some loss trains (False: a point; its intervals come
+    from conformal calibration alone). inputs: "pooled" (one feature per video) or "sequence" (clip sequences,
+    schema 2). exemplar: a test video is scored against training exemplars kept in the model. needs: manifest
+    columns it reads besides the score ("difficulty", "judges"). lr: its own default learning rate (None: the
+    trainer's). recipe: the named recipe `--recipe` uses by default (None: the project's defaults). loss_grid: the
+    loss / distribution / reparameterisation options apply (a study's grid can vary them)."""
+
+    name: str
+    summary: str
+    fit: str
+    outputs: str
+    spread: bool = True
+    inputs: str = "pooled"
+    exemplar: bool = False
+    needs: tuple = ()
+    lr: float | None = None
+    recipe: str | None = None
+    loss_grid: bool = False
+    family: str = ""  # heads built the same way (for readers; nothing dispatches on it)
+    fixed_loss: str | None = None  # the one loss it trains whatever --loss says (mlp: sup)
+    closed_form: bool = False  # fitted without epochs or randomness (ridge): seeds would be copies of one model
+
+    def capabilities(self) -> str:
+        parts = ["spread" if self.spread else "point", self.inputs]
+        if self.exemplar:
+            parts.append("exemplar")
+        parts += [f"needs {n}" for n in self.needs]
+        return ", ".join(parts)
+
+    def load(self, what: str):
+        """The function named by `fit` or `outputs` (imported now)."""
+        module, name = getattr(self, what).split(":")
+        return getattr(importlib.import_module(module), name)
+
+
+_FIT = "dae.pipeline.fit"
+_PATHS = "dae.pipeline.baselines"
+_EXEMPLARS = "dae.pipeline.exemplar_heads"
+_PREDICT = "dae.pipeline.predict"
+
+HEADS = {h.name: h for h in (
+    Head("dae", "the Distribution Auto-Encoder: an MLP encodes a video into N(mu, sigma^2), trained by "
+         "reparameterised reconstruction", f"{_FIT}:fit_dae_jobs", f"{_PREDICT}:mlp_outputs", loss_grid=True,
+         family="pooled"),
+    Head("mlp", "same trunk, plain regression on mu (loss sup)", f"{_FIT}:fit_dae_jobs", f"{_PREDICT}:mlp_outputs",
+         spread=False, family="pooled", fixed_loss="sup"),
+    Head("ridge", "closed-form ridge, penalty by cross-validation on train", f"{_FIT}:fit_ridge_jobs",
+         f"{_PREDICT}:ridge_outputs", spread=False, family="pooled", closed_form=True),
+    Head("usdl", "softmax over score bins, Gaussian label smoothing, KL loss", f"{_PATHS}:fit_paths",
+         f"{_PATHS}:path_outputs", family="paths"),
+    Head("musdl", "one usdl path per judge combined by the scoring rule", f"{_PATHS}:fit_paths",
+         f"{_PATHS}:path_outputs", needs=("judges",), family="paths"),
+    Head("dae-mt", "DAE on the execution part times the difficulty", f"{_PATHS}:fit_paths", f"{_PATHS}:path_outputs",
+         needs=("difficulty",), family="paths"),
+    Head("dae-judges", "one DAE Gaussian per judge combined by the scoring rule", f"{_PATHS}:fit_paths",
+         f"{_PATHS}:path_outputs", needs=("judges",), family="paths"),
+    Head("core", "CoRe's group-aware regression tree on pairs (exemplar, query), test score voted by exemplars",
+         f"{_EXEMPLARS}:fit_exemplars", f"{_EXEMPLARS}:exemplar_outputs", spread=False, exemplar=True, lr=CORE_LR,
+         family="exemplar"),
+    Head("dae-core", "ours: a DAE head on CoRe's pair feature, the voters' Gaussian mixture",
+         f"{_EXEMPLARS}:fit_exemplars", f"{_EXEMPLARS}:exemplar_outputs", exemplar=True, lr=CORE_LR,
+         loss_grid=True, family="exemplar"),
+    Head("attn-dae", "attention pooling over clips into the DAE", f"{_FIT}:fit_sequence_jobs",
+         f"{_PREDICT}:sequence_outputs", inputs="sequence", family="sequence"),
+    Head("gdlt", "GDLT (CVPR 2022) as its code does it", f"{_FIT}:fit_sequence_jobs", f"{_PREDICT}:sequence_outputs",
+         spread=False, inputs="sequence", family="sequence"),
+    Head("gdlt-dae", "GDLT's decoder with the DAE head in place of its Likert scorer", f"{_FIT}:fit_sequence_jobs",
+         f"{_PREDICT}:sequence_outputs", inputs="sequence", family="sequence"),
+)}
+
+NAMES = tuple(HEADS)
+EXEMPLAR_HEADS = tuple(n for n, h in HEADS.items() if h.exemplar)
+SEQUENCE_INPUT_HEADS = tuple(n for n, h in HEADS.items() if h.inputs == "sequence")
+POINT_HEADS = tuple(n for n, h in HEADS.items() if not h.spread)
+# heads a study's grid of losses x distributions x reparameterisations can train (dae-core: Gaussian only)
+STUDY_HEADS = tuple(n for n, h in HEADS.items() if h.loss_grid)
+
+
+def get_head(name: str) -> Head:
+    if name not in HEADS:
+        raise UsageError(f"unknown head {name!r} (choose from {', '.join(HEADS)})")
+    return HEADS[name]
+
+
+def default_lr(name: str) -> float:
+    """The head's default learning rate: its own, else the trainer's."""
+    from dae.heads.config import TrainConfig
+
+    own = get_head(name).lr
+    return own if own is not None else TrainConfig().lr
+
+
+def help_text() -> str:
+    """The heads as --head's help lists them: 'name: summary' joined."""
+    return "; ".join(f"{h.name}: {h.summary}" for h in HEADS.values())
+
+
+def format_heads() -> str:
+    """`dae heads`: one line per head with its capabilities, default learning rate and default recipe."""
+    from dae.heads.config import TrainConfig
+
+    width = max(len(n) for n in HEADS)
+    lines = [f"{'head':<{width}}  {'capabilities':<40}  {'lr':>7}  {'recipe':<10}  what it is"]
+    for h in HEADS.values():
+        lr = h.lr if h.lr is not None else TrainConfig().lr
+        lines.append(f"{h.name:<{width}}  {h.capabilities():<40}  {lr:>7g}  {h.recipe or '-':<10}  {h.summary}")
+    return "\n".join(lines)
