@@ -162,6 +162,99 @@ def hardest_triplet_loss(embed: torch.Tensor, margin: float) -> torch.Tensor:
     return torch.relu(hardest_pos - hardest_neg + margin).mean(-1)
 
 
+# ---- GDLT's own state dict <-> dae's stacked module (parity with xuangch/CVPR22_GDLT; tests/test_gdlt_parity.py) ----
+# The original model (models/model.py `GDLT`) names its tensors in_proj.{0,1,3,4} (Conv1d k=1, BatchNorm1d, ReLU,
+# Conv1d k=1, BatchNorm1d), transformer.{encoder,decoder}.layers.i.* (torch 1.10's nn.Transformer layers, copied in
+# models/transformer.py), transformer.{encoder,decoder}.norm, prototype.weight (the grade queries) and regressor.
+# Each entry of `original_key_map` is (original key, dae names, kind); kinds:
+#   "conv"         Conv1d(k=1) weight (out, in, 1) = ours (in, out) transposed, per model
+#   "linear"       nn.Linear weight (out, in) = ours (in, out) transposed
+#   "packed"       nn.MultiheadAttention in_proj_weight [W_q; W_k; W_v] (3E, E) = our q, k, v (E, E) each, transposed
+#   "packed-bias"  its in_proj_bias [b_q; b_k; b_v] = our q, k, v biases
+#   "vector"       biases, LayerNorm / BatchNorm scale, shift and running statistics (ours keep singleton dims)
+#   "as-is"        the same layout (prototype.weight = queries)
+# BatchNorm's num_batches_tracked counters have no counterpart (momentum 0.1 is fixed) and are left out; the
+# original's grade values linspace(0, 1, Q) are a constant, not a parameter, on both sides.
+
+def _layer_map(prefix: str, ours: str, kind: str):
+    return [(f"{prefix}.weight", (f"{ours}.weight",), kind), (f"{prefix}.bias", (f"{ours}.bias",), "vector")]
+
+
+def _attention_map(prefix: str, ours: str):
+    qkv = tuple(f"{ours}.{p}" for p in ("q", "k", "v"))
+    return [(f"{prefix}.in_proj_weight", tuple(f"{n}.weight" for n in qkv), "packed"),
+            (f"{prefix}.in_proj_bias", tuple(f"{n}.bias" for n in qkv), "packed-bias"),
+            *_layer_map(f"{prefix}.out_proj", f"{ours}.out", "linear")]
+
+
+def _norm_map(prefix: str, ours: str, running: bool = False):
+    names = ("weight", "bias") + (("running_mean", "running_var") if running else ())
+    return [(f"{prefix}.{n}", (f"{ours}.{n}",), "vector") for n in names]
+
+
+def backbone_key_map(module: StackedGDLT) -> list[tuple[str, tuple[str, ...], str]]:
+    """The key map of GDLT's in_proj, transformer and grade queries (shared by the heads built on it)."""
+    entries = [*_layer_map("in_proj.0", "proj1", "conv"), *_norm_map("in_proj.1", "bn1", True),
+               *_layer_map("in_proj.3", "proj2", "conv"), *_norm_map("in_proj.4", "bn2", True)]
+    for i in range(len(module.encoder)):
+        p, o = f"transformer.encoder.layers.{i}", f"encoder.{i}"
+        entries += [*_attention_map(f"{p}.self_attn", f"{o}.attn"), *_layer_map(f"{p}.linear1", f"{o}.lin1", "linear"),
+                    *_layer_map(f"{p}.linear2", f"{o}.lin2", "linear"), *_norm_map(f"{p}.norm1", f"{o}.norm1"),
+                    *_norm_map(f"{p}.norm2", f"{o}.norm2")]
+    entries += _norm_map("transformer.encoder.norm", "encoder_norm")
+    for i in range(len(module.decoder)):
+        p, o = f"transformer.decoder.layers.{i}", f"decoder.{i}"
+        entries += [*_attention_map(f"{p}.self_attn", f"{o}.self_attn"),
+                    *_attention_map(f"{p}.multihead_attn", f"{o}.cross_attn"),
+                    *_layer_map(f"{p}.linear1", f"{o}.lin1", "linear"), *_layer_map(f"{p}.linear2", f"{o}.lin2", "linear"),
+                    *[e for j in range(3) for e in _norm_map(f"{p}.norm{j + 1}", f"{o}.norms.{j}")]]
+    entries += _norm_map("transformer.decoder.norm", "decoder_norm")
+    return entries + [("prototype.weight", ("queries",), "as-is")]
+
+
+def original_key_map(module: StackedGDLT) -> list[tuple[str, tuple[str, ...], str]]:
+    """(original key, dae names, kind) for every entry of GDLT's state dict but the BatchNorm counters (gdlt)."""
+    return backbone_key_map(module) + _layer_map("regressor", "regressor", "linear")
+
+
+def to_original(module: nn.Module, k: int, value=None, key_map=original_key_map) -> dict:
+    """Model k's tensors under the original keys and layouts. value(tensor) -> (M, ...) tensor or None picks what to
+    read for a parameter or buffer (default: itself; e.g. its .grad or its optimizer state); None leaves the key out."""
+    named = {**dict(module.named_parameters()), **dict(module.named_buffers())}
+    value = value or (lambda t: t)
+    out = {}
+    for key, names, kind in key_map(module):
+        read = [value(named[n]) for n in names]
+        if any(t is None for t in read):
+            continue
+        ts = [t[k].detach() for t in read]
+        if kind in ("linear", "packed"):
+            out[key] = torch.cat([t.transpose(0, 1) for t in ts])
+        elif kind == "conv":
+            out[key] = ts[0].transpose(0, 1).unsqueeze(-1)
+        elif kind in ("vector", "packed-bias"):
+            out[key] = torch.cat([t.reshape(-1) for t in ts])
+        else:
+            out[key] = ts[0]
+    return out
+
+
+@torch.no_grad()
+def load_original(module: nn.Module, state: dict, k: int = 0, key_map=original_key_map) -> None:
+    """Copy an original state dict (GDLT's keys, numpy arrays or tensors) into model k of the stack."""
+    named = {**dict(module.named_parameters()), **dict(module.named_buffers())}
+    for key, names, kind in key_map(module):
+        t = torch.as_tensor(np.asarray(state[key]), dtype=torch.float32)
+        if kind == "conv":
+            t = t[..., 0]
+        parts = t.chunk(len(names)) if kind in ("packed", "packed-bias") else [t]
+        for name, part in zip(names, parts):
+            target = named[name]
+            if kind in ("linear", "packed", "conv"):
+                part = part.transpose(0, 1)
+            target[k].copy_(part.reshape(target[k].shape))
+
+
 def build_model(head: str, seeds, in_dim: int, options: SequenceOptions = SequenceOptions(),
                 dae_hidden=(256, 128)) -> nn.Module:
     """The stacked module of sequence head `head`, model k drawn from seeds[k]."""

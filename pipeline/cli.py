@@ -311,6 +311,33 @@ def train_options(f):
         click.option("--lr", type=click.FloatRange(0, min_open=True), default=None, help=_LR_HELP),
         click.option("--weight-decay", type=click.FloatRange(0), default=d("weight_decay"), show_default=True),
         click.option("--batch-size", type=click.IntRange(1), default=d("batch_size"), show_default=True),
+        click.option("--optimizer", type=LibraryChoice("dae.heads.config:OPTIMIZERS"), default=d("optimizer"),
+                     show_default=True, help="torch's Adam, AdamW (decoupled weight decay) or SGD, over every model "
+                     "trained together."),
+        click.option("--momentum", type=click.FloatRange(0), default=d("momentum"), show_default=True,
+                     help="SGD's momentum (GDLT and CoFInAl: 0.9)."),
+        click.option("--nesterov/--no-nesterov", default=d("nesterov"), show_default=True,
+                     help="SGD with Nesterov momentum."),
+        click.option("--schedule", type=LibraryChoice("dae.heads.config:SCHEDULES"), default=d("schedule"),
+                     show_default=True, help="Learning rate per epoch: constant, or cosine annealing to "
+                     "--eta-min x lr over the epochs after warmup (torch's CosineAnnealingLR, stepped per epoch)."),
+        click.option("--eta-min", type=click.FloatRange(0, 1), default=d("eta_min"), show_default=True,
+                     help="Cosine's final lr as a fraction of lr (GDLT's --decay-rate 0.01)."),
+        click.option("--warmup-epochs", type=click.IntRange(0), default=d("warmup_epochs"), show_default=True,
+                     help="Linear warmup: epoch e < W trains at lr x (e + 1) / W."),
+        click.option("--accumulate", type=click.IntRange(1), default=d("accumulate"), show_default=True,
+                     help="One optimizer step every N batches, gradients summed (CoRe: 2)."),
+        click.option("--target-scale", default=d("target_scale"), show_default=True,
+                     help="Training targets: range = (score - lo) / (hi - lo) with the card's score range (else the "
+                     "training rows' min..max); max = score / the largest training score (GDLT on Fis-V); "
+                     "divide:C = score / C (GDLT and CoFInAl on RG: divide:25). Metrics use the score range."),
+        click.option("--recipe", default=None,
+                     help="A method's own settings as its source code has them (`dae recipes` lists each with its "
+                     "file:line), e.g. gdlt:fis-v-tes: sets the head, the dataset card and every hyperparameter "
+                     "it names; options given here override it and are recorded. Without --recipe the defaults "
+                     "are this project's: Adam, the head's lr (1e-4; core 1e-3), constant lr, batch 32, 100 "
+                     "epochs, targets scaled by the card's range; the sequence heads' crop 68, dropout 0.3 and "
+                     "triplet weight 1 are GDLT's Rhythmic Gymnastics command, not its Fis-V recipe."),
         click.option("--seeds", "n_seeds", type=click.IntRange(1), default=None,
                      help="Train seeds 0..N-1 [default: seed 0 only]."),
         click.option("--seed", type=int, default=None, help="Train this one seed."),
@@ -432,9 +459,19 @@ def fit_cmd(ctx, config_path, **options):
         dae fit --features F.h5 --manifest M.csv --out runs/dae1 --seeds 3 --leaderboard L.csv
         dae fit --config runs/dae1/config.json --out runs/dae1-again      (replay; add options to vary it)
     """
-    from dae.pipeline.settings import fit_from_options, replay_options
+    from dae.pipeline.settings import fit_from_options, fit_options
 
-    fit_from_options(replay_options(options, _explicit(ctx), config_path, "fit"), echo=click.echo)
+    fit_from_options(fit_options(options, _explicit(ctx), config_path), echo=click.echo)
+
+
+@cli.command("recipes")
+@click.argument("names", nargs=-1)
+def recipes_cmd(names):
+    """List the named recipes (`dae fit --recipe NAME`): each method's own settings, each with the source file:line
+    it comes from, and where a recipe cannot follow its source. NAMES: only those."""
+    from dae.heads.recipes import format_recipes
+
+    click.echo(format_recipes(names or None), nl=False)
 
 
 @cli.command("weights")

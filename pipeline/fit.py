@@ -59,6 +59,8 @@ class FitPlan:
     head_options: object = None  # baselines.HeadOptions (usdl, musdl, dae-mt, dae-judges); ExemplarOptions (core...)
     calibrate: str = DEFAULT_CALIBRATOR  # none | scale | conformal (dae.heads.calibration)
     calibration_folds: int = DEFAULT_FOLDS
+    target_scale: str = "range"  # how scores become targets: range | max | divide:C (heads.config.TARGET_SCALES)
+    recipe: str = ""  # the named recipe the settings came from (heads/recipes), "" for none
 
 
 def plan_units(manifest: pd.DataFrame, need_val: bool, val_fraction: float = 0.2) -> list[Unit]:
@@ -120,6 +122,34 @@ def score_range_of(manifest: pd.DataFrame, plan: FitPlan) -> tuple[float, float]
 SCORE_RANGE_SOURCES = {True: "dataset card", False: "training rows min..max"}
 
 
+def target_range(manifest: pd.DataFrame, plan: FitPlan) -> tuple[float, float]:
+    """(lo, hi) with target = (score - lo) / (hi - lo), and score = lo + prediction x (hi - lo), by plan.target_scale:
+    "range" the score range (`score_range_of`); "max" (0, the largest training score: GDLT's Fis-V loader divides by
+    the maximum of its training list; training rows as `score_range_of` takes them, every row of a k-fold
+    manifest); "divide:C" (0, C) (GDLT's and CoFInAl's RG loaders: C = 25). Metrics keep the score range."""
+    from dae.heads.config import parse_target_scale
+
+    kind, divisor = parse_target_scale(plan.target_scale)
+    if kind == "range":
+        return score_range_of(manifest, plan)
+    if kind == "divide":
+        return 0.0, float(divisor)
+    scores = manifest["score"].to_numpy(float)
+    if "split" in manifest and "fold" not in manifest:
+        scores = scores[(manifest["split"] != "test").to_numpy()]
+    if not len(scores) or not scores.max() > 0:
+        raise UsageError("target scale max needs a positive largest training score")
+    return 0.0, float(scores.max())
+
+
+def optimizer_columns(plan: FitPlan) -> dict:
+    """The optimisation settings every leaderboard row records (setting columns), and the recipe they came from."""
+    c = plan.config
+    return {"optimizer": c.optimizer, "momentum": c.momentum, "nesterov": c.nesterov, "schedule": c.schedule,
+            "eta_min": c.eta_min, "warmup_epochs": c.warmup_epochs, "accumulate": c.accumulate,
+            "target_scale": plan.target_scale, "recipe": plan.recipe}
+
+
 class TrainingProgress:
     """The trainer's progress callback as a `dae.progress.ProgressLine`: epochs done, rate, ETA (from the share of
     the training work done) and the mean training loss (training rows only), rewritten on a terminal, one line every
@@ -156,7 +186,11 @@ def fit_models(fs: FeatureSet, manifest: pd.DataFrame, plan: FitPlan, manifest_n
     x = align(fs, list(manifest["video_id"]), manifest_name, manifest["split"] if "split" in manifest else None)
     scores = manifest["score"].to_numpy(float)
     lo, hi = score_range_of(manifest, plan)
-    targets = (scores - lo) / (hi - lo)
+    t_lo, t_hi = target_range(manifest, plan)  # the targets' scaling; metrics keep (lo, hi)
+    if plan.target_scale != "range" and entry.family in ("paths", "exemplar"):
+        raise UsageError(f"--target-scale {plan.target_scale} is for heads that regress the normalised score; "
+                         f"{plan.head} maps scores through its own bins, judges or exemplars")
+    targets = (scores - t_lo) / (t_hi - t_lo)
     units = plan_units(manifest, plan.config.selection == "best-val", plan.val_fraction)
     calibration.check_calibrator(plan.calibrate)
     for unit in units:
@@ -206,15 +240,15 @@ def fit_models(fs: FeatureSet, manifest: pd.DataFrame, plan: FitPlan, manifest_n
     for i, res in enumerate(results):
         test = res.job.eval_rows["test"]
         p = res.predictions["test"]
-        mu_s = lo + p["mu"] * (hi - lo)
-        pred_s = lo + p["pred"] * (hi - lo)
+        mu_s = t_lo + p["mu"] * (t_hi - t_lo)
+        pred_s = t_lo + p["pred"] * (t_hi - t_lo)
         # A spread no loss term trained (e.g. --loss sup) is not scored: its metrics are missing, as for mlp.
         scored = has_sigma and p.get("scale") is not None
-        scale_s = p["scale"] * (hi - lo) if scored else None
+        scale_s = p["scale"] * (t_hi - t_lo) if scored else None
         dist = get_distribution(res.distribution or res.job.spec.distribution)  # a learned nu: the fitted one
         res.fold_results = fold_results[i * k:(i + 1) * k]
-        res.calibrated = calibration.calibrate_result(plan.calibrate, res, res.fold_results, scores, (lo, hi), dist,
-                                                      scored, folds=k)
+        res.calibrated = calibration.calibrate_result(plan.calibrate, res, res.fold_results, scores, (t_lo, t_hi),
+                                                      dist, scored, folds=k)
         if res.failure:  # a diverged model's figures are not figures: missing, and the row says why
             scored, scale_s = False, None
             metrics = dict.fromkeys(FAILED_METRICS, np.nan)
@@ -234,7 +268,7 @@ def fit_models(fs: FeatureSet, manifest: pd.DataFrame, plan: FitPlan, manifest_n
             "calibration": res.calibrated.calibration.label(), **metrics,
             "epochs": plan.config.epochs if not entry.closed_form else 0,
             "selected_epoch": res.selected_epoch + 1, "lr": plan.config.lr, "batch_size": plan.config.batch_size,
-            "weight_decay": plan.config.weight_decay, "fit_seconds": res.fit_seconds,
+            "weight_decay": plan.config.weight_decay, **optimizer_columns(plan), "fit_seconds": res.fit_seconds,
             "features_sha256": features_sha, "backbone": fs.backbone, **where, "dae_version": __version__,
             "created_utc": created, "source": "this-run", "uses_difficulty": "no",
             "status": f"failed: {res.failure}" if res.failure else "ok",
@@ -379,7 +413,9 @@ def save_run(out: Path, plan: FitPlan, rows: pd.DataFrame, predictions: pd.DataF
         (tmp / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
         rows.to_csv(tmp / "metrics.csv", index=False)
         predictions.to_csv(tmp / "predictions.csv", index=False)
-        torch.save({"dae_version": __version__, "head": plan.head, "score_range": list(extra["score_range"]),
+        # score_range: what predictions are de-normalised with (the targets' scaling; = the score range by default)
+        torch.save({"dae_version": __version__, "head": plan.head,
+                    "score_range": list(extra.get("target_range", extra["score_range"])),
                     "feature_dim": int(results[0].input_mean.shape[0]), "backbone": extra.get("backbone", ""),
                     "train": dataclasses.asdict(plan.config),
                     "models": [{"spec": dataclasses.asdict(r.job.spec), "tags": dict(r.job.tags), **_weights(r),
@@ -420,7 +456,8 @@ def run_fit(features, manifest, plan: FitPlan, out=None, leaderboard=None, echo=
     save_run(out, plan, rows, predictions, results,
              {"features": str(features), "features_sha256": content_sha256(fs), "manifest": str(manifest),
               "score_range": [lo, hi], "score_range_source": SCORE_RANGE_SOURCES[plan.score_range is not None],
-              "backbone": fs.backbone,
+              "target_scale": plan.target_scale, "target_range": list(target_range(df, plan)),
+              "recipe": plan.recipe, "backbone": fs.backbone,
               # how the features were made, so that `dae predict` can extract new videos the same way
               "feature_attrs": {k: fs.attrs[k] for k in PREDICT_ATTRS if k in fs.attrs},
               **({"options": options} if options is not None else {})}, references)

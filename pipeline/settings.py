@@ -12,7 +12,7 @@ from pathlib import Path
 
 from dae.errors import DaeError, UsageError
 from dae.heads.calibration_options import DEFAULT_CALIBRATOR, DEFAULT_FOLDS
-from dae.heads.config import TrainConfig
+from dae.heads.config import TrainConfig, parse_target_scale
 from dae.heads.registry import DEFAULT_VOTERS, get_head
 from dae.heads.sequence_options import SEQUENCE_HEADS, SequenceOptions
 from dae.heads.spec import HeadSpec
@@ -27,6 +27,10 @@ _SPEC = HeadSpec()
 # `train_config` from TRAIN_DEFAULTS (lr None: the head's own, from the registry).
 TRAIN_DEFAULTS = {"epochs": _TRAIN.epochs, "lr": None, "weight_decay": _TRAIN.weight_decay,
                   "batch_size": _TRAIN.batch_size, "selection": _TRAIN.selection}
+# the optimizer and schedule (heads/optim.py), `dae fit`'s options; a recipe (heads/recipes) sets them too
+OPTIM_DEFAULTS = {"optimizer": _TRAIN.optimizer, "momentum": _TRAIN.momentum, "nesterov": _TRAIN.nesterov,
+                  "schedule": _TRAIN.schedule, "eta_min": _TRAIN.eta_min, "warmup_epochs": _TRAIN.warmup_epochs,
+                  "accumulate": _TRAIN.accumulate}
 SPEC_DEFAULTS = {"loss": _SPEC.loss, "reparam": _SPEC.reparam, "alpha": _SPEC.alpha, "beta": _SPEC.beta}
 CALIBRATION_DEFAULTS = {"calibrate": DEFAULT_CALIBRATOR, "calibration_folds": DEFAULT_FOLDS}
 # the sequence heads' options (GDLT's defaults), as `dae fit` and `dae ablate pooling` name them
@@ -37,7 +41,8 @@ SEQUENCE_DEFAULTS = {"crop": _SEQ.crop, "attention_heads": _SEQ.heads, "queries"
 FIT_DEFAULTS = {
     "features": None, "manifest": None, "head": "dae", "voters": DEFAULT_VOTERS, "with_dd": None, "bins": None,
     "bin_std": None, "bin_predict": "argmax", "judge_rule": None, **SPEC_DEFAULTS, "prediction": _TRAIN.prediction,
-    **TRAIN_DEFAULTS, "n_seeds": None, "seed": None, "dataset": None, **SEQUENCE_DEFAULTS, **CALIBRATION_DEFAULTS,
+    **TRAIN_DEFAULTS, **OPTIM_DEFAULTS, "target_scale": "range", "recipe": None, "n_seeds": None, "seed": None,
+    "dataset": None, **SEQUENCE_DEFAULTS, **CALIBRATION_DEFAULTS,
 }
 STUDY_DEFAULTS = {
     "features": None, "manifest": None, "n_seeds": None, "seed": None, **TRAIN_DEFAULTS, "dataset": None,
@@ -122,13 +127,62 @@ def fit_plan(options: dict):
              for s in seed_list(o["n_seeds"], o["seed"])]
     config = train_config(o, o["head"])
     entry = get_head(o["head"])
+    parse_target_scale(o["target_scale"])
+    if o["target_scale"] != "range" and entry.family in ("paths", "exemplar"):
+        raise UsageError(f"--target-scale {o['target_scale']} is for heads that regress the normalised score; "
+                         f"{o['head']} maps scores through its own bins, judges or exemplars")
     head_options = (ExemplarOptions(voters=o["voters"], with_dd=o["with_dd"]) if entry.exemplar else
                     sequence_options_of(o) if entry.inputs == "sequence" else
                     HeadOptions(bins=o["bins"], bin_std=o["bin_std"], bin_rule=o["bin_predict"],
                                 judge_rule=o["judge_rule"]))
     return FitPlan(head=o["head"], specs=specs, config=config, dataset=o["dataset"] or "",
                    score_range=card_score_range(o["dataset"], o["manifest"]), head_options=head_options,
-                   calibrate=o["calibrate"], calibration_folds=o["calibration_folds"])
+                   calibrate=o["calibrate"], calibration_folds=o["calibration_folds"],
+                   target_scale=o["target_scale"], recipe=o["recipe"] or "")
+
+
+def manifest_target(manifest_path) -> str | None:
+    """The manifest's `target` column's value (Fis-V tes / pcs, RG total / difficulty / execution), if it has one."""
+    import pandas as pd
+
+    try:
+        head = pd.read_csv(manifest_path, nrows=1)
+    except (OSError, ValueError):
+        return None  # unreadable: run_fit says so in its own words
+    return str(head["target"].iloc[0]).lower() if "target" in head and len(head) else None
+
+
+def apply_recipe(options: dict, explicit) -> dict:
+    """`options` with recipe options["recipe"]'s settings in place of every option not given explicitly (names in
+    `explicit`); the recipe sets the head and, when not given, the dataset. Usage errors (nothing is written): an
+    unknown recipe, an explicit --head or --dataset other than the recipe's, a manifest of another target."""
+    from dae.heads.recipes import get_recipe
+
+    recipe = get_recipe(options["recipe"])
+    explicit = set(explicit)
+    if "head" in explicit and options["head"] != recipe.head:
+        raise UsageError(f"recipe {recipe.name} trains head {recipe.head}, not --head {options['head']} "
+                         f"(leave --head out, or pick a {options['head']} recipe: `dae recipes`)")
+    if options.get("dataset") and options["dataset"] != recipe.dataset:
+        raise UsageError(f"recipe {recipe.name} is for dataset {recipe.dataset}, not --dataset {options['dataset']}")
+    target = manifest_target(options["manifest"]) if options.get("manifest") else None
+    if recipe.target and target and target != recipe.target:
+        raise UsageError(f"recipe {recipe.name} is for the {recipe.target} target; the manifest's target is {target}")
+    unknown = sorted(set(recipe.settings) - set(FIT_DEFAULTS))
+    if unknown:
+        raise DaeError(f"recipe {recipe.name} sets {', '.join(unknown)}, which dae fit does not have")
+    merged = {**options, "head": recipe.head, "dataset": options.get("dataset") or recipe.dataset}
+    merged.update({k: v for k, v in recipe.settings.items() if k not in explicit})
+    return merged
+
+
+def fit_options(options: dict, explicit, config_path=None) -> dict:
+    """`dae fit`'s options as it runs them: a replayed run's (`replay_options`), then the recipe's settings where
+    --recipe is given (a replayed run already records the settings its recipe gave it, overrides included)."""
+    merged = replay_options(options, explicit, config_path, "fit")
+    if merged.get("recipe") and (not config_path or "recipe" in set(explicit)):
+        merged = apply_recipe(merged, explicit)
+    return merged
 
 
 def fit_from_options(options: dict, echo=print):
