@@ -2,8 +2,8 @@
 
 A results file is named by what was measured and where (timm's results/benchmark-...-cpu-torch2.13.csv is the model):
 `bench-fit-amd-epyc-2core-cpu-torch2.13.csv`. Every row names its machine, CPU, device and software, the date and
-the command, so figures of different machines or versions are never read as one series. docs/performance.md is
-generated from the files under results/.
+the command, so figures of different machines or versions are never read as one series. docs/performance.md's tables
+are generated from the files under results/ (`update_doc`; tests/test_docs.py checks they match).
 """
 from __future__ import annotations
 
@@ -89,13 +89,35 @@ def read_results(paths):
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[*COLUMNS, "file"])
 
 
-def markdown_table(paths) -> str:
-    """The results files as one Markdown table (what docs/performance.md shows between its markers)."""
-    rows = read_results(sorted(paths, key=lambda p: Path(p).name))
-    header = "| file | date | machine | torch | case | metric | value | unit |\n| --- | --- | --- | --- | --- | --- | --- | --- |"
-    lines = [f"| `{r.file}` | {r.date_utc[:10]} | {r.machine}, {r.cores} cores, {r.device} | {r.torch_version} | "
-             f"{_cell(r.case)} | {r.metric} | {r.value} | {r.unit} |" for r in rows.itertuples()]
-    return "\n".join([header, *lines])
+TABLE_START, TABLE_END = "<!-- results-tables: generated from results/*.csv -->", "<!-- end of results-tables -->"
+
+
+def markdown_tables(paths) -> str:
+    """The results files as Markdown, one table per file (what docs/performance.md shows between its markers)."""
+    parts = []
+    for path in sorted(paths, key=lambda p: Path(p).name):
+        rows = read_results([path])
+        first = rows.iloc[0] if len(rows) else None
+        where = (f"{first.machine}, {first.cores} cores, {first.device}, torch {first.torch_version}"
+                 if first is not None else "empty")
+        lines = [f"**`results/{Path(path).name}`** ({where})", "",
+                 "| date | case | metric | value | unit | note |", "| --- | --- | --- | --- | --- | --- |"]
+        lines += [f"| {r.date_utc[:10]} | {_cell(r.case)} | {r.metric} | {r.value} | {r.unit} | {_cell(r.note)} |"
+                  for r in rows.itertuples()]
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts)
+
+
+def update_doc(doc, results_dir) -> bool:
+    """Rewrite the generated tables between the markers of `doc` from `results_dir`/*.csv; True if it changed."""
+    doc = Path(doc)
+    text = doc.read_text(encoding="utf-8")
+    head, rest = text.split(TABLE_START, 1)
+    _, tail = rest.split(TABLE_END, 1)
+    new = f"{head}{TABLE_START}\n{markdown_tables(Path(results_dir).glob('*.csv'))}\n{TABLE_END}{tail}"
+    if new != text:
+        doc.write_text(new, encoding="utf-8")
+    return new != text
 
 
 def _cell(text: str) -> str:
