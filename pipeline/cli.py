@@ -185,7 +185,7 @@ def manifest_resplit_cmd(manifest, seed, n_test, folds, out, overwrite):
 
     Random re-splits make training and test videos exchangeable (what conformal coverage assumes; a fixed
     official split need not be). Folds of the training split are how to develop where the test split must not
-    be touched (Fis-V: its test features are not released). Examples:
+    be touched (Fis-V: ../shared/data keeps its training split only, on purpose). Examples:
 
     \b
         for k in 0 1 2 3 4 5 6 7 8 9; do dae manifest resplit unlv.csv --seed $k --out unlv_r$k.csv; done

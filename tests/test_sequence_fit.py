@@ -142,7 +142,7 @@ def test_ablate_pooling_replays_its_config_json_and_options_override_it(tmp_path
 @pytest.mark.parametrize("command", ["fit", "pooling"])
 def test_cross_validation_inside_a_fixed_split_dataset_is_checked_and_named_alike(tmp_path, command, one_thread):
     """Fis-V's card has a fixed train/test split; a k-fold manifest of its training videos is the development
-    protocol (the test features are not released). fit and ablate pooling both check it against the card, accept
+    protocol (../shared/data keeps the training split only, on purpose). fit and ablate pooling both check it against the card, accept
     it and name it as not the card's split; a manifest with neither split nor fold is refused by both."""
     features, manifest = _sequence_files(tmp_path)
     df = pd.read_csv(manifest)
