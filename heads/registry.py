@@ -92,6 +92,11 @@ HEADS = {h.name: h for h in (
          spread=False, inputs="sequence", family="sequence"),
     Head("gdlt-dae", "GDLT's decoder with the DAE head in place of its Likert scorer", f"{_FIT}:fit_sequence_jobs",
          f"{_PREDICT}:sequence_outputs", inputs="sequence", family="sequence"),
+    Head("cofinal", "CoFInAl (IJCAI 2024) as its authors' code computes it per video: coarse grades + ETF fine grade",
+         f"{_FIT}:fit_sequence_jobs", f"{_PREDICT}:sequence_outputs", spread=False, inputs="sequence",
+         family="sequence"),
+    Head("cofinal-dae", "ours: the DAE head on CoFInAl's decoded grade queries", f"{_FIT}:fit_sequence_jobs",
+         f"{_PREDICT}:sequence_outputs", inputs="sequence", family="sequence"),
 )}
 
 NAMES = tuple(HEADS)

@@ -331,6 +331,7 @@ def fit_ridge_jobs(inputs: FitInputs):
 def fit_sequence_jobs(inputs: FitInputs):
     """attn-dae / gdlt / gdlt-dae on the file's clip sequences (schema 2), in the manifest's order."""
     from dae.features.store import align_sequences
+    from dae.heads.cofinal import COFINAL_HEADS, COFINAL_LOSS, CoFInAlHead
     from dae.heads.sequence import SequenceHead
     from dae.heads.sequence_options import SequenceOptions
 
@@ -338,10 +339,12 @@ def fit_sequence_jobs(inputs: FitInputs):
                                                  inputs.config, inputs.plan)
     options = plan.head_options if isinstance(plan.head_options, SequenceOptions) else SequenceOptions()
     clips, starts, lengths = align_sequences(fs, list(manifest["video_id"]), inputs.manifest_name)
+    objective = (CoFInAlHead if plan.head in COFINAL_HEADS else SequenceHead)(
+        plan.head, clips, starts, lengths, targets, options, config.prediction)  # checks the options first
     inputs.announce()
-    results = train(SequenceHead(plan.head, clips, starts, lengths, targets, options, config.prediction), jobs,
-                    config, inputs.progress)
-    loss = {"gdlt": "mse+triplet", "gdlt-dae": f"{plan.specs[0].loss}+triplet"}.get(plan.head)
+    results = train(objective, jobs, config, inputs.progress)
+    loss = {"gdlt": "mse+triplet", "gdlt-dae": f"{plan.specs[0].loss}+triplet", "cofinal": COFINAL_LOSS,
+            "cofinal-dae": f"{COFINAL_LOSS}+{plan.specs[0].loss}"}.get(plan.head)
     labels = {"pooling": POOLING[plan.head], "crop": options.crop}
     if plan.head != "attn-dae":
         labels.update(queries=options.queries, attention_heads=options.heads, triplet_weight=options.triplet_weight)
