@@ -1,16 +1,20 @@
-"""Post-hoc calibration of predicted score distributions, fitted on training rows only: none, scale, conformal (CV+).
+"""Post-hoc calibration of predicted score distributions, fitted on training rows only: none, scale, conformal.
 
 Every calibrator reads the out-of-fold predictions of K fold models (each trained on the training rows outside
 its fold, `fold_ids`), so no training row is wasted and no test row is ever seen:
 - `none`: the head's own distribution N(mu, scale^2) (or its family), as trained; point heads get no interval.
 - `scale`: one multiplier s for the spread, fitted by NLL on the out-of-fold residuals: scale' = s * scale.
   A point head (mlp, ridge) has scale 1, so s becomes its constant spread.
-- `conformal`: CV+ (Barber, Candes, Ramdas & Tibshirani 2021, "Predictive inference with the jackknife+") on the
-  normalised residual R_i = |y_i - mu_-k(i)(x_i)| / scale_-k(i)(x_i) (|y_i - mu_-k(i)(x_i)| for a point head):
-  the interval at level 1 - a for a new x is [ the floor(a (n+1))-th smallest of mu_-k(i)(x) - R_i scale_-k(i)(x),
-  the ceil((1-a)(n+1))-th smallest of mu_-k(i)(x) + R_i scale_-k(i)(x) ]. Under exchangeability of training and
-  test rows it covers at least 1 - 2a marginally in theory and about 1 - a in practice; it is not conditional
-  coverage. NLL, CRPS and PIT (a density, which conformal does not give) use the `scale` multiplier.
+- `conformal`: the "CV" method of Barber, Candes, Ramdas & Tibshirani (2021, "Predictive inference with the
+  jackknife+", section 2) on the normalised residual R_i = |y_i - mu_-k(i)(x_i)| / scale_-k(i)(x_i)
+  (|y_i - mu_-k(i)(x_i)| for a point head): the interval at level 1 - a for a new x is
+  mu(x) +- q scale(x), q = the ceil((1-a)(n+1))-th smallest R_i, around the full model's own mu and spread. So the
+  interval is centred on the distribution the row reports (mu always inside it); under exchangeability of
+  training and test rows it covers about 1 - a (the fold models trained on (K-1)/K of the rows, so their
+  residuals are if anything a little wider than the full model's); it is not conditional coverage. CV+ (the
+  jackknife+ form) centres each end on the fold models' predictions instead, which put mu outside its own 50%
+  interval for most UNLV-Dive test dives: not used. The calibrated spread (NLL, CRPS, PIT, `sigma_calibrated`) is
+  q90 / z * scale, z the family's 95% standard quantile: mu +- z sigma_calibrated is the 90% interval.
 The point prediction mu is the full model's under every calibrator: the ranking never changes.
 """
 from __future__ import annotations
@@ -24,6 +28,8 @@ from scipy import optimize
 
 from dae.errors import UsageError
 from dae.heads.calibration_options import CALIBRATORS, DEFAULT_FOLDS, INTERVAL_LEVELS, MIN_CALIBRATION_ROWS
+
+COVERAGE_LEVEL = 0.9  # the level whose interval sigma_calibrated reproduces (mu +- z95 sigma_calibrated)
 
 LEVELS = INTERVAL_LEVELS
 CALIBRATION_SEED = 0
@@ -58,7 +64,7 @@ class Calibration:
     """What a calibrator fitted for one model; `fitted()` / `describe()` give what a run folder records."""
 
     method: str
-    multiplier: float = 1.0          # scale' = multiplier * scale (scale and conformal; 1 for none)
+    multiplier: float = 1.0          # scale' = multiplier * scale (scale: NLL-fitted; conformal: q90 / z95; none: 1)
     normalised: bool = True          # conformal residuals divided by the spread (heads with one)
     residuals: np.ndarray = field(default_factory=lambda: np.zeros(0))  # conformal R_i, score units if not normalised
     fold: np.ndarray = field(default_factory=lambda: np.zeros(0, int))  # the fold model each R_i came from
@@ -75,7 +81,7 @@ class Calibration:
         if self.method == "none":
             return "none"
         how = f"cv{self.folds}-seed{self.seed}"
-        return f"{self.method}:{how}" if self.method == "scale" else f"conformal-cv+:{how}"
+        return f"{self.method}:{how}" if self.method == "scale" else f"conformal-cv:{how}"
 
     def fitted(self) -> dict:
         """JSON-ready record (config.json / model.pt) from which `from_fitted` rebuilds the calibrator."""
@@ -137,8 +143,13 @@ def fit_calibration(method: str, y, oof_mu, oof_scale, fold, distribution, folds
     residuals = np.abs(y - oof_mu) / spread
     from dae.heads.distributions import get_distribution
     # a fold model that diverged (non-finite predictions) leaves the model uncalibrated: NaN intervals, not a guess
-    multiplier = fit_multiplier(y, oof_mu, spread, get_distribution(distribution)) \
-        if np.all(np.isfinite(residuals)) else float("nan")
+    dist = get_distribution(distribution)
+    if not np.all(np.isfinite(residuals)):
+        multiplier = float("nan")
+    elif method == "conformal":  # the spread whose central 90% interval is the conformal one
+        multiplier = conformal_quantile(residuals, COVERAGE_LEVEL) / dist.standard_quantile(0.5 + COVERAGE_LEVEL / 2)
+    else:
+        multiplier = fit_multiplier(y, oof_mu, spread, dist)
     return Calibration(method, multiplier=multiplier, normalised=normalised, residuals=residuals,
                        fold=np.asarray(fold, int), folds=folds, seed=seed)
 
@@ -162,34 +173,32 @@ def _order_statistic(values, k: int, axis=0):
     return np.partition(values, k - 1, axis=axis).take(k - 1, axis=axis)
 
 
-def cv_plus_interval(residuals, fold, fold_mu, fold_scale, level: float):
-    """CV+ interval ends (n_test,) at `level`. residuals, fold (n_cal,); fold_mu, fold_scale (K, n_test): each fold
-    model's prediction for the test rows (fold_scale ones for absolute residuals)."""
-    residuals, fold = np.asarray(residuals, float), np.asarray(fold, int)
-    mu_i = np.asarray(fold_mu, float)[fold]           # (n_cal, n_test): the model that left row i out
-    s_i = np.asarray(fold_scale, float)[fold]
-    n = len(residuals)
+def conformal_quantile(residuals, level: float) -> float:
+    """The ceil(level (n+1))-th smallest of n residuals: the conformal half-width (in residual units) at `level`;
+    +inf when n is too small for it, NaN when a residual is NaN."""
+    residuals = np.asarray(residuals, float)
     if not np.all(np.isfinite(residuals)):
-        return (np.full(mu_i.shape[1], np.nan),) * 2
-    alpha = 1.0 - level
-    lower = _order_statistic(mu_i - residuals[:, None] * s_i, math.floor(alpha * (n + 1) + 1e-9))
-    upper = _order_statistic(mu_i + residuals[:, None] * s_i, math.ceil((1.0 - alpha) * (n + 1) - 1e-9))
-    return lower, upper
+        return float("nan")
+    return float(_order_statistic(residuals, math.ceil(level * (len(residuals) + 1) - 1e-9)))
 
 
 def intervals(cal: Calibration, mu, scale, distribution, fold_mu=None, fold_scale=None, levels=LEVELS) -> dict:
-    """{level: (lo, hi)} in score units for the test rows. mu, scale: the full model's (scale None: point head);
-    fold_mu, fold_scale (K, n_test): the fold models' predictions for the same rows (conformal only)."""
+    """{level: (lo, hi)} in score units for the test rows, centred on mu. mu, scale: the full model's (scale None:
+    point head). fold_mu, fold_scale: the fold models' predictions for the same rows, accepted and unused (the
+    conformal interval is centred on the full model, module docstring)."""
     from dae.heads.distributions import get_distribution
 
     mu = np.asarray(mu, float)
     n = len(mu)
     if cal.method == "conformal":
-        if fold_mu is None:
-            raise ValueError("conformal intervals need the fold models' predictions (fold_mu)")
-        fold_mu = np.asarray(fold_mu, float)
-        fold_spread = np.asarray(fold_scale, float) if cal.normalised else np.ones_like(fold_mu)
-        return {level: cv_plus_interval(cal.residuals, cal.fold, fold_mu, fold_spread, level) for level in levels}
+        spread = _spread(scale, n) if cal.normalised else np.ones(n)
+        if cal.normalised and (scale is None or np.all(np.isnan(np.asarray(scale, float)))):
+            raise ValueError("normalised conformal intervals need the model's own spread (scale)")
+        out = {}
+        for level in levels:
+            q = conformal_quantile(cal.residuals, level)
+            out[level] = (mu - q * spread, mu + q * spread)
+        return out
     spread = calibrated_scale(cal, scale, n)
     if spread is None:
         return {level: (np.full(n, np.nan), np.full(n, np.nan)) for level in levels}

@@ -65,6 +65,14 @@ def coverage(y_true, lo, hi) -> float:
     return float(np.mean((y >= lo) & (y <= hi)))
 
 
+def coverage_pvalue(covered: int, n: int, level: float) -> float:
+    """P(at most `covered` of n scores inside their intervals) when each is inside with probability `level` (test
+    rows exchangeable with calibration rows): the one-sided binomial test of too low a coverage."""
+    if n <= 0:
+        return float("nan")
+    return float(stats.binom.cdf(int(covered), int(n), float(level)))
+
+
 def sigma_error_spearman(y_true, mu, scale) -> float:
     """Does the predicted spread rank the errors? Spearman(scale, |y - mu|)."""
     return spearman(np.abs(np.asarray(y_true, float) - np.asarray(mu, float)), scale)

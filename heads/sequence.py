@@ -17,8 +17,8 @@ random temporal crops, padding masks and losses.
 - `gdlt-dae`: the same encoder and decoder; the concatenated decoded queries feed the DAE head (mu, log
   variance) in place of the Likert scorer, trained with the DAE loss + alpha x the same triplet term.
 
-Training reads a random crop of `crop` consecutive clips per video (GDLT: 68; all clips when shorter, masked);
-evaluation reads every clip of each video.
+Training reads a random crop of `crop` consecutive clips per video (GDLT: 68 on RG, 124 on Fis-V; all clips when
+shorter, masked); evaluation reads every clip of each video.
 """
 from __future__ import annotations
 

@@ -14,16 +14,18 @@ POOLING = {"ridge": "mean", "dae": "mean", "mlp": "mean", "attn-dae": "attention
 
 @dataclass(frozen=True)
 class SequenceOptions:
-    """A sequence head's settings; defaults are GDLT's (options.py and the README's training command)."""
+    """A sequence head's settings. The defaults are GDLT's Rhythmic Gymnastics command (xuangch/CVPR22_GDLT
+    README.md:25 and options.py), not its Fis-V recipe (clip 124, dropout 0.7, alpha 0.5: `--recipe gdlt:fis-v-tes`;
+    heads/recipes/gdlt.toml)."""
 
-    crop: int = 68              # --clip-num
+    crop: int = 68              # --clip-num (RG; Fis-V 124)
     hidden: int = 256           # --hidden_dim
     heads: int = 1              # --n_head
     encoder_layers: int = 1     # --n_encoder
     decoder_layers: int = 2     # --n_decoder 2 in the README's command (options.py: 1)
     queries: int = 4            # --n_query 4 in the README's command (grades)
-    dropout: float = 0.3        # --dropout 0.3 in the README's command
-    triplet_weight: float = 1.0  # --alpha 1.0
+    dropout: float = 0.3        # --dropout 0.3 in the README's (RG) command; Fis-V 0.7
+    triplet_weight: float = 1.0  # --alpha 1.0 (RG; Fis-V 0.5)
     margin: float = 1.0         # --margin 1.0
     eval_chunk: int = 32        # videos per evaluation forward (memory bound only)
 

@@ -375,7 +375,7 @@ def calibrate_option(f):
 
 
 def sequence_options(f):
-    """Options of the sequence heads (attn-dae, gdlt, gdlt-dae); defaults are GDLT's."""
+    """Options of the sequence heads; defaults: GDLT's Rhythmic Gymnastics command (Fis-V: --recipe gdlt:fis-v-tes)."""
     from dae.heads.sequence_options import SequenceOptions
 
     d = SequenceOptions()

@@ -32,6 +32,7 @@ from dae.pipeline.protocols import (WINDOW_EPOCHS, WINDOW_SELECTIONS, apply_wind
 
 PREDICT_ATTRS = ("protocol", "weights_sha256", "decoder", "backbone", "precision", "device", "sequence_dtype")
 VAL_SEED = 0
+EXCHANGEABILITY_ALPHA = 0.01  # a test coverage this unlikely under exchangeability earns a warning after a fit
 FAILED_METRICS = ("spearman", "rl2x100", "l2", *DISTRIBUTION_METRICS, *INTERVAL_METRICS)
 
 
@@ -388,6 +389,30 @@ def calibration_record(plan: FitPlan, results) -> dict:
                         "multiplier": r.calibrated.calibration.multiplier} for r in results]}
 
 
+def exchangeability_warning(rows: pd.DataFrame, alpha: float = EXCHANGEABILITY_ALPHA) -> str:
+    """One line when a conformal run's test coverage at 90% is implausibly low for test rows exchangeable with the
+    training rows (one-sided binomial test of each model's covered count, p < alpha); empty otherwise."""
+    from dae.heads.metrics import COVERAGE_LEVEL, coverage_pvalue
+
+    if "calibration" not in rows or "coverage90" not in rows:
+        return ""
+    conformal = rows[rows["calibration"].astype(str).str.startswith("conformal") & rows["coverage90"].notna()]
+    if not len(conformal):
+        return ""
+    n = conformal["n_test"].to_numpy(int)
+    covered = np.rint(conformal["coverage90"].to_numpy(float) * n).astype(int)
+    p = np.array([coverage_pvalue(k, m, COVERAGE_LEVEL) for k, m in zip(covered, n)])
+    low = p < alpha
+    if not low.any():
+        return ""
+    worst = int(np.argmin(p))
+    which = "the model" if len(conformal) == 1 else f"{int(low.sum())} of {len(conformal)} models"
+    return (f"warning: the test rows look non-exchangeable with the training rows (e.g. features fine-tuned on the "
+            f"training split): {which} covered far fewer test scores than the nominal 90% "
+            f"(worst {covered[worst]} of {n[worst]}, binomial p = {p[worst]:.1g}), so the calibrated intervals do "
+            "not hold for them; see docs/calibration.md")
+
+
 def report_failures(rows: pd.DataFrame, results, echo) -> None:
     """Say which models failed or fell back; raise (exit 1, nothing written) when every model failed."""
     if len(rows) and (rows["status"] != "ok").all():
@@ -457,7 +482,9 @@ def run_fit(features, manifest, plan: FitPlan, out=None, leaderboard=None, echo=
     references = group_references(align(fs, list(df["video_id"]), manifest_name), results)
     rows["run_dir"] = str(out)
     save_run(out, plan, rows, predictions, results,
-             {"features": str(features), "features_sha256": content_sha256(fs), "manifest": str(manifest),
+             # resolved paths: `dae predict --id` finds them from any working directory
+             {"features": str(Path(features).resolve()), "features_sha256": content_sha256(fs),
+              "manifest": str(Path(manifest).resolve()),
               "score_range": [lo, hi], "score_range_source": SCORE_RANGE_SOURCES[plan.score_range is not None],
               "target_scale": plan.target_scale, "target_range": list(target_range(df, plan)),
               "recipe": plan.recipe, "backbone": fs.backbone,
@@ -466,6 +493,9 @@ def run_fit(features, manifest, plan: FitPlan, out=None, leaderboard=None, echo=
               **({"options": options} if options is not None else {})}, references)
     summary = summarise(rows)
     echo(format_summary(summary))
+    warning = exchangeability_warning(rows)
+    if warning:
+        echo(warning)
     echo(f"run written to {out}")
     if leaderboard:
         add_to_leaderboard(leaderboard, rows, echo)

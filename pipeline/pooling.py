@@ -89,10 +89,12 @@ def format_pooling(result: PoolingResult, baseline: str = "dae") -> str:
         beats = "" if head == baseline or not np.isfinite(base_rho) else \
             ("above the mean-pooled dae" if r["spearman_mean"] > base_rho else "not above the mean-pooled dae")
         lines.append({"head": head, "pooling": POOLING[head], "seeds": int(r["seeds"]),
-                      "spearman": f"{r['spearman_mean']:.4f} ± {r['spearman_std']:.4f}",
+                      "spearman": f"{r['spearman_mean']:.4f}" + (f" ± {r['spearman_std']:.4f}"
+                                                                  if np.isfinite(r["spearman_std"]) else ""),
                       "Δ vs dae": "-" if head == baseline or not np.isfinite(base_rho)
                       else f"{r['spearman_mean'] - base_rho:+.4f}",
-                      "beyond seed spread (vs best)": "best" if r["best"] else ("yes" if r["exceeds_spread"] else "no"),
+                      "beyond seed spread (vs best)": "best" if r["best"] else
+                      ("-" if r["seeds"] < 2 else "yes" if r["exceeds_spread"] else "no"),
                       "wall s": f"{wall:.1f}",
                       "× dae": f"{wall / base_wall:.1f}" if base_wall else "-", "": beats})
     rows = result.rows

@@ -300,7 +300,8 @@ def score_features(blob: dict, models: list[dict], features: np.ndarray, difficu
     width = hi - lo
     mu, spread = mus.mean(0), mus.std(0)  # ddof 0: the mixture's variance of its members' means
     nan = np.full(len(mu), np.nan)
-    out = {"mu": lo + mu * width, "sigma": nan, "lo90": nan, "hi90": nan, "mu_spread": spread * width}
+    out = {"mu": lo + mu * width, "sigma": nan, "sigma_calibrated": nan, "lo90": nan, "hi90": nan,
+           "mu_spread": spread * width}
     if scales and all(d is not None for d in distributions):
         scales = np.stack(scales)
         variances = np.stack([(s * _sd_per_scale(d)) ** 2 for s, d in zip(scales, distributions)])
@@ -312,7 +313,24 @@ def score_features(blob: dict, models: list[dict], features: np.ndarray, difficu
         ends = [_calibrated_interval(blob, m, own, x, lo, hi, bank, options, exemplar)
                 for m, own in zip(models, outputs)]
         out["lo90"], out["hi90"] = (np.mean([e[k] for e in ends], axis=0) for k in (0, 1))
+        out["sigma_calibrated"] = (out["hi90"] - out["lo90"]) / (2.0 * _interval_z(models))
     return out
+
+
+def _interval_z(models: list[dict]) -> float:
+    """z with mu +- z sigma_calibrated = the calibrated 90% interval: the models' distribution family's 95% standard
+    quantile (a learned Student-t: its fitted nu, as `dae fit`'s sigma_calibrated), the Gaussian's when they
+    differ."""
+    families = set()
+    for model in models:
+        spec = model.get("spec") or {}
+        distribution = get_distribution(spec.get("distribution", "gaussian"))
+        nu = model.get("distribution_params", {}).get("nu")
+        if getattr(distribution, "learned_shape", False):
+            distribution = StudentT(float(nu)) if nu is not None else get_distribution("gaussian")
+        families.add((getattr(distribution, "name", "gaussian"), float(getattr(distribution, "nu", 0) or 0)))
+        z = float(distribution.standard_quantile(0.5 + LEVEL / 2.0))
+    return z if len(families) == 1 else float(get_distribution("gaussian").standard_quantile(0.5 + LEVEL / 2.0))
 
 
 def _calibrated_interval(blob: dict, model: dict, own, x: torch.Tensor, lo: float, hi: float, bank=None,
@@ -352,9 +370,19 @@ def feature_distance(reference: dict, features: np.ndarray) -> np.ndarray:
 
 
 def distance_percentile(reference: dict, distances: np.ndarray) -> np.ndarray:
-    """Percent of the training videos at most as far from their mean as each distance."""
+    """Percent of the training videos at most as far from their mean as each distance; NaN (undefined) when the
+    training features have no spread (`has_spread`)."""
     own = reference["distances"].numpy()
+    if not has_spread(reference):
+        return np.full(len(np.atleast_1d(distances)), np.nan)
     return 100.0 * np.searchsorted(own, distances, side="right") / len(own)
+
+
+def has_spread(reference: dict) -> bool:
+    """Whether the training features vary at all: identical ones (every training distance 0) leave nothing to
+    measure a distance against, and the OOD check is unavailable rather than "farther than all of them"."""
+    own = reference["distances"].numpy()
+    return bool(len(own)) and float(own.max()) > 0.0
 
 
 def group_references(features: np.ndarray, results) -> dict:
@@ -404,8 +432,12 @@ def predict_videos(run_dir, videos=(), *, ids=(), out=None, features=None, weigh
             note(f"warning: {warning} (--allow-feature-mismatch): the scores are not what the run would give")
     difficulty = video_difficulties(run_dir, config, blob, ids or videos, difficulty, bool(ids), note)
     if ids:
-        extracted, failures = _features_by_id(feature_file, ids, sequence_head, blob["head"]), []
-        rows = _score_rows(blob, models, config, ids, extracted, failures, difficulty)
+        parts = []
+        _features_by_id(feature_file, ids, sequence_head, blob["head"])  # every id there, once: usage errors first
+        for chosen, part_ids, role in _models_by_id(run_dir, config, models, ids, note):
+            extracted = _features_by_id(feature_file, part_ids, sequence_head, blob["head"])
+            parts.append(_score_rows(blob, chosen, config, part_ids, extracted, [], difficulty).assign(run_role=role))
+        rows = pd.concat(parts, ignore_index=True).set_index("video").loc[ids].reset_index()
     else:
         extracted, failures = _extract_videos(videos, attrs, source, out, weights, device, workers, batch_clips,
                                               decoder, precision, sequence_head, note)
@@ -413,7 +445,49 @@ def predict_videos(run_dir, videos=(), *, ids=(), out=None, features=None, weigh
     return _report(rows, run_dir, blob, models, warning, out, echo)
 
 
+def _models_by_id(run_dir, config: dict, models: list[dict], ids: list[str], note) -> list[tuple]:
+    """Which of the run's models score each --id video, as [(models, ids, role)]: a test video of the run is scored
+    by the models it was a test video of (on a k-fold run: its fold's, not the folds that trained on it), so the
+    fit's own test predictions come back; a training video of every model is scored by all of them with a note
+    (not a held-out prediction); a video outside the run's manifest is new. role: test, training, new or unknown
+    (the run's manifest is not found)."""
+    from dae.features.manifest import read_manifest
+
+    path = _recorded_file(run_dir, Path(str(config.get("manifest", ""))))
+    if path is None:
+        note(f"note: the run's manifest {config.get('manifest', '')} is not found: cannot tell whether the --id "
+             "videos were training videos of the run")
+        return [(models, ids, "unknown")]
+    manifest = read_manifest(path)
+    group = str(models[0]["tags"].get("group", ""))
+    if "group" in manifest and group:
+        manifest = manifest[manifest["group"].astype(str) == group]
+    known = set(manifest["video_id"].astype(str))
+    if "fold" in manifest:
+        fold_of = dict(zip(manifest["video_id"].astype(str), manifest["fold"].astype(str)))
+        tested_by = lambda v, m: fold_of.get(v) == str(m["tags"].get("fold", ""))  # noqa: E731
+    else:
+        split_of = dict(zip(manifest["video_id"].astype(str), manifest.get("split", pd.Series(dtype=str)).astype(str)))
+        tested_by = lambda v, m: split_of.get(v) == "test"  # noqa: E731
+    parts: dict = {}
+    for video in ids:
+        own = [i for i, m in enumerate(models) if tested_by(video, m)]
+        role = "new" if video not in known else ("test" if own else "training")
+        chosen = tuple(own) if own else tuple(range(len(models)))
+        parts.setdefault((chosen, role), []).append(video)
+    training = [v for (_, role), vs in parts.items() if role == "training" for v in vs]
+    if training:
+        note(f"note: {len(training)} of the --id videos ({', '.join(training[:5])}{', ...' * (len(training) > 5)}) "
+             "are training videos of this run: the models saw their scores, so these are not held-out predictions")
+    folds = [len(chosen) for (chosen, role) in parts if role == "test" and len(chosen) < len(models)]
+    if folds:
+        note(f"note: each test video of this k-fold run is scored by the {max(folds)} of {len(models)} models whose "
+             "test fold held it (the fit's own test predictions), not by the folds that trained on it")
+    return [([models[i] for i in chosen], vs, role) for (chosen, role), vs in parts.items()]
+
+
 def _features_by_id(feature_file, ids: list[str], sequence_head: bool, head: str):
+
     """The rows of `ids` in the feature file, with their clip sequences for a sequence head's run (usage error when
     the file has none, or lacks an id)."""
     from dae.features.store import FeatureSet, Sequences, align, align_sequences, read_features
@@ -490,8 +564,10 @@ def _extract_videos(videos, attrs, source, out, weights, device, workers, batch_
 def _score_rows(blob, models, config, names, extracted, failures, difficulty) -> pd.DataFrame:
     """One row per video in `names`: the mixture's figures for those in `extracted`, the error of the others."""
     rows = pd.DataFrame({"video": list(names)})
-    for column in ("mu", "sigma", "lo90", "hi90", "mu_spread", "distance", "distance_percentile"):
+    for column in ("mu", "sigma_raw", "sigma_calibrated", "lo90", "hi90", "mu_spread", "distance",
+                   "distance_percentile"):
         rows[column] = np.nan
+
     if extracted is not None:
         sequences = None
         if extracted.sequences is not None:
@@ -500,14 +576,16 @@ def _score_rows(blob, models, config, names, extracted, failures, difficulty) ->
         dd = None if difficulty is None else np.array([difficulty[v] for v in extracted.video_ids])
         scored = score_features(blob, models, extracted.features, dd, config, sequences)
         reference = blob.get("feature_references", {}).get(str(models[0]["tags"].get("group", "")))
-        if reference is not None:
+        if reference is not None and has_spread(reference):
             scored["distance"] = feature_distance(reference, extracted.features)
             scored["distance_percentile"] = distance_percentile(reference, scored["distance"])
         where = rows["video"].isin(extracted.video_ids).to_numpy()
         order = {v: i for i, v in enumerate(extracted.video_ids)}
         index = [order[v] for v in rows["video"][where]]
         for column, values in scored.items():
-            rows.loc[where, column] = values[index]
+            # the CSV names the head's own spread sigma_raw, beside the calibrated one
+            rows.loc[where, "sigma_raw" if column == "sigma" else column] = values[index]
+
     errors = {vid: error for vid, _, error in failures}
     rows["models"] = len(models)
     rows["error"] = [errors.get(v, "") for v in rows["video"]]
@@ -533,6 +611,11 @@ def _report(rows: pd.DataFrame, run_dir, blob, models, warning: str, out, echo) 
              "videos: the heads never saw such a feature, its interval may be over-confident")
     if "feature_references" not in blob:
         echo("note: this run predates recorded training features: no distance to them (refit to get one)")
+    else:
+        reference = blob["feature_references"].get(str(models[0]["tags"].get("group", "")))
+        if reference is not None and not has_spread(reference):
+            echo("note: the out-of-distribution check is unavailable: the run's training features are all identical "
+                 "(no spread to measure a distance against)")
     echo(f"written to {out}")
     return rows
 
@@ -551,15 +634,17 @@ def _extraction_precision(attrs: dict, asked: str | None, note) -> str | None:
 
 
 def format_predictions(rows: pd.DataFrame) -> str:
-    """One line per video; `far %` = the video's distance percentile among the training videos' (module docstring)."""
-    lines = [f"{'video':<40} {'mu':>9} {'sigma':>9} {'90% interval':>21} {'far %':>6}"]
+    """One line per video; `far %` = the video's distance percentile among the training videos' (module docstring);
+    `sigma raw` the heads' own spread, `sigma cal` the calibrated one (mu +- 1.645 sigma cal = the 90% interval for a
+    Gaussian run)."""
+    lines = [f"{'video':<40} {'mu':>9} {'sigma raw':>9} {'sigma cal':>9} {'90% interval':>21} {'far %':>6}"]
     for _, r in rows.iterrows():
         name = r["video"] if len(r["video"]) <= 40 else "..." + r["video"][-37:]
         if r["error"]:
             lines.append(f"{name:<40} failed: {r['error']}")
             continue
-        spread = f"{r['sigma']:9.3f}" if np.isfinite(r["sigma"]) else f"{'-':>9}"
+        raw, cal = (f"{r[c]:9.3f}" if np.isfinite(r[c]) else f"{'-':>9}" for c in ("sigma_raw", "sigma_calibrated"))
         span = f"[{r['lo90']:8.3f}, {r['hi90']:8.3f}]" if np.isfinite(r["lo90"]) else f"{'-':>21}"
         far = f"{r['distance_percentile']:6.1f}" if np.isfinite(r["distance_percentile"]) else f"{'-':>6}"
-        lines.append(f"{name:<40} {r['mu']:9.3f} {spread} {span} {far}")
+        lines.append(f"{name:<40} {r['mu']:9.3f} {raw} {cal} {span} {far}")
     return "\n".join(lines)

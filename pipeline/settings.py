@@ -33,7 +33,8 @@ OPTIM_DEFAULTS = {"optimizer": _TRAIN.optimizer, "momentum": _TRAIN.momentum, "n
                   "accumulate": _TRAIN.accumulate}
 SPEC_DEFAULTS = {"loss": _SPEC.loss, "reparam": _SPEC.reparam, "alpha": _SPEC.alpha, "beta": _SPEC.beta}
 CALIBRATION_DEFAULTS = {"calibrate": DEFAULT_CALIBRATOR, "calibration_folds": DEFAULT_FOLDS}
-# the sequence heads' options (GDLT's defaults), as `dae fit` and `dae ablate pooling` name them
+# the sequence heads' options (defaults: GDLT's Rhythmic Gymnastics command; its Fis-V recipe is gdlt:fis-v-tes), as
+# `dae fit` and `dae ablate pooling` name them
 SEQUENCE_DEFAULTS = {"crop": _SEQ.crop, "attention_heads": _SEQ.heads, "queries": _SEQ.queries,
                      "encoder_layers": _SEQ.encoder_layers, "decoder_layers": _SEQ.decoder_layers,
                      "hidden": _SEQ.hidden, "dropout": _SEQ.dropout, "triplet_weight": _SEQ.triplet_weight,

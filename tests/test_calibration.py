@@ -1,5 +1,5 @@
-"""Calibrators (none, scale, conformal CV+) on plain arrays: hand-computed values, MAPIE as the CV+ oracle,
-coverage on exchangeable data, and mu untouched."""
+"""Calibrators (none, scale, conformal) on plain arrays: hand-computed values, MAPIE as the conformal oracle,
+coverage on exchangeable data, intervals centred on mu, and mu untouched."""
 import math
 
 import numpy as np
@@ -27,20 +27,44 @@ def test_fold_ids_are_balanced_and_fixed_by_the_seed():
     assert not np.array_equal(ids, cal.fold_ids(23, 5, seed=1))
 
 
-def test_cv_plus_interval_by_hand():
-    # n = 4 calibration rows, two folds, one test row; level 0.6: alpha = 0.4,
-    # lower = floor(0.4 * 5) = 2nd smallest, upper = ceil(0.6 * 5) = 3rd smallest.
-    residuals = np.array([1.0, 2.0, 0.5, 3.0])
-    fold = np.array([0, 0, 1, 1])
-    fold_mu = np.array([[10.0], [12.0]])
-    ones = np.ones_like(fold_mu)
-    lo, hi = cal.cv_plus_interval(residuals, fold, fold_mu, ones, 0.6)
-    # lower values: 9, 8, 11.5, 9 -> sorted 8, 9, 9, 11.5 -> 2nd = 9; upper: 11, 12, 12.5, 15 -> 3rd = 12.5
-    assert lo[0] == pytest.approx(9.0) and hi[0] == pytest.approx(12.5)
-    # normalised: fold 1 predicts twice the spread, so its residuals count double around its mu
-    lo, hi = cal.cv_plus_interval(residuals, fold, fold_mu, np.array([[1.0], [2.0]]), 0.6)
-    # lower: 9, 8, 11, 6 -> 6, 8, 9, 11 -> 8; upper: 11, 12, 13, 18 -> 13
-    assert lo[0] == pytest.approx(8.0) and hi[0] == pytest.approx(13.0)
+def test_conformal_interval_by_hand_is_centred_on_the_models_own_mu():
+    # n = 4 out-of-fold residuals; level 0.6: the ceil(0.6 * 5) = 3rd smallest, 2.0
+    c = cal.Calibration("conformal", normalised=False, residuals=np.array([1.0, 2.0, 0.5, 3.0]),
+                        fold=np.array([0, 0, 1, 1]))
+    # the fold models predict far from the full model (10 and 12 against 20): the interval follows mu alone
+    lo, hi = cal.intervals(c, np.array([20.0]), None, "gaussian", np.array([[10.0], [12.0]]), None, (0.6,))[0.6]
+    assert lo[0] == pytest.approx(18.0) and hi[0] == pytest.approx(22.0)
+    # normalised residuals are scaled by the full model's own spread
+    c.normalised = True
+    lo, hi = cal.intervals(c, np.array([20.0, 5.0]), np.array([1.0, 0.5]), "gaussian", levels=(0.6,))[0.6]
+    np.testing.assert_allclose(lo, [18.0, 4.0]) and np.testing.assert_allclose(hi, [22.0, 6.0])
+
+
+def test_the_calibrated_spread_gives_the_conformal_90_interval():
+    """sigma_calibrated = q90 / z95 x sigma: mu +- z95 sigma_calibrated is the 90% interval (the README's reading
+    of N(mu, sigma_calibrated^2)); before, it was an NLL-fitted spread beside an unrelated interval."""
+    rng = np.random.default_rng(4)
+    y, oof_mu, oof_s = rng.normal(size=50), np.zeros(50), rng.uniform(0.5, 2.0, 50)
+    for name in ("gaussian", "laplace"):
+        c = cal.fit_calibration("conformal", y, oof_mu, oof_s, cal.fold_ids(50, 5), name)
+        mu, s = np.array([1.0, 2.0, 3.0]), np.array([0.5, 1.0, 2.0])
+        lo, hi = cal.intervals(c, mu, s, name)[0.9]
+        z = cal_dist(name).standard_quantile(0.95)
+        np.testing.assert_allclose(mu + z * cal.calibrated_scale(c, s, 3), hi)
+        np.testing.assert_allclose(mu - z * cal.calibrated_scale(c, s, 3), lo)
+
+
+def test_mu_lies_inside_every_conformal_interval_even_when_fold_models_disagree_with_it():
+    """UNLV-Dive's fine-tuned features make the full model's mu differ from its fold models' (CV+ put mu outside
+    its own 50% interval for 42 of 70 test dives): the interval must be centred on the mu the row reports."""
+    rng = np.random.default_rng(5)
+    n, m = 60, 30
+    c = cal.fit_calibration("conformal", rng.normal(size=n), np.zeros(n), np.ones(n), cal.fold_ids(n, 5), "gaussian")
+    mu, s = rng.normal(size=m), np.full(m, 0.3)
+    fold_mu, fold_s = mu + rng.normal(3.0, 0.5, size=(5, m)), np.full((5, m), 0.3)  # fold models far above mu
+    for level, (lo, hi) in cal.intervals(c, mu, s, "gaussian", fold_mu, fold_s).items():
+        assert np.all(lo < mu) and np.all(mu < hi), level
+        np.testing.assert_allclose((lo + hi) / 2, mu)
 
 
 def _ridge_folds(x, y, x_test, fold, k):
@@ -55,8 +79,10 @@ def _ridge_folds(x, y, x_test, fold, k):
     return oof, test
 
 
-def test_cv_plus_matches_mapie_cross_conformal():
-    pytest.importorskip("mapie", reason="MAPIE (the dev extra) is the CV+ oracle")
+def test_conformal_matches_mapie_cross_conformal_base():
+    """MAPIE's cross-conformal "base" method (Barber et al.'s CV: the full model's prediction +- the quantile of the
+    out-of-fold residuals) is the oracle for the point-head case."""
+    pytest.importorskip("mapie", reason="MAPIE (the dev extra) is the conformal oracle")
     from mapie.regression import CrossConformalRegressor
     from sklearn.linear_model import Ridge
     from sklearn.model_selection import PredefinedSplit
@@ -69,9 +95,10 @@ def test_cv_plus_matches_mapie_cross_conformal():
     oof, test = _ridge_folds(x, y, x_test, fold, 5)
     c = cal.fit_calibration("conformal", y, oof, None, fold, "gaussian")
     assert not c.normalised
-    ours = cal.intervals(c, test.mean(0), None, "gaussian", fold_mu=test)
+    full = Ridge(alpha=1.0).fit(x, y).predict(x_test)
+    ours = cal.intervals(c, full, None, "gaussian", fold_mu=test)
     levels = list(cal.LEVELS)
-    mapie = CrossConformalRegressor(Ridge(alpha=1.0), confidence_level=levels, method="plus",
+    mapie = CrossConformalRegressor(Ridge(alpha=1.0), confidence_level=levels, method="base",
                                     cv=PredefinedSplit(fold)).fit_conformalize(x, y)
     _, ends = mapie.predict_interval(x_test)
     for j, level in enumerate(levels):
@@ -80,7 +107,7 @@ def test_cv_plus_matches_mapie_cross_conformal():
 
 
 def test_conformal_covers_at_the_nominal_level_on_exchangeable_data():
-    """Heteroscedastic data, a spread that tracks the noise: over many draws CV+ covers at least its level
+    """Heteroscedastic data, a spread that tracks the noise: over many draws conformal covers its level
     (the guarantee is marginal, so it is checked over draws), and normalised intervals are narrower than
     absolute ones at the same coverage."""
     rng = np.random.default_rng(0)
@@ -160,7 +187,7 @@ def test_fitted_record_round_trips():
     fold = cal.fold_ids(30, 5)
     c = cal.fit_calibration("conformal", rng.normal(size=30), np.zeros(30), np.ones(30), fold, "gaussian")
     back = cal.Calibration.from_fitted(c.fitted())
-    assert back.label() == c.label() == "conformal-cv+:cv5-seed0" and back.n_rows == c.n_rows == 30
+    assert back.label() == c.label() == "conformal-cv:cv5-seed0" and back.n_rows == c.n_rows == 30
     fold_mu, fold_s = rng.normal(size=(5, 4)), np.ones((5, 4))
     a = cal.intervals(c, np.zeros(4), np.ones(4), "gaussian", fold_mu, fold_s)
     b = cal.intervals(back, np.zeros(4), np.ones(4), "gaussian", fold_mu, fold_s)
@@ -199,9 +226,13 @@ def test_fit_calibrators_never_change_mu_or_spearman(tmp_path, one_thread):
         np.testing.assert_array_equal(p["sigma"], p_none["sigma"])  # the raw spread is kept beside the calibrated
     assert m_none["calibration"].eq("none").all()
     assert m_scale["calibration"].eq("scale:cv5-seed0").all() and m_scale["n_train"].eq(90).all()
-    assert m_conf["calibration"].eq("conformal-cv+:cv5-seed0").all()
+    assert m_conf["calibration"].eq("conformal-cv:cv5-seed0").all()
     # scale: intervals centred on mu, spread = s * sigma; conformal: finite nested intervals at every level
     np.testing.assert_allclose((p_scale["lo90"] + p_scale["hi90"]) / 2, p_scale["mu"])
+    # conformal: every interval centred on the row's mu, and mu +- 1.645 sigma_calibrated is its 90% interval
+    for level in (50, 80, 90, 95):
+        np.testing.assert_allclose((p_conf[f"lo{level}"] + p_conf[f"hi{level}"]) / 2, p_conf["mu"])
+    np.testing.assert_allclose(p_conf["mu"] + 1.6448536 * p_conf["sigma_calibrated"], p_conf["hi90"], rtol=1e-6)
     for level_lo, level_hi in (("lo50", "lo80"), ("lo80", "lo90"), ("lo90", "lo95")):
         assert (p_conf[level_hi] <= p_conf[level_lo]).all()
     for col in ("coverage50", "coverage80", "coverage90", "coverage95", "width90", "nll", "crps", "pit_distance"):
@@ -292,7 +323,7 @@ def test_old_leaderboards_still_read_and_calibrators_are_never_pooled(tmp_path):
                         "coverage90": [0.1, 0.2], "source": ["this-run"] * 2})
     old.to_csv(board, index=False)  # a leaderboard from before calibration
     assert summarise(read_leaderboard(board))["coverage90_mean"].iloc[0] == pytest.approx(0.15)
-    new = old.assign(calibration=["conformal-cv+:cv5-seed0"] * 2, coverage90=[0.9, 0.88], width90=[10.0, 12.0])
+    new = old.assign(calibration=["conformal-cv:cv5-seed0"] * 2, coverage90=[0.9, 0.88], width90=[10.0, 12.0])
     append_rows(board, new)
     rows = read_leaderboard(board)
     assert len(rows) == 4 and rows["width90"].isna().sum() == 2
@@ -323,7 +354,7 @@ def test_ablate_calibration_prints_the_table_and_verdict_and_writes_plots(tmp_pa
     rows = pd.read_csv(board)
     # (dae v1, dae nll, dae-mt) x 2 seeds + ridge once (no randomness), x 3 calibrators; mu shared across them
     assert len(rows) == 21 and sorted(rows["calibration"].str.split(":").str[0].unique()) == \
-        ["conformal-cv+", "none", "scale"]
+        ["conformal-cv", "none", "scale"]
     assert rows.groupby(["head", "loss", "seed"])["spearman"].nunique().eq(1).all()
     table = pd.read_csv(out / "calibration_table.csv")
     assert set(table["method"]) == {"none", "scale", "conformal", "conformal-constant"}

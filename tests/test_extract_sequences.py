@@ -241,7 +241,7 @@ def test_predict_extracts_new_videos_with_a_sequence_runs_stride_protocol(setup,
     assert res.exit_code == 0, res.output
     a, b = pd.read_csv(by_id), pd.read_csv(by_file)
     np.testing.assert_allclose(b["mu"], a["mu"], rtol=1e-4)
-    np.testing.assert_allclose(b["sigma"], a["sigma"], rtol=1e-4)
+    np.testing.assert_allclose(b["sigma_raw"], a["sigma_raw"], rtol=1e-4)
 
 
 def test_bench_extract_refuses_a_sequence_protocol_in_one_line():

@@ -131,7 +131,7 @@ def test_ablate_pooling_replays_its_config_json_and_options_override_it(tmp_path
     c = pd.read_csv(varied / "metrics.csv")
     assert set(c["head"]) == {"attn-dae"} and set(c["seed"]) == {0} and set(c["crop"]) == {6} and len(c) == 2
     # the study calibrates like fit (CV+ by default); --calibrate none trains no fold models
-    assert set(a["calibration"]) == {"conformal-cv+:cv5-seed0"} and set(c["calibration"]) == {"none"}
+    assert set(a["calibration"]) == {"conformal-cv:cv5-seed0"} and set(c["calibration"]) == {"none"}
 
     res = CliRunner().invoke(cli, ["ablate", "losses", "--config", str(first), "--out", str(tmp_path / "x")])
     assert res.exit_code == 2 and "records a `dae ablate pooling` run" in res.output

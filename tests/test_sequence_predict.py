@@ -47,9 +47,10 @@ def test_predict_by_id_gives_the_fits_own_test_predictions(tmp_path, head, one_t
     np.testing.assert_allclose(got["lo90"], fitted["lo90"], rtol=1e-6, atol=1e-6)  # the run's conformal interval
     np.testing.assert_allclose(got["hi90"], fitted["hi90"], rtol=1e-6, atol=1e-6)
     if head == "gdlt":  # a point head: no spread of its own
-        assert got["sigma"].isna().all() and fitted["sigma"].isna().all()
+        assert got["sigma_raw"].isna().all() and fitted["sigma"].isna().all()
     else:
-        np.testing.assert_allclose(got["sigma"], fitted["sigma"], rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(got["sigma_raw"], fitted["sigma"], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(got["sigma_calibrated"], fitted["sigma_calibrated"], rtol=1e-6, atol=1e-6)
 
     # the run's own feature file is found from config.json; one video alone scores the same
     res = _invoke(["predict", "--run", run, "--id", test_ids[5], "--out", tmp_path / "one.csv"])
