@@ -56,8 +56,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from dae.heads import sequence
 from dae.heads.dae import DAEHead, StackedDAE
-from dae.heads.sequence import SequenceHead, StackedGDLT, hardest_triplet_loss
+from dae.heads.sequence import SequenceHead, StackedGDLT, backbone_key_map, hardest_triplet_loss
 from dae.heads.sequence_options import SequenceOptions
 from dae.heads.temporal import Dropout, StackedLinear, xavier_bound
 
@@ -65,6 +66,7 @@ COFINAL_HEADS = ("cofinal", "cofinal-dae")
 GRADES = (-1.0, -0.8, 0.8, 1.0)        # models/model.py choose_activate, type 3 ("arcl1"); int_revert: flipped
 ETF_CLASSES = 100                      # cofinal.score_len: the fine grade's classes (1e-4 steps of the score)
 ETF_ATTENTION_HEADS = 4                # regi[0] = nn.MultiheadAttention(hidden, num_heads=4)
+COFINAL_LOSS = "mse-grades+l1-etf+triplet"  # the leaderboard's name of CoFInAl's loss (cofinal-dae: + the DAE's)
 
 
 def etf_basis(generator: torch.Generator, n: int = ETF_CLASSES) -> torch.Tensor:
@@ -123,7 +125,7 @@ class StackedCoFInAl(StackedGDLT):
         self.etf_hidden = StackedLinear(gens, o.queries * h, h)
         self.etf_out = StackedLinear(gens, h, ETF_CLASSES)
         self.register_buffer("etf", torch.stack([etf_basis(g) for g in gens]))        # (M, C, C)
-        self.register_buffer("grades", torch.tensor(GRADES))
+        self.register_buffer("grades", torch.tensor(GRADES), persistent=False)  # a constant, not per model
         if scorer == "dae":
             self.dae = StackedDAE([DAEHead(o.queries * h, dae_hidden, seed=int(s)) for s in seeds])
 
@@ -200,6 +202,12 @@ class CoFInAlHead(SequenceHead):
                  prediction: str = "mu"):
         if head not in COFINAL_HEADS:
             raise ValueError(f"unknown CoFInAl head {head!r} (choose from {', '.join(COFINAL_HEADS)})")
+        from dae.errors import UsageError
+
+        if options.queries != len(GRADES) or options.hidden % ETF_ATTENTION_HEADS:
+            raise UsageError(f"{head} needs --queries {len(GRADES)} (its grade values {list(GRADES)}) and a --model-width "
+                             f"divisible by its ETF attention's {ETF_ATTENTION_HEADS} heads (got --queries "
+                             f"{options.queries}, --model-width {options.hidden})")
         super().__init__(head, clips, starts, lengths, targets, options, prediction)
 
     def build(self, stack):
@@ -233,87 +241,28 @@ class CoFInAlHead(SequenceHead):
         return exported
 
 
-# ---- the authors' state dict <-> dae's module (parity with their code; see the fixtures' README) ----
-
-def _layer_map(prefix: str, ours: str, kind: str):
-    return [(f"{prefix}.weight", (f"{ours}.weight",), kind), (f"{prefix}.bias", (f"{ours}.bias",), "vector")]
-
-
-def _attention_map(prefix: str, ours: str):
-    qkv = tuple(f"{ours}.{p}" for p in ("q", "k", "v"))
-    return [(f"{prefix}.in_proj_weight", tuple(f"{n}.weight" for n in qkv), "packed"),
-            (f"{prefix}.in_proj_bias", tuple(f"{n}.bias" for n in qkv), "packed-bias"),
-            *_layer_map(f"{prefix}.out_proj", f"{ours}.out", "linear")]
-
-
-def _norm_map(prefix: str, ours: str, running: bool = False):
-    names = ("weight", "bias") + (("running_mean", "running_var") if running else ())
-    return [(f"{prefix}.{n}", (f"{ours}.{n}",), "vector") for n in names]
-
+# ---- the authors' state dict <-> dae's module (parity with their code; tests/test_cofinal_parity.py) ----
 
 def original_key_map(module: StackedCoFInAl) -> list[tuple[str, tuple[str, ...], str]]:
     """(original key, dae names, kind) for every entry of CoFInAl_AQA's `cofinal` state dict but the BatchNorm
-    counters. Kinds: "linear" (nn.Linear (out, in) = ours (in, out) transposed), "conv" (Conv1d k=1 (out, in, 1)),
-    "packed" / "packed-bias" (nn.MultiheadAttention's [W_q; W_k; W_v] rows = our q, k, v), "vector" (reshaped),
-    "as-is". regi.0's packed projection maps to regi_q / regi_k / regi_v, regressori.0.1 / .2 to etf_hidden /
-    etf_out, prototype.weight to queries, etf_vec1 to etf."""
-    entries = [*_layer_map("in_proj.0", "proj1", "conv"), *_norm_map("in_proj.1", "bn1", True),
-               *_layer_map("in_proj.3", "proj2", "conv"), *_norm_map("in_proj.4", "bn2", True)]
-    for i in range(len(module.encoder)):
-        p, o = f"transformer.encoder.layers.{i}", f"encoder.{i}"
-        entries += [*_attention_map(f"{p}.self_attn", f"{o}.attn"), *_layer_map(f"{p}.linear1", f"{o}.lin1", "linear"),
-                    *_layer_map(f"{p}.linear2", f"{o}.lin2", "linear"), *_norm_map(f"{p}.norm1", f"{o}.norm1"),
-                    *_norm_map(f"{p}.norm2", f"{o}.norm2")]
-    entries += _norm_map("transformer.encoder.norm", "encoder_norm")
-    for i in range(len(module.decoder)):
-        p, o = f"transformer.decoder.layers.{i}", f"decoder.{i}"
-        entries += [*_attention_map(f"{p}.self_attn", f"{o}.self_attn"),
-                    *_attention_map(f"{p}.multihead_attn", f"{o}.cross_attn"),
-                    *_layer_map(f"{p}.linear1", f"{o}.lin1", "linear"), *_layer_map(f"{p}.linear2", f"{o}.lin2", "linear"),
-                    *[e for j in range(3) for e in _norm_map(f"{p}.norm{j + 1}", f"{o}.norms.{j}")]]
-    entries += _norm_map("transformer.decoder.norm", "decoder_norm")
-    entries += [("prototype.weight", ("queries",), "as-is"),
-                *_layer_map("regressor", "regressor", "linear"), *_layer_map("regressor_revert", "regressor_revert", "linear"),
-                *_layer_map("regressori.0.1", "etf_hidden", "linear"), *_layer_map("regressori.0.2", "etf_out", "linear"),
-                ("regi.0.in_proj_weight", ("regi_q.weight", "regi_k.weight", "regi_v.weight"), "packed"),
-                ("regi.0.in_proj_bias", ("regi_q.bias", "regi_k.bias", "regi_v.bias"), "packed-bias"),
-                *_layer_map("regi.0.out_proj", "regi_out", "linear"), ("etf_vec1", ("etf",), "as-is")]
-    return entries
+    counters: GDLT's backbone (`heads.sequence.backbone_key_map`, whose comment defines the kinds), then regressor
+    and regressor_revert (int, int_revert), regressori.0.1 / .2 = etf_hidden / etf_out, regi.0's packed
+    [W_q; W_k; W_v] = regi_q / regi_k / regi_v and its out_proj = regi_out, etf_vec1 = etf (each model's basis)."""
+    extras = []
+    for theirs, ours in (("regressor", "regressor"), ("regressor_revert", "regressor_revert"),
+                         ("regressori.0.1", "etf_hidden"), ("regressori.0.2", "etf_out"), ("regi.0.out_proj", "regi_out")):
+        extras += [(f"{theirs}.weight", (f"{ours}.weight",), "linear"), (f"{theirs}.bias", (f"{ours}.bias",), "vector")]
+    extras += [("regi.0.in_proj_weight", ("regi_q.weight", "regi_k.weight", "regi_v.weight"), "packed"),
+               ("regi.0.in_proj_bias", ("regi_q.bias", "regi_k.bias", "regi_v.bias"), "packed-bias"),
+               ("etf_vec1", ("etf",), "as-is")]
+    return backbone_key_map(module) + extras
 
 
 def to_original(module: StackedCoFInAl, k: int, value=None) -> dict:
-    """Model k's tensors under the original keys and layouts. value(tensor) -> (M, ...) tensor or None picks what to
-    read for a parameter or buffer (default: itself; e.g. its .grad or its optimizer state); None leaves the key out."""
-    named = {**dict(module.named_parameters()), **dict(module.named_buffers())}
-    value = value or (lambda t: t)
-    out = {}
-    for key, names, kind in original_key_map(module):
-        read = [value(named[n]) for n in names]
-        if any(t is None for t in read):
-            continue
-        ts = [t[k].detach() for t in read]
-        if kind in ("linear", "packed"):
-            out[key] = torch.cat([t.transpose(0, 1) for t in ts])
-        elif kind == "conv":
-            out[key] = ts[0].transpose(0, 1).unsqueeze(-1)
-        elif kind in ("vector", "packed-bias"):
-            out[key] = torch.cat([t.reshape(-1) for t in ts])
-        else:
-            out[key] = ts[0]
-    return out
+    """Model k's tensors under CoFInAl's keys and layouts (`heads.sequence.to_original` with this key map)."""
+    return sequence.to_original(module, k, value, original_key_map)
 
 
-@torch.no_grad()
 def load_original(module: StackedCoFInAl, state: dict, k: int = 0) -> None:
-    """Copy the authors' state dict (original keys, numpy or torch) into model k of the stack."""
-    named = {**dict(module.named_parameters()), **dict(module.named_buffers())}
-    for key, names, kind in original_key_map(module):
-        t = torch.as_tensor(np.asarray(state[key]), dtype=torch.float32)
-        if kind == "conv":
-            t = t[..., 0]
-        parts = t.chunk(len(names)) if kind in ("packed", "packed-bias") else [t]
-        for name, part in zip(names, parts):
-            target = named[name]
-            if kind in ("linear", "packed", "conv"):
-                part = part.transpose(0, 1)
-            target[k].copy_(part.reshape(target[k].shape))
+    """Copy the authors' state dict (original keys, numpy arrays or tensors) into model k of the stack."""
+    sequence.load_original(module, state, k, original_key_map)
