@@ -461,7 +461,11 @@ def fit_cmd(ctx, config_path, **options):
     """
     from dae.pipeline.settings import fit_from_options, fit_options
 
-    fit_from_options(fit_options(options, _explicit(ctx), config_path), echo=click.echo)
+    from dae.pipeline.option_use import refuse_ignored_options
+
+    merged = fit_options(options, _explicit(ctx), config_path)
+    refuse_ignored_options(merged["head"], [name for name in options if name in _explicit(ctx)])
+    fit_from_options(merged, echo=click.echo)
 
 
 @cli.command("recipes")
