@@ -145,3 +145,27 @@ def test_target_scale_is_refused_for_heads_with_their_own_score_mapping(tmp_path
                                    "--target-scale", "max", "--out", str(tmp_path / "run")])
     assert res.exit_code == 2 and "usdl maps scores through its own bins" in res.output, res.output
     assert not (tmp_path / "run").exists()
+
+
+def test_predict_de_normalises_with_the_runs_target_scale(tmp_path, one_thread):
+    """A run trained on y / max (not the card's range) predicts by id exactly what its fit predicted: mu, the spread
+    and the calibrated interval are mapped back with the targets' scaling (model.pt's score_range)."""
+    features, manifest = _fisv_like_files(tmp_path, n=48)
+    run = tmp_path / "run"
+    res = CliRunner().invoke(cli, ["fit", "--features", str(features), "--manifest", str(manifest), "--dataset",
+                                   "fis-v", "--head", "gdlt-dae", "--target-scale", "max", "--epochs", "3", "--lr",
+                                   "1e-3", "--crop", "6", "--model-width", "16", "--attention-heads", "2",
+                                   "--out", str(run)])
+    assert res.exit_code == 0, res.output
+    fitted = pd.read_csv(run / "predictions.csv")
+    ids = fitted["video_id"].astype(str).tolist()[:6]
+    out = tmp_path / "pred.csv"
+    res = CliRunner().invoke(cli, ["predict", "--run", str(run), *[a for v in ids for a in ("--id", v)],
+                                   "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    got = pd.read_csv(out)
+    want = fitted.iloc[:6]
+    for a, b in (("mu", "mu"), ("sigma_raw", "sigma"), ("lo90", "lo90"), ("hi90", "hi90")):
+        np.testing.assert_allclose(got[a], want[b], rtol=1e-5, atol=1e-5)  # float32 (the wrong scaling: ~17%)
+    config = json.loads((run / "config.json").read_text())
+    assert config["target_range"][0] == 0.0 and config["score_range"] == [6.33, 42.81]
