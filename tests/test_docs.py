@@ -51,17 +51,26 @@ def dae_commands(path: Path):
     for start, text in shell_blocks(path):
         text = re.sub(r"\\\n", " ", text)  # continuation lines
         for offset, line in enumerate(text.splitlines()):
-            lexer = shlex.shlex(line, posix=True, punctuation_chars=True)
-            lexer.whitespace_split, lexer.commenters = True, "#"
-            segment = []
-            for token in [*lexer, ";"]:
-                if token not in SEPARATORS:
-                    segment.append(token)
-                    continue
-                argv = _dae_argv(segment)
-                if argv is not None:
-                    yield start + offset, argv
-                segment = []
+            for argv in _commands_in_line(line):
+                yield start + offset, argv
+
+
+def _commands_in_line(line: str):
+    """argv after `dae` of each `dae` command of one shell line (and of a `sh -c '...'` inside it)."""
+    lexer = shlex.shlex(line, posix=True, punctuation_chars=True)
+    lexer.whitespace_split, lexer.commenters = True, "#"
+    segment = []
+    for token in [*lexer, ";"]:
+        if token not in SEPARATORS:
+            segment.append(token)
+            continue
+        for i in range(len(segment) - 2):
+            if segment[i] in ("sh", "bash") and segment[i + 1] == "-c":
+                yield from _commands_in_line(segment[i + 2])
+        argv = _dae_argv(segment)
+        if argv is not None:
+            yield argv
+        segment = []
 
 
 def _dae_argv(tokens):
