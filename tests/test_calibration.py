@@ -34,8 +34,13 @@ def test_conformal_interval_by_hand_is_centred_on_the_models_own_mu():
     # the fold models predict far from the full model (10 and 12 against 20): the interval follows mu alone
     lo, hi = cal.intervals(c, np.array([20.0]), None, "gaussian", np.array([[10.0], [12.0]]), None, (0.6,))[0.6]
     assert lo[0] == pytest.approx(18.0) and hi[0] == pytest.approx(22.0)
-    # normalised residuals are scaled by the full model's own spread
+    # normalised: each residual times the spread its own fold model gives x: 1, 2, 0.5 x 2, 3 x 2 -> 1, 1, 2, 6 -> 2,
+    # whatever the full model's own spread (0.25 here)
     c.normalised = True
+    fold_s = np.array([[1.0], [2.0]])
+    lo, hi = cal.intervals(c, np.array([20.0]), np.array([0.25]), "gaussian", None, fold_s, (0.6,))[0.6]
+    assert lo[0] == pytest.approx(18.0) and hi[0] == pytest.approx(22.0)
+    # without the fold models' spreads: the 3rd smallest residual (2.0) times the full model's spread
     lo, hi = cal.intervals(c, np.array([20.0, 5.0]), np.array([1.0, 0.5]), "gaussian", levels=(0.6,))[0.6]
     np.testing.assert_allclose(lo, [18.0, 4.0]) and np.testing.assert_allclose(hi, [22.0, 6.0])
 
