@@ -369,8 +369,9 @@ def calibrate_option(f):
     return click.option("--calibrate", type=click.Choice(CALIBRATORS), default=DEFAULT_CALIBRATOR,
                         show_default=True, help="How the predicted intervals are calibrated, on training rows only: "
                         "none (the head's raw spread; point heads get no interval); scale (one spread multiplier "
-                        "fitted by NLL); conformal (CV+ on |y - mu| / sigma, or |y - mu| for point heads: "
-                        "marginal coverage under exchangeability). mu and the ranking never change. Needs "
+                        "fitted by NLL); conformal (intervals centred on mu, their width from the out-of-fold "
+                        "|y - mu| / sigma, or |y - mu| for point heads: marginal coverage under exchangeability). mu "
+                        "and the ranking never change. Needs "
                         f"at least {MIN_CALIBRATION_ROWS} training rows per protocol cell.")(f)
 
 
@@ -790,7 +791,7 @@ for _study in _STUDY_HELP:
 @click.option("--config", "config_path", type=click.Path(), default=None, help=_CONFIG_HELP)
 @click.pass_context
 def ablate_calibration_cmd(ctx, config_path, **options):
-    """Calibrators: none, scale, conformal (CV+) for every head (dae per loss, mlp, ridge, usdl, dae-mt).
+    """Calibrators: none, scale, conformal (centred on mu) for every head (dae per loss, mlp, ridge, usdl, dae-mt).
 
     Prints coverage at 50/80/90/95 against nominal, width, NLL, CRPS, PIT distance and uncertainty ranking per
     head and calibrator, and answers: at equal coverage, are the DAE's adaptive intervals narrower than
