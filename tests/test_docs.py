@@ -152,7 +152,21 @@ def test_every_dae_command_and_option_in_the_docs_exists(doc):
             continue
         names, command, args = resolved
         problems += [f"{_name(doc)}:{line}: {p}" for p in check_options(command, names, args)]
+        if names == ("fit",):
+            problems += [f"{_name(doc)}:{line}: {p}" for p in check_head_options(command, args)]
     assert not problems, "\n".join(problems)
+
+
+def check_head_options(command: click.Command, args) -> list[str]:
+    """`dae fit` refuses options its head ignores (exit 2): so must the docs."""
+    from dae.pipeline.option_use import ignored_options
+
+    by_flag = {opt: p for p in command.params if isinstance(p, click.Option) for opt in (*p.opts, *p.secondary_opts)}
+    given = [by_flag[a.split("=")[0]].name for a in args if a.split("=")[0] in by_flag]
+    if "recipe" in given or "config_path" in given:
+        return []  # the head comes from the recipe or the replayed run
+    head = args[args.index("--head") + 1] if "--head" in args else by_flag["--head"].default
+    return [f"`dae fit --head {head}` ignores {', '.join(ignored_options(head, given))}"] if ignored_options(head, given) else []
 
 
 def _inputs(command: click.Command, args) -> list[str]:
