@@ -147,3 +147,16 @@ def test_the_pooling_report_of_one_seed_has_no_nan_spread():
     assert "nan" not in text and "0.5000" in text
     dae_line = next(line for line in text.splitlines() if line.split()[0] == "dae")
     assert " no " not in dae_line + " "
+
+
+def test_unlv_dive_official_split_gets_the_non_exchangeable_warning(unlv_dive, tmp_path):
+    """The shared UNLV-Dive features were fine-tuned on the official training split: the conformal intervals cover
+    5 of 70 test dives (ridge), p ~ 1e-60 under exchangeability. The fit says so; every interval is centred on mu."""
+    features, manifest = unlv_dive
+    res = fit("--features", features, "--manifest", manifest, "--dataset", "unlv-dive", "--head", "ridge",
+              "--out", tmp_path / "run")
+    assert res.exit_code == 0, res.output
+    assert sum("non-exchangeable" in line for line in res.output.splitlines()) == 1, res.output
+    p = pd.read_csv(tmp_path / "run" / "predictions.csv")
+    assert ((p["lo50"] <= p["mu"]) & (p["mu"] <= p["hi50"])).all()
+    np.testing.assert_allclose(p["mu"] + 1.6448536 * p["sigma_calibrated"], p["hi90"], rtol=1e-9)
