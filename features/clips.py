@@ -17,6 +17,9 @@ Protocols (frame indices are relative to the segment start, see decode.py):
   floor(n / T) clips (the last n mod T frames are dropped), so the clip count follows the video's length and the
   features are a *sequence* (schema 2). GDLT (CVPR 2022) uses T = 32. Short side 256, center crop 224.
 
+Frame ranges: a manifest row's range must lie inside its video (`ClipProtocol.range_problem`): an end_frame past
+the last frame, or mtl-aqa's 103 frames running past it, fail the row with the real frame count.
+
 Too-short videos: every index past the last frame (a stride:T video shorter than T gives one padded clip) is replaced by the last frame (the video is padded
 by repeating its last frame); a video with no decodable frame fails (decode.py raises).
 
@@ -36,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from dae.errors import DaeError, UsageError
-from dae.features.decode import DEFAULT_DECODER, open_video
+from dae.features.decode import DEFAULT_DECODER, VideoDecodeError, open_video
 
 CROP_SIZE = 224
 SHORT_SIDE = 256
@@ -62,6 +65,24 @@ class ClipProtocol:
             start = 0 if start_frame is None else int(start_frame)
             return start, start + MTL_AQA_FRAMES - 1
         return start_frame, end_frame
+
+    def range_problem(self, start_frame: int | None, end_frame: int | None, total_frames: int) -> str | None:
+        """Why a manifest row's frame range cannot be read from a video of `total_frames` frames; None when it can.
+
+        A row that gives a range names frames the video must have: an end_frame past the last frame, or (mtl-aqa)
+        103 frames from start_frame that run past it, fail the row instead of being cut or padded silently. A
+        whole video (no range) shorter than the protocol needs is padded as the module docstring says."""
+        if start_frame is None and end_frame is None:
+            return None
+        last = int(total_frames) - 1
+        if end_frame is not None and int(end_frame) > last:
+            return f"end_frame {int(end_frame)} is past the video's end (it has {total_frames} frames, 0..{last})"
+        if self.kind == "mtl-aqa":
+            start = 0 if start_frame is None else int(start_frame)
+            if start + MTL_AQA_FRAMES - 1 > last:
+                return (f"mtl-aqa reads {MTL_AQA_FRAMES} frames from start_frame {start} (to frame "
+                        f"{start + MTL_AQA_FRAMES - 1}) but the video ends at frame {last} ({total_frames} frames)")
+        return None
 
     @property
     def variable_length(self) -> bool:
@@ -223,4 +244,12 @@ def video_clips(path, protocol: ClipProtocol, decoder: str = DEFAULT_DECODER, th
                 start_frame: int | None = None, end_frame: int | None = None) -> torch.Tensor:
     """Open a video (a manifest row's segment of it), read the protocol's clips, close. Raises VideoDecodeError."""
     with open_video(path, decoder, threads, *protocol.segment(start_frame, end_frame)) as reader:
+        check_range(reader, protocol, start_frame, end_frame)
         return read_clips(reader, protocol)
+
+
+def check_range(reader, protocol: ClipProtocol, start_frame: int | None, end_frame: int | None) -> None:
+    """Raise VideoDecodeError when a manifest row's frame range runs past the open video's end."""
+    problem = protocol.range_problem(start_frame, end_frame, reader.total_frames)
+    if problem:
+        raise VideoDecodeError(reader.path, problem)

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 import torch
 
 from dae.errors import DaeError
-from dae.features.clips import ClipProtocol, clip_indices, read_clips
+from dae.features.clips import ClipProtocol, check_range, clip_indices, read_clips
 from dae.features.decode import VideoDecodeError, open_video
 from dae.pause import pause_point
 
@@ -215,6 +215,7 @@ def _decode_pieces(position, path, start_frame, end_frame, slot, protocol, decod
     first, total = 0, 0
     try:
         with open_video(path, decoder, threads, *protocol.segment(start_frame, end_frame)) as reader:
+            check_range(reader, protocol, start_frame, end_frame)
             indices = clip_indices(protocol, reader.num_frames)
             total = len(indices)
             while first < total:

@@ -9,10 +9,12 @@ as a part file (resume.py). Each output row is the mean of exactly that video's 
 (stride:T: as many clips as the video is long) writes the clips as schema-2 sequences (/sequences,
 /sequence_offsets) instead, optionally stored as float16 (`sequence_dtype`; /features is the mean before rounding).
 
-Resume and locking: see resume.py. Failures (missing, empty, truncated, corrupt, non-video files, no
-decodable frame, a decoder crash or hang) never stop the run: each is listed with its reason in the
-failure CSV and in the file's `failures` attribute, and the run ends in exit code 3. Videos shorter than
-the protocol needs are padded by repeating their last frame (clips.py); only zero frames fail.
+Resume, locking, and reruns after videos changed or failed (only those are extracted again): see resume.py.
+Failures (missing, empty, truncated, corrupt, non-video files, dangling links and other unreadable entries,
+no decodable frame, a manifest row's frame range past its video's end, a decoder crash or hang) never stop
+the run: each is listed with its reason in the failure CSV and in the file's `failures` attribute, and the
+run ends in exit code 3. Whole videos shorter than the protocol needs are padded by repeating their last
+frame (clips.py); only zero frames fail.
 
 Worker processes start through multiprocessing's forkserver, so a script that calls `extract` must
 guard its entry point with `if __name__ == "__main__":` (the `dae` command does).
@@ -24,7 +26,7 @@ import datetime as _dt
 import io
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -39,10 +41,11 @@ from dae.features.decode import DECODERS, DEFAULT_DECODER, decoder_version
 from dae.features.decode_pool import DecodePool, VideoTask, default_workers, plan_slots, shm_free_bytes
 from dae.features.device import default_batch_clips, device_name, prepare_model
 from dae.features.precision import resolve_precision
-from dae.features.resume import Parts, check_resumable, finished_output, output_lock, resume_point
+from dae.features.resume import (IDENTITY_WORDS, Parts, check_resumable, check_resumed_files, finished_output,
+                                 output_lock, resume_point, videos_to_redo)
 from dae.features.shards import parse_shard, select_shard, shard_from_environment, shard_output
-from dae.features.store import SEQUENCE_DTYPES, write_features
-from dae.features.tasks import ids_sha256, list_tasks, tasks_sha256
+from dae.features.store import SEQUENCE_DTYPES, Sequences, read_features, write_features
+from dae.features.tasks import ids_sha256, list_tasks, tasks_sha256, video_records
 from dae.progress import ProgressLine
 
 DEFAULT_PROTOCOL = "uniform:10x16"
@@ -66,6 +69,8 @@ class ExtractResult:
     videos_this_run: int
     videos_before: int
     already_complete: bool = False
+    updated: int = 0  # a rerun's update: videos extracted again (changed or failed before) that came through
+    retried: int = 0  # ... and how many it tried
 
     @property
     def videos_per_second(self) -> float:
@@ -74,6 +79,11 @@ class ExtractResult:
     def summary(self) -> str:
         if self.already_complete:
             head = f"{self.out} is already complete: {len(self.video_ids)} videos"
+            if self.retried:
+                head += f"; the {self.retried} that failed before were tried again and failed again"
+        elif self.retried:
+            head = (f"updated {self.out}: {self.retried} videos extracted again, {self.updated} of them came through, "
+                    f"in {self.seconds:.1f} s; {len(self.video_ids)} videos in all")
         else:
             head = (f"wrote {self.out}: {len(self.video_ids)} videos in {self.seconds:.1f} s "
                     f"({self.videos_per_second:.2f} videos/s this run"
@@ -169,6 +179,7 @@ def run_extraction(tasks: list[VideoTask], out, protocol: ClipProtocol, *, devic
 
     with output_lock(out):
         model = model if model is not None else _load_model(weights)
+        tasks, records = video_records(tasks, note)  # an unreadable entry fails here, as its video
         identity = {"protocol": protocol.to_dict(), "weights_sha256": model.weights_sha256,
                     "backbone": model.backbone_name, "decoder": decoder, "precision": precision,
                     "videos_sha256": tasks_sha256(tasks), "num_videos_requested": len(tasks),
@@ -177,56 +188,171 @@ def run_extraction(tasks: list[VideoTask], out, protocol: ClipProtocol, *, devic
         settings = {"batch_clips": batch_clips, "device": device_name(dev),
                     "model_threads": model_threads if dev.type == "cpu" else 0,
                     "decoder_version": decoder_version(decoder), "torch_version": str(torch.__version__)}
-        parts = Parts(out)
+        engine = _Engine(protocol, model, dev, precision, batch_clips, decoder, workers, decode_threads,
+                         video_timeout_s, progress, note)
+        parts, update_parts = Parts(out), Parts(update_path(out))
         if overwrite:
             parts.remove()
+            update_parts.remove()
         if parts.exists():
             run = parts.read_run()
             check_resumable(parts, run, identity, settings, note)
+            state, _ = parts.progress()
+            for name in state.discarded:  # the replay removed them: say so here, the run's replay finds none
+                note(f"note: discarded unreadable part file {parts.path / name}; its batch is recomputed")
+            refreshed = check_resumed_files(parts, run, records, state, note)
+            if refreshed is not None:
+                run = refreshed
+                parts.rewrite_run(run)
         else:
             if out.exists() and not overwrite:
-                done = finished_output(out, identity)
-                if done is not None:
-                    failures = [tuple(row.get(c, "") for c in FAILURE_COLUMNS) for row in done[1]]
-                    return ExtractResult(out, done[0], failures, fail_log_path if failures else None,
-                                         time.monotonic() - started, 0, len(tasks), already_complete=True)
-            run = {"identity": identity, "settings": settings,
+                old = finished_output(out, identity, records)
+                redo = videos_to_redo(old, records)
+                if not redo:
+                    return ExtractResult(out, old.video_ids, [], None, time.monotonic() - started, 0, len(tasks),
+                                         already_complete=True)
+                return _update(out, old, tasks, records, redo, identity, settings, update_parts, engine,
+                               fail_log_path, bool(fail_log), started)
+            run = {"identity": identity, "settings": settings, "video_files": records,
                    "created_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
             parts.start(run)
-        state, _ = parts.progress()
-        for name in state.discarded:
-            note(f"note: discarded unreadable part file {parts.path / name}; its batch is recomputed")
-        before = 0
-        if not state.final:
-            start, skip = resume_point(ids, state, protocol.num_clips)
-            before = start
-            if start or skip:
-                note(f"resuming {out}: {start} of {len(tasks)} videos done"
-                     + (f", {skip} clips of the next" if skip else ""))
-            model = prepare_model(model, dev, precision)
-            runner = BatchRunner(model, dev, batch_clips, clip_shape(protocol), _feature_dim(model), precision)
-            pool = DecodePool(protocol, decoder, workers, threads=decode_threads, timeout_s=video_timeout_s,
-                              note=note)
-            _extract_remaining(tasks, start, skip, state.chunks, parts, protocol, runner, pool,
-                               ProgressLine(len(tasks), start, enabled=progress))
-        else:
-            before = len(tasks)
-        extracted, clips, failures = parts.assemble(ids, protocol.num_clips)
+        extracted, clips, failures, before = engine.run(parts, tasks, f"{out}")
         if failures or fail_log:
             write_failure_log(fail_log_path, failures)
         if not extracted:
             parts.remove()
             raise DaeError(f"no video could be extracted: all {len(tasks)} failed (listed in {fail_log_path})")
         attrs = {**run["identity"], **run["settings"], "created_utc": run["created_utc"],
+                 "video_files": run["video_files"],
                  "failures": [dict(zip(FAILURE_COLUMNS, row)) for row in failures], "num_failed": len(failures)}
-        if protocol.variable_length:
-            write_features(out, extracted, clips.means(), sequences=clips, sequence_dtype=attrs["sequence_dtype"],
-                           attrs=attrs)
-        else:
-            write_features(out, extracted, pool_clip_features(clips), clip_features=clips, attrs=attrs)
+        _write(out, protocol, extracted, clips, attrs)
         parts.remove()
-    return ExtractResult(out, extracted, failures, fail_log_path if (failures or fail_log) else None,
-                         time.monotonic() - started, len(tasks) - before, before)
+    return ExtractResult(out, extracted, failures, fail_log_path if failures else None, time.monotonic() - started,
+                         len(tasks) - before, before)
+
+
+def update_path(out) -> Path:
+    """Where a rerun that extracts changed or failed videos again keeps its parts (OUT.update.parts)."""
+    return Path(f"{out}.update")
+
+
+def _write(out, protocol: ClipProtocol, ids, clips, attrs, means=None) -> None:
+    """The feature file: each video's mean (given, or computed from its clips) with its clips or sequence."""
+    if protocol.variable_length:
+        write_features(out, ids, clips.means() if means is None else means, sequences=clips,
+                       sequence_dtype=attrs["sequence_dtype"], attrs=attrs)
+    else:
+        write_features(out, ids, pool_clip_features(clips) if means is None else means, clip_features=clips,
+                       attrs=attrs)
+
+
+@dataclass
+class _Engine:
+    """Everything a run needs to extract a task list through one OUT.parts folder (a run, or an update)."""
+
+    protocol: ClipProtocol
+    model: object
+    dev: object
+    precision: str
+    batch_clips: int
+    decoder: str
+    workers: int
+    decode_threads: int
+    video_timeout_s: float
+    progress: bool | None
+    note: object
+
+    def run(self, parts: Parts, tasks: list[VideoTask], label: str):
+        """Extract what `parts` lacks of `tasks` (positions 0..n-1, sorted by id), then assemble them.
+
+        Returns (extracted ids, clips, failures, videos resolved before this invocation)."""
+        protocol, note = self.protocol, self.note
+        state, _ = parts.progress()
+        for name in state.discarded:
+            note(f"note: discarded unreadable part file {parts.path / name}; its batch is recomputed")
+        ids = [t.video_id for t in tasks]
+        if not state.final:
+            start, skip = resume_point(ids, state, protocol.num_clips)
+            before = start
+            if start or skip:
+                note(f"resuming {label}: {start} of {len(tasks)} videos done"
+                     + (f", {skip} clips of the next" if skip else ""))
+            model = prepare_model(self.model, self.dev, self.precision)
+            runner = BatchRunner(model, self.dev, self.batch_clips, clip_shape(protocol), _feature_dim(model),
+                                 self.precision)
+            pool = DecodePool(protocol, self.decoder, self.workers, threads=self.decode_threads,
+                              timeout_s=self.video_timeout_s, note=note)
+            _extract_remaining(tasks, start, skip, state.chunks, parts, protocol, runner, pool,
+                               ProgressLine(len(tasks), start, enabled=self.progress))
+        else:
+            before = len(tasks)
+        extracted, clips, failures = parts.assemble(ids, protocol.num_clips)
+        return extracted, clips, failures, before
+
+
+def _update(out: Path, old, tasks, records, redo: dict, identity, settings, parts: Parts, engine: _Engine,
+            fail_log_path: Path, fail_log_given: bool, started: float) -> ExtractResult:
+    """Extract the videos of `redo` (changed since `out` was written, or failed before) again and rewrite `out`
+    with their rows replaced; the other rows are kept as they are. Resumable through OUT.update.parts."""
+    protocol, note = engine.protocol, engine.note
+    changed = [vid for vid, why in redo.items() if why != "failed before"]
+    failed = [vid for vid, why in redo.items() if why == "failed before"]
+    words = ([f"{len(changed)} changed since it was written (first: {changed[0]!r}, {redo[changed[0]]})"]
+             if changed else []) + ([f"{len(failed)} failed before"] if failed else [])
+    note(f"{out}: {' and '.join(words)}: extracting {'it' if len(redo) == 1 else f'those {len(redo)}'} again")
+    sub = [replace(t, position=i) for i, t in enumerate(t for t in tasks if t.video_id in redo)]
+    sub_records = {t.video_id: records[t.video_id] for t in sub}
+    run = {"identity": {**identity, "videos_sha256": tasks_sha256(sub), "num_videos_requested": len(sub),
+                        "update_of": old.attrs.get("created_utc", "")},
+           "settings": settings, "video_files": sub_records,
+           "created_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+    if parts.exists():
+        previous = parts.read_run()
+        if previous.get("identity") == run["identity"] and previous.get("video_files") == sub_records:
+            run = {**previous, "settings": previous.get("settings", settings)}
+        else:
+            note(f"note: discarded an interrupted update of {out} that extracted other videos or contents")
+            parts.start(run)
+    else:
+        parts.start(run)
+    extracted, clips, failures, before = engine.run(parts, sub, f"the update of {out}")
+
+    kept = [vid for vid in old.video_ids if vid not in redo]
+    new_rows = {vid: i for i, vid in enumerate(extracted)}
+    old_failures = sorted(tuple(row.get(c, "") for c in FAILURE_COLUMNS) for row in old.attrs.get("failures") or [])
+    if not extracted and failures == old_failures and old.attrs.get("video_files") == records:
+        # every retried video failed again, as before: the file already says so
+        parts.remove()
+        if failures or fail_log_given:
+            write_failure_log(fail_log_path, failures)
+        return ExtractResult(out, old.video_ids, failures, fail_log_path if failures else None,
+                             time.monotonic() - started, len(sub) - before, len(kept), already_complete=True,
+                             retried=len(sub))
+    full = read_features(out, clip_features=not protocol.variable_length, sequences=protocol.variable_length)
+    old_row = {vid: i for i, vid in enumerate(full.video_ids)}
+    ids = sorted(kept + extracted)
+    new_means = clips.means() if protocol.variable_length else pool_clip_features(clips)
+    means = np.stack([new_means[new_rows[v]] if v in new_rows else full.features[old_row[v]] for v in ids])
+    if protocol.variable_length:
+        merged = Sequences.from_arrays([clips[new_rows[v]] if v in new_rows else full.sequences[old_row[v]]
+                                        for v in ids], dtype="float32")
+    else:
+        merged = np.stack([clips[new_rows[v]] if v in new_rows else full.clip_features[old_row[v]] for v in ids])
+    attrs = {k: v for k, v in full.attrs.items() if k not in ("schema_version", "sequences_sha256")}
+    for key, value in settings.items():
+        if str(attrs.get(key, value)) != str(value):
+            note(f"note: updating with {key} {value} ({out} was written with {attrs[key]}): the rows extracted "
+                 "again are correct but not bit-identical to a single run's")
+            attrs[key] = " | ".join(dict.fromkeys(str(attrs[key]).split(" | ") + [str(value)]))
+    attrs.update({k: v for k, v in identity.items() if k in IDENTITY_WORDS}, video_files=records,
+                 failures=[dict(zip(FAILURE_COLUMNS, row)) for row in failures], num_failed=len(failures),
+                 updated_utc=run["created_utc"], updated_videos=sorted(redo))
+    if failures or fail_log_given or old_failures:  # a failure list from before is never left stale
+        write_failure_log(fail_log_path, failures)
+    _write(out, protocol, ids, merged, attrs, means=means)
+    parts.remove()
+    return ExtractResult(out, ids, failures, fail_log_path if failures else None, time.monotonic() - started,
+                         len(sub) - before, len(kept), updated=len(extracted), retried=len(sub))
 
 
 def _extract_remaining(tasks, start, skip, first_chunk, parts: Parts, protocol: ClipProtocol, runner: BatchRunner,

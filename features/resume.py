@@ -4,8 +4,9 @@ Beside OUT (the feature file) an extraction keeps
 - OUT.lock: the lock file (dae.locks: the filelock package) naming the process that writes OUT; a second run
   on OUT stops at once with that name. The kernel releases the lock when the process dies, even by SIGKILL;
   the file stays (removing it would let two runs lock two different files).
-- OUT.parts/run.json: what the run extracts (protocol, weights, decoder, the task list's hash, shard) and
-  how (batch size, device, threads), written once, atomically, when the run starts.
+- OUT.parts/run.json: what the run extracts (protocol, weights, decoder, the task list's hash, shard, each
+  video file's record: path, segment, size and sha256) and how (batch size, device, threads), written
+  atomically when the run starts.
 - OUT.parts/chunk-NNNNNN.h5: one per model batch, written atomically (temporary name, then rename), so
   each is complete or absent: the batch's clip features with their (video id, clip index, the video's clip
   count: under stride:T it follows the video's length), and the failures found before it. The last chunk of
@@ -17,7 +18,14 @@ batch k is clips [kB, (k+1)B) of that stream. Everything before the last committ
 that one video), and cuts the same batches: on a CPU, where a clip's feature depends on what else is in
 its batch (by ~1e-6), the resumed file equals an uninterrupted run's bit for bit. A kill loses at most
 the batch in flight. When the final chunk exists, a rerun only assembles OUT (the features are the mean
-of each video's clips) and removes OUT.parts.
+of each video's clips) and removes OUT.parts. A resume whose video files changed since the run started goes
+on only when none of the changed videos has clips committed yet (it records their new contents); otherwise
+it stops, naming the video, as its features would be stale.
+
+A finished OUT records every video's file (`video_files`). A rerun compares them with the files now there
+(`videos_to_redo`): videos whose path, segment, size or content changed, and videos that failed before, are
+extracted again, alone, into OUT.update.parts (resumable like a run), and OUT is rewritten with their rows
+replaced (extract.py); only when nothing changed and nothing failed is OUT "already complete".
 """
 from __future__ import annotations
 
@@ -97,6 +105,11 @@ class Parts:
         """Create OUT.parts for a new run (any old one is removed first)."""
         self.remove()
         self.path.mkdir(parents=True)
+        with atomic_path(self.run_file) as tmp:
+            tmp.write_text(json.dumps(run, indent=1, sort_keys=True) + "\n")
+
+    def rewrite_run(self, run: dict) -> None:
+        """Replace run.json of an existing OUT.parts (the committed chunks stay)."""
         with atomic_path(self.run_file) as tmp:
             tmp.write_text(json.dumps(run, indent=1, sort_keys=True) + "\n")
 
@@ -202,11 +215,12 @@ def resume_point(video_ids: list[str], state: Progress, num_clips: int) -> tuple
     return frontier, done
 
 
-# What makes two extractions the same one: a resume, or a finished OUT, must match on all of these.
+# What makes two extractions the same one: a finished OUT must match on all of these (each video's file is
+# compared on its own: videos_to_redo), and a resumed run also on its task list (videos_sha256).
 IDENTITY_WORDS = {"protocol": "clip protocol", "weights_sha256": "I3D weights", "backbone": "backbone",
                   "decoder": "decoder", "precision": "precision", "sequence_dtype": "clip sequence dtype",
-                  "videos_sha256": "list of videos",
                   "shard": "shard", "all_ids_sha256": "full list of videos (before sharding)"}
+RESUME_WORDS = {**IDENTITY_WORDS, "videos_sha256": "list of videos"}
 
 
 def _recorded_precision(identity: dict, settings: dict) -> str | None:
@@ -222,7 +236,7 @@ def check_resumable(parts: Parts, run: dict, identity: dict, settings: dict, not
         raise DaeError(f"{parts.path} holds an interrupted extraction in {recorded['precision']}, this run asks for "
                        f"{identity.get('precision')}: one file never mixes precisions; rerun with --precision "
                        f"{recorded['precision']} to resume, or pass --overwrite to start over")
-    for key, word in IDENTITY_WORDS.items():
+    for key, word in RESUME_WORDS.items():
         if recorded.get(key) != identity.get(key):
             raise DaeError(f"{parts.path} holds an interrupted extraction with a different {word}; rerun it with "
                            f"the same options to resume, or pass --overwrite to start over")
@@ -233,8 +247,48 @@ def check_resumable(parts: Parts, run: dict, identity: dict, settings: dict, not
                  "but are not bit-identical to an uninterrupted run")
 
 
-def finished_output(out, identity: dict):
-    """(ids, failure rows) when `out` is this very extraction, finished; raise if it is something else."""
+def changed_records(old: dict, new: dict) -> list[str]:
+    """Ids (of `new`) whose file record (path, segment, size, sha256) differs from the one in `old`, sorted."""
+    return sorted(vid for vid, rec in new.items() if old.get(vid) != rec)
+
+
+def check_resumed_files(parts: Parts, run: dict, records: dict, state: Progress, note) -> dict | None:
+    """A resumed run's video files against those it started with: None when unchanged; the run, with the new
+    records, when only videos without committed clips changed (their clips are extracted from the new files);
+    stops when a video with committed clips changed (its features would mix two files, or be stale)."""
+    recorded = run.get("video_files")
+    if recorded is None:
+        raise DaeError(f"{parts.path} holds an interrupted extraction from a dae that did not record its video "
+                       "files' contents; pass --overwrite to start over")
+    changed = changed_records(recorded, records)
+    if not changed:
+        return None
+    done = [vid for vid in changed if vid in state.clip_counts]
+    if done:
+        raise DaeError(f"{parts.path} holds an interrupted extraction that already extracted {len(done)} videos whose "
+                       f"files changed since (first: {done[0]!r}: {_difference(recorded.get(done[0]), records[done[0]])});"
+                       " resuming would keep stale features: pass --overwrite to start over")
+    note(f"note: {len(changed)} video files not extracted yet changed since the interrupted run started (first: "
+         f"{changed[0]!r}); their new contents are extracted")
+    return {**run, "video_files": records}
+
+
+def _difference(old: dict | None, new: dict) -> str:
+    if old is None:
+        return "not listed before"
+    for key, word in (("path", "path"), ("start_frame", "start_frame"), ("end_frame", "end_frame")):
+        if old.get(key) != new.get(key):
+            return f"{word} {old.get(key)} -> {new.get(key)}"
+    if old.get("sha256") is None or new.get("sha256") is None:
+        return "unreadable before" if old.get("sha256") is None else "unreadable now"
+    if old.get("size") != new.get("size"):
+        return f"size {old.get('size')} -> {new.get('size')} bytes"
+    return "same size, other content (sha256)"
+
+
+def finished_output(out, identity: dict, records: dict):
+    """The FeatureSet of `out` when it is this extraction, finished (its videos may have changed since: see
+    `videos_to_redo`); raise if it is something else, or too old to tell."""
     try:
         fs = read_features(out)
     except DaeError:
@@ -243,6 +297,27 @@ def finished_output(out, identity: dict):
         attrs = dict(fs.attrs)
         attrs["precision"] = normalise_precision(attrs.get("precision"))
         if all(attrs.get(k) == identity.get(k) for k in IDENTITY_WORDS):
-            return fs.video_ids, list(fs.attrs.get("failures", []))
+            recorded = attrs.get("video_files")
+            if not isinstance(recorded, dict):
+                raise DaeError(f"{out} was written by a dae that did not record its video files' contents "
+                               f"(dae {attrs.get('dae_version', '?')}), so whether a video changed since cannot be "
+                               "told; pass --overwrite to extract it again")
+            if set(recorded) == set(records):
+                return fs
+            added, gone = sorted(set(records) - set(recorded)), sorted(set(recorded) - set(records))
+            raise DaeError(f"{out} already exists and holds another list of videos ({len(added)} new, "
+                           f"{len(gone)} gone, first: {(added or gone)[0]!r}); choose another --out, or pass "
+                           "--overwrite to replace it")
     raise DaeError(f"{out} already exists and is not this extraction's finished output; choose another --out, "
                    "or pass --overwrite to replace it")
+
+
+def videos_to_redo(fs, records: dict) -> dict:
+    """{video id: why it is extracted again} for a finished output `fs` (from `finished_output`): its file changed
+    (path, segment, size or content), or it failed before; empty when the output is up to date."""
+    recorded = fs.attrs.get("video_files") or {}
+    redo = {row.get("video_id", ""): "failed before" for row in fs.attrs.get("failures") or []}
+    redo = {vid: why for vid, why in redo.items() if vid in records}  # fixed or not, a failed video is tried again
+    for vid in changed_records(recorded, records):
+        redo.setdefault(vid, f"file changed ({_difference(recorded.get(vid), records[vid])})")
+    return dict(sorted(redo.items()))

@@ -461,6 +461,12 @@ def describe(path) -> str:
         value = fs.attrs[key]
         if key == "failures" and isinstance(value, list):
             value = f"{len(value)} failed videos" + (f", first: {value[0]}" if value else "")
+        elif key == "video_files" and isinstance(value, dict):
+            sizes = [rec.get("size", 0) for rec in value.values() if rec.get("sha256")]
+            value = (f"{len(value)} video files recorded (size and sha256 of {len(sizes)}, "
+                     f"{sum(sizes) / (1 << 30):.2f} GiB in all)")
+        elif key == "updated_videos" and isinstance(value, list):
+            value = f"{len(value)} videos extracted again" + (f", first: {value[0]}" if value else "")
         elif isinstance(value, (dict, list)):
             value = json.dumps(value, sort_keys=True)
         lines.append(f"  {key:<13} {value}")

@@ -1,18 +1,38 @@
-"""What `dae extract` extracts: the task list from a folder of videos or a manifest, sorted by id, and its hashes."""
+"""What `dae extract` extracts: the task list from a folder of videos or a manifest, sorted by id, and its hashes.
+
+Each video file's content is part of what an extraction is (`video_records`): its size and the sha256 of its
+bytes, recorded per video in the feature file, so that a rerun after a video was replaced extracts it again.
+Hashing reads each file once at disk speed (hashlib releases the GIL, so a few threads share the cores); decoding
+the same file costs far more (`dae bench extract` and tests/test_extract_identity.py measure the ratio). A listed
+entry that is no readable regular file (a dangling symbolic link, a FIFO, a file without read permission) fails
+as its video, with the reason, in the failure list.
+"""
 from __future__ import annotations
 
+import errno
 import hashlib
+import json
+import os
+import stat
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 from dae.errors import UsageError
 from dae.features.decode_pool import VideoTask
+
+_HASH_BLOCK_BYTES = 1 << 20
+_HASH_THREADS = 4
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv",
                             ".3gp", ".ts", ".mts", ".m2ts", ".ogv", ".vob"})
 
 
 def find_videos(videos_dir) -> dict[str, Path]:
-    """Every video file under `videos_dir` by id (relative path without suffix); hidden files are skipped."""
+    """Every video file under `videos_dir` by id (relative path without suffix); hidden files are skipped.
+
+    Entries named like videos that are no readable file (a dangling link, a FIFO) are listed too: they fail with
+    their reason (`file_record`) instead of vanishing from the run; folders are not videos."""
     root = Path(videos_dir)
     if not root.is_dir():
         raise UsageError(f"--videos {root} is not a folder")
@@ -21,7 +41,7 @@ def find_videos(videos_dir) -> dict[str, Path]:
         rel = path.relative_to(root)
         if path.suffix.lower() not in VIDEO_SUFFIXES or any(part.startswith(".") for part in rel.parts):
             continue
-        if not path.is_file():
+        if path.is_dir():
             continue
         vid = rel.with_suffix("").as_posix()
         if vid in found:
@@ -102,3 +122,84 @@ def ids_sha256(video_ids) -> str:
 def tasks_sha256(tasks: list[VideoTask]) -> str:
     lines = (f"{t.video_id}\t{t.rel_path}\t{t.start_frame}\t{t.end_frame}" for t in tasks)
     return hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest()
+
+
+class UnreadableVideo(Exception):
+    """A listed video entry whose bytes cannot be read; the message is its failure reason."""
+
+
+def file_record(path) -> tuple[int, str]:
+    """(size in bytes, sha256 of the bytes) of one video file; UnreadableVideo says why a listed entry has none."""
+    path = Path(path)
+    try:
+        info = os.stat(path)
+    except OSError as exc:
+        if os.path.islink(path):
+            if exc.errno == errno.ELOOP:
+                raise UnreadableVideo("a symbolic link in a loop (it never reaches a file)") from None
+            raise UnreadableVideo(f"a dangling symbolic link (to {os.readlink(path)}, which does not exist)") from None
+        if exc.errno == errno.ENOENT:
+            raise UnreadableVideo("no such file") from None
+        raise UnreadableVideo(f"cannot read the file: {exc.strerror or exc.__class__.__name__}") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise UnreadableVideo("is a folder, not a video file")
+    if not stat.S_ISREG(info.st_mode):
+        kind = ("a FIFO" if stat.S_ISFIFO(info.st_mode) else "a socket" if stat.S_ISSOCK(info.st_mode)
+                else "a device" if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode) else "a special file")
+        raise UnreadableVideo(f"not a regular file ({kind})")
+    digest = hashlib.sha256()
+    size = 0
+    try:
+        with open(path, "rb", buffering=0) as f:
+            while block := f.read(_HASH_BLOCK_BYTES):
+                digest.update(block)
+                size += len(block)
+    except OSError as exc:
+        raise UnreadableVideo(f"cannot read the file: {exc.strerror or exc.__class__.__name__}") from None
+    return size, digest.hexdigest()
+
+
+def video_records(tasks: list[VideoTask], note=None) -> tuple[list[VideoTask], dict]:
+    """Hash every task's file: (the tasks, an unreadable entry's task failing with its reason; records by id).
+
+    A record is {"path", "start_frame", "end_frame" (when given), "size", "sha256"}; a task that fails before
+    decoding (no file for a manifest row, an unreadable entry) has no size and sha256."""
+    todo = [t for t in tasks if t.error is None]
+    if note and todo:
+        total = 0
+        for t in todo:
+            try:
+                total += os.stat(t.path).st_size
+            except OSError:
+                pass
+        if total >= 1 << 30:
+            note(f"hashing {len(todo)} video files ({total / (1 << 30):.1f} GiB) to record their contents")
+
+    def record(task):
+        try:
+            return file_record(task.path)
+        except UnreadableVideo as exc:
+            return str(exc)
+
+    with ThreadPoolExecutor(max_workers=min(_HASH_THREADS, max(1, len(todo)))) as pool:
+        results = dict(zip((t.video_id for t in todo), pool.map(record, todo)))
+    records, out = {}, []
+    for task in tasks:
+        rec = {"path": task.rel_path}
+        if task.start_frame is not None:
+            rec["start_frame"] = int(task.start_frame)
+        if task.end_frame is not None:
+            rec["end_frame"] = int(task.end_frame)
+        result = results.get(task.video_id)
+        if isinstance(result, str):
+            task = replace(task, error=result)
+        elif result is not None:
+            rec["size"], rec["sha256"] = result
+        records[task.video_id] = rec
+        out.append(task)
+    return out, records
+
+
+def records_sha256(records: dict) -> str:
+    """One hash of every video's record (path, segment, size, content): what a resumed run must find unchanged."""
+    return hashlib.sha256(json.dumps(records, sort_keys=True).encode("utf-8")).hexdigest()

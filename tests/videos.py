@@ -53,17 +53,20 @@ def noise_frames(n_frames: int, height: int, width: int, seed: int = 0) -> np.nd
 
 
 def write_video(path, frames: np.ndarray, codec: str = "h264", fps: int = 25,
-                pts_ms: list[int] | None = None, options: dict | None = None, faststart: bool = False) -> Path:
+                pts_ms: list[int] | None = None, options: dict | None = None, faststart: bool = False,
+                metadata: dict | None = None) -> Path:
     """Encode (T, H, W, 3) uint8 RGB frames; `pts_ms` gives each frame its own time in ms (variable frame rate).
 
     `options` are added to the encoder's, e.g. {"x264-params": "keyint=8:bframes=2"} for short GOPs with B-frames;
-    `faststart` puts an mp4's index before the frame data (as web videos do).
+    `faststart` puts an mp4's index before the frame data (as web videos do); `metadata` are container tags such
+    as {"title": "take-1"} (two titles of one length: two files of one size and the same frames, other bytes).
     """
     path = Path(path)
     codec_name, pix_fmt, defaults = CODECS[codec]
     options = {**defaults, **(options or {})}
     _, height, width, _ = frames.shape
     with av.open(str(path), mode="w", options={"movflags": "faststart"} if faststart else None) as container:
+        container.metadata.update(metadata or {})
         stream = container.add_stream(codec_name, rate=fps, options=dict(options))
         stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
         if pts_ms is not None:
