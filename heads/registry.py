@@ -126,13 +126,25 @@ def help_text() -> str:
     return "; ".join(f"{h.name}: {h.summary}" for h in HEADS.values())
 
 
+def recipes_of(name: str) -> list[str]:
+    """The named recipes (`dae.heads.recipes`) that train head `name`."""
+    from dae.heads.recipes import load_recipes
+
+    return sorted(r.name for r in load_recipes().values() if r.head == name)
+
+
 def format_heads() -> str:
-    """`dae heads`: one line per head with its capabilities, default learning rate and default recipe."""
+    """`dae heads`: one line per head with its capabilities, default learning rate, default recipe (none: the
+    project's defaults) and the named recipes that train it."""
     from dae.heads.config import TrainConfig
 
     width = max(len(n) for n in HEADS)
-    lines = [f"{'head':<{width}}  {'capabilities':<40}  {'lr':>7}  {'recipe':<10}  what it is"]
+    lines = [f"{'head':<{width}}  {'capabilities':<34}  {'lr':>6}  {'default recipe':<14}  recipes"]
     for h in HEADS.values():
-        lr = h.lr if h.lr is not None else TrainConfig().lr
-        lines.append(f"{h.name:<{width}}  {h.capabilities():<40}  {lr:>7g}  {h.recipe or '-':<10}  {h.summary}")
+        lr = "-" if h.closed_form else f"{h.lr if h.lr is not None else TrainConfig().lr:g}"
+        lines.append(f"{h.name:<{width}}  {h.capabilities():<34}  {lr:>6}  {h.recipe or '-':<14}  "
+                     f"{', '.join(recipes_of(h.name)) or '-'}")
+        lines.append(f"{'':<{width}}  {h.summary}")
+    lines.append("lr: the default learning rate (--lr overrides); default recipe '-': the project's defaults (`dae fit "
+                 "--help`); recipes: `dae fit --recipe NAME`")
     return "\n".join(lines)

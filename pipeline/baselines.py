@@ -19,6 +19,7 @@ from dae.heads.dae_mt import DAEMT, execution_scale
 from dae.heads.distributions import get_distribution
 from dae.heads.judges import JUDGE_RULES, USES_DIFFICULTY, DAEJudges, combine
 from dae.heads.paths import train_path_heads
+from dae.heads.spec import HeadSpec
 
 PATH_HEADS = ("usdl", "musdl", "dae-mt", "dae-judges")
 STD_BINS_BY_DATASET = {"jigsaws": 1.0}  # the MUSDL code's --std: 5 bins for MTL-AQA, 1 for JIGSAWS
@@ -158,32 +159,99 @@ def fit_path_heads(head: str, features, manifest: pd.DataFrame, targets, jobs, c
     if head in ("dae-mt", "dae-judges") and getattr(get_distribution(distribution), "learned_shape", False):
         raise UsageError(f"head {head} does not learn a distribution's shape; choose a fixed one, not {distribution}")
     reparams = [j.spec.reparam for j in jobs]
+    # what `dae predict` needs to rebuild each model's objective on new videos (`path_outputs`), kept in its weights
+    setup = {"head": head, "std_bins": std_bins, "bin_rule": options.bin_rule, "distribution": distribution}
     if head == "usdl":
         objective = USDL(targets, n_bins, std_bins, options.bin_rule)
+        setup.update(bins=n_bins, uses_difficulty=False)
         labels = {"loss": "kl", "distribution": f"softmax-{n_bins}bins-std{std_bins:g}", "reparam": "",
                   "prediction": options.bin_rule, "uses_difficulty": "no", "judge_rule": ""}
     elif head == "musdl":
-        setup = judge_setup(manifest, dataset, options.judge_rule, head, where)
-        objective = MUSDL(setup.marks, setup.judge_range, setup.judge_step, score_range, setup.rule,
-                          setup.difficulty, std_bins, options.bin_rule, panel_sizes=setup.panel_sizes)
+        judges = judge_setup(manifest, dataset, options.judge_rule, head, where)
+        objective = MUSDL(judges.marks, judges.judge_range, judges.judge_step, score_range, judges.rule,
+                          judges.difficulty, std_bins, options.bin_rule, panel_sizes=judges.panel_sizes)
         labels = {"loss": "kl", "distribution": f"softmax-{objective.width}bins-std{std_bins:g}-x{objective.paths}",
                   "reparam": "", "prediction": options.bin_rule,
-                  "uses_difficulty": "yes" if USES_DIFFICULTY[setup.rule] else "no", "judge_rule": setup.rule}
+                  "uses_difficulty": "yes" if USES_DIFFICULTY[judges.rule] else "no", "judge_rule": judges.rule}
+        setup.update(_judge_setup_record(judges))
     elif head == "dae-mt":
         dd = difficulty_of(manifest, head, where)
         scales = [execution_scale(scores[j.train_rows], dd[j.train_rows]) for j in jobs]
         objective = DAEMT(targets, dd, score_range, scales, reparams, distribution, config.prediction)
         labels = {"distribution": distribution, "uses_difficulty": "yes", "judge_rule": ""}
+        setup.update(uses_difficulty=True)
     else:
-        setup = judge_setup(manifest, dataset, options.judge_rule, head, where)
-        objective = DAEJudges(setup.marks, setup.judge_range, score_range, setup.rule, setup.difficulty,
-                              distribution, reparams, config.prediction, panel_sizes=setup.panel_sizes)
+        judges = judge_setup(manifest, dataset, options.judge_rule, head, where)
+        objective = DAEJudges(judges.marks, judges.judge_range, score_range, judges.rule, judges.difficulty,
+                              distribution, reparams, config.prediction, panel_sizes=judges.panel_sizes)
         labels = {"distribution": f"{distribution}-x{objective.paths}",
-                  "uses_difficulty": "yes" if USES_DIFFICULTY[setup.rule] else "no", "judge_rule": setup.rule}
+                  "uses_difficulty": "yes" if USES_DIFFICULTY[judges.rule] else "no", "judge_rule": judges.rule}
+        setup.update(_judge_setup_record(judges))
     if on_start:
         on_start()
     results = train_path_heads(features, targets, jobs, objective, config, progress)
+    for i, res in enumerate(results):
+        res.state_dict["objective"] = {**setup, "reparam": jobs[i].spec.reparam, "epochs": config.epochs,
+                                       **({"execution_scale": scales[i]} if head == "dae-mt" else {})}
     return results, labels
+
+
+def _judge_setup_record(judges: JudgeSetup) -> dict:
+    return {"judge_range": [float(v) for v in judges.judge_range], "judge_step": float(judges.judge_step),
+            "rule": judges.rule, "judges": int(judges.marks.shape[1]),
+            "uses_difficulty": bool(USES_DIFFICULTY[judges.rule])}
+
+
+def path_outputs(blob: dict, weights: dict, x, spec: dict, context: dict):
+    """The registry's rebuild for `dae predict`: one saved path-head model's (mu, scale or None) on features x (N, D),
+    normalised units; the objective rebuilt from what `fit_path_heads` kept in its weights, for N new videos
+    (context["difficulty"]: their DD, where the head or its judge rule uses it). The full panel of judges is assumed
+    (a FineDiving run's n_judges of a new video is not known)."""
+    import torch
+
+    from dae.heads.dae import trains_scale
+    from dae.heads.paths import StackedPaths
+
+    state, setup = weights["state_dict"], weights["state_dict"]["objective"]
+    n_layers = sum(1 for k in state if k.startswith("layers.") and k.endswith(".weight"))
+    layer_weights = [state[f"layers.{i}.weight"] for i in range(n_layers)]
+    n_paths, width = int(layer_weights[0].shape[0]), int(layer_weights[-1].shape[1])
+    net = StackedPaths([int(spec.get("seed", 0))], n_paths, x.shape[1], [int(w.shape[1]) for w in layer_weights[:-1]],
+                       width)
+    with torch.no_grad():
+        for i, w in enumerate(layer_weights):
+            net.weights[i].copy_(w)
+            net.biases[i].copy_(state[f"layers.{i}.bias"].unsqueeze(-1))
+    n = x.shape[0]
+    difficulty = context.get("difficulty")
+    if setup["uses_difficulty"] and difficulty is None:
+        raise UsageError(f"a {setup['head']} run scores with the videos' difficulty: give it (--difficulty)")
+    dd = np.asarray(difficulty, np.float64) if setup["uses_difficulty"] else None
+    zeros, score_range = np.zeros(n), tuple(blob["score_range"])
+    if setup["head"] == "usdl":
+        objective = USDL(zeros, setup["bins"], setup["std_bins"], setup["bin_rule"])
+    elif setup["head"] == "dae-mt":
+        objective = DAEMT(zeros, dd, score_range, [setup["execution_scale"]], [setup["reparam"]],
+                          setup["distribution"])
+    else:
+        lo = float(setup["judge_range"][0])
+        marks = np.full((n, setup["judges"]), lo)  # unknown marks: only the panel (all judges) is read
+        if setup["head"] == "musdl":
+            objective = MUSDL(marks, setup["judge_range"], setup["judge_step"], score_range, setup["rule"], dd,
+                              setup["std_bins"], setup["bin_rule"])
+        else:
+            objective = DAEJudges(marks, setup["judge_range"], score_range, setup["rule"], dd, setup["distribution"],
+                                  [setup["reparam"]])
+    xs = ((x - weights["input_mean"]) / weights["input_std"]).float()
+    with torch.no_grad():
+        out = net(xs.unsqueeze(0))
+        drawn = objective.distribution(out, torch.arange(n).unsqueeze(0), torch.tensor([0]),
+                                       torch.Generator().manual_seed(int(spec.get("seed", 0))))
+    scored = not objective.uses_noise or trains_scale(HeadSpec(**{k: v for k, v in spec.items()
+                                                                   if k in HeadSpec.__dataclass_fields__}),
+                                                      setup["epochs"])
+    mu = drawn["mu"][0].double().numpy()
+    return mu, (drawn["scale"][0].double().numpy() if scored and drawn.get("scale") is not None else None)
 
 
 def fit_paths(inputs):

@@ -479,6 +479,15 @@ def recipes_cmd(names):
     click.echo(format_recipes(names or None), nl=False)
 
 
+@cli.command("heads")
+def heads_cmd():
+    """List the score heads (`--head`): what each can do (a spread or a point; pooled features or clip sequences;
+    exemplars; what the manifest must hold), its default learning rate and its default recipe."""
+    from dae.heads.registry import format_heads
+
+    click.echo(format_heads())
+
+
 @cli.command("weights")
 @click.option("--no-fetch", is_flag=True, help="Only show what is cached; download and convert nothing.")
 def weights_cmd(no_fetch):

@@ -85,6 +85,16 @@ def fit_exemplar_heads(head: str, features, manifest: pd.DataFrame, targets, job
     return train(obj, jobs, config, progress), labels
 
 
+def exemplar_outputs(blob: dict, weights: dict, x, spec: dict, context: dict):
+    """The registry's rebuild for `dae predict`: one saved core/dae-core model's (mu, scale or None), voted by the
+    training videos kept in its weights (context: the videos' difficulty or None, the run's voter count)."""
+    from dae.heads.core import score_new_videos
+
+    mu, scale = score_new_videos(blob["head"], {"spec": spec, "state_dict": weights["state_dict"]}, x.numpy(),
+                                 context["difficulty"], blob["score_range"], blob["train"], context["voters"])
+    return np.asarray(mu, np.float64), None if scale is None else np.asarray(scale, np.float64)
+
+
 def fit_exemplars(inputs):
     """The registry's fitter of the exemplar heads (`dae.heads.registry`): inputs is a `dae.pipeline.fit.FitInputs`."""
     return fit_exemplar_heads(inputs.plan.head, inputs.x, inputs.manifest, inputs.targets, inputs.jobs, inputs.config,

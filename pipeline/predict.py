@@ -31,13 +31,12 @@ from dae.atomic import atomic_path
 from dae.errors import DaeError, UsageError
 from dae.heads.calibration import Calibration
 from dae.heads.calibration import intervals as calibration_intervals
-from dae.heads.core import DEFAULT_VOTERS, score_new_videos
 from dae.heads.dae import DAEHead
 from dae.heads.distributions import StudentT, get_distribution, sample_scale
-from dae.heads.sequence_options import SEQUENCE_HEADS, SequenceOptions
-from dae.pipeline.exemplar_heads import EXEMPLAR_HEADS
+from dae.heads.registry import DEFAULT_VOTERS, EXEMPLAR_HEADS, NAMES, get_head
+from dae.heads.sequence_options import SequenceOptions
 
-SUPPORTED_HEADS = ("dae", "mlp", "ridge", "core", "dae-core", *SEQUENCE_HEADS)
+SUPPORTED_HEADS = NAMES  # every registered head: the registry says how a run folder rebuilds it
 LEVEL = 0.9
 FAR_PERCENTILE = 99.0
 # what makes features comparable with a run's: the clip protocol, the I3D weights and the backbone's name
@@ -86,10 +85,12 @@ def _recorded_file(run_dir, recorded: Path) -> Path | None:
 
 
 def compares_difficulty(blob: dict) -> bool:
-    """Whether the run's exemplar models compare exemplars of the same difficulty degree (core/dae-core --with-dd):
-    scoring a video then needs its difficulty."""
-    return blob["head"] in EXEMPLAR_HEADS and any(
-        m["state_dict"].get("exemplar.rule") == "same-difficulty" for m in blob["models"])
+    """Whether scoring a video with the run needs its difficulty degree: exemplar models that compare exemplars of the
+    same difficulty (core/dae-core --with-dd), or heads whose score uses it (dae-mt; musdl/dae-judges under a rule
+    with difficulty)."""
+    if blob["head"] in EXEMPLAR_HEADS:
+        return any(m["state_dict"].get("exemplar.rule") == "same-difficulty" for m in blob["models"])
+    return any(bool((m["state_dict"].get("objective") or {}).get("uses_difficulty")) for m in blob["models"])
 
 
 def video_difficulties(run_dir, config: dict, blob: dict, names: list[str], given=(), by_id: bool = False,
@@ -209,28 +210,36 @@ def mixture_quantile(p: float, mus, scales, distributions) -> np.ndarray:
 
 
 def _head_outputs(blob: dict, weights: dict, x: torch.Tensor, spec: dict, bank=None, options=None, exemplar=None):
-    """One trained head's (mu, scale) on features x (a sequence head: on the clip sequences in `bank`, a
-    heads.sequence.ClipBank, with the run's SequenceOptions; an exemplar head: voted by the training videos kept in
-    its weights, exemplar = (the videos' difficulty or None, voters)), normalised units; scale None for a point
-    head. `weights` is a model of model.pt or one of its CV+ fold models."""
-    if blob["head"] in SEQUENCE_HEADS:
-        return _sequence_outputs(blob, weights, spec, bank, options)
-    if blob["head"] in EXEMPLAR_HEADS:
-        difficulty, voters = exemplar
-        mu, scale = score_new_videos(blob["head"], {"spec": spec, "state_dict": weights["state_dict"]}, x.numpy(),
-                                     difficulty, blob["score_range"], blob["train"], voters)
-        return np.asarray(mu, np.float64), None if scale is None else np.asarray(scale, np.float64)
+    """One trained head's (mu, scale) on features x, normalised units; scale None for a point head. `weights` is a
+    model of model.pt or one of its CV+ fold models. The registry names the function that rebuilds the run's head
+    (`dae.heads.registry.Head.outputs`); it gets `context`: bank (a sequence head's heads.sequence.ClipBank) and
+    options (the run's SequenceOptions), difficulty (the videos' DD or None) and voters (exemplar heads)."""
+    difficulty, voters = exemplar if exemplar is not None else (None, None)
+    context = {"bank": bank, "options": options, "difficulty": difficulty, "voters": voters}
+    return get_head(blob["head"]).load("outputs")(blob, weights, x, spec, context)
+
+
+def mlp_outputs(blob: dict, weights: dict, x: torch.Tensor, spec: dict, context: dict):
+    """dae and mlp: the DAEHead's mu and (dae) its spread."""
     xs = (x - weights["input_mean"]) / weights["input_std"]
     state = weights["state_dict"]
-    if blob["head"] == "ridge":
-        return (xs.double() @ state["weight"].double().reshape(-1) + state["bias"].double()).numpy(), None
     hidden = [int(state[f"layers.{i}.weight"].shape[0]) for i in range(len(state) // 2 - 1)]
     head = DAEHead(x.shape[1], hidden)
     head.load_state_dict(state)
     mu, log_var = head(xs)
-    if blob["head"] == "mlp":
+    if not get_head(blob["head"]).spread:
         return mu.double().numpy(), None
     return mu.double().numpy(), sample_scale(torch.exp(0.5 * log_var.double()), spec.get("reparam", "sigma")).numpy()
+
+
+def ridge_outputs(blob: dict, weights: dict, x: torch.Tensor, spec: dict, context: dict):
+    xs = (x - weights["input_mean"]) / weights["input_std"]
+    state = weights["state_dict"]
+    return (xs.double() @ state["weight"].double().reshape(-1) + state["bias"].double()).numpy(), None
+
+
+def sequence_outputs(blob: dict, weights: dict, x: torch.Tensor, spec: dict, context: dict):
+    return _sequence_outputs(blob, weights, spec, context["bank"], context["options"])
 
 
 def _sequence_outputs(blob: dict, weights: dict, spec: dict, bank, options: SequenceOptions):
@@ -274,14 +283,14 @@ def score_features(blob: dict, models: list[dict], features: np.ndarray, difficu
     if x.shape[1] != int(blob["feature_dim"]):
         raise DaeError(f"the features are {x.shape[1]}-d but the run was trained on {blob['feature_dim']}-d")
     bank = options = exemplar = None
-    if blob["head"] in SEQUENCE_HEADS:
+    if get_head(blob["head"]).inputs == "sequence":
         from dae.heads.sequence import ClipBank
 
         if sequences is None:
             raise UsageError(f"a {blob['head']} run scores clip sequences (schema 2) and none were given")
         bank, options = ClipBank(*sequences), sequence_options(config or {})
-    if blob["head"] in EXEMPLAR_HEADS:
-        exemplar = (difficulty, ((config or {}).get("head_options") or {}).get("voters", DEFAULT_VOTERS))
+    exemplar = (difficulty, ((config or {}).get("head_options") or {}).get("voters", DEFAULT_VOTERS)
+                if blob["head"] in EXEMPLAR_HEADS else None)
     mus, scales, distributions, outputs = [], [], [], []
     for model in models:
         spec = model.get("spec") or {}
@@ -411,7 +420,7 @@ def predict_videos(run_dir, videos=(), *, ids=(), out=None, features=None, weigh
     config, blob = load_run(run_dir)
     models = select_models(blob, group)
     out = Path(out) if out else Path(f"predictions-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}.csv")
-    sequence_head = blob["head"] in SEQUENCE_HEADS
+    sequence_head = get_head(blob["head"]).inputs == "sequence"
     attrs = config.get("feature_attrs") or {}
     recorded = {**({"backbone": config["backbone"]} if config.get("backbone") else {}), **attrs}
     source = f"{run_dir}/config.json"
