@@ -119,3 +119,31 @@ def test_masked_batch_norm_ignores_padding_in_training():
     garbage = x.clone()
     garbage[~mask] = 1e6
     torch.testing.assert_close(bn(x, mask)[mask], MaskedBatchNorm(1, 3).train()(garbage, mask)[mask])
+
+
+@pytest.mark.parametrize("head", ["gdlt", "gdlt-dae"])
+def test_stacked_sequence_models_train_as_alone_with_gdlts_sgd_and_cosine(head, one_thread):
+    """GDLT's optimisation (SGD, momentum 0.9, weight decay 1e-4, cosine to 1e-2 x lr per epoch) with dropout on:
+    two seeds trained stacked end where each ends trained alone (the trainer's invariant)."""
+    from dae.heads.sequence import SequenceHead
+    from dae.heads.trainer import HeadSpec, Job, TrainConfig, train
+
+    rng = np.random.default_rng(3)
+    lengths = rng.integers(3, 12, 24)
+    clips = rng.normal(size=(int(lengths.sum()), 8)).astype(np.float32)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    targets = rng.uniform(0, 1, 24).astype(np.float32)
+    options = SequenceOptions(crop=5, hidden=16, heads=2, encoder_layers=1, decoder_layers=2, queries=4, dropout=0.3,
+                              triplet_weight=0.5)
+    config = TrainConfig(epochs=4, lr=1e-2, batch_size=6, optimizer="sgd", momentum=0.9, weight_decay=1e-4,
+                         schedule="cosine", eta_min=0.01, hidden=(16, 8))
+    train_rows, test_rows = np.arange(18), np.arange(18, 24)
+
+    def fit(seeds):
+        jobs = [Job(HeadSpec(seed=s, loss="v1"), train_rows, {"test": test_rows}) for s in seeds]
+        return train(SequenceHead(head, clips, starts, lengths, targets, options), jobs, config)
+
+    stacked, alone = fit([4, 9]), fit([9])
+    np.testing.assert_allclose(stacked[1].predictions["test"]["mu"], alone[0].predictions["test"]["mu"],
+                               rtol=1e-4, atol=1e-5)
+    assert np.abs(stacked[0].predictions["test"]["mu"] - stacked[1].predictions["test"]["mu"]).max() > 1e-4
