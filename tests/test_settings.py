@@ -84,11 +84,14 @@ def _accepts(option, value):
               "reparam": lambda v: HeadSpec(reparam=v).check(),
               "bin_predict": lambda v: HeadOptions(bin_rule=v).check(),
               "judge_rule": lambda v: HeadOptions(judge_rule=v).check(),
-              "prediction": lambda v: TrainConfig(prediction=v).check()}
+              "prediction": lambda v: TrainConfig(prediction=v).check(),
+              "optimizer": lambda v: TrainConfig(optimizer=v).check(),
+              "schedule": lambda v: TrainConfig(schedule=v).check()}
     checks[option](value)
 
 
-@pytest.mark.parametrize("option", ["head", "loss", "reparam", "bin_predict", "judge_rule", "prediction"])
+@pytest.mark.parametrize("option", ["head", "loss", "reparam", "bin_predict", "judge_rule", "prediction", "optimizer",
+                                    "schedule"])
 def test_every_choice_fit_offers_is_accepted_by_the_library_and_others_are_refused(option):
     """What --help offers is what the library takes: each offered value passes the library's own check, and a value
     the CLI does not offer fails it (so the two lists cannot drift apart silently)."""
@@ -135,6 +138,29 @@ def test_replay_options_precedence(tmp_path):
     assert replay_options(typed, set(), run)["n_seeds"] == 3  # the run folder itself works too
     with pytest.raises(UsageError, match="records a `dae fit` run, not `dae ablate losses`"):
         replay_options(typed, set(), run, "losses")
+
+
+def test_recipe_precedence_explicit_over_recipe_over_defaults_and_a_replay_keeps_the_record(tmp_path):
+    """--recipe sets what it names; an explicit option wins; a replay without --recipe keeps the recorded values
+    (overrides included), while --recipe given again re-applies the recipe under the new explicit options."""
+    from dae.pipeline.settings import fit_options
+
+    typed = {**FIT_DEFAULTS, "recipe": "gdlt:fis-v-tes", "epochs": 30, "lr": None}
+    merged = fit_options(typed, {"recipe", "epochs"})
+    assert (merged["head"], merged["dataset"], merged["epochs"], merged["lr"], merged["optimizer"]) == \
+        ("gdlt", "fis-v", 30, 0.01, "sgd")
+    assert (merged["crop"], merged["dropout"], merged["target_scale"], merged["eta_min"]) == (124, 0.7, "max", 0.01)
+    config = fit_plan(merged).config
+    assert (config.optimizer, config.momentum, config.schedule, config.eta_min, config.epochs) == \
+        ("sgd", 0.9, "cosine", 0.01, 30)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"options": merged}))
+    replayed = fit_options({**FIT_DEFAULTS, "out": "again"}, {"out"}, run)
+    assert replayed["epochs"] == 30 and replayed["optimizer"] == "sgd" and replayed["recipe"] == "gdlt:fis-v-tes"
+    again = fit_options({**FIT_DEFAULTS, "recipe": "gdlt:fis-v-pcs", "out": "x"}, {"recipe", "out"}, run)
+    assert again["epochs"] == 400  # the recipe named again applies in full (its epochs, not the record's 30)
+    assert fit_options({**FIT_DEFAULTS}, set())["optimizer"] == "adam"  # without a recipe: the project's defaults
 
 
 def test_fit_replays_its_config_json_and_options_override_it(tmp_path):
