@@ -183,6 +183,12 @@ def fit_options(options: dict, explicit, config_path=None) -> dict:
     merged = replay_options(options, explicit, config_path, "fit")
     if merged.get("recipe") and (not config_path or "recipe" in set(explicit)):
         merged = apply_recipe(merged, explicit)
+    elif merged.get("recipe") and "head" in set(explicit):
+        from dae.heads.recipes import get_recipe
+
+        if get_recipe(merged["recipe"]).head != merged["head"]:  # the rows would name a recipe of another head
+            raise UsageError(f"--config records recipe {merged['recipe']}, which trains head "
+                             f"{get_recipe(merged['recipe']).head}, not --head {merged['head']}")
     return merged
 
 

@@ -161,6 +161,8 @@ def test_recipe_precedence_explicit_over_recipe_over_defaults_and_a_replay_keeps
     again = fit_options({**FIT_DEFAULTS, "recipe": "gdlt:fis-v-pcs", "out": "x"}, {"recipe", "out"}, run)
     assert again["epochs"] == 400  # the recipe named again applies in full (its epochs, not the record's 30)
     assert fit_options({**FIT_DEFAULTS}, set())["optimizer"] == "adam"  # without a recipe: the project's defaults
+    with pytest.raises(UsageError, match="records recipe gdlt:fis-v-tes, which trains head gdlt, not --head dae"):
+        fit_options({**FIT_DEFAULTS, "head": "dae"}, {"head"}, run)
 
 
 def test_fit_replays_its_config_json_and_options_override_it(tmp_path):
