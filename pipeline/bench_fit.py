@@ -5,9 +5,14 @@ Three measurements from one process: (1) the study (6 losses x seeds, one stacke
 and extrapolated to the study's models and epochs (and `train_one`, the plain loop at the study's own batch
 size, to separate the gain of stacking from the gain of the batch size); (3) an fp32 batched matmul shaped
 like the study's first layer, the FLOP/s ceiling the study is measured against.
+
+`--head gdlt|cofinal` (issue 24): a sequence head at its Fis-V TES recipe, its matmul FLOPs counted by torch's
+FlopCounterMode (a training step and the final evaluation), its achieved FLOP/s as a fraction of an fp32 matmul
+ceiling measured in the same process for its largest matmul.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 import time
@@ -265,3 +270,154 @@ def result_rows(r: BenchResult) -> list[tuple]:
             (case, "study_gflops", r.study_gflops, "GFLOP/s"),
             (case, "matmul_ceiling_gflops", ceiling, "GFLOP/s"),
             (case, "fraction_of_matmul", r.study_gflops / ceiling, "")]
+
+
+# ---- the sequence heads (`dae bench fit --head gdlt|cofinal`): achieved FLOP/s against a same-run matmul ceiling ----
+
+SEQUENCE_BENCH_RECIPES = {"gdlt": "gdlt:fis-v-tes", "cofinal": "cofinal:fis-v-tes"}
+
+
+def synthetic_sequences(n_train: int = 128, n_test: int = 32, dim: int = 1024, lengths=(124, 234), seed: int = 0):
+    """Fis-V-shaped clip sequences (T uniform in `lengths`, as the released Video Swin features: 124..234 clips of
+    1024-d) and normalised scores: (clips (sum T, D), starts, lengths, targets, train rows, test rows)."""
+    rng = np.random.default_rng(seed)
+    n = n_train + n_test
+    t = rng.integers(lengths[0], lengths[1] + 1, n)
+    clips = rng.standard_normal((int(t.sum()), dim), dtype=np.float32)
+    starts = np.concatenate([[0], np.cumsum(t)[:-1]])
+    return clips, starts, t, rng.uniform(0, 1, n).astype(np.float32), np.arange(n_train), np.arange(n_train, n)
+
+
+def load_sequence_split(features, manifest):
+    """Clip sequences, targets (scaled as the first protocol cell's range) and train/test rows of a schema-2 file."""
+    from pathlib import Path
+
+    from dae.features.manifest import read_manifest
+    from dae.features.store import align_sequences, read_features
+    from dae.pipeline.fit import FitPlan, plan_units, score_range_of
+
+    fs = read_features(features, sequences=True)
+    df = read_manifest(manifest)
+    clips, starts, lengths = align_sequences(fs, list(df["video_id"]), Path(manifest).name)
+    lo, hi = score_range_of(df, FitPlan())
+    unit = plan_units(df, need_val=False)[0]
+    return clips, starts, lengths, (df["score"].to_numpy(float) - lo) / (hi - lo), unit.train, unit.test
+
+
+@dataclass
+class SequenceBenchResult:
+    head: str
+    recipe: str
+    models: int
+    epochs: int
+    n_train: int
+    n_test: int
+    batch_size: int
+    crop: int
+    seconds: list              # each timed fit (training + the final evaluation)
+    flops: float               # matmul FLOPs of one fit (training epochs + final evaluation), `count_sequence_flops`
+    epoch_flops: float         # of one training epoch
+    matmul_gflops: dict
+    threads: int
+    load_before: tuple
+
+
+def bench_sequence_fit(head: str, data=None, seeds: int = 1, epochs: int = 2, repeats: int = 1,
+                       echo=print) -> SequenceBenchResult:
+    """Time `head` (gdlt or cofinal) at its Fis-V TES recipe on data (`synthetic_sequences` or
+    `load_sequence_split`) for `epochs` (after an untimed 1-epoch warm-up), and count its matmul FLOPs
+    (`count_sequence_flops`: training steps x steps + the final evaluation) to report achieved FLOP/s against an fp32
+    matmul ceiling measured in the same process for the head's largest matmul (the first Conv1d(k=1) over a batch's
+    crops, forward and weight gradient)."""
+    from dae.heads.cofinal import COFINAL_HEADS, CoFInAlHead
+    from dae.heads.recipes import get_recipe
+    from dae.heads.sequence import SequenceHead
+    from dae.heads.trainer import train
+    from dae.pipeline.settings import sequence_options_of, train_config
+
+    recipe = get_recipe(SEQUENCE_BENCH_RECIPES[head])
+    options = sequence_options_of(recipe.settings)
+    config = train_config(recipe.settings, head, epochs=epochs, selection="last", device="cpu")
+    clips, starts, lengths, targets, train_rows, test_rows = data if data is not None else synthetic_sequences()
+    objective = (CoFInAlHead if head in COFINAL_HEADS else SequenceHead)(head, clips, starts, lengths, targets, options)
+    jobs = [Job(HeadSpec(seed=s), train_rows, {"test": test_rows}) for s in range(seeds)]
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (np.nan,) * 3
+    echo(f"threads {torch.get_num_threads()}, load average {load[0]:.2f}; {head} at {recipe.name}: {seeds} models x "
+         f"{epochs} epochs, {len(train_rows)} train / {len(test_rows)} test videos, crop {options.crop}, "
+         f"batch {config.batch_size}")
+
+    train(objective, jobs, dataclasses.replace(config, epochs=1))  # warm-up: thread pools, fresh memory
+    step_flops, eval_flops = count_sequence_flops(objective, jobs, config)
+    epoch_flops = step_flops / config.batch_size * len(train_rows)
+    flops = epoch_flops * epochs + eval_flops
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        train(objective, jobs, config)
+        seconds.append(time.perf_counter() - start)
+        echo(f"fit: {seconds[-1]:.2f} s")
+    dim = int(np.asarray(clips).shape[1])
+    mm = matmul_gflops(seeds, dim // 2, dim, config.batch_size * options.crop)
+    return SequenceBenchResult(head=head, recipe=recipe.name, models=seeds, epochs=epochs, n_train=len(train_rows),
+                               n_test=len(test_rows), batch_size=config.batch_size, crop=options.crop,
+                               seconds=seconds, flops=flops, epoch_flops=epoch_flops, matmul_gflops=mm,
+                               threads=torch.get_num_threads(), load_before=tuple(load))
+
+
+def count_sequence_flops(objective, jobs, config) -> tuple[float, float]:
+    """Matmul FLOPs (torch's FlopCounterMode) of the stacked module of `jobs`: one training step on a batch of
+    config.batch_size videos (forward + backward), and the final evaluation of the jobs' test rows (full sequences in
+    the head's chunks, padding included: work done). The evaluation is counted with autograd on (same matmuls):
+    FlopCounterMode's module tracker fails on views of parameters made under no_grad."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from dae.heads.trainer import Batch, Stack
+
+    models = torch.arange(len(jobs))
+    module = objective.build(Stack(jobs, models, 1, config, torch.device("cpu")))
+    generators = [torch.Generator().manual_seed(j.spec.seed) for j in jobs]
+    rows = torch.stack([torch.as_tensor(np.asarray(j.train_rows[:config.batch_size], dtype=np.int64)) for j in jobs])
+    batch = Batch(rows, models, 1, generators, True)
+    module.train()
+    weights = torch.tensor([[1.0, 0.0, 0.0]] * len(jobs))
+    with FlopCounterMode(display=False) as counter:
+        objective.loss(module, objective.inputs(module, batch), batch, weights).sum().backward()
+    step = float(counter.get_total_flops())
+    module.eval()
+    test = torch.stack([torch.as_tensor(np.asarray(j.eval_rows["test"], dtype=np.int64)) for j in jobs])
+    chunk = objective.options.eval_chunk
+    with FlopCounterMode(display=False) as counter:
+        for lo in range(0, test.shape[1], chunk):
+            module(*objective.bank.full(test[:, lo:lo + chunk]))
+    return step, float(counter.get_total_flops())
+
+
+def format_sequence_bench(r: SequenceBenchResult) -> str:
+    best = min(r.seconds)
+    ceiling = max(r.matmul_gflops.values())
+    achieved = r.flops / best / 1e9
+    per_video = r.epoch_flops / (r.n_train * r.models)
+    return "\n".join([
+        f"dae bench fit --head {r.head} on {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"{r.threads} threads (load average before: {r.load_before[0]:.2f})",
+        f"  {r.head} at {r.recipe} ({r.models} models x {r.epochs} epochs, {r.n_train} train / {r.n_test} test videos,"
+        f" crop {r.crop}, batch {r.batch_size}): {best:.2f} s"
+        + (f" (best of {len(r.seconds)}: {', '.join(f'{s:.2f}' for s in r.seconds)})" if len(r.seconds) > 1 else ""),
+        f"  {r.flops / 1e9:.1f} GFLOP counted (matmuls, torch's FlopCounterMode; training steps and the final "
+        f"evaluation); {per_video / 1e9:.2f} GFLOP per training video-step",
+        f"  achieved {achieved:.1f} GFLOP/s = {achieved / ceiling:.0%} of the fp32 matmul ceiling measured now for its "
+        f"largest matmul ({', '.join(f'{k} {v:.0f}' for k, v in r.matmul_gflops.items())} GFLOP/s)",
+    ])
+
+
+def sequence_result_rows(r: SequenceBenchResult) -> list[tuple]:
+    """The figures of `format_sequence_bench` as (case, metric, value, unit) rows for --results-csv."""
+    best = min(r.seconds)
+    ceiling = max(r.matmul_gflops.values())
+    case = (f"{r.head} at {r.recipe}, {r.models} models x {r.epochs} epochs, {r.n_train} train / {r.n_test} test, "
+            f"crop {r.crop}, batch {r.batch_size}")
+    return [(case, "fit_seconds", best, "s"),
+            (case, "gflop_per_training_video_step", r.epoch_flops / (r.n_train * r.models) / 1e9, "GFLOP"),
+            (case, "achieved_gflops", r.flops / best / 1e9, "GFLOP/s"),
+            (case, "matmul_ceiling_gflops", ceiling, "GFLOP/s"),
+            (case, "fraction_of_matmul", r.flops / best / 1e9 / ceiling, "")]

@@ -904,9 +904,12 @@ def ablate_pooling_cmd(ctx, config_path, **options):
               help="Also compare test Spearman (v1, mean over seeds): batched vs one-by-one loops. Needs --features.")
 @click.option("--reference-lr", type=click.FloatRange(0, min_open=True), default=1e-4, show_default=True,
               help="Learning rate of the batch-8 DataLoader loop in --quality.")
-@click.option("--head", type=click.Choice(["dae", "core"]), default="dae", show_default=True,
+@click.option("--head", type=click.Choice(["dae", "core", "gdlt", "cofinal"]), default="dae", show_default=True,
               help="core: instead, a --seeds core fit (and dae-core) against a --seeds dae fit at fit's settings "
-              "(batch 32 unless --batch-size) on the synthetic features, wall-time ratio in one process.")
+              "(batch 32 unless --batch-size) on the synthetic features, wall-time ratio in one process. gdlt, "
+              "cofinal: a --seeds fit of that sequence head at its Fis-V TES recipe for --epochs (synthetic Fis-V-"
+              "shaped sequences, or --features/--manifest), its matmul FLOPs counted, achieved FLOP/s against an "
+              "fp32 matmul ceiling measured in the same process.")
 @results_csv_option
 @click.pass_context
 def bench_fit_cmd(ctx, features, manifest, dataset, seeds, epochs, batch_size, lr, reference_models, reference_epochs,
@@ -928,6 +931,16 @@ def bench_fit_cmd(ctx, features, manifest, dataset, seeds, epochs, batch_size, l
         return
     if bool(features) != bool(manifest):
         raise click.UsageError("give --features and --manifest together")
+    if head in ("gdlt", "cofinal"):
+        from dae.pipeline.bench_fit import (bench_sequence_fit, format_sequence_bench, load_sequence_split,
+                                            sequence_result_rows)
+
+        data = load_sequence_split(features, manifest) if features else None
+        result = bench_sequence_fit(head, data, seeds=seeds, epochs=epochs, repeats=repeats, echo=click.echo)
+        click.echo(format_sequence_bench(result))
+        _record_results(ctx, results_csv, f"fit-{head}", sequence_result_rows(result),
+                        settings=f"features {features}" if features else "synthetic Fis-V-shaped sequences")
+        return
     if quality and not features:
         raise click.UsageError("--quality needs --features and --manifest (real scores to rank)")
     config = study_config({"epochs": epochs, "batch_size": batch_size, "lr": lr, "device": "cpu"})
