@@ -14,7 +14,7 @@ from dae.errors import DaeError, UsageError
 from dae.heads.calibration_options import DEFAULT_CALIBRATOR, DEFAULT_FOLDS
 from dae.heads.config import TrainConfig, parse_target_scale
 from dae.heads.registry import DEFAULT_VOTERS, get_head
-from dae.heads.sequence_options import SEQUENCE_HEADS, SequenceOptions
+from dae.heads.sequence_options import SequenceOptions
 from dae.heads.spec import HeadSpec
 from dae.pipeline.defaults import STUDY_SEEDS
 
