@@ -127,6 +127,7 @@ def fit_plan(options: dict):
     specs = [HeadSpec(seed=s, loss=o["loss"], reparam=o["reparam"], alpha=o["alpha"], beta=o["beta"])
              for s in seed_list(o["n_seeds"], o["seed"])]
     config = train_config(o, o["head"])
+    config.check()  # inconsistent optimizer settings fail here, before any file is read
     entry = get_head(o["head"])
     parse_target_scale(o["target_scale"])
     if o["target_scale"] != "range" and entry.family in ("paths", "exemplar"):
@@ -174,6 +175,11 @@ def apply_recipe(options: dict, explicit) -> dict:
         raise DaeError(f"recipe {recipe.name} sets {', '.join(unknown)}, which dae fit does not have")
     merged = {**options, "head": recipe.head, "dataset": options.get("dataset") or recipe.dataset}
     merged.update({k: v for k, v in recipe.settings.items() if k not in explicit})
+    # an explicit optimizer or schedule replaces the recipe's, with the settings that only the recipe's one takes
+    if "optimizer" in explicit and merged["optimizer"] != "sgd":
+        merged.update({k: FIT_DEFAULTS[k] for k in ("momentum", "nesterov") if k not in explicit})
+    if "schedule" in explicit and merged["schedule"] != "cosine" and "eta_min" not in explicit:
+        merged["eta_min"] = FIT_DEFAULTS["eta_min"]
     return merged
 
 

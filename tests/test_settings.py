@@ -161,6 +161,12 @@ def test_recipe_precedence_explicit_over_recipe_over_defaults_and_a_replay_keeps
     again = fit_options({**FIT_DEFAULTS, "recipe": "gdlt:fis-v-pcs", "out": "x"}, {"recipe", "out"}, run)
     assert again["epochs"] == 400  # the recipe named again applies in full (its epochs, not the record's 30)
     assert fit_options({**FIT_DEFAULTS}, set())["optimizer"] == "adam"  # without a recipe: the project's defaults
+    adam = fit_options({**typed, "optimizer": "adamw", "schedule": "constant"}, {"recipe", "optimizer", "schedule"})
+    assert (adam["optimizer"], adam["momentum"], adam["schedule"], adam["eta_min"], adam["lr"]) == \
+        ("adamw", 0.0, "constant", 0.0, 0.01)  # the recipe's SGD-only and cosine-only settings go with them
+    fit_plan(adam)
+    with pytest.raises(UsageError, match="--nesterov needs --optimizer sgd"):
+        fit_plan({**FIT_DEFAULTS, "nesterov": True})
     with pytest.raises(UsageError, match="records recipe gdlt:fis-v-tes, which trains head gdlt, not --head dae"):
         fit_options({**FIT_DEFAULTS, "head": "dae"}, {"head"}, run)
 
