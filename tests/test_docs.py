@@ -166,7 +166,8 @@ def check_head_options(command: click.Command, args) -> list[str]:
     if "recipe" in given or "config_path" in given:
         return []  # the head comes from the recipe or the replayed run
     head = args[args.index("--head") + 1] if "--head" in args else by_flag["--head"].default
-    return [f"`dae fit --head {head}` ignores {', '.join(ignored_options(head, given))}"] if ignored_options(head, given) else []
+    ignored = ignored_options(head, given)
+    return [f"`dae fit --head {head}` ignores {', '.join(ignored)}"] if ignored else []
 
 
 def _inputs(command: click.Command, args) -> list[str]:

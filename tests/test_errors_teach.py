@@ -59,7 +59,8 @@ def test_fisv_tes_on_the_released_training_features_names_resplit(tmp_path, monk
     runner = CliRunner()
     assert runner.invoke(cli, ["manifest", "build", "fis-v", "--annotations", str(FISV_ANNOTATIONS), "--target", "tes",
                                "--out", "fisv_tes.csv"]).exit_code == 0
-    assert runner.invoke(cli, ["features", "import", "--npy-dir", str(FISV_FEATURES), "--out", "fisv.h5"]).exit_code == 0
+    imported = runner.invoke(cli, ["features", "import", "--npy-dir", str(FISV_FEATURES), "--out", "fisv.h5"])
+    assert imported.exit_code == 0
     res = runner.invoke(cli, ["fit", "--features", "fisv.h5", "--manifest", "fisv_tes.csv", "--dataset", "fis-v",
                               "--epochs", "2", "--out", "run"])
     assert res.exit_code == 1
