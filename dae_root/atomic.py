@@ -96,14 +96,22 @@ def writable_dir(path: str | os.PathLike, what: str = "folder") -> Path:
     return path
 
 
-def check_new_file(path: str | os.PathLike, overwrite: bool = False, what: str = "output") -> Path:
-    """An output file is never replaced silently: `path` must not exist unless `overwrite` (the --overwrite flag).
-    Called before any work, like check_new_dir for run folders."""
+def check_new_file(path: str | os.PathLike, overwrite: bool = False, what: str = "output",
+                   folder: bool = False) -> Path:
+    """The one overwrite policy of every command: an output is never replaced silently. `path` must not exist unless
+    `overwrite` (the --overwrite flag); a folder output (`folder`, e.g. --plots, whose files would be replaced) may
+    exist empty. Called before any work, like check_new_dir for run folders."""
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise DaeError(f"{what} {path} already exists; give --overwrite to replace it")
+    if folder:
+        if path.exists() and not path.is_dir():
+            raise DaeError(f"{what} {path} is a file, not a folder")
+        if path.is_dir() and any(path.iterdir()) and not overwrite:
+            raise DaeError(f"{what} {path} already exists and is not empty; give --overwrite to replace its files")
+        return path
     if path.is_dir():
         raise DaeError(f"{what} {path} is a folder, not a file")
+    if (path.exists() or path.is_symlink()) and not overwrite:
+        raise DaeError(f"{what} {path} already exists; give --overwrite to replace it")
     return path
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dae.atomic import check_new_file
 from dae.errors import DaeError, UsageError
 from dae.features.precision import normalise_precision
 from dae.features.store import Sequences, read_features, write_features
@@ -70,8 +71,9 @@ def _merged_sequences(inputs, sets, order):
     return Sequences.from_arrays([arrays[i] for i in order], dtype=dtypes.pop()), str(sets[0].sequences.data.dtype)
 
 
-def merge_feature_files(inputs, out, note=print) -> dict:
-    """Check that `inputs` are parts of one extraction and write their union to `out`, rows sorted by id."""
+def merge_feature_files(inputs, out, note=print, overwrite: bool = False) -> dict:
+    """Check that `inputs` are parts of one extraction and write their union to `out`, rows sorted by id; an existing
+    `out` is replaced only with `overwrite`."""
     inputs = [Path(p) for p in inputs]
     if not inputs:
         raise UsageError("give the feature files to merge")
@@ -79,6 +81,7 @@ def merge_feature_files(inputs, out, note=print) -> dict:
         raise UsageError("a feature file is given twice")
     if Path(out).resolve() in {p.resolve() for p in inputs}:
         raise UsageError(f"--out {out} is one of the inputs")
+    check_new_file(out, overwrite, "--out")
     sets = [read_features(p, clip_features=True, sequences=True) for p in inputs]
     first = sets[0]
     for path, fs in zip(inputs[1:], sets[1:]):

@@ -109,7 +109,7 @@ def run_calibration_study(fs, manifest: pd.DataFrame, seeds, config, dataset: st
                 if method != CONSTANT:
                     rows.append({**row.to_dict(), **metrics, "calibration": c.calibration.label()})
                 lo90, hi90 = c.intervals[0.9]
-                scored.append({**key, **metrics, "interval_score90": interval_score(y, lo90, hi90, 0.9)
+                scored.append({**key, "dataset": row["dataset"], "n_test": len(test), **metrics, "interval_score90": interval_score(y, lo90, hi90, 0.9)
                                if np.all(np.isfinite(lo90)) else np.nan})
                 for level, (a, b) in c.at(RELIABILITY_LEVELS).items():
                     rel.append({**key, "nominal": level, "empirical": coverage(y, a, b)})
@@ -134,11 +134,19 @@ TABLE_METRICS = ("spearman", "coverage50", "coverage80", "coverage90", "coverage
 
 
 def summary_table(scored: pd.DataFrame) -> pd.DataFrame:
-    """head x method: the mean over seeds (and groups/folds) of each metric, and the seeds' std of coverage90."""
-    grouped = scored.groupby(["head_label", "method"], sort=False)
-    out = grouped[list(TABLE_METRICS)].mean().reset_index()
-    out.insert(2, "models", grouped.size().to_numpy())
-    out["coverage90_std"] = grouped["coverage90"].std(ddof=1).to_numpy()
+    """head x method by the one summary rule (`leaderboard.summarise`): per seed, correlations averaged over folds and
+    groups as the dataset's card says (Fisher z by default), other metrics plain means; then mean over seeds, and
+    the seeds' std of coverage90. `undefined` names the metrics left out for some (not all) of a line's models."""
+    rows = scored.rename(columns={"head_label": "head", "method": "calibration"})
+    summary = summarise(rows)
+    out = pd.DataFrame({"head_label": summary["head"], "method": summary["calibration"],
+                        "models": (summary["units_per_seed"] * summary["seeds"]).astype(int)})
+    for metric in TABLE_METRICS:
+        out[metric] = summary[f"{metric}_mean"] if f"{metric}_mean" in summary else np.nan
+    out["coverage90_std"] = summary["coverage90_std"]
+    out["undefined"] = [", ".join(f"{m} {int(line[f'{m}_nan'])}" for m in TABLE_METRICS
+                                  if 0 < int(line.get(f"{m}_nan", 0) or 0) < models)
+                        for (_, line), models in zip(summary.iterrows(), out["models"])]
     return out
 
 

@@ -579,6 +579,8 @@ def extract_cmd(ctx, videos, manifest, out, protocol, device, precision, batch_c
     """
     from dae.features.extract import extract
 
+    if fail_log and not overwrite:
+        _check_fail_log(fail_log)
     result = extract(videos, out, manifest=manifest, protocol=protocol, device=device, precision=precision,
                      batch_clips=batch_clips,
                      workers=workers, weights=weights, decoder=decoder, shard=shard, fail_log=fail_log,
@@ -614,7 +616,8 @@ def leaderboard_show_cmd(leaderboard, published, fmt, datasets, by_group, fold_a
 @cli.command("merge")
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Feature file (HDF5) to write.")
-def merge_cmd(inputs, out):
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists (otherwise an existing OUT is an error).")
+def merge_cmd(inputs, out, overwrite):
     """Join feature files (e.g. the shards of one `dae extract --shard I/N`) into one.
 
     Checks that they share the clip protocol, weights and decoder, that no video is in two of them and,
@@ -624,7 +627,7 @@ def merge_cmd(inputs, out):
     """
     from dae.features.merge import merge_feature_files
 
-    done = merge_feature_files(inputs, out, note=lambda text: click.echo(text, err=True))
+    done = merge_feature_files(inputs, out, note=lambda text: click.echo(text, err=True), overwrite=overwrite)
     click.echo(f"wrote {done['out']}: {done['videos']} videos from {done['inputs']} files"
                + (f"; {done['failed']} failed videos listed in its attributes" if done["failed"] else ""))
 
@@ -660,9 +663,10 @@ def merge_cmd(inputs, out):
 @click.option("--allow-feature-mismatch", is_flag=True,
               help="Score even when --features was made with another clip protocol, weights or backbone than the "
                    "run's training features (refused otherwise); the output and CSV then say so.")
+@click.option("--overwrite", is_flag=True, help="Replace --out if it exists (otherwise an existing file is an error).")
 @click.pass_context
 def predict_cmd(ctx, run_dir, videos, ids, out, features, weights, group, device, decoder, difficulty, precision,
-                allow_feature_mismatch):
+                allow_feature_mismatch, overwrite):
     """Score videos with a trained run: extract them as its features were, apply its heads (seeds averaged).
 
     Prints and writes per-video mu, sigma and the 90% interval, in score units. Sequence-head runs (attn-dae,
@@ -676,7 +680,7 @@ def predict_cmd(ctx, run_dir, videos, ids, out, features, weights, group, device
 
     rows = predict_videos(run_dir, videos, ids=ids, out=out, features=features, weights=weights, group=group, device=device,
                           decoder=decoder, difficulty=difficulty, precision=precision,
-                          allow_feature_mismatch=allow_feature_mismatch, echo=click.echo,
+                          allow_feature_mismatch=allow_feature_mismatch, echo=click.echo, overwrite=overwrite,
                           note=lambda text: click.echo(text, err=True))
     if (rows["error"] != "").any():
         ctx.exit(3)
@@ -721,6 +725,33 @@ _STUDY_HELP = {
 }
 
 
+def _check_fail_log(fail_log) -> None:
+    """extract --fail-log: an existing file is replaced only when it is a failure CSV (an earlier run of the
+    extraction, which a rerun rewrites) or with --overwrite (which starts the extraction over)."""
+    from pathlib import Path
+
+    from dae.atomic import check_new_file
+
+    path = Path(fail_log)
+    if path.is_file():
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                if f.readline().strip() == "video_id,path,error":
+                    return
+        except OSError:
+            pass
+    check_new_file(path, False, "--fail-log")
+
+
+def _check_plots(plots, overwrite: bool) -> None:
+    """--plots: figures are never written over an earlier folder's files without --overwrite (checked before any
+    training, like every output)."""
+    if plots:
+        from dae.atomic import check_new_file
+
+        check_new_file(plots, overwrite, "--plots folder", folder=True)
+
+
 def _study_command(study):
     from dae.pipeline.defaults import STUDY_SEEDS
     from dae.pipeline.settings import STUDY_DEFAULTS as d
@@ -730,6 +761,8 @@ def _study_command(study):
                   help="Study folder to create (never overwritten). Default: runs/<dataset>-ablate-<study>-<time>.")
     @click.option("--plots", type=click.Path(file_okay=False), default=None,
                   help="Folder for PNG figures (curves are then tracked every epoch). Needs the [plots] extra.")
+    @click.option("--overwrite", is_flag=True, help="Replace the figures of a --plots folder that is not empty "
+                  "(otherwise it is an error).")
     @click.option("--seeds", "n_seeds", type=click.IntRange(1), default=None,
                   help=f"Train seeds 0..N-1 for every configuration [default: {STUDY_SEEDS}].")
     @click.option("--seed", type=int, default=None, help="Train this one seed.")
@@ -760,9 +793,10 @@ def _study_command(study):
     @click.option("--config", "config_path", type=click.Path(), default=None, help=_CONFIG_HELP)
     @calibrate_option
     @click.pass_context
-    def command(ctx, config_path, **options):
+    def command(ctx, config_path, overwrite, **options):
         from dae.pipeline.settings import replay_options, study_from_options
 
+        _check_plots(options.get("plots"), overwrite)
         study_from_options(study, replay_options(options, _explicit(ctx), config_path, study), echo=click.echo)
 
     command.__doc__ = _STUDY_HELP[study] + """
@@ -784,6 +818,8 @@ for _study in _STUDY_HELP:
               help="Study folder to create (never overwritten). Default: runs/<dataset>-ablate-calibration-<time>.")
 @click.option("--plots", type=click.Path(file_okay=False), default=None,
               help="Folder for the PNG figures (reliability, PIT, width vs |error|). Needs the [plots] extra.")
+@click.option("--overwrite", is_flag=True, help="Replace the figures of a --plots folder that is not empty "
+              "(otherwise it is an error).")
 @click.option("--seeds", "n_seeds", type=click.IntRange(1), default=None, help="Train seeds 0..N-1 [default: 5].")
 @click.option("--seed", type=int, default=None, help="Train this one seed.")
 @click.option("--heads", default=None, help="Comma-separated heads [default: dae,mlp,ridge,usdl,dae-mt; dae-mt "
@@ -799,7 +835,7 @@ for _study in _STUDY_HELP:
               help="cpu, cuda or cuda:I; auto: the GPU when seen.")
 @click.option("--config", "config_path", type=click.Path(), default=None, help=_CONFIG_HELP)
 @click.pass_context
-def ablate_calibration_cmd(ctx, config_path, **options):
+def ablate_calibration_cmd(ctx, config_path, overwrite, **options):
     """Calibrators: none, scale, conformal (centred on mu) for every head (dae per loss, mlp, ridge, usdl, dae-mt).
 
     Prints coverage at 50/80/90/95 against nominal, width, NLL, CRPS, PIT distance and uncertainty ranking per
@@ -808,6 +844,7 @@ def ablate_calibration_cmd(ctx, config_path, **options):
     """
     from dae.pipeline.settings import calibration_from_options, replay_options
 
+    _check_plots(options.get("plots"), overwrite)
     calibration_from_options(replay_options(options, _explicit(ctx), config_path, "calibration"), echo=click.echo)
 
 

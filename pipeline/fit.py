@@ -28,7 +28,7 @@ from dae.heads.registry import get_head
 from dae.pipeline.baselines import options_dict
 from dae.pipeline.leaderboard import environment, software_and_machine
 from dae.pipeline.protocols import (WINDOW_EPOCHS, WINDOW_SELECTIONS, apply_window_selection,
-                                    check_card_protocol)
+                                    check_card_protocol, row_identity)
 
 PREDICT_ATTRS = ("protocol", "weights_sha256", "decoder", "backbone", "precision", "device", "sequence_dtype")
 VAL_SEED = 0
@@ -184,6 +184,7 @@ def fit_models(fs: FeatureSet, manifest: pd.DataFrame, plan: FitPlan, manifest_n
     note: called once with a line saying what is about to be trained; progress: the trainer's callback
     (e.g. `TrainingProgress`)."""
     entry = get_head(plan.head)
+    identity = row_identity(plan.dataset, manifest)  # target and split: setting columns of every row
     x = align(fs, list(manifest["video_id"]), manifest_name, manifest["split"] if "split" in manifest else None)
     scores = manifest["score"].to_numpy(float)
     lo, hi = score_range_of(manifest, plan)
@@ -258,12 +259,14 @@ def fit_models(fs: FeatureSet, manifest: pd.DataFrame, plan: FitPlan, manifest_n
                                intervals=res.calibrated.intervals)
         spec = res.job.spec
         rows.append({
-            "dataset": plan.dataset or manifest_name, "group": res.job.tags["group"], "fold": res.job.tags["fold"],
+            "dataset": plan.dataset or manifest_name, **identity, "group": res.job.tags["group"],
+            "fold": res.job.tags["fold"],
             "head": plan.head, "loss": spec.loss if not entry.closed_form else "l2+penalty",
             "distribution": spec.distribution if has_sigma else "",
             "reparam": spec.reparam if has_sigma else "",
             "alpha": spec.alpha, "beta": spec.beta,
-            "selection": plan.config.selection + (" (undefined: last kept)" if res.selection_note else ""),
+            "selection": plan.config.selection,
+            "selection_note": "undefined: last kept" if res.selection_note else "",
             "prediction": plan.config.prediction if has_sigma else "mu", "seed": spec.seed,
             "n_train": len(res.job.train_rows), "n_test": len(test),
             "calibration": res.calibrated.calibration.label(), **metrics,

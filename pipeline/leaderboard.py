@@ -28,24 +28,26 @@ from dae.errors import DaeError, UsageError
 from dae.heads.metrics import fisher_z
 from dae.pipeline.defaults import AVERAGES
 
-COLUMNS = ("dataset", "group", "fold", "head", "loss", "distribution", "reparam", "alpha", "beta", "selection",
+COLUMNS = ("dataset", "target", "split_protocol", "split_sha256", "group", "fold", "head", "loss", "distribution", "reparam", "alpha", "beta", "selection",
            "prediction", "seed", "n_train", "n_test", "calibration", "spearman", "rl2x100", "l2", "nll", "crps",
            "coverage90", "sigma_error_spearman", "coverage50", "coverage80", "coverage95", "width90", "pit_distance",
            "uncertainty_decile_tau", "epochs", "selected_epoch", "lr", "batch_size", "weight_decay",
            "fit_seconds", "features_sha256", "backbone", "machine", "device", "torch_version", "dae_version",
            "created_utc", "source", "status", "run_dir")
 METRICS = ("spearman", "rl2x100", "l2", "nll", "crps", "coverage90", "sigma_error_spearman", "coverage50",
-           "coverage80", "coverage95", "width90", "pit_distance", "uncertainty_decile_tau")
+           "coverage80", "coverage95", "width90", "pit_distance", "uncertainty_decile_tau",
+           "interval_score90")
 CORRELATIONS = ("spearman", "sigma_error_spearman")
-PER_MODEL = ("group", "fold", "seed", "n_train", "n_test", "selected_epoch", "selection_window",
+PER_MODEL = ("group", "fold", "seed", "n_train", "n_test", "selected_epoch", "selection_window", "selection_note",
              "spearman_last_epoch", "fit_seconds", "created_utc", "run_dir", "nu", "status")
 # Settings every row has (in this order in summaries); any other unknown column is a setting too.
-SETTINGS = ("dataset", "head", "loss", "distribution", "reparam", "alpha", "beta", "selection", "prediction",
+SETTINGS = ("dataset", "target", "split_protocol", "split_sha256", "head", "loss", "distribution", "reparam", "alpha", "beta", "selection", "prediction",
             "voters", "exemplar_rule", "calibration", "uses_difficulty", "epochs", "lr", "batch_size", "weight_decay", "features_sha256", "backbone", "machine",
             "device", "torch_version", "dae_version", "source")
-# what summaries and tables add (never settings of a row)
+# what summaries and tables add (never settings of a row); so are METRIC_nan, METRIC_mean and METRIC_std
 SUMMARY_FIELDS = ("seeds", "units_per_seed", "fold_average", "group_average", "spearman_degenerate", "spearman_nan",
-                  "variant", "settings", "setting", "paper", "note", "units")
+                  "variant", "settings", "setting", "paper", "note", "units", "reference")
+SUMMARY_SUFFIXES = ("_mean", "_std", "_nan")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -95,8 +97,10 @@ def software_and_machine() -> dict:
 
 
 def check_leaderboard_writable(path) -> Path:
-    """Before training: the leaderboard's folder exists (created if needed), its lock file can be created there and
-    an existing leaderboard can be appended to. One-line DaeError otherwise."""
+    """Before training: the leaderboard's folder exists (created if needed) and is writable (the lock file and the
+    atomic rewrite of the leaderboard are made there), and an existing leaderboard or lock file can be written.
+    Writes and removes nothing: a lock file is never deleted (a waiter would lock the removed file while a
+    newcomer locks a new one). One-line DaeError otherwise."""
     from dae.atomic import writable_dir
 
     path = Path(path)
@@ -104,16 +108,10 @@ def check_leaderboard_writable(path) -> Path:
         raise DaeError(f"--leaderboard {path} is a folder, not a CSV file")
     writable_dir(path.parent, "--leaderboard folder")
     for target, what in ((_lock_path(path), "its lock file"), (path, "the leaderboard")):
-        if target is path and not path.exists():
-            continue
-        existed = target.exists()
-        try:
-            with open(target, "a"):
-                pass
-        except OSError as exc:
-            raise DaeError(f"cannot write {what} {target}: {exc.strerror or exc}") from None
-        if not existed:
-            target.unlink()  # a check writes nothing: the lock file is made when the rows are appended
+        if target.exists() and not target.is_file():
+            raise DaeError(f"cannot write {what} {target}: it is not a file")
+        if target.exists() and not os.access(target, os.W_OK):
+            raise DaeError(f"cannot write {what} {target}: permission denied")
     return path
 
 
@@ -121,11 +119,15 @@ def _lock_path(path: Path) -> Path:
     return path.with_name(path.name + ".lock")
 
 
-def append_rows(path, rows: pd.DataFrame) -> None:
+def append_rows(path, rows: pd.DataFrame, summary: bool = False) -> None:
     """Append rows under a file lock; a header that lacks new columns is widened (old rows kept, blank there).
 
-    The lock file (LEADERBOARD.lock) stays in place: removing it after unlocking would let two writers lock
-    two different files."""
+    The file is rewritten whole under a temporary name and renamed (an interrupted append leaves the old file, never
+    a half-written line); with `summary` the summary beside it is recomputed inside the same lock, so it always
+    matches the rows. The lock file (LEADERBOARD.lock) stays in place: removing it after unlocking would let two
+    writers lock two different files."""
+    import io
+
     from dae.locks import file_lock
 
     path = Path(path)
@@ -140,18 +142,25 @@ def append_rows(path, rows: pd.DataFrame) -> None:
             except (pd.errors.ParserError, UnicodeDecodeError) as exc:
                 raise DaeError(f"leaderboard {path} is not a readable CSV ({exc.__class__.__name__})") from None
             new = [c for c in rows.columns if c not in header]
-            if new:
-                old = pd.read_csv(path, dtype=str, keep_default_na=False)  # earlier rows stay as written
-                with atomic_path(path) as tmp:
+            with atomic_path(path) as tmp:
+                if new:
+                    old = pd.read_csv(path, dtype=str, keep_default_na=False)  # earlier rows stay as written
                     pd.concat([old, rows], ignore_index=True).reindex(columns=header + new).to_csv(tmp, index=False)
-            else:
-                with open(path, "a", newline="") as f:
-                    rows.reindex(columns=header).to_csv(f, header=False, index=False)
-                    f.flush()
-                    os.fsync(f.fileno())
+                else:
+                    text = path.read_bytes()
+                    if not text.endswith(b"\n"):
+                        text += b"\n"
+                    buffer = io.StringIO()
+                    rows.reindex(columns=header).to_csv(buffer, header=False, index=False)
+                    with open(tmp, "wb") as f:
+                        f.write(text + buffer.getvalue().encode("utf-8"))
+                        f.flush()
+                        os.fsync(f.fileno())
         else:
             with atomic_path(path) as tmp:
                 rows.to_csv(tmp, index=False)
+        if summary:
+            _write_summary(path)
 
 
 def read_leaderboard(path) -> pd.DataFrame:
@@ -169,9 +178,9 @@ def rows_appended(n: int, path) -> str:
 
 
 def add_to_leaderboard(path, rows: pd.DataFrame, echo=print) -> None:
-    """What every command does with its rows and a --leaderboard: append them, rewrite the summary beside it, say so."""
-    append_rows(path, rows)
-    write_summary_beside(path)
+    """What every command does with its rows and a --leaderboard: append them and rewrite the summary beside it
+    (both under the leaderboard's lock), say so."""
+    append_rows(path, rows, summary=True)
     echo(rows_appended(len(rows), path))
 
 
@@ -183,7 +192,7 @@ def setting_columns(rows: pd.DataFrame) -> list[str]:
     per-model record (a head's own options such as judge_rule, or columns added later)."""
     known = set(METRICS) | set(PER_MODEL) | set(SETTINGS) | set(SUMMARY_FIELDS)
     return list(SETTINGS) + [c for c in rows.columns if c not in known and not c.startswith("_")
-                             and not c.endswith(("_mean", "_std"))]
+                             and not c.endswith(SUMMARY_SUFFIXES)]
 
 
 def setting_text(value) -> str:
@@ -239,7 +248,8 @@ def _seed_entry(part: pd.DataFrame, fold_average: str, group_average: str) -> tu
         if metric not in part:
             continue
         if metric not in CORRELATIONS:
-            overall[metric] = pd.to_numeric(part[metric], errors="coerce").mean()
+            values = pd.to_numeric(part[metric], errors="coerce")
+            overall[metric], overall[f"{metric}_nan"] = values.mean(), int(values.isna().sum())
             continue
         group_values, group_n, degenerate, nan = [], [], 0, 0
         for g, idx in part.groupby(groups, sort=True).groups.items():
@@ -253,8 +263,9 @@ def _seed_entry(part: pd.DataFrame, fold_average: str, group_average: str) -> tu
         else:
             finite = [v for v in group_values if np.isfinite(v)]
             overall[metric] = _average(group_values, group_n, group_average)[0] if finite else float("nan")
+        overall[f"{metric}_nan"] = nan
         if metric == "spearman":
-            overall["spearman_degenerate"], overall["spearman_nan"] = degenerate, nan
+            overall["spearman_degenerate"] = degenerate
     for g, idx in part.groupby(groups, sort=True).groups.items():
         for metric in METRICS:
             if metric in part and metric not in CORRELATIONS:
@@ -301,8 +312,8 @@ def summarise(rows: pd.DataFrame, fold_average: str | None = None, group_average
                 values = pd.to_numeric(per_seed[metric], errors="coerce")
                 line[f"{metric}_mean"] = values.mean()
                 line[f"{metric}_std"] = values.std(ddof=1) if len(per_seed) > 1 else np.nan
-        for count in ("spearman_degenerate", "spearman_nan"):
-            if count in per_seed:
+        for count in ["spearman_degenerate"] + [f"{m}_nan" for m in METRICS]:
+            if count in per_seed:  # models (or folds, for correlations) whose value is undefined: left out
                 line[count] = int(per_seed[count].fillna(0).sum())
         out.append(line)
     return pd.DataFrame(out)
@@ -318,20 +329,28 @@ def distinguishing_settings(summary: pd.DataFrame, shown=()) -> tuple[list[str],
 
 
 def settings_label(row, keys) -> str:
-    """`lr=0.0001 batch_size=32 ...` for the given setting columns (features_sha256 shortened to 12 digits)."""
+    """`lr=0.0001 batch_size=32 ...` for the given setting columns (sha256 values shortened to 12 digits)."""
     parts = []
     for key in keys:
         value = str(row.get(key, ""))
-        if key == "features_sha256" and value:
+        if key in ("features_sha256", "split_sha256") and value:
             value = value[:12]
         parts.append(f"{key}={value or '-'}")
     return " ".join(parts)
 
 
 def degenerate_notes(summary: pd.DataFrame, label=None) -> list[str]:
-    """One line per summary line with perfect (|rho| = 1) or undefined fold Spearman values."""
+    """One line per summary line with perfect (|rho| = 1) or undefined fold Spearman values, and one per line where
+    another metric is undefined for some (not all) of its models: the mean left them out."""
     notes = []
     for _, row in summary.iterrows():
+        total = int(row.get("units_per_seed", 0) or 0) * int(row.get("seeds", 0) or 0)
+        partial = [f"{m} {int(row[f'{m}_nan'])}" for m in METRICS if m != "spearman" and f"{m}_nan" in row
+                   and pd.notna(row[f"{m}_nan"]) and 0 < int(row[f"{m}_nan"]) < total]
+        if partial:
+            what = label(row) if label else f"{row.get('dataset', '')} {row.get('head', '')}"
+            notes.append(f"note: {what}: undefined values left out of the means (of {total} models): "
+                         + ", ".join(partial))
         deg, nan = int(row.get("spearman_degenerate", 0) or 0), int(row.get("spearman_nan", 0) or 0)
         if not (deg or nan):
             continue
@@ -378,10 +397,24 @@ def format_summary(summary: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def write_summary_beside(path) -> pd.DataFrame:
-    """Recompute the summary of a whole leaderboard and write it as <name>.summary.csv beside it."""
+def summary_path(path) -> Path:
     path = Path(path)
+    return path.with_name(path.stem + ".summary.csv")
+
+
+def _write_summary(path) -> pd.DataFrame:
+    """The summary of the whole leaderboard as <name>.summary.csv beside it; the caller holds the lock."""
     summary = summarise(read_leaderboard(path))
-    with atomic_path(path.with_name(path.stem + ".summary.csv")) as tmp:
+    with atomic_path(summary_path(path)) as tmp:
         summary.to_csv(tmp, index=False)
     return summary
+
+
+def write_summary_beside(path) -> pd.DataFrame:
+    """Recompute the summary of a whole leaderboard and write it as <name>.summary.csv beside it, under the
+    leaderboard's lock (so no append lands between reading the rows and writing their summary)."""
+    from dae.locks import file_lock
+
+    path = Path(path)
+    with file_lock(_lock_path(path), f"leaderboard {path}"):
+        return _write_summary(path)

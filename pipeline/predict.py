@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from dae.atomic import atomic_path
+from dae.atomic import atomic_path, check_new_file
 from dae.errors import DaeError, UsageError
 from dae.heads.calibration import Calibration
 from dae.heads.calibration import intervals as calibration_intervals
@@ -404,9 +404,9 @@ def group_references(features: np.ndarray, results) -> dict:
 
 def predict_videos(run_dir, videos=(), *, ids=(), out=None, features=None, weights=None, group=None, device="auto",
                    workers=None, batch_clips=None, decoder=None, difficulty=None, precision=None,
-                   allow_feature_mismatch=False, echo=print, note=print) -> pd.DataFrame:
+                   allow_feature_mismatch=False, echo=print, note=print, overwrite=False) -> pd.DataFrame:
     """Extract `videos` like the run's training features (or take the videos `ids` from the feature file as they
-    are), score them, print and write a CSV. Returns its rows.
+    are), score them, print and write a CSV (an existing `out` is replaced only with `overwrite`). Returns its rows.
 
     features: a feature file whose protocol, weights and backbone must be the run's (refused otherwise, unless
     allow_feature_mismatch: then every output line and the CSV's `warning` column say so). difficulty: for runs
@@ -420,6 +420,7 @@ def predict_videos(run_dir, videos=(), *, ids=(), out=None, features=None, weigh
     config, blob = load_run(run_dir)
     models = select_models(blob, group)
     out = Path(out) if out else Path(f"predictions-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}.csv")
+    check_new_file(out, overwrite, "--out")
     sequence_head = get_head(blob["head"]).inputs == "sequence"
     attrs = config.get("feature_attrs") or {}
     recorded = {**({"backbone": config["backbone"]} if config.get("backbone") else {}), **attrs}

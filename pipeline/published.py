@@ -16,7 +16,7 @@ FORMATS = ("table", "csv", "markdown")
 SHOWN_METRICS = (("spearman", 4), ("rl2x100", 3), ("crps", 3), ("coverage90", 2))
 SETTING = {"this-run": "cached features", "published": "fine-tuned"}
 # settings that have their own column in the table; the others appear in `settings` where they tell lines apart
-SHOWN_SETTINGS = ("source", "dataset", "head", "loss", "distribution", "reparam", "prediction", "selection",
+SHOWN_SETTINGS = ("source", "dataset", "target", "split_protocol", "head", "loss", "distribution", "reparam", "prediction", "selection",
                   "uses_difficulty", "backbone")
 NOTE = ("ours: mean ± std over seeds of heads trained on cached features (the backbone column names them; "
         "not fine-tuned here); published: as reported, backbone fine-tuned end to end -- a different setting, "
@@ -35,11 +35,49 @@ def published_rows(datasets=None) -> pd.DataFrame:
             rows.append({
                 "source": "published", "dataset": name, "group": ref["group"], "head": ref["method"],
                 "selection": ref.get("selection", "not stated"), "backbone": ref["backbone"],
+                "split_protocol": "official",
                 "uses_difficulty": ref.get("uses_difficulty", "not stated" if has_dd else "no"),
                 f"{ref['metric']}_mean": float(ref["value"]), "paper": ref["paper"], "reference": ref["source"],
                 "note": ref.get("note", ""),
             })
     return pd.DataFrame(rows)
+
+
+def not_comparable(rows: pd.DataFrame) -> pd.Series:
+    """Rows of a dataset with a card that are not on its official split (a development split, or a split that was
+    not recorded): never shown beside the card's published rows."""
+    from dae.data_manifests.cards import card_names
+
+    carded = rows["dataset"].astype(str).isin(card_names()) if "dataset" in rows else pd.Series(False, rows.index)
+    protocol = rows["split_protocol"].fillna("").astype(str) if "split_protocol" in rows else \
+        pd.Series("", index=rows.index)
+    return carded & (protocol != "official")
+
+
+def left_out_notes(rows: pd.DataFrame, datasets=None) -> list[str]:
+    """--published: one line per dataset and split whose rows were left out (not the card's official split)."""
+    ours = rows[rows["source"].fillna("this-run") != "published"] if "source" in rows else rows
+    if datasets is not None:
+        ours = ours[ours["dataset"].astype(str).isin(list(datasets))]
+    dropped = ours[not_comparable(ours)]
+    if not len(dropped):
+        return []
+    notes = []
+    split = dropped["split_sha256"].fillna("").astype(str) if "split_sha256" in dropped else \
+        pd.Series("", index=dropped.index)
+    for (dataset, sha), part in dropped.groupby([dropped["dataset"].astype(str), split], sort=False):
+        if not sha:
+            notes.append(f"--published: {len(part)} {dataset} row(s) left out: their split was not recorded (written "
+                         f"before dae recorded split identity), so it cannot be shown to be {dataset}'s official split")
+            continue
+        folds = part["fold"].fillna("").astype(str) if "fold" in part else pd.Series("", index=part.index)
+        if (folds != "").any():
+            shape = f"{folds.nunique()}-fold cross-validation"
+        else:
+            shape = f"{_cell(part['n_train'].iloc[0])} train / {_cell(part['n_test'].iloc[0])} test"
+        notes.append(f"--published: {len(part)} {dataset} row(s) left out: development split of {dataset}: {shape}, "
+                     f"not the official split (split {sha[:12]}); shown without --published")
+    return notes
 
 
 def _variant(row) -> str:
@@ -59,6 +97,8 @@ def leaderboard_table(rows: pd.DataFrame, published: bool = False, datasets=None
     ours = rows[rows["source"].fillna("this-run") != "published"] if "source" in rows else rows
     if datasets is not None:
         ours = ours[ours["dataset"].astype(str).isin(list(datasets))]
+    if published:  # only rows on a card's official split stand beside its published rows
+        ours = ours[~not_comparable(ours)]
     known = set(card_names())
     table = summarise(ours, fold_average=fold_average, by_group=by_group) if len(ours) else pd.DataFrame()
     setting_keys = []
@@ -83,7 +123,7 @@ def leaderboard_table(rows: pd.DataFrame, published: bool = False, datasets=None
     table["_order"] = table["dataset"].map(order)
     table = table.sort_values(["_order", "source"], ascending=[True, False], kind="stable").drop(columns="_order")
     columns = ["source", "setting", "dataset", "group", "head", "variant", "selection", "uses_difficulty",
-               "backbone", "settings", "seeds", "units_per_seed", "fold_average"]
+               "backbone", "target", "split_protocol", "settings", "seeds", "units_per_seed", "fold_average"]
     for metric, _ in SHOWN_METRICS:
         columns += [f"{metric}_mean", f"{metric}_std"]
     columns += ["spearman_degenerate", "spearman_nan", "paper", "reference", "note"]
@@ -119,7 +159,8 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame({
         "source": table["source"], "setting": table["setting"], "dataset": table["dataset"], "group": table["group"], "method": table["head"],
         "variant": table["variant"], "selection": table["selection"], "DD": table["uses_difficulty"],
-        "backbone": table["backbone"], "settings": table["settings"], "seeds": [_cell(v) for v in table["seeds"]],
+        "backbone": table["backbone"], "target": table["target"], "split": table["split_protocol"],
+        "settings": table["settings"], "seeds": [_cell(v) for v in table["seeds"]],
     })
     if not out["settings"].fillna("").astype(str).str.len().any():
         out = out.drop(columns="settings")
@@ -184,7 +225,7 @@ def show_leaderboard(path, published: bool = False, fmt: str = "table", datasets
     table = leaderboard_table(rows, published, datasets, by_group, fold_average)
     text = render(table, fmt)
     if published and fmt != "csv":
-        notes = without_published_rows(table)
+        notes = left_out_notes(rows, datasets) + without_published_rows(table)
         text += "".join(f"\n{note}" for note in notes) if fmt == "table" else "".join(f"\n\n_{n}_" for n in notes)
     return text
 

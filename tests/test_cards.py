@@ -145,3 +145,41 @@ def test_wheel_ships_the_cards(tmp_path):
     module_file, loaded = out.stdout.splitlines()
     assert Path(module_file).is_relative_to(unpacked)  # the wheel's copy, not the source tree
     assert loaded == f"{len(ann.DATASETS)} [6.0, 30.0]"
+
+
+OFFICIAL_FILES = {"unlv-dive": [("YeTianJHU_diving-score", {}),
+                                ("ParitoshParmar_MTL-AQA/Ready_2_Use/UNLV_Dive_split_4", {})],
+                  "mtl-aqa": [("ParitoshParmar_MTL-AQA/Ready_2_Use/MTL-AQA_split_0_data", {})],
+                  "fis-v": [("chmxu_MS_LSTM", {"target": "tes"}), ("WHR666777_CVPR22_GDLT", {"target": "pcs"})],
+                  "finediving": [("xujinglin_FineDiving_tag", {})],
+                  "rg": [("qinghuannn_ACTION-NET", {})],
+                  "jigsaws": [("nzl-thu_MUSDL/JIGSAWS", {})]}
+
+
+@needs_data
+@pytest.mark.parametrize("name", sorted(OFFICIAL_FILES))
+def test_each_cards_official_split_is_what_its_builder_reads_from_the_official_files(name):
+    """The sha256 a card stores (no ids are stored) is the split `dae manifest build` writes from every official
+    source it reads; its id pattern and video count fit those ids."""
+    import re
+
+    from dae.pipeline.protocols import official_split, row_identity
+
+    card = cards.load_card(name)
+    assert set(OFFICIAL_FILES) == set(cards.card_names())
+    for folder, options in OFFICIAL_FILES[name]:
+        path = RAW / folder
+        if not path.is_dir():
+            continue
+        manifest = ann.build_manifest(name, path, **options).manifest
+        assert official_split(card, manifest) == (True, ""), (name, folder)
+        assert row_identity(name, manifest)["split_protocol"] == "official"
+        assert len(manifest) == card["video_count"]
+        assert manifest["video_id"].astype(str).map(lambda v: re.fullmatch(card["id_pattern"], v) is not None).all()
+
+
+def test_a_card_without_the_hash_of_its_official_split_is_invalid():
+    card = cards.load_card("unlv-dive")
+    card["official_split"] = {"train": 300, "test": 70}
+    with pytest.raises(cards.DaeError, match="official_split needs test_ids_sha256"):
+        cards.check_card(card, "unlv-dive.toml")

@@ -68,7 +68,7 @@ def test_outputs_honour_the_umask(tmp_path, umask):
     code = (f"import os, sys; os.umask({umask})\n"
             "from dae.pipeline.cli import main\n"
             "main(sys.argv[1:])\n")
-    for args in (["fit", "--features", features, "--manifest", manifest, "--out", run, "--epochs", "2",
+    for args in (["fit", "--features", features, "--manifest", manifest, "--out", run,
                   "--head", "ridge", "--leaderboard", tmp_path / "L.csv"],
                  ["features", "import", "--npy-dir", npy, "--out", tmp_path / "imported.h5"]):
         res = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True,
