@@ -242,9 +242,11 @@ def read_clips(reader, protocol: ClipProtocol, indices: np.ndarray | None = None
 
 def video_clips(path, protocol: ClipProtocol, decoder: str = DEFAULT_DECODER, threads: int = 1,
                 start_frame: int | None = None, end_frame: int | None = None) -> torch.Tensor:
-    """Open a video (a manifest row's segment of it), read the protocol's clips, close. Raises VideoDecodeError."""
+    """Open a video (a manifest row's segment of it), read the protocol's clips, close. Raises VideoDecodeError.
+
+    The range is not checked here (frames past the end are padded, as for a short video); `dae extract` refuses
+    a manifest row whose range runs past its video (`check_range`, in the decode workers)."""
     with open_video(path, decoder, threads, *protocol.segment(start_frame, end_frame)) as reader:
-        check_range(reader, protocol, start_frame, end_frame)
         return read_clips(reader, protocol)
 
 

@@ -41,7 +41,7 @@ from dae.features.decode import DECODERS, DEFAULT_DECODER, decoder_version
 from dae.features.decode_pool import DecodePool, VideoTask, default_workers, plan_slots, shm_free_bytes
 from dae.features.device import default_batch_clips, device_name, prepare_model
 from dae.features.precision import resolve_precision
-from dae.features.resume import (IDENTITY_WORDS, Parts, check_resumable, check_resumed_files, finished_output,
+from dae.features.resume import (Parts, check_resumable, check_resumed_files, finished_output,
                                  output_lock, resume_point, videos_to_redo)
 from dae.features.shards import parse_shard, select_shard, shard_from_environment, shard_output
 from dae.features.store import SEQUENCE_DTYPES, Sequences, read_features, write_features
@@ -328,10 +328,19 @@ def _update(out: Path, old, tasks, records, redo: dict, identity, settings, part
         return ExtractResult(out, old.video_ids, failures, fail_log_path if failures else None,
                              time.monotonic() - started, len(sub) - before, len(kept), already_complete=True,
                              retried=len(sub))
-    full = read_features(out, clip_features=not protocol.variable_length, sequences=protocol.variable_length)
-    old_row = {vid: i for i, vid in enumerate(full.video_ids)}
     ids = sorted(kept + extracted)
-    new_means = clips.means() if protocol.variable_length else pool_clip_features(clips)
+    if failures or fail_log_given or old_failures:  # a failure list from before is never left stale
+        write_failure_log(fail_log_path, failures)
+    if not ids:
+        parts.remove()
+        raise DaeError(f"no video could be extracted: all {len(tasks)} failed (listed in {fail_log_path}); {out} is "
+                       "left as it was, with features of files that changed since")
+    full = read_features(out, clip_features=not protocol.variable_length, sequences=protocol.variable_length)
+    if (full.sequences if protocol.variable_length else full.clip_features) is None:
+        raise DaeError(f"{out} lacks the clips of its videos, so its rows cannot be kept; pass --overwrite to "
+                       "extract it again")
+    old_row = {vid: i for i, vid in enumerate(full.video_ids)}
+    new_means = (clips.means() if protocol.variable_length else pool_clip_features(clips)) if extracted else None
     means = np.stack([new_means[new_rows[v]] if v in new_rows else full.features[old_row[v]] for v in ids])
     if protocol.variable_length:
         merged = Sequences.from_arrays([clips[new_rows[v]] if v in new_rows else full.sequences[old_row[v]]
@@ -344,11 +353,9 @@ def _update(out: Path, old, tasks, records, redo: dict, identity, settings, part
             note(f"note: updating with {key} {value} ({out} was written with {attrs[key]}): the rows extracted "
                  "again are correct but not bit-identical to a single run's")
             attrs[key] = " | ".join(dict.fromkeys(str(attrs[key]).split(" | ") + [str(value)]))
-    attrs.update({k: v for k, v in identity.items() if k in IDENTITY_WORDS}, video_files=records,
+    attrs.update(identity, video_files=records,
                  failures=[dict(zip(FAILURE_COLUMNS, row)) for row in failures], num_failed=len(failures),
                  updated_utc=run["created_utc"], updated_videos=sorted(redo))
-    if failures or fail_log_given or old_failures:  # a failure list from before is never left stale
-        write_failure_log(fail_log_path, failures)
     _write(out, protocol, ids, merged, attrs, means=means)
     parts.remove()
     return ExtractResult(out, ids, failures, fail_log_path if failures else None, time.monotonic() - started,

@@ -265,9 +265,10 @@ def check_resumed_files(parts: Parts, run: dict, records: dict, state: Progress,
         return None
     done = [vid for vid in changed if vid in state.clip_counts]
     if done:
+        why = _difference(recorded.get(done[0]), records[done[0]])
         raise DaeError(f"{parts.path} holds an interrupted extraction that already extracted {len(done)} videos whose "
-                       f"files changed since (first: {done[0]!r}: {_difference(recorded.get(done[0]), records[done[0]])});"
-                       " resuming would keep stale features: pass --overwrite to start over")
+                       f"files changed since (first: {done[0]!r}: {why}); resuming would keep stale features: pass "
+                       "--overwrite to start over")
     note(f"note: {len(changed)} video files not extracted yet changed since the interrupted run started (first: "
          f"{changed[0]!r}); their new contents are extracted")
     return {**run, "video_files": records}

@@ -259,6 +259,12 @@ def _fit_default(name):
     return FIT_DEFAULTS[name]
 
 
+def _study_seeds():
+    from dae.pipeline.defaults import STUDY_SEEDS
+
+    return STUDY_SEEDS
+
+
 def _calibration_default(name):
     from dae.pipeline.settings import CALIBRATION_STUDY_DEFAULTS
 
@@ -302,9 +308,7 @@ def _head_help() -> str:
 
 
 def train_options(f):
-    """Training options of `dae fit` (studies have their own defaults: see _study_command)."""
-    from dae.heads.config import TrainConfig
-
+    """Training options of `dae fit` (a study cell trains with the same defaults: pipeline.settings)."""
     d = _fit_default
     opts = [
         click.option("--epochs", type=click.IntRange(1), default=d("epochs"), show_default=True),
@@ -387,16 +391,19 @@ def sequence_options(f):
         click.option("--attention-heads", "attention_heads", type=click.IntRange(1), default=d.heads, show_default=True,
                      help="gdlt/gdlt-dae: attention heads of the transformer (GDLT's --n_head)."),
         click.option("--queries", type=click.IntRange(1), default=d.queries, show_default=True,
-                     help="gdlt/gdlt-dae: learnable grade queries of the decoder (GDLT's README command: 4)."),
+                     help="gdlt/gdlt-dae, cofinal/cofinal-dae: learnable grade queries of the decoder (GDLT's README "
+                          "command: 4; cofinal needs 4)."),
         click.option("--encoder-layers", type=click.IntRange(0), default=d.encoder_layers, show_default=True),
         click.option("--decoder-layers", type=click.IntRange(1), default=d.decoder_layers, show_default=True,
                      help="gdlt/gdlt-dae: decoder layers (GDLT's README command: 2)."),
         click.option("--model-width", "hidden", type=click.IntRange(1), default=d.hidden, show_default=True,
-                     help="gdlt/gdlt-dae: transformer width after the Conv1d reduction D -> D/2 -> width."),
+                     help="gdlt/gdlt-dae, cofinal/cofinal-dae: transformer width after the Conv1d reduction D -> "
+                          "D/2 -> width (cofinal: divisible by 4)."),
         click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=d.dropout, show_default=True,
                      help="gdlt/gdlt-dae: transformer dropout (GDLT's README command: 0.3)."),
         click.option("--triplet-weight", type=click.FloatRange(0), default=d.triplet_weight, show_default=True,
-                     help="gdlt/gdlt-dae: weight of the grade-decoupling triplet loss (GDLT's --alpha)."),
+                     help="gdlt/gdlt-dae, cofinal/cofinal-dae: weight of the grade-decoupling triplet loss (GDLT's and "
+                          "CoFInAl's --alpha)."),
         click.option("--margin", type=click.FloatRange(0), default=d.margin, show_default=True,
                      help="gdlt/gdlt-dae: triplet margin on cosine distances (GDLT's --margin)."),
     ]
@@ -506,7 +513,7 @@ def weights_cmd(no_fetch):
 @click.option("--out", type=click.Path(file_okay=False), default="dae_demo", show_default=True,
               help="Folder for the demo's files (a new suffixed folder if it exists; nothing is overwritten).")
 @click.option("--seeds", type=click.IntRange(1), default=3, show_default=True)
-@click.option("--epochs", type=click.IntRange(1), default=100, show_default=True)
+@click.option("--epochs", type=click.IntRange(1), default=_fit_default("epochs"), show_default=True)
 @click.option("--from-videos", is_flag=True,
               help="Start from SYNTHETIC videos instead: write 48 short videos, extract them with the real I3D "
                    "(weights fetched once) and fit on those features (a few minutes on 2 CPU cores).")
@@ -573,6 +580,8 @@ def extract_cmd(ctx, videos, manifest, out, protocol, device, precision, batch_c
 
     \b
     Rerunning the same command resumes an interrupted run (a kill loses at most one batch).
+    A rerun on a finished file extracts again the videos whose file changed (size, sha256)
+    and those that failed before, and keeps the other rows.
     Videos that cannot be extracted are listed in the failure CSV and the file; exit code 3.
     Example:
         dae extract --videos videos/ --manifest mtl.csv --protocol mtl-aqa --out mtl_i3d.h5
@@ -820,7 +829,8 @@ for _study in _STUDY_HELP:
               help="Folder for the PNG figures (reliability, PIT, width vs |error|). Needs the [plots] extra.")
 @click.option("--overwrite", is_flag=True, help="Replace the figures of a --plots folder that is not empty "
               "(otherwise it is an error).")
-@click.option("--seeds", "n_seeds", type=click.IntRange(1), default=None, help="Train seeds 0..N-1 [default: 5].")
+@click.option("--seeds", "n_seeds", type=click.IntRange(1), default=None,
+              help=f"Train seeds 0..N-1 [default: {_study_seeds()}].")
 @click.option("--seed", type=int, default=None, help="Train this one seed.")
 @click.option("--heads", default=None, help="Comma-separated heads [default: dae,mlp,ridge,usdl,dae-mt; dae-mt "
               "only where the manifest has difficulty].")
@@ -859,7 +869,8 @@ def ablate_calibration_cmd(ctx, config_path, overwrite, **options):
 @click.option("--rules", default=None,
               help="Comma-separated exemplar rules (any, same-difficulty) [default: both when the manifest has a "
               "difficulty column, else any].")
-@click.option("--seeds", "n_seeds", type=click.IntRange(1), default=None, help="Train seeds 0..N-1 [default: 5].")
+@click.option("--seeds", "n_seeds", type=click.IntRange(1), default=None,
+              help=f"Train seeds 0..N-1 [default: {_study_seeds()}].")
 @click.option("--seed", type=int, default=None, help="Train this one seed.")
 @click.option("--epochs", type=click.IntRange(1), default=_voters_default("epochs"), show_default=True)
 @click.option("--lr", type=click.FloatRange(0, min_open=True), default=None, help=_LR_HELP)
@@ -890,7 +901,7 @@ def ablate_voters_cmd(ctx, config_path, **options):
 @click.option("--seeds", "n_seeds", type=click.IntRange(1), default=_pooling_default("n_seeds"), show_default=True,
               help="Seeds 0..N-1.")
 @click.option("--epochs", type=click.IntRange(1), default=_pooling_default("epochs"), show_default=True,
-              help="Pooled heads: epochs (fit's default settings: batch 32, lr 1e-4).")
+              help="Pooled heads: epochs (at dae fit's other defaults).")
 @click.option("--sequence-epochs", type=click.IntRange(1), default=None,
               help="Sequence heads: epochs [default: 30, a CPU budget; GDLT trains 250-500 with SGD].")
 @click.option("--sequence-lr", type=click.FloatRange(0, min_open=True), default=None,
@@ -926,10 +937,11 @@ def ablate_pooling_cmd(ctx, config_path, **options):
               help="Time on these features (with --manifest) instead of synthetic MTL-AQA-sized ones.")
 @click.option("--manifest", type=click.Path(dir_okay=False), default=None, help="Manifest CSV for --features.")
 @click.option("--dataset", default=None, help="Dataset card name (score range) for --manifest.")
-@click.option("--seeds", type=click.IntRange(1), default=5, show_default=True)
-@click.option("--epochs", type=click.IntRange(1), default=100, show_default=True)
-@click.option("--batch-size", type=click.IntRange(1), default=None, help="[default: the studies' batch size]")
-@click.option("--lr", type=click.FloatRange(0, min_open=True), default=None, help="[default: the studies' lr]")
+@click.option("--seeds", type=click.IntRange(1), default=_study_seeds(), show_default=True)
+@click.option("--epochs", type=click.IntRange(1), default=_fit_default("epochs"), show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=None,
+              help="[default: dae fit's, as every study cell trains]")
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=None, help="[default: dae fit's]")
 @click.option("--reference-models", type=click.IntRange(1), default=2, show_default=True,
               help="Models timed one by one (then extrapolated to all).")
 @click.option("--reference-epochs", type=click.IntRange(1), default=2, show_default=True,

@@ -266,3 +266,37 @@ def test_float16_sequences_keep_the_float32_mean_and_are_part_of_the_files_ident
                    "--weights", checkpoint, "--clip-dtype", "float16"])
     assert res.exit_code == 2 and "--clip-dtype is for clip sequences (stride:T)" in res.output, res.output
     assert not (tmp_path / "no.h5").exists()
+
+
+@pytest.mark.slow
+def test_a_replaced_video_is_extracted_again_alone_even_after_a_kill_and_equals_a_fresh_run(setup, tmp_path,
+                                                                                               pause_at):
+    """Issue 22 W8 on clip sequences stored as float16: the rerun after c.mp4 was replaced extracts c (and the
+    broken file, which failed before) again, resumes after a SIGKILL, and writes what a fresh run writes."""
+    import shutil
+
+    source, checkpoint = setup
+    videos = tmp_path / "videos"
+    shutil.copytree(source, videos)
+    out = tmp_path / "f.h5"
+    assert run_cli(command(videos, checkpoint, out, "--clip-dtype", "float16")).exit_code == 3
+    write_video(videos / "c.mp4", noise_frames(29, 40, 52, seed=9))  # 20 frames (2 clips) -> 29 (3 clips)
+
+    after_first = pause_at("chunk-000000")
+    first = dae_subprocess(command(videos, checkpoint, out, "--clip-dtype", "float16"))
+    after_first.wait(first)  # the update committed c's first clip (broken failed before it)
+    os.kill(first.pid, signal.SIGKILL)
+    first.communicate()
+    after_first.release()
+    assert read_features(out, sequences=True).sequences.lengths.tolist() == [1, 1, 2, 4]  # OUT untouched so far
+    assert len(list(Path(f"{out}.update.parts").glob("chunk-*.h5"))) == 1
+
+    res = run_cli(command(videos, checkpoint, out, "--clip-dtype", "float16"))
+    assert res.exit_code == 3, res.output
+    assert "1 changed since it was written (first: 'c'" in res.output and "1 failed before" in res.output
+    assert f"resuming the update of {out}: 1 of 2 videos done" in res.output, res.output
+    assert not Path(f"{out}.update.parts").exists()
+    fresh = tmp_path / "fresh.h5"
+    assert run_cli(command(videos, checkpoint, fresh, "--clip-dtype", "float16")).exit_code == 3
+    assert_same_file(out, fresh, ignore_attrs=("updated_utc", "updated_videos"))
+    assert read_features(out, sequences=True).sequences.lengths.tolist() == [1, 1, 3, 4]
