@@ -28,8 +28,9 @@ Deliberate differences from the authors' code (every one):
    the flattened (b, 100) logits of the whole batch. Here every video is scored as the original scores a batch
    of one, in training and evaluation: in `regi` each video's query slot attends to itself only (a softmax over
    one key: the value path; W_q and W_k get zero gradient and change by weight decay only, as in the original
-   at batch 1), and the argmax is each video's own. `etf_attention = "across-batch"` restores the original's mixing (the attention over a model's
-   videos of a batch) for parity with its batched fixtures only; no command uses it.
+   at batch 1), and the argmax is each video's own. `etf_attention = "across-batch"` restores the original's
+   mixing (the attention over a model's videos of a batch) for parity with its batched fixtures only; no
+   command uses it.
 2. The ETF regressor is Linear(Q x hidden, hidden) -> Linear(hidden, 100); the original hard-codes
    Linear(4 hidden, 256) -> Linear(hidden, 100), which only chains at hidden 256 (its Fis-V command's hidden 448
    fails at the first forward) and Q 4. Identical wherever the original runs. The grade weights are defined for
@@ -205,9 +206,9 @@ class CoFInAlHead(SequenceHead):
         from dae.errors import UsageError
 
         if options.queries != len(GRADES) or options.hidden % ETF_ATTENTION_HEADS:
-            raise UsageError(f"{head} needs --queries {len(GRADES)} (its grade values {list(GRADES)}) and a --model-width "
-                             f"divisible by its ETF attention's {ETF_ATTENTION_HEADS} heads (got --queries "
-                             f"{options.queries}, --model-width {options.hidden})")
+            raise UsageError(f"{head} needs --queries {len(GRADES)} (its grade values {list(GRADES)}) and a "
+                             f"--model-width divisible by its ETF attention's {ETF_ATTENTION_HEADS} heads "
+                             f"(got --queries {options.queries}, --model-width {options.hidden})")
         super().__init__(head, clips, starts, lengths, targets, options, prediction)
 
     def build(self, stack):
@@ -250,7 +251,8 @@ def original_key_map(module: StackedCoFInAl) -> list[tuple[str, tuple[str, ...],
     [W_q; W_k; W_v] = regi_q / regi_k / regi_v and its out_proj = regi_out, etf_vec1 = etf (each model's basis)."""
     extras = []
     for theirs, ours in (("regressor", "regressor"), ("regressor_revert", "regressor_revert"),
-                         ("regressori.0.1", "etf_hidden"), ("regressori.0.2", "etf_out"), ("regi.0.out_proj", "regi_out")):
+                         ("regressori.0.1", "etf_hidden"), ("regressori.0.2", "etf_out"),
+                         ("regi.0.out_proj", "regi_out")):
         extras += [(f"{theirs}.weight", (f"{ours}.weight",), "linear"), (f"{theirs}.bias", (f"{ours}.bias",), "vector")]
     extras += [("regi.0.in_proj_weight", ("regi_q.weight", "regi_k.weight", "regi_v.weight"), "packed"),
                ("regi.0.in_proj_bias", ("regi_q.bias", "regi_k.bias", "regi_v.bias"), "packed-bias"),
