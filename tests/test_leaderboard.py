@@ -74,6 +74,7 @@ def test_one_summary_rule_folds_then_groups(tmp_path):
     features, manifest = write_features_and_manifest(
         tmp_path, n=n, extra={"group": np.repeat(["a", "b"], n // 2),
                               "fold": np.r_[np.arange(48) % 3, np.arange(48) % 2]})
+    pd.read_csv(manifest).drop(columns="split").to_csv(manifest, index=False)  # k folds: no split column
     board = tmp_path / "L.csv"
     res = fit(features, manifest, tmp_path / "run", board, "--seeds", 2)
     printed = next(line for line in res.output.splitlines() if " ± " in line).split()
