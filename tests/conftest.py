@@ -98,8 +98,6 @@ def write_features_and_manifest(tmp_path, n=120, dim=16, seed=0, test_fraction=0
     ids = [f"v{i:03d}" for i in range(n)]
     split = np.where(np.arange(n) < int(n * (1 - test_fraction)), "train", "test")
     df = pd.DataFrame({"video_id": ids, "score": scores, "split": split, **(extra or {})})
-    if "fold" in df:  # a k-fold manifest has no split column (split and fold together are refused)
-        df = df.drop(columns="split")
     features, manifest = tmp_path / "f.h5", tmp_path / "m.csv"
     write_features(features, ids, x, attrs={"backbone": "synthetic"})
     write_manifest(df, manifest)
