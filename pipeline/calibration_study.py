@@ -11,12 +11,11 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from dae.atomic import check_new_dir, new_run_dir, writable_dir, write_study_folder
+from dae.atomic import write_study_folder
 from dae.errors import UsageError
 from dae.heads import calibration
 from dae.heads.distributions import get_distribution
@@ -230,29 +229,15 @@ def run_calibration_study_files(features, manifest, seeds, config, dataset: str 
 
     lr: the learning rate asked for (None: each head's own, as `dae fit`); options: the command's options, recorded
     in config.json for `dae ablate calibration --config` (pipeline.settings)."""
-    from dae.pipeline.protocols import check_card_protocol
-    from dae.features.manifest import read_manifest
-    from dae.features.store import content_sha256, read_features
-    from dae.pipeline.leaderboard import add_to_leaderboard
+    from dae.pipeline.runner import close_run, input_record, open_run
 
-    fs = read_features(features)
-    df = read_manifest(manifest)
-    check_card_protocol(dataset, df, echo)  # a dataset card: the manifest must follow its split rule, as for fit
-    dataset = dataset or Path(manifest).stem
-    out = Path(out) if out else new_run_dir(f"{dataset or 'run'}-ablate-calibration")
-    check_new_dir(out, "study folder")
-    if plots:
-        from dae.pipeline.plots import require_matplotlib
-        require_matplotlib()
-        writable_dir(plots, "--plots folder")
-    if leaderboard:
-        writable_dir(Path(leaderboard).parent, "--leaderboard folder")
+    start = open_run(features, manifest, dataset, "ablate-calibration", out, leaderboard, plots, echo)
+    fs, df, dataset, out = start.fs, start.manifest, start.dataset, start.out
     study = run_calibration_study(fs, df, seeds, config, dataset, score_range, losses, heads, folds,
-                                  Path(manifest).name, note=echo, lr=lr)
+                                  start.manifest_name, note=echo, lr=lr)
     study.rows["run_dir"] = str(out)
     echo(format_calibration_study(study))
-    meta = {"study": "calibration", "dataset": dataset, "features": str(features),
-            "features_sha256": content_sha256(fs), "manifest": str(manifest), "seeds": list(seeds),
+    meta = {"study": "calibration", "dataset": dataset, **input_record(features, manifest, fs), "seeds": list(seeds),
             "heads": study_heads(df, heads), "losses": list(losses or LOSSES),
             "calibration": {"methods": list(METHODS), "folds": folds, "seed": calibration.CALIBRATION_SEED,
                             "rows": "every training row of each protocol cell, out-of-fold (never a test row)"},
@@ -264,6 +249,5 @@ def run_calibration_study_files(features, manifest, seeds, config, dataset: str 
         from dae.pipeline.calibration_plots import plot_calibration_study
         for path in plot_calibration_study(study, plots):
             echo(f"plot {path}")
-    if leaderboard:
-        add_to_leaderboard(leaderboard, study.rows, echo)
+    close_run(study.rows, leaderboard, echo)
     return study

@@ -12,10 +12,9 @@ import pandas as pd
 import torch
 
 from dae import __version__
-from dae.atomic import atomic_dir, check_new_dir, new_run_dir
+from dae.atomic import atomic_dir
 from dae.errors import DaeError, UsageError
-from dae.features.manifest import read_manifest
-from dae.features.store import FeatureSet, align, content_sha256, read_features
+from dae.features.store import FeatureSet, align, content_sha256
 from dae.heads import calibration
 from dae.heads.calibration_options import DEFAULT_CALIBRATOR, DEFAULT_FOLDS
 from dae.heads.distributions import get_distribution
@@ -28,7 +27,7 @@ from dae.heads.registry import get_head
 from dae.pipeline.baselines import options_dict
 from dae.pipeline.leaderboard import environment, software_and_machine
 from dae.pipeline.protocols import (WINDOW_EPOCHS, WINDOW_SELECTIONS, apply_window_selection,
-                                    check_card_protocol, row_identity)
+                                    row_identity)
 
 PREDICT_ATTRS = ("protocol", "weights_sha256", "decoder", "backbone", "precision", "device", "sequence_dtype")
 VAL_SEED = 0
@@ -461,18 +460,13 @@ def run_fit(features, manifest, plan: FitPlan, out=None, leaderboard=None, echo=
     """Read files, train, write the run folder and append to the leaderboard. Returns (rows, summary).
 
     options: the command's options, recorded in config.json for `dae fit --config` (pipeline.settings)."""
-    from dae.pipeline.leaderboard import add_to_leaderboard, check_leaderboard_writable, format_summary, summarise
+    from dae.pipeline.leaderboard import format_summary, summarise
+    from dae.pipeline.runner import close_run, open_run
 
-    fs = read_features(features, sequences=get_head(plan.head).inputs == "sequence")
-    df = read_manifest(manifest)
-    manifest_name = Path(manifest).name
-    check_card_protocol(plan.dataset, df, echo)  # a dataset card: the manifest must follow its split rule
-    if not plan.dataset:
-        plan = dataclasses.replace(plan, dataset=Path(manifest).stem)
-    out = Path(out) if out else new_run_dir(f"{plan.dataset or 'run'}-{plan.head}")
-    check_new_dir(out, "run folder")
-    if leaderboard:
-        check_leaderboard_writable(leaderboard)
+    start = open_run(features, manifest, plan.dataset, plan.head, out, leaderboard, None, echo,
+                     sequences=get_head(plan.head).inputs == "sequence", what="run folder")
+    fs, df, manifest_name, out = start.fs, start.manifest, start.manifest_name, start.out
+    plan = dataclasses.replace(plan, dataset=start.dataset)
     progress = TrainingProgress("fit")
     try:
         rows, predictions, results = fit_models(fs, df, plan, manifest_name, note=echo, progress=progress)
@@ -500,6 +494,5 @@ def run_fit(features, manifest, plan: FitPlan, out=None, leaderboard=None, echo=
     if warning:
         echo(warning)
     echo(f"run written to {out}")
-    if leaderboard:
-        add_to_leaderboard(leaderboard, rows, echo)
+    close_run(rows, leaderboard, echo)
     return rows, summary

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from dae.atomic import check_new_dir, new_run_dir, writable_dir, write_study_folder
+from dae.atomic import write_study_folder
 from dae.errors import UsageError
 from dae.heads.calibration_options import DEFAULT_CALIBRATOR, DEFAULT_FOLDS
 from dae.heads.config import TrainConfig
@@ -124,36 +123,25 @@ def run_pooling_files(features, manifest, seeds, config: TrainConfig, sequence_c
 
     command_options: the command's options, recorded in config.json for `dae ablate pooling --config`
     (pipeline.settings)."""
-    from dae.features.manifest import read_manifest
-    from dae.features.store import content_sha256, read_features
-    from dae.pipeline.leaderboard import add_to_leaderboard
-    from dae.pipeline.protocols import check_card_protocol
+    from dae.pipeline.runner import close_run, input_record, open_run
 
-    fs = read_features(features, sequences=True)
-    df = read_manifest(manifest)
-    check_card_protocol(dataset, df, echo)  # a dataset card: the manifest must follow its split rule, as for fit
-    dataset = dataset or Path(manifest).stem
-    out = Path(out) if out else new_run_dir(f"{dataset or 'run'}-ablate-pooling")
-    check_new_dir(out, "study folder")
-    if leaderboard:
-        writable_dir(Path(leaderboard).parent, "--leaderboard folder")
+    start = open_run(features, manifest, dataset, "ablate-pooling", out, leaderboard, None, echo, sequences=True)
+    fs, df, dataset, out = start.fs, start.manifest, start.dataset, start.out
     echo(f"pooling study: {', '.join(heads)}; {len(seeds)} seeds; pooled heads {config.epochs} epochs (batch "
          f"{config.batch_size}, lr {config.lr:g}), sequence heads {sequence_config.epochs} epochs (batch "
          f"{sequence_config.batch_size}, lr {sequence_config.lr:g}, crop {options.crop}) ...")
     result = run_pooling(fs, df, heads, seeds, config, sequence_config, options, dataset, score_range,
-                         Path(manifest).name, curves=curves, echo=echo, calibrate=calibrate,
+                         start.manifest_name, curves=curves, echo=echo, calibrate=calibrate,
                          calibration_folds=calibration_folds)
     result.rows["run_dir"] = str(out)
     result.report = format_pooling(result)
     echo(result.report)
-    meta = {"study": "pooling", "dataset": dataset, "features": str(features), "features_sha256": content_sha256(fs),
-            "manifest": str(manifest), "heads": list(heads), "seeds": list(map(int, seeds)),
+    meta = {"study": "pooling", "dataset": dataset, **input_record(features, manifest, fs), "heads": list(heads), "seeds": list(map(int, seeds)),
             "train": dataclasses.asdict(config), "sequence_train": dataclasses.asdict(sequence_config),
             "sequence_options": dataclasses.asdict(options), "wall_seconds": result.wall_seconds,
             **software_and_machine(), **({"options": command_options} if command_options is not None else {})}
     write_study_folder(out, meta, {"metrics": result.rows, "summary": summarise(result.rows),
                                    "comparison": result.comparison, "curves": result.curves}, result.report)
     echo(f"study written to {out}")
-    if leaderboard:
-        add_to_leaderboard(leaderboard, result.rows, echo)
+    close_run(result.rows, leaderboard, echo)
     return result

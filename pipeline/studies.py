@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from dae.atomic import check_new_dir, new_run_dir, writable_dir, write_study_folder
+from dae.atomic import write_study_folder
 from dae.errors import UsageError
 from dae.heads.calibration_options import DEFAULT_CALIBRATOR, DEFAULT_FOLDS
 from dae.heads.config import LOSSES, REPARAMS, TrainConfig
@@ -501,35 +500,21 @@ def run_study_files(study: str, features, manifest, seeds, config: TrainConfig, 
     """Read the files, run the study, print its report, write the study folder, plots and leaderboard rows.
 
     options: the command's options, recorded in config.json for `dae ablate STUDY --config` (pipeline.settings)."""
-    from dae.features.manifest import read_manifest
-    from dae.features.store import content_sha256, read_features
-    from dae.pipeline.leaderboard import add_to_leaderboard, check_leaderboard_writable
+    from dae.pipeline.runner import close_run, input_record, open_run
 
     specs = study_specs(study, seeds, losses, distributions, reparams)
-    fs = read_features(features)
-    df = read_manifest(manifest)
-    from dae.pipeline.protocols import check_card_protocol
-
-    check_card_protocol(dataset, df, echo)  # a dataset card: the manifest must follow its split rule
-    dataset = dataset or Path(manifest).stem
+    start = open_run(features, manifest, dataset, f"ablate-{study}", out, leaderboard, plots, echo)
+    fs, df, dataset, out = start.fs, start.manifest, start.dataset, start.out
     plan = FitPlan(head=head, specs=specs, config=config, dataset=dataset, score_range=score_range,
                    calibrate=calibrate, calibration_folds=calibration_folds)
-    out = Path(out) if out else new_run_dir(f"{dataset or 'run'}-ablate-{study}")
-    check_new_dir(out, "study folder")
-    if plots:
-        from dae.pipeline.plots import require_matplotlib
-        require_matplotlib()
-        writable_dir(plots, "--plots folder")
-    if leaderboard:
-        check_leaderboard_writable(leaderboard)
     echo(f"study {study}: training {len(specs)} models per protocol cell ({len(specs) // len(seeds)} configurations x "
          f"{len(seeds)} seeds), {config.epochs} epochs, batch {config.batch_size} ...")
     result = run_study(study, fs, df, plan, n_jobs=n_jobs, backend=backend, scheduler=scheduler, threads=threads,
-                       manifest_name=Path(manifest).name, curves=True if plots else None, progress=None)
+                       manifest_name=start.manifest_name, curves=True if plots else None, progress=None)
     result.rows["run_dir"] = str(out)
     echo(format_study(result))
-    meta = {"study": study, "dataset": dataset, "features": str(features), "features_sha256": content_sha256(fs),
-            "manifest": str(manifest), "specs": [dataclasses.asdict(s) for s in specs],
+    meta = {"study": study, "dataset": dataset, **input_record(features, manifest, fs),
+            "specs": [dataclasses.asdict(s) for s in specs],
             "train": dataclasses.asdict(config), "jobs": n_jobs, "backend": backend, "seconds": result.seconds,
             **software_and_machine(), **({"options": options} if options is not None else {})}
     save_study(out, result, meta)
@@ -538,6 +523,5 @@ def run_study_files(study: str, features, manifest, seeds, config: TrainConfig, 
         from dae.pipeline.plots import plot_study
         for path in plot_study(result, plots):
             echo(f"plot {path}")
-    if leaderboard:
-        add_to_leaderboard(leaderboard, result.rows, echo)
+    close_run(result.rows, leaderboard, echo)
     return result

@@ -8,12 +8,11 @@ takes the first V of one shuffled pool, so counts are nested). One leaderboard r
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from dae.atomic import check_new_dir, new_run_dir, write_study_folder
+from dae.atomic import write_study_folder
 from dae.errors import UsageError
 from dae.heads.distributions import get_distribution
 from dae.heads.exemplars import RULES
@@ -93,33 +92,24 @@ def run_voters_study_files(features, manifest, plan, voters=VOTERS, rules=None, 
     """Read the files, run the study, print its table, write the study folder and leaderboard rows.
 
     options: the command's options, recorded in config.json for `dae ablate voters --config` (pipeline.settings)."""
-    from dae.pipeline.protocols import check_card_protocol
-    from dae.features.manifest import read_manifest
-    from dae.features.store import content_sha256, read_features
-    from dae.pipeline.leaderboard import add_to_leaderboard, check_leaderboard_writable, software_and_machine
+    from dae.pipeline.leaderboard import software_and_machine
+    from dae.pipeline.runner import close_run, input_record, open_run
 
-    fs = read_features(features)
-    df = read_manifest(manifest)
-    check_card_protocol(plan.dataset, df, echo)  # a dataset card: the manifest must follow its split rule, as for fit
-    if not plan.dataset:
-        plan = dataclasses.replace(plan, dataset=Path(manifest).stem)
-    out = Path(out) if out else new_run_dir(f"{plan.dataset or 'run'}-ablate-voters")
-    check_new_dir(out, "study folder")
-    if leaderboard:
-        check_leaderboard_writable(leaderboard)
-    rows, table = run_voters_study(fs, df, plan, voters, rules, Path(manifest).name, note=echo)
+    run = open_run(features, manifest, plan.dataset, "ablate-voters", out, leaderboard, None, echo)
+    fs, df, out = run.fs, run.manifest, run.out
+    plan = dataclasses.replace(plan, dataset=run.dataset)
+    rows, table = run_voters_study(fs, df, plan, voters, rules, run.manifest_name, note=echo)
     rows["run_dir"] = str(out)
     report = ("study voters: how many exemplars vote, and which exemplar rule "
               f"({plan.head}; test set, mean ± std over seeds; selection {plan.config.selection})\n"
               + table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     echo(report)
-    meta = {"study": "voters", "head": plan.head, "dataset": plan.dataset, "features": str(features),
-            "features_sha256": content_sha256(fs), "manifest": str(manifest), "voters": list(voters),
+    meta = {"study": "voters", "head": plan.head, "dataset": plan.dataset, **input_record(features, manifest, fs),
+            "voters": list(voters),
             "rules": list(rules) if rules else None, "specs": [dataclasses.asdict(s) for s in plan.specs],
             "train": dataclasses.asdict(plan.config), **software_and_machine(),
             **({"options": options} if options is not None else {})}
     write_study_folder(out, meta, {"metrics": rows, "summary": table}, report)
     echo(f"study written to {out}")
-    if leaderboard:
-        add_to_leaderboard(leaderboard, rows, echo)
+    close_run(rows, leaderboard, echo)
     return rows, table

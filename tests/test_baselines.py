@@ -266,7 +266,7 @@ def test_best_test_selection_reports_the_best_epoch_of_the_curve():
 def test_each_head_learns_a_planted_signal(head):
     fs, df = _panel()
     plan = FitPlan(head=head, specs=[HeadSpec(seed=0), HeadSpec(seed=1)], dataset="mtl-aqa",
-                   config=TrainConfig(epochs=40, lr=1e-3), score_range=(0.0, 104.5))
+                   config=TrainConfig(epochs=40, lr=1e-3), score_range=(0.0, 104.5), calibrate="none")
     rows, predictions, _ = fit_models(fs, df, plan)
     assert len(rows) == 2 and (rows["spearman"] > 0.6).all(), rows["spearman"].tolist()
     assert rows["head"].eq(head).all() and rows["source"].eq("this-run").all()
@@ -300,7 +300,8 @@ def test_fit_cli_trains_the_new_heads_and_refuses_a_bad_manifest(tmp_path):
     board = tmp_path / "L.csv"
     res = runner.invoke(cli, ["fit", "--features", str(features), "--manifest", str(manifest), "--head", "musdl",
                               "--bin-predict", "expectation", "--epochs", "3", "--seeds", "2", "--out",
-                              str(tmp_path / "run"), "--leaderboard", str(board), "--dataset", "mtl-aqa"])
+                              str(tmp_path / "run"), "--leaderboard", str(board), "--dataset", "mtl-aqa",
+                              "--calibrate", "none"])
     assert res.exit_code == 0, res.output
     rows = pd.read_csv(board)
     assert rows["prediction"].eq("expectation").all() and rows["judge_rule"].eq("middle3-x-difficulty").all()
@@ -323,7 +324,7 @@ def test_unlv_dive_real_features_every_head_learns(unlv_dive):
     fs, df = read_features(features), read_manifest(manifest)
     for head in ("usdl", "dae-mt"):
         plan = FitPlan(head=head, specs=[HeadSpec(seed=0)], dataset="unlv-dive", config=TrainConfig(epochs=30),
-                       score_range=(21.6, 102.6))
+                       score_range=(21.6, 102.6), calibrate="none")
         rows, _, _ = fit_models(fs, df, plan)
         assert rows["n_train"].iloc[0] == 300 and rows["n_test"].iloc[0] == 70
         assert rows["spearman"].iloc[0] > 0.6, (head, rows["spearman"].iloc[0])

@@ -42,14 +42,24 @@ def test_dataloader_loop_learns_like_train_one(tmp_path):
     np.testing.assert_array_equal(again.predictions["test"]["mu"], ref.predictions["test"]["mu"])
 
 
-def test_bench_fit_command_reports_ratios_and_flops(tmp_path):
+def test_bench_fit_command_trains_the_loss_grid_and_its_quality_check_finds_batched_equal_to_alone(tmp_path):
+    """The command times every loss x seed (its printed model count), and --quality's batched trainer ranks the test
+    videos exactly as the one-by-one loop does (the figure it prints, read back); --quality without real scores is a
+    usage error."""
+    import re
+
+    from dae.heads.losses import LOSSES
+
     features, manifest = write_features_and_manifest(tmp_path, n=120, dim=32)
     res = CliRunner().invoke(cli, ["bench", "fit", "--features", str(features), "--manifest", str(manifest),
                                    "--seeds", "2", "--epochs", "2", "--reference-models", "1",
                                    "--reference-epochs", "1", "--quality"])
     assert res.exit_code == 0, res.output
-    out = res.output
-    assert "12 heads x 2 epochs" in out and "DataLoader at batch 8" in out and "GFLOP/s" in out
-    assert "of the fp32 matmul ceiling" in out and "|batched - train_one|" in out
+    models, epochs = map(int, re.search(r"\((\d+) heads x (\d+) epochs", res.output).groups())
+    assert (models, epochs) == (2 * len(LOSSES), 2)
+    batched = re.search(r"batched trainer.*seeds: ([-\d. ]+)\)", res.output).group(1).split()
+    alone = re.search(r"one by one \(train_one\).*seeds: ([-\d. ]+)\)", res.output).group(1).split()
+    assert batched == alone and len(batched) == 2
+    assert float(re.search(r"\|batched - train_one\| = ([\d.]+)", res.output).group(1)) < 1e-3
     res = CliRunner().invoke(cli, ["bench", "fit", "--quality"])
     assert res.exit_code == 2 and "--quality needs --features" in res.output

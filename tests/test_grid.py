@@ -21,7 +21,7 @@ CONFIG = TrainConfig(epochs=8, lr=3e-3, batch_size=32, hidden=(16, 8))
 def data(tmp_path_factory):
     features, manifest = write_features_and_manifest(tmp_path_factory.mktemp("grid"), n=100)
     specs = study_specs("distributions", [0, 1], losses=["v1"], distributions=["gaussian", "laplace", "student-t"])
-    plans = split_by_model(FitPlan(specs=specs, config=CONFIG, dataset="synthetic"))
+    plans = split_by_model(FitPlan(specs=specs, config=CONFIG, dataset="synthetic", calibrate="none"))
     return read_features(features), read_manifest(manifest), plans, features, manifest
 
 
@@ -71,7 +71,7 @@ def test_dask_cluster_runs_the_grid(data, sequential):
             res = CliRunner().invoke(cli, [
                 "ablate", "distributions", "--features", str(features), "--manifest", str(manifest),
                 "--seeds", "2", "--epochs", "3", "--losses", "v1", "--distributions", "gaussian,laplace",
-                "--jobs", "2", "--backend", "dask", "--scheduler", cluster.scheduler_address,
+                "--jobs", "2", "--backend", "dask", "--scheduler", cluster.scheduler_address, "--calibrate", "none",
                 "--out", str(features.parent / "dask_study")])
             assert res.exit_code == 0, res.output
             assert "distribution=laplace" in res.output
