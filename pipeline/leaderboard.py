@@ -18,6 +18,7 @@ summary counts such folds (`spearman_degenerate`) and undefined ones (`spearman_
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -143,6 +144,7 @@ def append_rows(path, rows: pd.DataFrame, summary: bool = False) -> None:
                 raise DaeError(f"leaderboard {path} is not a readable CSV ({exc.__class__.__name__})") from None
             new = [c for c in rows.columns if c not in header]
             with atomic_path(path) as tmp:
+                shutil.copymode(path, tmp)  # the rewritten file keeps the permissions it had
                 if new:
                     old = pd.read_csv(path, dtype=str, keep_default_na=False)  # earlier rows stay as written
                     pd.concat([old, rows], ignore_index=True).reindex(columns=header + new).to_csv(tmp, index=False)

@@ -35,3 +35,17 @@ def test_new_columns_widen_the_header_and_keep_every_earlier_value_as_written(tm
     append_rows(board, first.iloc[:1])
     last = read_text_rows(board)
     assert list(last[0]) == header and len(last) == 4 and last[3]["judge_rule"] == "" and last[3]["group"] == "01"
+
+
+def test_an_append_is_atomic_and_keeps_the_files_permissions(tmp_path):
+    """Appends rewrite the file under a temporary name (never a half-written line) and keep its mode."""
+    import os
+    import stat
+
+    board = tmp_path / "L.csv"
+    append_rows(board, pd.DataFrame({"dataset": ["d"], "head": ["dae"], "seed": [0], "spearman": [0.5]}))
+    os.chmod(board, 0o640)
+    append_rows(board, pd.DataFrame({"dataset": ["d"], "head": ["dae"], "seed": [1], "spearman": [0.6]}))
+    assert stat.S_IMODE(os.stat(board).st_mode) == 0o640
+    assert pd.read_csv(board)["seed"].tolist() == [0, 1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["L.csv", "L.csv.lock"]  # no temporary file left
