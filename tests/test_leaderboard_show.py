@@ -9,7 +9,6 @@ import pytest
 from click.testing import CliRunner
 from conftest import SHARED_DATA
 
-from dae.features.manifest import write_manifest
 from dae.features.store import write_features
 from dae.heads.metrics import fisher_z_mean
 from dae.pipeline.cli import cli
