@@ -244,10 +244,8 @@ def run_calibration_study_files(features, manifest, seeds, config, dataset: str 
             "train": dataclasses.asdict(config), "seconds": study.seconds, "train_seconds": study.train_seconds,
             **software_and_machine(), **({"options": options} if options is not None else {})}
     save_calibration_study(out, study, meta)
-    echo(f"study written to {out}")
     if plots:
         from dae.pipeline.calibration_plots import plot_calibration_study
-        for path in plot_calibration_study(study, plots):
-            echo(f"plot {path}")
-    close_run(study.rows, leaderboard, echo)
+    close_run(study.rows, leaderboard, echo, f"study written to {out}",
+              plot_calibration_study(study, plots) if plots else ())
     return study

@@ -761,20 +761,38 @@ def _check_plots(plots, overwrite: bool) -> None:
         check_new_file(plots, overwrite, "--plots folder", folder=True)
 
 
+def study_outputs(study: str, figures: str):
+    """--features, --manifest, --leaderboard, --out, --plots (`figures`: what they show), --overwrite, --seeds and
+    --seed of a study."""
+    def decorate(f):
+        opts = [
+            click.option("--out", type=click.Path(file_okay=False), default=None,
+                         help=f"Study folder to create (never overwritten). Default: runs/<dataset>-ablate-{study}-"
+                         "<time>."),
+            click.option("--plots", type=click.Path(file_okay=False), default=None,
+                         help=f"Folder for PNG figures ({figures}). Needs the [plots] extra."),
+            click.option("--overwrite", is_flag=True, help="Replace the figures of a --plots folder that is not "
+                         "empty (otherwise it is an error)."),
+            click.option("--seeds", "n_seeds", type=click.IntRange(1), default=None,
+                         help=f"Train seeds 0..N-1 for every configuration [default: {_study_seeds()}]."),
+            click.option("--seed", type=int, default=None, help="Train this one seed."),
+        ]
+        for opt in reversed(opts):
+            f = opt(f)
+        return input_options(f)
+    return decorate
+
+
+_STUDY_CALIBRATE_WHY = {
+    True: " This study answers a ranking question (Spearman): no fold models by default, its interval columns are "
+          "the raw spread's (the rows' calibration column says none).",
+    False: " This study reports intervals: calibrated as dae fit calibrates them."}
+
+
 def _study_command(study):
-    from dae.pipeline.defaults import STUDY_SEEDS
     from dae.pipeline.settings import STUDY_DEFAULTS as d
 
-    @input_options
-    @click.option("--out", type=click.Path(file_okay=False), default=None,
-                  help="Study folder to create (never overwritten). Default: runs/<dataset>-ablate-<study>-<time>.")
-    @click.option("--plots", type=click.Path(file_okay=False), default=None,
-                  help="Folder for PNG figures (curves are then tracked every epoch). Needs the [plots] extra.")
-    @click.option("--overwrite", is_flag=True, help="Replace the figures of a --plots folder that is not empty "
-                  "(otherwise it is an error).")
-    @click.option("--seeds", "n_seeds", type=click.IntRange(1), default=None,
-                  help=f"Train seeds 0..N-1 for every configuration [default: {STUDY_SEEDS}].")
-    @click.option("--seed", type=int, default=None, help="Train this one seed.")
+    @study_outputs(study, "curves are then tracked every epoch")
     @click.option("--epochs", type=click.IntRange(1), default=d["epochs"], show_default=True)
     @click.option("--lr", type=click.FloatRange(0, min_open=True), default=d["lr"], help=_LR_HELP)
     @click.option("--batch-size", type=click.IntRange(1), default=d["batch_size"], show_default=True)
@@ -822,16 +840,7 @@ for _study in _STUDY_HELP:
 
 
 @ablate_group.command("calibration")
-@input_options
-@click.option("--out", type=click.Path(file_okay=False), default=None,
-              help="Study folder to create (never overwritten). Default: runs/<dataset>-ablate-calibration-<time>.")
-@click.option("--plots", type=click.Path(file_okay=False), default=None,
-              help="Folder for the PNG figures (reliability, PIT, width vs |error|). Needs the [plots] extra.")
-@click.option("--overwrite", is_flag=True, help="Replace the figures of a --plots folder that is not empty "
-              "(otherwise it is an error).")
-@click.option("--seeds", "n_seeds", type=click.IntRange(1), default=None,
-              help=f"Train seeds 0..N-1 [default: {_study_seeds()}].")
-@click.option("--seed", type=int, default=None, help="Train this one seed.")
+@study_outputs("calibration", "reliability, PIT, width vs |error|")
 @click.option("--heads", default=None, help="Comma-separated heads [default: dae,mlp,ridge,usdl,dae-mt; dae-mt "
               "only where the manifest has difficulty].")
 @click.option("--losses", default=None, help="Comma-separated losses of the dae head [default: all six].")

@@ -7,7 +7,6 @@ without a difficulty column is a usage error.
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -100,7 +99,3 @@ def fit_exemplars(inputs):
     return fit_exemplar_heads(inputs.plan.head, inputs.x, inputs.manifest, inputs.targets, inputs.jobs, inputs.config,
                               inputs.score_range, inputs.plan.dataset, inputs.plan.head_options, inputs.manifest_name,
                               on_start=inputs.announce, progress=inputs.progress)
-
-
-def options_dict(options: ExemplarOptions | None) -> dict | None:
-    return dataclasses.asdict(options) if options is not None else None

@@ -493,6 +493,5 @@ def run_fit(features, manifest, plan: FitPlan, out=None, leaderboard=None, echo=
     warning = exchangeability_warning(rows)
     if warning:
         echo(warning)
-    echo(f"run written to {out}")
-    close_run(rows, leaderboard, echo)
+    close_run(rows, leaderboard, echo, f"run written to {out}")
     return rows, summary

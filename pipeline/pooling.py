@@ -142,6 +142,5 @@ def run_pooling_files(features, manifest, seeds, config: TrainConfig, sequence_c
             **software_and_machine(), **({"options": command_options} if command_options is not None else {})}
     write_study_folder(out, meta, {"metrics": result.rows, "summary": summarise(result.rows),
                                    "comparison": result.comparison, "curves": result.curves}, result.report)
-    echo(f"study written to {out}")
-    close_run(result.rows, leaderboard, echo)
+    close_run(result.rows, leaderboard, echo, f"study written to {out}")
     return result

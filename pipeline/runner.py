@@ -56,8 +56,13 @@ def input_record(features, manifest, fs) -> dict:
     return {"features": str(features), "features_sha256": content_sha256(fs), "manifest": str(manifest)}
 
 
-def close_run(rows: pd.DataFrame, leaderboard=None, echo=print) -> None:
-    """Append the command's rows to the leaderboard (when given)."""
+def close_run(rows: pd.DataFrame, leaderboard=None, echo=print, written: str = "", figures=()) -> None:
+    """Say where the command wrote (`written`: e.g. "study written to OUT"), name each figure of `figures` (paths,
+    e.g. a plotting function's), and append the command's rows to the leaderboard (when given)."""
+    if written:
+        echo(written)
+    for path in figures:
+        echo(f"plot {path}")
     if leaderboard:
         from dae.pipeline.leaderboard import add_to_leaderboard
 

@@ -518,10 +518,7 @@ def run_study_files(study: str, features, manifest, seeds, config: TrainConfig, 
             "train": dataclasses.asdict(config), "jobs": n_jobs, "backend": backend, "seconds": result.seconds,
             **software_and_machine(), **({"options": options} if options is not None else {})}
     save_study(out, result, meta)
-    echo(f"study written to {out}")
     if plots:
         from dae.pipeline.plots import plot_study
-        for path in plot_study(result, plots):
-            echo(f"plot {path}")
-    close_run(result.rows, leaderboard, echo)
+    close_run(result.rows, leaderboard, echo, f"study written to {out}", plot_study(result, plots) if plots else ())
     return result

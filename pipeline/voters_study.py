@@ -110,6 +110,5 @@ def run_voters_study_files(features, manifest, plan, voters=VOTERS, rules=None, 
             "train": dataclasses.asdict(plan.config), **software_and_machine(),
             **({"options": options} if options is not None else {})}
     write_study_folder(out, meta, {"metrics": rows, "summary": table}, report)
-    echo(f"study written to {out}")
-    close_run(rows, leaderboard, echo)
+    close_run(rows, leaderboard, echo, f"study written to {out}")
     return rows, table
