@@ -135,6 +135,10 @@ def merge_feature_files(inputs, out, note=print, overwrite: bool = False) -> dic
                                               for fs in sets),
                   "videos_sha256": "", "merged_from": [p.name for p in inputs],
                   "created_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")})
+    recorded = [fs.attrs.get("video_files") for fs in sets]  # each video's file record (extract, issue 22 W8)
+    attrs.pop("video_files", None)
+    if all(isinstance(r, dict) for r in recorded):
+        attrs["video_files"] = {vid: rec for r in recorded for vid, rec in r.items()}
     write_features(out, [ids[i] for i in order], features, clip_features=clips, sequences=sequences,
                    sequence_dtype=sequence_dtype, attrs=attrs)
     return {"out": Path(out), "videos": len(ids), "failed": len(failures), "inputs": len(inputs)}
