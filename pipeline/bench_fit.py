@@ -182,6 +182,58 @@ def bench_fit(x=None, targets=None, train_rows=None, test_rows=None, seeds: int 
                        threads=torch.get_num_threads(), load_before=tuple(load), warmup_seconds=warmup)
 
 
+def bench_study(study: str, x=None, targets=None, train_rows=None, test_rows=None, seeds: int = 5,
+                epochs: int = 100, batch_size: int | None = None, lr: float | None = None, repeats: int = 1,
+                echo=print) -> dict:
+    """`dae ablate STUDY` as a whole (`run_study`: its default calibrator, settings.STUDY_CALIBRATE) against the
+    same study with --calibrate none, back to back in this process, `repeats` rounds; best seconds of each."""
+    import pandas as pd
+
+    from dae.features.store import FeatureSet
+    from dae.pipeline.fit import FitPlan
+    from dae.pipeline.settings import STUDY_CALIBRATE, study_config
+    from dae.pipeline.studies import run_study, study_specs
+
+    if x is None:
+        x, targets, train_rows, test_rows = synthetic_study_data()
+    n = len(x)
+    split = np.full(n, "", dtype=object)
+    split[np.asarray(train_rows)], split[np.asarray(test_rows)] = "train", "test"
+    keep = split != ""
+    ids = [f"v{i:05d}" for i in range(n)]
+    fs = FeatureSet(ids, np.asarray(x, dtype=np.float32))
+    manifest = pd.DataFrame({"video_id": np.asarray(ids)[keep], "score": np.asarray(targets, float)[keep],
+                             "split": split[keep]})
+    config = study_config({"epochs": epochs, "batch_size": batch_size, "lr": lr, "device": "cpu"})
+    specs = study_specs(study, list(range(seeds)))
+    default = STUDY_CALIBRATE[study]
+    plans = {c: FitPlan(specs=specs, config=config, calibrate=c) for c in (default, "none")}
+    seconds = {c: [] for c in plans}
+    for _ in range(repeats):
+        for calibrate, plan in plans.items():
+            start = time.perf_counter()
+            run_study(study, fs, manifest, plan, progress=False)
+            seconds[calibrate].append(time.perf_counter() - start)
+            echo(f"ablate {study} --calibrate {calibrate}: {seconds[calibrate][-1]:.2f} s")
+    best = {c: min(v) for c, v in seconds.items()}
+    return {"study": study, "calibrate": default, "models": len(specs), "epochs": epochs,
+            "batch_size": config.batch_size, "seconds": seconds, "default_seconds": best[default],
+            "none_seconds": best["none"], "ratio": best[default] / best["none"]}
+
+
+def format_study_bench(r: dict) -> str:
+    return (f"  ablate {r['study']} as a whole ({r['models']} models x {r['epochs']} epochs, batch {r['batch_size']}):"
+            f" {r['default_seconds']:.2f} s at its default --calibrate {r['calibrate']}, {r['none_seconds']:.2f} s "
+            f"with --calibrate none -> {r['ratio']:.2f}x (best of {len(r['seconds']['none'])}, same process)")
+
+
+def study_result_rows(r: dict) -> list[tuple]:
+    case = f"ablate {r['study']}, {r['models']} models x {r['epochs']} epochs, batch {r['batch_size']}"
+    return [(case, f"study_seconds_calibrate_{r['calibrate']}", r["default_seconds"], "s"),
+            (case, "study_seconds_calibrate_none", r["none_seconds"], "s"),
+            (case, "ratio_to_calibrate_none", r["ratio"], "x")]
+
+
 def format_bench(r: BenchResult) -> str:
     best = min(r.study_seconds)
     ceiling = max(r.matmul_gflops.values())

@@ -362,21 +362,22 @@ def train_options(f):
     return f
 
 
-def calibrate_option(f):
+def calibrate_option(f, default: str | None = None, why: str = ""):
     """--calibrate and --calibration-folds: the post-hoc calibrator of every interval (dae.heads.calibration; its
-    names from the torch-free dae.heads.calibration_options, so that importing the CLI stays fast)."""
+    names from the torch-free dae.heads.calibration_options, so that importing the CLI stays fast). default: a
+    study's own (settings.STUDY_CALIBRATE), `why` its reason, appended to the help."""
     from dae.heads.calibration_options import CALIBRATORS, DEFAULT_CALIBRATOR, DEFAULT_FOLDS, MIN_CALIBRATION_ROWS
 
     f = click.option("--calibration-folds", type=click.IntRange(2), default=DEFAULT_FOLDS, show_default=True,
                      help="K: each model gets K fold models (trained on the training rows outside fold k, fixed "
                      "seed) whose out-of-fold residuals fit the calibrator; ~K times more training.")(f)
-    return click.option("--calibrate", type=click.Choice(CALIBRATORS), default=DEFAULT_CALIBRATOR,
+    return click.option("--calibrate", type=click.Choice(CALIBRATORS), default=default or DEFAULT_CALIBRATOR,
                         show_default=True, help="How the predicted intervals are calibrated, on training rows only: "
                         "none (the head's raw spread; point heads get no interval); scale (one spread multiplier "
                         "fitted by NLL); conformal (intervals centred on mu, their width from the out-of-fold "
                         "|y - mu| / sigma, or |y - mu| for point heads: marginal coverage under exchangeability). mu "
                         "and the ranking never change. Needs "
-                        f"at least {MIN_CALIBRATION_ROWS} training rows per protocol cell.")(f)
+                        f"at least {MIN_CALIBRATION_ROWS} training rows per protocol cell.{why}")(f)
 
 
 def sequence_options(f):
@@ -790,6 +791,7 @@ _STUDY_CALIBRATE_WHY = {
 
 
 def _study_command(study):
+    from dae.pipeline.settings import STUDY_CALIBRATE
     from dae.pipeline.settings import STUDY_DEFAULTS as d
 
     @study_outputs(study, "curves are then tracked every epoch")
@@ -818,7 +820,7 @@ def _study_command(study):
     @click.option("--head", type=LibraryChoice("dae.heads.registry:STUDY_HEADS"), default=d["head"], show_default=True,
                   help="dae-core: the grid on our DAE-CoRe (a DAE head on CoRe's pair feature; Gaussian only).")
     @click.option("--config", "config_path", type=click.Path(), default=None, help=_CONFIG_HELP)
-    @calibrate_option
+    @(lambda f: calibrate_option(f, STUDY_CALIBRATE[study], _STUDY_CALIBRATE_WHY[STUDY_CALIBRATE[study] == "none"]))
     @click.pass_context
     def command(ctx, config_path, overwrite, **options):
         from dae.pipeline.settings import replay_options, study_from_options
@@ -968,10 +970,13 @@ def ablate_pooling_cmd(ctx, config_path, **options):
               "cofinal: a --seeds fit of that sequence head at its Fis-V TES recipe for --epochs (synthetic Fis-V-"
               "shaped sequences, or --features/--manifest), its matmul FLOPs counted, achieved FLOP/s against an "
               "fp32 matmul ceiling measured in the same process.")
+@click.option("--study", type=click.Choice(["losses", "distributions", "reparam", "variance", "robustness"]),
+              default=None, help="Also time `dae ablate STUDY` as a whole on the same features at its default "
+              "calibrator against --calibrate none, back to back in this process (--repeats rounds).")
 @results_csv_option
 @click.pass_context
 def bench_fit_cmd(ctx, features, manifest, dataset, seeds, epochs, batch_size, lr, reference_models, reference_epochs,
-                  repeats, quality, reference_lr, head, results_csv):
+                  repeats, quality, reference_lr, head, study, results_csv):
     """Time the default loss study against the same models trained one by one; FLOP/s against an fp32 bmm.
 
     Example:  dae bench fit                      (synthetic, MTL-AQA-sized: 1059 train / 353 test, 1024-d)
@@ -1011,6 +1016,14 @@ def bench_fit_cmd(ctx, features, manifest, dataset, seeds, epochs, batch_size, l
 
     _record_results(ctx, results_csv, "fit", result_rows(result),
                     settings=f"lr {config.lr:g}; " + (f"features {features}" if features else "synthetic MTL-AQA-sized"))
+    if study:
+        from dae.pipeline.bench_fit import bench_study, format_study_bench, study_result_rows
+
+        timed = bench_study(study, *data, seeds=seeds, epochs=epochs, batch_size=config.batch_size, lr=config.lr,
+                            repeats=repeats, echo=click.echo)
+        click.echo(format_study_bench(timed))
+        _record_results(ctx, results_csv, "fit", study_result_rows(timed), settings=f"lr {config.lr:g}; " + (
+            f"features {features}" if features else "synthetic MTL-AQA-sized"))
     if quality:
         click.echo("quality (test Spearman, v1 loss):")
         quality_check(*data, seeds=seeds, config=config, reference_lr=reference_lr, echo=click.echo)

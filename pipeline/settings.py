@@ -33,6 +33,13 @@ OPTIM_DEFAULTS = {"optimizer": _TRAIN.optimizer, "momentum": _TRAIN.momentum, "n
                   "accumulate": _TRAIN.accumulate}
 SPEC_DEFAULTS = {"loss": _SPEC.loss, "reparam": _SPEC.reparam, "alpha": _SPEC.alpha, "beta": _SPEC.beta}
 CALIBRATION_DEFAULTS = {"calibrate": DEFAULT_CALIBRATOR, "calibration_folds": DEFAULT_FOLDS}
+# A study's default calibrator (issue 23). variance (coverage, sharpness, CRPS) and distributions (each family's
+# spread and coverage) report intervals: calibrated as `dae fit` calibrates them (K fold models per model). losses,
+# reparam and robustness answer a ranking question (Spearman, its seed spread and stability): no fold models,
+# `none`, ~K+1 times less training; their interval columns are the raw spread's, and every row's calibration column
+# says so (a setting column: never pooled with calibrated rows). --calibrate overrides either.
+STUDY_CALIBRATE = {"losses": "none", "reparam": "none", "robustness": "none",
+                   "variance": DEFAULT_CALIBRATOR, "distributions": DEFAULT_CALIBRATOR}
 # the sequence heads' options (defaults: GDLT's Rhythmic Gymnastics command; its Fis-V recipe is gdlt:fis-v-tes), as
 # `dae fit` and `dae ablate pooling` name them
 SEQUENCE_DEFAULTS = {"crop": _SEQ.crop, "attention_heads": _SEQ.heads, "queries": _SEQ.queries,
@@ -235,7 +242,7 @@ def study_from_options(study: str, options: dict, echo=print):
     """`dae ablate STUDY`: run the study that `options` (STUDY_DEFAULTS' keys, plus out, leaderboard, plots) describe."""
     from dae.pipeline.studies import run_study_files
 
-    options = {**STUDY_DEFAULTS, **options}
+    options = {**STUDY_DEFAULTS, "calibrate": STUDY_CALIBRATE.get(study, DEFAULT_CALIBRATOR), **options}
     _require_inputs(options)
     o = options
     return run_study_files(study, o["features"], o["manifest"], seed_list(o["n_seeds"], o["seed"], STUDY_SEEDS),

@@ -1,0 +1,76 @@
+"""Studies' calibration defaults (issue 23, "then in seconds"): a study that answers a ranking question trains no
+CV+ fold models (`none`, said in every row's calibration column); a study that reports intervals calibrates as
+`dae fit` does, and its cells' calibrated intervals are the fit's."""
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from conftest import write_features_and_manifest
+
+from dae.heads.calibration_options import DEFAULT_CALIBRATOR
+from dae.pipeline.cli import cli
+from dae.pipeline.settings import STUDY_CALIBRATE
+from dae.pipeline.studies import STUDIES
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def test_every_study_has_a_calibration_default_and_only_interval_studies_calibrate():
+    assert set(STUDY_CALIBRATE) == set(STUDIES)
+    assert {s for s, c in STUDY_CALIBRATE.items() if c != "none"} == {"variance", "distributions"}
+    assert STUDY_CALIBRATE["variance"] == DEFAULT_CALIBRATOR
+
+
+def test_a_ranking_study_trains_no_fold_models_and_its_rows_say_so(tmp_path):
+    """Before: every study trained K=5 CV+ fold models per model (80 s against 18 s with --calibrate none)."""
+    features, manifest = write_features_and_manifest(tmp_path, n=100, dim=8)
+    res = run("ablate", "losses", "--features", features, "--manifest", manifest, "--losses", "v1,nll",
+              "--seeds", 2, "--epochs", 3, "--out", tmp_path / "s")
+    assert res.exit_code == 0, res.output
+    rows = pd.read_csv(tmp_path / "s" / "metrics.csv")
+    assert len(rows) == 4 and rows["calibration"].astype(str).str.startswith("none").all()
+    res = run("ablate", "losses", "--features", features, "--manifest", manifest, "--losses", "v1",
+              "--seeds", 1, "--epochs", 3, "--calibrate", "conformal", "--out", tmp_path / "c")
+    assert res.exit_code == 0, res.output
+    assert pd.read_csv(tmp_path / "c" / "metrics.csv")["calibration"].astype(str).str.startswith("conformal").all()
+
+
+def test_a_variance_study_cell_has_the_calibrated_intervals_of_dae_fit(tmp_path):
+    features, manifest = write_features_and_manifest(tmp_path, n=100, dim=8)
+    study = tmp_path / "study"
+    res = run("ablate", "variance", "--features", features, "--manifest", manifest, "--losses", "nll",
+              "--reparams", "sigma", "--seeds", 1, "--epochs", 4, "--out", study)
+    assert res.exit_code == 0, res.output
+    rows = pd.read_csv(study / "metrics.csv")
+    assert rows["calibration"].astype(str).str.startswith(DEFAULT_CALIBRATOR).all()
+    out = tmp_path / "fit"
+    res = run("fit", "--features", features, "--manifest", manifest, "--loss", "nll", "--seed", 0, "--epochs", 4,
+              "--out", out)
+    assert res.exit_code == 0, res.output
+    merged = pd.read_csv(out / "predictions.csv").merge(pd.read_csv(study / "predictions.csv"), on="video_id",
+                                                         suffixes=("_fit", "_study"))
+    assert len(merged) == 25
+    for column in ("mu", "sigma", "lo90", "hi90"):
+        np.testing.assert_allclose(merged[f"{column}_study"], merged[f"{column}_fit"], rtol=0, atol=1e-4,
+                                   err_msg=column)
+
+
+def test_bench_fit_times_a_study_at_its_default_calibrator_against_calibrate_none(tmp_path):
+    import re
+
+    features, manifest = write_features_and_manifest(tmp_path, n=120, dim=16)
+    res = run("bench", "fit", "--features", features, "--manifest", manifest, "--seeds", 1, "--epochs", 2,
+              "--reference-models", 1, "--reference-epochs", 1, "--study", "variance", "--results-csv",
+              tmp_path / "r.csv")
+    assert res.exit_code == 0, res.output
+    line = re.search(r"ablate variance as a whole \((\d+) models x 2 epochs, batch 32\): ([\d.]+) s at its default "
+                     r"--calibrate conformal, ([\d.]+) s with --calibrate none -> ([\d.]+)x", res.output)
+    assert line and int(line.group(1)) == 4
+    assert float(line.group(4)) == pytest.approx(float(line.group(2)) / float(line.group(3)), rel=0.02)
+    table = pd.read_csv(tmp_path / "r.csv")
+    assert {"study_seconds_calibrate_conformal", "study_seconds_calibrate_none",
+            "ratio_to_calibrate_none"} <= set(table["metric"])
