@@ -45,6 +45,7 @@ class Head:
     family: str = ""  # heads built the same way (for readers; nothing dispatches on it)
     fixed_loss: str | None = None  # the one loss it trains whatever --loss says (mlp: sup)
     closed_form: bool = False  # fitted without epochs or randomness (ridge): seeds would be copies of one model
+    base: str | None = None  # the method it is the DAE plug-in of: it also trains that head's named recipes
 
     def capabilities(self) -> str:
         parts = ["spread" if self.spread else "point", self.inputs]
@@ -85,18 +86,18 @@ HEADS = {h.name: h for h in (
          family="exemplar"),
     Head("dae-core", "ours: a DAE head on CoRe's pair feature, the voters' Gaussian mixture",
          f"{_EXEMPLARS}:fit_exemplars", f"{_EXEMPLARS}:exemplar_outputs", exemplar=True, lr=CORE_LR,
-         loss_grid=True, family="exemplar"),
+         loss_grid=True, family="exemplar", base="core"),
     Head("attn-dae", "attention pooling over clips into the DAE", f"{_FIT}:fit_sequence_jobs",
          f"{_PREDICT}:sequence_outputs", inputs="sequence", family="sequence"),
     Head("gdlt", "GDLT (CVPR 2022) as its code does it", f"{_FIT}:fit_sequence_jobs", f"{_PREDICT}:sequence_outputs",
          spread=False, inputs="sequence", family="sequence"),
     Head("gdlt-dae", "GDLT's decoder with the DAE head in place of its Likert scorer", f"{_FIT}:fit_sequence_jobs",
-         f"{_PREDICT}:sequence_outputs", inputs="sequence", family="sequence"),
+         f"{_PREDICT}:sequence_outputs", inputs="sequence", family="sequence", base="gdlt"),
     Head("cofinal", "CoFInAl (IJCAI 2024) as its authors' code computes it per video: coarse grades + ETF fine grade",
          f"{_FIT}:fit_sequence_jobs", f"{_PREDICT}:sequence_outputs", spread=False, inputs="sequence",
          family="sequence"),
     Head("cofinal-dae", "ours: the DAE head on CoFInAl's decoded grade queries", f"{_FIT}:fit_sequence_jobs",
-         f"{_PREDICT}:sequence_outputs", inputs="sequence", family="sequence"),
+         f"{_PREDICT}:sequence_outputs", inputs="sequence", family="sequence", base="cofinal"),
 )}
 
 NAMES = tuple(HEADS)
@@ -126,11 +127,17 @@ def help_text() -> str:
     return "; ".join(f"{h.name}: {h.summary}" for h in HEADS.values())
 
 
+def trains_recipes_of(name: str, recipe_head: str) -> bool:
+    """Head `name` trains the recipes written for `recipe_head`: its own, or its base method's (a DAE plug-in, e.g.
+    gdlt-dae takes gdlt's recipes: the recipe sets the backbone's training, the DAE head replaces the scorer)."""
+    return name == recipe_head or get_head(name).base == recipe_head
+
+
 def recipes_of(name: str) -> list[str]:
-    """The named recipes (`dae.heads.recipes`) that train head `name`."""
+    """The named recipes (`dae.heads.recipes`) that train head `name` (its base method's too)."""
     from dae.heads.recipes import load_recipes
 
-    return sorted(r.name for r in load_recipes().values() if r.head == name)
+    return sorted(r.name for r in load_recipes().values() if trains_recipes_of(name, r.head))
 
 
 def format_heads() -> str:

@@ -163,14 +163,18 @@ def manifest_target(manifest_path) -> str | None:
 
 def apply_recipe(options: dict, explicit) -> dict:
     """`options` with recipe options["recipe"]'s settings in place of every option not given explicitly (names in
-    `explicit`); the recipe sets the head and, when not given, the dataset. Usage errors (nothing is written): an
-    unknown recipe, an explicit --head or --dataset other than the recipe's, a manifest of another target."""
+    `explicit`); the recipe sets the head (an explicit --head may be its DAE plug-in, e.g. gdlt-dae with a gdlt
+    recipe: the registry's `base`) and, when not given, the dataset. Usage errors (nothing is written): an unknown
+    recipe, an explicit --head or --dataset other than the recipe's, a manifest of another target."""
     from dae.heads.recipes import get_recipe
+    from dae.heads.registry import HEADS, trains_recipes_of
 
     recipe = get_recipe(options["recipe"])
     explicit = set(explicit)
-    if "head" in explicit and options["head"] != recipe.head:
-        raise UsageError(f"recipe {recipe.name} trains head {recipe.head}, not --head {options['head']} "
+    if "head" in explicit and not trains_recipes_of(options["head"], recipe.head):
+        plug_ins = [n for n, h in HEADS.items() if h.base == recipe.head]
+        also = f" or its DAE plug-in {', '.join(plug_ins)}" if plug_ins else ""
+        raise UsageError(f"recipe {recipe.name} trains head {recipe.head}{also}, not --head {options['head']} "
                          f"(leave --head out, or pick a {options['head']} recipe: `dae recipes`)")
     if options.get("dataset") and options["dataset"] != recipe.dataset:
         raise UsageError(f"recipe {recipe.name} is for dataset {recipe.dataset}, not --dataset {options['dataset']}")
@@ -180,7 +184,8 @@ def apply_recipe(options: dict, explicit) -> dict:
     unknown = sorted(set(recipe.settings) - set(FIT_DEFAULTS))
     if unknown:
         raise DaeError(f"recipe {recipe.name} sets {', '.join(unknown)}, which dae fit does not have")
-    merged = {**options, "head": recipe.head, "dataset": options.get("dataset") or recipe.dataset}
+    head = options["head"] if "head" in explicit else recipe.head
+    merged = {**options, "head": head, "dataset": options.get("dataset") or recipe.dataset}
     merged.update({k: v for k, v in recipe.settings.items() if k not in explicit})
     # an explicit optimizer or schedule replaces the recipe's, with the settings that only the recipe's one takes
     if "optimizer" in explicit and merged["optimizer"] != "sgd":
@@ -198,8 +203,10 @@ def fit_options(options: dict, explicit, config_path=None) -> dict:
         merged = apply_recipe(merged, explicit)
     elif merged.get("recipe") and "head" in set(explicit):
         from dae.heads.recipes import get_recipe
+        from dae.heads.registry import trains_recipes_of
 
-        if get_recipe(merged["recipe"]).head != merged["head"]:  # the rows would name a recipe of another head
+        # the rows would name a recipe of another head (its DAE plug-in may take it)
+        if not trains_recipes_of(merged["head"], get_recipe(merged["recipe"]).head):
             raise UsageError(f"--config records recipe {merged['recipe']}, which trains head "
                              f"{get_recipe(merged['recipe']).head}, not --head {merged['head']}")
     return merged

@@ -122,7 +122,13 @@ def test_fit_with_a_recipe_sets_records_and_replays_its_settings(tmp_path, one_t
 
 @pytest.mark.parametrize("extra, message", [
     (["--recipe", "gdlt:fis-v-speed"], "unknown recipe 'gdlt:fis-v-speed'"),
-    (["--recipe", "gdlt:fis-v-tes", "--head", "dae"], "recipe gdlt:fis-v-tes trains head gdlt, not --head dae"),
+    (["--recipe", "gdlt:fis-v-tes", "--head", "dae"],
+     "recipe gdlt:fis-v-tes trains head gdlt or its DAE plug-in gdlt-dae, not --head dae"),
+    (["--recipe", "cofinal:fis-v-tes", "--head", "gdlt-dae"],
+     "recipe cofinal:fis-v-tes trains head cofinal or its DAE plug-in cofinal-dae, not --head gdlt-dae"),
+    (["--recipe", "gdlt:fis-v-tes", "--head", "cofinal-dae"],
+     "recipe gdlt:fis-v-tes trains head gdlt or its DAE plug-in gdlt-dae, not --head cofinal-dae"),
+    (["--recipe", "usdl:mtl-aqa", "--head", "dae-judges"], "recipe usdl:mtl-aqa trains head usdl, not --head dae-judges"),
     (["--recipe", "gdlt:fis-v-tes", "--dataset", "rg"], "recipe gdlt:fis-v-tes is for dataset fis-v, not --dataset rg"),
     (["--recipe", "gdlt:fis-v-pcs"], "recipe gdlt:fis-v-pcs is for the pcs target; the manifest's target is tes"),
     (["--target-scale", "divide:0"], "unknown target scale 'divide:0'"),
@@ -135,6 +141,41 @@ def test_a_wrong_recipe_is_a_one_line_usage_error_and_writes_nothing(tmp_path, e
     assert res.exit_code == 2, res.output
     assert message in res.output and res.output.strip().count("\n") == 0, res.output
     assert not out.exists() and not board.exists()
+
+
+@pytest.mark.parametrize("head, recipe", [("gdlt-dae", "gdlt:fis-v-tes"), ("cofinal-dae", "cofinal:fis-v-tes")])
+def test_a_dae_plug_in_trains_its_base_methods_recipe_and_its_rows_name_it(tmp_path, one_thread, head, recipe):
+    """The DAE as the method's plug-in: --head gdlt-dae --recipe gdlt:fis-v-tes trains gdlt-dae with GDLT's own
+    recipe (optimizer, schedule, crop, target scaling); the rows say head gdlt-dae and recipe gdlt:fis-v-tes."""
+    features, manifest = _fisv_like_files(tmp_path)
+    res = CliRunner().invoke(cli, ["fit", "--features", str(features), "--manifest", str(manifest), "--calibrate",
+                                   "none", "--head", head, "--recipe", recipe, "--epochs", "2", "--model-width", "16",
+                                   "--out", str(tmp_path / "run"), "--leaderboard", str(tmp_path / "lb.csv")])
+    assert res.exit_code == 0, res.output
+    rows = pd.read_csv(tmp_path / "lb.csv")
+    settings = get_recipe(recipe).settings
+    assert len(rows) == 2 and rows["head"].eq(head).all() and rows["recipe"].eq(recipe).all()
+    first = rows.iloc[0]
+    assert (first["optimizer"], first["schedule"], first["crop"], first["target_scale"], first["epochs"]) == \
+        (settings["optimizer"], settings["schedule"], settings["crop"], settings["target_scale"], 2)
+    assert first["lr"] == settings["lr"] and first["triplet_weight"] == settings["triplet_weight"]
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["options"]["head"] == head and config["options"]["recipe"] == recipe
+    assert config["head_options"]["dropout"] == settings["dropout"]
+
+
+def test_every_dae_plug_in_reads_every_setting_of_its_base_methods_recipes():
+    """A plug-in given its base method's recipe must not be handed settings it ignores (they would be recorded
+    beside rows they never shaped)."""
+    from dae.heads.registry import HEADS, recipes_of
+    from dae.pipeline.option_use import ignored_options
+
+    plug_ins = {n: h.base for n, h in HEADS.items() if h.base}
+    assert plug_ins == {"dae-core": "core", "gdlt-dae": "gdlt", "cofinal-dae": "cofinal"}
+    for head, base in plug_ins.items():
+        assert set(recipes_of(base)) <= set(recipes_of(head))
+        for name in recipes_of(base):
+            assert ignored_options(head, get_recipe(name).settings) == [], (head, name)
 
 
 def test_target_scale_is_refused_for_heads_with_their_own_score_mapping(tmp_path):
