@@ -338,7 +338,9 @@ def train_options(f):
         click.option("--recipe", default=None,
                      help="A method's own settings as its source code has them (`dae recipes` lists each with its "
                      "file:line), e.g. gdlt:fis-v-tes: sets the head, the dataset card and every hyperparameter "
-                     "it names; options given here override it and are recorded. Without --recipe the defaults "
+                     "it names; options given here override it and are recorded. A DAE plug-in takes its base "
+                     "method's recipes (--head gdlt-dae --recipe gdlt:fis-v-tes; cofinal-dae, dae-core alike). "
+                     "Without --recipe the defaults "
                      "are this project's: Adam, the head's lr (1e-4; core 1e-3), constant lr, batch 32, 100 "
                      "epochs, targets scaled by the card's range; the sequence heads' crop 68, dropout 0.3 and "
                      "triplet weight 1 are GDLT's Rhythmic Gymnastics command, not its Fis-V recipe."),
