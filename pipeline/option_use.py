@@ -1,57 +1,124 @@
 """Which `dae fit` options each head reads, torch-free: an option given explicitly to a head that ignores it is a
-usage error, not a setting silently recorded beside rows it never shaped."""
+usage error, not a setting silently recorded beside rows it never shaped.
+
+One table (HEAD_READS) names, for every registered head (`dae.heads.registry.HEADS`), the groups of head-specific
+options its code reads; what it leaves out it ignores, for the reason IGNORED_WHY gives. Options outside
+HEAD_OPTIONS (inputs, seeds, dataset, recipe, calibration, outputs) apply to every head. Read from the code:
+- the DAE loss (--loss/--reparam/--alpha/--beta) and --predict: the DAE heads (dae, dae-mt, dae-judges, dae-core,
+  attn-dae, gdlt-dae, cofinal-dae); mlp trains `sup` whatever --loss says (registry fixed_loss) and predicts a point;
+  usdl/musdl train a KL over bins and predict by --bin-predict; core, gdlt and cofinal train their own losses
+  (tree-nll+mse, mse+triplet, CoFInAl's) and predict a point.
+- the trainer (--epochs, --lr, ..., --selection) and its optimizer and schedule (--optimizer ... --accumulate):
+  every head the stacked trainer trains (heads/trainer.py, heads/epochs.py), i.e. all but ridge (closed form, its
+  penalty by cross-validation).
+- --target-scale: the heads that regress the normalised score (dae, mlp, the sequence heads). Ridge's predictions
+  are linear in the targets, so a rescaling changes nothing; usdl/musdl/dae-mt/dae-judges/core/dae-core map scores
+  through their own bins, judges or exemplars (fit_plan refuses a non-default value from a recipe too).
+- voters, --with-dd: core, dae-core (pipeline/exemplar_heads.py). --bins: usdl (musdl's bins are the judges' own
+  scale); --bin-std, --bin-predict: usdl, musdl; --judge-rule: musdl, dae-judges (pipeline/baselines.py).
+- the sequence options: gdlt, gdlt-dae, cofinal, cofinal-dae read every one (heads/sequence.py StackedGDLT,
+  heads/cofinal.py); attn-dae reads --crop only (its attention is one linear score per clip into the DAE MLP: no
+  encoder, decoder, grade queries, width, dropout or triplet loss).
+"""
 from __future__ import annotations
 
 from dae.errors import UsageError
-from dae.heads.sequence_options import SEQUENCE_HEADS
 
-_LOSS = ("loss", "reparam", "alpha", "beta")
-_TRAINING = ("epochs", "lr", "weight_decay", "batch_size")
-_SEQUENCE = ("crop", "attention_heads", "queries", "encoder_layers", "decoder_layers", "hidden", "dropout",
-             "triplet_weight", "margin")
-
-# option -> the heads that read it (None: every head but those in IGNORED_BY)
-READ_BY = {
-    "voters": ("core", "dae-core"), "with_dd": ("core", "dae-core"),
-    "bins": ("usdl", "musdl"), "bin_std": ("usdl", "musdl"), "bin_predict": ("usdl", "musdl"),
-    "judge_rule": ("musdl", "dae-judges"),
-    **{name: SEQUENCE_HEADS for name in _SEQUENCE},
+GROUPS = {
+    "loss": ("loss", "reparam", "alpha", "beta"),
+    "prediction": ("prediction",),
+    "training": ("epochs", "lr", "weight_decay", "batch_size", "selection"),
+    "optimizer": ("optimizer", "momentum", "nesterov", "schedule", "eta_min", "warmup_epochs", "accumulate"),
+    "target_scale": ("target_scale",),
+    "exemplars": ("voters", "with_dd"),
+    "bins": ("bins",),
+    "bin_options": ("bin_std", "bin_predict"),
+    "judges": ("judge_rule",),
+    "crop": ("crop",),
+    "backbone": ("attention_heads", "queries", "encoder_layers", "decoder_layers", "hidden", "dropout",
+                 "triplet_weight", "margin"),
 }
-# head -> options it ignores although other heads read them, and why
-IGNORED_BY = {
-    "ridge": (_LOSS + ("prediction",) + _TRAINING, "closed-form ridge has no loss, sampling or epochs"),
-    "mlp": (_LOSS + ("prediction",), "mlp regresses mu with the supervised loss alone, no spread to sample"),
-    "core": (_LOSS, "core trains CoRe's tree loss (tree-nll+mse)"),
-    "gdlt": (_LOSS, "gdlt trains GDLT's mse + triplet loss"),
-    "attn-dae": (("triplet_weight", "margin"), "attn-dae has no grade queries, so no triplet loss"),
+HEAD_OPTIONS = tuple(name for names in GROUPS.values() for name in names)
+
+_TRAINED = ("training", "optimizer")
+_DAE = ("loss", "prediction") + _TRAINED
+_SEQUENCE = ("target_scale", "crop", "backbone")
+# head -> the option groups it reads (every head of dae.heads.registry.HEADS; tests/test_option_use.py checks that)
+HEAD_READS = {
+    "dae": _DAE + ("target_scale",),
+    "mlp": _TRAINED + ("target_scale",),
+    "ridge": (),
+    "usdl": _TRAINED + ("bins", "bin_options"),
+    "musdl": _TRAINED + ("bin_options", "judges"),
+    "dae-mt": _DAE,
+    "dae-judges": _DAE + ("judges",),
+    "core": _TRAINED + ("exemplars",),
+    "dae-core": _DAE + ("exemplars",),
+    "attn-dae": _DAE + ("target_scale", "crop"),
+    "gdlt": _TRAINED + _SEQUENCE,
+    "gdlt-dae": _DAE + _SEQUENCE,
+    "cofinal": _TRAINED + _SEQUENCE,
+    "cofinal-dae": _DAE + _SEQUENCE,
+}
+# (head, group) -> why the head ignores the group; a group not named here: "read by HEADS only"
+IGNORED_WHY = {
+    **{("ridge", g): "closed-form ridge has no loss, sampling, epochs or optimizer"
+       for g in ("loss", "prediction", "training", "optimizer")},
+    ("ridge", "target_scale"): "ridge's predictions are linear in the targets: a rescaling changes nothing",
+    ("mlp", "loss"): "mlp regresses mu with the supervised loss alone",
+    ("mlp", "prediction"): "mlp predicts a point, no spread to sample",
+    **{(h, "loss"): f"{h} trains a KL loss over score bins" for h in ("usdl", "musdl")},
+    **{(h, "prediction"): f"{h} predicts from its bins (--bin-predict)" for h in ("usdl", "musdl")},
+    ("core", "loss"): "core trains CoRe's tree loss (tree-nll+mse)",
+    ("core", "prediction"): "core predicts a point (its tree's argmax leaf)",
+    ("gdlt", "loss"): "gdlt trains GDLT's mse + triplet loss",
+    ("gdlt", "prediction"): "gdlt predicts a point (its Likert score)",
+    ("cofinal", "loss"): "cofinal trains CoFInAl's own loss",
+    ("cofinal", "prediction"): "cofinal predicts a point (its fine grade)",
+    ("attn-dae", "backbone"): "attn-dae pools clips by one linear attention score into the DAE: no encoder, "
+                              "decoder, grade queries, width, dropout or triplet loss",
+    **{(h, "target_scale"): f"{h} maps scores through its own bins, judges or exemplars"
+       for h in ("usdl", "musdl", "dae-mt", "dae-judges", "core", "dae-core")},
 }
 OPTION_NAMES = {"with_dd": "--with-dd/--without-dd", "prediction": "--predict", "hidden": "--model-width",
                 "batch_size": "--batch-size", "weight_decay": "--weight-decay", "bin_std": "--bin-std",
                 "bin_predict": "--bin-predict", "judge_rule": "--judge-rule", "attention_heads": "--attention-heads",
                 "encoder_layers": "--encoder-layers", "decoder_layers": "--decoder-layers",
-                "triplet_weight": "--triplet-weight"}
+                "triplet_weight": "--triplet-weight", "eta_min": "--eta-min", "warmup_epochs": "--warmup-epochs",
+                "target_scale": "--target-scale", "nesterov": "--nesterov/--no-nesterov"}
+_GROUP_OF = {name: group for group, names in GROUPS.items() for name in names}
 
 
 def option_flag(name: str) -> str:
     return OPTION_NAMES.get(name, "--" + name.replace("_", "-"))
 
 
+def reads(head: str, name: str) -> bool:
+    """Whether `head` reads option `name` (parameter name); options that are not head-specific: True."""
+    group = _GROUP_OF.get(name)
+    return group is None or group in HEAD_READS.get(head, tuple(GROUPS))
+
+
+def readers(name: str) -> list[str]:
+    """The heads that read head-specific option `name`."""
+    return [h for h in HEAD_READS if reads(h, name)]
+
+
 def ignored_options(head: str, given) -> list[str]:
     """The options in `given` (parameter names) that `head` ignores, in the order given."""
-    ignored, _ = IGNORED_BY.get(head, ((), ""))
-    return [name for name in given
-            if name in ignored or (name in READ_BY and head not in READ_BY[name])]
+    return [name for name in given if not reads(head, name)]
 
 
 def refuse_ignored_options(head: str, given) -> None:
-    """A one-line usage error naming every explicitly given option that `head` does not read."""
+    """A one-line usage error naming every explicitly given option that `head` does not read, and why."""
     names = ignored_options(head, given)
     if not names:
         return
-    own, why = IGNORED_BY.get(head, ((), ""))
-    reasons = [why] if any(n in own for n in names) else []
+    reasons = []
     for name in names:
-        if name not in own:
-            reasons.append(f"{option_flag(name)}: read by {', '.join(READ_BY[name])} only")
+        group = _GROUP_OF[name]
+        why = IGNORED_WHY.get((head, group)) or f"{option_flag(name)}: read by {', '.join(readers(name))} only"
+        if why not in reasons:
+            reasons.append(why)
     raise UsageError(f"head {head} ignores {', '.join(option_flag(n) for n in names)} ({'; '.join(reasons)}): "
                      f"leave {'it' if len(names) == 1 else 'them'} out")

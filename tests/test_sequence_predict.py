@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from dae.features.manifest import write_manifest
 from dae.features.store import write_features
 from dae.pipeline.cli import cli
-from test_sequence_fit import SMALL, _sequence_files
+from test_sequence_fit import SMALL, _sequence_files, small
 
 
 def _files(tmp_path):
@@ -30,7 +30,7 @@ def test_predict_by_id_gives_the_fits_own_test_predictions(tmp_path, head, one_t
     features, manifest = _files(tmp_path)
     run = tmp_path / "run"
     res = _invoke(["fit", "--features", features, "--manifest", manifest, "--head", head, "--seed", 3,
-                   "--epochs", 3, "--lr", 1e-3, "--out", run, *SMALL])
+                   "--epochs", 3, "--lr", 1e-3, "--out", run, *small(head)])
     assert res.exit_code == 0, res.output
     fitted = pd.read_csv(run / "predictions.csv")
     test_ids = fitted["video_id"].tolist()
