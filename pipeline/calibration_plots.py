@@ -9,8 +9,8 @@ import numpy as np
 from dae.pipeline.plots import _save, require_matplotlib
 
 METHOD_STYLE = {"none": ("tab:red", "none (raw)"), "scale": ("tab:orange", "scale"),
-                "conformal": ("tab:blue", "conformal (CV+)"),
-                "conformal-constant": ("tab:gray", "conformal, constant width")}
+                "conformal": ("tab:blue", "conformal, adaptive (|y - mu| / sigma)"),
+                "conformal-constant": ("tab:gray", "conformal, constant width (|y - mu|)")}
 
 
 def _grid(plt, n, width=3.2, height=3.0):

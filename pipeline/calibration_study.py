@@ -2,9 +2,11 @@
 
 Each head is trained once per seed with its K calibration fold models (`dae fit --calibrate conformal`); the three
 calibrators are then fitted on the same out-of-fold predictions, so they differ only in how they turn them into
-intervals. A fourth, `conformal-constant`, is CV+ on |y - mu| for a head that has a spread: a constant-width
-interval around the same fold models' mu. Comparing it with the head's adaptive (|y - mu| / sigma) conformal
-interval at the same nominal level answers the study's question: is sigma informative?
+intervals. `conformal` (label conformal-cv, heads/calibration.py) is centred on the full model's mu, its half-width
+a quantile of the out-of-fold residuals |y - mu| / sigma put back in sigma(x). A fourth, `conformal-constant`, is the
+same on the raw residuals |y - mu|, for a head that has a spread: a constant-width interval around the same mu.
+Comparing it with the head's adaptive (|y - mu| / sigma) conformal interval at the same nominal level answers the
+study's question: is sigma informative?
 """
 from __future__ import annotations
 
@@ -206,8 +208,9 @@ def format_calibration_study(study: CalibrationStudy) -> str:
              f"{study.seconds:.1f} s in all)",
              table.to_string(index=False),
              "means over models (seeds x groups x folds), test split; calibrators fitted on out-of-fold training "
-             "predictions only; conformal = CV+; conformal-constant = CV+ on |y - mu| around the same fold models "
-             "(width90 in score units; iscore90: interval score, lower is better)",
+             "predictions only; conformal = conformal-cv: mu +- a quantile of the out-of-fold |y - mu| / sigma "
+             "times sigma(x) (a point head: of |y - mu|); conformal-constant = the same on |y - mu|, a constant "
+             "width around mu (width90 in score units; iscore90: interval score, lower is better)",
              "", "at equal (nominal 90%) coverage, are the adaptive intervals narrower than constant-width conformal "
              "around the same mu?"]
     lines += verdict_lines(study.verdict) or ["  no head with a spread was trained"]
