@@ -452,7 +452,7 @@ def predict_videos(run_dir, videos=(), *, ids=(), out=None, features=None, weigh
         extracted, failures = _extract_videos(videos, attrs, source, out, weights, device, workers, batch_clips,
                                               decoder, precision, sequence_head, note)
         rows = _score_rows(blob, models, config, videos, extracted, failures, difficulty)
-    return _report(rows, run_dir, blob, models, warning, out, echo)
+    return _report(rows, run_dir, blob, models, warning, out, echo, config)
 
 
 def _models_by_id(run_dir, config: dict, models: list[dict], ids: list[str], note) -> list[tuple]:
@@ -595,24 +595,36 @@ def _score_rows(blob, models, config, names, extracted, failures, difficulty) ->
         for column, values in scored.items():
             # the CSV names the head's own spread sigma_raw, beside the calibrated one
             rows.loc[where, "sigma_raw" if column == "sigma" else column] = values[index]
-
     errors = {vid: error for vid, _, error in failures}
     rows["models"] = len(models)
     rows["error"] = [errors.get(v, "") for v in rows["video"]]
     return rows
 
 
-def _report(rows: pd.DataFrame, run_dir, blob, models, warning: str, out, echo) -> pd.DataFrame:
+def score_scale_text(config: dict, blob: dict) -> str:
+    """The header's score range (the card's, or the training rows', as config.json records it) and, when the run
+    trained on other targets (--target-scale max or divide:C), that scaling: model.pt's score_range is what
+    predictions are de-normalised with, which is then not the score range."""
+    t_lo, t_hi = (float(v) for v in blob["score_range"])
+    lo, hi = (float(v) for v in config.get("score_range", (t_lo, t_hi)))
+    text = f"scores in {lo:g}..{hi:g}"
+    scale = config.get("target_scale", "range")
+    if scale != "range":
+        target = f"score / {t_hi:g}" if t_lo == 0 else f"(score - {t_lo:g}) / {t_hi - t_lo:g}"
+        text += f"; trained on targets {target} (--target-scale {scale})"
+    return text
+
+
+def _report(rows: pd.DataFrame, run_dir, blob, models, warning: str, out, echo, config=None) -> pd.DataFrame:
     """Write the CSV and print the table with its warnings."""
     far = rows["distance_percentile"] > FAR_PERCENTILE
     if warning:
         rows["warning"] = warning
     with atomic_path(out) as tmp:
         rows.to_csv(tmp, index=False)
-    lo, hi = blob["score_range"]
     labels = sorted({str((m.get("calibration") or {}).get("label", "none")) for m in models})
-    echo(f"run {run_dir} ({blob['head']}, {len(models)} models averaged; scores in {lo:g}..{hi:g}; 90% interval "
-         f"calibration: {', '.join(labels)})")
+    echo(f"run {run_dir} ({blob['head']}, {len(models)} models averaged; {score_scale_text(config or {}, blob)}; "
+         f"90% interval calibration: {', '.join(labels)})")
     if warning:
         echo(f"WARNING: {warning}; scored anyway (--allow-feature-mismatch)")
     echo(format_predictions(rows))
