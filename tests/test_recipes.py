@@ -211,3 +211,7 @@ def test_predict_de_normalises_with_the_runs_target_scale(tmp_path, one_thread):
         np.testing.assert_allclose(got[a], want[b], rtol=1e-5, atol=1e-5)  # float32 (the wrong scaling: ~17%)
     config = json.loads((run / "config.json").read_text())
     assert config["target_range"][0] == 0.0 and config["score_range"] == [6.33, 42.81]
+    # the header gives the card's score range, and the targets' scaling apart (it printed 0..max training score)
+    header = next(line for line in res.output.splitlines() if line.startswith("run "))
+    assert f"scores in 6.33..42.81; trained on targets score / {config['target_range'][1]:g} (--target-scale max);" \
+        in header, header
