@@ -236,6 +236,10 @@ def fit_models(fs: FeatureSet, manifest: pd.DataFrame, plan: FitPlan, manifest_n
     where = environment("cpu" if entry.closed_form else config.device)
     rows, predictions = [], []
     has_sigma = entry.spread
+    # the columns every row of this fit shares: before the model's own, and after them
+    first = {"dataset": plan.dataset or manifest_name, **identity}
+    last = {"features_sha256": features_sha, "backbone": fs.backbone, **where, "dae_version": __version__,
+            "created_utc": created, "source": "this-run", "uses_difficulty": "no"}
     results, fold_results = results[:n_models], results[n_models:]
     k = plan.calibration_folds
     for i, res in enumerate(results):
@@ -257,30 +261,7 @@ def fit_models(fs: FeatureSet, manifest: pd.DataFrame, plan: FitPlan, manifest_n
             metrics = evaluate(scores[test], pred_s, mu_s, res.calibrated.scale, (lo, hi), dist,
                                intervals=res.calibrated.intervals)
         spec = res.job.spec
-        rows.append({
-            "dataset": plan.dataset or manifest_name, **identity, "group": res.job.tags["group"],
-            "fold": res.job.tags["fold"],
-            "head": plan.head, "loss": spec.loss if not entry.closed_form else "l2+penalty",
-            "distribution": spec.distribution if has_sigma else "",
-            "reparam": spec.reparam if has_sigma else "",
-            "alpha": spec.alpha, "beta": spec.beta,
-            "selection": plan.config.selection,
-            "selection_note": "undefined: last kept" if res.selection_note else "",
-            "prediction": plan.config.prediction if has_sigma else "mu", "seed": spec.seed,
-            "n_train": len(res.job.train_rows), "n_test": len(test),
-            "calibration": res.calibrated.calibration.label(), **metrics,
-            "epochs": plan.config.epochs if not entry.closed_form else 0,
-            "selected_epoch": res.selected_epoch + 1, "lr": plan.config.lr, "batch_size": plan.config.batch_size,
-            "weight_decay": plan.config.weight_decay, **optimizer_columns(plan), "fit_seconds": res.fit_seconds,
-            "features_sha256": features_sha, "backbone": fs.backbone, **where, "dae_version": __version__,
-            "created_utc": created, "source": "this-run", "uses_difficulty": "no",
-            "status": f"failed: {res.failure}" if res.failure else "ok",
-        })
-        rows[-1].update(labels)
-        if entry.closed_form or rows[-1]["loss"] not in ("combined", "v1"):
-            rows[-1].update(alpha="", beta="")  # weights of rec and sup: only these losses mix them
-        if has_sigma:
-            rows[-1].update(dist.params)  # e.g. Student-t's nu
+        rows.append(_model_row(plan, entry, res, metrics, labels, dist, first, last))
         ends = {f"{side}{round(level * 100)}": v for level, pair in sorted(res.calibrated.intervals.items())
                 for side, v in zip(("lo", "hi"), pair)}
         cal_scale = res.calibrated.scale if not res.failure else None
@@ -298,6 +279,34 @@ def fit_models(fs: FeatureSet, manifest: pd.DataFrame, plan: FitPlan, manifest_n
     if windowed:
         rows = apply_window_selection(rows, results, plan.config.selection)
     return rows, pd.concat(predictions, ignore_index=True), results
+
+
+def _model_row(plan: FitPlan, entry, res, metrics: dict, labels: dict, dist, first: dict, last: dict) -> dict:
+    """One model's leaderboard row: the fit's shared columns (`first`, `last`) around the model's own settings and
+    metrics, then the head's labels (e.g. its loss name) and a learned distribution's shape."""
+    spec, has_sigma, test = res.job.spec, entry.spread, res.job.eval_rows["test"]
+    row = {
+        **first, "group": res.job.tags["group"], "fold": res.job.tags["fold"],
+        "head": plan.head, "loss": spec.loss if not entry.closed_form else "l2+penalty",
+        "distribution": spec.distribution if has_sigma else "",
+        "reparam": spec.reparam if has_sigma else "",
+        "alpha": spec.alpha, "beta": spec.beta,
+        "selection": plan.config.selection,
+        "selection_note": "undefined: last kept" if res.selection_note else "",
+        "prediction": plan.config.prediction if has_sigma else "mu", "seed": spec.seed,
+        "n_train": len(res.job.train_rows), "n_test": len(test),
+        "calibration": res.calibrated.calibration.label(), **metrics,
+        "epochs": plan.config.epochs if not entry.closed_form else 0,
+        "selected_epoch": res.selected_epoch + 1, "lr": plan.config.lr, "batch_size": plan.config.batch_size,
+        "weight_decay": plan.config.weight_decay, **optimizer_columns(plan), "fit_seconds": res.fit_seconds,
+        **last, "status": f"failed: {res.failure}" if res.failure else "ok",
+    }
+    row.update(labels)
+    if entry.closed_form or row["loss"] not in ("combined", "v1"):
+        row.update(alpha="", beta="")  # weights of rec and sup: only these losses mix them
+    if has_sigma:
+        row.update(dist.params)  # e.g. Student-t's nu
+    return row
 
 
 @dataclass
