@@ -184,7 +184,8 @@ def apply_recipe(options: dict, explicit) -> dict:
     unknown = sorted(set(recipe.settings) - set(FIT_DEFAULTS))
     if unknown:
         raise DaeError(f"recipe {recipe.name} sets {', '.join(unknown)}, which dae fit does not have")
-    head = options["head"] if "head" in explicit else recipe.head
+    # the head given, or a replayed run's (--config) when it trains this recipe (a plug-in's run keeps its head)
+    head = options["head"] if options.get("head") and trains_recipes_of(options["head"], recipe.head) else recipe.head
     merged = {**options, "head": head, "dataset": options.get("dataset") or recipe.dataset}
     merged.update({k: v for k, v in recipe.settings.items() if k not in explicit})
     # an explicit optimizer or schedule replaces the recipe's, with the settings that only the recipe's one takes

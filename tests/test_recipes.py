@@ -163,6 +163,11 @@ def test_a_dae_plug_in_trains_its_base_methods_recipe_and_its_rows_name_it(tmp_p
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["options"]["head"] == head and config["options"]["recipe"] == recipe
     assert config["head_options"]["dropout"] == settings["dropout"]
+    # a replay that names the recipe again keeps the run's head
+    again = CliRunner().invoke(cli, ["fit", "--config", str(tmp_path / "run" / "config.json"), "--recipe", recipe,
+                                     "--epochs", "1", "--out", str(tmp_path / "again")])
+    assert again.exit_code == 0, again.output
+    assert json.loads((tmp_path / "again" / "config.json").read_text())["options"]["head"] == head
 
 
 def test_every_dae_plug_in_reads_every_setting_of_its_base_methods_recipes():
