@@ -713,7 +713,8 @@ def results_csv_option(f):
                         "e.g. bench-fit-amd-epyc-2core-cpu-torch2.13.csv.")(f)
 
 
-def _record_results(ctx, results_csv, bench: str, rows, settings: str = "", device: str = "cpu") -> None:
+def _record_results(ctx, results_csv, bench: str, rows, settings: str = "", device: str = "cpu",
+                    note: str = "") -> None:
     """Write `rows` to --results-csv (when given) with the command line as the user typed it (options given)."""
     if not results_csv:
         return
@@ -723,7 +724,7 @@ def _record_results(ctx, results_csv, bench: str, rows, settings: str = "", devi
     given = [(flags[name], value) for name, value in ctx.params.items()
              if name in _explicit(ctx) and name != "results_csv" and value not in (None, False)]
     command = " ".join(["dae", *ctx.command_path.split()[1:], *(flag if value is True else f"{flag} {value}" for flag, value in given)])
-    written = append_results(results_csv, bench, command, rows, settings=settings, device=device)
+    written = append_results(results_csv, bench, command, rows, settings=settings, device=device, note=note)
     click.echo(f"results: {len(rows)} figures appended to {written}")
 
 _STUDY_HELP = {
@@ -1017,7 +1018,8 @@ def bench_fit_cmd(ctx, features, manifest, dataset, seeds, epochs, batch_size, l
     from dae.pipeline.bench_fit import result_rows
 
     _record_results(ctx, results_csv, "fit", result_rows(result),
-                    settings=f"lr {config.lr:g}; " + (f"features {features}" if features else "synthetic MTL-AQA-sized"))
+                    settings=f"lr {config.lr:g}; " + (f"features {features}" if features else "synthetic MTL-AQA-sized"),
+                    note=f"load average before {result.load_before[0]:.2f}, {result.threads} threads")
     if study:
         from dae.pipeline.bench_fit import bench_study, format_study_bench, study_result_rows
 
@@ -1025,7 +1027,7 @@ def bench_fit_cmd(ctx, features, manifest, dataset, seeds, epochs, batch_size, l
                             repeats=repeats, echo=click.echo)
         click.echo(format_study_bench(timed))
         _record_results(ctx, results_csv, "fit", study_result_rows(timed), settings=f"lr {config.lr:g}; " + (
-            f"features {features}" if features else "synthetic MTL-AQA-sized"))
+            f"features {features}" if features else "synthetic MTL-AQA-sized"), note=timed["note"])
     if quality:
         click.echo("quality (test Spearman, v1 loss):")
         quality_check(*data, seeds=seeds, config=config, reference_lr=reference_lr, echo=click.echo)

@@ -74,3 +74,12 @@ def test_bench_fit_times_a_study_at_its_default_calibrator_against_calibrate_non
     table = pd.read_csv(tmp_path / "r.csv")
     assert {"study_seconds_calibrate_conformal", "study_seconds_calibrate_none",
             "ratio_to_calibrate_none"} <= set(table["metric"])
+    # a ranking study: its default is none; the bench also times it at fit's calibrator (the default before)
+    res = run("bench", "fit", "--features", features, "--manifest", manifest, "--seeds", 1, "--epochs", 2,
+              "--reference-models", 1, "--reference-epochs", 1, "--study", "reparam")
+    assert res.exit_code == 0, res.output
+    line = re.search(r"ablate reparam as a whole \(2 models x 2 epochs, batch 32\): ([\d.]+) s at its default "
+                     r"--calibrate none; with dae fit's --calibrate conformal \(every study's default before\): "
+                     r"([\d.]+) s -> ([\d.]+)x", res.output)
+    assert line, res.output
+    assert float(line.group(3)) == pytest.approx(float(line.group(2)) / float(line.group(1)), rel=0.02)
