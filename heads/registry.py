@@ -4,7 +4,7 @@ modules are named as "module:function" and imported only when a head is used.
 
 Adding a head: write its module (a head of the stacked trainer, `dae.heads.trainer`) and add one `Head` entry to
 HEADS below. `fit` is called by `dae fit` and every study as fit(inputs) -> (results, row labels), inputs being a
-`dae.pipeline.fit.FitInputs`; `outputs` is called by `dae predict` (and its calibrated intervals) as
+`FitInputs` (below, filled by the pipeline); `outputs` is called by `dae predict` (and its calibrated intervals) as
 outputs(blob, weights, x, spec, context) -> (mu, scale or None), in normalised units, for one saved model.
 """
 from __future__ import annotations
@@ -60,19 +60,42 @@ class Head:
         return getattr(importlib.import_module(module), name)
 
 
-_FIT = "dae.pipeline.fit"
-_PATHS = "dae.pipeline.baselines"
-_EXEMPLARS = "dae.pipeline.exemplar_heads"
-_PREDICT = "dae.pipeline.predict"
+@dataclass
+class FitInputs:
+    """What a head's fitter (`Head.fit`) gets, filled by `dae fit` (dae.pipeline.fit): the plan, the feature set
+    (fs), x: the pooled features in the manifest's order, the manifest, normalised targets, the jobs, the training
+    config (windowed selections already turned into `last`), the score range, announce() to call just before
+    training, the trainer's progress; sequences: (clips, starts, lengths) aligned to the manifest for a sequence head
+    (inputs == "sequence"), else None. The heads never read the feature file themselves."""
+
+    plan: object
+    fs: object
+    x: object
+    manifest: object
+    targets: object
+    jobs: list
+    config: object
+    score_range: tuple
+    manifest_name: str
+    announce: object
+    progress: object
+    sequences: object = None
+
+
+# every fitter and rebuilder lives in heads/ (the registry names no module downstream of it)
+_POOLED = "dae.heads.pooled_heads"
+_PATHS = "dae.heads.path_heads"
+_EXEMPLARS = "dae.heads.exemplar_heads"
+_SEQUENCE = "dae.heads.sequence_heads"
 
 HEADS = {h.name: h for h in (
     Head("dae", "the Distribution Auto-Encoder: an MLP encodes a video into N(mu, sigma^2), trained by "
-         "reparameterised reconstruction", f"{_FIT}:fit_dae_jobs", f"{_PREDICT}:mlp_outputs", loss_grid=True,
+         "reparameterised reconstruction", f"{_POOLED}:fit_dae_jobs", f"{_POOLED}:mlp_outputs", loss_grid=True,
          family="pooled"),
-    Head("mlp", "same trunk, plain regression on mu (loss sup)", f"{_FIT}:fit_dae_jobs", f"{_PREDICT}:mlp_outputs",
+    Head("mlp", "same trunk, plain regression on mu (loss sup)", f"{_POOLED}:fit_dae_jobs", f"{_POOLED}:mlp_outputs",
          spread=False, family="pooled", fixed_loss="sup"),
-    Head("ridge", "closed-form ridge, penalty by cross-validation on train", f"{_FIT}:fit_ridge_jobs",
-         f"{_PREDICT}:ridge_outputs", spread=False, family="pooled", closed_form=True),
+    Head("ridge", "closed-form ridge, penalty by cross-validation on train", f"{_POOLED}:fit_ridge_jobs",
+         f"{_POOLED}:ridge_outputs", spread=False, family="pooled", closed_form=True),
     Head("usdl", "softmax over score bins, Gaussian label smoothing, KL loss", f"{_PATHS}:fit_paths",
          f"{_PATHS}:path_outputs", family="paths"),
     Head("musdl", "one usdl path per judge combined by the scoring rule", f"{_PATHS}:fit_paths",
@@ -87,17 +110,18 @@ HEADS = {h.name: h for h in (
     Head("dae-core", "ours: a DAE head on CoRe's pair feature, the voters' Gaussian mixture",
          f"{_EXEMPLARS}:fit_exemplars", f"{_EXEMPLARS}:exemplar_outputs", exemplar=True, lr=CORE_LR,
          loss_grid=True, family="exemplar", base="core"),
-    Head("attn-dae", "attention pooling over clips into the DAE", f"{_FIT}:fit_sequence_jobs",
-         f"{_PREDICT}:sequence_outputs", inputs="sequence", family="sequence"),
-    Head("gdlt", "GDLT (CVPR 2022) as its code does it", f"{_FIT}:fit_sequence_jobs", f"{_PREDICT}:sequence_outputs",
+    Head("attn-dae", "attention pooling over clips into the DAE", f"{_SEQUENCE}:fit_sequence_jobs",
+         f"{_SEQUENCE}:sequence_outputs", inputs="sequence", family="sequence"),
+    Head("gdlt", "GDLT (CVPR 2022) as its code does it", f"{_SEQUENCE}:fit_sequence_jobs",
+         f"{_SEQUENCE}:sequence_outputs",
          spread=False, inputs="sequence", family="sequence"),
-    Head("gdlt-dae", "GDLT's decoder with the DAE head in place of its Likert scorer", f"{_FIT}:fit_sequence_jobs",
-         f"{_PREDICT}:sequence_outputs", inputs="sequence", family="sequence", base="gdlt"),
+    Head("gdlt-dae", "GDLT's decoder with the DAE head in place of its Likert scorer", f"{_SEQUENCE}:fit_sequence_jobs",
+         f"{_SEQUENCE}:sequence_outputs", inputs="sequence", family="sequence", base="gdlt"),
     Head("cofinal", "CoFInAl (IJCAI 2024) as its authors' code computes it per video: coarse grades + ETF fine grade",
-         f"{_FIT}:fit_sequence_jobs", f"{_PREDICT}:sequence_outputs", spread=False, inputs="sequence",
+         f"{_SEQUENCE}:fit_sequence_jobs", f"{_SEQUENCE}:sequence_outputs", spread=False, inputs="sequence",
          family="sequence"),
-    Head("cofinal-dae", "ours: the DAE head on CoFInAl's decoded grade queries", f"{_FIT}:fit_sequence_jobs",
-         f"{_PREDICT}:sequence_outputs", inputs="sequence", family="sequence", base="cofinal"),
+    Head("cofinal-dae", "ours: the DAE head on CoFInAl's decoded grade queries", f"{_SEQUENCE}:fit_sequence_jobs",
+         f"{_SEQUENCE}:sequence_outputs", inputs="sequence", family="sequence", base="cofinal"),
 )}
 
 NAMES = tuple(HEADS)

@@ -306,7 +306,7 @@ def load_split(features, manifest, dataset: str = ""):
     """Features, normalised targets and the first protocol cell's train/test rows of a feature file + manifest."""
     from pathlib import Path
 
-    from dae.features.manifest import read_manifest
+    from dae.manifest import read_manifest
     from dae.features.store import align, read_features
     from dae.pipeline.fit import FitPlan, plan_units, score_range_of
 
@@ -357,7 +357,7 @@ def load_sequence_split(features, manifest):
     """Clip sequences, targets (scaled as the first protocol cell's range) and train/test rows of a schema-2 file."""
     from pathlib import Path
 
-    from dae.features.manifest import read_manifest
+    from dae.manifest import read_manifest
     from dae.features.store import align_sequences, read_features
     from dae.pipeline.fit import FitPlan, plan_units, score_range_of
 

@@ -164,7 +164,7 @@ def features_import_cmd(npy_dir, keep_clips, clip_dtype, diving_score, out, over
 @click.argument("manifest", type=click.Path(dir_okay=False))
 def manifest_check_cmd(manifest):
     """Validate a manifest CSV against the contract and summarise it."""
-    from dae.features.manifest import describe_manifest, read_manifest
+    from dae.manifest import describe_manifest, read_manifest
 
     click.echo(f"{manifest}: ok; " + describe_manifest(read_manifest(manifest)))
 
@@ -193,7 +193,7 @@ def manifest_resplit_cmd(manifest, seed, n_test, folds, out, overwrite):
     """
     from dae.atomic import check_new_file
     from dae.data_manifests.resplit import resplit, training_folds
-    from dae.features.manifest import describe_manifest, read_manifest, write_manifest
+    from dae.manifest import describe_manifest, read_manifest, write_manifest
 
     check_new_file(out, overwrite, "manifest")
     if folds is not None and n_test is not None:
@@ -246,7 +246,7 @@ def manifest_build_cmd(dataset, annotations, out, overwrite, target, variant, la
 
     built = build_manifest_file(dataset, annotations, out, overwrite=overwrite, target=target, variant=variant,
                                 layout=layout, video_template=video_template, view=view)
-    from dae.features.manifest import describe_manifest
+    from dae.manifest import describe_manifest
 
     for note in built.notes:
         click.echo(f"note: {note}", err=True)

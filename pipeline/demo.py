@@ -8,7 +8,7 @@ import pandas as pd
 
 from dae.atomic import new_run_dir
 from dae.extras import MissingExtra
-from dae.features.manifest import write_manifest
+from dae.manifest import write_manifest
 from dae.features.store import write_features
 from dae.heads.calibration_options import DEFAULT_CALIBRATOR, MIN_CALIBRATION_ROWS
 

@@ -14,17 +14,14 @@ import torch
 from dae import __version__
 from dae.atomic import atomic_dir
 from dae.errors import DaeError, UsageError
-from dae.features.store import FeatureSet, align, content_sha256
+from dae.features.store import FeatureSet, align, align_sequences, content_sha256
 from dae.heads import calibration
 from dae.heads.calibration_options import DEFAULT_CALIBRATOR, DEFAULT_FOLDS
 from dae.heads.distributions import get_distribution
 from dae.heads.metrics import DISTRIBUTION_METRICS, INTERVAL_METRICS, evaluate
-from dae.heads.ridge import fit_ridge
-from dae.heads.dae import DAE
-from dae.heads.sequence_options import POOLING
-from dae.heads.trainer import HeadSpec, Job, TrainConfig, train
-from dae.heads.registry import get_head
-from dae.pipeline.baselines import options_dict
+from dae.heads.trainer import HeadSpec, Job, TrainConfig
+from dae.heads.registry import FitInputs, get_head
+from dae.heads.path_heads import options_dict
 from dae.pipeline.leaderboard import environment, software_and_machine
 from dae.pipeline.protocols import (WINDOW_EPOCHS, WINDOW_SELECTIONS, apply_window_selection,
                                     row_identity)
@@ -56,7 +53,7 @@ class FitPlan:
     dataset: str = ""
     score_range: tuple | None = None
     val_fraction: float = 0.2
-    head_options: object = None  # baselines.HeadOptions (usdl, musdl, dae-mt, dae-judges); ExemplarOptions (core...)
+    head_options: object = None  # path_heads.HeadOptions (usdl, musdl, dae-mt, dae-judges); ExemplarOptions (core...)
     calibrate: str = DEFAULT_CALIBRATOR  # none | scale | conformal (dae.heads.calibration)
     calibration_folds: int = DEFAULT_FOLDS
     target_scale: str = "range"  # how scores become targets: range | max | divide:C (heads.config.TARGET_SCALES)
@@ -228,8 +225,9 @@ def fit_models(fs: FeatureSet, manifest: pd.DataFrame, plan: FitPlan, manifest_n
 
     if entry.closed_form and windowed:
         raise UsageError(f"selection {plan.config.selection} needs a head trained by epochs, not {plan.head}")
+    sequences = align_sequences(fs, list(manifest["video_id"]), manifest_name) if entry.inputs == "sequence" else None
     results, labels = entry.load("fit")(FitInputs(plan, fs, x, manifest, targets, jobs, config, (lo, hi),
-                                                  manifest_name, announce, progress))
+                                                  manifest_name, announce, progress, sequences))
 
     created = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     features_sha = content_sha256(fs)
@@ -307,83 +305,6 @@ def _model_row(plan: FitPlan, entry, res, metrics: dict, labels: dict, dist, fir
     if has_sigma:
         row.update(dist.params)  # e.g. Student-t's nu
     return row
-
-
-@dataclass
-class FitInputs:
-    """What a head's fitter (`dae.heads.registry.Head.fit`) gets: the plan, the features (fs; x: the pooled ones in
-    the manifest's order), the manifest, normalised targets, the jobs, the training config (windowed selections
-    already turned into `last`), the score range, announce() to call just before training, the trainer's progress."""
-
-    plan: FitPlan
-    fs: FeatureSet
-    x: np.ndarray
-    manifest: pd.DataFrame
-    targets: np.ndarray
-    jobs: list
-    config: TrainConfig
-    score_range: tuple
-    manifest_name: str
-    announce: object
-    progress: object
-
-
-def fit_dae_jobs(inputs: FitInputs):
-    """dae and mlp: the DAE head (mlp: its specs' loss is sup)."""
-    inputs.announce()
-    return train(DAE(inputs.x, inputs.targets, inputs.config.prediction), inputs.jobs, inputs.config,
-                 inputs.progress), {}
-
-
-def fit_ridge_jobs(inputs: FitInputs):
-    inputs.announce()
-    return _fit_ridge_jobs(inputs.x, inputs.targets, inputs.jobs), {}
-
-
-def fit_sequence_jobs(inputs: FitInputs):
-    """attn-dae / gdlt / gdlt-dae on the file's clip sequences (schema 2), in the manifest's order."""
-    from dae.features.store import align_sequences
-    from dae.heads.cofinal import COFINAL_HEADS, COFINAL_LOSS, CoFInAlHead
-    from dae.heads.sequence import SequenceHead
-    from dae.heads.sequence_options import SequenceOptions
-
-    fs, manifest, targets, jobs, config, plan = (inputs.fs, inputs.manifest, inputs.targets, inputs.jobs,
-                                                 inputs.config, inputs.plan)
-    options = plan.head_options if isinstance(plan.head_options, SequenceOptions) else SequenceOptions()
-    clips, starts, lengths = align_sequences(fs, list(manifest["video_id"]), inputs.manifest_name)
-    objective = (CoFInAlHead if plan.head in COFINAL_HEADS else SequenceHead)(
-        plan.head, clips, starts, lengths, targets, options, config.prediction)  # checks the options first
-    inputs.announce()
-    results = train(objective, jobs, config, inputs.progress)
-    loss = {"gdlt": "mse+triplet", "gdlt-dae": f"{plan.specs[0].loss}+triplet", "cofinal": COFINAL_LOSS,
-            "cofinal-dae": f"{COFINAL_LOSS}+{plan.specs[0].loss}"}.get(plan.head)
-    labels = {"pooling": POOLING[plan.head], "crop": options.crop}
-    if plan.head != "attn-dae":
-        labels.update(queries=options.queries, attention_heads=options.heads, triplet_weight=options.triplet_weight)
-    return results, {**labels, **({"loss": loss} if loss else {})}
-
-
-def _fit_ridge_jobs(x, targets, jobs):
-    """Ridge has no seed; every job still gets its row so the leaderboard stays one row per model."""
-    from dae.heads.trainer import HeadResult
-
-    results, fitted = [], {}
-    for job in jobs:
-        key = np.asarray(job.train_rows).tobytes()  # seeds share one fit: ridge has no randomness
-        if key not in fitted:
-            fitted[key] = fit_ridge(x[job.train_rows], targets[job.train_rows])
-        w, b, penalty = fitted[key]
-        preds = {}
-        for name, rows in job.eval_rows.items():
-            m = x[rows].astype(np.float64) @ w + b
-            preds[name] = {"mu": m, "scale": np.full(len(rows), np.nan), "pred": m}
-        results.append(HeadResult(job=job, predictions=preds, selected_epoch=-1,
-                                  state_dict={"weight": torch.as_tensor(w), "bias": torch.tensor(b),
-                                              "penalty": torch.tensor(penalty)},
-                                  input_mean=np.zeros(x.shape[1]), input_std=np.ones(x.shape[1]),
-                                  fit_seconds=0.0))
-    return results
-
 
 
 def _weights(r) -> dict:

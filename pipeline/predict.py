@@ -31,8 +31,7 @@ from dae.atomic import atomic_path, check_new_file
 from dae.errors import DaeError, UsageError
 from dae.heads.calibration import Calibration
 from dae.heads.calibration import intervals as calibration_intervals
-from dae.heads.dae import DAEHead
-from dae.heads.distributions import StudentT, get_distribution, sample_scale
+from dae.heads.distributions import StudentT, get_distribution
 from dae.heads.registry import DEFAULT_VOTERS, EXEMPLAR_HEADS, NAMES, get_head
 from dae.heads.sequence_options import SequenceOptions
 
@@ -111,7 +110,7 @@ def video_difficulties(run_dir, config: dict, blob: dict, names: list[str], give
     if not by_id:
         raise UsageError("this run compares exemplars of the same difficulty degree: give the videos' difficulty "
                          "(--difficulty, one value for all or one per --video in order)")
-    from dae.features.manifest import read_manifest
+    from dae.manifest import read_manifest
 
     recorded = Path(str(config.get("manifest", "")))
     path = _recorded_file(run_dir, recorded)
@@ -217,45 +216,6 @@ def _head_outputs(blob: dict, weights: dict, x: torch.Tensor, spec: dict, bank=N
     difficulty, voters = exemplar if exemplar is not None else (None, None)
     context = {"bank": bank, "options": options, "difficulty": difficulty, "voters": voters}
     return get_head(blob["head"]).load("outputs")(blob, weights, x, spec, context)
-
-
-def mlp_outputs(blob: dict, weights: dict, x: torch.Tensor, spec: dict, context: dict):
-    """dae and mlp: the DAEHead's mu and (dae) its spread."""
-    xs = (x - weights["input_mean"]) / weights["input_std"]
-    state = weights["state_dict"]
-    hidden = [int(state[f"layers.{i}.weight"].shape[0]) for i in range(len(state) // 2 - 1)]
-    head = DAEHead(x.shape[1], hidden)
-    head.load_state_dict(state)
-    mu, log_var = head(xs)
-    if not get_head(blob["head"]).spread:
-        return mu.double().numpy(), None
-    return mu.double().numpy(), sample_scale(torch.exp(0.5 * log_var.double()), spec.get("reparam", "sigma")).numpy()
-
-
-def ridge_outputs(blob: dict, weights: dict, x: torch.Tensor, spec: dict, context: dict):
-    xs = (x - weights["input_mean"]) / weights["input_std"]
-    state = weights["state_dict"]
-    return (xs.double() @ state["weight"].double().reshape(-1) + state["bias"].double()).numpy(), None
-
-
-def sequence_outputs(blob: dict, weights: dict, x: torch.Tensor, spec: dict, context: dict):
-    return _sequence_outputs(blob, weights, spec, context["bank"], context["options"])
-
-
-def _sequence_outputs(blob: dict, weights: dict, spec: dict, bank, options: SequenceOptions):
-    """(mu, scale) of one sequence-head model over every video of `bank`, full sequences, as `dae fit` evaluates
-    them (heads.sequence.predict_full, float32); scale None for gdlt."""
-    from dae.heads.distributions import scale_from_log_variance
-    from dae.heads.sequence import build_model, predict_full
-
-    module = build_model(blob["head"], [int(spec.get("seed", 0))], bank.dim, options, tuple(blob["train"]["hidden"]))
-    module.load_state_dict({name: t.unsqueeze(0) for name, t in weights["state_dict"].items()})  # a stack of one
-    out = predict_full(module, bank, torch.arange(len(bank.lengths)).unsqueeze(0), options.eval_chunk)
-    mu = out["mu"][0].numpy().astype(np.float64)
-    if out["log_var"] is None:
-        return mu, None
-    variance = torch.tensor([[spec.get("reparam", "sigma") == "variance"]])
-    return mu, scale_from_log_variance(out["log_var"], variance)[0].numpy().astype(np.float64)
 
 
 def sequence_options(config: dict) -> SequenceOptions:
@@ -461,7 +421,7 @@ def _models_by_id(run_dir, config: dict, models: list[dict], ids: list[str], not
     fit's own test predictions come back; a training video of every model is scored by all of them with a note
     (not a held-out prediction); a video outside the run's manifest is new. role: test, training, new or unknown
     (the run's manifest is not found)."""
-    from dae.features.manifest import read_manifest
+    from dae.manifest import read_manifest
 
     path = _recorded_file(run_dir, Path(str(config.get("manifest", ""))))
     if path is None:

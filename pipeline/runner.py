@@ -28,7 +28,7 @@ def open_run(features, manifest, dataset: str, label: str, out=None, leaderboard
     """Read the inputs, check the card's split rule, and check that every output can be written (`out` must not
     exist; default runs/<dataset>-<label>-<time>), so that a command fails before it trains, never after."""
     from dae.atomic import check_new_dir, new_run_dir, writable_dir
-    from dae.features.manifest import read_manifest
+    from dae.manifest import read_manifest
     from dae.features.store import read_features
     from dae.pipeline.leaderboard import check_leaderboard_writable
     from dae.pipeline.protocols import check_card_protocol

@@ -126,8 +126,8 @@ def sequence_options_of(options: dict) -> SequenceOptions:
 
 def fit_plan(options: dict):
     """The FitPlan (head specs per seed, TrainConfig, head options, score range) for `dae fit`'s options."""
-    from dae.pipeline.baselines import HeadOptions
-    from dae.pipeline.exemplar_heads import ExemplarOptions
+    from dae.heads.path_heads import HeadOptions
+    from dae.heads.exemplar_heads import ExemplarOptions
     from dae.pipeline.fit import FitPlan
 
     o = {**FIT_DEFAULTS, **options}

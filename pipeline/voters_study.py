@@ -18,7 +18,7 @@ from dae.heads.distributions import get_distribution
 from dae.heads.exemplars import RULES
 from dae.heads.metrics import evaluate, interval
 from dae.heads.registry import EXEMPLAR_HEADS
-from dae.pipeline.exemplar_heads import ExemplarOptions
+from dae.heads.exemplar_heads import ExemplarOptions
 
 VOTERS = (1, 3, 5, 10, 20)
 

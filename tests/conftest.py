@@ -89,7 +89,7 @@ def unlv_dive(tmp_path_factory):
 
 def write_features_and_manifest(tmp_path, n=120, dim=16, seed=0, test_fraction=0.25, extra=None):
     """A small synthetic feature file + manifest with a planted linear signal."""
-    from dae.features.manifest import write_manifest
+    from dae.manifest import write_manifest
     from dae.features.store import write_features
 
     rng = np.random.default_rng(seed)

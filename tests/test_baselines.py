@@ -20,7 +20,7 @@ from dae.heads.judges import DAEJudges, combine
 from dae.heads.metrics import spearman
 from dae.heads.paths import train_path_heads
 from dae.heads.trainer import HeadSpec, Job, TrainConfig, train_one
-from dae.pipeline.baselines import infer_rule
+from dae.heads.path_heads import infer_rule
 from dae.pipeline.cli import cli
 from dae.pipeline.fit import FitPlan, fit_models
 
@@ -289,7 +289,7 @@ def test_heads_name_the_missing_columns(tmp_path):
 
 
 def test_fit_cli_trains_the_new_heads_and_refuses_a_bad_manifest(tmp_path):
-    from dae.features.manifest import write_manifest
+    from dae.manifest import write_manifest
     from dae.features.store import write_features
 
     fs, df = _panel(n=80, dim=8)
@@ -317,7 +317,7 @@ def test_fit_cli_trains_the_new_heads_and_refuses_a_bad_manifest(tmp_path):
 def test_unlv_dive_real_features_every_head_learns(unlv_dive):
     """The real UNLV-Dive P3D features (imported through `dae features import`): one seed of each head that
     applies (UNLV has difficulty but no judges)."""
-    from dae.features.manifest import read_manifest
+    from dae.manifest import read_manifest
     from dae.features.store import read_features
 
     features, manifest = unlv_dive

@@ -295,7 +295,7 @@ def test_predict_applies_the_runs_fitted_calibrator(tmp_path, head, method, one_
     import pandas as pd
     from conftest import write_features_and_manifest
 
-    from dae.features.manifest import read_manifest
+    from dae.manifest import read_manifest
     from dae.features.store import read_features
     from dae.heads.trainer import HeadSpec, TrainConfig
     from dae.pipeline.fit import FitPlan, run_fit

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from conftest import SHARED_DATA, needs_shared
 from test_sequence_fit import SMALL, _sequence_files
 
-from dae.features.manifest import write_manifest
+from dae.manifest import write_manifest
 from dae.pipeline.cli import cli
 
 REF = SHARED_DATA / "reference" / "cofinal"

@@ -9,7 +9,7 @@ import torch
 from click.testing import CliRunner
 from conftest import write_features_and_manifest
 
-from dae.features.manifest import write_manifest
+from dae.manifest import write_manifest
 from dae.features.store import write_features
 from dae.heads.core import CoRe, exemplar_targets
 from dae.heads.metrics import rl2x100, spearman

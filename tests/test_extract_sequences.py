@@ -224,7 +224,7 @@ def test_predict_extracts_new_videos_with_a_sequence_runs_stride_protocol(setup,
     features were) as it scores the same video's sequence already in the file."""
     import pandas as pd
 
-    from dae.features.manifest import write_manifest
+    from dae.manifest import write_manifest
 
     videos, checkpoint = setup
     manifest = tmp_path / "m.csv"

@@ -11,7 +11,7 @@ import torch
 from click.testing import CliRunner
 from conftest import write_features_and_manifest
 
-from dae.features.manifest import write_manifest
+from dae.manifest import write_manifest
 from dae.features.store import write_features
 from dae.pipeline.cli import cli
 from dae.pipeline.leaderboard import COLUMNS
@@ -220,7 +220,7 @@ def test_fit_shows_progress_epochs_eta_and_training_loss(tmp_path):
     """Progress on a terminal (rewritten line) and in logs (a start line, then one every 30 s) (issue 10.6)."""
     import io
 
-    from dae.features.manifest import read_manifest
+    from dae.manifest import read_manifest
     from dae.features.store import read_features
     from dae.pipeline.fit import FitPlan, TrainingProgress, fit_models
     from dae.heads.trainer import HeadSpec, TrainConfig

@@ -3,7 +3,7 @@ import pytest
 from click.testing import CliRunner
 
 from dae.errors import DaeError
-from dae.features.manifest import read_manifest
+from dae.manifest import read_manifest
 from dae.pipeline.cli import cli
 
 

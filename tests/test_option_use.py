@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import write_features_and_manifest
 
-from dae.features.manifest import write_manifest
+from dae.manifest import write_manifest
 from dae.features.store import Sequences, write_features
 from dae.pipeline.cli import cli
 

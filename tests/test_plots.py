@@ -9,7 +9,7 @@ from conftest import write_features_and_manifest
 pytest.importorskip("matplotlib")
 from matplotlib import image as mpimg  # noqa: E402
 
-from dae.features.manifest import read_manifest  # noqa: E402
+from dae.manifest import read_manifest  # noqa: E402
 from dae.features.store import read_features  # noqa: E402
 from dae.heads.trainer import TrainConfig  # noqa: E402
 from dae.pipeline.cli import cli  # noqa: E402

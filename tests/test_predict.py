@@ -179,7 +179,7 @@ def test_a_learned_student_t_keeps_its_fitted_nu_in_the_run(tmp_path):
     import numpy as np
     from conftest import write_features_and_manifest
 
-    from dae.features.manifest import read_manifest
+    from dae.manifest import read_manifest
     from dae.features.store import read_features
     from dae.heads.trainer import HeadSpec, TrainConfig
     from dae.pipeline.fit import FitPlan, run_fit

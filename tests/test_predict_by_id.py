@@ -92,7 +92,7 @@ def test_predict_by_id_finds_the_runs_files_from_another_folder(tmp_path, monkey
 
 def test_identical_training_features_leave_the_ood_check_unavailable(tmp_path):
     """Zero spread: no distance is measurable, so no 'far % 100' and no warning for every video, but one note."""
-    from dae.features.manifest import write_manifest
+    from dae.manifest import write_manifest
     from dae.features.store import write_features
 
     n = 40

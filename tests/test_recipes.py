@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import SHARED_DATA
 
-from dae.features.manifest import write_manifest
+from dae.manifest import write_manifest
 from dae.features.store import Sequences, write_features
 from dae.heads.recipes import get_recipe, load_recipes
 from dae.pipeline.cli import cli

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from dae.features.manifest import write_manifest
+from dae.manifest import write_manifest
 from dae.features.store import Sequences, write_features
 from dae.heads.judges import combine
 from dae.heads.registry import HEADS, NAMES, STUDY_HEADS

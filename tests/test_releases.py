@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import UNLV_FEATURES, needs_shared
 
-from dae.features.manifest import read_manifest
+from dae.manifest import read_manifest
 from dae.features.store import read_features
 from dae.pipeline.cli import cli
 

@@ -6,7 +6,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import SHARED_DATA, needs_shared
 
-from dae.features.manifest import write_manifest
+from dae.manifest import write_manifest
 from dae.features.store import Sequences, write_features
 from dae.pipeline.cli import cli
 

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from dae.features.manifest import write_manifest
+from dae.manifest import write_manifest
 from dae.features.store import write_features
 from dae.pipeline.cli import cli
 from test_sequence_fit import SMALL, _sequence_files, small

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from conftest import write_features_and_manifest
 
 from dae.errors import UsageError
-from dae.features.manifest import read_manifest
+from dae.manifest import read_manifest
 from dae.features.store import read_features
 from dae.heads.losses import LOSSES
 from dae.heads.trainer import TrainConfig

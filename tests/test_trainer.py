@@ -175,7 +175,7 @@ def test_features_are_not_modified_and_results_keep_job_order():
 @pytest.mark.slow
 def test_batched_matches_alone_on_real_unlv_dive(unlv_dive):
     """Real UNLV-Dive features (300 train / 70 test, 2048-d), full-batch steps: same predictions, same Spearman."""
-    from dae.features.manifest import read_manifest
+    from dae.manifest import read_manifest
     from dae.features.store import align, read_features
     features, manifest = unlv_dive
     df = read_manifest(manifest)

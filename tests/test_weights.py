@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from dae.errors import DaeError
 from dae.features import weights as weight_store
 from dae.features.i3d import load_i3d
-from dae.features.safe_pickle import UnsafePickleError
+from dae.safe_pickle import UnsafePickleError
 from dae.pipeline.cli import cli
 
 

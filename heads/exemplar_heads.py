@@ -46,7 +46,7 @@ def uses_dd(options: ExemplarOptions, manifest: pd.DataFrame, dataset: str, wher
 def make_exemplar_head(head: str, features, manifest: pd.DataFrame, targets, jobs, config, score_range,
                        dataset: str = "", options: ExemplarOptions | None = None, where: str = "the manifest"):
     """(the head object for `dae.heads.trainer.train`, its leaderboard labels) after checking the inputs."""
-    from dae.pipeline.baselines import difficulty_of
+    from dae.heads.path_heads import difficulty_of
 
     options = options if isinstance(options, ExemplarOptions) else ExemplarOptions()
     options.check()
@@ -95,7 +95,7 @@ def exemplar_outputs(blob: dict, weights: dict, x, spec: dict, context: dict):
 
 
 def fit_exemplars(inputs):
-    """The registry's fitter of the exemplar heads (`dae.heads.registry`): inputs is a `dae.pipeline.fit.FitInputs`."""
+    """The registry's fitter of the exemplar heads: inputs is a `dae.heads.registry.FitInputs`."""
     return fit_exemplar_heads(inputs.plan.head, inputs.x, inputs.manifest, inputs.targets, inputs.jobs, inputs.config,
                               inputs.score_range, inputs.plan.dataset, inputs.plan.head_options, inputs.manifest_name,
                               on_start=inputs.announce, progress=inputs.progress)

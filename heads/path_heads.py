@@ -255,7 +255,7 @@ def path_outputs(blob: dict, weights: dict, x, spec: dict, context: dict):
 
 
 def fit_paths(inputs):
-    """The registry's fitter of the path heads (`dae.heads.registry`): inputs is a `dae.pipeline.fit.FitInputs`."""
+    """The registry's fitter of the path heads: inputs is a `dae.heads.registry.FitInputs`."""
     return fit_path_heads(inputs.plan.head, inputs.x, inputs.manifest, inputs.targets, inputs.jobs, inputs.config,
                           inputs.score_range, inputs.plan.dataset, inputs.plan.head_options, inputs.manifest_name,
                           on_start=inputs.announce, progress=inputs.progress)
