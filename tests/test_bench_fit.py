@@ -63,3 +63,20 @@ def test_bench_fit_command_trains_the_loss_grid_and_its_quality_check_finds_batc
     assert float(re.search(r"\|batched - train_one\| = ([\d.]+)", res.output).group(1)) < 1e-3
     res = CliRunner().invoke(cli, ["bench", "fit", "--quality"])
     assert res.exit_code == 2 and "--quality needs --features" in res.output
+
+
+@pytest.mark.parametrize("given, expected", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_the_dae_command_makes_openmp_threads_wait_passively_before_torch_loads(given, expected):
+    """Spinning OpenMP threads cost the loss study 5x on a shared 2-core machine (pipeline/cli.py); the policy is read
+    once, when torch loads OpenMP, so the CLI sets it before importing torch; the user's own setting wins."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if given:
+        env["OMP_WAIT_POLICY"] = given
+    code = ("import os, sys; import dae.pipeline.cli; "
+            "print(os.environ['OMP_WAIT_POLICY'], 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split() == [expected, "False"]
