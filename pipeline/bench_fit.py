@@ -219,7 +219,8 @@ def bench_study(study: str, x=None, targets=None, train_rows=None, test_rows=Non
             echo(f"ablate {study} --calibrate {calibrate}: {seconds[calibrate][-1]:.2f} s")
     best = {c: min(v) for c, v in seconds.items()}
     load = os.getloadavg() if hasattr(os, "getloadavg") else (np.nan,) * 3
-    note = (f"load average after {load[0]:.2f}, {torch.get_num_threads()} threads; rounds: "
+    note = (f"load average after {load[0]:.2f}, {torch.get_num_threads()} threads, OMP_WAIT_POLICY "
+            f"{os.environ.get('OMP_WAIT_POLICY', 'unset')}; rounds: "
             + "; ".join(f"{c} {', '.join(f'{v:.2f}' for v in values)} s" for c, values in seconds.items()))
     return {"note": note, "study": study, "calibrate": default, "fit_calibrate": DEFAULT_CALIBRATOR,
             "models": len(specs), "epochs": epochs, "batch_size": config.batch_size, "seconds": seconds, "best": best,

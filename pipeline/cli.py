@@ -1026,7 +1026,8 @@ def bench_fit_cmd(ctx, features, manifest, dataset, seeds, epochs, batch_size, l
 
     _record_results(ctx, results_csv, "fit", result_rows(result),
                     settings=f"lr {config.lr:g}; " + (f"features {features}" if features else "synthetic MTL-AQA-sized"),
-                    note=f"load average before {result.load_before[0]:.2f}, {result.threads} threads")
+                    note=f"load average before {result.load_before[0]:.2f}, {result.threads} threads, "
+                    f"OMP_WAIT_POLICY {os.environ.get('OMP_WAIT_POLICY', 'unset')}")
     if study:
         from dae.pipeline.bench_fit import bench_study, format_study_bench, study_result_rows
 
