@@ -32,10 +32,10 @@ class SequenceOptions:
     def check(self) -> None:
         if self.crop < 1 or self.hidden < 1 or self.heads < 1 or self.queries < 1 or self.encoder_layers < 0 \
                 or self.decoder_layers < 1 or not 0 <= self.dropout < 1 or self.triplet_weight < 0:
-            raise UsageError("sequence head options: crop, hidden, heads, queries, decoder layers >= 1, "
-                             "encoder layers >= 0, 0 <= dropout < 1, triplet weight >= 0")
-        if self.hidden % self.heads:
-            raise UsageError(f"--hidden {self.hidden} must be divisible by --attention-heads {self.heads}")
+            raise UsageError("sequence head options: --crop, --model-width, --attention-heads, --queries, "
+                             "--decoder-layers >= 1, --encoder-layers >= 0, 0 <= --dropout < 1, --triplet-weight >= 0")
+        if self.hidden % self.heads:  # the options by the names `dae fit` takes them (hidden is --model-width)
+            raise UsageError(f"--model-width {self.hidden} must be divisible by --attention-heads {self.heads}")
 
 # Training budget of the sequence heads in `dae ablate pooling` (Adam, the project's trainer). GDLT's own recipe is
 # SGD (momentum 0.9, weight decay 1e-4) at lr 1e-2 with cosine decay for 250-500 epochs; one GDLT epoch on Fis-V's

@@ -10,13 +10,6 @@ from dae import __version__
 from dae.errors import DaeError
 from dae.features.precision import PRECISIONS
 
-# OpenMP threads that wait for each other spin by default (GNU OpenMP, torch's: up to ~300k iterations). On a machine
-# shared with other work the spinning thread burns the slice its partner needs: on a shared 2-core EPYC (load ~4) the
-# loss study at batch 32 (30 heads x 3 epochs, `dae bench fit`) ran 25 s with spinning against 5 s waiting passively,
-# back to back. Set here, before anything loads torch's OpenMP; an OMP_WAIT_POLICY of the user's (ACTIVE on a
-# dedicated machine) wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 
 class _OneLineError(click.ClickException):
     """Shown by click as 'Error: <message>' on one line, with the error's own exit code."""
@@ -885,8 +878,10 @@ def ablate_calibration_cmd(ctx, config_path, overwrite, **options):
               help="Study folder to create (never overwritten). Default: runs/<dataset>-ablate-voters-<time>.")
 @click.option("--head", type=LibraryChoice("dae.heads.registry:EXEMPLAR_HEADS"), default=_voters_default("head"),
               show_default=True, help="The exemplar head to study.")
-@click.option("--voters", "voter_counts", default=_voters_default("voter_counts"), show_default=True,
-              help="Comma-separated voter counts; the same trained models vote with each.")
+@click.option("--voter-counts", "--voters", "voter_counts", default=_voters_default("voter_counts"),
+              show_default=True,
+              help="A comma-separated list of voter counts; the same trained models vote with each (`dae fit "
+              "--voters` is one count; --voters here is this option's old name).")
 @click.option("--rules", default=None,
               help="Comma-separated exemplar rules (any, same-difficulty) [default: both when the manifest has a "
               "difficulty column, else any].")
@@ -905,7 +900,7 @@ def ablate_voters_cmd(ctx, config_path, **options):
     """Exemplar heads: how many training exemplars vote for a test video, and which exemplar rule.
 
     Each rule trains its seeds once; the same models then vote with every count. One leaderboard row per
-    model x count. Example:  dae ablate voters --features F.h5 --manifest M.csv --voters 1,3,5,10,20
+    model x count. Example:  dae ablate voters --features F.h5 --manifest M.csv --voter-counts 1,3,5,10,20
     """
     from dae.pipeline.settings import replay_options, voters_from_options
 
@@ -1026,8 +1021,7 @@ def bench_fit_cmd(ctx, features, manifest, dataset, seeds, epochs, batch_size, l
 
     _record_results(ctx, results_csv, "fit", result_rows(result),
                     settings=f"lr {config.lr:g}; " + (f"features {features}" if features else "synthetic MTL-AQA-sized"),
-                    note=f"load average before {result.load_before[0]:.2f}, {result.threads} threads, "
-                    f"OMP_WAIT_POLICY {os.environ.get('OMP_WAIT_POLICY', 'unset')}")
+                    note=f"load average before {result.load_before[0]:.2f}, {result.threads} threads")
     if study:
         from dae.pipeline.bench_fit import bench_study, format_study_bench, study_result_rows
 
