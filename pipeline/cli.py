@@ -10,6 +10,13 @@ from dae import __version__
 from dae.errors import DaeError
 from dae.features.precision import PRECISIONS
 
+# OpenMP threads that wait for each other spin by default (GNU OpenMP, torch's: up to ~300k iterations). On a machine
+# shared with other work the spinning thread burns the slice its partner needs: on a shared 2-core EPYC (load ~4) the
+# loss study at batch 32 (30 heads x 3 epochs, `dae bench fit`) ran 25 s with spinning against 5 s waiting passively,
+# back to back. Set here, before anything loads torch's OpenMP; an OMP_WAIT_POLICY of the user's (ACTIVE on a
+# dedicated machine) wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 
 class _OneLineError(click.ClickException):
     """Shown by click as 'Error: <message>' on one line, with the error's own exit code."""
@@ -1021,7 +1028,8 @@ def bench_fit_cmd(ctx, features, manifest, dataset, seeds, epochs, batch_size, l
 
     _record_results(ctx, results_csv, "fit", result_rows(result),
                     settings=f"lr {config.lr:g}; " + (f"features {features}" if features else "synthetic MTL-AQA-sized"),
-                    note=f"load average before {result.load_before[0]:.2f}, {result.threads} threads")
+                    note=f"load average before {result.load_before[0]:.2f}, {result.threads} threads, "
+                    f"OMP_WAIT_POLICY {os.environ.get('OMP_WAIT_POLICY', 'unset')}")
     if study:
         from dae.pipeline.bench_fit import bench_study, format_study_bench, study_result_rows
 
