@@ -173,6 +173,7 @@ def check_head_options(command: click.Command, args) -> list[str]:
 def _inputs(command: click.Command, args) -> list[str]:
     """The paths a command would read: its arguments and its path options that are not outputs."""
     options = {opt: p for p in command.params if isinstance(p, click.Option) for opt in p.opts}
+    path_arguments = any(isinstance(p, click.Argument) and isinstance(p.type, click.Path) for p in command.params)
     paths, i = [], 0
     while i < len(args):
         token = args[i]
@@ -185,7 +186,7 @@ def _inputs(command: click.Command, args) -> list[str]:
             i += 0 if "=" in token else 1
             if isinstance(param.type, click.Path) and token not in OUTPUT_OPTIONS:
                 paths.append(value)
-        else:
+        elif path_arguments:  # not e.g. `dae manifest build DATASET`
             paths.append(token)
     return paths
 
