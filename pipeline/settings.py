@@ -6,6 +6,7 @@ re-runs exactly that (options given explicitly override it). Importing this modu
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -134,7 +135,12 @@ def fit_plan(options: dict):
     specs = [HeadSpec(seed=s, loss=o["loss"], reparam=o["reparam"], alpha=o["alpha"], beta=o["beta"])
              for s in seed_list(o["n_seeds"], o["seed"])]
     config = train_config(o, o["head"])
-    config.check()  # inconsistent optimizer settings fail here, before any file is read
+    # inconsistent optimizer settings fail here, before any file is read; a windowed test-set selection (last10,
+    # best10-consecutive) trains to the last epoch and is applied by fit (pipeline.protocols), so it is checked there
+    from dae.pipeline.protocols import WINDOW_SELECTIONS
+
+    windowed = config.selection in WINDOW_SELECTIONS
+    (dataclasses.replace(config, selection="last") if windowed else config).check()
     entry = get_head(o["head"])
     parse_target_scale(o["target_scale"])
     if o["target_scale"] != "range" and entry.family in ("paths", "exemplar"):
