@@ -26,6 +26,7 @@ import pytest
 import torch
 
 from conftest import SHARED_DATA, needs_shared
+from parity_helpers import clip_input, max_diff_within
 
 REF = SHARED_DATA / "reference" / "cofinal"
 pytestmark = needs_shared(REF / "state_init.npz")
@@ -53,19 +54,11 @@ def model(dropout: float = 0.0, etf_attention: str = "per-video"):
     return module
 
 
-def batch(x):
-    """(b, T, D) float16 clips -> the module's (1, b, T, D) float32 input and an all-true mask."""
-    x = torch.as_tensor(np.asarray(x, dtype=np.float32)).unsqueeze(0)
-    return x, torch.ones(x.shape[:3], dtype=torch.bool)
+batch = clip_input
 
 
 def close(ours, theirs, atol=ATOL_ACT, what=""):
-    ours = np.asarray(ours.detach() if torch.is_tensor(ours) else ours, dtype=np.float64)
-    theirs = np.asarray(theirs, dtype=np.float64)
-    assert ours.shape == theirs.shape, (what, ours.shape, theirs.shape)
-    diff = float(np.abs(ours - theirs).max()) if ours.size else 0.0
-    assert diff <= atol, f"{what}: max |diff| {diff:.3g} > {atol:.3g}"
-    return diff
+    return max_diff_within(ours, theirs, atol, what)
 
 
 def intermediates(module, x, mask):

@@ -30,6 +30,7 @@ import pytest
 import torch
 
 from conftest import SHARED_DATA, needs_shared
+from parity_helpers import clip_input, max_diff_within
 
 REF = SHARED_DATA / "reference" / "gdlt"
 pytestmark = [needs_shared(REF / "state_init.npz"), pytest.mark.usefixtures("one_thread")]
@@ -73,18 +74,11 @@ def model(dropout=0.0):
     return module
 
 
-def as_input(x):
-    x = torch.as_tensor(np.asarray(x, dtype=np.float32)).unsqueeze(0)
-    return x, torch.ones(x.shape[:3], dtype=torch.bool)
+as_input = clip_input
 
 
 def close(ours, theirs, atol=ATOL_ACT, what=""):
-    ours = np.asarray(ours.detach() if torch.is_tensor(ours) else ours, dtype=np.float64)
-    theirs = np.asarray(theirs, dtype=np.float64)
-    assert ours.shape == theirs.shape, (what, ours.shape, theirs.shape)
-    diff = float(np.abs(ours - theirs).max()) if ours.size else 0.0
-    assert diff <= atol, f"{what}: max |diff| {diff:.3g} > {atol:.3g}"
-    return diff
+    return max_diff_within(ours, theirs, atol, what)
 
 
 def intermediates(module, x, mask):
