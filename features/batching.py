@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from dae.features.device import autocast, memory_format
+from dae.features.i3d_device import autocast, memory_format
 
 
 def clip_shape(protocol) -> tuple[int, int, int, int]:

@@ -39,7 +39,7 @@ from dae.features.batching import BatchRunner, clip_shape
 from dae.features.clips import ClipProtocol, parse_protocol
 from dae.features.decode import DECODERS, DEFAULT_DECODER, decoder_version
 from dae.features.decode_pool import DecodePool, VideoTask, default_workers, plan_slots, shm_free_bytes
-from dae.features.device import default_batch_clips, device_name, prepare_model
+from dae.features.i3d_device import default_batch_clips, device_name, prepare_model
 from dae.features.precision import resolve_precision
 from dae.features.resume import (Parts, check_resumable, check_resumed_files, finished_output,
                                  output_lock, resume_point, videos_to_redo)

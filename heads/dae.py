@@ -17,7 +17,7 @@ from torch import nn
 from dae.heads.config import HIDDEN
 from dae.heads.distributions import get_distribution, scale_from_log_variance
 from dae.heads.losses import V1_PERIOD, loss_terms, loss_weights
-from dae.heads.pooled import PooledFeatures
+from dae.heads.pooled.data import PooledFeatures
 
 SHAPE_LR_SCALE = 100.0
 

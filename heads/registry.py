@@ -83,10 +83,10 @@ class FitInputs:
 
 
 # every fitter and rebuilder lives in heads/ (the registry names no module downstream of it)
-_POOLED = "dae.heads.pooled_heads"
-_PATHS = "dae.heads.path_heads"
-_EXEMPLARS = "dae.heads.exemplar_heads"
-_SEQUENCE = "dae.heads.sequence_heads"
+_POOLED = "dae.heads.pooled.fitters"
+_PATHS = "dae.heads.multipath.fitters"
+_EXEMPLARS = "dae.heads.contrastive.fitters"
+_SEQUENCE = "dae.heads.sequence.fitters"
 
 HEADS = {h.name: h for h in (
     Head("dae", "the Distribution Auto-Encoder: an MLP encodes a video into N(mu, sigma^2), trained by "

@@ -284,7 +284,7 @@ def train_one(features, targets, job: Job, config: TrainConfig = TrainConfig()) 
     from dae.heads.dae import SHAPE_LR_SCALE, DAEHead
     from dae.heads.distributions import scale_from_log_variance
     from dae.heads.losses import loss_terms, loss_weights
-    from dae.heads.pooled import input_stats
+    from dae.heads.pooled.data import input_stats
 
     start = time.perf_counter()
     spec = job.spec

@@ -392,7 +392,7 @@ def calibrate_option(f, default: str | None = None, why: str = ""):
 
 def sequence_options(f):
     """Options of the sequence heads; defaults: GDLT's Rhythmic Gymnastics command (Fis-V: --recipe gdlt:fis-v-tes)."""
-    from dae.heads.sequence_options import SequenceOptions
+    from dae.heads.sequence.options import SequenceOptions
 
     d = SequenceOptions()
     opts = [
@@ -714,7 +714,7 @@ bench_group = _nested("bench", "Benchmarks: speed ratios against a baseline meas
 
 
 def results_csv_option(f):
-    """--results-csv: append the figures as data (dae.pipeline.bench_results), one row per measurement."""
+    """--results-csv: append the figures as data (dae.pipeline.bench.results), one row per measurement."""
     return click.option("--results-csv", type=click.Path(), default=None,
                         help="Append one row per measurement (machine, CPU, torch, date, command, figures) to this "
                         "CSV; a folder (e.g. results/) gets a file named by the bench, machine and software, "
@@ -726,7 +726,7 @@ def _record_results(ctx, results_csv, bench: str, rows, settings: str = "", devi
     """Write `rows` to --results-csv (when given) with the command line as the user typed it (options given)."""
     if not results_csv:
         return
-    from dae.pipeline.bench_results import append_results
+    from dae.pipeline.bench.results import append_results
 
     flags = {p.name: p.opts[0] for p in ctx.command.params if p.opts}
     given = [(flags[name], value) for name, value in ctx.params.items()
@@ -820,7 +820,7 @@ def _study_command(study):
     @click.option("--reparams", default=None, help="Comma-separated reparameterisations (sigma, variance).")
     @click.option("--jobs", type=click.IntRange(-1), default=d["jobs"], show_default=True,
                   help="Models that cannot share one stacked model (one per distribution) run this many at a time.")
-    @click.option("--backend", type=LibraryChoice("dae.pipeline.grid:BACKENDS"), default=d["backend"],
+    @click.option("--backend", type=LibraryChoice("dae.pipeline.studies.grid:BACKENDS"), default=d["backend"],
                   show_default=True, help="joblib backend for --jobs; dask and ray spread work over a cluster.")
     @click.option("--scheduler", default=None,
                   help="dask scheduler address (tcp://host:8786) or ray address; default: a local cluster.")
@@ -995,11 +995,11 @@ def bench_fit_cmd(ctx, features, manifest, dataset, seeds, epochs, batch_size, l
     Example:  dae bench fit                      (synthetic, MTL-AQA-sized: 1059 train / 353 test, 1024-d)
               dae bench fit --features F.h5 --manifest M.csv --quality
     """
-    from dae.pipeline.bench_fit import bench_fit, format_bench, load_split, quality_check
+    from dae.pipeline.bench.fit import bench_fit, format_bench, load_split, quality_check
     from dae.pipeline.settings import study_config
 
     if head == "core":
-        from dae.pipeline.bench_core import bench_core, core_result_rows, format_core_bench
+        from dae.pipeline.bench.fit_contrastive import bench_core, core_result_rows, format_core_bench
 
         core = bench_core(seeds=seeds, epochs=epochs, batch_size=batch_size or 32, echo=click.echo, repeats=repeats)
         click.echo(format_core_bench(core))
@@ -1008,7 +1008,7 @@ def bench_fit_cmd(ctx, features, manifest, dataset, seeds, epochs, batch_size, l
     if bool(features) != bool(manifest):
         raise click.UsageError("give --features and --manifest together")
     if head in ("gdlt", "cofinal"):
-        from dae.pipeline.bench_fit import (bench_sequence_fit, format_sequence_bench, load_sequence_split,
+        from dae.pipeline.bench.fit import (bench_sequence_fit, format_sequence_bench, load_sequence_split,
                                             sequence_result_rows)
 
         data = load_sequence_split(features, manifest) if features else None
@@ -1025,14 +1025,14 @@ def bench_fit_cmd(ctx, features, manifest, dataset, seeds, epochs, batch_size, l
                        reference_models=reference_models, reference_epochs=reference_epochs, repeats=repeats,
                        echo=click.echo)
     click.echo(format_bench(result))
-    from dae.pipeline.bench_fit import result_rows
+    from dae.pipeline.bench.fit import result_rows
 
     _record_results(ctx, results_csv, "fit", result_rows(result),
                     settings=f"lr {config.lr:g}; " + (f"features {features}" if features else "synthetic MTL-AQA-sized"),
                     note=f"load average before {result.load_before[0]:.2f}, {result.threads} threads, "
                     f"OMP_WAIT_POLICY {os.environ.get('OMP_WAIT_POLICY', 'unset')}")
     if study:
-        from dae.pipeline.bench_fit import bench_study, format_study_bench, study_result_rows
+        from dae.pipeline.bench.fit import bench_study, format_study_bench, study_result_rows
 
         timed = bench_study(study, *data, seeds=seeds, epochs=epochs, batch_size=config.batch_size, lr=config.lr,
                             repeats=repeats, echo=click.echo)
@@ -1073,7 +1073,7 @@ def bench_extract_cmd(ctx, videos, count, frames, protocol, device, precision, b
 
     Example:  dae bench extract --device cpu --model-only --batch-clips 8
     """
-    from dae.pipeline.bench_extract import bench_extract, extract_result_rows
+    from dae.pipeline.bench.extract import bench_extract, extract_result_rows
 
     numbers = bench_extract(videos, count=count, frames=frames, protocol=protocol, device=device, precision=precision,
                   batch_clips=batch_clips, workers=workers, weights=weights, decoder=decoder,
@@ -1103,7 +1103,7 @@ def bench_device_cmd(ctx, out, device, weights, videos, count, reference, result
     Without CUDA everything runs on the CPU, smaller, with the same JSON keys. Example (README: Checking a GPU
     machine):  dae bench device --out check/
     """
-    from dae.pipeline.bench_device import bench_device, device_result_rows
+    from dae.pipeline.bench.device import bench_device, device_result_rows
 
     result = bench_device(out, device=device, weights=weights, videos=videos, count=count, reference=reference,
                           echo=click.echo)
@@ -1122,7 +1122,7 @@ def bench_device_cmd(ctx, out, device, weights, videos, count, reference, result
 @click.pass_context
 def bench_decode_cmd(ctx, video, threads, repeats, protocol, results_csv):
     """Decode-only frames/s of each backend on one video, as ratios to a raw PyAV loop in the same run."""
-    from dae.pipeline.bench_decode import bench_decode, decode_result_rows, format_rows
+    from dae.pipeline.bench.decode import bench_decode, decode_result_rows, format_rows
 
     rows = bench_decode(video, threads=threads, repeats=repeats, protocol_name=protocol)
     click.echo(format_rows(rows))

@@ -21,7 +21,7 @@ from dae.heads.distributions import get_distribution
 from dae.heads.metrics import DISTRIBUTION_METRICS, INTERVAL_METRICS, evaluate
 from dae.heads.trainer import HeadSpec, Job, TrainConfig
 from dae.heads.registry import FitInputs, get_head
-from dae.heads.path_heads import options_dict
+from dae.heads.multipath.fitters import options_dict
 from dae.pipeline.leaderboard import environment, software_and_machine
 from dae.pipeline.protocols import (WINDOW_EPOCHS, WINDOW_SELECTIONS, apply_window_selection,
                                     row_identity)

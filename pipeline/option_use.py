@@ -14,10 +14,10 @@ HEAD_OPTIONS (inputs, seeds, dataset, recipe, calibration, outputs) apply to eve
 - --target-scale: the heads that regress the normalised score (dae, mlp, the sequence heads). Ridge's predictions
   are linear in the targets, so a rescaling changes nothing; usdl/musdl/dae-mt/dae-judges/core/dae-core map scores
   through their own bins, judges or exemplars (fit_plan refuses a non-default value from a recipe too).
-- voters, --with-dd: core, dae-core (heads/exemplar_heads.py). --bins: usdl (musdl's bins are the judges' own
-  scale); --bin-std, --bin-predict: usdl, musdl; --judge-rule: musdl, dae-judges (heads/path_heads.py).
-- the sequence options: gdlt, gdlt-dae, cofinal, cofinal-dae read every one (heads/sequence.py StackedGDLT,
-  heads/cofinal.py); attn-dae reads --crop only (its attention is one linear score per clip into the DAE MLP: no
+- voters, --with-dd: core, dae-core (heads/contrastive/fitters.py). --bins: usdl (musdl's bins are the judges' own
+  scale); --bin-std, --bin-predict: usdl, musdl; --judge-rule: musdl, dae-judges (heads/multipath/fitters.py).
+- the sequence options: gdlt, gdlt-dae, cofinal, cofinal-dae read every one (heads/sequence/models.py StackedGDLT,
+  heads/sequence/cofinal.py); attn-dae reads --crop only (its attention is one linear score per clip into the DAE MLP: no
   encoder, decoder, grade queries, width, dropout or triplet loss).
 """
 from __future__ import annotations

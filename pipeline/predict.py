@@ -33,7 +33,7 @@ from dae.heads.calibration import Calibration
 from dae.heads.calibration import intervals as calibration_intervals
 from dae.heads.distributions import StudentT, get_distribution
 from dae.heads.registry import DEFAULT_VOTERS, EXEMPLAR_HEADS, NAMES, get_head
-from dae.heads.sequence_options import SequenceOptions
+from dae.heads.sequence.options import SequenceOptions
 
 SUPPORTED_HEADS = NAMES  # every registered head: the registry says how a run folder rebuilds it
 LEVEL = 0.9
@@ -244,7 +244,7 @@ def score_features(blob: dict, models: list[dict], features: np.ndarray, difficu
         raise DaeError(f"the features are {x.shape[1]}-d but the run was trained on {blob['feature_dim']}-d")
     bank = options = exemplar = None
     if get_head(blob["head"]).inputs == "sequence":
-        from dae.heads.sequence import ClipBank
+        from dae.heads.sequence.models import ClipBank
 
         if sequences is None:
             raise UsageError(f"a {blob['head']} run scores clip sequences (schema 2) and none were given")

@@ -15,7 +15,7 @@ from dae.errors import DaeError, UsageError
 from dae.heads.calibration_options import DEFAULT_CALIBRATOR, DEFAULT_FOLDS
 from dae.heads.config import TrainConfig, parse_target_scale
 from dae.heads.registry import DEFAULT_VOTERS, get_head
-from dae.heads.sequence_options import SequenceOptions
+from dae.heads.sequence.options import SequenceOptions
 from dae.heads.spec import HeadSpec
 from dae.pipeline.defaults import STUDY_SEEDS
 
@@ -127,8 +127,8 @@ def sequence_options_of(options: dict) -> SequenceOptions:
 
 def fit_plan(options: dict):
     """The FitPlan (head specs per seed, TrainConfig, head options, score range) for `dae fit`'s options."""
-    from dae.heads.path_heads import HeadOptions
-    from dae.heads.exemplar_heads import ExemplarOptions
+    from dae.heads.multipath.fitters import HeadOptions
+    from dae.heads.contrastive.fitters import ExemplarOptions
     from dae.pipeline.fit import FitPlan
 
     o = {**FIT_DEFAULTS, **options}
@@ -254,7 +254,7 @@ def study_config(options: dict, head: str = "dae") -> TrainConfig:
 
 def study_from_options(study: str, options: dict, echo=print):
     """`dae ablate STUDY`: run the study that `options` (STUDY_DEFAULTS' keys, plus out, leaderboard, plots) describe."""
-    from dae.pipeline.studies import run_study_files
+    from dae.pipeline.studies.ablate import run_study_files
 
     options = {**STUDY_DEFAULTS, "calibrate": STUDY_CALIBRATE.get(study, DEFAULT_CALIBRATOR), **options}
     _require_inputs(options)
@@ -272,8 +272,8 @@ def study_from_options(study: str, options: dict, echo=print):
 
 def pooling_from_options(options: dict, echo=print):
     """`dae ablate pooling`: pooled heads at fit's settings, sequence heads at their own budget, on the same cells."""
-    from dae.heads.sequence_options import SEQUENCE_EPOCHS, SEQUENCE_LR
-    from dae.pipeline.pooling import run_pooling_files
+    from dae.heads.sequence.options import SEQUENCE_EPOCHS, SEQUENCE_LR
+    from dae.pipeline.studies.pooling import run_pooling_files
 
     o = {**POOLING_DEFAULTS, **options}
     _require_inputs(o)
@@ -291,7 +291,7 @@ def pooling_from_options(options: dict, echo=print):
 def voters_from_options(options: dict, echo=print):
     """`dae ablate voters`: each exemplar rule trains its seeds once; the same models vote with every count."""
     from dae.pipeline.fit import FitPlan
-    from dae.pipeline.voters_study import run_voters_study_files
+    from dae.pipeline.studies.voters import run_voters_study_files
 
     o = {**VOTERS_DEFAULTS, **options}
     _require_inputs(o)
@@ -310,7 +310,7 @@ def voters_from_options(options: dict, echo=print):
 
 def calibration_from_options(options: dict, echo=print):
     """`dae ablate calibration`: every head x calibrator, each head trained as `dae fit` trains it."""
-    from dae.pipeline.calibration_study import run_calibration_study_files
+    from dae.pipeline.studies.calibration import run_calibration_study_files
 
     o = {**CALIBRATION_STUDY_DEFAULTS, **options}
     _require_inputs(o)

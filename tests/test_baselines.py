@@ -14,13 +14,13 @@ from scipy import stats
 
 from dae.errors import UsageError
 from dae.features.store import FeatureSet
-from dae.heads.bins import MUSDL, USDL, bin_count, bin_values, kl_to, smooth_labels
-from dae.heads.dae_mt import DAEMT, execution_scale
-from dae.heads.judges import DAEJudges, combine
+from dae.heads.multipath.bins import MUSDL, USDL, bin_count, bin_values, kl_to, smooth_labels
+from dae.heads.multipath.dae_mt import DAEMT, execution_scale
+from dae.heads.multipath.judges import DAEJudges, combine
 from dae.heads.metrics import spearman
-from dae.heads.paths import train_path_heads
+from dae.heads.multipath.models import train_path_heads
 from dae.heads.trainer import HeadSpec, Job, TrainConfig, train_one
-from dae.heads.path_heads import infer_rule
+from dae.heads.multipath.fitters import infer_rule
 from dae.pipeline.cli import cli
 from dae.pipeline.fit import FitPlan, fit_models
 
@@ -108,7 +108,7 @@ def test_fina_rule_by_panel_size():
 def test_a_panel_judge_without_a_mark_is_still_predicted_and_counted():
     """FineDiving blanks one out-of-range mark of a 3-judge panel: that judge trains on nothing but the rule
     still sums three predicted marks."""
-    from dae.heads.judges import panel_masks
+    from dae.heads.multipath.judges import panel_masks
 
     nan = np.nan
     marks = np.array([[nan, 8.0, 9.0, nan, nan], [7.0, 7.5, 8.0, 8.5, 9.0]])

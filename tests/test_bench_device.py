@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dae.pipeline.bench_device import _video_folder, format_section
+from dae.pipeline.bench.device import _video_folder, format_section
 from extract_helpers import run_cli
 from videos import noise_frames, write_video
 

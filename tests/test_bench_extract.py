@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from dae.pipeline.bench_extract import bench_extract
+from dae.pipeline.bench.extract import bench_extract
 from extract_helpers import TINY, random_i3d_checkpoint, run_cli
 from videos import noise_frames, write_text, write_video
 

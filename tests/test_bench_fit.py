@@ -8,7 +8,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from dae.heads.dae import DAEHead
 from dae.heads.trainer import HeadSpec, Job, TrainConfig, train_one
-from dae.pipeline.bench_fit import dataloader_loop, head_flops_per_sample
+from dae.pipeline.bench.fit import dataloader_loop, head_flops_per_sample
 from dae.pipeline.cli import cli
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from dae.heads.losses import LOSSES
-from dae.pipeline.bench_fit import bench_fit, format_bench, head_flops_per_sample
+from dae.pipeline.bench.fit import bench_fit, format_bench, head_flops_per_sample
 
 
 def test_bench_fit_figures_are_consistent():

@@ -6,18 +6,18 @@ import torch
 from click.testing import CliRunner
 from test_sequence_fit import _sequence_files
 
-from dae.pipeline.bench_fit import count_sequence_flops, synthetic_sequences
+from dae.pipeline.bench.fit import count_sequence_flops, synthetic_sequences
 from dae.pipeline.cli import cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _objective(head, data):
-    from dae.heads.cofinal import CoFInAlHead
+    from dae.heads.sequence.cofinal import CoFInAlHead
     from dae.heads.recipes import get_recipe
-    from dae.heads.sequence import SequenceHead
+    from dae.heads.sequence.models import SequenceHead
     from dae.heads.trainer import HeadSpec, Job
-    from dae.pipeline.bench_fit import SEQUENCE_BENCH_RECIPES
+    from dae.pipeline.bench.fit import SEQUENCE_BENCH_RECIPES
     from dae.pipeline.settings import sequence_options_of, train_config
 
     settings = get_recipe(SEQUENCE_BENCH_RECIPES[head]).settings

@@ -10,7 +10,7 @@ from conftest import write_features_and_manifest
 from dae.heads.calibration_options import DEFAULT_CALIBRATOR
 from dae.pipeline.cli import cli
 from dae.pipeline.settings import STUDY_CALIBRATE
-from dae.pipeline.studies import STUDIES
+from dae.pipeline.studies.ablate import STUDIES
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

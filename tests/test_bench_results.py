@@ -4,7 +4,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import write_features_and_manifest
 
-from dae.pipeline.bench_results import COLUMNS, append_results, machine_fields, results_name
+from dae.pipeline.bench.results import COLUMNS, append_results, machine_fields, results_name
 from dae.pipeline.cli import cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")

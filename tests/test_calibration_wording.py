@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 
 from dae.heads import calibration
-from dae.pipeline import calibration_plots, calibration_study
+from dae.pipeline.studies import calibration as calibration_study, calibration_plots
 
 
 def test_no_study_text_or_figure_label_calls_the_calibrator_cv_plus():

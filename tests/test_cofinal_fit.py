@@ -24,9 +24,9 @@ def _invoke(args):
 def test_the_trainer_objective_computes_the_authors_loss(head, one_thread):
     """CoFInAlHead on a clip bank holding the fixture's crops, through the trainer's Stack and Batch: its loss is
     the authors' batch-1 total (targets from the head's float32 targets, alpha = --triplet-weight, the margin)."""
-    from dae.heads.cofinal import CoFInAlHead, load_original
+    from dae.heads.sequence.cofinal import CoFInAlHead, load_original
     from dae.heads.config import TrainConfig
-    from dae.heads.sequence_options import SequenceOptions
+    from dae.heads.sequence.options import SequenceOptions
     from dae.heads.trainer import Batch, HeadSpec, Job, Stack
 
     inputs, ref = np.load(REF / "inputs.npz"), np.load(REF / "train_step_b1.npz")

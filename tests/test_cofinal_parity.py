@@ -43,8 +43,8 @@ def load(name):
 
 
 def model(dropout: float = 0.0, etf_attention: str = "per-video"):
-    from dae.heads.cofinal import StackedCoFInAl, load_original
-    from dae.heads.sequence_options import SequenceOptions
+    from dae.heads.sequence.cofinal import StackedCoFInAl, load_original
+    from dae.heads.sequence.options import SequenceOptions
 
     options = SequenceOptions(crop=68, hidden=256, heads=1, encoder_layers=1, decoder_layers=2, queries=4,
                               dropout=dropout, triplet_weight=ALPHA, margin=MARGIN)
@@ -63,7 +63,7 @@ def close(ours, theirs, atol=ATOL_ACT, what=""):
 
 def intermediates(module, x, mask):
     """Every quantity the fixtures record, from the module's own pieces (model 0)."""
-    from dae.heads.cofinal import cofinal_score
+    from dae.heads.sequence.cofinal import cofinal_score
 
     q = module.decode(x, mask)
     out = module(x, mask)
@@ -80,7 +80,7 @@ def intermediates(module, x, mask):
 
 
 def test_key_map_covers_the_state_dict_both_ways():
-    from dae.heads.cofinal import original_key_map, to_original
+    from dae.heads.sequence.cofinal import original_key_map, to_original
 
     module = model()
     state = dict(load("state_init"))
@@ -163,7 +163,7 @@ def targets_of(inputs, rows):
 
 
 def loss_step(module, x, target):
-    from dae.heads.cofinal import cofinal_loss, cofinal_loss_terms, grade_targets
+    from dae.heads.sequence.cofinal import cofinal_loss, cofinal_loss_terms, grade_targets
 
     out = module(*batch(x))
     terms = cofinal_loss_terms(out, target, module.etf, MARGIN)
@@ -203,7 +203,7 @@ def params_of(p):
 
 def check_tensors(module, value, sampled, strides, stats=None, row=None, prefix="", what="", rel=GRAD_REL):
     """Every parameter's `value` (grad, param or momentum) against sampled values and full-tensor stats."""
-    from dae.heads.cofinal import to_original
+    from dae.heads.sequence.cofinal import to_original
 
     ours = to_original(module, 0, value)
     assert set(ours) >= {k for k in strides}, set(strides) - set(ours)

@@ -11,7 +11,7 @@ from conftest import write_features_and_manifest
 
 from dae.manifest import write_manifest
 from dae.features.store import write_features
-from dae.heads.core import CoRe, exemplar_targets
+from dae.heads.contrastive.models import CoRe, exemplar_targets
 from dae.heads.metrics import rl2x100, spearman
 from dae.heads.trainer import HeadSpec, Job, TrainConfig, train
 from dae.pipeline.cli import cli
@@ -134,7 +134,7 @@ def test_with_dd_uses_same_difficulty_exemplars_and_the_lone_dd_fallback(tmp_pat
     rows = pd.read_csv(run / "metrics.csv")
     assert rows["exemplar_rule"].eq("same-difficulty").all() and rows["uses_difficulty"].eq("yes").all()
     # the rule itself, on the same manifest: every exemplar shares the query's DD; the lone DD falls back
-    from dae.heads.exemplars import ExemplarPools
+    from dae.heads.contrastive.exemplars import ExemplarPools
     df = pd.read_csv(manifest)
     dd = df["difficulty"].to_numpy()
     train = np.flatnonzero(df["split"] == "train")
@@ -210,8 +210,8 @@ def test_ablate_voters_trains_once_per_rule_and_votes_every_count(tmp_path, one_
 
 
 def test_bench_core_times_both_heads_in_one_run(one_thread):
-    from dae.pipeline.bench_core import bench_core, format_core_bench
-    from dae.pipeline.bench_fit import synthetic_study_data
+    from dae.pipeline.bench.fit_contrastive import bench_core, format_core_bench
+    from dae.pipeline.bench.fit import synthetic_study_data
 
     data = synthetic_study_data(n_train=64, n_test=32, dim=32)
     r = bench_core(seeds=2, epochs=2, batch_size=32, data=data, echo=lambda _: None)
@@ -226,9 +226,9 @@ def test_bench_core_times_both_heads_in_one_run(one_thread):
 def test_bench_core_counts_each_steps_arithmetic_and_parameters_from_the_heads_shapes():
     """The per-step figures the bench prints beside the time ratio: hand-counted for a tiny dae (4 -> 3 -> 2,
     batch 2) and CoRe's tree on 4-d features; the parameter counts are those of the modules that train."""
-    from dae.heads.core import StackedTree
+    from dae.heads.contrastive.tree import StackedTree
     from dae.heads.dae import DAEHead
-    from dae.pipeline.bench_core import step_arithmetic
+    from dae.pipeline.bench.fit_contrastive import step_arithmetic
 
     a = step_arithmetic(dim=4, batch_size=2, seeds=3, hidden=(3,))
     # dae per row: forward 2 x (4x3 + 3x2), the weights' gradients as much, the input's for the second layer 2 x 3x2
@@ -242,8 +242,8 @@ def test_bench_core_counts_each_steps_arithmetic_and_parameters_from_the_heads_s
 
 
 def test_bench_core_repeats_keep_each_heads_best_round(one_thread):
-    from dae.pipeline.bench_core import bench_core, format_core_bench
-    from dae.pipeline.bench_fit import synthetic_study_data
+    from dae.pipeline.bench.fit_contrastive import bench_core, format_core_bench
+    from dae.pipeline.bench.fit import synthetic_study_data
 
     data = synthetic_study_data(n_train=64, n_test=32, dim=32)
     lines = []

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from dae.errors import UsageError
-from dae.heads.core import (StackedTree, leaf_edges, leaf_targets, relative_from_leaf, tree_loss, tree_relative,
-                            voter_mixture)
-from dae.heads.exemplars import ExemplarPools, draw_each
+from dae.heads.contrastive.models import voter_mixture
+from dae.heads.contrastive.tree import StackedTree, leaf_edges, leaf_targets, relative_from_leaf, tree_loss, tree_relative
+from dae.heads.contrastive.exemplars import ExemplarPools, draw_each
 
 
 def mtl_shaped_difficulty(n=120, seed=0):
@@ -240,7 +240,7 @@ def test_argmax_forward_equals_the_full_trees_argmax_leaf():
 def test_a_tree_level_on_the_kernels_equals_the_padded_matmul_and_gives_empty_nodes_zero_gradients():
     """The CPU kernels (numba) and the padded batched matmul (other devices) are one level of the tree: the same
     logits, outputs and gradients; a child group without rows gets a zero weight gradient, not stale memory."""
-    from dae.heads.grouped import tree_level
+    from dae.heads.contrastive.tree_rows import tree_level
 
     gen = torch.Generator().manual_seed(0)
     nodes, hidden = 6, 12
@@ -269,7 +269,7 @@ def test_a_tree_path_on_the_kernels_equals_torchs_levels_in_values_and_every_gra
     padded levels: the same path log probabilities, last hidden states and gradients, for rows of three models
     sorted by leaf with some leaves (and a whole subtree) without rows; a child without rows gets a zero weight
     gradient."""
-    from dae.heads.grouped import tree_path
+    from dae.heads.contrastive.tree_rows import tree_path
 
     gen = torch.Generator().manual_seed(3)
     models, hidden, levels = 3, 12, 4
@@ -307,7 +307,7 @@ def test_warm_up_readies_every_kernel_a_fit_runs():
     import subprocess
     import sys
 
-    code = ("from dae.heads import grouped_kernels as k; from dae.heads.grouped import warm_up; warm_up(); "
+    code = ("from dae.heads.contrastive import tree_kernels as k; from dae.heads.contrastive.tree_rows import warm_up; warm_up(); "
             "print(*[n for n in ('forward', 'path_forward', 'path_grads', 'weight_grad', 'input_grad') "
             "if not getattr(k, n).signatures])")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)

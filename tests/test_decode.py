@@ -203,7 +203,7 @@ def test_more_decoder_threads_give_the_same_frames(tmp_path, decoder):
 
 
 def test_decode_benchmark_reports_every_case_against_the_baseline(tmp_path):
-    from dae.pipeline.bench_decode import bench_decode, format_rows
+    from dae.pipeline.bench.decode import bench_decode, format_rows
 
     path = write_video(tmp_path / "v.mp4", index_frames(40, 36, 64), "h264")
     rows = bench_decode(str(path), repeats=1, protocol_name="uniform:2x4")

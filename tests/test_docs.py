@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import SHARED_DATA
-from dae.pipeline.bench_results import TABLE_END, TABLE_START, markdown_tables
+from dae.pipeline.bench.results import TABLE_END, TABLE_START, markdown_tables
 from dae.pipeline.cli import cli
 
 REPO = Path(__file__).resolve().parents[1]
@@ -270,7 +270,7 @@ def test_the_performance_tables_are_the_results_csvs():
     shown = text.split(TABLE_START, 1)[1].split(TABLE_END, 1)[0].strip()
     expected = markdown_tables((REPO / "results").glob("*.csv")).strip()
     assert shown == expected, ("docs/performance.md's tables differ from results/*.csv: regenerate them with "
-                               "python -c \"from dae.pipeline.bench_results import update_doc; "
+                               "python -c \"from dae.pipeline.bench.results import update_doc; "
                                "update_doc('docs/performance.md', 'results')\"")
 
 

@@ -137,7 +137,7 @@ def test_a_one_seed_study_prints_no_seed_spread_verdict(tmp_path, one_thread):
 
 
 def test_the_pooling_report_of_one_seed_has_no_nan_spread():
-    from dae.pipeline.pooling import PoolingResult, format_pooling
+    from dae.pipeline.studies.pooling import PoolingResult, format_pooling
 
     comparison = pd.DataFrame({"head": ["dae", "ridge"], "seeds": [1, 1], "spearman_mean": [0.5, 0.6],
                                "spearman_std": [np.nan, np.nan], "best": [False, True],

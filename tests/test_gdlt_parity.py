@@ -50,7 +50,7 @@ def recipe_options(dropout=None):
     """The recipe's SequenceOptions and TrainConfig, read from heads/recipes/gdlt.toml."""
     from dae.heads.config import TrainConfig
     from dae.heads.recipes import get_recipe
-    from dae.heads.sequence_options import SequenceOptions
+    from dae.heads.sequence.options import SequenceOptions
 
     s = get_recipe(RECIPE).settings
     options = SequenceOptions(crop=s["crop"], hidden=s["hidden"], heads=s["attention_heads"],
@@ -66,7 +66,7 @@ def recipe_options(dropout=None):
 def model(dropout=0.0):
     """dae's gdlt module (one model) holding the authors' initial weights; dropout off unless asked (the
     fixtures' training passes ran with every dropout disabled)."""
-    from dae.heads.sequence import StackedGDLT, load_original
+    from dae.heads.sequence.models import StackedGDLT, load_original
 
     options, _ = recipe_options(dropout)
     module = StackedGDLT([0], 1024, options, "likert")
@@ -100,7 +100,7 @@ def intermediates(module, x, mask):
 def sequence_head(train_x, targets, options):
     """The SequenceHead `dae fit` trains, over a bank holding exactly the recorded crops (so its crop is the whole
     of each: the inputs are the fixture's batch, in its order)."""
-    from dae.heads.sequence import SequenceHead
+    from dae.heads.sequence.models import SequenceHead
 
     n, length, dim = train_x.shape
     clips = np.asarray(train_x, dtype=np.float32).reshape(n * length, dim)
@@ -116,7 +116,7 @@ def train_batch(rows):
 
 def head_loss(head, module, rows):
     """Per-term losses exactly as SequenceHead.loss computes the total (the total itself comes from it)."""
-    from dae.heads.sequence import hardest_triplet_loss
+    from dae.heads.sequence.models import hardest_triplet_loss
 
     batch = train_batch(rows)
     x, mask = head.inputs(module, batch)
@@ -167,7 +167,7 @@ def compare_stats(ours: dict, stats, row: int, what, prefix=""):
 
 def test_state_init_maps_onto_every_parameter_and_back():
     """The key map covers GDLT's whole state dict (but the BatchNorm counters) and every dae parameter, both ways."""
-    from dae.heads.sequence import original_key_map, to_original
+    from dae.heads.sequence.models import original_key_map, to_original
 
     state = dict(load("state_init"))
     module = model()
@@ -232,7 +232,7 @@ def test_two_sgd_steps_match_loss_terms_gradients_momentum_and_parameters():
     every loss term, the gradients (sampled values and full-tensor statistics), the momentum buffers and the
     parameters and BatchNorm statistics after each SGD step, with the recipe's optimizer at its epoch-0 lr."""
     from dae.heads.optim import make_optimizer, set_epoch_lr
-    from dae.heads.sequence import to_original
+    from dae.heads.sequence.models import to_original
 
     inputs, steps = load("inputs"), load("train_step")
     strides = dict(load("sample_stride"))
@@ -274,7 +274,7 @@ def test_two_sgd_steps_match_loss_terms_gradients_momentum_and_parameters():
 def test_batch_1_training_step_matches(case):
     """Each video alone: BatchNorm over its 124 clips, the triplet loss over its own 4 queries, one SGD step."""
     from dae.heads.optim import make_optimizer, set_epoch_lr
-    from dae.heads.sequence import to_original
+    from dae.heads.sequence.models import to_original
 
     inputs, ref = load("inputs"), load("train_step_b1")
     vid, i = ref["video_ids"][case], int(ref["batch_index"][case])
@@ -400,7 +400,7 @@ def _reference_forward(state, x, p, gen):
 def test_dropout_sits_where_gdlts_does():
     """At the recipe's dropout 0.7 in training mode, dae's module equals GDLT's forward with the same masks at GDLT's
     sites. Without dropout the written-out forward reproduces the fixture's training-mode outputs (it is GDLT's)."""
-    from dae.heads.sequence import set_dropout_generators
+    from dae.heads.sequence.models import set_dropout_generators
 
     inputs, steps = load("inputs"), load("train_step")
     state = dict(load("state_init"))

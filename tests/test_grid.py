@@ -11,8 +11,8 @@ from dae.features.store import read_features
 from dae.heads.trainer import TrainConfig
 from dae.pipeline.cli import cli
 from dae.pipeline.fit import FitPlan
-from dae.pipeline.grid import run_plans
-from dae.pipeline.studies import split_by_model, study_specs
+from dae.pipeline.studies.grid import run_plans
+from dae.pipeline.studies.ablate import split_by_model, study_specs
 
 CONFIG = TrainConfig(epochs=8, lr=3e-3, batch_size=32, hidden=(16, 8))
 

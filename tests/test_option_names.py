@@ -7,7 +7,7 @@ from click.testing import CliRunner
 from test_sequence_fit import _sequence_files
 
 from dae.errors import UsageError
-from dae.heads.sequence_options import SequenceOptions
+from dae.heads.sequence.options import SequenceOptions
 from dae.pipeline.cli import cli
 
 

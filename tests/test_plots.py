@@ -15,7 +15,7 @@ from dae.heads.trainer import TrainConfig  # noqa: E402
 from dae.pipeline.cli import cli  # noqa: E402
 from dae.pipeline.fit import FitPlan  # noqa: E402
 from dae.pipeline.plots import plot_curves, plot_reliability, plot_study  # noqa: E402
-from dae.pipeline.studies import run_study, study_specs  # noqa: E402
+from dae.pipeline.studies.ablate import run_study, study_specs  # noqa: E402
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

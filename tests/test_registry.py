@@ -10,9 +10,9 @@ from click.testing import CliRunner
 
 from dae.manifest import write_manifest
 from dae.features.store import Sequences, write_features
-from dae.heads.judges import combine
+from dae.heads.multipath.judges import combine
 from dae.heads.registry import HEADS, NAMES, STUDY_HEADS
-from dae.heads.sequence_options import SEQUENCE_HEADS
+from dae.heads.sequence.options import SEQUENCE_HEADS
 from dae.pipeline.cli import cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")

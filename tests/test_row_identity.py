@@ -243,7 +243,7 @@ def test_calibration_study_table_is_the_one_summary_rule():
     """Its Spearman is each seed's Fisher-z average over folds, then the mean over seeds (not a plain mean over every
     model), its coverage std is over seeds, and undefined values are counted."""
     from dae.heads.metrics import fisher_z_mean
-    from dae.pipeline.calibration_study import TABLE_METRICS, summary_table
+    from dae.pipeline.studies.calibration import TABLE_METRICS, summary_table
 
     rng = np.random.default_rng(0)
     scored = []

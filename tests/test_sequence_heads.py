@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from dae.heads.dae import DAEHead
-from dae.heads.sequence import (ClipBank, SequenceOptions, StackedAttnDAE, StackedGDLT, build_model,
+from dae.heads.sequence.models import (ClipBank, SequenceOptions, StackedAttnDAE, StackedGDLT, build_model,
                                 hardest_triplet_loss, predict_full)
 
 SMALL = SequenceOptions(crop=5, hidden=16, heads=2, encoder_layers=1, decoder_layers=2, queries=4, dropout=0.0)
@@ -111,7 +111,7 @@ def test_hardest_triplet_loss_matches_a_brute_force_reading():
 
 
 def test_masked_batch_norm_ignores_padding_in_training():
-    from dae.heads.temporal import MaskedBatchNorm
+    from dae.heads.sequence.layers import MaskedBatchNorm
 
     bn = MaskedBatchNorm(1, 3).train()
     x = torch.randn(1, 2, 4, 3)
@@ -125,7 +125,7 @@ def test_masked_batch_norm_ignores_padding_in_training():
 def test_stacked_sequence_models_train_as_alone_with_gdlts_sgd_and_cosine(head, one_thread):
     """GDLT's optimisation (SGD, momentum 0.9, weight decay 1e-4, cosine to 1e-2 x lr per epoch) with dropout on:
     two seeds trained stacked end where each ends trained alone (the trainer's invariant)."""
-    from dae.heads.sequence import SequenceHead
+    from dae.heads.sequence.models import SequenceHead
     from dae.heads.trainer import HeadSpec, Job, TrainConfig, train
 
     rng = np.random.default_rng(3)

@@ -78,7 +78,7 @@ def _accepts(option, value):
     from dae.heads.config import TrainConfig
     from dae.heads.registry import get_head
     from dae.heads.spec import HeadSpec
-    from dae.heads.path_heads import HeadOptions
+    from dae.heads.multipath.fitters import HeadOptions
 
     checks = {"head": get_head, "loss": lambda v: HeadSpec(loss=v).check(),
               "reparam": lambda v: HeadSpec(reparam=v).check(),

@@ -14,7 +14,7 @@ from dae.heads.losses import LOSSES
 from dae.heads.trainer import TrainConfig
 from dae.pipeline.cli import cli
 from dae.pipeline.fit import FitPlan
-from dae.pipeline.studies import (compare_configs, reliability, run_study, sigma_spread, split_by_model,
+from dae.pipeline.studies.ablate import (compare_configs, reliability, run_study, sigma_spread, split_by_model,
                                   study_specs)
 
 TINY = TrainConfig(epochs=25, lr=3e-3, batch_size=32, hidden=(16, 8))
@@ -168,7 +168,7 @@ def test_loss_study_on_real_unlv_dive(unlv_dive, tmp_path):
 def test_robustness_asks_its_own_question_not_the_loss_grid_again(tmp_path):
     """Issue 10.13: robustness is the stability of the converged score across seeds and epochs (its own grid,
     a stability table, a seed-spread figure on a log axis), not a copy of `losses`."""
-    from dae.pipeline.studies import STUDIES, format_study, stability_table
+    from dae.pipeline.studies.ablate import STUDIES, format_study, stability_table
 
     assert set(STUDIES["robustness"].losses) != set(STUDIES["losses"].losses)
     assert {s.loss for s in study_specs("robustness", [0])} == {"sup", "v1"}
@@ -194,7 +194,7 @@ def test_robustness_asks_its_own_question_not_the_loss_grid_again(tmp_path):
 def test_variance_verdict_reads_calibration_sharpness_and_rl2_and_names_degenerate_configs():
     """Issue 9.7: the closing note's case: nll with sigma^2 has the best Spearman, coverage 0.90 and a median sigma
     of 39 points on an 81-point range; it is degenerate and the verdict is not Spearman's."""
-    from dae.pipeline.studies import variance_verdict
+    from dae.pipeline.studies.ablate import variance_verdict
 
     configs = [("v1", "sigma", 0.847, 0.05, 1.0, 1.7, 7.1), ("v1", "variance", 0.846, 0.04, 0.16, 1.7, 7.3),
                ("nll", "sigma", 0.845, 0.62, 5.0, 1.8, 5.9), ("nll", "variance", 0.853, 0.90, 39.0, 6.9, 14.9)]

@@ -7,7 +7,7 @@ from click.testing import CliRunner
 from conftest import write_features_and_manifest
 
 from dae.pipeline.cli import cli
-from dae.pipeline.studies import loss_still_falling
+from dae.pipeline.studies.ablate import loss_still_falling
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 KEYS = ["video_id", "group", "fold"]

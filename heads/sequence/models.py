@@ -27,8 +27,8 @@ import torch
 from torch import nn
 
 from dae.heads.dae import DAEHead, StackedDAE
-from dae.heads.sequence_options import SEQUENCE_HEADS, SequenceOptions
-from dae.heads.temporal import (DecoderLayer, EncoderLayer, MaskedBatchNorm, StackedLayerNorm, StackedLinear,
+from dae.heads.sequence.options import SEQUENCE_HEADS, SequenceOptions
+from dae.heads.sequence.layers import (DecoderLayer, EncoderLayer, MaskedBatchNorm, StackedLayerNorm, StackedLinear,
                                 set_dropout_generators)
 
 
@@ -263,7 +263,7 @@ def build_model(head: str, seeds, in_dim: int, options: SequenceOptions = Sequen
     if head in ("gdlt", "gdlt-dae"):
         return StackedGDLT(seeds, in_dim, options, "likert" if head == "gdlt" else "dae", dae_hidden)
     if head in ("cofinal", "cofinal-dae"):
-        from dae.heads.cofinal import StackedCoFInAl
+        from dae.heads.sequence.cofinal import StackedCoFInAl
 
         return StackedCoFInAl(seeds, in_dim, options, "cofinal" if head == "cofinal" else "dae", dae_hidden)
     raise ValueError(f"unknown sequence head {head!r} (choose from {', '.join(SEQUENCE_HEADS)})")

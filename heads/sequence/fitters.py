@@ -6,15 +6,15 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from dae.heads.sequence_options import POOLING, SequenceOptions
+from dae.heads.sequence.options import POOLING, SequenceOptions
 from dae.heads.trainer import train
 
 
 def fit_sequence_jobs(inputs):
     """attn-dae / gdlt / gdlt-dae / cofinal / cofinal-dae on the file's clip sequences (schema 2), in the manifest's
     order: inputs (a `dae.heads.registry.FitInputs`) carries them as sequences = (clips, starts, lengths)."""
-    from dae.heads.cofinal import COFINAL_HEADS, COFINAL_LOSS, CoFInAlHead
-    from dae.heads.sequence import SequenceHead
+    from dae.heads.sequence.cofinal import COFINAL_HEADS, COFINAL_LOSS, CoFInAlHead
+    from dae.heads.sequence.models import SequenceHead
 
     targets, jobs, config, plan = inputs.targets, inputs.jobs, inputs.config, inputs.plan
     options = plan.head_options if isinstance(plan.head_options, SequenceOptions) else SequenceOptions()
@@ -39,7 +39,7 @@ def _sequence_outputs(blob: dict, weights: dict, spec: dict, bank, options: Sequ
     """(mu, scale) of one sequence-head model over every video of `bank`, full sequences, as `dae fit` evaluates
     them (heads.sequence.predict_full, float32); scale None for gdlt."""
     from dae.heads.distributions import scale_from_log_variance
-    from dae.heads.sequence import build_model, predict_full
+    from dae.heads.sequence.models import build_model, predict_full
 
     module = build_model(blob["head"], [int(spec.get("seed", 0))], bank.dim, options, tuple(blob["train"]["hidden"]))
     module.load_state_dict({name: t.unsqueeze(0) for name, t in weights["state_dict"].items()})  # a stack of one

@@ -2,7 +2,7 @@
 
 A model is P paths (Linear/ReLU MLPs with the DAE trunk's widths and `width` outputs each) reading the same
 feature; an objective says what the outputs mean: its loss, its point prediction and its predicted score
-distribution (`dae.heads.bins`, `dae.heads.dae_mt`, `dae.heads.judges`). `Paths` makes an objective a head of
+distribution (`dae.heads.multipath.bins`, `dae.heads.multipath.dae_mt`, `dae.heads.multipath.judges`). `Paths` makes an objective a head of
 `dae.heads.trainer.train`: M models (seeds x folds x groups) train at once as stacked weights, each with its own
 seed (initialisation, data order, noise); one path of width 2 with the DAE objective is `train_one`'s loop.
 
@@ -21,7 +21,7 @@ from torch import nn
 
 from dae.heads.config import TrainConfig
 from dae.heads.dae import init_linears, trains_scale
-from dae.heads.pooled import PooledFeatures
+from dae.heads.pooled.data import PooledFeatures
 from dae.heads.trainer import HeadResult, Job, train
 
 
@@ -90,7 +90,7 @@ def _on_device(objective, device):
 
 
 class Paths:
-    """An objective of `dae.heads.bins`, `dae.heads.dae_mt` or `dae.heads.judges` on features (N, D); targets (N,)
+    """An objective of `dae.heads.multipath.bins`, `dae.heads.multipath.dae_mt` or `dae.heads.multipath.judges` on features (N, D); targets (N,)
     are the normalised final scores the selection rules and curves rank against."""
 
     def __init__(self, features, targets, objective):

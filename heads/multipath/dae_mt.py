@@ -24,7 +24,7 @@ def execution_scale(scores, difficulty) -> float:
 
 
 class DAEMT:
-    """Objective for the multi-path trainer (`dae.heads.paths`): one path, outputs (mu, log variance).
+    """Objective for the multi-path trainer (`dae.heads.multipath.models`): one path, outputs (mu, log variance).
 
     targets (N,): normalised final scores (score - lo) / (hi - lo); difficulty (N,) > 0; score_range (lo, hi);
     execution_scales, reparams: one per job; prediction `mu` or `sample` (one reparameterised draw).

@@ -55,13 +55,12 @@ import math
 
 import numpy as np
 import torch
-from torch import nn
 
-from dae.heads import sequence
+from dae.heads.sequence import models as sequence
 from dae.heads.dae import DAEHead, StackedDAE
-from dae.heads.sequence import SequenceHead, StackedGDLT, backbone_key_map, hardest_triplet_loss
-from dae.heads.sequence_options import SequenceOptions
-from dae.heads.temporal import Dropout, StackedLinear, xavier_bound
+from dae.heads.sequence.models import SequenceHead, StackedGDLT, backbone_key_map, hardest_triplet_loss
+from dae.heads.sequence.options import SequenceOptions
+from dae.heads.sequence.layers import Dropout, StackedLinear, xavier_bound
 
 COFINAL_HEADS = ("cofinal", "cofinal-dae")
 GRADES = (-1.0, -0.8, 0.8, 1.0)        # models/model.py choose_activate, type 3 ("arcl1"); int_revert: flipped

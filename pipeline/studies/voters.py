@@ -15,10 +15,10 @@ import pandas as pd
 from dae.atomic import write_study_folder
 from dae.errors import UsageError
 from dae.heads.distributions import get_distribution
-from dae.heads.exemplars import RULES
+from dae.heads.contrastive.exemplars import RULES
 from dae.heads.metrics import evaluate, interval
 from dae.heads.registry import EXEMPLAR_HEADS
-from dae.heads.exemplar_heads import ExemplarOptions
+from dae.heads.contrastive.fitters import ExemplarOptions
 
 VOTERS = (1, 3, 5, 10, 20)
 

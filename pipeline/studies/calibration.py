@@ -248,7 +248,7 @@ def run_calibration_study_files(features, manifest, seeds, config, dataset: str 
             **software_and_machine(), **({"options": options} if options is not None else {})}
     save_calibration_study(out, study, meta)
     if plots:
-        from dae.pipeline.calibration_plots import plot_calibration_study
+        from dae.pipeline.studies.calibration_plots import plot_calibration_study
     close_run(study.rows, leaderboard, echo, f"study written to {out}",
               plot_calibration_study(study, plots) if plots else ())
     return study

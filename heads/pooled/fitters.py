@@ -8,7 +8,7 @@ import torch
 from dae.heads.dae import DAE, DAEHead
 from dae.heads.distributions import sample_scale
 from dae.heads.registry import get_head
-from dae.heads.ridge import fit_ridge
+from dae.heads.pooled.ridge import fit_ridge
 from dae.heads.trainer import HeadResult, train
 
 

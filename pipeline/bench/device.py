@@ -40,8 +40,8 @@ from dae.errors import DaeError, UsageError
 from dae.features.batching import clip_shape
 from dae.features.clips import parse_protocol
 from dae.features.decode_pool import default_workers
-from dae.features.device import autocast, device_name, prepare_model
-from dae.pipeline.bench_extract import _decode_only, _model_only, clip_flops, matmul_ceiling
+from dae.features.i3d_device import autocast, device_name, prepare_model
+from dae.pipeline.bench.extract import _decode_only, _model_only, clip_flops, matmul_ceiling
 
 REFERENCE_FIXTURE = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "i3d_reference.npz"
 MODEL_PROTOCOL = "uniform:1x16"  # one 16-frame 224x224 clip per "video": model-only figures are per clip
@@ -232,7 +232,7 @@ def _video_folder(videos, count: int, root: Path) -> Path:
 
 
 def _decode(model, dev: torch.device, videos, count) -> dict:
-    from dae.features.device import default_batch_clips
+    from dae.features.i3d_device import default_batch_clips
     from dae.features.extract import run_extraction
     from dae.features.precision import resolve_precision
     from dae.features.tasks import list_tasks
@@ -272,7 +272,7 @@ def _ablate(dev: torch.device) -> dict:
     import pandas as pd
 
     from dae.features.store import write_features
-    from dae.pipeline.bench_fit import synthetic_study_data
+    from dae.pipeline.bench.fit import synthetic_study_data
 
     x, targets, train_rows, test_rows = synthetic_study_data()
     with tempfile.TemporaryDirectory(prefix="dae-bench-ablate-") as tmp:

@@ -115,7 +115,7 @@ def judge_marks(values, present):
 
 
 class DAEJudges:
-    """Objective of the DAE-judges head for the multi-path trainer (`dae.heads.paths`): one DAE path
+    """Objective of the DAE-judges head for the multi-path trainer (`dae.heads.multipath.models`): one DAE path
     (mu, log variance) per judge, each trained with the DAE loss on its judge's normalised mark.
 
     marks (N, J) in score units, NaN for a missing judge (`fina-by-judge-count` only; panel_sizes: see

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dae.heads.config import TrainConfig
-from dae.heads.core import CORE_LR
+from dae.heads.registry import CORE_LR
 
 
 @dataclass
@@ -65,7 +65,7 @@ def step_arithmetic(dim: int, batch_size: int, seeds: int, hidden=None) -> StepA
     (2 dim + 1 -> 256; the weights' gradient only) and one path of the tree (per level the node's classifier and
     the child's 256 x 256 layer: forward, weights' and input's gradients), and the path leaf's regressor."""
     from dae.heads.config import HIDDEN
-    from dae.heads.core import DEPTH, TREE_HIDDEN, StackedTree
+    from dae.heads.contrastive.tree import DEPTH, TREE_HIDDEN, StackedTree
     from dae.heads.dae import DAEHead
 
     hidden = hidden or HIDDEN
@@ -85,11 +85,11 @@ def bench_core(seeds: int = 5, epochs: int = 100, batch_size: int = 32, with_dae
                data=None, echo=print, repeats: int = 1) -> CoreBench:
     """Time a `seeds`-seed dae fit, then core (and dae-core) fits, on MTL-AQA-sized synthetic features; with
     repeats > 1 the three fits again in turn, each head's best time kept (the machine may be shared)."""
-    from dae.pipeline.bench_fit import synthetic_study_data
+    from dae.pipeline.bench.fit import synthetic_study_data
     from dae.heads.trainer import HeadSpec, Job, train
-    from dae.heads.core import CoRe, DAECoRe, exemplar_targets
+    from dae.heads.contrastive.models import CoRe, DAECoRe, exemplar_targets
     from dae.heads.dae import DAE
-    from dae.heads.grouped import warm_up
+    from dae.heads.contrastive.tree_rows import warm_up
     from dae.heads.metrics import spearman
 
     x, targets, train_rows, test_rows = data if data is not None else synthetic_study_data()

@@ -1,4 +1,4 @@
-"""numba kernels of `dae.heads.grouped`: one level of the tree for rows sorted by child group, `starts` (2N + 1,)
+"""numba kernels of `dae.heads.contrastive.tree_rows`: one level of the tree for rows sorted by child group, `starts` (2N + 1,)
 over the 2N child groups of N nodes (node j's children are groups 2j and 2j + 1, its rows starts[2j]:starts[2j+2]),
 in parallel over child groups. Each streams a node's weights once while the node's few rows stay in the cache, and works
 on two weight rows and up to four data rows at a time (fewer loads per multiply-add). Layer widths must be

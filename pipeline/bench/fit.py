@@ -194,7 +194,7 @@ def bench_study(study: str, x=None, targets=None, train_rows=None, test_rows=Non
     from dae.heads.calibration_options import DEFAULT_CALIBRATOR
     from dae.pipeline.fit import FitPlan
     from dae.pipeline.settings import STUDY_CALIBRATE, study_config
-    from dae.pipeline.studies import run_study, study_specs
+    from dae.pipeline.studies.ablate import run_study, study_specs
 
     if x is None:
         x, targets, train_rows, test_rows = synthetic_study_data()
@@ -395,9 +395,9 @@ def bench_sequence_fit(head: str, data=None, seeds: int = 1, epochs: int = 2, re
     (`count_sequence_flops`: training steps x steps + the final evaluation) to report achieved FLOP/s against an fp32
     matmul ceiling measured in the same process for the head's largest matmul (the first Conv1d(k=1) over a batch's
     crops, forward and weight gradient)."""
-    from dae.heads.cofinal import COFINAL_HEADS, CoFInAlHead
+    from dae.heads.sequence.cofinal import COFINAL_HEADS, CoFInAlHead
     from dae.heads.recipes import get_recipe
-    from dae.heads.sequence import SequenceHead
+    from dae.heads.sequence.models import SequenceHead
     from dae.heads.trainer import train
     from dae.pipeline.settings import sequence_options_of, train_config
 

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from dae.errors import UsageError
-from dae.heads.core import CoRe, DAECoRe, exemplar_targets
+from dae.heads.contrastive.models import CoRe, DAECoRe, exemplar_targets
 from dae.heads.registry import DEFAULT_VOTERS, EXEMPLAR_HEADS
 
 WITH_DD_BY_DEFAULT = ("mtl-aqa",)  # CoRe's MTL-AQA config: usingDD True
@@ -46,7 +46,7 @@ def uses_dd(options: ExemplarOptions, manifest: pd.DataFrame, dataset: str, wher
 def make_exemplar_head(head: str, features, manifest: pd.DataFrame, targets, jobs, config, score_range,
                        dataset: str = "", options: ExemplarOptions | None = None, where: str = "the manifest"):
     """(the head object for `dae.heads.trainer.train`, its leaderboard labels) after checking the inputs."""
-    from dae.heads.path_heads import difficulty_of
+    from dae.heads.multipath.fitters import difficulty_of
 
     options = options if isinstance(options, ExemplarOptions) else ExemplarOptions()
     options.check()
@@ -87,7 +87,7 @@ def fit_exemplar_heads(head: str, features, manifest: pd.DataFrame, targets, job
 def exemplar_outputs(blob: dict, weights: dict, x, spec: dict, context: dict):
     """The registry's rebuild for `dae predict`: one saved core/dae-core model's (mu, scale or None), voted by the
     training videos kept in its weights (context: the videos' difficulty or None, the run's voter count)."""
-    from dae.heads.core import score_new_videos
+    from dae.heads.contrastive.models import score_new_videos
 
     mu, scale = score_new_videos(blob["head"], {"spec": spec, "state_dict": weights["state_dict"]}, x.numpy(),
                                  context["difficulty"], blob["score_range"], blob["train"], context["voters"])

@@ -14,11 +14,11 @@ import numpy as np
 import pandas as pd
 
 from dae.errors import UsageError
-from dae.heads.bins import BIN_RULES, DEFAULT_STD_BINS, MUSDL, USDL, USDL_BINS
-from dae.heads.dae_mt import DAEMT, execution_scale
+from dae.heads.multipath.bins import BIN_RULES, DEFAULT_STD_BINS, MUSDL, USDL, USDL_BINS
+from dae.heads.multipath.dae_mt import DAEMT, execution_scale
 from dae.heads.distributions import get_distribution
-from dae.heads.judges import JUDGE_RULES, USES_DIFFICULTY, DAEJudges, combine
-from dae.heads.paths import train_path_heads
+from dae.heads.multipath.judges import JUDGE_RULES, USES_DIFFICULTY, DAEJudges, combine
+from dae.heads.multipath.models import train_path_heads
 from dae.heads.spec import HeadSpec
 
 PATH_HEADS = ("usdl", "musdl", "dae-mt", "dae-judges")
@@ -210,7 +210,7 @@ def path_outputs(blob: dict, weights: dict, x, spec: dict, context: dict):
     import torch
 
     from dae.heads.dae import trains_scale
-    from dae.heads.paths import StackedPaths
+    from dae.heads.multipath.models import StackedPaths
 
     state, setup = weights["state_dict"], weights["state_dict"]["objective"]
     n_layers = sum(1 for k in state if k.startswith("layers.") and k.endswith(".weight"))

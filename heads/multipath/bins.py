@@ -7,7 +7,7 @@ is the bin with the largest probability (`argmax`, as published) or the histogra
 
 MUSDL: one USDL path per judge, over the judges' own scale (MTL-AQA: 0..10 in steps of 0.5, 21 bins;
 JIGSAWS: the six OSATS items, 1..5, 5 bins), the KL summed over judges. Each judge's mark is predicted
-(argmax or expectation) and the marks are combined by the dataset's rule (`dae.heads.judges.combine`):
+(argmax or expectation) and the marks are combined by the dataset's rule (`dae.heads.multipath.judges.combine`):
 MTL-AQA the middle three of the seven sorted marks x difficulty, JIGSAWS the sum.
 
 For the distribution metrics, `mu` is the histogram's mean (USDL) or the rule at the judges' histogram means
@@ -21,7 +21,7 @@ import torch
 
 from dae.errors import UsageError
 from dae.heads.config import BIN_RULES
-from dae.heads.judges import MC_DRAWS, combine, judge_marks, panel_masks, propagate
+from dae.heads.multipath.judges import MC_DRAWS, combine, judge_marks, panel_masks, propagate
 
 USDL_BINS = 101
 DEFAULT_STD_BINS = 5.0  # the MUSDL code's --std default for MTL-AQA (JIGSAWS: 1)
@@ -97,7 +97,7 @@ class USDL:
 
 class MUSDL:
     """Objective: one path of bins per judge. marks (N, J) in score units (NaN = no mark, `fina-by-judge-count`
-    only; panel_sizes: see `dae.heads.judges.panel_masks`); judge_range and judge_step define the bins;
+    only; panel_sizes: see `dae.heads.multipath.judges.panel_masks`); judge_range and judge_step define the bins;
     score_range normalises the final score; rule combines the judges (with difficulty (N,) if it needs it)."""
 
     uses_noise = False

@@ -2,7 +2,7 @@
 
 A study is a grid of head specs (losses x distributions x reparameterisations x seeds) trained on every
 protocol cell of a manifest by `fit_models`: heads that can share one stacked model do, the rest (one model per
-distribution) run side by side through `dae.pipeline.grid`. Every model is one leaderboard row; the study adds
+distribution) run side by side through `dae.pipeline.studies.grid`. Every model is one leaderboard row; the study adds
 what the rows alone do not show: each configuration against the best one, paired over seeds (is the
 difference larger than the seed-to-seed spread?), the spread of predicted sigma, coverage of nominal
 intervals, and per-epoch curves.
@@ -116,7 +116,7 @@ def run_study(study: str, fs, manifest: pd.DataFrame, plan: FitPlan, n_jobs: int
 
     import time
 
-    from dae.pipeline.grid import run_plans
+    from dae.pipeline.studies.grid import run_plans
 
     _grid(study)
     start = time.perf_counter()

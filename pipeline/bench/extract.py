@@ -25,7 +25,7 @@ from dae.features.batching import BatchRunner, clip_shape
 from dae.features.clips import parse_protocol
 from dae.features.decode import DECODERS, DEFAULT_DECODER, decoder_version
 from dae.features.decode_pool import DecodePool, default_workers
-from dae.features.device import default_batch_clips, device_name, prepare_model
+from dae.features.i3d_device import default_batch_clips, device_name, prepare_model
 from dae.features.extract import run_extraction
 from dae.features.precision import resolve_precision
 from dae.features.synthetic_videos import write_bench_video

@@ -109,7 +109,7 @@ def _kernels():
     global _KERNELS
     if _KERNELS is None:
         try:
-            from dae.heads import grouped_kernels
+            from dae.heads.contrastive import tree_kernels as grouped_kernels
         except ImportError as exc:
             warnings.warn(f"numba is not available ({exc}); CoRe's tree runs a slower padded matmul on the CPU",
                           RuntimeWarning, stacklevel=3)
