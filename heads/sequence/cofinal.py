@@ -85,7 +85,9 @@ def likert(s: torch.Tensor, grades: torch.Tensor) -> torch.Tensor:
 def grade_targets(target: torch.Tensor, etf: torch.Tensor):
     """The original's get_proj_class on float32 targets (M, b): (g1 (M, b), class g2 (M, b) int64, E[:, g2] (M, b, C)).
 
-    etf (M, C, C) is each model's basis, column c = class c."""
+    etf (M, C, C) is each model's basis, column c = class c. As the original (train.py:20 label.float(), then
+    models/model.py:209 `(gt_label1 * 10000).long()`): the product in float32, truncated, not rounded (Fis-V TES
+    28.71 / 25 is 11483.999 in float32: class 83; tests/test_cofinal_recipe.py)."""
     g = (target.float() * 10000).long()
     coarse = torch.div(g, 100, rounding_mode="floor")
     g1 = coarse / 100
