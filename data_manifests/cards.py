@@ -71,7 +71,7 @@ def check_card(card: dict, source: str) -> None:
         key = "folds_sha256" if card["split_rule"].startswith("k-fold") else "test_ids_sha256"
         if not isinstance(official, dict) or len(str(official.get(key, ""))) != 64:
             raise DaeError(f"{source}: official_split needs {key} (the sha256 of the official split, "
-                           "dae.pipeline.protocols)")
+                           "dae.pipeline.splits)")
     for i, row in enumerate(card.get("published", []), start=1):
         for key, kind in PUBLISHED_REQUIRED.items():
             if not isinstance(row.get(key), kind):

@@ -356,7 +356,7 @@ def train_options(f):
                      help="Train seeds 0..N-1 [default: seed 0 only]."),
         click.option("--seed", type=int, default=None, help="Train this one seed."),
         click.option("--selection", type=LibraryChoice("dae.heads.config:SELECTIONS",
-                                                       "dae.pipeline.protocols:WINDOW_SELECTIONS"),
+                                                       "dae.pipeline.selection_windows:WINDOW_SELECTIONS"),
                      default=d("selection"),
                      show_default=True, help="Which epoch's weights are evaluated: the last; the best on a "
                      "validation split carved from train (fixed seed); or the best on the test set (the papers' "

@@ -23,8 +23,8 @@ from dae.heads.trainer import HeadSpec, Job, TrainConfig
 from dae.heads.registry import FitInputs, get_head
 from dae.heads.multipath.fitters import options_dict
 from dae.pipeline.leaderboard import environment, software_and_machine
-from dae.pipeline.protocols import (WINDOW_EPOCHS, WINDOW_SELECTIONS, apply_window_selection,
-                                    row_identity)
+from dae.pipeline.selection_windows import WINDOW_EPOCHS, WINDOW_SELECTIONS, apply_window_selection
+from dae.pipeline.splits import row_identity
 
 PREDICT_ATTRS = ("protocol", "weights_sha256", "decoder", "backbone", "precision", "device", "sequence_dtype")
 VAL_SEED = 0
@@ -194,7 +194,7 @@ def fit_models(fs: FeatureSet, manifest: pd.DataFrame, plan: FitPlan, manifest_n
     for unit in units:
         where = " ".join(f"{k} {v!r}" for k, v in (("group", unit.group), ("fold", unit.fold)) if v) or "the manifest"
         calibration.check_rows(len(unit.train), plan.calibrate, where, plan.calibration_folds)
-    # Windowed test-set selections (pipeline.protocols) train to the last epoch and read the Spearman curves.
+    # Windowed test-set selections (pipeline.selection_windows) train to the last epoch and read the Spearman curves.
     windowed = plan.config.selection in WINDOW_SELECTIONS
     if windowed and plan.config.epochs < WINDOW_EPOCHS:
         raise UsageError(f"selection {plan.config.selection} needs at least {WINDOW_EPOCHS} epochs, "

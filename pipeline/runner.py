@@ -31,11 +31,11 @@ def open_run(features, manifest, dataset: str, label: str, out=None, leaderboard
     from dae.manifest import read_manifest
     from dae.features.store import read_features
     from dae.pipeline.leaderboard import check_leaderboard_writable
-    from dae.pipeline.protocols import check_card_protocol
+    from dae.pipeline.splits import check_card_split_rule
 
     fs = read_features(features, sequences=sequences)
     df = read_manifest(manifest)
-    check_card_protocol(dataset, df, echo)  # a dataset card: the manifest must follow its split rule
+    check_card_split_rule(dataset, df, echo)  # a dataset card: the manifest must follow its split rule
     dataset = dataset or Path(manifest).stem
     out = Path(out) if out else new_run_dir(f"{dataset or 'run'}-{label}")
     check_new_dir(out, what)

@@ -136,8 +136,8 @@ def fit_plan(options: dict):
              for s in seed_list(o["n_seeds"], o["seed"])]
     config = train_config(o, o["head"])
     # inconsistent optimizer settings fail here, before any file is read; a windowed test-set selection (last10,
-    # best10-consecutive) trains to the last epoch and is applied by fit (pipeline.protocols), so it is checked there
-    from dae.pipeline.protocols import WINDOW_SELECTIONS
+    # best10-consecutive) trains to the last epoch and is applied by fit (pipeline.selection_windows), so it is checked there
+    from dae.pipeline.selection_windows import WINDOW_SELECTIONS
 
     windowed = config.selection in WINDOW_SELECTIONS
     (dataclasses.replace(config, selection="last") if windowed else config).check()

@@ -163,7 +163,7 @@ def test_each_cards_official_split_is_what_its_builder_reads_from_the_official_f
     source it reads; its id pattern and video count fit those ids."""
     import re
 
-    from dae.pipeline.protocols import official_split, row_identity
+    from dae.pipeline.splits import official_split, row_identity
 
     card = cards.load_card(name)
     assert set(OFFICIAL_FILES) == set(cards.card_names())

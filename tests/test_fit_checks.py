@@ -56,7 +56,7 @@ def test_fit_with_a_dataset_checks_the_cards_split_rule(tmp_path):
     res = fit("--features", features, "--manifest", manifest, "--dataset", "jigsaws", "--out", tmp_path / "run",
               "--epochs", 2)
     assert res.exit_code == 0, res.output
-    assert "protocol: jigsaws (k-fold-per-group; folds: fisher-z, groups: fisher-z): Knot_Tying: 4 folds" in res.output
+    assert "split rule: jigsaws (k-fold-per-group; folds: fisher-z, groups: fisher-z): Knot_Tying: 4 folds" in res.output
 
 
 # --- a fit says when its test rows look non-exchangeable with its training rows (issue 22)

@@ -115,7 +115,7 @@ def test_the_walk_sees_lazy_and_string_imports(tmp_path):
     source = ("def f():\n    from dae.pipeline import fit\n"
               "from .store import FeatureSet\n"
               "LOADER = 'dae.pipeline.fit:fit_models'\n"
-              "MESSAGE = 'see dae.pipeline.protocols)'\n")
+              "MESSAGE = 'see dae.pipeline.splits)'\n")
     path = tmp_path / "_graph_probe.py"
     path.write_text(source, encoding="utf-8")
     tree_targets = [(t, how) for t, _, how in imported_modules(path, "dae.features._graph_probe")]

@@ -108,7 +108,7 @@ def test_w3_the_card_checks_test_ids_not_counts():
     """The same 300/70 counts with one test video swapped for a training one is not the official split."""
     from dae.data_manifests.builders import build_manifest
     from dae.data_manifests.cards import load_card
-    from dae.pipeline.protocols import check_protocol, row_identity
+    from dae.pipeline.splits import check_split_rule, row_identity
 
     folder = RAW / "YeTianJHU_diving-score"
     if not folder.is_dir():
@@ -118,7 +118,7 @@ def test_w3_the_card_checks_test_ids_not_counts():
     swapped = manifest.copy()
     test, train = swapped.index[swapped["split"] == "test"][0], swapped.index[swapped["split"] == "train"][0]
     swapped.loc[[test, train], "split"] = ["train", "test"]
-    line = check_protocol(load_card("unlv-dive"), swapped)
+    line = check_split_rule(load_card("unlv-dive"), swapped)
     assert "300 train / 70 test" in line and "development split of unlv-dive, not the official split" in line
     assert row_identity("unlv-dive", swapped)["split_protocol"] == "development"
     assert row_identity("", manifest)["split_protocol"] == "development"  # no card: nothing to check against
@@ -151,13 +151,13 @@ def test_w5_another_datasets_card_is_refused(unlv_dive, tmp_path, card):
 def test_w5_more_videos_than_the_dataset_has_is_refused(tmp_path):
     from dae.data_manifests.cards import load_card
     from dae.errors import UsageError
-    from dae.pipeline.protocols import check_protocol
+    from dae.pipeline.splits import check_split_rule
 
     df = pd.DataFrame({"video_id": [f"{i:03d}" for i in range(1, 401)], "score": 50.0,
                        "split": ["train"] * 300 + ["test"] * 100})
     df.loc[len(df)] = {"video_id": "999", "score": 50.0, "split": "test"}
     with pytest.raises(UsageError, match="401 videos but unlv-dive has 370"):
-        check_protocol(load_card("unlv-dive"), df)
+        check_split_rule(load_card("unlv-dive"), df)
 
 
 # --- W6, W7: no output replaced without --overwrite ------------------------------------------------------------------
@@ -294,7 +294,7 @@ def test_the_summary_is_recomputed_inside_the_leaderboards_lock(tmp_path):
 
 def test_a_manifest_names_one_target():
     from dae.errors import UsageError
-    from dae.pipeline.protocols import manifest_target
+    from dae.pipeline.splits import manifest_target
 
     df = pd.DataFrame({"video_id": ["1", "2"], "score": [1.0, 2.0], "split": ["train", "test"]})
     assert manifest_target(df) == "score" and manifest_target(df.assign(target="pcs")) == "pcs"

@@ -159,7 +159,7 @@ def test_cross_validation_inside_a_fixed_split_dataset_is_checked_and_named_alik
     common = ["--features", str(features), "--manifest", str(manifest), "--dataset", "fis-v", "--seeds", "1"]
     res = CliRunner().invoke(cli, [*args, *common, "--out", str(tmp_path / "run"), *SMALL])
     assert res.exit_code == 0, res.output
-    assert "protocol: fis-v (development: 2-fold cross-validation of 40 videos, folds of 20, 20; not the card's " \
+    assert "split rule: fis-v (development: 2-fold cross-validation of 40 videos, folds of 20, 20; not the card's " \
            "fixed split" in res.output
     df.drop(columns="fold").to_csv(manifest, index=False)
     res = CliRunner().invoke(cli, [*args, *common, "--out", str(tmp_path / "run2"), *SMALL])

@@ -107,7 +107,7 @@ def test_every_choice_fit_offers_is_accepted_by_the_library_and_others_are_refus
 
 def test_fit_selection_choices_add_the_windowed_ones():
     from dae.heads.config import SELECTIONS
-    from dae.pipeline.protocols import WINDOW_SELECTIONS
+    from dae.pipeline.selection_windows import WINDOW_SELECTIONS
 
     assert _choices(["fit"], "selection") == SELECTIONS + WINDOW_SELECTIONS
 

@@ -14,7 +14,8 @@ from dae.heads.metrics import fisher_z_mean, spearman
 from dae.heads.trainer import HeadSpec, TrainConfig
 from dae.pipeline.fit import FitPlan, fit_models
 from dae.pipeline.leaderboard import summarise
-from dae.pipeline.protocols import best_window, check_protocol, last_window
+from dae.pipeline.selection_windows import best_window, last_window
+from dae.pipeline.splits import check_split_rule
 
 RAW, LABELS = SHARED_DATA / "raw", SHARED_DATA / "labels"
 needs_raw = pytest.mark.skipif(not (RAW.is_dir() and LABELS.is_dir()),
@@ -43,7 +44,7 @@ def run_protocol(fs, manifest, dataset, heads=("dae",), selections=None, seeds=(
     from dae.data_manifests.cards import load_card, score_range
 
     card = load_card(dataset)
-    described = check_protocol(card, manifest)
+    described = check_split_rule(card, manifest)
     if echo:
         echo(described)
     target = str(manifest["target"].iloc[0]) if "target" in manifest.columns else None
@@ -85,7 +86,7 @@ def test_windows_hand_cases():
 def test_jigsaws_four_folds_per_task_windows_and_averages():
     manifest = build("jigsaws", RAW / "nzl-thu_MUSDL" / "JIGSAWS")
     fs = planted_features(manifest)
-    line = check_protocol(__import__("dae.data_manifests.cards", fromlist=["load_card"]).load_card("jigsaws"),
+    line = check_split_rule(__import__("dae.data_manifests.cards", fromlist=["load_card"]).load_card("jigsaws"),
                           manifest)
     assert line.startswith("jigsaws (k-fold-per-group") and "Suturing: 4 folds of 9, 10, 10, 10" in line
     specs = [HeadSpec(seed=0), HeadSpec(seed=1)]
@@ -213,10 +214,10 @@ def test_protocol_checks_name_what_is_missing():
 
     df = pd.DataFrame({"video_id": ["a", "b", "c"], "score": [1.0, 2.0, 3.0], "group": ["x", "x", "x"]})
     with pytest.raises(UsageError, match="needs a 'fold' column"):
-        check_protocol(load_card("jigsaws"), df)
+        check_split_rule(load_card("jigsaws"), df)
     with pytest.raises(UsageError, match="group 'x' has 1 fold"):
-        check_protocol(load_card("jigsaws"), df.assign(fold=0))
+        check_split_rule(load_card("jigsaws"), df.assign(fold=0))
     with pytest.raises(UsageError, match="needs train and test rows"):
-        check_protocol(load_card("mtl-aqa"), df.assign(split=["train", "train", "train"]))
+        check_split_rule(load_card("mtl-aqa"), df.assign(split=["train", "train", "train"]))
     with pytest.raises(UsageError, match="unknown average"):
         summarise(pd.DataFrame({"spearman": [0.5], "seed": [0]}), fold_average="median")

@@ -1,20 +1,10 @@
-"""Benchmark protocols from the dataset cards: test-set selection windows and the split-rule check.
+"""Splits: which videos train and test a row (its identity: target, split_sha256, split_protocol official or
+development), and the split rule of a dataset's card that a manifest must follow.
 
-Selection rules (the `selection` column always says which one a row used):
-- `last`: the weights after the last epoch (our default).
-- `best-val` / `best-test`: the epoch with the best Spearman on a validation split carved from train / on the
-  test set (the trainers implement these).
-- `last10` (the MUSDL code, JIGSAWS): a model's test Spearman is the mean of its per-epoch test Spearman over
-  the last 10 epochs. MUSDL averages each epoch's four folds first and then the last 10 epochs; both means are
-  plain, so per-fold last-10 means averaged over folds give the same number.
-- `best10-consecutive` (the DAE paper, JIGSAWS): for each group (task), configuration and seed, the curve
-  c(e) = plain mean over the group's folds of the per-epoch test Spearman; the window is the 10 consecutive
-  epochs with the largest mean of c (the earliest on ties; windows with an undefined Spearman are skipped);
-  each fold's row reports the mean of its own curve over that window, so the plain fold mean of the rows is
-  the best window's value.
-Both windowed rules look at the test folds: they exist to compare with the papers. In those rows `spearman` is
-the window mean, `spearman_last_epoch` the last epoch's, `selected_epoch` the window's last epoch and
-`selection_window` its first-last epochs (1-based); the other metrics and the saved model are the last epoch's.
+Words: the *split rule* is the card's (fixed, fixed-per-group, k-fold-per-group); `split_protocol` (a leaderboard
+column) says whether a row's split is the card's official one or a development split. The *clip protocol* (how
+clips are sampled from a video, `dae extract --protocol`) and the *selection windows* (`dae.pipeline.
+selection_windows`) are other things.
 
 Averages (the card's `fold_average` and `group_average`) are applied by the one summary rule,
 `dae.pipeline.leaderboard.summarise`: over the folds of a group, then over the groups.
@@ -25,53 +15,6 @@ import numpy as np
 import pandas as pd
 
 from dae.errors import UsageError
-
-WINDOW_EPOCHS = 10
-WINDOW_SELECTIONS = ("last10", "best10-consecutive")
-
-
-def last_window(curve, width: int = WINDOW_EPOCHS) -> tuple[int, int]:
-    """(start, stop) epoch indices of the last `width` epochs."""
-    n = len(curve)
-    if n < width:
-        raise UsageError(f"selection last{width} needs at least {width} epochs, got {n}")
-    return n - width, n
-
-
-def best_window(curve, width: int = WINDOW_EPOCHS) -> tuple[int, int]:
-    """(start, stop) of the `width` consecutive epochs with the largest mean of curve (earliest on ties)."""
-    curve = np.asarray(curve, float)
-    if len(curve) < width:
-        raise UsageError(f"selection best{width}-consecutive needs at least {width} epochs, got {len(curve)}")
-    means = np.convolve(curve, np.ones(width) / width, mode="valid")
-    means = np.where(np.isfinite(means), means, -np.inf)
-    start = int(np.argmax(means))
-    return start, start + width
-
-
-def apply_window_selection(rows: pd.DataFrame, results, selection: str) -> pd.DataFrame:
-    """Rewrite the spearman of each row (rows[i] belongs to results[i], which has a `test_spearman` curve)."""
-    if selection not in WINDOW_SELECTIONS:
-        raise UsageError(f"unknown window selection {selection!r} (choose from {', '.join(WINDOW_SELECTIONS)})")
-    curves = [np.asarray(r.curves["test_spearman"], float) for r in results]
-    windows = [None] * len(results)
-    if selection == "last10":
-        windows = [last_window(c) for c in curves]
-    else:
-        cells = {}
-        for i, res in enumerate(results):
-            cells.setdefault((res.job.tags.get("group", ""), res.job.spec), []).append(i)
-        for members in cells.values():
-            start_stop = best_window(np.mean([curves[i] for i in members], axis=0))
-            for i in members:
-                windows[i] = start_stop
-    rows = rows.copy()
-    rows["spearman_last_epoch"] = [c[-1] for c in curves]
-    rows["spearman"] = [float(np.mean(c[a:b])) for c, (a, b) in zip(curves, windows)]
-    rows["selected_epoch"] = [b for _, b in windows]
-    rows["selection_window"] = [f"{a + 1}-{b}" for a, b in windows]
-    return rows
-
 
 # ---------------------------------------------------------------------------------------------------------
 # Split identity: which videos train and test a row, and whether that is the card's official split
@@ -96,7 +39,7 @@ def _cell_text(value) -> str:
 def check_split_columns(manifest: pd.DataFrame) -> None:
     """A manifest says how it is split by `split` or by `fold`, never both (fold would silently win)."""
     if "split" in manifest.columns and "fold" in manifest.columns:
-        raise UsageError("the manifest has both a 'split' and a 'fold' column: which one defines the protocol is "
+        raise UsageError("the manifest has both a 'split' and a 'fold' column: which one defines the split is "
                          "ambiguous; keep one (dae manifest resplit --folds writes a fold column without split)")
 
 
@@ -200,10 +143,10 @@ def check_card_ids(card: dict, manifest: pd.DataFrame) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Protocol checks
+# Split-rule checks
 
-def check_protocol(card: dict, manifest: pd.DataFrame) -> str:
-    """Check the manifest against the card's split rule; return a one-line description of the protocol (official,
+def check_split_rule(card: dict, manifest: pd.DataFrame) -> str:
+    """Check the manifest against the card's split rule; return a one-line description of the split (official,
     or a development split named as such)."""
     rule, name = card["split_rule"], card["name"]
     cols = set(manifest.columns)
@@ -221,7 +164,7 @@ def check_protocol(card: dict, manifest: pd.DataFrame) -> str:
     need = {"fixed": ("split",), "fixed-per-group": ("split", "group"), "k-fold-per-group": ("fold", "group")}
     for col in need.get(rule, ()):
         if col not in cols:
-            raise UsageError(f"{name} protocol ({rule}) needs a '{col}' column in the manifest")
+            raise UsageError(f"{name} split rule ({rule}) needs a '{col}' column in the manifest")
     groups = sorted(manifest["group"].astype(str).unique()) if "group" in cols else [""]
     parts = []
     for group in groups:
@@ -230,12 +173,12 @@ def check_protocol(card: dict, manifest: pd.DataFrame) -> str:
         if rule == "k-fold-per-group":
             folds = sorted(part["fold"].unique())
             if len(folds) < 2:
-                raise UsageError(f"{name} protocol: group {group!r} has {len(folds)} fold(s), needs at least 2")
+                raise UsageError(f"{name} split rule: group {group!r} has {len(folds)} fold(s), needs at least 2")
             parts.append(f"{label}{len(folds)} folds of {', '.join(str(int((part['fold'] == f).sum())) for f in folds)}")
         else:
             counts = part["split"].value_counts()
             if counts.get("train", 0) < 2 or counts.get("test", 0) < 1:
-                raise UsageError(f"{name} protocol: {('group ' + repr(group)) if group else 'the manifest'} needs "
+                raise UsageError(f"{name} split rule: {('group ' + repr(group)) if group else 'the manifest'} needs "
                                  "train and test rows")
             parts.append(f"{label}{counts.get('train', 0)} train / {counts.get('test', 0)} test")
     check_card_ids(card, manifest)
@@ -246,9 +189,9 @@ def check_protocol(card: dict, manifest: pd.DataFrame) -> str:
     return f"{name} ({rule}; {averages}): " + "; ".join(parts) + verdict
 
 
-def check_card_protocol(dataset: str, manifest: pd.DataFrame, echo=None) -> str | None:
-    """check_protocol against the card of `dataset` (None when no card has that name, or no dataset: nothing to
-    check, but a manifest with both split and fold is still refused); `echo` prints the protocol line every
+def check_card_split_rule(dataset: str, manifest: pd.DataFrame, echo=None) -> str | None:
+    """check_split_rule against the card of `dataset` (None when no card has that name, or no dataset: nothing to
+    check, but a manifest with both split and fold is still refused); `echo` prints the split line every
     command shows before it trains."""
     from dae.data_manifests.cards import card_names, load_card
 
@@ -256,9 +199,9 @@ def check_card_protocol(dataset: str, manifest: pd.DataFrame, echo=None) -> str 
     if not dataset or dataset not in card_names():
         return None
     card = load_card(dataset)
-    described = check_protocol(card, manifest)
+    described = check_split_rule(card, manifest)
     if echo:
-        echo(f"protocol: {described}")
+        echo(f"split rule: {described}")
         if official_split(card, manifest)[0]:
             echo(f"split: the official {dataset} split (its test ids match the card's)")
     return described
