@@ -1113,7 +1113,8 @@ def bench_device_cmd(ctx, out, device, weights, videos, count, reference, result
 @bench_group.command("decode")
 @click.option("--video", type=click.Path(dir_okay=False, exists=True), default=None,
               help="Video to decode [default: a synthetic 640x360 H.264 mp4 of 300 frames].")
-@click.option("--threads", type=click.IntRange(1), default=1, show_default=True, help="Decoder threads.")
+@click.option("--decode-threads", "threads", type=click.IntRange(1), default=1, show_default=True,
+              help="Decoder threads (as `dae extract --decode-threads`; `--threads` is torch's everywhere).")
 @click.option("--repeats", type=click.IntRange(1), default=5, show_default=True,
               help="Timed rounds (the median is reported).")
 @click.option("--protocol", default="uniform:10x16", show_default=True,

@@ -50,3 +50,30 @@ def test_ablate_voters_takes_voter_counts_and_its_old_name(tmp_path, one_thread)
                                        str(tmp_path / name), "--leaderboard", str(board)])
         assert res.exit_code == 0, res.output
         assert set(pd.read_csv(board)["voters"]) == {1, 3}
+
+
+def _walk(command, path=()):
+    import click
+
+    if isinstance(command, click.Group):
+        for name, sub in command.commands.items():
+            yield from _walk(sub, path + (name,))
+    else:
+        yield path, command
+
+
+def test_threads_means_torch_threads_in_every_command_and_decoders_take_decode_threads():
+    """`--threads` had three meanings (torch threads of extract's model, torch threads per study task, and decoder
+    threads in `dae bench decode`); now it is torch's wherever it appears, and decoder threads are --decode-threads."""
+    seen = {}
+    for path, command in _walk(cli):
+        for param in command.params:
+            for flag in getattr(param, "opts", []):
+                if flag in ("--threads", "--decode-threads"):
+                    seen[(" ".join(path), flag)] = (param.help or "").lower()
+    threads = {k: v for k, v in seen.items() if k[1] == "--threads"}
+    decode = {k: v for k, v in seen.items() if k[1] == "--decode-threads"}
+    assert threads and decode
+    assert all("torch" in help_ and "decod" not in help_ for help_ in threads.values()), threads
+    assert all("decod" in help_ for help_ in decode.values()), decode
+    assert ("bench decode", "--decode-threads") in decode and ("extract", "--decode-threads") in decode
