@@ -354,6 +354,8 @@ def test_ablate_calibration_prints_the_table_and_verdict_and_writes_plots(tmp_pa
                                    "--out", str(out), "--plots", str(plots), "--leaderboard", str(board)])
     assert res.exit_code == 0, res.output
     assert "are the adaptive intervals narrower than constant-width conformal" in res.output
+    # the words say what the calibrator computes (conformal-cv, centred on mu), never CV+ (centred on fold models)
+    assert "conformal = conformal-cv" in res.output and "CV+" not in res.output
     for head in ("dae v1", "dae nll", "dae-mt"):
         assert any(line.strip().startswith(head) and "->" in line for line in res.output.splitlines()), head
     rows = pd.read_csv(board)
