@@ -152,8 +152,9 @@ def check_split_rule(card: dict, manifest: pd.DataFrame) -> str:
     cols = set(manifest.columns)
     check_split_columns(manifest)
     if rule in ("fixed", "fixed-per-group") and "fold" in cols and "split" not in cols:
-        # Cross-validation inside a fixed-split dataset's training videos: how to develop without a test set
-        # (Fis-V's test features are not released). Allowed, and named for what it is.
+        # Cross-validation inside a fixed-split dataset's training videos: how to develop without touching the test
+        # set (the project's shared Fis-V data holds the training split only, on purpose; the test features are
+        # released in GDLT's fork). Allowed, and named for what it is.
         folds = sorted(manifest["fold"].unique())
         if len(folds) < 2:
             raise UsageError(f"{name}: a manifest with a 'fold' column needs at least 2 folds, not {len(folds)}")
