@@ -1,7 +1,8 @@
 """Post-hoc calibration of predicted score distributions, fitted on training rows only: none, scale, conformal.
 
 Every calibrator reads the out-of-fold predictions of K fold models (each trained on the training rows outside
-its fold, `fold_ids`), so no training row is wasted and no test row is ever seen:
+its fold, `fold_ids`, at one seed whatever the model's: the seeds of a configuration share them, `fold_jobs`), so no
+training row is wasted and no test row is ever seen:
 - `none`: the head's own distribution N(mu, scale^2) (or its family), as trained; point heads get no interval.
 - `scale`: one multiplier s for the spread, fitted by NLL on the out-of-fold residuals: scale' = s * scale.
   A point head (mlp, ridge) has scale 1, so s becomes its constant spread.
@@ -34,6 +35,7 @@ COVERAGE_LEVEL = 0.9  # the level whose interval sigma_calibrated reproduces (mu
 
 LEVELS = INTERVAL_LEVELS
 CALIBRATION_SEED = 0
+FOLD_MODEL_SEED = 0  # every fold model's seed, whatever its model's (`fold_jobs`)
 
 
 def check_calibrator(method: str) -> None:
@@ -231,8 +233,15 @@ CALIBRATION_SET = "calibration"
 
 
 def fold_jobs(jobs, method: str, folds: int = DEFAULT_FOLDS, seed: int = CALIBRATION_SEED) -> list:
-    """K more jobs per job (none: no more): the same spec and seed, trained on its training rows outside fold k,
-    evaluated on fold k (CALIBRATION_SET) and on the job's other sets. Folds come from `fold_ids`."""
+    """K more jobs per job (none: no more): the same spec at seed FOLD_MODEL_SEED, trained on its training rows
+    outside fold k, evaluated on fold k (CALIBRATION_SET) and on the job's other sets. Folds come from `fold_ids`.
+
+    The fold models do not take the model's seed: they measure the error of the training algorithm on rows it did
+    not see, and the seed (initial weights, batch order) is a nuisance of that algorithm, not part of the
+    configuration. So the seeds of one configuration share one set of K fold models: the trainer trains equal jobs
+    once (`dae.heads.trainer.distinct_jobs`), and a study of S seeds trains K fold models per configuration, not
+    K x S (calibrated, 1 + (K-1)/S times the uncalibrated training instead of K). A fit of one seed trains the same
+    fold models, so its calibrated intervals are the study cell's."""
     check_calibrator(method)
     if method == "none":
         return []
@@ -240,8 +249,9 @@ def fold_jobs(jobs, method: str, folds: int = DEFAULT_FOLDS, seed: int = CALIBRA
     for job in jobs:
         train = np.asarray(job.train_rows)
         ids = fold_ids(len(train), folds, seed)
+        spec = dataclasses.replace(job.spec, seed=FOLD_MODEL_SEED)
         for k in range(folds):
-            out.append(dataclasses.replace(job, train_rows=train[ids != k],
+            out.append(dataclasses.replace(job, spec=spec, train_rows=train[ids != k],
                                            eval_rows={CALIBRATION_SET: train[ids == k], **job.eval_rows},
                                            tags={**job.tags, "calibration_fold": k}))
     return out

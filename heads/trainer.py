@@ -31,6 +31,7 @@ Each model ends where it would have ended trained alone (`train_one` is that pla
 """
 from __future__ import annotations
 
+import dataclasses
 import gc
 import math
 import time
@@ -132,11 +133,34 @@ def train(head, jobs: list[Job], config: TrainConfig = TrainConfig(), progress=N
     config.check()
     check_jobs(jobs)
     keep_freed_memory()
+    unique, copy_of = distinct_jobs(jobs)
     gc.freeze()  # the objects that exist now are not rescanned by every collection during training
     try:
-        return _train(head, jobs, config, progress)
+        results = _train(head, unique, config, progress)
     finally:
         gc.unfreeze()
+    return [results[u] if jobs[i] is unique[u] else dataclasses.replace(results[u], job=jobs[i])
+            for i, u in enumerate(copy_of)]
+
+
+def _job_identity(job: Job):
+    rows = np.asarray(job.train_rows, dtype=np.int64).tobytes()
+    sets = tuple((name, np.asarray(r, dtype=np.int64).tobytes()) for name, r in job.eval_rows.items())
+    return job.spec, rows, sets, repr(sorted(job.tags.items()))
+
+
+def distinct_jobs(jobs):
+    """(the distinct jobs, each job's index among them). Jobs with equal specs (seed included), training rows,
+    evaluation sets and tags are one model trained once: every model ends where it would have ended trained alone,
+    so a copy would be the same model (CV+'s fold models, seed-independent, are shared by a run's seeds)."""
+    first, unique, copy_of = {}, [], []
+    for job in jobs:
+        key = _job_identity(job)
+        if key not in first:
+            first[key] = len(unique)
+            unique.append(job)
+        copy_of.append(first[key])
+    return unique, copy_of
 
 
 def _train(head, jobs, config, progress):
