@@ -392,7 +392,7 @@ def calibrate_option(f, default: str | None = None, why: str = ""):
 
 def sequence_options(f):
     """Options of the sequence heads; defaults: GDLT's Rhythmic Gymnastics command (Fis-V: --recipe gdlt:fis-v-tes)."""
-    from dae.heads.sequence.options import SequenceOptions
+    from dae.heads.sequence.options import GRADE_VALUES, TRIPLET_LABELS, SequenceOptions
 
     d = SequenceOptions()
     opts = [
@@ -417,6 +417,13 @@ def sequence_options(f):
                           "CoFInAl's --alpha)."),
         click.option("--margin", type=click.FloatRange(0), default=d.margin, show_default=True,
                      help="gdlt/gdlt-dae: triplet margin on cosine distances (GDLT's --margin)."),
+        click.option("--grade-values", type=click.Choice(GRADE_VALUES), default=d.grade_values, show_default=True,
+                     help="cofinal/cofinal-dae: CoFInAl's --activate_regular_restrictions: arcl1 (3) grades "
+                          "[-1, -0.8, 0.8, 1] and their flip; sigmoid (2, its RG Ball and Hoop commands) "
+                          "[0.1, 0.2, 0.8, 1] and [1, 1, -1, -1]."),
+        click.option("--triplet-labels", type=click.Choice(TRIPLET_LABELS), default=d.triplet_labels,
+                     show_default=True, help="cofinal/cofinal-dae: CoFInAl's --loss_align: slot (1) one label per "
+                     "query slot; query (2, its RG Hoop command) every query of the batch its own label."),
     ]
     for opt in reversed(opts):
         f = opt(f)

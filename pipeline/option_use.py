@@ -19,6 +19,8 @@ HEAD_OPTIONS (inputs, seeds, dataset, recipe, calibration, outputs) apply to eve
 - the sequence options: gdlt, gdlt-dae, cofinal, cofinal-dae read every one (heads/sequence/models.py StackedGDLT,
   heads/sequence/cofinal.py); attn-dae reads --crop only (its attention is one linear score per clip into the DAE MLP: no
   encoder, decoder, grade queries, width, dropout or triplet loss).
+- --grade-values, --triplet-labels (CoFInAl's --activate_regular_restrictions and --loss_align): cofinal, cofinal-dae
+  (heads/sequence/cofinal.py); gdlt's grade values and triplet labels are fixed (GDLT's).
 """
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ GROUPS = {
     "crop": ("crop",),
     "backbone": ("attention_heads", "queries", "encoder_layers", "decoder_layers", "hidden", "dropout",
                  "triplet_weight", "margin"),
+    "cofinal": ("grade_values", "triplet_labels"),
 }
 HEAD_OPTIONS = tuple(name for names in GROUPS.values() for name in names)
 
@@ -57,8 +60,8 @@ HEAD_READS = {
     "attn-dae": _DAE + ("target_scale", "crop"),
     "gdlt": _TRAINED + _SEQUENCE,
     "gdlt-dae": _DAE + _SEQUENCE,
-    "cofinal": _TRAINED + _SEQUENCE,
-    "cofinal-dae": _DAE + _SEQUENCE,
+    "cofinal": _TRAINED + _SEQUENCE + ("cofinal",),
+    "cofinal-dae": _DAE + _SEQUENCE + ("cofinal",),
 }
 # (head, group) -> why the head ignores the group; a group not named here: "read by HEADS only"
 IGNORED_WHY = {
@@ -77,6 +80,8 @@ IGNORED_WHY = {
     ("cofinal", "prediction"): "cofinal predicts a point (its fine grade)",
     ("attn-dae", "backbone"): "attn-dae pools clips by one linear attention score into the DAE: no encoder, "
                               "decoder, grade queries, width, dropout or triplet loss",
+    **{(h, "cofinal"): f"{h} has GDLT's grade values linspace(0, 1, Q) and one triplet label per query slot "
+                       "(CoFInAl's choices are cofinal's)" for h in ("gdlt", "gdlt-dae")},
     **{(h, "target_scale"): f"{h} maps scores through its own bins, judges or exemplars"
        for h in ("usdl", "musdl", "dae-mt", "dae-judges", "core", "dae-core")},
 }

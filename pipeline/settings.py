@@ -46,7 +46,7 @@ STUDY_CALIBRATE = {"losses": "none", "reparam": "none", "robustness": "none",
 SEQUENCE_DEFAULTS = {"crop": _SEQ.crop, "attention_heads": _SEQ.heads, "queries": _SEQ.queries,
                      "encoder_layers": _SEQ.encoder_layers, "decoder_layers": _SEQ.decoder_layers,
                      "hidden": _SEQ.hidden, "dropout": _SEQ.dropout, "triplet_weight": _SEQ.triplet_weight,
-                     "margin": _SEQ.margin}
+                     "margin": _SEQ.margin, "grade_values": _SEQ.grade_values, "triplet_labels": _SEQ.triplet_labels}
 FIT_DEFAULTS = {
     "features": None, "manifest": None, "head": "dae", "voters": DEFAULT_VOTERS, "with_dd": None, "bins": None,
     "bin_std": None, "bin_predict": "argmax", "judge_rule": None, **SPEC_DEFAULTS, "prediction": _TRAIN.prediction,
@@ -176,6 +176,7 @@ def apply_recipe(options: dict, explicit) -> dict:
     from dae.heads.registry import HEADS, trains_recipes_of
 
     recipe = get_recipe(options["recipe"])
+    recipe.check_runnable()
     explicit = set(explicit)
     if "head" in explicit and not trains_recipes_of(options["head"], recipe.head):
         plug_ins = [n for n, h in HEADS.items() if h.base == recipe.head]

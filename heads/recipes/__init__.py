@@ -6,7 +6,9 @@ manifest's `target` where the card has several), a one-line `summary`, optional 
 follow its source, and why), and `settings`: one entry per `dae fit` option it sets, each with the value and the
 source file:line it comes from (`{ value = 320, source = "fork main.py:86" }`; the file's [sources] table maps the
 short key that starts a source to the repository and commit). `base = "OTHER"` starts from another recipe of the
-same file and overrides its settings. Setting names are `dae fit`'s option names (pipeline/settings.py FIT_DEFAULTS:
+same file and overrides its settings. `unavailable = "why"` marks a recipe whose source cannot run (its settings are
+kept for reference): `dae recipes` lists it, and `dae fit --recipe` / `dae ablate pooling --recipe` refuse it with
+that reason (`Recipe.check_runnable`). Setting names are `dae fit`'s option names (pipeline/settings.py FIT_DEFAULTS:
 epochs, lr, weight_decay, batch_size, optimizer, momentum, nesterov, schedule, eta_min, warmup_epochs, accumulate,
 target_scale, selection, crop, dropout, hidden, attention_heads, queries, encoder_layers, decoder_layers,
 triplet_weight, margin, voters, with_dd, bins, bin_std, bin_predict, judge_rule, ...); `dae fit --recipe` refuses a
@@ -25,7 +27,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-RECIPE_KEYS = {"head", "dataset", "target", "summary", "notes", "base", "settings"}
+RECIPE_KEYS = {"head", "dataset", "target", "summary", "notes", "base", "settings", "unavailable"}
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,12 @@ class Recipe:
     sources: dict = field(default_factory=dict)
     notes: tuple = ()
     repositories: dict = field(default_factory=dict)
+    unavailable: str = ""     # why the source's recipe cannot run ("" it can)
+
+    def check_runnable(self) -> None:
+        """A one-line usage error when the recipe's source cannot run (nothing may be trained under its name)."""
+        if self.unavailable:
+            raise UsageError(f"recipe {self.name} cannot run: {self.unavailable}")
 
 
 def _parse(method: str, data: dict, where: str) -> dict[str, Recipe]:
@@ -81,7 +89,7 @@ def _parse(method: str, data: dict, where: str) -> dict[str, Recipe]:
         full = f"{method}:{name}"
         recipes[full] = Recipe(full, method, data.get("title", method), t["head"], t["dataset"], t.get("target"),
                                t["summary"], r["settings"], r["sources"], tuple(t.get("notes", ())),
-                               dict(data.get("sources", {})))
+                               dict(data.get("sources", {})), t.get("unavailable", ""))
     return recipes
 
 
@@ -119,6 +127,8 @@ def format_recipes(names=None) -> str:
         for key, value in r.settings.items():
             shown = str(value).lower() if isinstance(value, bool) else value
             lines.append(f"    {key:<{width}} = {shown!s:<12} {r.sources[key]}")
+        if r.unavailable:
+            lines.append(f"  cannot run: {r.unavailable}")
         for note in r.notes:
             lines.append(f"  note: {note}")
         lines.append("  sources: " + "; ".join(f"{k} = {v}" for k, v in r.repositories.items()))

@@ -8,7 +8,8 @@ train.py, test.py) computes it at batch size 1, which is how its test loop score
   `heads.sequence.StackedGDLT.decode` gives the decoded grade queries q (M, b, 4, hidden).
 - Coarse grade: two Likert heads on q, each the diagonal of Linear(hidden, 4)(q), sigmoid, normalised to sum 1,
   weighting the grade values [-1, -0.8, 0.8, 1] (`int`, `--activate_regular_restrictions 3`) and their flip
-  [1, 0.8, -0.8, -1] (`int_revert`, its own Linear).
+  [1, 0.8, -0.8, -1] (`int_revert`, its own Linear); `--grade-values sigmoid` is its type 2 (the RG Ball and Hoop
+  commands): [0.1, 0.2, 0.8, 1] and [1, 1, -1, -1] (models/model.py:84-95).
 - Fine grade (the ETF branch): per query slot W_o (W_v q + b_v) + b_o (the original `regi[0]`, an
   nn.MultiheadAttention(hidden, 4 heads) whose softmax runs over a single key at batch 1), flattened (4 hidden),
   Linear(4 hidden, hidden), Linear(hidden, 100), divided by its L2 norm = `dec`; its class is the argmax of
@@ -16,7 +17,8 @@ train.py, test.py) computes it at batch size 1, which is how its test loop score
 - Prediction (normalised units): (int + 1 - int_revert) / 2 + argmax / 10000.
 - Loss, with target y: g = int(y x 10000) (truncated), g1 = (g // 100) / 100, g2 = g mod 100 (g - g // 100 x 100):
   MSE(int, g1) + MSE(int_revert, 1 - g1) + L1(dec, E[:, g2]) + alpha x GDLT's hardest-triplet loss on q (each
-  query slot its own label: the original's `--loss_align 1` labels arange(-2, 2) / 2 are the same partition).
+  query slot its own label: the original's `--loss_align 1` labels arange(-2, 2) / 2 are the same partition;
+  `--triplet-labels query` is its `--loss_align 2`, the RG Hoop command's: every query of the batch its own label).
 - `cofinal-dae` (ours, not the authors'): the same model and the same loss, plus the DAE Gaussian head
   (`heads.dae`) on the concatenated decoded queries, trained with the run's DAE loss added to CoFInAl's; its mu
   is the prediction and its spread is calibrated like every DAE head's. (The DAE head replacing CoFInAl's scorers
@@ -47,7 +49,14 @@ Deliberate differences from the authors' code (every one):
 6. Targets are whatever the fit's target scaling gives (the original divides TES by 25; with --recipe
    cofinal:... the recipe's scaling). Not a difference of the head.
 7. Optimiser, schedule and epochs come from the one trainer (SGD, cosine, epochs by recipe); the head's own
-   settings (crop, widths, layers, dropout, alpha as --triplet-weight, margin) are `SequenceOptions`.
+   settings (crop, widths, layers, dropout, alpha as --triplet-weight, margin, --grade-values, --triplet-labels)
+   are `SequenceOptions`.
+8. Training rows: every row of the manifest's training split. The original's read_label skips the first line of
+   its label file as a header (datasets.py:25); Fis-V's train.txt has none, so the original never trains on video 1.
+9. Recipes that cannot follow their source refuse: cofinal:rg-ribbon's command builds `cofinal_2` (main.py:57-58),
+   which the released models/model.py does not define (heads/recipes/cofinal.toml, `unavailable`).
+Not differences: the grade targets (truncated float32 product, as models/model.py:209), the RG commands' grade
+values (--grade-values sigmoid: choose_activate type 2) and triplet labels (--triplet-labels query: --loss_align 2).
 """
 from __future__ import annotations
 
@@ -64,6 +73,9 @@ from dae.heads.sequence.layers import Dropout, StackedLinear, xavier_bound
 
 COFINAL_HEADS = ("cofinal", "cofinal-dae")
 GRADES = (-1.0, -0.8, 0.8, 1.0)        # models/model.py choose_activate, type 3 ("arcl1"); int_revert: flipped
+# --grade-values (options.GRADE_VALUES) -> (int's, int_revert's) grade values: models/model.py:84-95 choose_activate,
+# type 3 "arcl1" (its default, the Fis-V and RG Clubs/Ribbon commands) and type 2 "sigmoid" (RG Ball, Hoop)
+GRADE_VALUE_SETS = {"arcl1": (GRADES, GRADES[::-1]), "sigmoid": ((0.1, 0.2, 0.8, 1.0), (1.0, 1.0, -1.0, -1.0))}
 ETF_CLASSES = 100                      # cofinal.score_len: the fine grade's classes (1e-4 steps of the score)
 ETF_ATTENTION_HEADS = 4                # regi[0] = nn.MultiheadAttention(hidden, num_heads=4)
 COFINAL_LOSS = "mse-grades+l1-etf+triplet"  # the leaderboard's name of CoFInAl's loss (cofinal-dae: + the DAE's)
@@ -127,7 +139,8 @@ class StackedCoFInAl(StackedGDLT):
         self.etf_hidden = StackedLinear(gens, o.queries * h, h)
         self.etf_out = StackedLinear(gens, h, ETF_CLASSES)
         self.register_buffer("etf", torch.stack([etf_basis(g) for g in gens]))        # (M, C, C)
-        self.register_buffer("grades", torch.tensor(GRADES), persistent=False)  # a constant, not per model
+        # constants, not per model: row 0 int's grade values, row 1 int_revert's (--grade-values)
+        self.register_buffer("grades", torch.tensor(GRADE_VALUE_SETS[o.grade_values]), persistent=False)
         if scorer == "dae":
             self.dae = StackedDAE([DAEHead(o.queries * h, dae_hidden, seed=int(s)) for s in seeds])
 
@@ -162,8 +175,8 @@ class StackedCoFInAl(StackedGDLT):
         m, b = q.shape[:2]
         s = torch.einsum("mbqh,mhq->mbq", q, self.regressor.weight) + self.regressor.bias
         s_revert = torch.einsum("mbqh,mhq->mbq", q, self.regressor_revert.weight) + self.regressor_revert.bias
-        coarse = likert(s, self.grades)
-        coarse_revert = likert(s_revert, self.grades.flip(-1))
+        coarse = likert(s, self.grades[0])
+        coarse_revert = likert(s_revert, self.grades[1])
         fine = self.etf_out(self.etf_hidden(self._regi(q).reshape(m, b, -1)))
         dec = fine / fine.norm(dim=-1, keepdim=True)
         out = {"int": coarse, "int_revert": coarse_revert, "dec": dec, "embed": q}
@@ -180,14 +193,15 @@ def cofinal_score(coarse, coarse_revert, dec, etf):
     return (coarse + 1 - coarse_revert) / 2 + cls / 10000
 
 
-def cofinal_loss_terms(out: dict, target: torch.Tensor, etf: torch.Tensor, margin: float) -> dict:
+def cofinal_loss_terms(out: dict, target: torch.Tensor, etf: torch.Tensor, margin: float,
+                       triplet_labels: str = "slot") -> dict:
     """Each term of the original's LossFun(etf_head=True) per model (M,): mse_int, mse_int_revert, l1_dec, triplet
-    (unweighted); target (M, b) in normalised units."""
+    (unweighted; its labels by --triplet-labels, the original's --loss_align); target (M, b) in normalised units."""
     g1, _, etf_target = grade_targets(target, etf)
     return {"mse_int": ((out["int"] - g1) ** 2).mean(-1),
             "mse_int_revert": ((out["int_revert"] - (1 - g1)) ** 2).mean(-1),
             "l1_dec": (out["dec"] - etf_target).abs().mean((-1, -2)),
-            "triplet": hardest_triplet_loss(out["embed"], margin)}
+            "triplet": hardest_triplet_loss(out["embed"], margin, triplet_labels)}
 
 
 def cofinal_loss(terms: dict, alpha: float) -> torch.Tensor:
@@ -226,7 +240,8 @@ class CoFInAlHead(SequenceHead):
         rows, size = batch.rows, batch.group_size
         target = self.g[rows].repeat_interleave(size, 0).to(x.device)              # (M, b)
         out = module(x, mask.to(x.device))
-        total = cofinal_loss(cofinal_loss_terms(out, target, module.etf, self.options.margin),
+        total = cofinal_loss(cofinal_loss_terms(out, target, module.etf, self.options.margin,
+                                                self.options.triplet_labels),
                              self.options.triplet_weight)
         if self.head == "cofinal":
             return total

@@ -148,13 +148,16 @@ class StackedGDLT(nn.Module):
         return {"mu": mu, "log_var": log_var, "embed": q}
 
 
-def hardest_triplet_loss(embed: torch.Tensor, margin: float) -> torch.Tensor:
+def hardest_triplet_loss(embed: torch.Tensor, margin: float, labels: str = "slot") -> torch.Tensor:
     """GDLT's grade-decoupling term, per model: embed (M, b, Q, H); label = query index; cosine distance;
-    for each anchor the farthest same-query embedding and the nearest other-query one; mean of the hinge."""
+    for each anchor the farthest same-query embedding and the nearest other-query one; mean of the hinge.
+    labels "query" (CoFInAl's --loss_align 2): every query of every video its own label, so no positive (0) and
+    the nearest other query of the batch is the negative."""
     m, b, q, h = embed.shape
     e = torch.nn.functional.normalize(embed.reshape(m, b * q, h), dim=-1)
     dist = 1 - e @ e.transpose(1, 2)                                       # (M, bQ, bQ)
-    labels = torch.arange(q, device=embed.device).repeat(b)
+    labels = torch.arange(q, device=embed.device).repeat(b) if labels == "slot" else \
+        torch.arange(b * q, device=embed.device)
     same = labels.unsqueeze(0) == labels.unsqueeze(1)
     eye = torch.eye(b * q, dtype=torch.bool, device=embed.device)
     hardest_pos = (dist * (same & ~eye)).amax(-1)

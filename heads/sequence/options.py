@@ -12,6 +12,16 @@ POOLING = {"ridge": "mean", "dae": "mean", "mlp": "mean", "attn-dae": "attention
            "cofinal-dae": "transformer + grade queries, CoFInAl losses + DAE head"}
 
 
+# cofinal's grade values (CoFInAl_AQA models/model.py:84-95 choose_activate, by --activate_regular_restrictions): "arcl1"
+# (3, its default) [-1, -0.8, 0.8, 1] and, for int_revert, their flip; "sigmoid" (2, the RG Ball and Hoop commands)
+# [0.1, 0.2, 0.8, 1] and [1, 1, -1, -1]
+GRADE_VALUES = ("arcl1", "sigmoid")
+# cofinal's triplet labels (models/loss.py:39-46 choose_align, by --loss_align): "slot" (1, its default; 0 is the same
+# partition) each query slot one label shared by the videos of a batch; "query" (2, the RG Hoop command) every query of
+# every video of the batch a label of its own
+TRIPLET_LABELS = ("slot", "query")
+
+
 @dataclass(frozen=True)
 class SequenceOptions:
     """A sequence head's settings. The defaults are GDLT's Rhythmic Gymnastics command (xuangch/CVPR22_GDLT
@@ -27,6 +37,8 @@ class SequenceOptions:
     dropout: float = 0.3        # --dropout 0.3 in the README's (RG) command; Fis-V 0.7
     triplet_weight: float = 1.0  # --alpha 1.0 (RG; Fis-V 0.5)
     margin: float = 1.0         # --margin 1.0
+    grade_values: str = "arcl1"  # cofinal only: CoFInAl's --activate_regular_restrictions (3; GRADE_VALUES)
+    triplet_labels: str = "slot"  # cofinal only: CoFInAl's --loss_align (1; TRIPLET_LABELS)
     eval_chunk: int = 32        # videos per evaluation forward (memory bound only)
 
     def check(self) -> None:
@@ -34,6 +46,9 @@ class SequenceOptions:
                 or self.decoder_layers < 1 or not 0 <= self.dropout < 1 or self.triplet_weight < 0:
             raise UsageError("sequence head options: --crop, --model-width, --attention-heads, --queries, "
                              "--decoder-layers >= 1, --encoder-layers >= 0, 0 <= --dropout < 1, --triplet-weight >= 0")
+        if self.grade_values not in GRADE_VALUES or self.triplet_labels not in TRIPLET_LABELS:
+            raise UsageError(f"--grade-values must be one of {', '.join(GRADE_VALUES)} and --triplet-labels one of "
+                             f"{', '.join(TRIPLET_LABELS)} (got {self.grade_values!r}, {self.triplet_labels!r})")
         if self.hidden % self.heads:  # the options by the names `dae fit` takes them (hidden is --model-width)
             raise UsageError(f"--model-width {self.hidden} must be divisible by --attention-heads {self.heads}")
 
