@@ -404,7 +404,7 @@ def run_fit(features, manifest, plan: FitPlan, out=None, leaderboard=None, echo=
         progress.close()
     report_failures(rows, results, echo)
     lo, hi = score_range_of(df, plan)
-    from dae.pipeline.predict import group_references
+    from dae.pipeline.run_folder import group_references
 
     references = group_references(align(fs, list(df["video_id"]), manifest_name), results)
     rows["run_dir"] = str(out)

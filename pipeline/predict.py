@@ -11,15 +11,14 @@ Runs of the sequence heads (attn-dae, gdlt, gdlt-dae) score clip sequences (sche
 a feature file, named by id (`--id`, no extraction), or of new videos extracted with the run's stride:T protocol.
 
 How far a video is from what the run was trained on: its RMS standardised distance to the mean of the group's
-training features (per-dimension mean and std, recorded in model.pt by `dae fit`), and that distance's
-percentile among the training videos' own distances. Above FAR_PERCENTILE (farther than 99% of the training
-videos) a warning says the interval may be over-confident: the heads never saw such a feature.
+training features and that distance's percentile among the training videos' own (`dae.pipeline.run_folder`).
+Above FAR_PERCENTILE (farther than 99% of the training videos) a warning says the interval may be
+over-confident: the heads never saw such a feature. Reading the run folder is `dae.pipeline.run_folder`'s, the
+mixture's maths `dae.heads.mixtures`'.
 """
 from __future__ import annotations
 
 import datetime as _dt
-import json
-import math
 import tempfile
 from pathlib import Path
 
@@ -31,56 +30,13 @@ from dae.atomic import atomic_path, check_new_file
 from dae.errors import DaeError, UsageError
 from dae.heads.calibration import Calibration
 from dae.heads.calibration import intervals as calibration_intervals
-from dae.heads.distributions import StudentT, get_distribution
-from dae.heads.registry import DEFAULT_VOTERS, EXEMPLAR_HEADS, NAMES, get_head
-from dae.heads.sequence.options import SequenceOptions
+from dae.heads.distributions import get_distribution
+from dae.heads.mixtures import LEVEL, fitted_distribution, interval_z, mixture
+from dae.heads.registry import DEFAULT_VOTERS, EXEMPLAR_HEADS, get_head
+from dae.pipeline.run_folder import (distance_percentile, feature_distance, feature_mismatches, find_feature_file,
+                                     has_spread, load_run, recorded_file, select_models, sequence_options)
 
-SUPPORTED_HEADS = NAMES  # every registered head: the registry says how a run folder rebuilds it
-LEVEL = 0.9
 FAR_PERCENTILE = 99.0
-# what makes features comparable with a run's: the clip protocol, the I3D weights and the backbone's name
-FEATURE_IDENTITY = ("protocol", "weights_sha256", "backbone")
-
-
-def load_run(run_dir) -> tuple[dict, dict]:
-    """(config.json, model.pt contents) of a run folder written by `dae fit`."""
-    run_dir = Path(run_dir)
-    config_path, model_path = run_dir / "config.json", run_dir / "model.pt"
-    for path in (config_path, model_path):
-        if not path.is_file():
-            raise DaeError(f"{run_dir} is not a run folder of `dae fit`: {path.name} is missing")
-    try:
-        config = json.loads(config_path.read_text())
-        blob = torch.load(model_path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise DaeError(f"{run_dir}: unreadable run ({exc.__class__.__name__}: {str(exc)[:120]})") from None
-    if blob.get("head") not in SUPPORTED_HEADS:
-        raise DaeError(f"{run_dir}: dae predict scores runs of the {', '.join(SUPPORTED_HEADS)} heads; "
-                       f"this run's head is {blob.get('head')!r}")
-    return config, blob
-
-
-def find_feature_file(run_dir, config: dict, features=None) -> Path:
-    """The run's training feature file: --features, else config['features'] as written (cwd) or beside the run."""
-    if features is not None:
-        path = Path(features)
-        if not path.is_file():
-            raise DaeError(f"--features {path} does not exist")
-        return path
-    recorded = Path(str(config.get("features", "")))
-    path = _recorded_file(run_dir, recorded)
-    if path is None:
-        raise DaeError(f"cannot find the run's feature file {recorded} (it holds the clip protocol and weights to "
-                       "extract with); pass --features PATH")
-    return path
-
-
-def _recorded_file(run_dir, recorded: Path) -> Path | None:
-    """A file config.json names: as written (from the working directory), or beside the run folder."""
-    for candidate in (recorded, Path(run_dir).parent / recorded, Path(run_dir).parent / recorded.name):
-        if str(recorded) and candidate.is_file():
-            return candidate
-    return None
 
 
 def compares_difficulty(blob: dict) -> bool:
@@ -113,7 +69,7 @@ def video_difficulties(run_dir, config: dict, blob: dict, names: list[str], give
     from dae.manifest import read_manifest
 
     recorded = Path(str(config.get("manifest", "")))
-    path = _recorded_file(run_dir, recorded)
+    path = recorded_file(run_dir, recorded)
     if path is None:
         raise UsageError(f"this run compares exemplars of the same difficulty degree and its manifest {recorded} "
                          "is not found to read the videos' difficulty from: give it (--difficulty)")
@@ -130,84 +86,6 @@ def video_difficulties(run_dir, config: dict, blob: dict, names: list[str], give
     return {v: known[v] for v in names}
 
 
-def select_models(blob: dict, group: str | None) -> list[dict]:
-    models = blob["models"]
-    groups = sorted({str(m["tags"].get("group", "")) for m in models})
-    if group is None:
-        if len(groups) > 1:
-            raise UsageError(f"the run has one model per group ({', '.join(groups)}); choose one with --group")
-        return models
-    chosen = [m for m in models if str(m["tags"].get("group", "")) == str(group)]
-    if not chosen:
-        raise UsageError(f"the run has no group {group!r} (groups: {', '.join(groups)})")
-    return chosen
-
-
-def _canonical(key: str, value) -> str:
-    if key == "protocol":
-        try:
-            value = json.loads(value) if isinstance(value, str) else dict(value)
-        except (ValueError, TypeError):
-            return str(value)
-        return json.dumps(value, sort_keys=True, default=str)
-    return "" if value is None else str(value)
-
-
-def feature_mismatches(run_attrs: dict, given_attrs: dict) -> list[str]:
-    """What differs between how the run's training features and the --features file were made (empty: nothing)."""
-    out = []
-    for key in FEATURE_IDENTITY:
-        if key not in run_attrs:
-            continue  # runs from before config.json recorded it: nothing to compare with
-        ours, theirs = _canonical(key, run_attrs[key]), _canonical(key, given_attrs.get(key))
-        if ours != theirs:
-            if key == "protocol":
-                name = lambda text: (json.loads(text).get("name") if text.startswith("{") else text) or "none"
-                ours, theirs = name(ours), name(theirs)
-                if ours == theirs:  # one name, other settings (e.g. imported with and without sequences)
-                    ours, theirs = f"{ours}, as recorded there", f"{theirs} with other settings"
-            elif key == "weights_sha256":
-                ours, theirs = ours[:12] + "...", (theirs[:12] + "...") if theirs else "none"
-            out.append(f"{key} {theirs or 'none'} (the run's: {ours})")
-    return out
-
-
-def _sd_per_scale(distribution) -> float:
-    """Standard deviation of the standard member of a distribution family (scale 1)."""
-    name = getattr(distribution, "name", "gaussian")
-    if name == "laplace":
-        return math.sqrt(2.0)
-    if name == "logistic":
-        return math.pi / math.sqrt(3.0)
-    if name.startswith("student-t"):
-        nu = float(distribution.nu)
-        return math.sqrt(nu / (nu - 2.0)) if nu > 2.0 else math.inf
-    return 1.0
-
-
-def _cdf(distribution, z):
-    from dae.heads.metrics import cdf
-
-    return cdf(z, 0.0, 1.0, distribution)
-
-
-def mixture_quantile(p: float, mus, scales, distributions) -> np.ndarray:
-    """The p-quantile of the equal-weight mixture of models k (mus[k], scales[k]: (N,) each) for every video."""
-    from scipy.optimize import brentq
-
-    mus, scales = np.asarray(mus, float), np.asarray(scales, float)
-    own = np.stack([m + d.standard_quantile(p) * s for m, s, d in zip(mus, scales, distributions)])
-    out = np.empty(mus.shape[1])
-    for i in range(mus.shape[1]):
-        lo, hi = own[:, i].min(), own[:, i].max()  # the mixture's quantile lies between its members'
-        if hi - lo <= 1e-12 * max(1.0, abs(hi)):
-            out[i] = lo
-            continue
-        f = lambda y: np.mean([_cdf(d, (y - m[i]) / s[i]) for m, s, d in zip(mus, scales, distributions)]) - p
-        out[i] = brentq(f, lo, hi, xtol=1e-12)
-    return out
-
-
 def _head_outputs(blob: dict, weights: dict, x: torch.Tensor, spec: dict, bank=None, options=None, exemplar=None):
     """One trained head's (mu, scale) on features x, normalised units; scale None for a point head. `weights` is a
     model of model.pt or one of its CV+ fold models. The registry names the function that rebuilds the run's head
@@ -216,15 +94,6 @@ def _head_outputs(blob: dict, weights: dict, x: torch.Tensor, spec: dict, bank=N
     difficulty, voters = exemplar if exemplar is not None else (None, None)
     context = {"bank": bank, "options": options, "difficulty": difficulty, "voters": voters}
     return get_head(blob["head"]).load("outputs")(blob, weights, x, spec, context)
-
-
-def sequence_options(config: dict) -> SequenceOptions:
-    """The sequence-head options a run was fitted with (config.json `head_options`)."""
-    recorded = config.get("head_options") or {}
-    try:
-        return SequenceOptions(**recorded)
-    except TypeError as exc:
-        raise DaeError(f"unreadable sequence head options in the run's config.json ({exc})") from None
 
 
 @torch.no_grad()
@@ -253,53 +122,31 @@ def score_features(blob: dict, models: list[dict], features: np.ndarray, difficu
                 if blob["head"] in EXEMPLAR_HEADS else None)
     mus, scales, distributions, outputs = [], [], [], []
     for model in models:
-        spec = model.get("spec") or {}
-        mu, scale = _head_outputs(blob, model, x, spec, bank, options, exemplar)
+        mu, scale = _head_outputs(blob, model, x, model.get("spec") or {}, bank, options, exemplar)
         outputs.append((mu, scale))
         mus.append(mu)
         if scale is None:  # ridge, mlp, gdlt: no spread of their own
             continue
         scales.append(scale)
-        distribution = get_distribution(spec.get("distribution", "gaussian"))
-        fitted_nu = model.get("distribution_params", {}).get("nu")
-        if getattr(distribution, "learned_shape", False):  # the fitted nu (older runs lack it)
-            distribution = StudentT(float(fitted_nu)) if fitted_nu is not None else None
-        distributions.append(distribution)
-    mus = np.stack(mus)
+        distributions.append(fitted_distribution(model))  # None: a learned nu older runs did not record
+    spread_known = bool(scales) and all(d is not None for d in distributions)
+    mix = mixture(mus, scales, distributions, LEVEL) if spread_known else mixture(mus)
     width = hi - lo
-    mu, spread = mus.mean(0), mus.std(0)  # ddof 0: the mixture's variance of its members' means
-    nan = np.full(len(mu), np.nan)
-    out = {"mu": lo + mu * width, "sigma": nan, "sigma_calibrated": nan, "lo90": nan, "hi90": nan,
-           "mu_spread": spread * width}
-    if scales and all(d is not None for d in distributions):
-        scales = np.stack(scales)
-        variances = np.stack([(s * _sd_per_scale(d)) ** 2 for s, d in zip(scales, distributions)])
-        out["sigma"] = np.sqrt(variances.mean(0) + spread ** 2) * width
-        tail = (1.0 - LEVEL) / 2.0
-        out["lo90"] = lo + mixture_quantile(tail, mus, scales, distributions) * width
-        out["hi90"] = lo + mixture_quantile(1.0 - tail, mus, scales, distributions) * width
+    nan = np.full(len(mix["mu"]), np.nan)
+    out = {"mu": lo + mix["mu"] * width, "sigma": nan, "sigma_calibrated": nan, "lo90": nan, "hi90": nan,
+           "mu_spread": mix["mu_spread"] * width}
+    if spread_known:
+        out["sigma"] = mix["sigma"] * width
+        out["lo90"], out["hi90"] = lo + mix["lo"] * width, lo + mix["hi"] * width
     if all((m.get("calibration") or {}).get("method", "none") != "none" for m in models):
         ends = [_calibrated_interval(blob, m, own, x, lo, hi, bank, options, exemplar)
                 for m, own in zip(models, outputs)]
         out["lo90"], out["hi90"] = (np.mean([e[k] for e in ends], axis=0) for k in (0, 1))
-        out["sigma_calibrated"] = (out["hi90"] - out["lo90"]) / (2.0 * _interval_z(models))
+        # z with mu +- z sigma_calibrated = the calibrated interval (a learned Student-t: its fitted nu, as `dae
+        # fit`'s sigma_calibrated; one recorded without it counts as Gaussian)
+        families = [fitted_distribution(m) or get_distribution("gaussian") for m in models]
+        out["sigma_calibrated"] = (out["hi90"] - out["lo90"]) / (2.0 * interval_z(families, LEVEL))
     return out
-
-
-def _interval_z(models: list[dict]) -> float:
-    """z with mu +- z sigma_calibrated = the calibrated 90% interval: the models' distribution family's 95% standard
-    quantile (a learned Student-t: its fitted nu, as `dae fit`'s sigma_calibrated), the Gaussian's when they
-    differ."""
-    families = set()
-    for model in models:
-        spec = model.get("spec") or {}
-        distribution = get_distribution(spec.get("distribution", "gaussian"))
-        nu = model.get("distribution_params", {}).get("nu")
-        if getattr(distribution, "learned_shape", False):
-            distribution = StudentT(float(nu)) if nu is not None else get_distribution("gaussian")
-        families.add((getattr(distribution, "name", "gaussian"), float(getattr(distribution, "nu", 0) or 0)))
-        z = float(distribution.standard_quantile(0.5 + LEVEL / 2.0))
-    return z if len(families) == 1 else float(get_distribution("gaussian").standard_quantile(0.5 + LEVEL / 2.0))
 
 
 def _calibrated_interval(blob: dict, model: dict, own, x: torch.Tensor, lo: float, hi: float, bank=None,
@@ -310,56 +157,12 @@ def _calibrated_interval(blob: dict, model: dict, own, x: torch.Tensor, lo: floa
     width = hi - lo
     mu, scale = own
     mu, scale = lo + mu * width, (scale * width if scale is not None else None)
-    distribution = get_distribution(spec.get("distribution", "gaussian"))
-    fitted_nu = model.get("distribution_params", {}).get("nu")
-    if getattr(distribution, "learned_shape", False) and fitted_nu is not None:
-        distribution = StudentT(float(fitted_nu))
+    distribution = fitted_distribution(model) or get_distribution(spec.get("distribution", "gaussian"))
     folds = [_head_outputs(blob, f, x, spec, bank, options, exemplar) for f in model.get("calibration_models", [])]
     fold_mu = np.stack([lo + m * width for m, _ in folds]) if folds else None
     fold_scale = np.stack([s * width for _, s in folds]) if folds and folds[0][1] is not None else None
     cal = Calibration.from_fitted(model["calibration"])
     return calibration_intervals(cal, mu, scale, distribution, fold_mu, fold_scale, (LEVEL,))[LEVEL]
-
-
-def feature_reference(features: np.ndarray, rows: np.ndarray) -> dict:
-    """What `dae predict` needs to say how far a new feature is from the training features `features[rows]`:
-    their per-dimension mean and std and each training video's own distance (sorted)."""
-    train = np.asarray(features, np.float64)[np.asarray(rows)]
-    mean, std = train.mean(0), train.std(0)
-    std = np.where(std > 1e-12 * max(float(std.max()), 1e-300), std, 1.0)
-    ref = {"mean": torch.as_tensor(mean), "std": torch.as_tensor(std)}
-    ref["distances"] = torch.as_tensor(np.sort(feature_distance(ref, train)))
-    return ref
-
-
-def feature_distance(reference: dict, features: np.ndarray) -> np.ndarray:
-    """RMS standardised distance of each feature to the reference's mean."""
-    z = (np.asarray(features, np.float64) - reference["mean"].numpy()) / reference["std"].numpy()
-    return np.sqrt(np.mean(z * z, axis=1))
-
-
-def distance_percentile(reference: dict, distances: np.ndarray) -> np.ndarray:
-    """Percent of the training videos at most as far from their mean as each distance; NaN (undefined) when the
-    training features have no spread (`has_spread`)."""
-    own = reference["distances"].numpy()
-    if not has_spread(reference):
-        return np.full(len(np.atleast_1d(distances)), np.nan)
-    return 100.0 * np.searchsorted(own, distances, side="right") / len(own)
-
-
-def has_spread(reference: dict) -> bool:
-    """Whether the training features vary at all: identical ones (every training distance 0) leave nothing to
-    measure a distance against, and the OOD check is unavailable rather than "farther than all of them"."""
-    own = reference["distances"].numpy()
-    return bool(len(own)) and float(own.max()) > 0.0
-
-
-def group_references(features: np.ndarray, results) -> dict:
-    """One feature_reference per group, over the union of its models' training rows."""
-    rows: dict[str, set] = {}
-    for res in results:
-        rows.setdefault(str(res.job.tags.get("group", "")), set()).update(int(i) for i in res.job.train_rows)
-    return {group: feature_reference(features, np.array(sorted(r))) for group, r in rows.items()}
 
 
 def predict_videos(run_dir, videos=(), *, ids=(), out=None, features=None, weights=None, group=None, device="auto",
@@ -423,7 +226,7 @@ def _models_by_id(run_dir, config: dict, models: list[dict], ids: list[str], not
     (the run's manifest is not found)."""
     from dae.manifest import read_manifest
 
-    path = _recorded_file(run_dir, Path(str(config.get("manifest", ""))))
+    path = recorded_file(run_dir, Path(str(config.get("manifest", ""))))
     if path is None:
         note(f"note: the run's manifest {config.get('manifest', '')} is not found: cannot tell whether the --id "
              "videos were training videos of the run")

@@ -299,7 +299,8 @@ def test_predict_applies_the_runs_fitted_calibrator(tmp_path, head, method, one_
     from dae.features.store import read_features
     from dae.heads.trainer import HeadSpec, TrainConfig
     from dae.pipeline.fit import FitPlan, run_fit
-    from dae.pipeline.predict import load_run, score_features, select_models
+    from dae.pipeline.predict import score_features
+    from dae.pipeline.run_folder import load_run, select_models
 
     features, manifest = write_features_and_manifest(tmp_path, n=80, dim=8)
     plan = FitPlan(head=head, specs=[HeadSpec(seed=0), HeadSpec(seed=1)],

@@ -77,7 +77,8 @@ def mtl_shaped(tmp_path, n=90, seed=0):
 
 
 def test_fit_core_and_dae_core_rows_run_folder_and_predict(tmp_path, one_thread):
-    from dae.pipeline.predict import load_run, score_features
+    from dae.pipeline.predict import score_features
+    from dae.pipeline.run_folder import load_run
 
     features, manifest = write_features_and_manifest(tmp_path, n=80)
     board = tmp_path / "L.csv"

@@ -142,8 +142,8 @@ def test_seed_mixture_and_distance_to_the_training_features(tmp_path):
     from dae.features.store import read_features
     from dae.heads.trainer import HeadSpec, TrainConfig
     from dae.pipeline.fit import FitPlan, run_fit
-    from dae.pipeline.predict import (FAR_PERCENTILE, distance_percentile, feature_distance, load_run,
-                                      score_features, select_models)
+    from dae.pipeline.predict import FAR_PERCENTILE, score_features
+    from dae.pipeline.run_folder import distance_percentile, feature_distance, load_run, select_models
 
     features, manifest = write_features_and_manifest(tmp_path, n=80, dim=8)
     plan = FitPlan(specs=[HeadSpec(seed=s) for s in range(3)], config=TrainConfig(epochs=20, lr=3e-3),
@@ -183,7 +183,8 @@ def test_a_learned_student_t_keeps_its_fitted_nu_in_the_run(tmp_path):
     from dae.features.store import read_features
     from dae.heads.trainer import HeadSpec, TrainConfig
     from dae.pipeline.fit import FitPlan, run_fit
-    from dae.pipeline.predict import load_run, score_features, select_models
+    from dae.pipeline.predict import score_features
+    from dae.pipeline.run_folder import load_run, select_models
 
     features, manifest = write_features_and_manifest(tmp_path, n=80, dim=8)
     plan = FitPlan(specs=[HeadSpec(seed=0, loss="nll", distribution="student-t:learned")],

@@ -116,7 +116,7 @@ def test_identical_training_features_leave_the_ood_check_unavailable(tmp_path):
 def test_distance_percentile_is_undefined_without_spread():
     import torch
 
-    from dae.pipeline.predict import distance_percentile, has_spread
+    from dae.pipeline.run_folder import distance_percentile, has_spread
 
     flat = {"distances": torch.zeros(5)}
     assert not has_spread(flat) and np.isnan(distance_percentile(flat, np.array([0.0, 1.0]))).all()

@@ -85,7 +85,7 @@ def test_predict_refuses_a_file_without_sequences_and_bad_ids_in_one_line(tmp_pa
 
 
 def test_a_protocol_recorded_with_other_settings_says_so_rather_than_naming_one_protocol_twice():
-    from dae.pipeline.predict import feature_mismatches
+    from dae.pipeline.run_folder import feature_mismatches
 
     run = {"protocol": {"name": "imported-npy", "pooling": "mean over T", "sequences": "kept (T, D) per video"}}
     given = {"protocol": {"name": "imported-npy", "pooling": "mean over T"}}
