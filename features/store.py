@@ -24,7 +24,7 @@ from dae.errors import DaeError
 
 SCHEMA_VERSION = 2          # the newest schema this dae reads; files without sequences are written as schema 1
 SEQUENCE_DTYPES = ("float32", "float16")
-_FLOAT16_MAX = float(np.finfo(np.float16).max)
+FLOAT16_MAX = float(np.finfo(np.float16).max)
 ROOT_ATTRS = ("schema_version", "backbone", "weights_sha256", "protocol", "decoder",
               "decoder_version", "dae_version", "created_utc")
 _STR = h5py.string_dtype("utf-8")
@@ -221,11 +221,11 @@ def write_features(path, video_ids, features, *, clip_features=None, sequences: 
             raise DaeError(f"{path}: sequences are stored as {' or '.join(SEQUENCE_DTYPES)}, not {sequence_dtype}")
         sequences = check_sequences(video_ids, sequences, features.shape[1], str(path))
         if sequence_dtype == "float16" and sequences.data.dtype != np.float16:
-            too_big = np.flatnonzero(np.abs(sequences.data).max(axis=1) > _FLOAT16_MAX)
+            too_big = np.flatnonzero(np.abs(sequences.data).max(axis=1) > FLOAT16_MAX)
             if len(too_big):
                 video = video_ids[int(np.searchsorted(sequences.offsets, too_big[0], side="right") - 1)]
                 raise DaeError(f"{path}: video {video!r} has clip values beyond float16's range "
-                               f"({_FLOAT16_MAX:g}); store the sequences as float32")
+                               f"({FLOAT16_MAX:g}); store the sequences as float32")
         stored = Sequences(sequences.data.astype(sequence_dtype, copy=False), sequences.offsets)
         merged.update(schema_version=2, sequence_dtype=sequence_dtype, sequences_sha256=sequences_sha256(stored))
     else:
@@ -365,61 +365,6 @@ def align_sequences(fs: FeatureSet, video_ids, manifest_name: str = "manifest"):
                        "them: import per-video (T, D) arrays with `dae features import --npy-dir DIR --keep-clips`")
     rows = np.asarray(_rows_of(fs, video_ids, manifest_name), dtype=np.int64)
     return fs.sequences.data, fs.sequences.starts[rows], fs.sequences.lengths[rows]
-
-
-def import_npy_dir(npy_dir, out, *, backbone: str = "imported", keep_clips: bool = False,
-                   clip_dtype: str = "float32", progress=None) -> FeatureSet:
-    """Convert a folder of per-video .npy arrays into one feature file.
-
-    Pooled (default): (T, D) or (D,) arrays, each pooled by its mean over T. keep_clips: (T, D) arrays of any
-    T >= 1 kept as schema-2 sequences (stored as `clip_dtype`), with their means as /features. Every file is
-    checked before anything is written; the first bad one is named."""
-    npy_dir = Path(npy_dir)
-    if not npy_dir.is_dir():
-        raise DaeError(f"--npy-dir {npy_dir} is not a folder")
-    if clip_dtype not in SEQUENCE_DTYPES:
-        raise DaeError(f"clip dtype must be one of {', '.join(SEQUENCE_DTYPES)}, got {clip_dtype!r}")
-    files = sorted(p for p in npy_dir.rglob("*.npy") if p.is_file())
-    if not files:
-        raise DaeError(f"no .npy files under {npy_dir}")
-    ids, arrays = [], []
-    for number, p in enumerate(files, start=1):
-        try:
-            arr = np.load(p, allow_pickle=False)
-        except (ValueError, OSError) as exc:
-            raise DaeError(f"{p}: not a plain numeric .npy array ({exc})") from None
-        if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
-            raise DaeError(f"{p}: expected real numbers, got dtype {arr.dtype}")
-        if arr.ndim != 2 and (keep_clips or arr.ndim != 1):
-            wanted = "(T, D)" if keep_clips else "(T, D) or (D,)"
-            raise DaeError(f"{p}: expected shape {wanted}, got {arr.shape}")
-        if arr.ndim == 2 and arr.shape[0] == 0:
-            raise DaeError(f"{p}: zero-length sequence (shape {arr.shape}): a video needs at least one clip")
-        if arr.shape[-1] == 0 or (arrays and arr.shape[-1] != arrays[0].shape[-1]):
-            raise DaeError(f"{p}: feature dimension {arr.shape[-1]} differs from {files[0]} "
-                           f"({arrays[0].shape[-1] if arrays else 'none'})")
-        finite = np.isfinite(arr.reshape(-1, arr.shape[-1])).all(axis=1)
-        if not finite.all():
-            where = f" at clip {int(np.argmin(finite))}" if arr.ndim == 2 else ""
-            raise DaeError(f"{p}: NaN or Inf{where}")
-        if keep_clips and clip_dtype == "float16" and np.abs(arr).max() > _FLOAT16_MAX:
-            raise DaeError(f"{p}: values beyond float16's range ({_FLOAT16_MAX:g}); use --clip-dtype float32")
-        ids.append(p.relative_to(npy_dir).with_suffix("").as_posix())
-        arrays.append(arr)
-        if progress:
-            progress(number, len(files))
-    if keep_clips:
-        # /features: the mean of the values as given (float64 sums), not of their float16-rounded copies
-        feats = np.stack([a.mean(axis=0, dtype=np.float64) for a in arrays]).astype(np.float32)
-        sequences = Sequences.from_arrays(arrays, dtype=clip_dtype)
-        protocol = {"name": "imported-npy", "pooling": "mean over T", "sequences": "kept (T, D) per video"}
-        write_features(out, ids, feats, sequences=sequences, sequence_dtype=clip_dtype,
-                       attrs={"backbone": backbone, "protocol": protocol})
-    else:
-        feats = np.stack([a.mean(axis=0) if a.ndim == 2 else a for a in arrays]).astype(np.float32)
-        write_features(out, ids, feats, attrs={"backbone": backbone, "protocol": {"name": "imported-npy",
-                                                                                   "pooling": "mean over T"}})
-    return read_features(out)
 
 
 def length_summary(lengths) -> list[str]:

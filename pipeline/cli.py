@@ -160,7 +160,7 @@ def features_import_cmd(npy_dir, keep_clips, clip_dtype, diving_score, out, over
       dae features import --npy-dir feats/ --keep-clips --clip-dtype float16 --out F.h5   (sequences too)
       dae features import --diving-score data_files/ --out unlv.h5
     """
-    from dae.features.releases import import_features
+    from dae.features.importers import import_features
 
     fs = import_features(out, npy_dir=npy_dir, diving_score=diving_score, backbone=backbone, keep_clips=keep_clips,
                          clip_dtype=clip_dtype, overwrite=overwrite)

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from dae.errors import DaeError, UsageError
-from dae.features.releases import read_object_npy
+from dae.features.importers import read_object_npy
 from dae.manifest import read_manifest
 from dae.data_manifests.annotation_files import judge_scores_fixed
 from dae.data_manifests.builders import DATASETS, build_manifest
