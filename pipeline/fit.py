@@ -22,7 +22,7 @@ from dae.heads.metrics import DISTRIBUTION_METRICS, INTERVAL_METRICS, evaluate
 from dae.heads.trainer import HeadSpec, Job, TrainConfig
 from dae.heads.registry import FitInputs, get_head
 from dae.heads.multipath.fitters import options_dict
-from dae.pipeline.leaderboard import environment, software_and_machine
+from dae.pipeline.machine import environment, software_and_machine
 from dae.pipeline.selection_windows import WINDOW_EPOCHS, WINDOW_SELECTIONS, apply_window_selection
 from dae.pipeline.splits import row_identity
 

@@ -28,6 +28,9 @@ from dae.atomic import atomic_path
 from dae.errors import DaeError, UsageError
 from dae.heads.metrics import fisher_z
 from dae.pipeline.defaults import AVERAGES
+# the machine probe is dae.pipeline.machine's; its names stay importable from here for the modules that
+# still import them from the leaderboard (pipeline/studies, pipeline/bench/results.py)
+from dae.pipeline.machine import environment, machine_name, software_and_machine  # noqa: F401
 
 COLUMNS = ("dataset", "target", "split_protocol", "split_sha256", "group", "fold", "head", "loss", "distribution", "reparam", "alpha", "beta", "selection",
            "prediction", "seed", "n_train", "n_test", "calibration", "spearman", "rl2x100", "l2", "nll", "crps",
@@ -53,49 +56,6 @@ SUMMARY_SUFFIXES = ("_mean", "_std", "_nan")
 
 # ---------------------------------------------------------------------------------------------------------
 # Writing and reading
-
-def machine_name(device: str = "cpu") -> str:
-    """The GPU's name for a CUDA device, else the CPU model (as /proc/cpuinfo or the platform names it)."""
-    import platform
-
-    if str(device).startswith("cuda"):
-        import torch
-
-        try:
-            return torch.cuda.get_device_name(torch.device(device))
-        except (RuntimeError, AssertionError, ValueError):
-            return f"unknown GPU ({device})"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return " ".join(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
-
-
-def environment(device: str = "cpu") -> dict:
-    """The leaderboard columns naming where a model was trained: machine, device and torch version."""
-    import torch
-
-    return {"machine": machine_name(device), "device": str(device), "torch_version": torch.__version__}
-
-
-def software_and_machine() -> dict:
-    """What a run or study folder's config.json records of where it ran: versions, threads and the machine."""
-    import os
-    import platform
-
-    import numpy
-    import torch
-
-    from dae import __version__
-
-    return {"dae_version": __version__, "torch_version": torch.__version__, "numpy_version": numpy.__version__,
-            "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
-            "machine": f"{platform.machine()} {machine_name()}", "cpu_count": os.cpu_count()}
-
 
 def check_leaderboard_writable(path) -> Path:
     """Before training: the leaderboard's folder exists (created if needed) and is writable (the lock file and the
