@@ -23,9 +23,9 @@ import numpy as np
 
 from dae.errors import DaeError
 from dae.extras import require
+from dae.features.extract_defaults import DEFAULT_DECODER
 
 DECODERS = ("decord", "pyav")
-DEFAULT_DECODER = "decord"
 
 
 class VideoDecodeError(DaeError):

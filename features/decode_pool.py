@@ -37,6 +37,7 @@ import torch
 from dae.errors import DaeError
 from dae.features.clips import ClipProtocol, check_range, clip_indices, read_clips
 from dae.features.decode import VideoDecodeError, open_video
+from dae.features.extract_defaults import DECODE_THREADS, VIDEO_TIMEOUT_S
 from dae.pause import pause_point
 
 _POLL_SECONDS = 0.2
@@ -255,8 +256,8 @@ class _Worker:
 class DecodePool:
     """`workers` decoding processes; iterate `decode(tasks)` to get `Decoded` items in task order."""
 
-    def __init__(self, protocol: ClipProtocol, decoder: str, workers: int, *, threads: int = 1,
-                 prefetch: int = 2, timeout_s: float = 1800.0, note=None):
+    def __init__(self, protocol: ClipProtocol, decoder: str, workers: int, *, threads: int = DECODE_THREADS,
+                 prefetch: int = 2, timeout_s: float = VIDEO_TIMEOUT_S, note=None):
         self.protocol, self.decoder, self.threads = protocol, decoder, max(1, int(threads))
         asked = max(1, int(workers)), max(1, int(prefetch))
         free = shm_free_bytes()

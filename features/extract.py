@@ -39,6 +39,7 @@ from dae.features.batching import BatchRunner, clip_shape
 from dae.features.clips import ClipProtocol, parse_protocol
 from dae.features.decode import DECODERS, DEFAULT_DECODER, decoder_version
 from dae.features.decode_pool import DecodePool, VideoTask, default_workers, plan_slots, shm_free_bytes
+from dae.features.extract_defaults import DECODE_THREADS, DEFAULT_PROTOCOL, VIDEO_TIMEOUT_S
 from dae.features.i3d_device import default_batch_clips, device_name, prepare_model
 from dae.features.precision import resolve_precision
 from dae.features.resume import (Parts, check_resumable, check_resumed_files, finished_output,
@@ -48,7 +49,6 @@ from dae.features.store import SEQUENCE_DTYPES, Sequences, read_features, write_
 from dae.features.tasks import ids_sha256, list_tasks, tasks_sha256, video_records
 from dae.progress import ProgressLine
 
-DEFAULT_PROTOCOL = "uniform:10x16"
 FAILURE_COLUMNS = ("video_id", "path", "error")
 
 
@@ -112,8 +112,8 @@ def default_fail_log(out) -> Path:
 def extract(videos, out, *, manifest=None, protocol: str = DEFAULT_PROTOCOL, device: str = "auto",
             precision: str | None = None, batch_clips: int | None = None, workers: int | None = None, weights=None,
             decoder: str = DEFAULT_DECODER, shard: str | None = None, fail_log=None, overwrite: bool = False,
-            decode_threads: int = 1, model_threads: int | None = None, video_timeout_s: float = 1800.0,
-            clip_dtype: str | None = None, note=None) -> ExtractResult:
+            decode_threads: int = DECODE_THREADS, model_threads: int | None = None,
+            video_timeout_s: float = VIDEO_TIMEOUT_S, clip_dtype: str | None = None, note=None) -> ExtractResult:
     """Extract every video under `videos` (or every row of `manifest`) into the feature file `out`."""
     proto = parse_protocol(protocol)
     shard_pair, from_env = (parse_shard(shard), False) if shard else (shard_from_environment(), True)
@@ -140,7 +140,8 @@ def _load_model(weights):
 def run_extraction(tasks: list[VideoTask], out, protocol: ClipProtocol, *, device: str = "auto",
                    precision: str | None = None, batch_clips: int | None = None, workers: int | None = None,
                    weights=None, model=None, decoder: str = DEFAULT_DECODER, fail_log=None, overwrite: bool = False,
-                   decode_threads: int = 1, model_threads: int | None = None, video_timeout_s: float = 1800.0,
+                   decode_threads: int = DECODE_THREADS, model_threads: int | None = None,
+                   video_timeout_s: float = VIDEO_TIMEOUT_S,
                    progress: bool | None = None, note=None, shard_info: dict | None = None,
                    clip_dtype: str | None = None) -> ExtractResult:
     """Extract `tasks` (positions 0..n-1, sorted by id for resumable runs) into `out`; see the module docstring.

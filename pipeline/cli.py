@@ -9,6 +9,7 @@ import click
 
 from dae import __version__
 from dae.errors import DaeError
+from dae.features.extract_defaults import DECODE_THREADS, DEFAULT_DECODER, DEFAULT_PROTOCOL, VIDEO_TIMEOUT_S
 from dae.features.precision import PRECISIONS
 
 # OpenMP threads that wait for each other spin by default (GNU OpenMP, torch's: up to ~300k iterations). On a machine
@@ -558,7 +559,7 @@ def demo_cmd(out, seeds, epochs, from_videos, device):
               help="Manifest CSV: extract its rows (path, start_frame, end_frame columns are used when present).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False),
               help="Feature file (HDF5) to write; may contain {shard} and {num_shards}.")
-@click.option("--protocol", default="uniform:10x16", show_default=True,
+@click.option("--protocol", default=DEFAULT_PROTOCOL, show_default=True,
               help="Clip protocol: mtl-aqa, jigsaws, uniform:N, uniform:NxT, or stride:T (non-overlapping T-frame "
                    "clips over the whole video: each video's clip sequence, as many clips as it is long, is kept "
                    "in the file, schema 2).")
@@ -575,17 +576,17 @@ def demo_cmd(out, seeds, epochs, from_videos, device):
               help="A piergiaj-style I3D checkpoint, e.g. pytorch-i3d's rgb_imagenet.pt (ImageNet-inflated, as the "
                    "papers used) [default: DeepMind's rgb_scratch, trained from scratch on Kinetics-400, fetched and "
                    "cached].")
-@click.option("--decoder", type=LibraryChoice("dae.features.decode:DECODERS"), default="decord", show_default=True)
+@click.option("--decoder", type=LibraryChoice("dae.features.decode:DECODERS"), default=DEFAULT_DECODER, show_default=True)
 @click.option("--shard", default=None,
               help="I/N: extract sorted(ids)[I::N] only [default: from RANK/WORLD_SIZE or SLURM_ARRAY_TASK_ID/COUNT].")
 @click.option("--fail-log", type=click.Path(dir_okay=False), default=None,
               help="Failure CSV (video_id, path, error) [default: OUT's name + .failures.csv, when any fail].")
 @click.option("--overwrite", is_flag=True, help="Start over: discard an interrupted run's parts and replace OUT.")
-@click.option("--decode-threads", type=click.IntRange(1), default=1, show_default=True,
+@click.option("--decode-threads", type=click.IntRange(1), default=DECODE_THREADS, show_default=True,
               help="Decoder threads per worker process.")
 @click.option("--threads", "model_threads", type=click.IntRange(1), default=None,
               help="Torch threads for the model on CPU [default: torch's, one per core].")
-@click.option("--video-timeout", type=click.FloatRange(1), default=1800.0, show_default=True,
+@click.option("--video-timeout", type=click.FloatRange(1), default=VIDEO_TIMEOUT_S, show_default=True,
               help="Seconds one video may take to decode before its decoder is stopped and the video failed.")
 @click.option("--clip-dtype", type=LibraryChoice("dae.features.store:SEQUENCE_DTYPES"), default=None,
               help="stride:T: how the clip sequences are stored [default: float32]; float16 halves the file "
@@ -1065,7 +1066,7 @@ def bench_fit_cmd(ctx, features, manifest, dataset, seeds, epochs, batch_size, l
 @click.option("--workers", type=click.IntRange(1), default=None, help="[default: as dae extract]")
 @click.option("--weights", type=click.Path(dir_okay=False), default=None,
               help="[default: DeepMind's rgb_scratch, Kinetics-400 from scratch]")
-@click.option("--decoder", type=LibraryChoice("dae.features.decode:DECODERS"), default="decord", show_default=True,
+@click.option("--decoder", type=LibraryChoice("dae.features.decode:DECODERS"), default=DEFAULT_DECODER, show_default=True,
               help="Decoder of the end-to-end run (decode-only is measured for both).")
 @click.option("--model-only", is_flag=True,
               help="Time only the model (random clips) against the same-run matmul ceiling; no videos.")
@@ -1124,7 +1125,7 @@ def bench_device_cmd(ctx, out, device, weights, videos, count, reference, result
               help="Decoder threads (as `dae extract --decode-threads`; `--threads` is torch's everywhere).")
 @click.option("--repeats", type=click.IntRange(1), default=5, show_default=True,
               help="Timed rounds (the median is reported).")
-@click.option("--protocol", default="uniform:10x16", show_default=True,
+@click.option("--protocol", default=DEFAULT_PROTOCOL, show_default=True,
               help="Clip protocol of the 'protocol frames' rows.")
 @results_csv_option
 @click.pass_context

@@ -28,6 +28,7 @@ import torch
 
 from dae.atomic import atomic_path, check_new_file
 from dae.errors import DaeError, UsageError
+from dae.features.extract_defaults import DEFAULT_DECODER
 from dae.heads.calibration import Calibration
 from dae.heads.calibration import intervals as calibration_intervals
 from dae.heads.distributions import get_distribution
@@ -311,7 +312,7 @@ def _extract_videos(videos, attrs, source, out, weights, device, workers, batch_
         raise DaeError(f"the run's features were extracted with other I3D weights ({attrs.get('backbone')}, sha256 "
                        f"{attrs['weights_sha256'][:12]}...) than {'--weights' if weights else 'the default ones'} "
                        f"(sha256 {model.weights_sha256[:12]}...); pass --weights with that checkpoint")
-    decoder = decoder or attrs.get("decoder") or "decord"
+    decoder = decoder or attrs.get("decoder") or DEFAULT_DECODER
     precision = _extraction_precision(attrs, precision, note)
     tasks = tasks_for_files(videos)
     with tempfile.TemporaryDirectory(prefix="dae-predict-") as tmp:
