@@ -46,11 +46,16 @@ def init_linears(layers, generator: torch.Generator) -> None:
 class DAEHead(nn.Module):
     """feature -> Linear/ReLU stack -> (mu, log variance), scores normalised to [0, 1] by the score range."""
 
-    def __init__(self, in_dim: int, hidden=HIDDEN, log_var_bounds=LOG_VAR_BOUNDS, seed: int | None = None):
+    def __init__(self, in_dim: int, hidden=HIDDEN, log_var_bounds=LOG_VAR_BOUNDS, seed: int | None = None,
+                 empty: bool = False):
+        """seed: draw the weights from a private generator; empty: leave them uninitialised (to be copied or loaded;
+        torch's own draw of a 1024 x 256 layer costs ~3 ms, paid per model in a study otherwise)."""
         super().__init__()
         widths = (in_dim, *hidden)
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
-        self.out = nn.Linear(widths[-1], 2)
+        # with a seed the weights are drawn below: torch's default draw first would be thrown away
+        linear = (lambda a, b: nn.utils.skip_init(nn.Linear, a, b)) if empty or seed is not None else nn.Linear
+        self.layers = nn.ModuleList(linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
+        self.out = linear(widths[-1], 2)
         self.log_var_bounds = tuple(log_var_bounds)
         if seed is not None:  # the weights torch.manual_seed(seed) would give, without touching the global RNG
             init_linears([*self.layers, self.out], torch.Generator().manual_seed(seed))
@@ -141,7 +146,7 @@ class StackedDAE(nn.Module):
 
     def head(self, k: int) -> DAEHead:
         """Head k as a stand-alone `DAEHead` with copied weights."""
-        head = DAEHead(self.in_dim, self.hidden, self.log_var_bounds)
+        head = DAEHead(self.in_dim, self.hidden, self.log_var_bounds, empty=True)
         with torch.no_grad():
             for m, w, bias in zip([*head.layers, head.out], self.weights, self.biases):
                 m.weight.copy_(w[k])
