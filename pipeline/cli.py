@@ -943,6 +943,11 @@ def ablate_voters_cmd(ctx, config_path, **options):
 @click.option("--dataset", default=None, help="Dataset card name (score range).")
 @click.option("--curves/--no-curves", default=_pooling_default("curves"), show_default=True,
               help="Score every epoch on the test folds (per-epoch curves; costs one evaluation per epoch).")
+@click.option("--recipe", default=None,
+              help="Comma-separated named recipes (`dae recipes`), e.g. gdlt:fis-v-tes,cofinal:fis-v-tes: the heads "
+                   "that train one (gdlt/gdlt-dae, cofinal/cofinal-dae) train at it, as dae fit --recipe does; "
+                   "explicit --sequence-epochs, --sequence-lr, --batch-size and sequence options override it. Rows "
+                   "name their recipe.")
 @click.option("--config", "config_path", type=click.Path(), default=None, help=_CONFIG_HELP)
 @sequence_options
 @calibrate_option
@@ -961,7 +966,8 @@ def ablate_pooling_cmd(ctx, config_path, **options):
     """
     from dae.pipeline.settings import pooling_from_options, replay_options
 
-    pooling_from_options(replay_options(options, _explicit(ctx), config_path, "pooling"), echo=click.echo)
+    pooling_from_options(replay_options(options, _explicit(ctx), config_path, "pooling"), echo=click.echo,
+                         explicit=_explicit(ctx), config_path=config_path)
 
 
 @bench_group.command("fit")

@@ -61,7 +61,7 @@ STUDY_DEFAULTS = {
 POOLING_DEFAULTS = {
     "features": None, "manifest": None, "heads": "dae,attn-dae,gdlt,gdlt-dae", "n_seeds": 3,
     "epochs": _TRAIN.epochs, "sequence_epochs": None, "sequence_lr": None, "batch_size": _TRAIN.batch_size,
-    "dataset": None, "curves": True, **CALIBRATION_DEFAULTS, **SEQUENCE_DEFAULTS,
+    "dataset": None, "curves": True, "recipe": None, **CALIBRATION_DEFAULTS, **SEQUENCE_DEFAULTS,
 }
 VOTERS_DEFAULTS = {"features": None, "manifest": None, "head": "core", "voter_counts": "1,3,5,10,20", "rules": None,
                    "n_seeds": None, "seed": None, **TRAIN_DEFAULTS, "dataset": None}
@@ -271,13 +271,21 @@ def study_from_options(study: str, options: dict, echo=print):
                            options={"study": study, **_recordable(o)})
 
 
-def pooling_from_options(options: dict, echo=print):
-    """`dae ablate pooling`: pooled heads at fit's settings, sequence heads at their own budget, on the same cells."""
+def pooling_from_options(options: dict, echo=print, explicit=(), config_path=None):
+    """`dae ablate pooling`: pooled heads at fit's settings, sequence heads at their own budget, on the same cells;
+    --recipe's heads at their recipes (`studies.pooling.recipe_cells`: the options in `explicit`, and those a replayed
+    study (`config_path`) recorded as overriding its recipe, override it)."""
     from dae.heads.sequence.options import SEQUENCE_EPOCHS, SEQUENCE_LR
-    from dae.pipeline.studies.pooling import run_pooling_files
+    from dae.pipeline.studies.pooling import RECIPE_OVERRIDES, recipe_cells, recipe_dataset, run_pooling_files
 
     o = {**POOLING_DEFAULTS, **options}
     _require_inputs(o)
+    explicit = set(explicit) | set(recorded_options(config_path, "pooling").get("recipe_overrides") or ()
+                                   if config_path else ())
+    recipes = csv_list(o["recipe"])
+    o["dataset"] = o["dataset"] or recipe_dataset(recipes)
+    cells = recipe_cells(recipes, csv_list(o["heads"]), o, explicit)
+    overrides = sorted(k for k in explicit if k in RECIPE_OVERRIDES) if recipes else []
     config = train_config({"epochs": o["epochs"], "batch_size": o["batch_size"]}, "dae")
     sequence_config = TrainConfig(epochs=o["sequence_epochs"] or SEQUENCE_EPOCHS, lr=o["sequence_lr"] or SEQUENCE_LR,
                                   batch_size=o["batch_size"])
@@ -285,8 +293,8 @@ def pooling_from_options(options: dict, echo=print):
                              sequence_options_of(o), heads=csv_list(o["heads"]), dataset=o["dataset"] or "",
                              score_range=card_score_range(o["dataset"], o["manifest"]), out=o.get("out"),
                              leaderboard=o.get("leaderboard"), curves=o["curves"], echo=echo,
-                             command_options={"study": "pooling", **_recordable(o)}, calibrate=o["calibrate"],
-                             calibration_folds=o["calibration_folds"])
+                             command_options={"study": "pooling", **_recordable(o), "recipe_overrides": overrides},
+                             calibrate=o["calibrate"], calibration_folds=o["calibration_folds"], recipes=cells)
 
 
 def voters_from_options(options: dict, echo=print):
