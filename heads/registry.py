@@ -29,7 +29,12 @@ class Head:
     schema 2). exemplar: a test video is scored against training exemplars kept in the model. needs: manifest
     columns it reads besides the score ("difficulty", "judges"). lr: its own default learning rate (None: the
     trainer's). recipe: the named recipe `--recipe` uses by default (None: the project's defaults). loss_grid: the
-    loss / distribution / reparameterisation options apply (a study's grid can vary them)."""
+    loss / distribution / reparameterisation options apply (a study's grid can vary them). dae_objective: it trains
+    the DAE objective (--loss, --reparam, --alpha, --beta and --predict shape it). own_scale: it maps scores through
+    its own bins, judges or exemplars rather than regressing the normalised score (--target-scale does not apply).
+    score_bins: a softmax over score bins (--bin-std, --bin-predict; --bins where the judges' scale does not fix
+    them). backbone: the sequence method whose backbone it trains (its transformer, grade queries and options).
+    dae.pipeline.option_use derives which of `dae fit`'s options each head reads from these."""
 
     name: str
     summary: str
@@ -46,6 +51,10 @@ class Head:
     fixed_loss: str | None = None  # the one loss it trains whatever --loss says (mlp: sup)
     closed_form: bool = False  # fitted without epochs or randomness (ridge): seeds would be copies of one model
     base: str | None = None  # the method it is the DAE plug-in of: it also trains that head's named recipes
+    dae_objective: bool = False
+    own_scale: bool = False
+    score_bins: bool = False
+    backbone: str | None = None
 
     def capabilities(self) -> str:
         parts = ["spread" if self.spread else "point", self.inputs]
@@ -91,37 +100,39 @@ _SEQUENCE = "dae.heads.sequence.fitters"
 HEADS = {h.name: h for h in (
     Head("dae", "the Distribution Auto-Encoder: an MLP encodes a video into N(mu, sigma^2), trained by "
          "reparameterised reconstruction", f"{_POOLED}:fit_dae_jobs", f"{_POOLED}:mlp_outputs", loss_grid=True,
-         family="pooled"),
+         family="pooled", dae_objective=True),
     Head("mlp", "same trunk, plain regression on mu (loss sup)", f"{_POOLED}:fit_dae_jobs", f"{_POOLED}:mlp_outputs",
          spread=False, family="pooled", fixed_loss="sup"),
     Head("ridge", "closed-form ridge, penalty by cross-validation on train", f"{_POOLED}:fit_ridge_jobs",
          f"{_POOLED}:ridge_outputs", spread=False, family="pooled", closed_form=True),
     Head("usdl", "softmax over score bins, Gaussian label smoothing, KL loss", f"{_PATHS}:fit_paths",
-         f"{_PATHS}:path_outputs", family="paths"),
+         f"{_PATHS}:path_outputs", family="paths", own_scale=True, score_bins=True),
     Head("musdl", "one usdl path per judge combined by the scoring rule", f"{_PATHS}:fit_paths",
-         f"{_PATHS}:path_outputs", needs=("judges",), family="paths"),
+         f"{_PATHS}:path_outputs", needs=("judges",), family="paths", own_scale=True, score_bins=True),
     Head("dae-mt", "DAE on the execution part times the difficulty", f"{_PATHS}:fit_paths", f"{_PATHS}:path_outputs",
-         needs=("difficulty",), family="paths"),
+         needs=("difficulty",), family="paths", dae_objective=True, own_scale=True),
     Head("dae-judges", "one DAE Gaussian per judge combined by the scoring rule", f"{_PATHS}:fit_paths",
-         f"{_PATHS}:path_outputs", needs=("judges",), family="paths"),
+         f"{_PATHS}:path_outputs", needs=("judges",), family="paths", dae_objective=True, own_scale=True),
     Head("core", "CoRe's group-aware regression tree on pairs (exemplar, query), test score voted by exemplars",
          f"{_EXEMPLARS}:fit_exemplars", f"{_EXEMPLARS}:exemplar_outputs", spread=False, exemplar=True, lr=CORE_LR,
-         family="exemplar"),
+         family="exemplar", own_scale=True),
     Head("dae-core", "ours: a DAE head on CoRe's pair feature, the voters' Gaussian mixture",
          f"{_EXEMPLARS}:fit_exemplars", f"{_EXEMPLARS}:exemplar_outputs", exemplar=True, lr=CORE_LR,
-         loss_grid=True, family="exemplar", base="core"),
+         loss_grid=True, family="exemplar", base="core", dae_objective=True, own_scale=True),
     Head("attn-dae", "attention pooling over clips into the DAE", f"{_SEQUENCE}:fit_sequence_jobs",
-         f"{_SEQUENCE}:sequence_outputs", inputs="sequence", family="sequence"),
+         f"{_SEQUENCE}:sequence_outputs", inputs="sequence", family="sequence", dae_objective=True),
     Head("gdlt", "GDLT (CVPR 2022) as its code does it", f"{_SEQUENCE}:fit_sequence_jobs",
          f"{_SEQUENCE}:sequence_outputs",
-         spread=False, inputs="sequence", family="sequence"),
+         spread=False, inputs="sequence", family="sequence", backbone="gdlt"),
     Head("gdlt-dae", "GDLT's decoder with the DAE head in place of its Likert scorer", f"{_SEQUENCE}:fit_sequence_jobs",
-         f"{_SEQUENCE}:sequence_outputs", inputs="sequence", family="sequence", base="gdlt"),
+         f"{_SEQUENCE}:sequence_outputs", inputs="sequence", family="sequence", base="gdlt", dae_objective=True,
+         backbone="gdlt"),
     Head("cofinal", "CoFInAl (IJCAI 2024) as its authors' code computes it per video: coarse grades + ETF fine grade",
          f"{_SEQUENCE}:fit_sequence_jobs", f"{_SEQUENCE}:sequence_outputs", spread=False, inputs="sequence",
-         family="sequence"),
+         family="sequence", backbone="cofinal"),
     Head("cofinal-dae", "ours: the DAE head on CoFInAl's decoded grade queries", f"{_SEQUENCE}:fit_sequence_jobs",
-         f"{_SEQUENCE}:sequence_outputs", inputs="sequence", family="sequence", base="cofinal"),
+         f"{_SEQUENCE}:sequence_outputs", inputs="sequence", family="sequence", base="cofinal", dae_objective=True,
+         backbone="cofinal"),
 )}
 
 NAMES = tuple(HEADS)

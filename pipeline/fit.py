@@ -185,7 +185,7 @@ def fit_models(fs: FeatureSet, manifest: pd.DataFrame, plan: FitPlan, manifest_n
     scores = manifest["score"].to_numpy(float)
     lo, hi = score_range_of(manifest, plan)
     t_lo, t_hi = target_range(manifest, plan)  # the targets' scaling; metrics keep (lo, hi)
-    if plan.target_scale != "range" and entry.family in ("paths", "exemplar"):
+    if plan.target_scale != "range" and entry.own_scale:
         raise UsageError(f"--target-scale {plan.target_scale} is for heads that regress the normalised score; "
                          f"{plan.head} maps scores through its own bins, judges or exemplars")
     targets = (scores - t_lo) / (t_hi - t_lo)

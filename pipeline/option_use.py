@@ -1,30 +1,36 @@
 """Which `dae fit` options each head reads, torch-free: an option given explicitly to a head that ignores it is a
 usage error, not a setting silently recorded beside rows it never shaped.
 
-One table (HEAD_READS) names, for every registered head (`dae.heads.registry.HEADS`), the groups of head-specific
-options its code reads; what it leaves out it ignores, for the reason IGNORED_WHY gives. Options outside
-HEAD_OPTIONS (inputs, seeds, dataset, recipe, calibration, outputs) apply to every head. Read from the code:
-- the DAE loss (--loss/--reparam/--alpha/--beta) and --predict: the DAE heads (dae, dae-mt, dae-judges, dae-core,
-  attn-dae, gdlt-dae, cofinal-dae); mlp trains `sup` whatever --loss says (registry fixed_loss) and predicts a point;
-  usdl/musdl train a KL over bins and predict by --bin-predict; core, gdlt and cofinal train their own losses
-  (tree-nll+mse, mse+triplet, CoFInAl's) and predict a point.
+HEAD_READS names, for every registered head, the groups of head-specific options its code reads, derived from the
+head's capabilities in the registry (`dae.heads.registry.Head`; adding a head adds no line here); what it leaves
+out it ignores, for the reason IGNORED_WHY gives. Options outside HEAD_OPTIONS (inputs, seeds, dataset, recipe,
+calibration, outputs) apply to every head. Read from the code:
+- the DAE loss (--loss/--reparam/--alpha/--beta) and --predict: the heads that train the DAE objective
+  (`dae_objective`: dae, dae-mt, dae-judges, dae-core, attn-dae, gdlt-dae, cofinal-dae); mlp trains `sup` whatever
+  --loss says (registry fixed_loss) and predicts a point; usdl/musdl train a KL over bins and predict by
+  --bin-predict; core, gdlt and cofinal train their own losses (tree-nll+mse, mse+triplet, CoFInAl's) and predict a
+  point.
 - the trainer (--epochs, --lr, ..., --selection) and its optimizer and schedule (--optimizer ... --accumulate):
-  every head the stacked trainer trains (heads/trainer.py, heads/epochs.py), i.e. all but ridge (closed form, its
-  penalty by cross-validation).
+  every head the stacked trainer trains (heads/trainer.py, heads/epochs.py), i.e. all but the `closed_form` ridge
+  (its penalty by cross-validation).
 - --target-scale: the heads that regress the normalised score (dae, mlp, the sequence heads). Ridge's predictions
-  are linear in the targets, so a rescaling changes nothing; usdl/musdl/dae-mt/dae-judges/core/dae-core map scores
-  through their own bins, judges or exemplars (fit_plan refuses a non-default value from a recipe too).
-- voters, --with-dd: core, dae-core (heads/contrastive/fitters.py). --bins: usdl (musdl's bins are the judges' own
-  scale); --bin-std, --bin-predict: usdl, musdl; --judge-rule: musdl, dae-judges (heads/multipath/fitters.py).
-- the sequence options: gdlt, gdlt-dae, cofinal, cofinal-dae read every one (heads/sequence/models.py StackedGDLT,
-  heads/sequence/cofinal.py); attn-dae reads --crop only (its attention is one linear score per clip into the DAE MLP: no
-  encoder, decoder, grade queries, width, dropout or triplet loss).
-- --grade-values, --triplet-labels (CoFInAl's --activate_regular_restrictions and --loss_align): cofinal, cofinal-dae
-  (heads/sequence/cofinal.py); gdlt's grade values and triplet labels are fixed (GDLT's).
+  are linear in the targets, so a rescaling changes nothing; the `own_scale` heads (usdl/musdl/dae-mt/dae-judges/
+  core/dae-core) map scores through their own bins, judges or exemplars (fit_plan refuses a non-default value from a
+  recipe too).
+- voters, --with-dd: the `exemplar` heads core, dae-core (heads/contrastive/fitters.py). --bins: usdl (musdl's bins
+  are the judges' own scale); --bin-std, --bin-predict: the `score_bins` heads usdl, musdl; --judge-rule: the heads
+  that need judges, musdl, dae-judges (heads/multipath/fitters.py).
+- the sequence options: the heads with a `backbone` (gdlt, gdlt-dae, cofinal, cofinal-dae) read every one
+  (heads/sequence/models.py StackedGDLT, heads/sequence/cofinal.py); attn-dae reads --crop only (its attention is one
+  linear score per clip into the DAE MLP: no encoder, decoder, grade queries, width, dropout or triplet loss).
+- --grade-values, --triplet-labels (CoFInAl's --activate_regular_restrictions and --loss_align): the heads on
+  CoFInAl's backbone, cofinal, cofinal-dae (heads/sequence/cofinal.py); gdlt's grade values and triplet labels are
+  fixed (GDLT's).
 """
 from __future__ import annotations
 
 from dae.errors import UsageError
+from dae.heads.registry import HEADS
 
 GROUPS = {
     "loss": ("loss", "reparam", "alpha", "beta"),
@@ -43,26 +49,34 @@ GROUPS = {
 }
 HEAD_OPTIONS = tuple(name for names in GROUPS.values() for name in names)
 
-_TRAINED = ("training", "optimizer")
-_DAE = ("loss", "prediction") + _TRAINED
-_SEQUENCE = ("target_scale", "crop", "backbone")
-# head -> the option groups it reads (every head of dae.heads.registry.HEADS; tests/test_option_use.py checks that)
-HEAD_READS = {
-    "dae": _DAE + ("target_scale",),
-    "mlp": _TRAINED + ("target_scale",),
-    "ridge": (),
-    "usdl": _TRAINED + ("bins", "bin_options"),
-    "musdl": _TRAINED + ("bin_options", "judges"),
-    "dae-mt": _DAE,
-    "dae-judges": _DAE + ("judges",),
-    "core": _TRAINED + ("exemplars",),
-    "dae-core": _DAE + ("exemplars",),
-    "attn-dae": _DAE + ("target_scale", "crop"),
-    "gdlt": _TRAINED + _SEQUENCE,
-    "gdlt-dae": _DAE + _SEQUENCE,
-    "cofinal": _TRAINED + _SEQUENCE + ("cofinal",),
-    "cofinal-dae": _DAE + _SEQUENCE + ("cofinal",),
-}
+
+def groups_read(head) -> tuple:
+    """The option groups a registered head (`dae.heads.registry.Head`) reads, from its capabilities (module
+    docstring): the DAE objective's loss and prediction, the trainer's options unless closed form, --target-scale
+    where it regresses the normalised score, the exemplars', the score bins' (--bins where the judges' scale does not
+    fix them), the judges', a sequence head's crop and its backbone method's options."""
+    groups = []
+    if head.dae_objective:
+        groups += ["loss", "prediction"]
+    if not head.closed_form:
+        groups += ["training", "optimizer"] + ([] if head.own_scale else ["target_scale"])
+    if head.exemplar:
+        groups.append("exemplars")
+    if head.score_bins:
+        groups += (["bins"] if "judges" not in head.needs else []) + ["bin_options"]
+    if "judges" in head.needs:
+        groups.append("judges")
+    if head.inputs == "sequence":
+        groups.append("crop")
+    if head.backbone:
+        groups.append("backbone")
+    if head.backbone == "cofinal":  # CoFInAl's own options (its grade values and triplet labels)
+        groups.append("cofinal")
+    return tuple(groups)
+
+
+# head -> the option groups it reads, for every head of dae.heads.registry.HEADS in its order
+HEAD_READS = {name: groups_read(head) for name, head in HEADS.items()}
 # (head, group) -> why the head ignores the group; a group not named here: "read by HEADS only"
 IGNORED_WHY = {
     **{("ridge", g): "closed-form ridge has no loss, sampling, epochs or optimizer"

@@ -143,7 +143,7 @@ def fit_plan(options: dict):
     (dataclasses.replace(config, selection="last") if windowed else config).check()
     entry = get_head(o["head"])
     parse_target_scale(o["target_scale"])
-    if o["target_scale"] != "range" and entry.family in ("paths", "exemplar"):
+    if o["target_scale"] != "range" and entry.own_scale:
         raise UsageError(f"--target-scale {o['target_scale']} is for heads that regress the normalised score; "
                          f"{o['head']} maps scores through its own bins, judges or exemplars")
     head_options = (ExemplarOptions(voters=o["voters"], with_dd=o["with_dd"]) if entry.exemplar else

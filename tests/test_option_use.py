@@ -112,3 +112,16 @@ def test_ridge_with_calibration_options_and_core_with_training_options_fit(tmp_p
                                    "--calibrate", "none", "--epochs", "2", "--optimizer", "sgd", "--momentum", "0.9",
                                    "--accumulate", "2", "--voters", "3", "--out", str(tmp_path / "core")])
     assert res.exit_code == 0, res.output
+
+
+def test_a_new_head_reads_what_its_registry_capabilities_say():
+    """The table is derived from the registry: a head added with capabilities alone (no line in option_use) reads
+    the DAE objective's, the trainer's, --target-scale and a sequence head's --crop, and nothing of the bins',
+    judges', exemplars' or a backbone's."""
+    from dae.heads.registry import Head
+    from dae.pipeline.option_use import groups_read
+
+    new = Head("new-seq", "a test head", "m:f", "m:g", inputs="sequence", dae_objective=True)
+    assert set(groups_read(new)) == {"loss", "prediction", "training", "optimizer", "target_scale", "crop"}
+    closed = Head("new-closed", "a test head", "m:f", "m:g", spread=False, closed_form=True, own_scale=True)
+    assert groups_read(closed) == ()
