@@ -24,7 +24,6 @@ import numpy as np
 from dae.errors import DaeError
 from dae.extras import require
 from dae.features.extract_defaults import DEFAULT_DECODER
-from dae.features.extract_defaults import DEFAULT_DECODER
 
 DECODERS = ("decord", "pyav")
 

@@ -38,7 +38,6 @@ from dae.errors import DaeError
 from dae.features.clips import ClipProtocol, check_range, clip_indices, read_clips
 from dae.features.decode import VideoDecodeError, open_video
 from dae.features.extract_defaults import DECODE_THREADS, VIDEO_TIMEOUT_S
-from dae.features.extract_defaults import DECODE_THREADS, VIDEO_TIMEOUT_S
 from dae.pause import pause_point
 
 _POLL_SECONDS = 0.2

@@ -40,7 +40,6 @@ from dae.features.clips import ClipProtocol, parse_protocol
 from dae.features.decode import DECODERS, DEFAULT_DECODER, decoder_version
 from dae.features.decode_pool import DecodePool, VideoTask, default_workers, plan_slots, shm_free_bytes
 from dae.features.extract_defaults import DECODE_THREADS, DEFAULT_PROTOCOL, VIDEO_TIMEOUT_S
-from dae.features.extract_defaults import DECODE_THREADS, DEFAULT_PROTOCOL, VIDEO_TIMEOUT_S
 from dae.features.i3d_device import default_batch_clips, device_name, prepare_model
 from dae.features.precision import resolve_precision
 from dae.features.resume import (Parts, check_resumable, check_resumed_files, finished_output,

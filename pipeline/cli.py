@@ -10,7 +10,6 @@ import click
 from dae import __version__
 from dae.errors import DaeError
 from dae.features.extract_defaults import DECODE_THREADS, DEFAULT_DECODER, DEFAULT_PROTOCOL, VIDEO_TIMEOUT_S
-from dae.features.extract_defaults import DECODE_THREADS, DEFAULT_DECODER, DEFAULT_PROTOCOL, VIDEO_TIMEOUT_S
 from dae.features.precision import PRECISIONS
 
 # OpenMP threads that wait for each other spin by default (GNU OpenMP, torch's: up to ~300k iterations). On a machine

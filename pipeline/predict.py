@@ -29,7 +29,6 @@ import torch
 from dae.atomic import atomic_path, check_new_file
 from dae.errors import DaeError, UsageError
 from dae.features.extract_defaults import DEFAULT_DECODER
-from dae.features.extract_defaults import DEFAULT_DECODER
 from dae.heads.calibration import Calibration
 from dae.heads.calibration import intervals as calibration_intervals
 from dae.heads.distributions import get_distribution
