@@ -84,8 +84,8 @@ IGNORED_WHY = {
     ("ridge", "target_scale"): "ridge's predictions are linear in the targets: a rescaling changes nothing",
     ("mlp", "loss"): "mlp regresses mu with the supervised loss alone",
     ("mlp", "prediction"): "mlp predicts a point, no spread to sample",
-    **{(h, "loss"): f"{h} trains a KL loss over score bins" for h in ("usdl", "musdl")},
-    **{(h, "prediction"): f"{h} predicts from its bins (--bin-predict)" for h in ("usdl", "musdl")},
+    **{(h, "loss"): f"{h} trains a KL loss over score bins" for h in HEADS if HEADS[h].score_bins},
+    **{(h, "prediction"): f"{h} predicts from its bins (--bin-predict)" for h in HEADS if HEADS[h].score_bins},
     ("core", "loss"): "core trains CoRe's tree loss (tree-nll+mse)",
     ("core", "prediction"): "core predicts a point (its tree's argmax leaf)",
     ("gdlt", "loss"): "gdlt trains GDLT's mse + triplet loss",
@@ -95,9 +95,9 @@ IGNORED_WHY = {
     ("attn-dae", "backbone"): "attn-dae pools clips by one linear attention score into the DAE: no encoder, "
                               "decoder, grade queries, width, dropout or triplet loss",
     **{(h, "cofinal"): f"{h} has GDLT's grade values linspace(0, 1, Q) and one triplet label per query slot "
-                       "(CoFInAl's choices are cofinal's)" for h in ("gdlt", "gdlt-dae")},
+                       "(CoFInAl's choices are cofinal's)" for h in HEADS if HEADS[h].backbone == "gdlt"},
     **{(h, "target_scale"): f"{h} maps scores through its own bins, judges or exemplars"
-       for h in ("usdl", "musdl", "dae-mt", "dae-judges", "core", "dae-core")},
+       for h in HEADS if HEADS[h].own_scale},
 }
 OPTION_NAMES = {"with_dd": "--with-dd/--without-dd", "prediction": "--predict", "hidden": "--model-width",
                 "batch_size": "--batch-size", "weight_decay": "--weight-decay", "bin_std": "--bin-std",
