@@ -16,7 +16,7 @@ import dataclasses
 import os
 import platform
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -86,10 +86,13 @@ def dataloader_loop(features, targets, job: Job, config: TrainConfig, batch_size
                       fit_seconds=time.perf_counter() - start, distribution=dist)
 
 
-def matmul_gflops(groups: int, rows: int, dim: int, batch: int, repeats: int = 5) -> dict:
+def matmul_gflops(groups: int, rows: int, dim: int, batch: int, repeats: int = 5, cpu: dict | None = None) -> dict:
     """fp32 GFLOP/s of the study's dominant matmuls, (G, rows, D) @ (G, D, B) and the weight gradient
     (G, rows, B) @ (G, B, D), best of `repeats`: as one bmm each, and as one mm per group (what the trainer
-    does on a CPU). The faster of the two is the ceiling the study is measured against."""
+    does on a CPU). The faster of the two is the ceiling the study is measured against.
+
+    cpu: a dict to receive the same figures per second of the process's CPU time (every thread's), the ceiling of
+    `BenchResult`'s CPU-time figures."""
     w = torch.randn(groups, rows, dim)
     x = torch.randn(groups, batch, dim)
     d = torch.randn(groups, rows, batch)
@@ -107,12 +110,15 @@ def matmul_gflops(groups: int, rows: int, dim: int, batch: int, repeats: int = 5
     out = {}
     for name, fn in (("bmm", as_bmm), ("mm per group", per_group)):
         fn()
-        best = float("inf")
+        best = best_cpu = float("inf")
         for _ in range(repeats):
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             fn()
             best = min(best, time.perf_counter() - start)
+            best_cpu = min(best_cpu, time.process_time() - start_cpu)
         out[name] = flops / best / 1e9
+        if cpu is not None:
+            cpu[name] = flops / max(best_cpu, 1e-9) / 1e9
     return out
 
 
@@ -132,6 +138,11 @@ class BenchResult:
     warmup_seconds: float
     threads: int
     load_before: tuple
+    # The same figures by the process's CPU time (all its threads), which other processes on a shared machine
+    # barely change: a study's threads that wait for a core stall the wall clock, not the CPU clock.
+    study_cpu_seconds: list = field(default_factory=list)
+    reference_cpu_seconds: float = float("nan")
+    matmul_cpu_gflops: dict = field(default_factory=dict)
 
 
 def bench_fit(x=None, targets=None, train_rows=None, test_rows=None, seeds: int = 5, epochs: int = 100,
@@ -155,31 +166,36 @@ def bench_fit(x=None, targets=None, train_rows=None, test_rows=None, seeds: int 
     # few reference epochs that get extrapolated a thousandfold.
     torch.optim.Adam([torch.zeros(1, requires_grad=True)])
     warmup = time.perf_counter() - start
-    study_seconds = []
+    study_seconds, study_cpu = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         train_heads(x, targets, jobs, config)
         study_seconds.append(time.perf_counter() - start)
-        echo(f"study: {study_seconds[-1]:.2f} s")
+        study_cpu.append(time.process_time() - start_cpu)
+        echo(f"study: {study_seconds[-1]:.2f} s ({study_cpu[-1]:.2f} s of CPU time)")
     # The references on a subset: a few models for a few epochs, scaled to every model and epoch.
     subset = [jobs[i * len(jobs) // reference_models] for i in range(reference_models)]
     short = TrainConfig(epochs=reference_epochs, batch_size=batch_size, lr=lr)
-    start = time.perf_counter()
+    scale = (len(jobs) / len(subset)) * (epochs / reference_epochs)
+    start, start_cpu = time.perf_counter(), time.process_time()
     for job in subset:
         dataloader_loop(x, targets, job, short)
-    ref = (time.perf_counter() - start) * (len(jobs) / len(subset)) * (epochs / reference_epochs)
+    ref = (time.perf_counter() - start) * scale
+    ref_cpu = (time.process_time() - start_cpu) * scale
     start = time.perf_counter()
     for job in subset:
         train_one(x, targets, job, short)
     one = (time.perf_counter() - start) * (len(jobs) / len(subset)) * (epochs / reference_epochs)
     k_group = len(LOSSES)
-    mm = matmul_gflops(seeds, k_group * HIDDEN[0], x.shape[1], batch_size)
+    mm_cpu = {}
+    mm = matmul_gflops(seeds, k_group * HIDDEN[0], x.shape[1], batch_size, cpu=mm_cpu)
     flops = len(jobs) * len(train_rows) * epochs * head_flops_per_sample(x.shape[1])
     return BenchResult(models=len(jobs), epochs=epochs, n_train=len(train_rows), dim=x.shape[1],
                        batch_size=batch_size, study_seconds=study_seconds, reference_seconds=ref,
                        reference_measured=f"{reference_models} models x {reference_epochs} epochs",
                        one_by_one_seconds=one, study_gflops=flops / min(study_seconds) / 1e9, matmul_gflops=mm,
-                       threads=torch.get_num_threads(), load_before=tuple(load), warmup_seconds=warmup)
+                       threads=torch.get_num_threads(), load_before=tuple(load), warmup_seconds=warmup,
+                       study_cpu_seconds=study_cpu, reference_cpu_seconds=ref_cpu, matmul_cpu_gflops=mm_cpu)
 
 
 def bench_study(study: str, x=None, targets=None, train_rows=None, test_rows=None, seeds: int = 5,
@@ -211,20 +227,26 @@ def bench_study(study: str, x=None, targets=None, train_rows=None, test_rows=Non
     default = STUDY_CALIBRATE[study]
     calibrators = list(dict.fromkeys((default, "none", DEFAULT_CALIBRATOR)))
     seconds = {c: [] for c in calibrators}
+    cpu = {c: [] for c in calibrators}  # the process's CPU time: what other processes barely change
     for _ in range(repeats):
         for calibrate in calibrators:
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             run_study(study, fs, manifest, FitPlan(specs=specs, config=config, calibrate=calibrate), progress=False)
             seconds[calibrate].append(time.perf_counter() - start)
-            echo(f"ablate {study} --calibrate {calibrate}: {seconds[calibrate][-1]:.2f} s")
+            cpu[calibrate].append(time.process_time() - start_cpu)
+            echo(f"ablate {study} --calibrate {calibrate}: {seconds[calibrate][-1]:.2f} s "
+                 f"({cpu[calibrate][-1]:.2f} s of CPU time)")
     best = {c: min(v) for c, v in seconds.items()}
+    best_cpu = {c: min(v) for c, v in cpu.items()}
     load = os.getloadavg() if hasattr(os, "getloadavg") else (np.nan,) * 3
     note = (f"load average after {load[0]:.2f}, {torch.get_num_threads()} threads, OMP_WAIT_POLICY "
             f"{os.environ.get('OMP_WAIT_POLICY', 'unset')}; rounds: "
             + "; ".join(f"{c} {', '.join(f'{v:.2f}' for v in values)} s" for c, values in seconds.items()))
     return {"note": note, "study": study, "calibrate": default, "fit_calibrate": DEFAULT_CALIBRATOR,
             "models": len(specs), "epochs": epochs, "batch_size": config.batch_size, "seconds": seconds, "best": best,
-            "ratio": best[default] / best["none"], "fit_ratio": best[DEFAULT_CALIBRATOR] / best["none"]}
+            "ratio": best[default] / best["none"], "fit_ratio": best[DEFAULT_CALIBRATOR] / best["none"],
+            "cpu": best_cpu, "ratio_cpu": best_cpu[default] / best_cpu["none"],
+            "fit_ratio_cpu": best_cpu[DEFAULT_CALIBRATOR] / best_cpu["none"]}
 
 
 def format_study_bench(r: dict) -> str:
@@ -233,9 +255,13 @@ def format_study_bench(r: dict) -> str:
             f" {best[r['calibrate']]:.2f} s at its default --calibrate {r['calibrate']}")
     if r["calibrate"] != "none":
         line += f", {best['none']:.2f} s with --calibrate none -> {r['ratio']:.2f}x"
+        if "ratio_cpu" in r:
+            line += f" (by CPU time {r['ratio_cpu']:.2f} times)"
     if r["fit_calibrate"] != r["calibrate"]:
         line += (f"; with dae fit's --calibrate {r['fit_calibrate']} (every study's default before): "
                  f"{best[r['fit_calibrate']]:.2f} s -> {r['fit_ratio']:.2f}x")
+        if "fit_ratio_cpu" in r:
+            line += f" (by CPU time {r['fit_ratio_cpu']:.2f} times)"
     return line + f" (best of {len(r['seconds']['none'])}, same process)"
 
 
@@ -245,6 +271,11 @@ def study_result_rows(r: dict) -> list[tuple]:
     rows.append((case, "ratio_to_calibrate_none", r["ratio"], "x"))
     if r["fit_calibrate"] != r["calibrate"]:
         rows.append((case, f"ratio_{r['fit_calibrate']}_to_none", r["fit_ratio"], "x"))
+    if "cpu" in r:
+        rows += [(case, f"study_cpu_seconds_calibrate_{c}", v, "CPU-s") for c, v in r["cpu"].items()]
+        rows.append((case, "ratio_to_calibrate_none_cpu", r["ratio_cpu"], "x (CPU time)"))
+        if r["fit_calibrate"] != r["calibrate"]:
+            rows.append((case, f"ratio_{r['fit_calibrate']}_to_none_cpu", r["fit_ratio_cpu"], "x (CPU time)"))
     return rows
 
 
@@ -266,7 +297,19 @@ def format_bench(r: BenchResult) -> str:
         f"  (untimed warm-up first, {r.warmup_seconds:.2f} s: one study epoch, and torch.optim's one-off import "
         "for the reference loop)",
     ]
+    if r.study_cpu_seconds and r.matmul_cpu_gflops:
+        cpu = min(r.study_cpu_seconds)
+        lines.append(f"  by CPU time (all threads; what other processes on a shared machine barely change): study "
+                     f"{cpu:.2f} CPU-s, the DataLoader loop {r.reference_cpu_seconds:.1f} CPU-s "
+                     f"({r.reference_cpu_seconds / cpu:.1f} times the study's); {cpu_fraction(r):.0%} of the ceiling's "
+                     f"GFLOP per CPU-second ({max(r.matmul_cpu_gflops.values()):.0f})")
     return "\n".join(lines)
+
+
+def cpu_fraction(r: BenchResult) -> float:
+    """The study's FLOPs per CPU-second over the matmul ceiling's (both counted over all the process's threads)."""
+    flops = r.study_gflops * min(r.study_seconds)
+    return flops / min(r.study_cpu_seconds) / max(r.matmul_cpu_gflops.values())
 
 
 def quality_check(x, targets, train_rows, test_rows, seeds: int = 5, config: TrainConfig | None = None,
@@ -335,7 +378,10 @@ def result_rows(r: BenchResult) -> list[tuple]:
             (case, "train_one_seconds", r.one_by_one_seconds, "s (extrapolated)"),
             (case, "study_gflops", r.study_gflops, "GFLOP/s"),
             (case, "matmul_ceiling_gflops", ceiling, "GFLOP/s"),
-            (case, "fraction_of_matmul", r.study_gflops / ceiling, "")]
+            (case, "fraction_of_matmul", r.study_gflops / ceiling, "")] + ([
+            (case, "study_cpu_seconds", min(r.study_cpu_seconds), "CPU-s"),
+            (case, "speedup_vs_dataloader_b8_cpu", r.reference_cpu_seconds / min(r.study_cpu_seconds), "x (CPU time)"),
+            (case, "fraction_of_matmul_cpu", cpu_fraction(r), "(CPU time)")] if r.study_cpu_seconds else [])
 
 
 # ---- the sequence heads (`dae bench fit --head gdlt|cofinal`): achieved FLOP/s against a same-run matmul ceiling ----
@@ -432,9 +478,13 @@ def bench_sequence_fit(head: str, data=None, seeds: int = 1, epochs: int = 2, re
 
 def count_sequence_flops(objective, jobs, config) -> tuple[float, float]:
     """Matmul FLOPs (torch's FlopCounterMode) of the stacked module of `jobs`: one training step on a batch of
-    config.batch_size videos (forward + backward), and the final evaluation of the jobs' test rows (full sequences in
-    the head's chunks, padding included: work done). The evaluation is counted with autograd on (same matmuls):
-    FlopCounterMode's module tracker fails on views of parameters made under no_grad."""
+    config.batch_size videos (forward + backward), and the final evaluation of the jobs' test rows.
+
+    Only the arithmetic the head must do is counted. The evaluation is counted one video at a time at its own length
+    (the fit reads videos of similar length together, but what padding remains in its chunks is masked work, not
+    useful work). A training step's crops are counted as read: on Fis-V every video is at least as long as the
+    recipes' crops (124..234 clips), so a batch has no padding. The evaluation is counted with autograd on (same
+    matmuls): FlopCounterMode's module tracker fails on views of parameters made under no_grad."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from dae.heads.trainer import Batch, Stack
@@ -451,10 +501,9 @@ def count_sequence_flops(objective, jobs, config) -> tuple[float, float]:
     step = float(counter.get_total_flops())
     module.eval()
     test = torch.stack([torch.as_tensor(np.asarray(j.eval_rows["test"], dtype=np.int64)) for j in jobs])
-    chunk = objective.options.eval_chunk
     with FlopCounterMode(display=False) as counter:
-        for lo in range(0, test.shape[1], chunk):
-            module(*objective.bank.full(test[:, lo:lo + chunk]))
+        for j in range(test.shape[1]):
+            module(*objective.bank.full(test[:, j:j + 1]))
     return step, float(counter.get_total_flops())
 
 
