@@ -35,9 +35,10 @@ OPTIM_DEFAULTS = {"optimizer": _TRAIN.optimizer, "momentum": _TRAIN.momentum, "n
 SPEC_DEFAULTS = {"loss": _SPEC.loss, "reparam": _SPEC.reparam, "alpha": _SPEC.alpha, "beta": _SPEC.beta}
 CALIBRATION_DEFAULTS = {"calibrate": DEFAULT_CALIBRATOR, "calibration_folds": DEFAULT_FOLDS}
 # A study's default calibrator (issue 23). variance (coverage, sharpness, CRPS) and distributions (each family's
-# spread and coverage) report intervals: calibrated as `dae fit` calibrates them (K fold models per model). losses,
+# spread and coverage) report intervals: calibrated as `dae fit` calibrates them (K fold models per configuration,
+# shared by its S seeds: 1 + (K-1)/S times the uncalibrated training, heads/calibration.fold_jobs). losses,
 # reparam and robustness answer a ranking question (Spearman, its seed spread and stability): no fold models,
-# `none`, ~K+1 times less training; their interval columns are the raw spread's, and every row's calibration column
+# `none`; their interval columns are the raw spread's, and every row's calibration column
 # says so (a setting column: never pooled with calibrated rows). --calibrate overrides either.
 STUDY_CALIBRATE = {"losses": "none", "reparam": "none", "robustness": "none",
                    "variance": DEFAULT_CALIBRATOR, "distributions": DEFAULT_CALIBRATOR}
