@@ -55,8 +55,64 @@ class StackedLayerNorm(nn.Module):
         return torch.nn.functional.layer_norm(x, x.shape[-1:], eps=self.eps) * self.weight + self.bias
 
 
+class _MaskedBatchNormFunction(torch.autograd.Function):
+    """Training-mode masked BatchNorm (+ ReLU) in a few passes, its backward written out.
+
+    x (M, B, L, C); m (M, B, L, 1) float mask, or None when every clip is real (the crops of a training batch
+    usually: then the statistics skip the mask products, which would multiply by 1). The forward is the plain
+    expression's own arithmetic, op for op: mean = sum(x m) / n, d = x - mean, var = sum((d m)^2) / n,
+    y = d rsqrt(var + eps) w + b. Backward, with xhat = d rsqrt(var + eps), g the gradient of y (after the ReLU's):
+    db = sum(g), dw = sum(g xhat), dx = w rsqrt(var + eps) (g - m db / n - m xhat dw / n) (the var's gradient
+    through the mean is zero: sum(m d) = 0), sums over the model's (B, L). Returns y and the batch mean, biased
+    variance and count (for the running statistics; not differentiable)."""
+
+    @staticmethod
+    def forward(ctx, x, m, weight, bias, eps, relu):
+        dims = (1, 2)
+        if m is None:
+            count = x.new_full((x.shape[0], 1, 1, 1), float(x.shape[1] * x.shape[2]))
+            mean = x.sum(dim=dims, keepdim=True) / count
+            d = x - mean
+            var = (d * d).sum(dim=dims, keepdim=True) / count
+        else:
+            count = m.sum(dim=dims, keepdim=True).clamp_min(1.0)
+            mean = (x * m).sum(dim=dims, keepdim=True) / count
+            d = x - mean
+            dm = d * m
+            var = (dm * dm).sum(dim=dims, keepdim=True) / count
+            del dm
+        rstd = torch.rsqrt(var + eps)
+        xhat = d.mul_(rstd)
+        y = xhat * weight
+        y.add_(bias)
+        if relu:
+            y.clamp_min_(0.0)
+        ctx.relu = relu
+        ctx.save_for_backward(xhat, rstd, weight, count, m, y if relu else None)
+        ctx.mark_non_differentiable(mean, var, count)
+        return y, mean, var, count
+
+    @staticmethod
+    def backward(ctx, g, _mean, _var, _count):
+        xhat, rstd, weight, count, m, y = ctx.saved_tensors
+        if ctx.relu:
+            g = _relu_backward(g, y)
+        dims = (1, 2)
+        db = g.sum(dim=dims, keepdim=True)
+        dw = (g * xhat).sum(dim=dims, keepdim=True)
+        dx = None
+        if ctx.needs_input_grad[0]:
+            if m is None:
+                dx = torch.addcmul(g - db / count, xhat, dw / count, value=-1.0)
+            else:
+                dx = g - m * (db / count) - (m * xhat) * (dw / count)
+            dx.mul_(weight * rstd)
+        return dx, None, dw, db, None, None
+
+
 class MaskedBatchNorm(nn.Module):
-    """BatchNorm1d over each model's real clips (padding excluded from the statistics), running stats for eval."""
+    """BatchNorm1d over each model's real clips (padding excluded from the statistics), running stats for eval.
+    mask None: every clip is real. relu=True applies a ReLU to the output in the same pass (GDLT's in_proj)."""
 
     def __init__(self, n_models: int, dim: int, momentum: float = 0.1, eps: float = 1e-5):
         super().__init__()
@@ -66,37 +122,67 @@ class MaskedBatchNorm(nn.Module):
         self.register_buffer("running_var", torch.ones(n_models, 1, 1, dim))
         self.momentum, self.eps = momentum, eps
 
-    def forward(self, x, mask):
+    def forward(self, x, mask=None, relu: bool = False):
         if self.training:
-            m = mask.unsqueeze(-1).to(x.dtype)
-            count = m.sum(dim=(1, 2), keepdim=True).clamp_min(1.0)
-            mean = (x * m).sum(dim=(1, 2), keepdim=True) / count
-            var = (((x - mean) * m) ** 2).sum(dim=(1, 2), keepdim=True) / count
+            m = None if mask is None else mask.unsqueeze(-1).to(x.dtype)
+            y, mean, var, count = _MaskedBatchNormFunction.apply(x, m, self.weight, self.bias, self.eps, relu)
             with torch.no_grad():
                 unbiased = var * count / (count - 1).clamp_min(1.0)
                 self.running_mean.lerp_(mean, self.momentum)
                 self.running_var.lerp_(unbiased, self.momentum)
-        else:
-            mean, var = self.running_mean, self.running_var
-        return (x - mean) * torch.rsqrt(var + self.eps) * self.weight + self.bias
+            return y
+        # eval: one affine pass, x scale + shift, with scale = w / sqrt(running var + eps), shift = b - mean x scale
+        scale = torch.rsqrt(self.running_var + self.eps) * self.weight
+        y = torch.addcmul(self.bias - self.running_mean * scale, x, scale)
+        return y.clamp_min_(0.0) if relu else y
+
+
+def _relu_backward(g, y):
+    """ReLU's gradient given its output y: g where y > 0, else 0 (the kernel autograd's relu uses)."""
+    return torch.ops.aten.threshold_backward(g, y, 0.0)
+
+
+class _DropoutFunction(torch.autograd.Function):
+    """x * keep / (1 - p), keep a float 0/1 mask (relu=True: relu(x) * keep / (1 - p)); its gradient g / (1 - p) * keep
+    (with the ReLU: g / (1 - p) where the output is positive, which also zeroes the dropped entries): the values
+    autograd gives the same ops, with the ReLU, the mask and the scaling in fewer passes."""
+
+    @staticmethod
+    def forward(ctx, x, keep, p, relu):
+        y = torch.relu(x).mul_(keep) if relu else x * keep
+        y.div_(1.0 - p)
+        ctx.p, ctx.relu = p, relu
+        ctx.save_for_backward(y if relu else keep)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        (saved,) = ctx.saved_tensors
+        g = g / (1.0 - ctx.p)
+        return (_relu_backward(g, saved) if ctx.relu else g.mul_(saved)), None, None, None
 
 
 class Dropout(nn.Module):
     """Dropout whose masks come from the models' own generators, one per stream of `group_size` models that read
-    the same batch (set with `set_dropout_generators` before a training step); a stream's models share masks."""
+    the same batch (set with `set_dropout_generators` before a training step); a stream's models share masks.
+    Stream s keeps the entries where torch.rand(activation.shape[1:], generator=s) >= p (activation (M, ...)), drawn
+    into one buffer that becomes the float mask in place; relu=True applies a ReLU before the dropout."""
 
     def __init__(self, p: float):
         super().__init__()
         self.p = float(p)
         self.generators, self.group_size = None, 1
 
-    def forward(self, x):
+    def forward(self, x, relu: bool = False):
         if not self.training or self.p == 0.0:
-            return x
-        keep = torch.stack([torch.rand(x.shape[1:], generator=g) for g in self.generators]) >= self.p
+            return torch.relu(x) if relu else x
+        keep = torch.empty((len(self.generators), *x.shape[1:]))
+        for row, g in zip(keep, self.generators):
+            row.uniform_(0.0, 1.0, generator=g)                      # torch.rand(shape, generator=g)'s draws
+        keep.ge_(self.p)                                              # 1.0 kept, 0.0 dropped
         if self.group_size > 1:
             keep = keep.repeat_interleave(self.group_size, 0)
-        return x * keep.to(x.device, x.dtype) / (1.0 - self.p)
+        return _DropoutFunction.apply(x, keep.to(x.device, x.dtype), self.p, relu)
 
 
 class StackedAttention(nn.Module):
@@ -125,19 +211,37 @@ class StackedAttention(nn.Module):
         return layer
 
     def forward(self, query, memory, key_mask=None):
-        """query (M, B, Lq, E), memory (M, B, Lk, E), key_mask (M, B, Lk) True on real keys."""
+        """query (M, B, Lq, E), memory (M, B, Lk, E), key_mask (M, B, Lk) True on real keys (None: all real).
+
+        One matmul per input: self-attention (memory is query) projects q, k and v with the three weights side by
+        side (E -> 3E), cross-attention k and v (E -> 2E); the 1/sqrt(E/h) score scale is folded into q's weight
+        and bias (for a power-of-two E/h, GDLT's 256 at one head, the same numbers as scaling the scores)."""
         m, b, lq, e = query.shape
         lk, h = memory.shape[2], self.heads
-        q = self.q(query).view(m * b, lq, h, e // h).transpose(1, 2)
-        k = self.k(memory).view(m * b, lk, h, e // h).transpose(1, 2)
-        v = self.v(memory).view(m * b, lk, h, e // h).transpose(1, 2)
-        scores = q @ k.transpose(-1, -2) / math.sqrt(e // h)              # (M*B, h, Lq, Lk)
+        d = e // h
+        scale = 1.0 / math.sqrt(d)
+        wq, bq = self.q.weight * scale, self.q.bias * scale
+        if memory is query:
+            w = torch.cat([wq, self.k.weight, self.v.weight], -1)
+            bias = torch.cat([bq, self.k.bias, self.v.bias], -1)
+            q, k, v = torch.baddbmm(bias, query.reshape(m, b * lq, e), w).split(e, -1)
+        else:
+            q = torch.baddbmm(bq, query.reshape(m, b * lq, e), wq)
+            w = torch.cat([self.k.weight, self.v.weight], -1)
+            bias = torch.cat([self.k.bias, self.v.bias], -1)
+            k, v = torch.baddbmm(bias, memory.reshape(m, b * lk, e), w).split(e, -1)
+        # (M*B*h, L, d) per head; at one head plain views of the projections (no head transposes to copy)
+        q, k, v = (t.reshape(m * b, n, h, d).transpose(1, 2).reshape(m * b * h, n, d)
+                   for t, n in ((q, lq), (k, lk), (v, lk)))
+        scores = torch.bmm(q, k.transpose(1, 2))                          # (M*B*h, Lq, Lk), scaled
         if key_mask is not None:
-            scores = scores.masked_fill(~key_mask.reshape(m * b, 1, 1, lk), float("-inf"))
+            scores = scores.masked_fill(~key_mask.reshape(m * b, 1, 1, lk).expand(m * b, h, 1, lk)
+                                        .reshape(m * b * h, 1, lk), float("-inf"))
         weights = torch.softmax(scores, dim=-1)
         if self.dropout.p and self.training:
-            weights = self.dropout(weights.view(m, b * h, lq, lk)).view(m * b, h, lq, lk)
-        out = (weights @ v).transpose(1, 2).reshape(m, b, lq, e)
+            weights = self.dropout(weights.view(m, b * h, lq, lk)).view(m * b * h, lq, lk)
+        out = torch.bmm(weights, v)                                       # (M*B*h, Lq, d)
+        out = out.view(m, b, lq, e) if h == 1 else out.view(m * b, h, lq, d).transpose(1, 2).reshape(m, b, lq, e)
         return self.out(out)
 
 
@@ -153,9 +257,9 @@ class EncoderLayer(nn.Module):
         self.norm1, self.norm2 = StackedLayerNorm(m, dim), StackedLayerNorm(m, dim)
         self.drops = nn.ModuleList(Dropout(dropout) for _ in range(3))
 
-    def forward(self, x, mask):
+    def forward(self, x, mask=None):
         x = self.norm1(x + self.drops[0](self.attn(x, x, mask)))
-        return self.norm2(x + self.drops[2](self.lin2(self.drops[1](torch.relu(self.lin1(x))))))
+        return self.norm2(x + self.drops[2](self.lin2(self.drops[1](self.lin1(x), relu=True))))
 
 
 class DecoderLayer(nn.Module):
@@ -172,10 +276,10 @@ class DecoderLayer(nn.Module):
         self.norms = nn.ModuleList(StackedLayerNorm(m, dim) for _ in range(3))
         self.drops = nn.ModuleList(Dropout(dropout) for _ in range(4))
 
-    def forward(self, q, memory, mask):
+    def forward(self, q, memory, mask=None):
         q = self.norms[0](q + self.drops[0](self.self_attn(q, q)))
         q = self.norms[1](q + self.drops[1](self.cross_attn(q, memory, mask)))
-        return self.norms[2](q + self.drops[3](self.lin2(self.drops[2](torch.relu(self.lin1(q))))))
+        return self.norms[2](q + self.drops[3](self.lin2(self.drops[2](self.lin1(q), relu=True))))
 
 
 def set_dropout_generators(model: nn.Module, generators, group_size: int = 1) -> None:
