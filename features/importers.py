@@ -41,28 +41,8 @@ def import_npy_dir(npy_dir, out, *, backbone: str = "imported", keep_clips: bool
         raise DaeError(f"no .npy files under {npy_dir}")
     ids, arrays = [], []
     for number, p in enumerate(files, start=1):
-        try:
-            arr = np.load(p, allow_pickle=False)
-        except (ValueError, OSError) as exc:
-            raise DaeError(f"{p}: not a plain numeric .npy array ({exc})") from None
-        if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
-            raise DaeError(f"{p}: expected real numbers, got dtype {arr.dtype}")
-        if arr.ndim != 2 and (keep_clips or arr.ndim != 1):
-            wanted = "(T, D)" if keep_clips else "(T, D) or (D,)"
-            raise DaeError(f"{p}: expected shape {wanted}, got {arr.shape}")
-        if arr.ndim == 2 and arr.shape[0] == 0:
-            raise DaeError(f"{p}: zero-length sequence (shape {arr.shape}): a video needs at least one clip")
-        if arr.shape[-1] == 0 or (arrays and arr.shape[-1] != arrays[0].shape[-1]):
-            raise DaeError(f"{p}: feature dimension {arr.shape[-1]} differs from {files[0]} "
-                           f"({arrays[0].shape[-1] if arrays else 'none'})")
-        finite = np.isfinite(arr.reshape(-1, arr.shape[-1])).all(axis=1)
-        if not finite.all():
-            where = f" at clip {int(np.argmin(finite))}" if arr.ndim == 2 else ""
-            raise DaeError(f"{p}: NaN or Inf{where}")
-        if keep_clips and clip_dtype == "float16" and np.abs(arr).max() > FLOAT16_MAX:
-            raise DaeError(f"{p}: values beyond float16's range ({FLOAT16_MAX:g}); use --clip-dtype float32")
+        arrays.append(_checked_npy(p, files[0], arrays[0] if arrays else None, keep_clips, clip_dtype))
         ids.append(p.relative_to(npy_dir).with_suffix("").as_posix())
-        arrays.append(arr)
         if progress:
             progress(number, len(files))
     if keep_clips:
@@ -77,6 +57,33 @@ def import_npy_dir(npy_dir, out, *, backbone: str = "imported", keep_clips: bool
         write_features(out, ids, feats, attrs={"backbone": backbone, "protocol": {"name": "imported-npy",
                                                                                    "pooling": "mean over T"}})
     return read_features(out)
+
+
+def _checked_npy(p: Path, first_file: Path, first, keep_clips: bool, clip_dtype: str) -> np.ndarray:
+    """One video's .npy array, checked (the first bad one is named): real numbers, of shape (T >= 1, D) (or (D,)
+    when pooled), D as the first file's (`first`: its array, None for the first file itself), finite, and within
+    float16's range when stored as float16."""
+    try:
+        arr = np.load(p, allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise DaeError(f"{p}: not a plain numeric .npy array ({exc})") from None
+    if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
+        raise DaeError(f"{p}: expected real numbers, got dtype {arr.dtype}")
+    if arr.ndim != 2 and (keep_clips or arr.ndim != 1):
+        wanted = "(T, D)" if keep_clips else "(T, D) or (D,)"
+        raise DaeError(f"{p}: expected shape {wanted}, got {arr.shape}")
+    if arr.ndim == 2 and arr.shape[0] == 0:
+        raise DaeError(f"{p}: zero-length sequence (shape {arr.shape}): a video needs at least one clip")
+    if arr.shape[-1] == 0 or (first is not None and arr.shape[-1] != first.shape[-1]):
+        raise DaeError(f"{p}: feature dimension {arr.shape[-1]} differs from {first_file} "
+                       f"({first.shape[-1] if first is not None else 'none'})")
+    finite = np.isfinite(arr.reshape(-1, arr.shape[-1])).all(axis=1)
+    if not finite.all():
+        where = f" at clip {int(np.argmin(finite))}" if arr.ndim == 2 else ""
+        raise DaeError(f"{p}: NaN or Inf{where}")
+    if keep_clips and clip_dtype == "float16" and np.abs(arr).max() > FLOAT16_MAX:
+        raise DaeError(f"{p}: values beyond float16's range ({FLOAT16_MAX:g}); use --clip-dtype float32")
+    return arr
 
 
 def read_object_npy(path: Path):

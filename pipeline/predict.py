@@ -87,13 +87,26 @@ def video_difficulties(run_dir, config: dict, blob: dict, names: list[str], give
     return {v: known[v] for v in names}
 
 
-def _head_outputs(blob: dict, weights: dict, x: torch.Tensor, spec: dict, bank=None, options=None, exemplar=None):
+def _rebuild_context(blob: dict, config: dict | None, difficulty, sequences) -> dict:
+    """What the registry's rebuilder (`dae.heads.registry.Head.outputs`) gets beside a model's weights: bank (a
+    sequence head's heads.sequence.ClipBank of `sequences`) and options (the run's SequenceOptions), difficulty (the
+    videos' DD or None) and voters (exemplar heads: the run's voter count)."""
+    head = get_head(blob["head"])
+    context = {"bank": None, "options": None, "difficulty": difficulty, "voters": None}
+    if head.inputs == "sequence":
+        from dae.heads.sequence.models import ClipBank
+
+        if sequences is None:
+            raise UsageError(f"a {blob['head']} run scores clip sequences (schema 2) and none were given")
+        context.update(bank=ClipBank(*sequences), options=sequence_options(config or {}))
+    if head.exemplar:
+        context["voters"] = ((config or {}).get("head_options") or {}).get("voters", DEFAULT_VOTERS)
+    return context
+
+
+def _head_outputs(blob: dict, weights: dict, x: torch.Tensor, spec: dict, context: dict):
     """One trained head's (mu, scale) on features x, normalised units; scale None for a point head. `weights` is a
-    model of model.pt or one of its CV+ fold models. The registry names the function that rebuilds the run's head
-    (`dae.heads.registry.Head.outputs`); it gets `context`: bank (a sequence head's heads.sequence.ClipBank) and
-    options (the run's SequenceOptions), difficulty (the videos' DD or None) and voters (exemplar heads)."""
-    difficulty, voters = exemplar if exemplar is not None else (None, None)
-    context = {"bank": bank, "options": options, "difficulty": difficulty, "voters": voters}
+    model of model.pt or one of its CV+ fold models; the registry names the function that rebuilds the run's head."""
     return get_head(blob["head"]).load("outputs")(blob, weights, x, spec, context)
 
 
@@ -112,24 +125,26 @@ def score_features(blob: dict, models: list[dict], features: np.ndarray, difficu
     x = torch.as_tensor(np.asarray(features, dtype=np.float32))
     if x.shape[1] != int(blob["feature_dim"]):
         raise DaeError(f"the features are {x.shape[1]}-d but the run was trained on {blob['feature_dim']}-d")
-    bank = options = exemplar = None
-    if get_head(blob["head"]).inputs == "sequence":
-        from dae.heads.sequence.models import ClipBank
+    context = _rebuild_context(blob, config, difficulty, sequences)
+    outputs = [_head_outputs(blob, model, x, model.get("spec") or {}, context) for model in models]
+    out = _mixture_in_score_units(models, outputs, lo, hi)
+    if all((m.get("calibration") or {}).get("method", "none") != "none" for m in models):
+        ends = [_calibrated_interval(blob, m, own, x, lo, hi, context) for m, own in zip(models, outputs)]
+        out["lo90"], out["hi90"] = (np.mean([e[k] for e in ends], axis=0) for k in (0, 1))
+        # z with mu +- z sigma_calibrated = the calibrated interval (a learned Student-t: its fitted nu, as `dae
+        # fit`'s sigma_calibrated; one recorded without it counts as Gaussian)
+        families = [fitted_distribution(m) or get_distribution("gaussian") for m in models]
+        out["sigma_calibrated"] = (out["hi90"] - out["lo90"]) / (2.0 * interval_z(families, LEVEL))
+    return out
 
-        if sequences is None:
-            raise UsageError(f"a {blob['head']} run scores clip sequences (schema 2) and none were given")
-        bank, options = ClipBank(*sequences), sequence_options(config or {})
-    exemplar = (difficulty, ((config or {}).get("head_options") or {}).get("voters", DEFAULT_VOTERS)
-                if blob["head"] in EXEMPLAR_HEADS else None)
-    mus, scales, distributions, outputs = [], [], [], []
-    for model in models:
-        mu, scale = _head_outputs(blob, model, x, model.get("spec") or {}, bank, options, exemplar)
-        outputs.append((mu, scale))
-        mus.append(mu)
-        if scale is None:  # ridge, mlp, gdlt: no spread of their own
-            continue
-        scales.append(scale)
-        distributions.append(fitted_distribution(model))  # None: a learned nu older runs did not record
+
+def _mixture_in_score_units(models: list[dict], outputs: list, lo: float, hi: float) -> dict:
+    """The models' mixture (`dae.heads.mixtures.mixture`) of their normalised (mu, scale) outputs, in score units
+    lo..hi; sigma and the interval NaN where a model has no spread (ridge, mlp, gdlt) or its learned nu was not
+    recorded (older runs)."""
+    mus = [mu for mu, _ in outputs]
+    spread = [(scale, fitted_distribution(m)) for m, (_, scale) in zip(models, outputs) if scale is not None]
+    scales, distributions = [s for s, _ in spread], [d for _, d in spread]
     spread_known = bool(scales) and all(d is not None for d in distributions)
     mix = mixture(mus, scales, distributions, LEVEL) if spread_known else mixture(mus)
     width = hi - lo
@@ -139,19 +154,10 @@ def score_features(blob: dict, models: list[dict], features: np.ndarray, difficu
     if spread_known:
         out["sigma"] = mix["sigma"] * width
         out["lo90"], out["hi90"] = lo + mix["lo"] * width, lo + mix["hi"] * width
-    if all((m.get("calibration") or {}).get("method", "none") != "none" for m in models):
-        ends = [_calibrated_interval(blob, m, own, x, lo, hi, bank, options, exemplar)
-                for m, own in zip(models, outputs)]
-        out["lo90"], out["hi90"] = (np.mean([e[k] for e in ends], axis=0) for k in (0, 1))
-        # z with mu +- z sigma_calibrated = the calibrated interval (a learned Student-t: its fitted nu, as `dae
-        # fit`'s sigma_calibrated; one recorded without it counts as Gaussian)
-        families = [fitted_distribution(m) or get_distribution("gaussian") for m in models]
-        out["sigma_calibrated"] = (out["hi90"] - out["lo90"]) / (2.0 * interval_z(families, LEVEL))
     return out
 
 
-def _calibrated_interval(blob: dict, model: dict, own, x: torch.Tensor, lo: float, hi: float, bank=None,
-                         options=None, exemplar=None):
+def _calibrated_interval(blob: dict, model: dict, own, x: torch.Tensor, lo: float, hi: float, context: dict):
     """One model's 90% interval (score units) from the calibrator `dae fit` fitted and its fold models; own: the
     model's own normalised (mu, scale) on x, already computed."""
     spec = model["spec"]
@@ -159,7 +165,7 @@ def _calibrated_interval(blob: dict, model: dict, own, x: torch.Tensor, lo: floa
     mu, scale = own
     mu, scale = lo + mu * width, (scale * width if scale is not None else None)
     distribution = fitted_distribution(model) or get_distribution(spec.get("distribution", "gaussian"))
-    folds = [_head_outputs(blob, f, x, spec, bank, options, exemplar) for f in model.get("calibration_models", [])]
+    folds = [_head_outputs(blob, f, x, spec, context) for f in model.get("calibration_models", [])]
     fold_mu = np.stack([lo + m * width for m, _ in folds]) if folds else None
     fold_scale = np.stack([s * width for _, s in folds]) if folds and folds[0][1] is not None else None
     cal = Calibration.from_fitted(model["calibration"])
