@@ -238,32 +238,41 @@ def _models_by_id(run_dir, config: dict, models: list[dict], ids: list[str], not
         note(f"note: the run's manifest {config.get('manifest', '')} is not found: cannot tell whether the --id "
              "videos were training videos of the run")
         return [(models, ids, "unknown")]
-    manifest = read_manifest(path)
-    group = str(models[0]["tags"].get("group", ""))
-    if "group" in manifest and group:
-        manifest = manifest[manifest["group"].astype(str) == group]
-    known = set(manifest["video_id"].astype(str))
-    if "fold" in manifest:
-        fold_of = dict(zip(manifest["video_id"].astype(str), manifest["fold"].astype(str)))
-        tested_by = lambda v, m: fold_of.get(v) == str(m["tags"].get("fold", ""))  # noqa: E731
-    else:
-        split_of = dict(zip(manifest["video_id"].astype(str), manifest.get("split", pd.Series(dtype=str)).astype(str)))
-        tested_by = lambda v, m: split_of.get(v) == "test"  # noqa: E731
+    known, tested_by = _test_membership(read_manifest(path), str(models[0]["tags"].get("group", "")))
     parts: dict = {}
     for video in ids:
         own = [i for i, m in enumerate(models) if tested_by(video, m)]
         role = "new" if video not in known else ("test" if own else "training")
         chosen = tuple(own) if own else tuple(range(len(models)))
         parts.setdefault((chosen, role), []).append(video)
+    _note_roles(parts, len(models), note)
+    return [([models[i] for i in chosen], vs, role) for (chosen, role), vs in parts.items()]
+
+
+def _test_membership(manifest: pd.DataFrame, group: str):
+    """(the video ids of the run's manifest (of the models' group), tested_by(video, model)): whether the video was
+    a test video of that model (its fold's on a k-fold manifest, the test split's otherwise)."""
+    if "group" in manifest and group:
+        manifest = manifest[manifest["group"].astype(str) == group]
+    known = set(manifest["video_id"].astype(str))
+    if "fold" in manifest:
+        fold_of = dict(zip(manifest["video_id"].astype(str), manifest["fold"].astype(str)))
+        return known, lambda v, m: fold_of.get(v) == str(m["tags"].get("fold", ""))
+    split_of = dict(zip(manifest["video_id"].astype(str), manifest.get("split", pd.Series(dtype=str)).astype(str)))
+    return known, lambda v, m: split_of.get(v) == "test"
+
+
+def _note_roles(parts: dict, n_models: int, note) -> None:
+    """The notes on how --id videos are scored ({(model indices, role): videos}): training videos are not held-out
+    predictions; a k-fold run's test videos are scored by their fold's models only."""
     training = [v for (_, role), vs in parts.items() if role == "training" for v in vs]
     if training:
         note(f"note: {len(training)} of the --id videos ({', '.join(training[:5])}{', ...' * (len(training) > 5)}) "
              "are training videos of this run: the models saw their scores, so these are not held-out predictions")
-    folds = [len(chosen) for (chosen, role) in parts if role == "test" and len(chosen) < len(models)]
+    folds = [len(chosen) for (chosen, role) in parts if role == "test" and len(chosen) < n_models]
     if folds:
-        note(f"note: each test video of this k-fold run is scored by the {max(folds)} of {len(models)} models whose "
+        note(f"note: each test video of this k-fold run is scored by the {max(folds)} of {n_models} models whose "
              "test fold held it (the fit's own test predictions), not by the folds that trained on it")
-    return [([models[i] for i in chosen], vs, role) for (chosen, role), vs in parts.items()]
 
 
 def _features_by_id(feature_file, ids: list[str], sequence_head: bool, head: str):
