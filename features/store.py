@@ -402,19 +402,31 @@ def describe(path) -> str:
     else:
         lines.append("  sequences     absent (schema 1: pooled features only)")
     lines.append(f"  content_sha256 {content_sha256(fs)}")
-    for key in sorted(fs.attrs):
-        value = fs.attrs[key]
-        if key == "failures" and isinstance(value, list):
-            value = f"{len(value)} failed videos" + (f", first: {value[0]}" if value else "")
-        elif key == "video_files" and isinstance(value, dict):
-            sizes = [rec.get("size", 0) for rec in value.values() if rec.get("sha256")]
-            value = (f"{len(value)} video files recorded (size and sha256 of {len(sizes)}, "
-                     f"{sum(sizes) / (1 << 30):.2f} GiB in all)")
-        elif key == "updated_videos" and isinstance(value, list):
-            value = f"{len(value)} videos extracted again" + (f", first: {value[0]}" if value else "")
-        elif isinstance(value, (dict, list)):
-            value = json.dumps(value, sort_keys=True)
-        lines.append(f"  {key:<13} {value}")
+    lines += [f"  {key:<13} {_attr_text(key, fs.attrs[key])}" for key in sorted(fs.attrs)]
+    lines += _row_health(fs)
+    lines.append(f"  first ids     {', '.join(fs.video_ids[:5])}")
+    return "\n".join(lines)
+
+
+def _attr_text(key: str, value):
+    """A file attribute as `describe` shows it: long lists and records summarised, other structures as JSON."""
+    if key == "failures" and isinstance(value, list):
+        return f"{len(value)} failed videos" + (f", first: {value[0]}" if value else "")
+    if key == "video_files" and isinstance(value, dict):
+        sizes = [rec.get("size", 0) for rec in value.values() if rec.get("sha256")]
+        return (f"{len(value)} video files recorded (size and sha256 of {len(sizes)}, "
+                f"{sum(sizes) / (1 << 30):.2f} GiB in all)")
+    if key == "updated_videos" and isinstance(value, list):
+        return f"{len(value)} videos extracted again" + (f", first: {value[0]}" if value else "")
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, sort_keys=True)
+    return value
+
+
+def _row_health(fs: FeatureSet) -> list[str]:
+    """`describe`'s lines on the rows: those with NaN/Inf features (the first BAD_ROWS_SHOWN named), and the
+    finite rows' feature norms."""
+    lines = []
     finite = np.isfinite(fs.features)
     bad = np.flatnonzero(~finite.all(axis=1))
     if len(bad):
@@ -433,8 +445,7 @@ def describe(path) -> str:
         norms = np.linalg.norm(good, axis=1)
         lines.append(f"  feature norm  min {norms.min():.4g}  mean {norms.mean():.4g}  max {norms.max():.4g}"
                      + (f"  (the {len(good)} finite rows)" if len(bad) else ""))
-    lines.append(f"  first ids     {', '.join(fs.video_ids[:5])}")
-    return "\n".join(lines)
+    return lines
 
 
 # -- extraction chunks: the part files `dae extract` commits one model batch at a time (features/resume.py) --
