@@ -267,18 +267,23 @@ def summarise(rows: pd.DataFrame, fold_average: str | None = None, group_average
     out = []
     for line in lines.values():
         per_seed = pd.DataFrame(line.pop("_seeds"))
-        line["seeds"] = len(per_seed)
-        line["units_per_seed"] = int(per_seed["units"].max())
-        for metric in METRICS:
-            if metric in per_seed:
-                values = pd.to_numeric(per_seed[metric], errors="coerce")
-                line[f"{metric}_mean"] = values.mean()
-                line[f"{metric}_std"] = values.std(ddof=1) if len(per_seed) > 1 else np.nan
-        for count in ["spearman_degenerate"] + [f"{m}_nan" for m in METRICS]:
-            if count in per_seed:  # models (or folds, for correlations) whose value is undefined: left out
-                line[count] = int(per_seed[count].fillna(0).sum())
-        out.append(line)
+        out.append({**line, **_over_seeds(per_seed)})
     return pd.DataFrame(out)
+
+
+def _over_seeds(per_seed: pd.DataFrame) -> dict:
+    """A summary line's figures from its seeds' entries (one row each, `_seed_entry`): the seed count, units per
+    seed, each metric's mean and std (ddof 1; NaN for one seed) and the counts of undefined values left out."""
+    line = {"seeds": len(per_seed), "units_per_seed": int(per_seed["units"].max())}
+    for metric in METRICS:
+        if metric in per_seed:
+            values = pd.to_numeric(per_seed[metric], errors="coerce")
+            line[f"{metric}_mean"] = values.mean()
+            line[f"{metric}_std"] = values.std(ddof=1) if len(per_seed) > 1 else np.nan
+    for count in ["spearman_degenerate"] + [f"{m}_nan" for m in METRICS]:
+        if count in per_seed:  # models (or folds, for correlations) whose value is undefined: left out
+            line[count] = int(per_seed[count].fillna(0).sum())
+    return line
 
 
 def distinguishing_settings(summary: pd.DataFrame, shown=()) -> tuple[list[str], dict]:
