@@ -1023,13 +1023,14 @@ def bench_fit_cmd(ctx, features, manifest, dataset, seeds, epochs, batch_size, l
         raise click.UsageError("give --features and --manifest together")
     if head in ("gdlt", "cofinal"):
         from dae.pipeline.bench.fit import (bench_sequence_fit, format_sequence_bench, load_sequence_split,
-                                            sequence_result_rows)
+                                            sequence_note, sequence_result_rows)
 
         data = load_sequence_split(features, manifest) if features else None
         result = bench_sequence_fit(head, data, seeds=seeds, epochs=epochs, repeats=repeats, echo=click.echo)
         click.echo(format_sequence_bench(result))
         _record_results(ctx, results_csv, f"fit-{head}", sequence_result_rows(result),
-                        settings=f"features {features}" if features else "synthetic Fis-V-shaped sequences")
+                        settings=f"features {features}" if features else "synthetic Fis-V-shaped sequences",
+                        note=sequence_note(result))
         return
     if quality and not features:
         raise click.UsageError("--quality needs --features and --manifest (real scores to rank)")

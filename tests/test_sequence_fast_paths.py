@@ -141,6 +141,30 @@ def test_fused_attention_equals_three_projections(heads, cross):
     assert torch.equal(exact(x, x, None), _plain_attention(exact, x, x, None))
 
 
+@pytest.mark.parametrize("heads", [1, 2])
+@pytest.mark.parametrize("training", [False, True])
+def test_self_attention_over_expanded_queries_attends_once_and_equals_the_copied_queries(heads, training):
+    """GDLT's grade queries enter the first decoder layer expanded along the batch (stride 0): projected and scored
+    once per model, then per video (attention-weight dropout drawn per video, as for a copy of the queries)."""
+    gens = [torch.Generator().manual_seed(s) for s in (0, 1)]
+    att = StackedAttention(gens, 8, heads, dropout=0.3).train(training)
+    queries = torch.randn(2, 4, 8, requires_grad=True)
+    grad_out = torch.randn(2, 5, 4, 8)
+    results = []
+    for expanded in (True, False):
+        att.zero_grad()
+        queries.grad = None
+        set_dropout_generators(att, [torch.Generator().manual_seed(7)])
+        q = queries.unsqueeze(1).expand(2, 5, 4, 8)
+        q = q if expanded else q.contiguous()
+        out = att(q, q)
+        assert out.shape == (2, 5, 4, 8)
+        (out * grad_out).sum().backward()
+        results.append((out.detach(), queries.grad.clone(), att.q.weight.grad.clone(), att.v.weight.grad.clone()))
+    for fast, plain in zip(*results):
+        torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-6)
+
+
 def test_an_unpadded_batch_skips_the_masks_and_gives_the_same_training_step():
     """GDLT's decode drops an all-real mask (no masked work); forcing the masked path gives the same outputs and
     gradients (dropout on, same generators)."""
@@ -221,3 +245,34 @@ def test_bench_counts_evaluation_flops_without_padding():
                                     config)[1]
 
     assert evaluation([2, 3]) == pytest.approx(evaluation([2]) + evaluation([3]), rel=1e-12)
+
+
+def test_cofinal_per_video_etf_attention_skips_the_unused_projections_with_their_zero_gradient():
+    """At one key per video the softmax is 1: W_q and W_k are not computed, yet get the exact zero gradient the
+    softmax gives them (not None: SGD's weight decay and momentum still act on them, as in the original)."""
+    from dae.heads.sequence.cofinal import ETF_ATTENTION_HEADS, StackedCoFInAl
+
+    options = SequenceOptions(crop=5, hidden=16, heads=1, encoder_layers=1, decoder_layers=1, queries=4, dropout=0.3)
+    module = StackedCoFInAl([2, 3], 8, options).train()
+    q = torch.randn(2, 3, 4, 16, requires_grad=True)
+    grad_out = torch.randn(2, 3, 4, 16)
+    set_dropout_generators(module, [torch.Generator().manual_seed(4)])
+    fast = module._regi(q)
+    (fast * grad_out).sum().backward()
+    fast_grads = {n: p.grad.clone() for n, p in module.named_parameters() if n.startswith("regi")}
+    fast_q = q.grad.clone()
+
+    module.zero_grad()
+    q.grad = None
+    set_dropout_generators(module, [torch.Generator().manual_seed(4)])
+    m, b, n, h = q.shape
+    width = h // ETF_ATTENTION_HEADS
+    qq, kk, v = (proj(q).view(m, b, n, ETF_ATTENTION_HEADS, width)
+                 for proj in (module.regi_q, module.regi_k, module.regi_v))
+    weights = module.regi_drop(torch.softmax((qq * kk).sum(-1, keepdim=True) / math.sqrt(width), dim=-1))
+    plain = module.regi_out((weights * v).reshape(m, b, n, h))
+    (plain * grad_out).sum().backward()
+    assert torch.equal(fast, plain) and torch.equal(fast_q, q.grad)
+    for name, grad in fast_grads.items():
+        torch.testing.assert_close(grad, module.get_parameter(name).grad, rtol=0, atol=0, msg=name)
+    assert all(fast_grads[f"regi_{p}.{t}"].abs().max() == 0 for p in "qk" for t in ("weight", "bias"))

@@ -158,13 +158,17 @@ class StackedCoFInAl(StackedGDLT):
         the model's batch (the original at batch > 1)."""
         m, b, n, h = q.shape
         heads, width = ETF_ATTENTION_HEADS, h // ETF_ATTENTION_HEADS
-        qq, kk, v = (proj(q).view(m, b, n, heads, width) for proj in (self.regi_q, self.regi_k, self.regi_v))
+        v = self.regi_v(q).view(m, b, n, heads, width)
         if self.etf_attention == "per-video":
-            scores = (qq * kk).sum(-1, keepdim=True) / math.sqrt(width)      # (M, b, Q, heads, 1 key)
-            weights = torch.softmax(scores, dim=-1)
+            # softmax over one key is exactly 1 whatever q.k: W_q and W_k do not reach the output, so they are not
+            # computed (no arithmetic without use, none counted); 0 x their sum keeps them in the graph with the
+            # exact zero gradient the softmax gives them (weight decay and momentum then act as in the original)
+            unused = sum(t.sum() for lin in (self.regi_q, self.regi_k) for t in (lin.weight, lin.bias))
+            weights = (unused * 0.0).expand(m, b, n, heads, 1) + 1.0          # (M, b, Q, heads, 1 key): all 1
             if self.regi_drop.p and self.training:
                 weights = self.regi_drop(weights)
             return self.regi_out((weights * v).reshape(m, b, n, h))
+        qq, kk = (proj(q).view(m, b, n, heads, width) for proj in (self.regi_q, self.regi_k))
         weights = torch.softmax(torch.einsum("mbnhd,mcnhd->mnhbc", qq, kk) / math.sqrt(width), dim=-1)
         if self.regi_drop.p and self.training:
             weights = self.regi_drop(weights)

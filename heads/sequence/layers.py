@@ -215,34 +215,46 @@ class StackedAttention(nn.Module):
 
         One matmul per input: self-attention (memory is query) projects q, k and v with the three weights side by
         side (E -> 3E), cross-attention k and v (E -> 2E); the 1/sqrt(E/h) score scale is folded into q's weight
-        and bias (for a power-of-two E/h, GDLT's 256 at one head, the same numbers as scaling the scores)."""
+        and bias (for a power-of-two E/h, GDLT's 256 at one head, the same numbers as scaling the scores).
+        Self-attention over a query expanded along B (stride 0: every video's rows are the same, GDLT's grade
+        queries entering the first decoder layer) projects and scores once per model; only the attention-weight
+        dropout, drawn per video as before, and what follows it are per video."""
         m, b, lq, e = query.shape
         lk, h = memory.shape[2], self.heads
         d = e // h
+        shared = memory is query and b > 1 and query.stride(1) == 0
+        if shared:
+            query = memory = query[:, :1]
+        n = 1 if shared else b                                            # videos projected and scored
         scale = 1.0 / math.sqrt(d)
         wq, bq = self.q.weight * scale, self.q.bias * scale
         if memory is query:
             w = torch.cat([wq, self.k.weight, self.v.weight], -1)
             bias = torch.cat([bq, self.k.bias, self.v.bias], -1)
-            q, k, v = torch.baddbmm(bias, query.reshape(m, b * lq, e), w).split(e, -1)
+            q, k, v = torch.baddbmm(bias, query.reshape(m, n * lq, e), w).split(e, -1)
         else:
-            q = torch.baddbmm(bq, query.reshape(m, b * lq, e), wq)
+            q = torch.baddbmm(bq, query.reshape(m, n * lq, e), wq)
             w = torch.cat([self.k.weight, self.v.weight], -1)
             bias = torch.cat([self.k.bias, self.v.bias], -1)
-            k, v = torch.baddbmm(bias, memory.reshape(m, b * lk, e), w).split(e, -1)
-        # (M*B*h, L, d) per head; at one head plain views of the projections (no head transposes to copy)
-        q, k, v = (t.reshape(m * b, n, h, d).transpose(1, 2).reshape(m * b * h, n, d)
-                   for t, n in ((q, lq), (k, lk), (v, lk)))
-        scores = torch.bmm(q, k.transpose(1, 2))                          # (M*B*h, Lq, Lk), scaled
+            k, v = torch.baddbmm(bias, memory.reshape(m, n * lk, e), w).split(e, -1)
+        # (M*n*h, L, d) per head; at one head plain views of the projections (no head transposes to copy)
+        q, k, v = (t.reshape(m * n, length, h, d).transpose(1, 2).reshape(m * n * h, length, d)
+                   for t, length in ((q, lq), (k, lk), (v, lk)))
+        scores = torch.bmm(q, k.transpose(1, 2))                          # (M*n*h, Lq, Lk), scaled
         if key_mask is not None:
-            scores = scores.masked_fill(~key_mask.reshape(m * b, 1, 1, lk).expand(m * b, h, 1, lk)
-                                        .reshape(m * b * h, 1, lk), float("-inf"))
+            scores = scores.masked_fill(~key_mask.reshape(m * n, 1, 1, lk).expand(m * n, h, 1, lk)
+                                        .reshape(m * n * h, 1, lk), float("-inf"))
         weights = torch.softmax(scores, dim=-1)
         if self.dropout.p and self.training:
-            weights = self.dropout(weights.view(m, b * h, lq, lk)).view(m * b * h, lq, lk)
-        out = torch.bmm(weights, v)                                       # (M*B*h, Lq, d)
-        out = out.view(m, b, lq, e) if h == 1 else out.view(m * b, h, lq, d).transpose(1, 2).reshape(m, b, lq, e)
-        return self.out(out)
+            if shared:  # per-video masks: from here on every video has its own weights
+                weights = weights.view(m, 1, h, lq, lk).expand(m, b, h, lq, lk)
+                v = v.reshape(m, 1, h, lk, d).expand(m, b, h, lk, d).reshape(m * b * h, lk, d)
+                n = b
+            weights = self.dropout(weights.reshape(m, n * h, lq, lk)).view(m * n * h, lq, lk)
+        out = torch.bmm(weights, v)                                       # (M*n*h, Lq, d)
+        out = out.view(m, n, lq, e) if h == 1 else out.view(m * n, h, lq, d).transpose(1, 2).reshape(m, n, lq, e)
+        out = self.out(out)
+        return out.expand(m, b, lq, e) if n != b else out
 
 
 class EncoderLayer(nn.Module):

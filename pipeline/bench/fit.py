@@ -429,9 +429,13 @@ class SequenceBenchResult:
     seconds: list              # each timed fit (training + the final evaluation)
     flops: float               # matmul FLOPs of one fit (training epochs + final evaluation), `count_sequence_flops`
     epoch_flops: float         # of one training epoch
-    matmul_gflops: dict
+    matmul_gflops: dict        # the ceiling, best over the rounds (measured after each timed fit)
     threads: int
     load_before: tuple
+    # the same by the process's CPU time (all its threads), which other processes on a shared machine barely change
+    cpu_seconds: list = field(default_factory=list)
+    matmul_cpu_gflops: dict = field(default_factory=dict)
+    load_after: tuple = ()
 
 
 def bench_sequence_fit(head: str, data=None, seeds: int = 1, epochs: int = 2, repeats: int = 1,
@@ -462,18 +466,24 @@ def bench_sequence_fit(head: str, data=None, seeds: int = 1, epochs: int = 2, re
     step_flops, eval_flops = count_sequence_flops(objective, jobs, config)
     epoch_flops = step_flops / config.batch_size * len(train_rows)
     flops = epoch_flops * epochs + eval_flops
-    seconds = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+    dim = int(np.asarray(clips).shape[1])
+    seconds, cpu_seconds, mm, mm_cpu = [], [], {}, {}
+    for _ in range(repeats):  # each round: the fit, then the ceiling (the best of each over the rounds is kept)
+        start, start_cpu = time.perf_counter(), time.process_time()
         train(objective, jobs, config)
         seconds.append(time.perf_counter() - start)
-        echo(f"fit: {seconds[-1]:.2f} s")
-    dim = int(np.asarray(clips).shape[1])
-    mm = matmul_gflops(seeds, dim // 2, dim, config.batch_size * options.crop)
+        cpu_seconds.append(time.process_time() - start_cpu)
+        echo(f"fit: {seconds[-1]:.2f} s ({cpu_seconds[-1]:.2f} s of CPU time)")
+        round_cpu = {}
+        for name, value in matmul_gflops(seeds, dim // 2, dim, config.batch_size * options.crop, cpu=round_cpu).items():
+            mm[name] = max(mm.get(name, 0.0), value)
+            mm_cpu[name] = max(mm_cpu.get(name, 0.0), round_cpu[name])
+    after = os.getloadavg() if hasattr(os, "getloadavg") else (np.nan,) * 3
     return SequenceBenchResult(head=head, recipe=recipe.name, models=seeds, epochs=epochs, n_train=len(train_rows),
                                n_test=len(test_rows), batch_size=config.batch_size, crop=options.crop,
                                seconds=seconds, flops=flops, epoch_flops=epoch_flops, matmul_gflops=mm,
-                               threads=torch.get_num_threads(), load_before=tuple(load))
+                               threads=torch.get_num_threads(), load_before=tuple(load), cpu_seconds=cpu_seconds,
+                               matmul_cpu_gflops=mm_cpu, load_after=tuple(after))
 
 
 def count_sequence_flops(objective, jobs, config) -> tuple[float, float]:
@@ -507,22 +517,39 @@ def count_sequence_flops(objective, jobs, config) -> tuple[float, float]:
     return step, float(counter.get_total_flops())
 
 
+def sequence_cpu_fraction(r: SequenceBenchResult) -> float:
+    """The fit's FLOPs per CPU-second over the matmul ceiling's (both over all the process's threads)."""
+    return r.flops / min(r.cpu_seconds) / 1e9 / max(r.matmul_cpu_gflops.values())
+
+
+def sequence_note(r: SequenceBenchResult) -> str:
+    """The --results-csv note: the machine's load around the measurement, threads, OpenMP's wait policy, rounds."""
+    after = f", after {r.load_after[0]:.2f}" if r.load_after else ""
+    return (f"load average before {r.load_before[0]:.2f}{after}, {r.threads} threads, OMP_WAIT_POLICY "
+            f"{os.environ.get('OMP_WAIT_POLICY', 'unset')}; fits {', '.join(f'{s:.2f}' for s in r.seconds)} s")
+
+
 def format_sequence_bench(r: SequenceBenchResult) -> str:
     best = min(r.seconds)
     ceiling = max(r.matmul_gflops.values())
     achieved = r.flops / best / 1e9
     per_video = r.epoch_flops / (r.n_train * r.models)
-    return "\n".join([
+    lines = [
         f"dae bench fit --head {r.head} on {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
         f"{r.threads} threads (load average before: {r.load_before[0]:.2f})",
         f"  {r.head} at {r.recipe} ({r.models} models x {r.epochs} epochs, {r.n_train} train / {r.n_test} test videos,"
         f" crop {r.crop}, batch {r.batch_size}): {best:.2f} s"
         + (f" (best of {len(r.seconds)}: {', '.join(f'{s:.2f}' for s in r.seconds)})" if len(r.seconds) > 1 else ""),
         f"  {r.flops / 1e9:.1f} GFLOP counted (matmuls, torch's FlopCounterMode; training steps and the final "
-        f"evaluation); {per_video / 1e9:.2f} GFLOP per training video-step",
+        f"evaluation, each test video at its own length); {per_video / 1e9:.2f} GFLOP per training video-step",
         f"  achieved {achieved:.1f} GFLOP/s = {achieved / ceiling:.0%} of the fp32 matmul ceiling measured now for its "
         f"largest matmul ({', '.join(f'{k} {v:.0f}' for k, v in r.matmul_gflops.items())} GFLOP/s)",
-    ])
+    ]
+    if r.cpu_seconds and r.matmul_cpu_gflops:
+        lines.append(f"  by CPU time (all threads; what other processes on a shared machine barely change): "
+                     f"{min(r.cpu_seconds):.2f} CPU-s, {sequence_cpu_fraction(r):.0%} of the ceiling's GFLOP per "
+                     f"CPU-second ({max(r.matmul_cpu_gflops.values()):.0f})")
+    return "\n".join(lines)
 
 
 def sequence_result_rows(r: SequenceBenchResult) -> list[tuple]:
@@ -535,4 +562,6 @@ def sequence_result_rows(r: SequenceBenchResult) -> list[tuple]:
             (case, "gflop_per_training_video_step", r.epoch_flops / (r.n_train * r.models) / 1e9, "GFLOP"),
             (case, "achieved_gflops", r.flops / best / 1e9, "GFLOP/s"),
             (case, "matmul_ceiling_gflops", ceiling, "GFLOP/s"),
-            (case, "fraction_of_matmul", r.flops / best / 1e9 / ceiling, "")]
+            (case, "fraction_of_matmul", r.flops / best / 1e9 / ceiling, "")] + ([
+            (case, "fit_cpu_seconds", min(r.cpu_seconds), "CPU-s"),
+            (case, "fraction_of_matmul_cpu", sequence_cpu_fraction(r), "(CPU time)")] if r.cpu_seconds else [])
