@@ -19,7 +19,7 @@ from dae.heads import calibration
 from dae.heads.calibration_options import DEFAULT_CALIBRATOR, DEFAULT_FOLDS
 from dae.heads.distributions import get_distribution
 from dae.heads.metrics import DISTRIBUTION_METRICS, INTERVAL_METRICS, evaluate
-from dae.heads.trainer import HeadSpec, Job, TrainConfig
+from dae.heads.trainer import HeadSpec, Job, TrainConfig, distinct_jobs
 from dae.heads.registry import FitInputs, get_head
 from dae.heads.multipath.fitters import options_dict
 from dae.pipeline.machine import environment, software_and_machine
@@ -218,7 +218,9 @@ def fit_models(fs: FeatureSet, manifest: pd.DataFrame, plan: FitPlan, manifest_n
                  f"({len(ridge_seeds)} seeds asked for)")
         if note:
             cells = f"{len(units)} protocol cells (groups x folds)" if len(units) > 1 else "1 train/test split"
-            folds = f" + {len(jobs) - n_models} calibration fold models" if len(jobs) > n_models else ""
+            # fold models are per configuration, shared by its seeds (heads/calibration.fold_jobs): trained once
+            folds = (f" + {len(distinct_jobs(jobs[n_models:])[0])} calibration fold models (shared by the seeds)"
+                     if len(jobs) > n_models else "")
             note(f"training {n_models} {plan.head} model{'s' * (n_models != 1)}{folds}: {len(specs)} per cell x {cells}; "
                  f"{x.shape[0]} videos x {x.shape[1]}-d features"
                  + ("" if entry.closed_form else f", {config.epochs} epochs") + " ...")

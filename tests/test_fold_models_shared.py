@@ -72,3 +72,12 @@ def test_a_calibrated_study_of_two_seeds_has_each_seeds_dae_fit_intervals(tmp_pa
     for column in ("mu", "sigma", "lo50", "hi50", "lo90", "hi90", "lo95", "hi95", "sigma_calibrated"):
         np.testing.assert_allclose(merged[f"{column}_study"], merged[f"{column}_fit"], rtol=0, atol=1e-4,
                                    err_msg=column)
+
+
+def test_dae_fit_says_how_many_fold_models_it_trains(tmp_path):
+    """Before: '+ 10 calibration fold models' for two seeds, of which 5 were copies."""
+    features, manifest = write_features_and_manifest(tmp_path, n=100, dim=8)
+    res = run("fit", "--features", features, "--manifest", manifest, "--seeds", 2, "--epochs", 1,
+              "--out", tmp_path / "fit")
+    assert res.exit_code == 0, res.output
+    assert "training 2 dae models + 5 calibration fold models (shared by the seeds)" in res.output
