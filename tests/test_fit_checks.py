@@ -49,7 +49,7 @@ def test_fit_with_a_dataset_checks_the_cards_split_rule(tmp_path):
     df.to_csv(manifest, index=False)
     res = fit("--features", features, "--manifest", manifest, "--dataset", "jigsaws", "--out", tmp_path / "run",
               "--epochs", 2)
-    assert res.exit_code == 2 and "jigsaws protocol (k-fold-per-group) needs a 'fold' column" in res.output
+    assert res.exit_code == 2 and "jigsaws split rule (k-fold-per-group) needs a 'fold' column" in res.output
     assert not (tmp_path / "run").exists()
     df.assign(group=np.where(np.arange(len(df)) % 2, "Suturing", "Knot_Tying"), fold=np.arange(len(df)) // 2 % 4).drop(
         columns="split").to_csv(manifest, index=False)

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from conftest import write_features_and_manifest
 
 from dae.heads import metrics
-from dae.pipeline import protocols
+from dae.pipeline import selection_windows, splits
 from dae.pipeline.cli import cli
 from dae.pipeline.leaderboard import append_rows, machine_name, read_leaderboard, summarise
 
@@ -59,7 +59,7 @@ def test_lines_never_pool_different_settings_and_show_names_them(tmp_path):
 
 def test_one_summary_rule_folds_then_groups(tmp_path):
     """Unequal folds: a flat Fisher z over groups x folds differs from folds-first; fit, ablate and show all print
-    the folds-first number, and protocols has no summary of its own."""
+    the folds-first number, and splits and selection_windows have no summary of their own."""
     rows = pd.DataFrame({"dataset": "x", "head": "dae", "seed": 0, "n_test": 10,
                          "group": ["a", "a", "a", "b"], "fold": [0, 1, 2, 0], "spearman": [0.9, 0.8, 0.85, 0.2]})
     nested = metrics.fisher_z_mean([metrics.fisher_z_mean([0.9, 0.8, 0.85]), 0.2])
@@ -68,7 +68,7 @@ def test_one_summary_rule_folds_then_groups(tmp_path):
     summary = summarise(rows)
     assert len(summary) == 1 and summary["spearman_mean"].iloc[0] == pytest.approx(nested)
     assert summary["group"].iloc[0] == "average"
-    assert not hasattr(protocols, "protocol_summary")
+    assert not hasattr(splits, "protocol_summary") and not hasattr(selection_windows, "protocol_summary")
     # through the CLI: the summary `dae fit` prints is the line `leaderboard show` prints
     n = 96
     features, manifest = write_features_and_manifest(

@@ -163,5 +163,5 @@ def test_cross_validation_inside_a_fixed_split_dataset_is_checked_and_named_alik
            "fixed split" in res.output
     df.drop(columns="fold").to_csv(manifest, index=False)
     res = CliRunner().invoke(cli, [*args, *common, "--out", str(tmp_path / "run2"), *SMALL])
-    assert res.exit_code == 2 and "fis-v protocol (fixed) needs a 'split' column" in res.output
+    assert res.exit_code == 2 and "fis-v split rule (fixed) needs a 'split' column" in res.output
     assert not (tmp_path / "run2").exists()
