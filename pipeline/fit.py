@@ -383,7 +383,8 @@ def save_run(out: Path, plan: FitPlan, rows: pd.DataFrame, predictions: pd.DataF
                     "models": [{"spec": dataclasses.asdict(r.job.spec), "tags": dict(r.job.tags), **_weights(r),
                                 "distribution_params": r.distribution.params if r.distribution else {},
                                 "calibration": r.calibrated.calibration.fitted(),
-                                "calibration_models": [_weights(f) for f in r.fold_results]} for r in results],
+                                "calibration_models": [{**_weights(f), "spec": dataclasses.asdict(f.job.spec)}
+                                                       for f in r.fold_results]} for r in results],
                     **({"feature_references": feature_references} if feature_references else {})},
                    tmp / "model.pt")
 

@@ -165,7 +165,9 @@ def _calibrated_interval(blob: dict, model: dict, own, x: torch.Tensor, lo: floa
     mu, scale = own
     mu, scale = lo + mu * width, (scale * width if scale is not None else None)
     distribution = fitted_distribution(model) or get_distribution(spec.get("distribution", "gaussian"))
-    folds = [_head_outputs(blob, f, x, spec, context) for f in model.get("calibration_models", [])]
+    # each fold model with its own spec (its seed is FOLD_MODEL_SEED, not the model's: the exemplar heads draw their
+    # voters with it); run folders written before fold specs were saved trained them at the model's spec
+    folds = [_head_outputs(blob, f, x, f.get("spec", spec), context) for f in model.get("calibration_models", [])]
     fold_mu = np.stack([lo + m * width for m, _ in folds]) if folds else None
     fold_scale = np.stack([s * width for _, s in folds]) if folds and folds[0][1] is not None else None
     cal = Calibration.from_fitted(model["calibration"])
