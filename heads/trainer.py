@@ -146,7 +146,9 @@ def train(head, jobs: list[Job], config: TrainConfig = TrainConfig(), progress=N
 def _job_identity(job: Job):
     rows = np.asarray(job.train_rows, dtype=np.int64).tobytes()
     sets = tuple((name, np.asarray(r, dtype=np.int64).tobytes()) for name, r in job.eval_rows.items())
-    return job.spec, rows, sets, repr(sorted(job.tags.items()))
+    tags = tuple((k, (v.dtype.str, v.shape, v.tobytes()) if isinstance(v, np.ndarray) else repr(v))
+                 for k, v in sorted(job.tags.items()))  # an array's repr elides: its bytes, not its repr
+    return job.spec, rows, sets, tags
 
 
 def distinct_jobs(jobs):

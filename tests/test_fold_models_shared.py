@@ -81,3 +81,13 @@ def test_dae_fit_says_how_many_fold_models_it_trains(tmp_path):
               "--out", tmp_path / "fit")
     assert res.exit_code == 0, res.output
     assert "training 2 dae models + 5 calibration fold models (shared by the seeds)" in res.output
+
+
+def test_jobs_whose_tags_differ_are_two_models_even_where_their_reprs_agree():
+    train, test = np.arange(40), np.arange(40, 50)
+    a, b = np.zeros(2000), np.zeros(2000)
+    b[1000] = 1.0  # numpy prints both as [0. 0. 0. ... 0. 0. 0.]
+    assert repr(a) == repr(b)
+    jobs = [Job(HeadSpec(), train, {"test": test}, tags={"weights": w}) for w in (a, b, a.copy())]
+    unique, copy_of = distinct_jobs(jobs)
+    assert len(unique) == 2 and copy_of == [0, 1, 0]
