@@ -34,6 +34,7 @@ class Head:
     its own bins, judges or exemplars rather than regressing the normalised score (--target-scale does not apply).
     score_bins: a softmax over score bins (--bin-std, --bin-predict; --bins where the judges' scale does not fix
     them). backbone: the sequence method whose backbone it trains (its transformer, grade queries and options).
+    pooling: how it turns a video's clips into a score, as `dae ablate pooling` names it (None: not in that study).
     dae.pipeline.option_use derives which of `dae fit`'s options each head reads from these."""
 
     name: str
@@ -55,6 +56,7 @@ class Head:
     own_scale: bool = False
     score_bins: bool = False
     backbone: str | None = None
+    pooling: str | None = None
 
     def capabilities(self) -> str:
         parts = ["spread" if self.spread else "point", self.inputs]
@@ -100,11 +102,11 @@ _SEQUENCE = "dae.heads.sequence.fitters"
 HEADS = {h.name: h for h in (
     Head("dae", "the Distribution Auto-Encoder: an MLP encodes a video into N(mu, sigma^2), trained by "
          "reparameterised reconstruction", f"{_POOLED}:fit_dae_jobs", f"{_POOLED}:mlp_outputs", loss_grid=True,
-         family="pooled", dae_objective=True),
+         family="pooled", dae_objective=True, pooling="mean"),
     Head("mlp", "same trunk, plain regression on mu (loss sup)", f"{_POOLED}:fit_dae_jobs", f"{_POOLED}:mlp_outputs",
-         spread=False, family="pooled", fixed_loss="sup"),
+         spread=False, family="pooled", fixed_loss="sup", pooling="mean"),
     Head("ridge", "closed-form ridge, penalty by cross-validation on train", f"{_POOLED}:fit_ridge_jobs",
-         f"{_POOLED}:ridge_outputs", spread=False, family="pooled", closed_form=True),
+         f"{_POOLED}:ridge_outputs", spread=False, family="pooled", closed_form=True, pooling="mean"),
     Head("usdl", "softmax over score bins, Gaussian label smoothing, KL loss", f"{_PATHS}:fit_paths",
          f"{_PATHS}:path_outputs", family="paths", own_scale=True, score_bins=True),
     Head("musdl", "one usdl path per judge combined by the scoring rule", f"{_PATHS}:fit_paths",
@@ -120,25 +122,29 @@ HEADS = {h.name: h for h in (
          f"{_EXEMPLARS}:fit_exemplars", f"{_EXEMPLARS}:exemplar_outputs", exemplar=True, lr=CORE_LR,
          loss_grid=True, family="exemplar", base="core", dae_objective=True, own_scale=True),
     Head("attn-dae", "attention pooling over clips into the DAE", f"{_SEQUENCE}:fit_sequence_jobs",
-         f"{_SEQUENCE}:sequence_outputs", inputs="sequence", family="sequence", dae_objective=True),
+         f"{_SEQUENCE}:sequence_outputs", inputs="sequence", family="sequence", dae_objective=True,
+         pooling="attention"),
     Head("gdlt", "GDLT (CVPR 2022) as its code does it", f"{_SEQUENCE}:fit_sequence_jobs",
          f"{_SEQUENCE}:sequence_outputs",
-         spread=False, inputs="sequence", family="sequence", backbone="gdlt"),
+         spread=False, inputs="sequence", family="sequence", backbone="gdlt",
+         pooling="transformer + grade queries, Likert score"),
     Head("gdlt-dae", "GDLT's decoder with the DAE head in place of its Likert scorer", f"{_SEQUENCE}:fit_sequence_jobs",
          f"{_SEQUENCE}:sequence_outputs", inputs="sequence", family="sequence", base="gdlt", dae_objective=True,
-         backbone="gdlt"),
+         backbone="gdlt", pooling="transformer + grade queries, DAE head"),
     Head("cofinal", "CoFInAl (IJCAI 2024) as its authors' code computes it per video: coarse grades + ETF fine grade",
          f"{_SEQUENCE}:fit_sequence_jobs", f"{_SEQUENCE}:sequence_outputs", spread=False, inputs="sequence",
-         family="sequence", backbone="cofinal"),
+         family="sequence", backbone="cofinal", pooling="transformer + grade queries, coarse grades + ETF fine grade"),
     Head("cofinal-dae", "ours: the DAE head on CoFInAl's decoded grade queries", f"{_SEQUENCE}:fit_sequence_jobs",
          f"{_SEQUENCE}:sequence_outputs", inputs="sequence", family="sequence", base="cofinal", dae_objective=True,
-         backbone="cofinal"),
+         backbone="cofinal", pooling="transformer + grade queries, CoFInAl losses + DAE head"),
 )}
 
 NAMES = tuple(HEADS)
 EXEMPLAR_HEADS = tuple(n for n, h in HEADS.items() if h.exemplar)
 SEQUENCE_INPUT_HEADS = tuple(n for n, h in HEADS.items() if h.inputs == "sequence")
 POINT_HEADS = tuple(n for n, h in HEADS.items() if not h.spread)
+# the heads `dae ablate pooling` compares, each with how it pools a video's clips
+POOLING = {n: h.pooling for n, h in HEADS.items() if h.pooling}
 # heads a study's grid of losses x distributions x reparameterisations can train (dae-core: Gaussian only)
 STUDY_HEADS = tuple(n for n, h in HEADS.items() if h.loss_grid)
 

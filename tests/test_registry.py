@@ -12,6 +12,7 @@ from dae.manifest import write_manifest
 from dae.features.store import Sequences, write_features
 from dae.heads.multipath.judges import combine
 from dae.heads.registry import HEADS, NAMES, STUDY_HEADS
+from dae.heads.registry import POOLING
 from dae.heads.sequence.options import SEQUENCE_HEADS
 from dae.pipeline.cli import cli
 
@@ -95,13 +96,14 @@ def test_dae_heads_lists_every_head_with_its_capabilities():
 
 
 def test_the_registry_is_the_one_list_of_heads():
-    """The CLI offers exactly the registry's heads; the sequence heads' own list agrees with it; a study's grid
+    """The CLI offers exactly the registry's heads; the pooling study takes every sequence head; a study's grid
     trains the heads whose losses it varies."""
     from dae.pipeline.cli import cli as root
 
     (param,) = [p for p in root.commands["fit"].params if p.name == "head"]
     assert tuple(param.type.choices) == NAMES
-    assert tuple(n for n in NAMES if HEADS[n].inputs == "sequence") == SEQUENCE_HEADS
+    # the pooling study compares every sequence head with the pooled heads on the mean of the clips
+    assert set(SEQUENCE_HEADS) < set(POOLING) and {POOLING[n] for n in POOLING if n not in SEQUENCE_HEADS} == {"mean"}
     assert STUDY_HEADS == ("dae", "dae-core")
     code = "import sys, dae.heads.registry as r; r.format_heads(); print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

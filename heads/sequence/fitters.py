@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from dae.heads.sequence.options import POOLING, SequenceOptions
+from dae.heads.registry import POOLING
+from dae.heads.sequence.options import SequenceOptions
 from dae.heads.trainer import train
 
 

@@ -4,12 +4,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dae.errors import UsageError
+from dae.heads.registry import SEQUENCE_INPUT_HEADS
 
-SEQUENCE_HEADS = ("attn-dae", "gdlt", "gdlt-dae", "cofinal", "cofinal-dae")
-POOLING = {"ridge": "mean", "dae": "mean", "mlp": "mean", "attn-dae": "attention",
-           "gdlt": "transformer + grade queries, Likert score", "gdlt-dae": "transformer + grade queries, DAE head",
-           "cofinal": "transformer + grade queries, coarse grades + ETF fine grade",
-           "cofinal-dae": "transformer + grade queries, CoFInAl losses + DAE head"}
+# the heads whose inputs are clip sequences: from the registry
+SEQUENCE_HEADS = SEQUENCE_INPUT_HEADS
 
 
 # cofinal's grade values (CoFInAl_AQA models/model.py:84-95 choose_activate, by --activate_regular_restrictions): "arcl1"
