@@ -19,9 +19,11 @@ from dae.heads.multipath.dae_mt import DAEMT, execution_scale
 from dae.heads.distributions import get_distribution
 from dae.heads.multipath.judges import JUDGE_RULES, USES_DIFFICULTY, DAEJudges, combine
 from dae.heads.multipath.models import train_path_heads
+from dae.heads.registry import HEADS
 from dae.heads.spec import HeadSpec
 
-PATH_HEADS = ("usdl", "musdl", "dae-mt", "dae-judges")
+# the heads registered with this module's fitter
+PATH_HEADS = tuple(n for n, h in HEADS.items() if h.fit == f"{__name__}:fit_paths")
 STD_BINS_BY_DATASET = {"jigsaws": 1.0}  # the MUSDL code's --std: 5 bins for MTL-AQA, 1 for JIGSAWS
 USDL_BINS_BY_DATASET = {"jigsaws": 25}  # the MUSDL code's JIGSAWS USDL: one bin per integer score 6..30
 RULE_TOLERANCE = 0.051  # published scores are rounded to 0.1 or 0.05

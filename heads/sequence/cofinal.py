@@ -67,11 +67,12 @@ import torch
 
 from dae.heads.sequence import models as sequence
 from dae.heads.dae import DAEHead, StackedDAE
+from dae.heads.registry import HEADS
 from dae.heads.sequence.models import SequenceHead, StackedGDLT, backbone_key_map, hardest_triplet_loss
 from dae.heads.sequence.options import SequenceOptions
 from dae.heads.sequence.layers import Dropout, StackedLinear, xavier_bound
 
-COFINAL_HEADS = ("cofinal", "cofinal-dae")
+COFINAL_HEADS = tuple(n for n, h in HEADS.items() if h.backbone == "cofinal")  # cofinal and its DAE plug-in
 GRADES = (-1.0, -0.8, 0.8, 1.0)        # models/model.py choose_activate, type 3 ("arcl1"); int_revert: flipped
 # --grade-values (options.GRADE_VALUES) -> (int's, int_revert's) grade values: models/model.py:84-95 choose_activate,
 # type 3 "arcl1" (its default, the Fis-V and RG Clubs/Ribbon commands) and type 2 "sigmoid" (RG Ball, Hoop)
