@@ -237,8 +237,10 @@ class StackedAttention(nn.Module):
             w = torch.cat([self.k.weight, self.v.weight], -1)
             bias = torch.cat([self.k.bias, self.v.bias], -1)
             k, v = torch.baddbmm(bias, memory.reshape(m, n * lk, e), w).split(e, -1)
-        # (M*n*h, L, d) per head; at one head plain views of the projections (no head transposes to copy)
-        q, k, v = (t.reshape(m * n, length, h, d).transpose(1, 2).reshape(m * n * h, length, d)
+        # (M*n*h, L, d) per head; at one head plain views of the projections (no head transposes, whose gradients
+        # autograd would copy)
+        q, k, v = (t.reshape(m * n, length, d) if h == 1 else
+                   t.reshape(m * n, length, h, d).transpose(1, 2).reshape(m * n * h, length, d)
                    for t, length in ((q, lq), (k, lk), (v, lk)))
         scores = torch.bmm(q, k.transpose(1, 2))                          # (M*n*h, Lq, Lk), scaled
         if key_mask is not None:
