@@ -28,9 +28,6 @@ from dae.atomic import atomic_path
 from dae.errors import DaeError, UsageError
 from dae.heads.metrics import fisher_z
 from dae.pipeline.defaults import AVERAGES
-# the machine probe is dae.pipeline.machine's; its names stay importable from here for the modules that
-# still import them from the leaderboard (pipeline/studies, pipeline/bench/results.py)
-from dae.pipeline.machine import environment, machine_name, software_and_machine  # noqa: F401
 
 COLUMNS = ("dataset", "target", "split_protocol", "split_sha256", "group", "fold", "head", "loss", "distribution", "reparam", "alpha", "beta", "selection",
            "prediction", "seed", "n_train", "n_test", "calibration", "spearman", "rl2x100", "l2", "nll", "crps",

@@ -22,8 +22,13 @@ def test_bench_fit_appends_one_row_per_figure_named_by_machine_and_software(tmp_
     assert f"figures appended to {written}" in res.output
     rows = pd.read_csv(written)
     assert tuple(rows.columns) == COLUMNS
-    assert len(rows) == 14 and rows["date_utc"].nunique() <= 2  # two runs of 7 figures, one header
-    first = rows.iloc[:7].set_index("metric")
+    # two runs of the same figures (wall and CPU time), one header
+    half = len(rows) // 2
+    assert len(rows) == 2 * half and rows["date_utc"].nunique() <= 2
+    assert rows["metric"].iloc[:half].tolist() == rows["metric"].iloc[half:].tolist()
+    assert {"study_seconds", "study_cpu_seconds", "dataloader_b8_seconds", "speedup_vs_dataloader_b8",
+            "speedup_vs_dataloader_b8_cpu"} <= set(rows["metric"])
+    first = rows.iloc[:half].set_index("metric")
     assert first.loc["study_seconds", "unit"] == "s" and first.loc["study_seconds", "value"] > 0
     assert first.loc["speedup_vs_dataloader_b8", "value"] == pytest.approx(
         first.loc["dataloader_b8_seconds", "value"] / first.loc["study_seconds", "value"], rel=1e-4)

@@ -16,7 +16,8 @@ from conftest import write_features_and_manifest
 from dae.heads import metrics
 from dae.pipeline import selection_windows, splits
 from dae.pipeline.cli import cli
-from dae.pipeline.leaderboard import append_rows, machine_name, read_leaderboard, summarise
+from dae.pipeline.leaderboard import append_rows, read_leaderboard, summarise
+from dae.pipeline.machine import machine_name
 
 
 def run(*args):

@@ -24,7 +24,7 @@ def machine_fields(device: str = "cpu") -> dict:
     import torch
 
     from dae import __version__
-    from dae.pipeline.leaderboard import machine_name
+    from dae.pipeline.machine import machine_name
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {"machine": machine_name(device), "cpu": machine_name("cpu"), "cores": cores,

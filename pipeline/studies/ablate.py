@@ -22,7 +22,8 @@ from dae.heads.config import LOSSES, REPARAMS, TrainConfig
 from dae.heads.distributions import DISTRIBUTIONS, StudentT, get_distribution
 from dae.heads.spec import HeadSpec
 from dae.pipeline.fit import FitPlan
-from dae.pipeline.leaderboard import software_and_machine, summarise
+from dae.pipeline.leaderboard import summarise
+from dae.pipeline.machine import software_and_machine
 
 DEGENERATE_SIGMA_FRACTION = 0.25  # a median predicted sigma above a quarter of the score range says little
 CONVERGED_TAIL = 0.25  # the converged part of a curve: its last quarter of epochs

@@ -26,7 +26,8 @@ from dae.heads.metrics import cdf, coverage, evaluate
 from dae.heads.registry import default_lr, get_head
 from dae.heads.trainer import HeadSpec
 from dae.pipeline.fit import FitPlan, fit_models, score_range_of
-from dae.pipeline.leaderboard import software_and_machine, summarise
+from dae.pipeline.leaderboard import summarise
+from dae.pipeline.machine import software_and_machine
 
 STUDY_HEADS = ("dae", "mlp", "ridge", "usdl", "dae-mt")
 RELIABILITY_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)

@@ -22,7 +22,8 @@ from dae.heads.registry import POOLING
 from dae.heads.sequence.options import SEQUENCE_HEADS, SequenceOptions
 from dae.heads.trainer import HeadSpec
 from dae.pipeline.fit import FitPlan, fit_models
-from dae.pipeline.leaderboard import software_and_machine, summarise
+from dae.pipeline.leaderboard import summarise
+from dae.pipeline.machine import software_and_machine
 from dae.pipeline.settings import SEQUENCE_DEFAULTS
 from dae.pipeline.studies.ablate import compare_configs, curves_table
 

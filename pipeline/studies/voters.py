@@ -92,7 +92,7 @@ def run_voters_study_files(features, manifest, plan, voters=VOTERS, rules=None, 
     """Read the files, run the study, print its table, write the study folder and leaderboard rows.
 
     options: the command's options, recorded in config.json for `dae ablate voters --config` (pipeline.settings)."""
-    from dae.pipeline.leaderboard import software_and_machine
+    from dae.pipeline.machine import software_and_machine
     from dae.pipeline.runner import close_run, input_record, open_run
 
     run = open_run(features, manifest, plan.dataset, "ablate-voters", out, leaderboard, None, echo)
