@@ -189,29 +189,9 @@ def fit_models(fs: FeatureSet, manifest: pd.DataFrame, plan: FitPlan, manifest_n
         raise UsageError(f"--target-scale {plan.target_scale} is for heads that regress the normalised score; "
                          f"{plan.head} maps scores through its own bins, judges or exemplars")
     targets = (scores - t_lo) / (t_hi - t_lo)
-    units = plan_units(manifest, plan.config.selection == "best-val", plan.val_fraction)
-    calibration.check_calibrator(plan.calibrate)
-    for unit in units:
-        where = " ".join(f"{k} {v!r}" for k, v in (("group", unit.group), ("fold", unit.fold)) if v) or "the manifest"
-        calibration.check_rows(len(unit.train), plan.calibrate, where, plan.calibration_folds)
-    # Windowed test-set selections (pipeline.selection_windows) train to the last epoch and read the Spearman curves.
-    windowed = plan.config.selection in WINDOW_SELECTIONS
-    if windowed and plan.config.epochs < WINDOW_EPOCHS:
-        raise UsageError(f"selection {plan.config.selection} needs at least {WINDOW_EPOCHS} epochs, "
-                         f"got {plan.config.epochs}")
-    config = dataclasses.replace(plan.config, selection="last", track_curves=True) if windowed else plan.config
-    specs = [dataclasses.replace(s, loss=entry.fixed_loss) for s in plan.specs] if entry.fixed_loss else plan.specs
-    ridge_seeds = sorted({s.seed for s in specs}) if entry.closed_form else []
-    if len(ridge_seeds) > 1:  # closed form, no randomness: seeds would be copies of one model
-        specs = specs[:1]
-    jobs = []
-    for unit in units:
-        eval_rows = {"test": unit.test, **({"val": unit.val} if len(unit.val) else {})}
-        for spec in specs:
-            jobs.append(Job(spec, unit.train, eval_rows, tags={"group": unit.group, "fold": unit.fold}))
-    # K fold models per model, trained alongside it, for the calibrator (none: no more jobs)
-    n_models = len(jobs)
-    jobs = jobs + calibration.fold_jobs(jobs, plan.calibrate, plan.calibration_folds)
+    units, config, windowed = _checked_units(manifest, plan, entry)
+    specs, ridge_seeds, jobs, n_models = _jobs(plan, entry, units)
+
     def announce():
         if note and len(ridge_seeds) > 1:
             note(f"{plan.head} has no randomness: one model per protocol cell, not one per seed "
@@ -225,23 +205,66 @@ def fit_models(fs: FeatureSet, manifest: pd.DataFrame, plan: FitPlan, manifest_n
                  f"{x.shape[0]} videos x {x.shape[1]}-d features"
                  + ("" if entry.closed_form else f", {config.epochs} epochs") + " ...")
 
-    if entry.closed_form and windowed:
-        raise UsageError(f"selection {plan.config.selection} needs a head trained by epochs, not {plan.head}")
     sequences = align_sequences(fs, list(manifest["video_id"]), manifest_name) if entry.inputs == "sequence" else None
     results, labels = entry.load("fit")(FitInputs(plan, fs, x, manifest, targets, jobs, config, (lo, hi),
                                                   manifest_name, announce, progress, sequences))
 
     created = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    features_sha = content_sha256(fs)
     where = environment("cpu" if entry.closed_form else config.device)
-    rows, predictions = [], []
-    has_sigma = entry.spread
     # the columns every row of this fit shares: before the model's own, and after them
     first = {"dataset": plan.dataset or manifest_name, **identity}
-    last = {"features_sha256": features_sha, "backbone": fs.backbone, **where, "dae_version": __version__,
+    last = {"features_sha256": content_sha256(fs), "backbone": fs.backbone, **where, "dae_version": __version__,
             "created_utc": created, "source": "this-run", "uses_difficulty": "no"}
     results, fold_results = results[:n_models], results[n_models:]
-    k = plan.calibration_folds
+    rows, predictions = _score_models(plan, entry, results, fold_results, labels, manifest, scores, (lo, hi),
+                                      (t_lo, t_hi), first, last)
+    rows = pd.DataFrame(rows)
+    if windowed:
+        rows = apply_window_selection(rows, results, plan.config.selection)
+    return rows, pd.concat(predictions, ignore_index=True), results
+
+
+def _checked_units(manifest: pd.DataFrame, plan: FitPlan, entry):
+    """The protocol cells, checked for the calibrator and the selection before anything trains: (units, the
+    trainer's config, whether a windowed test-set selection is read from the curves afterwards)."""
+    units = plan_units(manifest, plan.config.selection == "best-val", plan.val_fraction)
+    calibration.check_calibrator(plan.calibrate)
+    for unit in units:
+        where = " ".join(f"{k} {v!r}" for k, v in (("group", unit.group), ("fold", unit.fold)) if v) or "the manifest"
+        calibration.check_rows(len(unit.train), plan.calibrate, where, plan.calibration_folds)
+    # Windowed test-set selections (pipeline.selection_windows) train to the last epoch and read the Spearman curves.
+    windowed = plan.config.selection in WINDOW_SELECTIONS
+    if windowed and plan.config.epochs < WINDOW_EPOCHS:
+        raise UsageError(f"selection {plan.config.selection} needs at least {WINDOW_EPOCHS} epochs, "
+                         f"got {plan.config.epochs}")
+    if entry.closed_form and windowed:
+        raise UsageError(f"selection {plan.config.selection} needs a head trained by epochs, not {plan.head}")
+    config = dataclasses.replace(plan.config, selection="last", track_curves=True) if windowed else plan.config
+    return units, config, windowed
+
+
+def _jobs(plan: FitPlan, entry, units):
+    """(specs, the seeds a closed-form head was asked for, every job, how many are models): one job per spec and
+    cell, then K fold models per model for the calibrator (none: no more jobs)."""
+    specs = [dataclasses.replace(s, loss=entry.fixed_loss) for s in plan.specs] if entry.fixed_loss else plan.specs
+    ridge_seeds = sorted({s.seed for s in specs}) if entry.closed_form else []
+    if len(ridge_seeds) > 1:  # closed form, no randomness: seeds would be copies of one model
+        specs = specs[:1]
+    jobs = []
+    for unit in units:
+        eval_rows = {"test": unit.test, **({"val": unit.val} if len(unit.val) else {})}
+        for spec in specs:
+            jobs.append(Job(spec, unit.train, eval_rows, tags={"group": unit.group, "fold": unit.fold}))
+    n_models = len(jobs)
+    return specs, ridge_seeds, jobs + calibration.fold_jobs(jobs, plan.calibrate, plan.calibration_folds), n_models
+
+
+def _score_models(plan: FitPlan, entry, results, fold_results, labels: dict, manifest: pd.DataFrame, scores,
+                  score_range, target_range_, first: dict, last: dict):
+    """Each model's calibrated test predictions and metrics: (leaderboard rows, prediction frames)."""
+    (lo, hi), (t_lo, t_hi) = score_range, target_range_
+    has_sigma, k = entry.spread, plan.calibration_folds
+    rows, predictions = [], []
     for i, res in enumerate(results):
         test = res.job.eval_rows["test"]
         p = res.predictions["test"]
@@ -275,10 +298,7 @@ def fit_models(fs: FeatureSet, manifest: pd.DataFrame, plan: FitPlan, manifest_n
             "group": res.job.tags["group"], "fold": res.job.tags["fold"], "seed": spec.seed, "loss": rows[-1]["loss"],
             "reparam": rows[-1]["reparam"], "distribution": rows[-1]["distribution"],
             "calibration": rows[-1]["calibration"]}))
-    rows = pd.DataFrame(rows)
-    if windowed:
-        rows = apply_window_selection(rows, results, plan.config.selection)
-    return rows, pd.concat(predictions, ignore_index=True), results
+    return rows, predictions
 
 
 def _model_row(plan: FitPlan, entry, res, metrics: dict, labels: dict, dist, first: dict, last: dict) -> dict:
