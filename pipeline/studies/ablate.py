@@ -428,7 +428,19 @@ def format_study(result: StudyResult) -> str:
     keys = _varied(result.rows)
     summary["config"] = [config_label(r, keys) for _, r in summary.iterrows()]
     merged = result.comparison.merge(summary, on="config", how="left", suffixes=("", "_summary"))
-    table = pd.DataFrame({
+    lines = [f"study {result.study}: {_grid(result.study).question} "
+             f"({len(result.rows)} models in {result.seconds:.1f} s)", _comparison_table(merged).to_string(index=False),
+             _table_note(result.rows), *convergence_lines(result.convergence)]
+    if (merged["seeds"] < 2).any():
+        lines.append("one seed: no seed spread to compare differences with ('-'); train more seeds (--seeds)")
+    lines += _spread_lines(result) + _robustness_lines(result) + _curve_lines(result)
+    return "\n".join(lines)
+
+
+def _comparison_table(merged: pd.DataFrame) -> pd.DataFrame:
+    """Each configuration against the best: Spearman over seeds, its difference and whether the seeds' spread
+    explains it, and the distribution metrics."""
+    return pd.DataFrame({
         "config": merged["config"], "seeds": merged["seeds"],
         "spearman": [_pm(r["spearman_mean"], r["spearman_std"]) for _, r in merged.iterrows()],
         "Δ vs best": [f"{d:+.4f}" for d in merged["delta_vs_best"]],
@@ -440,11 +452,12 @@ def format_study(result: StudyResult) -> str:
         "crps": [_pm(r.get("crps_mean"), r.get("crps_std"), 3) for _, r in merged.iterrows()],
         "coverage90": [_pm(r.get("coverage90_mean"), r.get("coverage90_std"), 2) for _, r in merged.iterrows()],
     })
-    lines = [f"study {result.study}: {_grid(result.study).question} "
-             f"({len(result.rows)} models in {result.seconds:.1f} s)", table.to_string(index=False),
-             _table_note(result.rows), *convergence_lines(result.convergence)]
-    if (merged["seeds"] < 2).any():
-        lines.append("one seed: no seed spread to compare differences with ('-'); train more seeds (--seeds)")
+
+
+def _spread_lines(result: StudyResult) -> list:
+    """variance and distributions: the predicted sigma's table; variance also the raw intervals' coverage and the
+    verdict."""
+    lines = []
     if result.study in ("variance", "distributions") and len(result.spread):
         spread = result.spread.copy()
         for col in [c for c in spread.columns if c.startswith("sigma_") and c != "sigma_error_spearman"]:
@@ -463,24 +476,33 @@ def format_study(result: StudyResult) -> str:
     if result.study == "variance" and len(result.spread) and result.score_range is not None:
         _, verdict = variance_verdict(result.summary, result.spread, result.score_range, result.rows)
         lines += ["", "verdict (calibration, sharpness, R-l2, CRPS; not Spearman):", *verdict]
-    if result.study == "robustness" and result.curves is not None and len(result.curves):
-        table = stability_table(result.curves, result.rows)
-        shown = pd.DataFrame({"config": table["config"], "models": table["models"],
-                              "final test spearman": [_pm(m, s) for m, s in zip(table["final_mean"],
-                                                                                table["final_std"])],
-                              "epoch jitter": table["epoch_jitter"].map(lambda v: f"{v:.4f}"),
-                              "drift from best": table["drift"].map(lambda v: f"{v:+.4f}"),
-                              "converged at epoch": table["converged_epoch"].map(lambda v: f"{v:.0f}")})
-        lines += ["", "stability of the converged score (std over seeds of the last epoch; epoch jitter: std over "
-                      f"the last {CONVERGED_TAIL:.0%} of epochs, mean over models; converged: first epoch within "
-                      "0.01 of that tail's mean, median over models):", shown.to_string(index=False)]
-    if result.curves is not None and len(result.curves):
-        lines += ["", "test Spearman by epoch (mean ± std over models):",
-                  curve_summary(result.curves, result.rows).to_string(index=False),
-                  "", "training loss by epoch (mean ± std over models):",
-                  curve_summary(result.curves, result.rows, "train_loss").to_string(index=False)]
-    return "\n".join(lines)
+    return lines
 
+
+def _robustness_lines(result: StudyResult) -> list:
+    """robustness: how stable each configuration's converged score is over seeds and epochs."""
+    if result.study != "robustness" or result.curves is None or not len(result.curves):
+        return []
+    table = stability_table(result.curves, result.rows)
+    shown = pd.DataFrame({"config": table["config"], "models": table["models"],
+                          "final test spearman": [_pm(m, s) for m, s in zip(table["final_mean"],
+                                                                            table["final_std"])],
+                          "epoch jitter": table["epoch_jitter"].map(lambda v: f"{v:.4f}"),
+                          "drift from best": table["drift"].map(lambda v: f"{v:+.4f}"),
+                          "converged at epoch": table["converged_epoch"].map(lambda v: f"{v:.0f}")})
+    return ["", "stability of the converged score (std over seeds of the last epoch; epoch jitter: std over "
+                f"the last {CONVERGED_TAIL:.0%} of epochs, mean over models; converged: first epoch within "
+                "0.01 of that tail's mean, median over models):", shown.to_string(index=False)]
+
+
+def _curve_lines(result: StudyResult) -> list:
+    """The per-epoch test Spearman and training loss, mean ± std over models (when curves were kept)."""
+    if result.curves is None or not len(result.curves):
+        return []
+    return ["", "test Spearman by epoch (mean ± std over models):",
+            curve_summary(result.curves, result.rows).to_string(index=False),
+            "", "training loss by epoch (mean ± std over models):",
+            curve_summary(result.curves, result.rows, "train_loss").to_string(index=False)]
 
 
 def save_study(out, result: StudyResult, meta: dict) -> None:
