@@ -803,10 +803,11 @@ def study_outputs(study: str, figures: str):
     return decorate
 
 
-_STUDY_CALIBRATE_WHY = {
-    True: " This study answers a ranking question (Spearman): no fold models by default, its interval columns are "
-          "the raw spread's (the rows' calibration column says none).",
-    False: " This study reports intervals: calibrated as dae fit calibrates them."}
+# why a study's default calibrator is none (pipeline.settings.STUDY_CALIBRATE), appended to its --calibrate help
+_STUDY_CALIBRATE_WHY = (" A study compares what the configurations' own spreads give (a calibrator fitted to each "
+                        "would put every coverage near nominal): no fold models by default, the interval columns are "
+                        "the raw spread's and the rows' calibration column says none; --calibrate conformal gives dae "
+                        "fit's intervals; calibrators compared: dae ablate calibration.")
 
 
 def _study_command(study):
@@ -839,7 +840,7 @@ def _study_command(study):
     @click.option("--head", type=LibraryChoice("dae.heads.registry:STUDY_HEADS"), default=d["head"], show_default=True,
                   help="dae-core: the grid on our DAE-CoRe (a DAE head on CoRe's pair feature; Gaussian only).")
     @click.option("--config", "config_path", type=click.Path(), default=None, help=_CONFIG_HELP)
-    @(lambda f: calibrate_option(f, STUDY_CALIBRATE[study], _STUDY_CALIBRATE_WHY[STUDY_CALIBRATE[study] == "none"]))
+    @(lambda f: calibrate_option(f, STUDY_CALIBRATE[study], _STUDY_CALIBRATE_WHY))
     @click.pass_context
     def command(ctx, config_path, overwrite, **options):
         from dae.pipeline.settings import replay_options, study_from_options
@@ -950,7 +951,7 @@ def ablate_voters_cmd(ctx, config_path, **options):
                    "name their recipe.")
 @click.option("--config", "config_path", type=click.Path(), default=None, help=_CONFIG_HELP)
 @sequence_options
-@calibrate_option
+@(lambda f: calibrate_option(f, _pooling_default("calibrate"), _STUDY_CALIBRATE_WHY))
 @click.pass_context
 def ablate_pooling_cmd(ctx, config_path, **options):
     """Pooling: the DAE on the mean of the clips against attn-dae, gdlt and gdlt-dae on the same sequences.

@@ -30,10 +30,27 @@ def run(*args):
     return CliRunner().invoke(cli, [str(a) for a in args])
 
 
-def test_every_study_has_a_calibration_default_and_only_interval_studies_calibrate():
+def test_every_study_has_a_calibration_default_and_it_is_none():
+    """A calibrator fitted to each configuration would bring every coverage to nominal and hide what the variance
+    and distributions studies compare; calibrators are compared by `dae ablate calibration`."""
     assert set(STUDY_CALIBRATE) == set(STUDIES)
-    assert {s for s, c in STUDY_CALIBRATE.items() if c != "none"} == {"variance", "distributions"}
-    assert STUDY_CALIBRATE["variance"] == DEFAULT_CALIBRATOR
+    assert set(STUDY_CALIBRATE.values()) == {"none"}
+
+
+def test_a_variance_study_at_its_default_reports_the_raw_spreads_coverage(tmp_path):
+    """Its rows' coverage is the raw N(mu, sigma) interval's: equal to `dae fit --calibrate none` of the same
+    configuration and seed, and not brought to 0.9 by a calibrator."""
+    features, manifest = write_features_and_manifest(tmp_path, n=100, dim=8)
+    res = run("ablate", "variance", "--features", features, "--manifest", manifest, "--losses", "nll,sup",
+              "--reparams", "sigma", "--seeds", 1, "--epochs", 4, "--out", tmp_path / "study")
+    assert res.exit_code == 0, res.output
+    rows = pd.read_csv(tmp_path / "study" / "metrics.csv")
+    assert rows["calibration"].astype(str).eq("none").all()
+    res = run("fit", "--features", features, "--manifest", manifest, "--loss", "nll", "--seed", 0, "--epochs", 4,
+              "--calibrate", "none", "--out", tmp_path / "fit")
+    assert res.exit_code == 0, res.output
+    fit = pd.read_csv(tmp_path / "fit" / "metrics.csv")
+    assert rows.loc[rows["loss"] == "nll", "coverage90"].iloc[0] == pytest.approx(fit["coverage90"].iloc[0], abs=1e-9)
 
 
 def test_a_ranking_study_trains_no_fold_models_and_its_rows_say_so(tmp_path):
@@ -54,7 +71,7 @@ def test_a_variance_study_cell_has_the_calibrated_intervals_of_dae_fit(tmp_path)
     features, manifest = write_features_and_manifest(tmp_path, n=100, dim=8)
     study = tmp_path / "study"
     res = run("ablate", "variance", "--features", features, "--manifest", manifest, "--losses", "nll",
-              "--reparams", "sigma", "--seeds", 1, "--epochs", 4, "--out", study)
+              "--reparams", "sigma", "--seeds", 1, "--epochs", 4, "--calibrate", DEFAULT_CALIBRATOR, "--out", study)
     assert res.exit_code == 0, res.output
     rows = pd.read_csv(study / "metrics.csv")
     assert rows["calibration"].astype(str).str.startswith(DEFAULT_CALIBRATOR).all()
@@ -79,12 +96,14 @@ def test_bench_fit_times_a_study_at_its_default_calibrator_against_calibrate_non
               tmp_path / "r.csv")
     assert res.exit_code == 0, res.output
     line = re.search(r"ablate variance as a whole \((\d+) models x 2 epochs, batch 32\): ([\d.]+) s at its default "
-                     r"--calibrate conformal, ([\d.]+) s with --calibrate none -> ([\d.]+)x", res.output)
-    assert line and int(line.group(1)) == 4
-    assert ratio_agrees(line.group(4), line.group(2), line.group(3))
+                     r"--calibrate none; with dae fit's --calibrate conformal \(every study's default before\): "
+                     r"([\d.]+) s -> ([\d.]+)x", res.output)
+    assert line and int(line.group(1)) == 4, res.output
+    assert ratio_agrees(line.group(4), line.group(3), line.group(2))
     table = pd.read_csv(tmp_path / "r.csv")
-    assert {"study_seconds_calibrate_conformal", "study_seconds_calibrate_none",
-            "ratio_to_calibrate_none"} <= set(table["metric"])
+    assert {"study_seconds_calibrate_conformal", "study_seconds_calibrate_none", "ratio_to_calibrate_none",
+            "ratio_conformal_to_none"} <= set(table["metric"])
+    assert table.loc[table["metric"] == "ratio_to_calibrate_none", "value"].eq(1.0).all()
     # a ranking study: its default is none; the bench also times it at fit's calibrator (the default before)
     res = run("bench", "fit", "--features", features, "--manifest", manifest, "--seeds", 1, "--epochs", 2,
               "--reference-models", 1, "--reference-epochs", 1, "--study", "reparam")

@@ -55,7 +55,7 @@ def test_a_calibrated_study_of_two_seeds_has_each_seeds_dae_fit_intervals(tmp_pa
     features, manifest = write_features_and_manifest(tmp_path, n=100, dim=8)
     study = tmp_path / "study"
     res = run("ablate", "variance", "--features", features, "--manifest", manifest, "--losses", "nll",
-              "--reparams", "sigma", "--seeds", 2, "--epochs", 4, "--out", study)
+              "--reparams", "sigma", "--seeds", 2, "--epochs", 4, "--calibrate", "conformal", "--out", study)
     assert res.exit_code == 0, res.output
     cells = pd.read_csv(study / "predictions.csv")
     assert cells["calibration"].astype(str).str.startswith("conformal").all()

@@ -131,12 +131,12 @@ def test_ablate_pooling_replays_its_config_json_and_options_override_it(tmp_path
 
     varied = tmp_path / "varied"
     res = CliRunner().invoke(cli, ["ablate", "pooling", "--config", str(first), "--out", str(varied), "--seeds", "1",
-                                   "--heads", "attn-dae", "--calibrate", "none"])
+                                   "--heads", "attn-dae", "--calibrate", "conformal"])
     assert res.exit_code == 0, res.output
     c = pd.read_csv(varied / "metrics.csv")
     assert set(c["head"]) == {"attn-dae"} and set(c["seed"]) == {0} and set(c["crop"]) == {6} and len(c) == 2
-    # the study calibrates like fit (CV+ by default); --calibrate none trains no fold models
-    assert set(a["calibration"]) == {"conformal-cv:cv5-seed0"} and set(c["calibration"]) == {"none"}
+    # a ranking study: no fold models by default (settings.STUDY_CALIBRATOR); --calibrate conformal calibrates as fit
+    assert set(a["calibration"]) == {"none"} and set(c["calibration"]) == {"conformal-cv:cv5-seed0"}
 
     res = CliRunner().invoke(cli, ["ablate", "losses", "--config", str(first), "--out", str(tmp_path / "x")])
     assert res.exit_code == 2 and "records a `dae ablate pooling` run" in res.output

@@ -470,8 +470,8 @@ def _spread_lines(result: StudyResult) -> list:
         wide = result.reliability.pivot_table(index="config", columns="nominal", values="empirical_mean",
                                               sort=False)
         wide.columns = [f"{c:g}" for c in wide.columns]
-        lines += ["", "coverage of the raw central intervals mu ± z·sigma, before calibration (empirical, by nominal "
-                  "level; calibrated: the coverage columns, `dae ablate calibration`):",
+        lines += ["", "coverage of the raw central intervals mu ± z·sigma, before any calibration (empirical, by "
+                  "nominal level; calibrators compared at equal coverage: `dae ablate calibration`):",
                   wide.round(2).to_string()]
     if result.study == "variance" and len(result.spread) and result.score_range is not None:
         _, verdict = variance_verdict(result.summary, result.spread, result.score_range, result.rows)
