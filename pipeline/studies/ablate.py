@@ -17,13 +17,14 @@ import pandas as pd
 
 from dae.atomic import write_study_folder
 from dae.errors import UsageError
-from dae.heads.calibration_options import DEFAULT_CALIBRATOR, DEFAULT_FOLDS
+from dae.heads.calibration_options import DEFAULT_FOLDS
 from dae.heads.config import LOSSES, REPARAMS, TrainConfig
 from dae.heads.distributions import DISTRIBUTIONS, StudentT, get_distribution
 from dae.heads.spec import HeadSpec
 from dae.pipeline.fit import FitPlan
 from dae.pipeline.leaderboard import summarise
 from dae.pipeline.machine import software_and_machine
+from dae.pipeline.settings import STUDY_CALIBRATOR
 
 DEGENERATE_SIGMA_FRACTION = 0.25  # a median predicted sigma above a quarter of the score range says little
 CONVERGED_TAIL = 0.25  # the converged part of a curve: its last quarter of epochs
@@ -518,7 +519,7 @@ def run_study_files(study: str, features, manifest, seeds, config: TrainConfig, 
                     score_range=None, losses=None, distributions=None, reparams=None, out=None,
                     leaderboard=None, plots=None, n_jobs: int = 1, backend: str = "loky",
                     scheduler: str | None = None, threads: int | None = None, echo=print,
-                    head: str = "dae", options: dict | None = None, calibrate: str = DEFAULT_CALIBRATOR,
+                    head: str = "dae", options: dict | None = None, calibrate: str = STUDY_CALIBRATOR,
                     calibration_folds: int = DEFAULT_FOLDS) -> StudyResult:
     """Read the files, run the study, print its report, write the study folder, plots and leaderboard rows.
 

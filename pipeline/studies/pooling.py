@@ -16,7 +16,7 @@ import pandas as pd
 
 from dae.atomic import write_study_folder
 from dae.errors import UsageError
-from dae.heads.calibration_options import DEFAULT_CALIBRATOR, DEFAULT_FOLDS
+from dae.heads.calibration_options import DEFAULT_FOLDS
 from dae.heads.config import TrainConfig
 from dae.heads.registry import POOLING
 from dae.heads.sequence.options import SEQUENCE_HEADS, SequenceOptions
@@ -24,10 +24,10 @@ from dae.heads.trainer import HeadSpec
 from dae.pipeline.fit import FitPlan, fit_models
 from dae.pipeline.leaderboard import summarise
 from dae.pipeline.machine import software_and_machine
-from dae.pipeline.settings import SEQUENCE_DEFAULTS
+from dae.pipeline.settings import POOLING_DEFAULTS, SEQUENCE_DEFAULTS, STUDY_CALIBRATOR
 from dae.pipeline.studies.ablate import compare_configs, curves_table
 
-DEFAULT_HEADS = ("dae", "attn-dae", "gdlt", "gdlt-dae")
+DEFAULT_HEADS = tuple(POOLING_DEFAULTS["heads"].split(","))  # `dae ablate pooling --heads` default
 # the study's options that override a recipe when given explicitly -> dae fit's names for them
 RECIPE_OVERRIDES = {"sequence_epochs": "epochs", "sequence_lr": "lr", "batch_size": "batch_size",
                     **{name: name for name in SEQUENCE_DEFAULTS}}
@@ -98,7 +98,7 @@ class PoolingResult:
 
 def run_pooling(fs, manifest: pd.DataFrame, heads, seeds, config: TrainConfig, sequence_config: TrainConfig,
                 options: SequenceOptions, dataset: str, score_range=None, manifest_name: str = "manifest",
-                curves: bool = True, echo=print, calibrate: str = DEFAULT_CALIBRATOR,
+                curves: bool = True, echo=print, calibrate: str = STUDY_CALIBRATOR,
                 calibration_folds: int = DEFAULT_FOLDS, recipes: dict | None = None) -> PoolingResult:
     """Train every head of `heads` (seeds x protocol cells) on fs / manifest; pooled heads with `config`, sequence
     heads with `sequence_config` and `options`, a head of `recipes` (head -> RecipeCell, `recipe_cells`) at its
@@ -185,7 +185,7 @@ def format_pooling(result: PoolingResult, baseline: str = "dae") -> str:
 def run_pooling_files(features, manifest, seeds, config: TrainConfig, sequence_config: TrainConfig,
                       options: SequenceOptions, heads=DEFAULT_HEADS, dataset: str = "", score_range=None, out=None,
                       leaderboard=None, curves: bool = True, echo=print, command_options: dict | None = None,
-                      calibrate: str = DEFAULT_CALIBRATOR,
+                      calibrate: str = STUDY_CALIBRATOR,
                       calibration_folds: int = DEFAULT_FOLDS, recipes: dict | None = None) -> PoolingResult:
     """Read the files, run the pooling study, print its report, write the study folder and leaderboard rows.
 
