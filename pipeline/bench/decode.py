@@ -10,6 +10,7 @@ import numpy as np
 
 from dae.features.clips import clip_indices, parse_protocol
 from dae.features.decode import DECODERS, decoder_version, open_video
+from dae.features.extract_defaults import DEFAULT_PROTOCOL
 from dae.features.synthetic_videos import write_bench_video
 
 
@@ -41,7 +42,7 @@ def _protocol_frames(path, decoder: str, threads: int, protocol_name: str) -> in
 
 
 def bench_decode(video: str | None = None, threads: int = 1, repeats: int = 5,
-                 protocol_name: str = "uniform:10x16") -> list[dict]:
+                 protocol_name: str = DEFAULT_PROTOCOL) -> list[dict]:
     """Median frames/s of each way of decoding, measured interleaved so that machine noise hits all alike.
 
     Rows: the raw PyAV loop (baseline), decord's own get_batch (for reference only: it seeks to wrong

@@ -101,9 +101,10 @@ def _plain(value):
 
 def _machine(dev: torch.device) -> dict:
     from dae import __version__
+    from dae.pipeline.machine import machine_name
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    info = {"device": device_name(dev), "device_type": dev.type, "cpu": platform.processor() or platform.machine(),
+    info = {"device": device_name(dev), "device_type": dev.type, "cpu": machine_name("cpu"),
             "cores": cores, "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
             "python": platform.python_version(), "torch": str(torch.__version__), "dae_version": __version__,
             "cuda": torch.version.cuda if dev.type == "cuda" else None,
