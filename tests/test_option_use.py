@@ -39,6 +39,13 @@ def _fit(tmp_path, features, manifest, head, *args):
                                     str(tmp_path / "L.csv"), *map(str, args)])
 
 
+
+def _assert_refused(tmp_path, res, message):
+    """A usage error (exit 2) in one line naming the ignored options, and no run folder or leaderboard written."""
+    assert res.exit_code == 2, res.output
+    assert message in res.output and res.output.strip().count("\n") == 0, res.output
+    assert not (tmp_path / "run").exists() and not (tmp_path / "L.csv").exists()
+
 @pytest.mark.parametrize("head, args, message", [
     ("ridge", ["--optimizer", "sgd", "--momentum", "0.5"],
      "head ridge ignores --optimizer, --momentum (closed-form ridge has no loss, sampling, epochs or optimizer)"),
@@ -56,10 +63,7 @@ def _fit(tmp_path, features, manifest, head, *args):
 ])
 def test_an_ignored_option_is_refused_in_one_line_and_nothing_is_written(tmp_path, head, args, message):
     features, manifest = write_features_and_manifest(tmp_path)
-    res = _fit(tmp_path, features, manifest, head, *args)
-    assert res.exit_code == 2, res.output
-    assert message in res.output and res.output.strip().count("\n") == 0, res.output
-    assert not (tmp_path / "run").exists() and not (tmp_path / "L.csv").exists()
+    _assert_refused(tmp_path, _fit(tmp_path, features, manifest, head, *args), message)
 
 
 def _sequence_files(tmp_path, n=16, dim=6):
@@ -86,10 +90,7 @@ def _sequence_files(tmp_path, n=16, dim=6):
 ])
 def test_sequence_heads_refuse_what_their_code_does_not_read(tmp_path, head, args, message):
     features, manifest = _sequence_files(tmp_path)
-    res = _fit(tmp_path, features, manifest, head, *args)
-    assert res.exit_code == 2, res.output
-    assert message in res.output and res.output.strip().count("\n") == 0, res.output
-    assert not (tmp_path / "run").exists()
+    _assert_refused(tmp_path, _fit(tmp_path, features, manifest, head, *args), message)
 
 
 @pytest.mark.parametrize("head, args", [

@@ -12,8 +12,7 @@ from dae.manifest import write_manifest
 from dae.features.store import Sequences, write_features
 from dae.heads.multipath.judges import combine
 from dae.heads.registry import HEADS, NAMES, STUDY_HEADS
-from dae.heads.registry import POOLING
-from dae.heads.sequence.options import SEQUENCE_HEADS
+from dae.heads.registry import POOLING, SEQUENCE_INPUT_HEADS as SEQUENCE_HEADS
 from dae.pipeline.cli import cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")

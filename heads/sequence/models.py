@@ -27,7 +27,8 @@ import torch
 from torch import nn
 
 from dae.heads.dae import DAEHead, StackedDAE
-from dae.heads.sequence.options import SEQUENCE_HEADS, SequenceOptions
+from dae.heads.registry import SEQUENCE_INPUT_HEADS as SEQUENCE_HEADS
+from dae.heads.sequence.options import SequenceOptions
 from dae.heads.sequence.layers import (DecoderLayer, EncoderLayer, MaskedBatchNorm, StackedLayerNorm, StackedLinear,
                                 set_dropout_generators)
 

@@ -4,10 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dae.errors import UsageError
-from dae.heads.registry import SEQUENCE_INPUT_HEADS
 
-# the heads whose inputs are clip sequences: from the registry
-SEQUENCE_HEADS = SEQUENCE_INPUT_HEADS
 
 
 # cofinal's grade values (CoFInAl_AQA models/model.py:84-95 choose_activate, by --activate_regular_restrictions): "arcl1"

@@ -18,8 +18,8 @@ from dae.atomic import write_study_folder
 from dae.errors import UsageError
 from dae.heads.calibration_options import DEFAULT_FOLDS
 from dae.heads.config import TrainConfig
-from dae.heads.registry import POOLING
-from dae.heads.sequence.options import SEQUENCE_HEADS, SequenceOptions
+from dae.heads.registry import POOLING, SEQUENCE_INPUT_HEADS as SEQUENCE_HEADS
+from dae.heads.sequence.options import SequenceOptions
 from dae.heads.trainer import HeadSpec
 from dae.pipeline.fit import FitPlan, fit_models
 from dae.pipeline.leaderboard import summarise
